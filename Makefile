@@ -1,0 +1,37 @@
+# Two commands: `make run` (set up, then the whole pipeline on the embedded defaults) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+OUT ?= runs/demo
+
+.PHONY: setup run test pytest lint typecheck bench clean
+
+$(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,openvino]'
+	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/edge-inception pipeline -o $(OUT) --force
+
+test: lint typecheck pytest
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edge_inception tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_suite.py
+
+clean:
+	rm -rf $(VENV) export/output runs .pytest_cache .mypy_cache .ruff_cache

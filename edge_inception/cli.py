@@ -1,0 +1,158 @@
+"""The ``edge-inception`` command line: each command parses options, calls one library function, prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from . import __version__
+from .errors import EdgeInceptionError
+from .model import Variant
+
+app = typer.Typer(
+    name="edge-inception",
+    help="GoogLeNet from a PyTorch checkpoint to a validated, benchmarked edge inference engine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """User errors become one line on stderr and exit code 1; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgeInceptionError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: nothing half-written was left behind", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+SEEDED_NOTE = "note: no --weights given: GoogLeNet uses seeded random weights, so its outputs and labels are not meaningful"
+
+
+def _note_seeded(seeded: bool) -> None:
+    if seeded:
+        typer.echo(SEEDED_NOTE, err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edge-inception {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """GoogLeNet from a PyTorch checkpoint to a validated, benchmarked edge inference engine."""
+
+
+def _echo_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    typer.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def _step_rows(steps: list[Any]) -> list[list[str]]:
+    return [
+        [s.step, s.reference, ",".join(map(str, s.batches)), f"{s.parity.max_abs_error:.2e}", f"{s.parity.max_rel_error:.2e}",
+         f"{s.parity.top1_agreement:.1%}", f"{s.parity.top5_overlap:.1%}"]
+        for s in steps
+    ]
+
+
+STEP_HEADER = ["step", "checked against", "batch", "max abs err", "max rel err", "top-1 agree", "top-5 overlap"]
+
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (.pth/.pt/.safetensors). Default: seeded random weights.")]
+VariantOpt = Annotated[Variant | None, typer.Option("--variant", help="Layout, when no checkpoint says (default torchvision).")]
+
+
+@app.command()
+@handle_errors
+def export(
+    weights: WeightsOpt = None,
+    variant: VariantOpt = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", help="Classes, when no checkpoint says (default 1000).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Input height and width (default 224).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+    batch: Annotated[int | None, typer.Option("--batch", help="Fixed batch size (default: dynamic batch).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")] = False,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim after export.")] = True,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="ONNX file to write (default under export/output/).")] = None,
+) -> None:
+    """Export GoogLeNet to aux-free ONNX, verified against PyTorch and simplified."""
+    from .export import export_model
+
+    if batch is not None and dynamic_batch:
+        raise EdgeInceptionError("--batch and --dynamic-batch exclude each other")
+    result = export_model(weights, output, variant=variant, num_classes=num_classes, image_size=image_size, opset=opset,
+                          batch=batch, simplify=simplify)
+    _note_seeded(result.loaded.seeded)
+    _echo_table(_step_rows(result.steps), STEP_HEADER)
+    typer.echo(f"wrote {result.path}")
+
+
+@app.command("simplify")
+@handle_errors
+def simplify_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.sim.onnx).")] = None,
+) -> None:
+    """Simplify an ONNX model with onnxsim (BatchNorm folded), verified before vs after."""
+    from .simplify import simplify_file
+
+    out, step = simplify_file(model, output)
+    _echo_table(_step_rows([step]), STEP_HEADER)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@handle_errors
+def info(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Inputs, outputs, opset, node and parameter counts, and edge-inception metadata of an ONNX model."""
+    from .onnx_meta import onnx_info
+
+    data = onnx_info(model)
+    if as_json:
+        typer.echo(json.dumps(data.as_dict(), indent=2))
+        return
+    typer.echo(f"{data.path}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
+    for kind, items in (("input", data.inputs), ("output", data.outputs)):
+        for name, dtype, dims in items:
+            typer.echo(f"  {kind:<6} {name}: {dtype} [{' x '.join(map(str, dims))}]")
+    typer.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in data.op_counts.items()))
+    for key, value in data.metadata.items():
+        shown = value if len(value) < 100 else value[:97] + "..."
+        typer.echo(f"  {key}: {shown}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A tiny labelled data set made offline from real photos, for the demo, the README and the tests.
+
+One class per photo from scikit-image's bundled data. Each photo is split vertically: training crops come
+from its left 70 %, held-out crops from its right 30 %, so no held-out pixel was ever seen in training (or
+in INT8 calibration, which draws from the training split).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from .fileio import atomic_dir
+from .images import bundled_photos_dir, load_image
+
+log = logging.getLogger(__name__)
+
+DEMO_CLASSES = {
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "cat": "chelsea.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "galaxies": "hubble_deep_field.jpg",
+    "motorcycle": "motorcycle_left.png",
+    "rocket": "rocket.jpg",
+}
+TRAIN_FRACTION = 0.7
+DEMO_VERSION = 1
+
+
+def make_demo_dataset(
+    out_dir: str | Path,
+    *,
+    train_per_class: int = 40,
+    val_per_class: int = 10,
+    crop_px: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write ``out_dir/train/<class>/*.png`` and ``out_dir/val/<class>/*.png``; return ``out_dir``.
+
+    Existing complete output is reused (a ``VERSION`` file marks it complete).
+    """
+    from PIL import Image
+
+    out = Path(out_dir)
+    marker = out / "VERSION"
+    stamp = f"{DEMO_VERSION} {train_per_class} {val_per_class} {crop_px} {seed}"
+    if marker.is_file() and marker.read_text().strip() == stamp:
+        return out
+    rng = random.Random(seed)
+    base = bundled_photos_dir()
+    with atomic_dir(out, replace=True) as tmp:
+        for cls, filename in DEMO_CLASSES.items():
+            photo = load_image(base / filename)
+            w, h = photo.size
+            split = int(w * TRAIN_FRACTION)
+            regions = {"train": (0, split, train_per_class), "val": (split, w, val_per_class)}
+            for subset, (x0, x1, count) in regions.items():
+                folder = tmp / subset / cls
+                folder.mkdir(parents=True)
+                rw = x1 - x0
+                for i in range(count):
+                    side = int(min(rw, h) * rng.uniform(0.45, 1.0))
+                    left = x0 + rng.randint(0, rw - side)
+                    top = rng.randint(0, h - side)
+                    crop = photo.crop((left, top, left + side, top + side)).resize((crop_px, crop_px), Image.Resampling.BILINEAR)
+                    crop.save(folder / f"{cls}_{i:03d}.png")
+        (tmp / "VERSION").write_text(stamp + "\n")
+    log.info("demo data set written to %s (%d classes)", out, len(DEMO_CLASSES))
+    return out
+
+
+def default_demo_dir() -> Path:
+    import os
+
+    root = Path(os.environ.get("EDGE_INCEPTION_CACHE", Path.home() / ".cache" / "edge-inception"))
+    return root / f"demo-v{DEMO_VERSION}"

@@ -1,0 +1,47 @@
+"""Errors the CLI turns into one line on stderr and exit code 1.
+
+Library code raises these for anything a user can cause (bad files, bad options, a model that fails
+verification); everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeInceptionError(Exception):
+    """Base class: a problem with the user's input or environment, explained in one line."""
+
+
+class CheckpointError(EdgeInceptionError):
+    """A weights file that is missing, unreadable, or not a GoogLeNet of a known layout."""
+
+
+class ImageError(EdgeInceptionError):
+    """An image or image folder that cannot be used."""
+
+
+class DatasetError(EdgeInceptionError):
+    """An ImageFolder tree that cannot be trained or evaluated on."""
+
+
+class ModelFileError(EdgeInceptionError):
+    """An ONNX (or engine) file that is missing, corrupt, or not what the command expects."""
+
+
+class VerificationError(EdgeInceptionError):
+    """A converted model whose outputs differ from its source beyond tolerance."""
+
+
+class TargetError(EdgeInceptionError):
+    """An unknown target, or a precision/backend the target cannot run."""
+
+
+class BackendUnavailableError(EdgeInceptionError):
+    """An optional runtime (TensorRT, OpenVINO, a GPU provider) that is not installed here."""
+
+
+class ManifestError(EdgeInceptionError):
+    """An artifact whose manifest is missing, edited, or built for another machine or library version."""
+
+
+class OutputPathError(EdgeInceptionError):
+    """An output path that cannot be written."""

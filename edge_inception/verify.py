@@ -1,0 +1,100 @@
+"""Output parity between two runs of the same model: the check every conversion step must pass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import VerificationError
+
+
+@dataclass
+class Parity:
+    """How far ``candidate`` logits are from ``reference`` logits."""
+
+    samples: int
+    max_abs_error: float
+    max_rel_error: float  # max |a - b| / max |a|, over each batch
+    top1_agreement: float
+    top5_overlap: float
+    mean_cosine: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merge(self, other: Parity) -> Parity:
+        n = self.samples + other.samples
+        return Parity(
+            samples=n,
+            max_abs_error=max(self.max_abs_error, other.max_abs_error),
+            max_rel_error=max(self.max_rel_error, other.max_rel_error),
+            top1_agreement=(self.top1_agreement * self.samples + other.top1_agreement * other.samples) / n,
+            top5_overlap=(self.top5_overlap * self.samples + other.top5_overlap * other.samples) / n,
+            mean_cosine=(self.mean_cosine * self.samples + other.mean_cosine * other.samples) / n,
+        )
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise VerificationError(f"output shapes differ: {ref.shape} vs {cand.shape}")
+    diff = np.abs(ref - cand)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    k = min(5, ref.shape[1])
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    top_cand = np.argsort(-cand, axis=1)[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)])
+    cos = np.sum(ref * cand, axis=1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-300)
+    return Parity(
+        samples=ref.shape[0],
+        max_abs_error=float(diff.max()),
+        max_rel_error=float(diff.max() / scale),
+        top1_agreement=float(np.mean(top_ref[:, 0] == top_cand[:, 0])),
+        top5_overlap=float(overlap),
+        mean_cosine=float(cos.mean()),
+    )
+
+
+def require(parity: Parity, *, rel_tol: float, step: str) -> None:
+    if not parity.max_rel_error <= rel_tol:  # also catches NaN
+        raise VerificationError(
+            f"{step}: outputs differ beyond tolerance (max relative error {parity.max_rel_error:.3g} > {rel_tol:g}, "
+            f"top-1 agreement {parity.top1_agreement:.1%}); nothing written"
+        )
+
+
+def verification_inputs(image_size: int, batch: int | None, seed: int = 0) -> list[np.ndarray]:
+    """Random and real-photo batches: sizes 1 and 4 for a dynamic-batch model, else ``batch``."""
+    from .images import bundled_photos, load_batch
+
+    rng = np.random.default_rng(seed)
+    photos = bundled_photos()
+    sizes = [1, 4] if batch is None else [batch]
+    out = []
+    for n in sizes:
+        out.append(rng.standard_normal((n, 3, image_size, image_size)).astype(np.float32))
+        picks = [photos[i % len(photos)] for i in range(n)]
+        out.append(load_batch(picks, image_size))
+    return out
+
+
+def onnx_session(model: str | Path | bytes, threads: int = 0, optimize: bool = True):  # -> ort.InferenceSession
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, batch: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: batch})[0])

@@ -1,0 +1,243 @@
+"""Checkpoints in, GoogLeNet out.
+
+Reads ``.pth``/``.pt`` (a plain state_dict, or a training checkpoint holding one under ``state_dict`` or
+``model``, with or without a ``module.`` prefix) and ``.safetensors``. Never unpickles arbitrary objects:
+``torch.load`` runs with ``weights_only=True``. The variant and ``num_classes`` are inferred from the tensors,
+aux-head weights are dropped, and anything that is not one of our two layouts is refused with a message
+naming the first missing/unexpected key or mismatched shape.
+
+Without a checkpoint the model is initialised from a seed; :attr:`LoadedModel.seeded` says so, and every
+command that uses such a model warns that its outputs are not meaningful.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .fileio import sha256_file
+from .labels import class_names as default_class_names
+from .model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, Variant, init_weights
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+SIDECAR_SUFFIX = ".json"  # class names and training settings stored beside a fine-tuned checkpoint
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What is known about a published set of weights (we never download it: users bring the file)."""
+
+    name: str
+    variant: Variant
+    num_classes: int
+    transform_input: bool
+    num_params: int
+    image_size: int
+    resize_size: int
+    acc1: float
+    acc5: float
+    source: str
+
+
+TORCHVISION_IMAGENET1K_V1 = WeightsInfo(
+    name="torchvision GoogLeNet_Weights.IMAGENET1K_V1 (googlenet-1378be20.pth)",
+    variant=Variant.torchvision,
+    num_classes=1000,
+    transform_input=True,  # ported from TensorFlow: inputs in [-1, 1]
+    num_params=6_624_904,
+    image_size=224,
+    resize_size=256,
+    acc1=69.778,
+    acc5=89.530,
+    source="https://github.com/pytorch/vision/tree/main/references/classification",
+)
+
+
+@dataclass
+class LoadedModel:
+    model: GoogLeNet
+    variant: Variant
+    num_classes: int
+    transform_input: bool
+    class_names: list[str]
+    source: str  # checkpoint path, or "seed:N"
+    sha256: str | None
+    seeded: bool
+    image_size: int | None = None  # from a fine-tuning sidecar, if any
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sidecar_path(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(SIDECAR_SUFFIX)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """Read the tensors of a checkpoint file, refusing anything that is not a mapping of names to tensors."""
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"weights file not found: {p}")
+    if not p.is_file():
+        raise CheckpointError(f"weights path is not a file: {p}")
+    if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"{p}: unsupported weights format '{p.suffix}' (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
+    if p.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(p), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
+            raise CheckpointError(f"{p}: not a readable safetensors file ({_first_line(exc)})") from exc
+    else:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated zip, pickle refused by weights_only, not a torch file at all
+            raise CheckpointError(f"{p}: {_explain_torch_load_error(p, exc)}") from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{p}: does not hold a state_dict (found {type(obj).__name__})")
+    state: dict[str, Any] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{p}: entry '{key}' is a {type(value).__name__}, not a tensor")
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def infer_variant(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[Variant, int]:
+    """The variant and number of classes a GoogLeNet state_dict was saved from."""
+    if "conv1.conv.weight" not in state or "fc.weight" not in state:
+        missing = "conv1.conv.weight" if "conv1.conv.weight" not in state else "fc.weight"
+        first = ", ".join(list(state)[:3])
+        raise CheckpointError(f"{source}: not a GoogLeNet checkpoint: missing key '{missing}' (found {first}, ...)")
+    if "conv1.bn.running_mean" in state:
+        variant = Variant.torchvision
+    elif "conv1.conv.bias" in state:
+        variant = Variant.paper
+    else:
+        raise CheckpointError(f"{source}: GoogLeNet layout not recognised: neither 'conv1.bn.running_mean' nor 'conv1.conv.bias' present")
+    fc = state["fc.weight"]
+    if fc.ndim != 2:
+        raise CheckpointError(f"{source}: 'fc.weight' has shape {tuple(fc.shape)}, expected (num_classes, 1024)")
+    return variant, int(fc.shape[0])
+
+
+def load_into(model: GoogLeNet, state: Mapping[str, Any], source: str) -> None:
+    """Strict load that explains the first problem in one line."""
+    expected = {k: v for k, v in model.state_dict().items()}
+    given = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))} if model.aux1 is None else dict(state)
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing:
+        raise CheckpointError(f"{source}: missing key '{missing[0]}' ({len(missing)} missing) for the {model.variant.value} GoogLeNet")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key '{unexpected[0]}' ({len(unexpected)} unexpected) for the {model.variant.value} GoogLeNet")
+    for key, want in expected.items():
+        got = given[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(f"{source}: '{key}' has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    model.load_state_dict(given, strict=True)
+
+
+def read_sidecar(checkpoint: Path) -> dict[str, Any]:
+    side = sidecar_path(checkpoint)
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{side}: unreadable class-names file ({_first_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{side}: expected a JSON object")
+    return data
+
+
+def load_model(
+    weights: str | Path | None = None,
+    *,
+    variant: Variant | str | None = None,
+    num_classes: int | None = None,
+    transform_input: bool | None = None,
+    aux_logits: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
+    """Build GoogLeNet from a checkpoint, or from ``seed`` when ``weights`` is None.
+
+    ``variant``/``num_classes`` given with a checkpoint must agree with what its tensors say.
+    ``transform_input`` defaults to True for a 1000-class torchvision-layout checkpoint (the ported ImageNet
+    weights need it), else to what a fine-tuning sidecar recorded, else False.
+    """
+    if weights is None:
+        v = Variant(variant or Variant.torchvision)
+        n = num_classes or 1000
+        model = init_weights(GoogLeNet(v, n, transform_input=bool(transform_input), aux_logits=aux_logits), seed)
+        log.info("no checkpoint given: GoogLeNet initialised from seed %d", seed)
+        return LoadedModel(model, v, n, bool(transform_input), default_class_names(n), f"seed:{seed}", None, True)
+
+    path = Path(weights)
+    state = read_state_dict(path)
+    found_variant, found_classes = infer_variant(state, str(path))
+    if variant is not None and Variant(variant) is not found_variant:
+        raise CheckpointError(f"{path}: holds the {found_variant.value} layout, not {Variant(variant).value}")
+    if num_classes is not None and num_classes != found_classes:
+        raise CheckpointError(f"{path}: has {found_classes} classes, not {num_classes}")
+    side = read_sidecar(path)
+    if transform_input is None:
+        transform_input = bool(side.get("transform_input", found_variant is Variant.torchvision and found_classes == 1000))
+    has_aux = any(k.startswith("aux1.") for k in state)
+    model = GoogLeNet(found_variant, found_classes, transform_input=transform_input, aux_logits=aux_logits and has_aux)
+    if aux_logits and not has_aux:
+        # fine-tuning from weights without aux heads (torchvision's published file): fresh aux heads
+        model = GoogLeNet(found_variant, found_classes, transform_input=transform_input, aux_logits=True)
+        init_weights(model, seed)
+        aux_free = GoogLeNet(found_variant, found_classes, transform_input=transform_input, aux_logits=False)
+        load_into(aux_free, state, str(path))
+        model.load_state_dict(aux_free.state_dict(), strict=False)
+    else:
+        load_into(model, state, str(path))
+    names = side.get("classes")
+    return LoadedModel(
+        model=model,
+        variant=found_variant,
+        num_classes=found_classes,
+        transform_input=transform_input,
+        class_names=default_class_names(found_classes, names if isinstance(names, list) else None),
+        source=str(path),
+        sha256=sha256_file(path),
+        seeded=False,
+        image_size=int(side["image_size"]) if isinstance(side.get("image_size"), int) else None,
+        extra={k: v for k, v in side.items() if k not in ("classes",)},
+    )
+
+
+def _explain_torch_load_error(path: Path, exc: BaseException) -> str:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "not a PyTorch checkpoint (not a torch.save zip archive, or truncated)"
+    if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        return "holds pickled objects other than tensors; refusing to unpickle them (weights_only=True)"
+    return f"not a readable PyTorch checkpoint ({_first_line(exc)})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
