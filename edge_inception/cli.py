@@ -149,6 +149,63 @@ def info(
         typer.echo(f"  {key}: {shown}")
 
 
+def _progress(total: int, desc: str):  # -> tqdm
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder tree: one sub-folder of images per class.")],
+    weights: WeightsOpt = None,
+    variant: Annotated[Variant, typer.Option("--variant", help="Layout when training from seeded weights.")] = Variant.torchvision,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 0.01,
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    val: Annotated[Path | None, typer.Option("--val", help="Validation ImageFolder (default: hold out 15% of --data).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (class names go to <name>.json).")] = Path(
+        "export/output/finetuned.pth"
+    ),
+) -> None:
+    """Fine-tune GoogLeNet on your classes with the auxiliary classifiers (loss = main + 0.3 x aux)."""
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    cfg = TrainConfig(data=data, output=output, val=val, weights=weights, variant=variant, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, lr=lr, image_size=image_size, seed=seed)
+    result = run_training(cfg, progress=_progress)
+    if weights is None:
+        typer.echo("note: training from seeded random weights (no --weights)", err=True)
+    if result.skipped_files:
+        typer.echo(f"skipped {result.skipped_files} unreadable or non-image file(s)", err=True)
+    _echo_table([[str(h.epoch), str(h.steps), f"{h.train_loss:.3f}", f"{h.train_acc:.1%}", f"{h.val_acc:.1%}", f"{h.seconds:.1f}"]
+                 for h in result.history], ["epoch", "steps", "loss", "train acc", "val acc", "seconds"])
+    if result.checkpoint is None:
+        typer.echo("error: interrupted before the first checkpoint; nothing written", err=True)
+        raise typer.Exit(code=130 if result.interrupted else 1)
+    typer.echo(f"best val accuracy {result.best_val_acc:.1%} ({len(result.classes)} classes, device {result.device})")
+    typer.echo(f"wrote {result.checkpoint} and {result.checkpoint.with_suffix('.json')}")
+    if result.interrupted:
+        raise typer.Exit(code=130)
+
+
+@app.command()
+@handle_errors
+def demo_data(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train/ and val/ (ImageFolder layout).")] = Path("export/output/demo-data"),
+) -> None:
+    """Write the built-in demo data set: crops of real photos bundled with scikit-image, one class per photo."""
+    from .demo_data import DEMO_CLASSES, make_demo_dataset
+
+    out = make_demo_dataset(output)
+    typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     app()

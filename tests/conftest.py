@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import torch
 
 from edge_inception.model import GoogLeNet, init_weights
+
+TRAIN_IMAGE_SIZE = 64
+TRAIN_STEPS = 200
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +19,41 @@ def _few_threads():
 
 def seeded_state_dict(variant: str = "torchvision", num_classes: int = 1000, aux: bool = True, seed: int = 1) -> dict:
     return init_weights(GoogLeNet(variant, num_classes, aux_logits=aux), seed).state_dict()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from edge_inception.demo_data import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"))
+
+
+@dataclass
+class Trained:
+    checkpoint: Path
+    onnx: Path
+    data: Path
+    result: object
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def trained(demo_data, tmp_path_factory) -> Trained:
+    """A GoogLeNet briefly trained on the demo crops (once per session), and its verified ONNX export.
+
+    A randomly initialised net gives every image the same class, so fidelity checks need this one.
+    """
+    import time
+
+    from edge_inception.export import export_model
+    from edge_inception.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained")
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    result = train(TrainConfig(data=demo_data / "train", val=demo_data / "val", output=out / "demo.pth", max_steps=TRAIN_STEPS,
+                               batch_size=16, image_size=TRAIN_IMAGE_SIZE, lr=0.03))
+    seconds = time.perf_counter() - t0
+    assert result.checkpoint is not None
+    exported = export_model(result.checkpoint, out / "demo.onnx")
+    return Trained(result.checkpoint, exported.path, demo_data, result, seconds)

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+from edge_inception.datasets import scan_image_folder
+from edge_inception.errors import DatasetError
+from edge_inception.images import load_batch
+from edge_inception.weights import load_model
+
+from .conftest import TRAIN_IMAGE_SIZE, TRAIN_STEPS
+
+runner = CliRunner()
+
+
+def test_brief_training_beats_chance_and_exports(trained):
+    result = trained.result
+    classes = result.classes
+    assert len(classes) == 10
+    assert result.history[-1].steps == TRAIN_STEPS
+    assert trained.seconds < 120, f"{TRAIN_STEPS} steps took {trained.seconds:.0f}s"
+    assert result.best_val_acc >= 0.35, result.history  # chance is 0.10 on the held-out crops
+    side = json.loads(trained.checkpoint.with_suffix(".json").read_text())
+    assert side["classes"] == classes and side["image_size"] == TRAIN_IMAGE_SIZE
+
+    loaded = load_model(trained.checkpoint)
+    assert loaded.num_classes == 10 and loaded.class_names == classes and loaded.image_size == TRAIN_IMAGE_SIZE
+    assert any(k.startswith("aux1.") for k in torch.load(trained.checkpoint, weights_only=True))
+
+    val = scan_image_folder(trained.data / "val")
+    paths = [p for p, _ in val.samples]
+    labels = np.array([label for _, label in val.samples])
+    session = ort.InferenceSession(str(trained.onnx), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": load_batch(paths, TRAIN_IMAGE_SIZE)})[0]
+    predicted = logits.argmax(1)
+    assert len(set(predicted.tolist())) >= 4  # not one class for every image
+    assert (predicted == labels).mean() >= 0.35
+
+
+def test_train_cli_bad_data(tmp_path):
+    one = tmp_path / "one" / "cats"
+    one.mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(one / "a.png")
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "one"), "-o", str(tmp_path / "m.pth")])
+    assert r.exit_code == 1 and "at least 2" in r.stderr and "Traceback" not in r.output
+
+    (tmp_path / "two" / "a").mkdir(parents=True)
+    (tmp_path / "two" / "b").mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "two" / "a" / "x.png")
+    (tmp_path / "two" / "b" / "broken.jpg").write_bytes(b"not really a jpeg")
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "two"), "-o", str(tmp_path / "m.pth")])
+    assert r.exit_code == 1 and "class 'b' has no readable images" in r.stderr
+    assert not (tmp_path / "m.pth").exists()
+
+
+def test_unreadable_images_are_counted(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.new("RGB", (40, 40), (i * 90, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "bad.png").write_bytes(b"\x89PNG broken")
+    folder = scan_image_folder(tmp_path)
+    assert len(folder.samples) == 4 and sorted(p.name for p in folder.skipped) == ["bad.png", "notes.txt"]
+    with pytest.raises(DatasetError, match="data folder not found"):
+        scan_image_folder(tmp_path / "missing")
+
+
+def test_train_cli_runs_and_writes_checkpoint(tmp_path, demo_data):
+    out = tmp_path / "tiny.pth"
+    r = runner.invoke(app, ["train", "--data", str(demo_data / "train"), "--val", str(demo_data / "val"), "--max-steps", "2",
+                            "--batch-size", "4", "--image-size", "32", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"][0] == "astronaut"
+    assert "best val accuracy" in r.stdout
