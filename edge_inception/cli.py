@@ -98,6 +98,7 @@ def export(
     batch: Annotated[int | None, typer.Option("--batch", help="Fixed batch size (default: dynamic batch).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim after export.")] = True,
+    keep_batchnorm: Annotated[bool, typer.Option("--keep-batchnorm", help="Do not fold BatchNorm (implies --no-simplify).")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="ONNX file to write (default under export/output/).")] = None,
 ) -> None:
     """Export GoogLeNet to aux-free ONNX, verified against PyTorch and simplified."""
@@ -106,7 +107,7 @@ def export(
     if batch is not None and dynamic_batch:
         raise EdgeInceptionError("--batch and --dynamic-batch exclude each other")
     result = export_model(weights, output, variant=variant, num_classes=num_classes, image_size=image_size, opset=opset,
-                          batch=batch, simplify=simplify)
+                          batch=batch, simplify=simplify, fold_batchnorm=not keep_batchnorm)
     _note_seeded(result.loaded.seeded)
     _echo_table(_step_rows(result.steps), STEP_HEADER)
     typer.echo(f"wrote {result.path}")
@@ -147,6 +148,39 @@ def info(
     for key, value in data.metadata.items():
         shown = value if len(value) < 100 else value[:97] + "..."
         typer.echo(f"  {key}: {shown}")
+
+
+def _m(value: int | None, unit: float = 1e6, digits: int = 1) -> str:
+    return "-" if value is None else f"{value / unit:,.{digits}f}"
+
+
+@app.command()
+@handle_errors
+def flops(
+    model: Annotated[Path, typer.Argument(help="ONNX model (FP32, simplified, FP16 or QDQ INT8).")],
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Count at this input size (default: the model's).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1)] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Multiply-adds and parameters per stage against the paper's Table 1 and its 1.5 G budget."""
+    from .flops import count_graph
+
+    report = count_graph(model, image_size=image_size, batch=batch)
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2))
+        return
+    rows = []
+    for s in report.stages:
+        diff = "-" if s.macs_diff is None else f"{s.macs_diff:+.1%}"
+        rows.append([s.name, _m(s.macs), _m(s.paper_macs), diff, _m(s.params, 1e3), _m(s.paper_params, 1e3), _m(s.other_ops)])
+    typer.echo(f"{report.model}: {report.variant or 'unknown'} layout, batch {report.batch}, {report.image_size}x{report.image_size} input")
+    _echo_table(rows, ["stage", "MACs (M)", "paper (M)", "diff", "params (K)", "paper (K)", "other ops (M)"])
+    per_image = report.total_macs / report.batch
+    typer.echo(f"total: {report.total_macs:,} multiply-adds ({per_image / 1e9:.3f} G per image, {per_image / report.budget_macs:.1%} "
+               f"of the paper's 1.5 G budget), {report.total_params:,} parameters, {report.total_other_ops:,} other ops")
+    typer.echo("notes:")
+    for note in report.notes:
+        typer.echo(f"  - {note}")
 
 
 def _progress(total: int, desc: str):  # -> tqdm

@@ -79,8 +79,8 @@ def model_metadata(loaded: LoadedModel, image_size: int, batch: int | None) -> d
     return meta
 
 
-def torch_to_onnx(model: GoogLeNet, path: Path, image_size: int, batch: int | None, opset: int) -> None:
-    """Trace ``model`` (eval mode, no aux heads) to ``path``."""
+def torch_to_onnx(model: GoogLeNet, path: Path, image_size: int, batch: int | None, opset: int, fold_batchnorm: bool = True) -> None:
+    """Trace ``model`` (eval mode, no aux heads) to ``path``; BatchNorm is folded into the convs unless told not to."""
     import torch
 
     model.eval()
@@ -99,7 +99,9 @@ def torch_to_onnx(model: GoogLeNet, path: Path, image_size: int, batch: int | No
             output_names=["logits"],
             dynamic_axes=dynamic_axes,
             opset_version=opset,
-            do_constant_folding=True,
+            do_constant_folding=fold_batchnorm,
+            # EVAL fuses Conv+BatchNorm while tracing; PRESERVE on an eval-mode model keeps them apart
+            training=torch.onnx.TrainingMode.EVAL if fold_batchnorm else torch.onnx.TrainingMode.PRESERVE,
         )
 
 
@@ -130,10 +132,13 @@ def export_model(
     seed: int = 0,
     transform_input: bool | None = None,
     loaded: LoadedModel | None = None,
+    fold_batchnorm: bool = True,
 ) -> ExportResult:
     """Export GoogLeNet to ONNX, verify it against PyTorch, simplify and verify again, then write ``output``.
 
-    ``batch=None`` gives a dynamic batch dimension. Nothing is written if a step fails verification.
+    ``batch=None`` gives a dynamic batch dimension. ``fold_batchnorm=False`` (which implies no simplification,
+    since onnxsim folds them) keeps BatchNormalization nodes, e.g. to count parameters as PyTorch does.
+    Nothing is written if a step fails verification.
     """
     import onnx
 
@@ -154,7 +159,7 @@ def export_model(
     inputs = verification_inputs(size, batch, seed)
     result = ExportResult(path=out, loaded=loaded, metadata=meta)
     with atomic_path(out) as tmp:
-        torch_to_onnx(model, tmp, size, batch, opset)
+        torch_to_onnx(model, tmp, size, batch, opset, fold_batchnorm)
         onnx_model = onnx.load(str(tmp))
         set_metadata(onnx_model, meta)
         onnx.checker.check_model(onnx_model, full_check=True)
@@ -163,7 +168,7 @@ def export_model(
         require(parity, rel_tol=EXPORT_REL_TOL, step="export (PyTorch vs ONNX Runtime)")
         result.steps.append(StepReport("export", "pytorch", parity, sorted({b.shape[0] for b in inputs})))
         log.info("export verified: max rel error %.2e", parity.max_rel_error)
-        if simplify:
+        if simplify and fold_batchnorm:
             from .simplify import simplify_onnx
 
             simplified, step = simplify_onnx(onnx_model, inputs)
