@@ -183,6 +183,206 @@ def flops(
         typer.echo(f"  - {note}")
 
 
+@app.command()
+@handle_errors
+def quantize(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model (from export).")],
+    precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")],
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", min=1)] = 100,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
+    target: Annotated[str, typer.Option("--target", help="cpu, gpu or tensorrt: picks the INT8 scheme.")] = "cpu",
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: also report top-1/top-5 accuracy.")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard: top-1 agreement with FP32.")] = 0.99,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
+) -> None:
+    """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
+    from .quantize import CalibMethod, Precision, QuantTarget, quantize_model
+
+    try:
+        prec, method, tgt = Precision(precision), CalibMethod(calib_method), QuantTarget(target)
+    except ValueError as exc:
+        raise EdgeInceptionError(str(exc)) from None
+    result = quantize_model(model, prec, output=output, calib=calib, calib_size=calib_size, calib_method=method, target=tgt,
+                            holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, progress=_progress)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if result.skipped_files:
+        typer.echo(f"skipped {result.skipped_files} non-image or unreadable file(s)", err=True)
+    a = result.accuracy
+    typer.echo(f"{result.precision.value}: {result.scheme}")
+    rows = [["top-1 agreement", f"{a.top1_agreement:.2%}"], ["top-5 overlap", f"{a.top5_overlap:.2%}"],
+            ["mean cosine", f"{a.mean_cosine:.5f}"], ["max abs logit error", f"{a.max_abs_error:.4f}"],
+            ["held-out images", str(a.holdout_images)], ["calibration images", str(result.calibration_images)],
+            ["size", f"{a.fp32_size_bytes / 1e6:.1f} MB -> {a.size_bytes / 1e6:.1f} MB ({a.size_ratio:.0%})"]]
+    if a.labelled:
+        rows += [[k.replace("_", " "), f"{v:.2%}"] for k, v in a.labelled.items()]
+    if result.kept_float:
+        rows.append(["kept in float (guard)", ", ".join(result.kept_float)])
+        rows += [[f"latency {k} (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
+    _echo_table(rows, ["metric", "vs fp32"])
+    typer.echo(f"wrote {result.path} and {result.report_path}")
+
+
+@app.command()
+@handle_errors
+def targets(
+    targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra folder of target TOML files.")] = None,
+) -> None:
+    """List the device presets (export/targets/*.toml and your own)."""
+    from .targets import list_targets
+
+    rows = [[t.name, t.backend, "/".join(t.backends), t.default_precision, ",".join(t.precisions),
+             f"{t.batch_min}-{t.batch_opt}-{t.batch_max}", "-" if t.dla_core is None else str(t.dla_core), t.tensorrt_version or "-",
+             t.description] for t in list_targets(targets_dir).values()]
+    _echo_table(rows, ["target", "backend", "backends", "default", "precisions", "batch min-opt-max", "DLA", "TensorRT", "device"])
+
+
+@app.command()
+@handle_errors
+def build(
+    model: Annotated[Path, typer.Argument(help="ONNX model (fp32, or fp16/int8 from quantize).")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
+    backend: Annotated[str | None, typer.Option("--backend", help="ort, tensorrt or openvino (default: the target's).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="Expected precision of the graph (fp32/fp16/int8).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the target's).")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder for the artifact and its manifest.")] = None,
+) -> None:
+    """Build an artifact for a target, with a JSON manifest, verified against the source ONNX."""
+    from .engines.build import build as build_artifact
+
+    result = build_artifact(model, target, backend=backend, precision=precision, output_dir=output_dir, threads=threads)
+    m, p = result.manifest, result.parity
+    typer.echo(f"{m.backend} / {m.target} / {m.precision}: max rel error {p.max_rel_error:.2e}, top-1 agreement {p.top1_agreement:.1%} "
+               f"vs {model.name}")
+    typer.echo(f"wrote {result.artifact} and {result.artifact.name}.manifest.json")
+
+
+@app.command()
+@handle_errors
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+) -> None:
+    """Classify images: top-k labels and scores."""
+    from .predict import predict as run_predict
+
+    for p in run_predict(artifact, images, top_k=top_k):
+        if as_json:
+            typer.echo(json.dumps(p.as_dict()))
+            continue
+        typer.echo(p.image)
+        for index, label, score in p.top:
+            typer.echo(f"  {score:7.2%}  {label} ({index})")
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder: class folders named by synset id, class index or class name.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+) -> None:
+    """Top-1 / top-5 accuracy on a labelled folder."""
+    from .predict import evaluate
+
+    r = evaluate(artifact, data, batch_size, progress=_progress)
+    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else ""))
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise EdgeInceptionError(f"{what} must be comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise EdgeInceptionError(f"{what} must be positive integers, got '{text}'")
+    return values
+
+
+@app.command()
+@handle_errors
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Built artifacts and/or ONNX models.")],
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up inferences.")] = 10,
+    warmup_s: Annotated[float, typer.Option("--warmup-s", min=0, help="Warm-up seconds (added to --warmup).")] = 0.0,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed inferences per engine per round.")] = 50,
+    duration: Annotated[float, typer.Option("--duration", min=0, help="Timed seconds per engine per round (instead).")] = 0.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds; engines are measured in turn in each.")] = 3,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Threads per engine (0: each runtime's default).")] = 0,
+    baseline: Annotated[str, typer.Option("--baseline", help="Baselines: torch,ort-default (or 'none').")] = "torch,ort-default",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+) -> None:
+    """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
+    from .bench import BenchConfig, run_bench, write_outputs
+
+    bases = tuple(b for b in baseline.split(",") if b and b != "none")
+    cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
+                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases)
+    report = run_bench([str(a) for a in artifacts], cfg, progress=_progress)
+    _print_bench(report)
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
+        if path:
+            typer.echo(f"wrote {path}")
+
+
+def _print_bench(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    typer.echo(f"{m['cpu']} ({m['cores']} cores, {', '.join(m['simd'])}); matmul peak {m['matmul_peak_macs_per_s'] / 1e9:.1f} GMAC/s")
+    rows = []
+    for r in report["results"]:
+        lat, sp = r["latency_ms"], r["speedup_vs"]
+        rows.append([r["engine"], str(r["batch"]), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
+                     f"{r['throughput_ips']:.1f}", f"{r['macs_per_s'] / 1e9:.1f}", f"{(r['peak_fraction'] or 0):.0%}",
+                     f"{sp.get('torch-eager', 0):.2f}x", f"{sp.get('ort-default', 0):.2f}x",
+                     "-" if r["agreement"] is None else f"{r['agreement']:.1%}"])
+    _echo_table(rows, ["engine", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% peak", "vs torch", "vs ort", "agree"])
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    weights: WeightsOpt = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target preset.")] = "cpu",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32,fp16,int8.")] = "fp32,fp16,int8",
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for INT8 (default: bundled photos).")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Input size (default: the checkpoint's, else 224).")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard for quantized artifacts.")] = 0.99,
+    batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes.")] = "1,8",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed inferences per engine per round.")] = 30,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
+) -> None:
+    """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
+    from .pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                         calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
+                         batches=_int_list(batch, "--batch"))
+    if weights is None:
+        typer.echo(SEEDED_NOTE, err=True)
+    started: dict[str, float] = {}
+
+    def on_stage(name: str) -> None:
+        import time
+
+        started[name] = time.perf_counter()
+        typer.echo(f"[{len(started)}] {name} ...", err=True)
+
+    result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
+    _echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
+    ship = result.report["ship"]
+    typer.echo(f"ship: {ship['artifact']} ({ship['precision']}): {ship['why']}")
+    typer.echo(f"wrote {result.output}/report.md, report.json, bench.png and artifacts/")
+
+
 def _progress(total: int, desc: str):  # -> tqdm
     from tqdm import tqdm
 
@@ -231,7 +431,9 @@ def train(
 @app.command()
 @handle_errors
 def demo_data(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train/ and val/ (ImageFolder layout).")] = Path("export/output/demo-data"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train/ and val/ (ImageFolder layout).")] = Path(
+        "export/output/demo-data"
+    ),
 ) -> None:
     """Write the built-in demo data set: crops of real photos bundled with scikit-image, one class per photo."""
     from .demo_data import DEMO_CLASSES, make_demo_dataset

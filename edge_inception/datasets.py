@@ -89,8 +89,8 @@ def train_sample(image, size: int, rng: random.Random) -> np.ndarray:
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     arr = np.asarray(crop, dtype=np.float32) / np.float32(255.0)
-    arr = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    normed = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
+    return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
 
 
 class ImageCache:

@@ -142,7 +142,11 @@ def _shapes(model) -> dict[str, list[int]]:
 
 def count_graph(path: str | Path, *, image_size: int | None = None, batch: int = 1) -> FlopReport:
     """Count multiply-adds, other arithmetic and parameters of an ONNX model at ``batch`` x ``image_size``."""
-    raw = load_onnx(path)
+    return count_graph_model(load_onnx(path), image_size=image_size, batch=batch, name=str(path))
+
+
+def count_graph_model(raw, *, image_size: int | None = None, batch: int = 1, name: str = "model") -> FlopReport:
+    """:func:`count_graph` on an in-memory ``onnx.ModelProto``."""
     meta = get_metadata(raw)
     if image_size is None:
         dims = raw.graph.input[0].type.tensor_type.shape.dim
@@ -202,7 +206,7 @@ def count_graph(path: str | Path, *, image_size: int | None = None, batch: int =
 
     stages = _group(nodes)
     return FlopReport(
-        model=str(path),
+        model=name,
         image_size=image_size,
         batch=batch,
         variant=meta.get("variant"),

@@ -1,0 +1,211 @@
+"""Native TensorRT (optional extra ``tensorrt``): parse ONNX, build a serialized engine, run it with
+``execute_async_v3`` on PyTorch CUDA tensors.
+
+Precision comes from the graph: Q/DQ INT8 or FP16 ONNX from ``quantize``. On TensorRT >= 10 the network is
+created strongly typed, so no precision flag is set (TensorRT 11 has neither implicit INT8 calibration nor
+weakly typed networks). Builder precision flags are used only where a build needs them and the installed
+version still has them: TensorRT 8/9, and DLA builds, which need a weakly typed network.
+
+The decisions (network flags, precision flags, profile shapes, DLA settings, manifest checks) are plain
+functions, tested without TensorRT; only :func:`build_engine` and :class:`TensorRTRunner` touch the library.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError, TargetError
+from ..targets import Target
+from .base import Manifest, Runner
+
+log = logging.getLogger(__name__)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = (text.split(".") + ["0"])[:2]
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError as exc:
+        raise EdgeInceptionError(f"cannot read TensorRT version '{text}'") from exc
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    strongly_typed: bool
+    explicit_batch_flag: bool  # required before TensorRT 10, deprecated after
+    builder_flags: tuple[str, ...]
+    dla_core: int | None
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min / opt / max input shapes
+    workspace_bytes: int
+    optimization_level: int
+
+
+def profile_shapes(target: Target, image_size: int, fixed: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Optimisation profile for the dynamic batch; DLA engines are fixed-shape at the target's opt batch."""
+    def shape(n: int) -> tuple[int, ...]:
+        return (n, 3, image_size, image_size)
+
+    if fixed:
+        return shape(target.batch_opt), shape(target.batch_opt), shape(target.batch_opt)
+    return shape(target.batch_min), shape(target.batch_opt), shape(target.batch_max)
+
+
+def plan_build(target: Target, precision: str, trt_version: str, image_size: int, *, graph_batch: int | None = None) -> BuildPlan:
+    """Everything a build decides, from the target, the model's precision and the installed TensorRT."""
+    target.check("tensorrt", precision)
+    major, _ = parse_version(trt_version)
+    dla = target.dla_core is not None and precision in ("fp16", "int8")
+    if dla and major >= 11:
+        raise TargetError(f"target '{target.name}' uses DLA, which needs a weakly typed network: TensorRT {trt_version} has none")
+    strongly_typed = major >= 10 and not dla
+    flags: list[str] = []
+    if not strongly_typed:
+        if precision == "fp16":
+            flags.append("FP16")
+        elif precision == "int8":
+            flags += ["INT8", "FP16"]  # Q/DQ layers in INT8; FP16 for layers without an INT8 kernel
+        if dla:
+            flags.append("GPU_FALLBACK")
+    fixed = dla or graph_batch is not None
+    profile = profile_shapes(target, image_size, fixed)
+    if graph_batch is not None:
+        profile = ((graph_batch, 3, image_size, image_size),) * 3
+    return BuildPlan(
+        strongly_typed=strongly_typed,
+        explicit_batch_flag=major < 10,
+        builder_flags=tuple(flags),
+        dla_core=target.dla_core if dla else None,
+        profile=profile,
+        workspace_bytes=target.workspace_mb << 20,
+        optimization_level=target.builder_optimization_level,
+    )
+
+
+def check_engine_compat(manifest: Manifest, trt_version: str, gpu_name: str, compute_capability: str) -> None:
+    """Engines are tied to the TensorRT version and GPU they were built with: refuse anything else."""
+    built = manifest.libraries.get("tensorrt", "unknown")
+    if built != trt_version:
+        raise ManifestError(f"engine built with TensorRT {built}, this machine has {trt_version}: rebuild it here with 'edge-inception build'")
+    gpu = manifest.gpu or {}
+    if gpu.get("compute_capability") != compute_capability:
+        raise ManifestError(
+            f"engine built for {gpu.get('name', 'another GPU')} (sm {gpu.get('compute_capability', '?')}), this is {gpu_name} "
+            f"(sm {compute_capability}): rebuild it here with 'edge-inception build'"
+        )
+
+
+def _trt():  # -> module
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailableError("TensorRT is not installed: pip install 'edge-inception[tensorrt]' on a machine with an NVIDIA GPU") from exc
+    return tensorrt
+
+
+def tensorrt_version() -> str:
+    return str(_trt().__version__)
+
+
+def cuda_device() -> dict[str, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("TensorRT needs a CUDA GPU, and none is visible here")
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(source: Path, artifact: Path, plan: BuildPlan, timing_cache: Path | None = None) -> None:
+    """Parse ``source`` and write a serialized engine to ``artifact`` (the caller makes it atomic)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if plan.explicit_batch_flag:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if plan.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            errors.append(f"node {err.node()} ({err.node_name()}, {err.node_operator()}): {err.desc()}")
+        raise EdgeInceptionError(f"TensorRT could not parse {source}: " + "; ".join(errors or ["unknown error"]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    config.builder_optimization_level = plan.optimization_level
+    for name in plan.builder_flags:
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is None:
+            raise BackendUnavailableError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}, which this build needs")
+        config.set_flag(flag)
+    if plan.dla_core is not None:
+        if builder.num_DLA_cores <= plan.dla_core:
+            raise TargetError(f"DLA core {plan.dla_core} requested, this device has {builder.num_DLA_cores}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+
+    profile = builder.create_optimization_profile()
+    input_name = network.get_input(0).name
+    profile.set_shape(input_name, trt.Dims(plan.profile[0]), trt.Dims(plan.profile[1]), trt.Dims(plan.profile[2]))
+    config.add_optimization_profile(profile)
+
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EdgeInceptionError(f"TensorRT failed to build an engine from {source} (see the log above)")
+    artifact.write_bytes(bytes(serialized))
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+class TensorRTRunner(Runner):
+    name = "tensorrt"
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path, self.manifest = path, manifest
+        self.context: Any = None
+        self.engine: Any = None
+
+    def activate(self) -> None:
+        trt = _trt()
+        device = cuda_device()
+        check_engine_compat(self.manifest, str(trt.__version__), device["name"], device["compute_capability"])
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ManifestError(f"{self.path}: TensorRT could not deserialize the engine; rebuild it")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=torch.float32, device="cuda")
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EdgeInceptionError("TensorRT execution failed")
+        stream.synchronize()
+        return np.asarray(out.cpu().numpy())
+
+    def deactivate(self) -> None:
+        self.context = None
+        self.engine = None

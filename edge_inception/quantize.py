@@ -1,0 +1,387 @@
+"""INT8 (static, calibrated, explicit Q/DQ) and FP16 quantization, with an accuracy report and guard.
+
+INT8 uses ONNX Runtime's static quantizer in QDQ format with per-channel weights: the form both ONNX Runtime
+and TensorRT 10/11 consume. The scheme follows the target:
+
+* ``cpu`` without VNNI (AVX2 only, like this machine): unsigned activations, signed weights with reduced
+  (7-bit) range, so the u8 x s8 multiply-add of AVX2 cannot saturate;
+* ``cpu`` with VNNI (or Arm): the same, full range;
+* ``gpu``/``tensorrt``: symmetric signed INT8 for both (TensorRT only takes symmetric scales).
+
+The accuracy guard compares the quantized model with FP32 on held-out images; when INT8 falls below
+``min_agreement`` the stages that hurt most (measured by quantizing one stage at a time) are kept in float
+until the guard holds, or the run fails and nothing is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cpu import cpu_info
+from .errors import EdgeInceptionError, ImageError, VerificationError
+from .fileio import atomic_path, write_json_atomic
+from .flops import stage_of
+from .images import find_images, load_batch
+from .onnx_meta import get_metadata, load_onnx, model_image_size, set_metadata
+from .verify import Parity, compare, onnx_session, run_onnx
+
+log = logging.getLogger(__name__)
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantTarget(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+    tensorrt = "tensorrt"
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    activation: str  # "uint8" | "int8"
+    weight: str
+    reduce_range: bool
+    symmetric_activations: bool
+    reason: str
+
+
+def int8_scheme(target: QuantTarget) -> Int8Scheme:
+    if target is not QuantTarget.cpu:
+        return Int8Scheme("int8", "int8", False, True, f"{target.value}: symmetric signed INT8 (TensorRT takes symmetric scales only)")
+    cpu = cpu_info()
+    if cpu.vnni:
+        return Int8Scheme("uint8", "int8", False, False, f"cpu ({cpu.model}) has VNNI/dot-product: u8 activations, s8 weights, full range")
+    return Int8Scheme("uint8", "int8", True, False,
+                      f"cpu ({cpu.model}) has no VNNI: u8 activations, s8 weights with reduced range (avoids AVX2 saturation)")
+
+
+@dataclass
+class ImageSets:
+    calibration: list[Path]
+    holdout: list[Path]
+    skipped: int
+    source: str
+    warning: str | None = None
+
+
+def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = 100) -> ImageSets:
+    """Calibration and held-out image lists that never overlap."""
+    if calib is None:
+        from .demo_data import default_demo_dir, make_demo_dataset
+
+        demo = make_demo_dataset(default_demo_dir())
+        calib_scan = find_images([demo / "train"])
+        hold = find_images([holdout]) if holdout else find_images([demo / "val"])
+        warning = "calibrating on the bundled demo photos; calibration on your own images (--calib DIR) gives better INT8 scales"
+        return ImageSets(_spread(calib_scan.images, calib_size), _spread(hold.images, holdout_size), 0, "bundled photos (scikit-image)", warning)
+    if not calib.exists():
+        raise ImageError(f"calibration folder not found: {calib}")
+    scan = find_images([calib], check=True)
+    if not scan.images:
+        raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
+    if holdout is not None:
+        hold_scan = find_images([holdout], check=True)
+        held = hold_scan.images
+        calib_images = [p for p in scan.images if p not in set(held)]
+        skipped = len(scan.skipped) + len(hold_scan.skipped)
+    else:
+        # every 5th image is held out for the accuracy report, the rest calibrates
+        held = scan.images[4::5] or scan.images[-1:]
+        calib_images = [p for p in scan.images if p not in set(held)] or scan.images
+        skipped = len(scan.skipped)
+    if len(calib_images) == len(scan.images) and holdout is None:
+        log.warning("only one image: the accuracy report reuses a calibration image")
+    return ImageSets(_spread(calib_images, calib_size), _spread(held, holdout_size), skipped, str(calib))
+
+
+def _spread(items: list[Path], n: int) -> list[Path]:
+    """Up to ``n`` items spread evenly over the (sorted, class-ordered) list."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in idx]
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over preprocessed images, with an optional progress bar."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray], on_batch: Callable[[], None] | None = None) -> None:
+        self.input_name, self.batches, self.on_batch = input_name, batches, on_batch
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        if batch is None:
+            return None
+        if self.on_batch:
+            self.on_batch()
+        return {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, method: CalibMethod,
+                  exclude: Sequence[str] = (), on_batch: Callable[[], None] | None = None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {CalibMethod.minmax: CalibrationMethod.MinMax, CalibMethod.entropy: CalibrationMethod.Entropy,
+               CalibMethod.percentile: CalibrationMethod.Percentile}
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    model = load_onnx(src, with_weights=False)
+    reader = _Reader(model.graph.input[0].name, calib_batches, on_batch)
+    quantize_static(
+        str(src),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=scheme.reduce_range,
+        activation_type=qtype[scheme.activation],
+        weight_type=qtype[scheme.weight],
+        calibrate_method=methods[method],
+        nodes_to_exclude=list(exclude),
+        extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+                       "CalibMovingAverage": method is CalibMethod.minmax},
+    )
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = load_onnx(src)
+    # Inputs/outputs stay float32; LRN's power of a sum of squares overflows fp16's 65504 range easily, so
+    # it (and softmax, if present) keeps float32 compute.
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["LRN", "Softmax"])
+    onnx.save(fp16, str(dst))
+
+
+@dataclass
+class AccuracyReport:
+    holdout_images: int
+    top1_agreement: float
+    top5_overlap: float
+    mean_cosine: float
+    max_abs_error: float
+    fp32_size_bytes: int
+    size_bytes: int
+    labelled: dict[str, float] | None = None  # top-1/top-5 accuracy of both, with --eval
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes / self.fp32_size_bytes
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    report_path: Path
+    precision: Precision
+    target: QuantTarget
+    scheme: str
+    accuracy: AccuracyReport
+    calibration_images: int = 0
+    skipped_files: int = 0
+    calibration_source: str = ""
+    kept_float: list[str] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"], d["report_path"] = str(self.path), str(self.report_path)
+        d["precision"], d["target"] = self.precision.value, self.target.value
+        d["accuracy"]["size_ratio"] = self.accuracy.size_ratio
+        return d
+
+
+def _logits(path: Path | bytes, batches: list[np.ndarray]) -> np.ndarray:
+    session = onnx_session(path)
+    return np.concatenate([run_onnx(session, b) for b in batches])
+
+
+def _batches(paths: list[Path], size: int, batch: int = 16) -> list[np.ndarray]:
+    return [load_batch(paths[i : i + batch], size) for i in range(0, len(paths), batch)]
+
+
+def _median_latency_ms(path: Path, x: np.ndarray, runs: int = 15) -> float:
+    session = onnx_session(path)
+    for _ in range(3):
+        run_onnx(session, x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run_onnx(session, x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def node_stages(model) -> dict[str, list[str]]:
+    """Every named node by Table 1 stage: convs, but also the pools and concats whose activations get Q/DQ."""
+    stages: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.name and node.op_type != "Constant":
+            stages.setdefault(stage_of(node.name), []).append(node.name)
+    return stages
+
+
+def quantize_model(
+    model: str | Path,
+    precision: Precision | str,
+    *,
+    output: str | Path | None = None,
+    calib: str | Path | None = None,
+    calib_size: int = 100,
+    calib_method: CalibMethod | str = CalibMethod.minmax,
+    target: QuantTarget | str = QuantTarget.cpu,
+    holdout: str | Path | None = None,
+    eval_dir: str | Path | None = None,
+    min_agreement: float = 0.99,
+    progress: Callable[[int, str], Any] | None = None,
+) -> QuantizeResult:
+    """Quantize an FP32 ONNX model; writes ``output`` and ``<output>.report.json`` only if the guard holds."""
+    import onnx
+
+    src = Path(model)
+    source = load_onnx(src)
+    precision, target, calib_method = Precision(precision), QuantTarget(target), CalibMethod(calib_method)
+    if precision is Precision.fp32:
+        raise EdgeInceptionError("--precision must be int8 or fp16 (the source model is the fp32 one)")
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
+        raise EdgeInceptionError(f"{src} is already quantized; quantize the FP32 model")
+    if not 0.0 < min_agreement <= 1.0:
+        raise EdgeInceptionError("--min-agreement must be in (0, 1]")
+    out = Path(output) if output is not None else src.with_name(f"{src.stem}.{precision.value}.onnx")
+    size = model_image_size(source)
+    sets = select_images(Path(calib) if calib else None, Path(holdout) if holdout else None, calib_size)
+    hold_batches = _batches(sets.holdout, size)
+    reference = _logits(src, hold_batches)
+    result_warnings = [sets.warning] if sets.warning else []
+
+    with tempfile.TemporaryDirectory(prefix="edge-inception-q-") as work_dir:
+        work = Path(work_dir)
+        kept: list[str] = []
+        sensitivity: dict[str, float] = {}
+        latency: dict[str, float] = {}
+        if precision is Precision.fp16:
+            candidate = work / "fp16.onnx"
+            convert_fp16(src, candidate)
+            scheme_text = "fp16 weights and compute, fp32 inputs/outputs; LRN/Softmax in fp32"
+            parity = compare(reference, _logits(candidate, hold_batches))
+        else:
+            scheme = int8_scheme(target)
+            scheme_text = scheme.reason
+            calib_batches = _batches(sets.calibration, size, batch=1)  # histogram calibrators need equal shapes
+            bar = progress(len(calib_batches), "calibrating") if progress else None
+            candidate = work / "int8.onnx"
+            quantize_int8(src, candidate, calib_batches, scheme, calib_method, on_batch=(lambda: bar.update(1)) if bar else None)
+            if bar is not None:
+                bar.close()
+            parity = compare(reference, _logits(candidate, hold_batches))
+            if parity.top1_agreement < min_agreement:
+                candidate, parity, kept, sensitivity = _guard(src, work, source, calib_batches, hold_batches, reference, scheme,
+                                                              calib_method, min_agreement, parity)
+                x = hold_batches[0][:1]
+                full = work / "int8.onnx"
+                latency = {"fp32": _median_latency_ms(src, x), "int8_all": _median_latency_ms(full, x),
+                           "int8_mixed": _median_latency_ms(candidate, x)}
+        if parity.top1_agreement < min_agreement:
+            raise VerificationError(
+                f"{precision.value} top-1 agreement {parity.top1_agreement:.1%} is below --min-agreement {min_agreement:.1%} "
+                "even with every stage kept in float; nothing written"
+            )
+        qmodel = onnx.load(str(candidate))
+        set_metadata(qmodel, {**get_metadata(source), "precision": precision.value, "quantization": scheme_text,
+                              "quant_target": target.value, "kept_float": kept, "fp32_source": str(src.resolve())})
+        accuracy = _accuracy(parity, src, candidate, qmodel)
+        if eval_dir is not None:
+            accuracy.labelled = _labelled_accuracy(Path(eval_dir), src, qmodel, size)
+        with atomic_path(out) as tmp:
+            onnx.save(qmodel, str(tmp))
+        accuracy.size_bytes = out.stat().st_size
+    result = QuantizeResult(
+        path=out, report_path=out.with_suffix(".report.json"), precision=precision, target=target, scheme=scheme_text,
+        accuracy=accuracy, calibration_images=len(sets.calibration) if precision is Precision.int8 else 0,
+        skipped_files=sets.skipped, calibration_source=sets.source, kept_float=kept, sensitivity=sensitivity,
+        latency_ms=latency, warnings=result_warnings,
+    )
+    write_json_atomic(result.report_path, result.as_dict())
+    return result
+
+
+def _accuracy(parity: Parity, src: Path, candidate: Path, qmodel) -> AccuracyReport:
+    return AccuracyReport(
+        holdout_images=parity.samples, top1_agreement=parity.top1_agreement, top5_overlap=parity.top5_overlap,
+        mean_cosine=parity.mean_cosine, max_abs_error=parity.max_abs_error, fp32_size_bytes=src.stat().st_size,
+        size_bytes=qmodel.ByteSize(),
+    )
+
+
+def _stage_params(source, stages: dict[str, list[str]]) -> dict[str, int]:
+    from .flops import count_graph_model
+
+    per_node = {n.name: n.params for n in count_graph_model(source).nodes}
+    return {stage: sum(per_node.get(name, 0) for name in names) for stage, names in stages.items()}
+
+
+def _guard(src, work, source, calib_batches, hold_batches, reference, scheme, method, min_agreement, full_parity):
+    """Measure the damage quantizing each stage alone does; keep stages in float, most damage per parameter
+    first (a float stage costs 4 bytes a weight instead of 1), until the guard holds."""
+    stages = node_stages(source)
+    params = _stage_params(source, stages)
+    all_nodes = [n for names in stages.values() for n in names]
+    sensitivity: dict[str, float] = {}
+    for stage, names in stages.items():
+        trial = work / f"only_{stage}.onnx"
+        others = [n for n in all_nodes if n not in set(names)]
+        quantize_int8(src, trial, calib_batches, scheme, method, exclude=others)
+        sensitivity[stage] = 1.0 - compare(reference, _logits(trial, hold_batches)).mean_cosine
+    ranked = sorted(sensitivity, key=lambda s: sensitivity[s] / (params.get(s, 0) + 10_000), reverse=True)
+    log.info("INT8 sensitivity by stage: %s", ", ".join(f"{s} {sensitivity[s]:.2e}" for s in ranked))
+    kept: list[str] = []
+    parity = full_parity
+    candidate = work / "int8.onnx"
+    for stage in ranked:
+        kept.append(stage)
+        candidate = work / f"mixed_{len(kept)}.onnx"
+        quantize_int8(src, candidate, calib_batches, scheme, method, exclude=[n for s in kept for n in stages[s]])
+        parity = compare(reference, _logits(candidate, hold_batches))
+        log.info("keeping %s in float: top-1 agreement %.3f", ", ".join(kept), parity.top1_agreement)
+        if parity.top1_agreement >= min_agreement:
+            break
+    return candidate, parity, kept, sensitivity
+
+
+def _labelled_accuracy(eval_dir: Path, src: Path, qmodel, size: int) -> dict[str, float]:
+    from .datasets import eval_batches, scan_image_folder
+
+    folder = scan_image_folder(eval_dir)
+    fp32, quant = onnx_session(src), onnx_session(qmodel.SerializeToString())
+    hits = {"fp32_top1": 0, "fp32_top5": 0, "quantized_top1": 0, "quantized_top5": 0}
+    for batch, labels in eval_batches(folder, size, 32):
+        for name, session in (("fp32", fp32), ("quantized", quant)):
+            top5 = np.argsort(-run_onnx(session, batch), axis=1)[:, :5]
+            hits[f"{name}_top1"] += int((top5[:, 0] == labels).sum())
+            hits[f"{name}_top5"] += int((top5 == labels[:, None]).any(axis=1).sum())
+    return {k: v / len(folder.samples) for k, v in hits.items()}

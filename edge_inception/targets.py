@@ -1,0 +1,104 @@
+"""Device presets: one TOML file per target in ``export/targets/`` (users may add their own folder)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TargetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKENDS = ("ort", "tensorrt", "openvino")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    device: str  # "cpu" | "cuda"
+    backend: str
+    backends: tuple[str, ...]
+    default_precision: str
+    precisions: tuple[str, ...]
+    batch_min: int = 1
+    batch_opt: int = 1
+    batch_max: int = 1
+    threads: int = 0
+    workspace_mb: int = 1024
+    builder_optimization_level: int = 3
+    dla_core: int | None = None
+    jetpack: str | None = None
+    tensorrt_version: str | None = None
+    compute_capability: str | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, backend: str, precision: str) -> None:
+        if backend not in self.backends:
+            raise TargetError(f"target '{self.name}' cannot use backend '{backend}' (it supports {', '.join(self.backends)})")
+        if precision not in self.precisions:
+            raise TargetError(f"target '{self.name}' cannot run {precision} (it supports {', '.join(self.precisions)})")
+
+
+def target_dirs(extra: Path | None = None) -> list[Path]:
+    dirs = [extra] if extra else []
+    if os.environ.get("EDGE_INCEPTION_TARGETS"):
+        dirs.append(Path(os.environ["EDGE_INCEPTION_TARGETS"]))
+    dirs += [Path.cwd() / "export" / "targets", Path(__file__).resolve().parents[1] / "export" / "targets"]
+    seen, out = set(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def parse_target(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"{path}: not a valid target file ({exc})") from exc
+    try:
+        batch = data.pop("batch", {"min": 1, "opt": 1, "max": 1})
+        known = {f for f in Target.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in known}
+        target = Target(
+            **{**fields, "backends": tuple(data.get("backends", [data["backend"]])), "precisions": tuple(data["precisions"])},
+            batch_min=int(batch["min"]), batch_opt=int(batch["opt"]), batch_max=int(batch["max"]), source=str(path),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TargetError(f"{path}: missing or invalid field ({exc})") from exc
+    if target.backend not in BACKENDS or not set(target.backends) <= set(BACKENDS):
+        raise TargetError(f"{path}: unknown backend (choose from {', '.join(BACKENDS)})")
+    if not set(target.precisions) <= set(PRECISIONS) or target.default_precision not in target.precisions:
+        raise TargetError(f"{path}: precisions must be among {', '.join(PRECISIONS)} and include default_precision")
+    if not 1 <= target.batch_min <= target.batch_opt <= target.batch_max:
+        raise TargetError(f"{path}: batch must satisfy 1 <= min <= opt <= max")
+    return target
+
+
+def list_targets(extra_dir: Path | None = None) -> dict[str, Target]:
+    found: dict[str, Target] = {}
+    for d in target_dirs(extra_dir):
+        for f in sorted(d.glob("*.toml")):
+            t = parse_target(f)
+            found.setdefault(t.name, t)  # earlier folders (the user's) win
+    return found
+
+
+def get_target(name_or_path: str, extra_dir: Path | None = None) -> Target:
+    if name_or_path.endswith(".toml"):
+        return parse_target(Path(name_or_path))
+    targets = list_targets(extra_dir)
+    if name_or_path not in targets:
+        raise TargetError(f"unknown target '{name_or_path}' (known: {', '.join(sorted(targets)) or 'none found'})")
+    return targets[name_or_path]

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+from edge_inception.flops import count_graph
+from edge_inception.quantize import Int8Scheme, QuantTarget, int8_scheme, quantize_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def int8(trained, tmp_path_factory):
+    """INT8 with the default guard (top-1 agreement >= 99%): stages may be kept in float to meet it."""
+    out = tmp_path_factory.mktemp("q") / "demo.int8.onnx"
+    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val")
+
+
+@pytest.fixture(scope="module")
+def int8_full(trained, tmp_path_factory):
+    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8."""
+    out = tmp_path_factory.mktemp("q") / "demo.int8full.onnx"
+    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5)
+
+
+@pytest.fixture(scope="module")
+def fp16(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "demo.fp16.onnx"
+    return quantize_model(trained.onnx, "fp16", output=out, calib=trained.data / "train", holdout=trained.data / "val")
+
+
+def _run(path, batch):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+
+
+def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
+    acc = int8.accuracy
+    assert acc.holdout_images == 100
+    assert acc.top1_agreement >= 0.99 and acc.mean_cosine >= 0.99  # the guard's promise
+    assert acc.size_bytes < int8.accuracy.fp32_size_bytes
+    full = int8_full.accuracy
+    assert not int8_full.kept_float
+    assert full.size_bytes < 0.30 * full.fp32_size_bytes
+    assert full.mean_cosine >= 0.99 and full.top1_agreement >= 0.90
+    model = onnx.load(str(int8.path))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and ("reduced range" in meta["quantization"] or "full range" in meta["quantization"])
+    assert json.loads(meta["kept_float"]) == int8.kept_float
+    x = np.zeros((2, 3, 64, 64), np.float32)
+    assert _run(int8.path, x).shape == (2, 10)
+    report = json.loads(int8.report_path.read_text())
+    assert report["accuracy"]["top1_agreement"] == acc.top1_agreement and report["calibration_images"] == 100
+    assert report["kept_float"] == int8.kept_float
+
+
+def test_fp16_agreement_and_io_types(fp16):
+    assert fp16.accuracy.top1_agreement >= 0.999
+    model = onnx.load(str(fp16.path))
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
+    fp32 = count_graph(trained.onnx)
+    assert count_graph(int8.path).total_macs == fp32.total_macs
+    assert count_graph(fp16.path).total_macs == fp32.total_macs
+    assert count_graph(int8.path).total_params == fp32.total_params
+
+
+def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
+    out = tmp_path / "strict.onnx"
+    result = quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val",
+                            calib_size=20, min_agreement=1.0)
+    assert result.kept_float, "a 100% guard should force at least one stage into float"
+    assert result.accuracy.top1_agreement == 1.0
+    assert set(result.sensitivity) >= {"conv1", "inception_3a", "fc"}
+    assert set(result.latency_ms) == {"fp32", "int8_all", "int8_mixed"}
+    model = onnx.load(str(out))
+    kept_nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(f"/{result.kept_float[0].replace('_', '')}")]
+    assert kept_nodes and all(
+        not any(i.endswith("_DequantizeLinear_Output") for i in n.input) for n in kept_nodes
+    )
+
+
+def test_scheme_follows_target():
+    assert int8_scheme(QuantTarget.tensorrt) == Int8Scheme("int8", "int8", False, True, int8_scheme(QuantTarget.tensorrt).reason)
+    cpu = int8_scheme(QuantTarget.cpu)
+    assert cpu.activation == "uint8" and cpu.weight == "int8"
+    flags = open("/proc/cpuinfo").read()
+    assert cpu.reduce_range == ("avx512_vnni" not in flags and "avx_vnni" not in flags)
+
+
+def test_calibration_folder_errors_and_skips(trained, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(empty), "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 1 and "no readable images" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "x.onnx").exists()
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    photos = sorted((trained.data / "train").rglob("*.png"))[::40][:10]
+    for i, p in enumerate(photos):
+        Image.open(p).save(mixed / f"{i}.jpg")
+    (mixed / "notes.txt").write_text("x")
+    (mixed / "broken.png").write_bytes(b"garbage")
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(mixed), "-o", str(tmp_path / "y.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "skipped 2 non-image or unreadable file(s)" in r.stderr and "top-1 agreement" in r.stdout
+
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int4"])
+    assert r.exit_code == 1 and "int4" in r.stderr
