@@ -173,7 +173,33 @@ def convert_fp16(src: Path, dst: Path) -> None:
     # Inputs/outputs stay float32; LRN's power of a sum of squares overflows fp16's 65504 range easily, so
     # it (and softmax, if present) keeps float32 compute.
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=["LRN", "Softmax"])
+    toposort(fp16.graph)  # the converter appends its input Casts last; the checker and shape inference need order
     onnx.save(fp16, str(dst))
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progress = False
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:
+            raise EdgeInceptionError(f"graph has a cycle or a missing input at node {rest[0].name or rest[0].op_type}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 @dataclass

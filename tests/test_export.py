@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.errors import VerificationError
 from edge_inception.export import export_model
 from edge_inception.images import bundled_photos, load_batch
 from edge_inception.model import Variant
@@ -139,7 +140,7 @@ def test_failed_export_keeps_existing_file(tmp_path, monkeypatch):
     import edge_inception.export as exp
 
     def broken_check(*args, **kwargs):
-        raise exp.VerificationError("export (PyTorch vs ONNX Runtime): outputs differ beyond tolerance")
+        raise VerificationError("export (PyTorch vs ONNX Runtime): outputs differ beyond tolerance")
 
     monkeypatch.setattr(exp, "check_against_torch", broken_check)
     result = runner.invoke(app, ["export", "--image-size", "64", "-o", str(out)])
