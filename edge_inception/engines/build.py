@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # FP32 artifacts must reproduce their source ONNX; reduced-precision ones are judged by agreement.
 FP32_REL_TOL = 1e-5
+MIN_COSINE = 0.99
 
 
 def graph_precision(model) -> str:
@@ -113,8 +114,10 @@ def build(model: str | Path, target: str | Target, *, backend: str | None = None
         parity = verify_artifact(artifact, src, size, fixed_batch)
         if prec == "fp32" and not parity.max_rel_error <= FP32_REL_TOL:
             raise VerificationError(f"{artifact.name}: differs from {src.name} by {parity.max_rel_error:.2e} relative (> {FP32_REL_TOL:g})")
-        if parity.top1_agreement < 0.99:
-            raise VerificationError(f"{artifact.name}: top-1 agreement with {src.name} is only {parity.top1_agreement:.1%}")
+        # Reduced precision runs different kernels (another INT8 requantisation, FP16 accumulation): judge it by the
+        # logits' cosine, which near-tied classes (a seeded model has many) cannot flip the way they flip top-1.
+        if not parity.mean_cosine >= MIN_COSINE:
+            raise VerificationError(f"{artifact.name}: logits differ from {src.name} (mean cosine {parity.mean_cosine:.4f} < {MIN_COSINE})")
     except BaseException:
         for f in (artifact, artifact.with_name(artifact.name + ".manifest.json"), artifact.with_suffix(".bin")):
             if f != src:
