@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, ImageError
-from .images import IMAGE_EXTENSIONS, load_image, preprocess
-from .model import IMAGENET_MEAN, IMAGENET_STD
+from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +87,7 @@ def train_sample(image, size: int, rng: random.Random) -> np.ndarray:
     crop = random_resized_crop(image, size, rng)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    arr = np.asarray(crop, dtype=np.float32) / np.float32(255.0)
-    normed = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
-    return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
+    return normalize(crop)
 
 
 class ImageCache:

@@ -8,7 +8,6 @@ inside the graph, so one preprocessing serves both variants.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -175,11 +174,3 @@ def export_model(
             result.steps.append(step)
             onnx.save(simplified, str(tmp))
     return result
-
-
-def steps_table(steps: list[StepReport]) -> list[dict[str, Any]]:
-    return [s.as_dict() for s in steps]
-
-
-def report_json(result: ExportResult) -> str:
-    return json.dumps({"path": str(result.path), "steps": steps_table(result.steps), "metadata": result.metadata}, indent=2)

@@ -55,7 +55,11 @@ def preprocess(image, image_size: int = 224, mean: Sequence[float] = IMAGENET_ME
     new_w, new_h = max(short, round(w * scale)), max(short, round(h * scale))
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
+    return normalize(image.crop((left, top, left + image_size, top + image_size)), mean, std)
+
+
+def normalize(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """PIL RGB image -> 3 x H x W float32 in [0, 1], minus ``mean``, divided by ``std``."""
     arr = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     normed = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)

@@ -101,12 +101,14 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
     if holdout is not None:
         hold_scan = find_images([holdout], check=True)
         held = hold_scan.images
-        calib_images = [p for p in scan.images if p not in set(held)]
+        held_set = set(held)
+        calib_images = [p for p in scan.images if p not in held_set]
         skipped = len(scan.skipped) + len(hold_scan.skipped)
     else:
         # every 5th image is held out for the accuracy report, the rest calibrates
         held = scan.images[4::5] or scan.images[-1:]
-        calib_images = [p for p in scan.images if p not in set(held)] or scan.images
+        held_set = set(held)
+        calib_images = [p for p in scan.images if p not in held_set] or scan.images
         skipped = len(scan.skipped)
     if len(calib_images) == len(scan.images) and holdout is None:
         log.warning("only one image: the accuracy report reuses a calibration image")
