@@ -34,7 +34,6 @@ class Trained:
     onnx: Path
     data: Path
     result: object
-    seconds: float
 
 
 @pytest.fixture(scope="session")
@@ -43,17 +42,13 @@ def trained(demo_data, tmp_path_factory) -> Trained:
 
     A randomly initialised net gives every image the same class, so fidelity checks need this one.
     """
-    import time
-
     from edge_inception.export import export_model
     from edge_inception.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     torch.set_num_threads(2)
-    t0 = time.perf_counter()
     result = train(TrainConfig(data=demo_data / "train", val=demo_data / "val", output=out / "demo.pth", max_steps=TRAIN_STEPS,
                                batch_size=16, image_size=TRAIN_IMAGE_SIZE, lr=0.03))
-    seconds = time.perf_counter() - t0
     assert result.checkpoint is not None
     exported = export_model(result.checkpoint, out / "demo.onnx")
-    return Trained(result.checkpoint, exported.path, demo_data, result, seconds)
+    return Trained(result.checkpoint, exported.path, demo_data, result)
