@@ -219,7 +219,9 @@ def quantize(
     if a.labelled:
         rows += [[k.replace("_", " "), f"{v:.2%}"] for k, v in a.labelled.items()]
     if result.kept_float:
-        rows.append(["kept in float (guard)", ", ".join(result.kept_float)])
+        rows.append(["float activations (guard)", ", ".join(result.kept_float)])
+        if result.float_weights:
+            rows.append(["float weights (guard)", ", ".join(result.float_weights)])
         rows += [[f"latency {k} (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     _echo_table(rows, ["metric", "vs fp32"])
     typer.echo(f"wrote {result.path} and {result.report_path}")

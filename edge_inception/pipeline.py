@@ -102,7 +102,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 sources[prec] = q.path
                 quant_reports[prec] = q.as_dict()
                 done(f"quantize {prec}", t, f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
-                     + (f", kept in float: {', '.join(q.kept_float)}" if q.kept_float else ""))
+                     + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
 
             artifacts: dict[str, Path] = {}
             build_dir = work / "artifacts"
@@ -181,7 +181,8 @@ def summarise(cfg, loaded, exported, quant_reports, artifacts, verification, flo
         "target": cfg.target,
         "artifacts": {p: str(Path("artifacts") / a.name) for p, a in artifacts.items()},
         "verification_vs_pytorch": verification,
-        "quantization": {p: {"accuracy": r["accuracy"], "scheme": r["scheme"], "kept_float": r["kept_float"]} for p, r in quant_reports.items()},
+        "quantization": {p: {"accuracy": r["accuracy"], "scheme": r["scheme"], "kept_float": r["kept_float"],
+                             "float_weights": r["float_weights"]} for p, r in quant_reports.items()},
         "flops": {"total_macs": flops["total_macs"], "budget_macs": flops["budget_macs"], "total_params": flops["total_params"]},
         "latency_p50_ms_batch1": p50,
         "ship": {"precision": ship, "artifact": str(Path("artifacts") / artifacts[ship].name) if ship else None, "why": why},

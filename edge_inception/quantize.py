@@ -62,11 +62,16 @@ class Int8Scheme:
     reduce_range: bool
     symmetric_activations: bool
     reason: str
+    # what the guard keeps a sensitive stage in: INT8 weights with float activations (ONNX Runtime runs the
+    # dequantized weights in float; the file stays small), or all float (TensorRT builds INT8 kernels only
+    # where both a conv's input and its weights carry Q/DQ, so weight-only stages buy nothing there)
+    weight_only_fallback: bool = True
 
 
 def int8_scheme(target: QuantTarget) -> Int8Scheme:
     if target is not QuantTarget.cpu:
-        return Int8Scheme("int8", "int8", False, True, f"{target.value}: symmetric signed INT8 (TensorRT takes symmetric scales only)")
+        return Int8Scheme("int8", "int8", False, True, f"{target.value}: symmetric signed INT8 (TensorRT takes symmetric scales only)",
+                          weight_only_fallback=target is QuantTarget.gpu)
     cpu = cpu_info()
     if cpu.vnni:
         return Int8Scheme("uint8", "int8", False, False, f"cpu ({cpu.model}) has VNNI/dot-product: u8 activations, s8 weights, full range")
@@ -142,8 +147,12 @@ class _Reader:
         self._it = iter(self.batches)
 
 
-def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, method: CalibMethod,
-                  exclude: Sequence[str] = (), on_batch: Callable[[], None] | None = None) -> None:
+def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, method: CalibMethod, *,
+                  exclude: Sequence[str] = (), weight_only: Sequence[str] = (), cache: Path | None = None,
+                  on_batch: Callable[[], None] | None = None) -> None:
+    """Static INT8 in Q/DQ form. ``exclude``: nodes left in float; ``weight_only``: nodes whose activations stay
+    float but whose weights are stored as INT8. With ``cache`` the calibrated ranges are computed once and reused."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {CalibMethod.minmax: CalibrationMethod.MinMax, CalibMethod.entropy: CalibrationMethod.Entropy,
@@ -161,10 +170,57 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
         activation_type=qtype[scheme.activation],
         weight_type=qtype[scheme.weight],
         calibrate_method=methods[method],
-        nodes_to_exclude=list(exclude),
+        nodes_to_exclude=[*exclude, *weight_only],
         extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
                        "CalibMovingAverage": method is CalibMethod.minmax},
+        calibration_cache_path=cache,
     )
+    if weight_only:
+        qmodel = onnx.load(str(dst))
+        int8_weights(qmodel, set(weight_only))
+        onnx.save(qmodel, str(dst))
+
+
+def int8_weights(model, nodes: set[str]) -> int:
+    """Store the weights of the named Conv/Gemm nodes as per-channel symmetric INT8 behind a DequantizeLinear.
+
+    Compute stays float (no Q/DQ on activations), so the full 8-bit range is safe even without VNNI.
+    Returns how many weights were converted.
+    """
+    from onnx import helper, numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    dq_nodes = []
+    for node in model.graph.node:
+        if node.name not in nodes or node.op_type not in ("Conv", "Gemm") or node.input[1] not in init:
+            continue
+        weight = init[node.input[1]]
+        if users[weight.name] != 1 or weight.data_type != 1:  # shared or not float32: leave as is
+            continue
+        w = numpy_helper.to_array(weight)
+        axis = 0
+        if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
+            axis = 1  # Gemm weight (K, N): output channels along axis 1
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = f"{weight.name}_w8"
+        model.graph.initializer.remove(weight)
+        model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_quantized"), numpy_helper.from_array(scale, f"{base}_scale"),
+                                        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")])
+        dq_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"], [weight.name],
+                                         name=f"{node.name}_weight_DequantizeLinear", axis=axis))
+    if dq_nodes:
+        nodes_in_order = dq_nodes + list(model.graph.node)  # weight DQs read only initializers: first is topological
+        del model.graph.node[:]
+        model.graph.node.extend(nodes_in_order)
+    return len(dq_nodes)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -231,7 +287,8 @@ class QuantizeResult:
     calibration_images: int = 0
     skipped_files: int = 0
     calibration_source: str = ""
-    kept_float: list[str] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)  # stages the guard keeps with float activations
+    float_weights: list[str] = field(default_factory=list)  # of those, the ones whose weights stay float too
     sensitivity: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -309,9 +366,7 @@ def quantize_model(
 
     with tempfile.TemporaryDirectory(prefix="edge-inception-q-") as work_dir:
         work = Path(work_dir)
-        kept: list[str] = []
-        sensitivity: dict[str, float] = {}
-        latency: dict[str, float] = {}
+        guard = GuardResult(candidate=work / "int8.onnx", parity=None)
         if precision is Precision.fp16:
             candidate = work / "fp16.onnx"
             convert_fp16(src, candidate)
@@ -323,25 +378,26 @@ def quantize_model(
             calib_batches = _batches(sets.calibration, size, batch=1)  # histogram calibrators need equal shapes
             bar = progress(len(calib_batches), "calibrating") if progress else None
             candidate = work / "int8.onnx"
-            quantize_int8(src, candidate, calib_batches, scheme, calib_method, on_batch=(lambda: bar.update(1)) if bar else None)
+            cache = work / "calibration.json"  # ranges from this one calibration serve every mix the guard tries
+            quantize_int8(src, candidate, calib_batches, scheme, calib_method, cache=cache, on_batch=(lambda: bar.update(1)) if bar else None)
             if bar is not None:
                 bar.close()
             parity = compare(reference, _logits(candidate, hold_batches))
             if parity.top1_agreement < min_agreement:
-                candidate, parity, kept, sensitivity = _guard(src, work, source, calib_batches, hold_batches, reference, scheme,
-                                                              calib_method, min_agreement, parity)
+                guard = _guard(_Mixer(src, work, source, calib_batches, scheme, calib_method, cache), hold_batches, reference,
+                               min_agreement, parity)
+                candidate, parity = guard.candidate, guard.parity or parity
                 x = hold_batches[0][:1]
-                full = work / "int8.onnx"
-                latency = {"fp32": _median_latency_ms(src, x), "int8_all": _median_latency_ms(full, x),
-                           "int8_mixed": _median_latency_ms(candidate, x)}
+                guard.latency_ms = {"fp32": _median_latency_ms(src, x), "int8_all": _median_latency_ms(work / "int8.onnx", x),
+                                    "int8_mixed": _median_latency_ms(candidate, x)}
         if parity.top1_agreement < min_agreement:
             raise VerificationError(
                 f"{precision.value} top-1 agreement {parity.top1_agreement:.1%} is below --min-agreement {min_agreement:.1%} "
                 "even with every stage kept in float; nothing written"
             )
         qmodel = onnx.load(str(candidate))
-        set_metadata(qmodel, {**get_metadata(source), "precision": precision.value, "quantization": scheme_text,
-                              "quant_target": target.value, "kept_float": kept, "fp32_source": str(src.resolve())})
+        set_metadata(qmodel, {**get_metadata(source), "precision": precision.value, "quantization": scheme_text, "quant_target": target.value,
+                              "kept_float": guard.kept, "float_weights": guard.float_weights, "fp32_source": str(src.resolve())})
         accuracy = _accuracy(parity, src, candidate, qmodel)
         if eval_dir is not None:
             accuracy.labelled = _labelled_accuracy(Path(eval_dir), src, qmodel, size)
@@ -351,8 +407,8 @@ def quantize_model(
     result = QuantizeResult(
         path=out, report_path=out.with_suffix(".report.json"), precision=precision, target=target, scheme=scheme_text,
         accuracy=accuracy, calibration_images=len(sets.calibration) if precision is Precision.int8 else 0,
-        skipped_files=sets.skipped, calibration_source=sets.source, kept_float=kept, sensitivity=sensitivity,
-        latency_ms=latency, warnings=result_warnings,
+        skipped_files=sets.skipped, calibration_source=sets.source, kept_float=guard.kept, float_weights=guard.float_weights,
+        sensitivity=guard.sensitivity, latency_ms=guard.latency_ms, warnings=result_warnings,
     )
     write_json_atomic(result.report_path, result.as_dict())
     return result
@@ -373,32 +429,98 @@ def _stage_params(source, stages: dict[str, list[str]]) -> dict[str, int]:
     return {stage: sum(per_node.get(name, 0) for name in names) for stage, names in stages.items()}
 
 
-def _guard(src, work, source, calib_batches, hold_batches, reference, scheme, method, min_agreement, full_parity):
-    """Measure the damage quantizing each stage alone does; keep stages in float, most damage per parameter
-    first (a float stage costs 4 bytes a weight instead of 1), until the guard holds."""
-    stages = node_stages(source)
-    params = _stage_params(source, stages)
-    all_nodes = [n for names in stages.values() for n in names]
-    sensitivity: dict[str, float] = {}
-    for stage, names in stages.items():
-        trial = work / f"only_{stage}.onnx"
-        others = [n for n in all_nodes if n not in set(names)]
-        quantize_int8(src, trial, calib_batches, scheme, method, exclude=others)
-        sensitivity[stage] = 1.0 - compare(reference, _logits(trial, hold_batches)).mean_cosine
-    ranked = sorted(sensitivity, key=lambda s: sensitivity[s] / (params.get(s, 0) + 10_000), reverse=True)
+@dataclass
+class _Mixer:
+    """Builds INT8 models where chosen Table 1 stages keep higher precision, from one calibration (cached ranges)."""
+
+    src: Path
+    work: Path
+    source: Any
+    calib_batches: list[np.ndarray]
+    scheme: Int8Scheme
+    method: CalibMethod
+    cache: Path
+
+    def __post_init__(self) -> None:
+        self.stages = node_stages(self.source)
+
+    def build(self, name: str, fallback: Sequence[str], float_stages: Sequence[str] = ()) -> Path:
+        """``fallback`` stages get the scheme's fallback (INT8 weights, float activations, or all float);
+        ``float_stages`` are all float."""
+        nodes = {s: [n for n in self.stages[s]] for s in self.stages}
+        full_float = [n for s in float_stages for n in nodes[s]]
+        rest = [n for s in fallback if s not in float_stages for n in nodes[s]]
+        dst = self.work / f"{name}.onnx"
+        if self.scheme.weight_only_fallback:
+            quantize_int8(self.src, dst, self.calib_batches, self.scheme, self.method, exclude=full_float, weight_only=rest, cache=self.cache)
+        else:
+            quantize_int8(self.src, dst, self.calib_batches, self.scheme, self.method, exclude=full_float + rest, cache=self.cache)
+        return dst
+
+
+@dataclass
+class GuardResult:
+    candidate: Path
+    parity: Parity | None
+    kept: list[str] = field(default_factory=list)
+    float_weights: list[str] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _guard(mixer: _Mixer, hold_batches: list[np.ndarray], reference: np.ndarray, min_agreement: float, full_parity: Parity,
+           probe_images: int = 32) -> GuardResult:
+    """Keep the stages that hurt most in higher precision until top-1 agreement reaches ``min_agreement``.
+
+    Sensitivity: quantize one stage at a time (the rest at the fallback precision) and measure the logits'
+    cosine loss on a probe subset of the held-out images. Stages then fall back in order of damage (per
+    parameter, where the fallback is float and so costs file size); the smallest prefix that meets the guard is
+    found by bisection. If every stage at the fallback still misses it, weights go float too, in the same order.
+    """
+    stages = list(mixer.stages)
+    probe = np.concatenate(hold_batches)[:probe_images]
+    probe_ref = reference[: len(probe)]
+    sensitivity = {}
+    for stage in stages:
+        trial = mixer.build(f"only_{stage}", [s for s in stages if s != stage])
+        sensitivity[stage] = 1.0 - compare(probe_ref, _logits(trial, [probe])).mean_cosine
+    params = _stage_params(mixer.source, mixer.stages)
+    cost = (lambda s: params.get(s, 0) + 10_000) if not mixer.scheme.weight_only_fallback else (lambda s: 1)
+    ranked = sorted(stages, key=lambda s: sensitivity[s] / cost(s), reverse=True)
     log.info("INT8 sensitivity by stage: %s", ", ".join(f"{s} {sensitivity[s]:.2e}" for s in ranked))
-    kept: list[str] = []
-    parity = full_parity
-    candidate = work / "int8.onnx"
-    for stage in ranked:
-        kept.append(stage)
-        candidate = work / f"mixed_{len(kept)}.onnx"
-        quantize_int8(src, candidate, calib_batches, scheme, method, exclude=[n for s in kept for n in stages[s]])
-        parity = compare(reference, _logits(candidate, hold_batches))
-        log.info("keeping %s in float: top-1 agreement %.3f", ", ".join(kept), parity.top1_agreement)
-        if parity.top1_agreement >= min_agreement:
-            break
-    return candidate, parity, kept, sensitivity
+
+    tried: dict[tuple[int, int], tuple[Path, Parity]] = {}
+
+    def attempt(k: int, f: int = 0) -> tuple[Path, Parity]:
+        if (k, f) not in tried:
+            path = mixer.build(f"mixed_{k}_{f}", ranked[:k], ranked[:f])
+            tried[k, f] = path, compare(reference, _logits(path, hold_batches))
+            log.info("higher precision for %d stage(s) (%d all float): top-1 agreement %.3f", k, f, tried[k, f][1].top1_agreement)
+        return tried[k, f]
+
+    def ok(k: int, f: int = 0) -> bool:
+        return attempt(k, f)[1].top1_agreement >= min_agreement
+
+    n = len(ranked)
+    k, f = n, 0
+    if ok(n):
+        k = _smallest(1, n, ok)
+    elif mixer.scheme.weight_only_fallback:
+        f = _smallest(1, n, lambda j: ok(n, j)) if ok(n, n) else n
+    path, parity = attempt(k, f)
+    return GuardResult(candidate=path, parity=parity, kept=ranked[:k], float_weights=ranked[:f] if mixer.scheme.weight_only_fallback
+                       else ranked[:k], sensitivity=sensitivity)
+
+
+def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """Smallest k in [lo, hi] with ok(k), given ok(hi) holds and ok is (close to) monotone."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
 
 
 def _labelled_accuracy(eval_dir: Path, src: Path, qmodel, size: int) -> dict[str, float]:

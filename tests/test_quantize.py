@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from edge_inception.cli import app
 from edge_inception.flops import count_graph
-from edge_inception.quantize import Int8Scheme, QuantTarget, int8_scheme, quantize_model
+from edge_inception.images import load_batch
+from edge_inception.quantize import Int8Scheme, QuantTarget, int8_scheme, int8_weights, quantize_model
 
 runner = CliRunner()
 
@@ -42,7 +43,9 @@ def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
     acc = int8.accuracy
     assert acc.holdout_images == 100
     assert acc.top1_agreement >= 0.99 and acc.mean_cosine >= 0.99  # the guard's promise
-    assert acc.size_bytes < int8.accuracy.fp32_size_bytes
+    # stages the guard keeps get float activations but INT8 weights on the CPU target: the file stays small
+    assert acc.size_bytes < 0.30 * acc.fp32_size_bytes
+    assert not int8.float_weights
     full = int8_full.accuracy
     assert not int8_full.kept_float
     assert full.size_bytes < 0.30 * full.fp32_size_bytes
@@ -55,7 +58,7 @@ def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["precision"] == "int8" and ("reduced range" in meta["quantization"] or "full range" in meta["quantization"])
-    assert json.loads(meta["kept_float"]) == int8.kept_float
+    assert json.loads(meta["kept_float"]) == int8.kept_float and json.loads(meta["float_weights"]) == []
     x = np.zeros((2, 3, 64, 64), np.float32)
     assert _run(int8.path, x).shape == (2, 10)
     report = json.loads(int8.report_path.read_text())
@@ -69,6 +72,20 @@ def test_fp16_agreement_and_io_types(fp16):
     onnx.checker.check_model(model)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
+def test_int8_weights_alone_keep_answers(trained, tmp_path):
+    model = onnx.load(str(trained.onnx))
+    layers = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert int8_weights(model, set(layers)) == len(layers)
+    onnx.checker.check_model(model)
+    path = tmp_path / "w8.onnx"
+    onnx.save(model, str(path))
+    assert path.stat().st_size < 0.30 * trained.onnx.stat().st_size
+    x = load_batch(sorted((trained.data / "val").rglob("*.png"))[::10], 64)
+    ref, out = _run(trained.onnx, x), _run(path, x)
+    cos = (ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)
+    assert cos.min() > 0.999 and (ref.argmax(1) == out.argmax(1)).mean() >= 0.95
 
 
 def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
@@ -87,14 +104,26 @@ def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     assert set(result.sensitivity) >= {"conv1", "inception_3a", "fc"}
     assert set(result.latency_ms) == {"fp32", "int8_all", "int8_mixed"}
     model = onnx.load(str(out))
-    kept_nodes = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith(f"/{result.kept_float[0].replace('_', '')}")]
-    assert kept_nodes and all(
-        not any(i.endswith("_DequantizeLinear_Output") for i in n.input) for n in kept_nodes
-    )
+    onnx.checker.check_model(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    prefix = "/" + result.kept_float[0].replace("_", "")
+    kept_convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.name.startswith(prefix)]
+    assert kept_convs
+    for conv in kept_convs:
+        # float activations in (no DequantizeLinear feeds the data input) ...
+        assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
+        # ... but INT8 weights behind a per-channel DequantizeLinear
+        dq = producers[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        weights = next(t for t in model.graph.initializer if t.name == dq.input[0])
+        assert weights.data_type == onnx.TensorProto.INT8
+    assert result.accuracy.size_ratio < 0.30
 
 
 def test_scheme_follows_target():
-    assert int8_scheme(QuantTarget.tensorrt) == Int8Scheme("int8", "int8", False, True, int8_scheme(QuantTarget.tensorrt).reason)
+    trt = int8_scheme(QuantTarget.tensorrt)
+    assert trt == Int8Scheme("int8", "int8", False, True, trt.reason, weight_only_fallback=False)
+    assert int8_scheme(QuantTarget.gpu).weight_only_fallback and int8_scheme(QuantTarget.cpu).weight_only_fallback
     cpu = int8_scheme(QuantTarget.cpu)
     assert cpu.activation == "uint8" and cpu.weight == "int8"
     flags = open("/proc/cpuinfo").read()
