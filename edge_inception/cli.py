@@ -357,8 +357,9 @@ def pipeline(
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for INT8 (default: bundled photos).")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Input size (default: the checkpoint's, else 224).")] = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard for quantized artifacts.")] = 0.99,
-    batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes.")] = "1,8",
+    batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes (e.g. 1,8,32).")] = "1",
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed inferences per engine per round.")] = 30,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
 ) -> None:
@@ -367,7 +368,7 @@ def pipeline(
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         batches=_int_list(batch, "--batch"))
+                         bench_rounds=rounds, batches=_int_list(batch, "--batch"))
     if weights is None:
         typer.echo(SEEDED_NOTE, err=True)
     started: dict[str, float] = {}

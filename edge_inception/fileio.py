@@ -19,13 +19,17 @@ from typing import Any
 from .errors import ModelFileError, OutputPathError
 
 
-def ensure_parent(path: Path) -> None:
+def ensure_folder(folder: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputPathError(f"cannot create output folder {path.parent}: {exc.strerror or exc}") from exc
-    if not os.access(path.parent, os.W_OK):
-        raise OutputPathError(f"output folder {path.parent} is not writable")
+        raise OutputPathError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"output folder {folder} is not writable")
+
+
+def ensure_parent(path: Path) -> None:
+    ensure_folder(path.parent)
     if path.is_dir():
         raise OutputPathError(f"output path {path} is a folder, expected a file name")
 
@@ -69,7 +73,7 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
     dest = Path(path)
     if dest.exists() and any(dest.iterdir()) and not replace:
         raise OutputPathError(f"{dest} already exists and is not empty (use --force to replace it)")
-    ensure_parent(dest / "x")
+    ensure_folder(dest.parent)  # not dest itself: an interrupted first run leaves no folder behind
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp

@@ -181,6 +181,14 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
         onnx.save(qmodel, str(dst))
 
 
+def prepare_for_quantization(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's pre-processing (shape inference and basic graph optimisation, which keeps node names)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst))
+    return dst
+
+
 def int8_weights(model, nodes: set[str]) -> int:
     """Store the weights of the named Conv/Gemm nodes as per-channel symmetric INT8 behind a DequantizeLinear.
 
@@ -379,12 +387,13 @@ def quantize_model(
             bar = progress(len(calib_batches), "calibrating") if progress else None
             candidate = work / "int8.onnx"
             cache = work / "calibration.json"  # ranges from this one calibration serve every mix the guard tries
-            quantize_int8(src, candidate, calib_batches, scheme, calib_method, cache=cache, on_batch=(lambda: bar.update(1)) if bar else None)
+            prepared = prepare_for_quantization(src, work / "prepared.onnx")
+            quantize_int8(prepared, candidate, calib_batches, scheme, calib_method, cache=cache, on_batch=(lambda: bar.update(1)) if bar else None)
             if bar is not None:
                 bar.close()
             parity = compare(reference, _logits(candidate, hold_batches))
             if parity.top1_agreement < min_agreement:
-                guard = _guard(_Mixer(src, work, source, calib_batches, scheme, calib_method, cache), hold_batches, reference,
+                guard = _guard(_Mixer(prepared, work, source, calib_batches, scheme, calib_method, cache), hold_batches, reference,
                                min_agreement, parity)
                 candidate, parity = guard.candidate, guard.parity or parity
                 x = hold_batches[0][:1]

@@ -1,4 +1,8 @@
 import json
+import signal
+import subprocess
+import sys
+import time
 
 from typer.testing import CliRunner
 
@@ -9,7 +13,7 @@ runner = CliRunner()
 
 def test_pipeline_report_and_reruns(trained, tmp_path):
     out = tmp_path / "run"
-    args = ["pipeline", "--weights", str(trained.checkpoint), "--batch", "1", "--iterations", "5", "--min-agreement", "0.9", "-o", str(out)]
+    args = ["pipeline", "--weights", str(trained.checkpoint), "--batch", "1", "--iterations", "5", "--rounds", "2", "-o", str(out)]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
@@ -17,7 +21,8 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     for rel in report["artifacts"].values():
         assert (out / rel).is_file() and (out / (rel + ".manifest.json")).is_file()
     p50 = report["latency_p50_ms_batch1"]
-    eligible = {p: v for p, v in p50.items() if report["verification_vs_pytorch"][p]["top1_agreement"] >= 0.9}
+    eligible = {p: v for p, v in p50.items() if report["verification_vs_pytorch"][p]["top1_agreement"] >= 0.99}
+    assert "int8" in eligible  # the default guard (0.99) holds for INT8 against PyTorch too
     assert report["ship"]["precision"] == min(eligible, key=eligible.get)
     assert report["verification_vs_pytorch"]["fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
@@ -34,3 +39,18 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
 def test_pipeline_bad_precision(tmp_path):
     r = runner.invoke(app, ["pipeline", "--precisions", "fp32,int3", "-o", str(tmp_path / "x")])
     assert r.exit_code == 1 and "int3" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_pipeline_ctrl_c_leaves_nothing_half_written(trained, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from edge_inception.cli import app; app()", "pipeline", "--weights", str(trained.checkpoint), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".run.*/model.fp32.onnx")):
+        time.sleep(0.2)  # wait until the run is mid-way: the export is written, quantization is running
+    assert list(tmp_path.glob(".run.*/model.fp32.onnx")), "the pipeline never reached its first artifact"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))  # no report folder, no temporary folder
