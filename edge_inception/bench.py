@@ -217,13 +217,17 @@ def scenarios(results: list[BenchResult]) -> dict[str, Any]:
     return {"single_stream_p90_ms": single, "offline": offline}
 
 
+def _gpu_line(gpu: dict[str, str] | None) -> str:
+    return f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = ["# edge-inception bench", "", f"- CPU: {m['cpu']} ({m['arch']}, {m['cores']} cores; {', '.join(m['simd'])}), threads: "
-             f"{m['threads_requested']}", f"- GPU: {m['gpu'] or 'none'}",
+             f"{m['threads_requested']}", f"- GPU: {_gpu_line(m['gpu'])}",
              f"- libraries: {', '.join(f'{k} {v}' for k, v in m['libraries'].items())}",
-             f"- matmul peak: {m['matmul_peak_macs_per_s'] / 1e9:.1f} G multiply-adds/s", "",
-             "| engine | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % peak | vs torch | vs ort-default | top-1 agree |",
+             f"- FP32 matmul peak (probe): {m['matmul_peak_macs_per_s'] / 1e9:.1f} G multiply-adds/s", "",
+             "| engine | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % FP32 peak | vs torch | vs ort-default | top-1 agree |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         lat = r["latency_ms"]
