@@ -148,3 +148,17 @@ def test_openvino_build_matches(built, tmp_path):
     assert result.artifact.suffix == ".xml" and result.parity.top1_agreement >= 0.99
 
 
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU: the PyTorch runner on CUDA cannot run here")
+def test_torch_runner_on_cuda_matches_cpu(trained):
+    from edge_inception.engines.torch import TorchRunner
+
+    x = load_batch(bundled_photos()[:4], 64)
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        with TorchRunner(trained.checkpoint, device=device) as r:
+            outputs[device] = r.infer(x)
+    d = compare(outputs["cpu"], outputs["cuda"])
+    # cuDNN's convolution algorithms round differently from the CPU's (TF32 is off by default for convolutions)
+    assert d.top1_agreement == 1.0 and d.max_rel_error < 1e-3
