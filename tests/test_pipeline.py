@@ -41,6 +41,20 @@ def test_pipeline_bad_precision(tmp_path):
     assert r.exit_code == 1 and "int3" in r.stderr and not (tmp_path / "x").exists()
 
 
+def test_failed_stage_is_named_and_earlier_outputs_kept(trained, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "notes.txt").write_text("not an image")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["pipeline", "--weights", str(trained.checkpoint), "--precisions", "fp32,int8", "--calib", str(calib), "-o", str(out)])
+    assert r.exit_code == 1
+    assert "stage 'quantize int8' failed" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()  # the report folder is all or nothing
+    kept = tmp_path / "run.failed"
+    assert (kept / "model.fp32.onnx").is_file() and not (kept / "model.int8.onnx").exists()
+    assert not [p for p in kept.iterdir() if p.name.startswith(".")]  # no temporary files among them
+
+
 def test_pipeline_ctrl_c_leaves_nothing_half_written(trained, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-c", "from edge_inception.cli import app; app()", "pipeline", "--weights", str(trained.checkpoint), "-o", str(out)]
