@@ -322,7 +322,13 @@ def _batches(paths: list[Path], size: int, batch: int = 16) -> list[np.ndarray]:
 
 
 def _median_latency_ms(path: Path, x: np.ndarray, runs: int = 15) -> float:
-    session = onnx_session(path)
+    """Batch latency of ``path`` as ``build`` runs it on the CPU: weight-only INT8 stages folded to float once."""
+    import onnx
+
+    from .engines.ort import fold_weight_only_dequantize
+
+    model = onnx.load(str(path))
+    session = onnx_session(model.SerializeToString() if fold_weight_only_dequantize(model) else path)
     for _ in range(3):
         run_onnx(session, x)
     times = []

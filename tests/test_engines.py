@@ -40,6 +40,23 @@ def test_cpu_builds_match_their_source(built):
         assert p.top1_agreement == 1.0
         m = json.loads(result.artifact.with_name(result.artifact.name + ".manifest.json").read_text())
         assert m["source_sha256"] and m["libraries"]["onnxruntime"] and m["input_shapes"]["max"] == [32, 3, 64, 64]
+    assert built["int8"][1].manifest.options["folded_weight_dequantize"] == 0  # INT8 compute keeps its INT8 weights
+
+
+def test_cpu_build_folds_weight_only_int8_once(trained, tmp_path):
+    import onnx
+
+    from edge_inception.quantize import int8_weights
+
+    model = onnx.load(str(trained.onnx))
+    layers = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert int8_weights(model, layers) == len(layers)  # INT8 weights, float compute: what the guard keeps
+    onnx.save(model, str(tmp_path / "w8.onnx"))
+    result = build(tmp_path / "w8.onnx", "cpu", output_dir=tmp_path / "cpu")
+    assert result.manifest.options["folded_weight_dequantize"] == len(layers)
+    assert result.parity.max_rel_error < 1e-5  # the same arithmetic, done once at build time
+    artifact = onnx.load(str(result.artifact))
+    assert not [n for n in artifact.graph.node if n.op_type == "DequantizeLinear"]
 
 
 def test_predict_prints_labels(built, trained):

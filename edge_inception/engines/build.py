@@ -73,7 +73,7 @@ def build(model: str | Path, target: str | Target, *, backend: str | None = None
         ensure_parent(out_dir / name)
         with atomic_path(out_dir / name) as tmp:
             if tgt.device == "cpu":
-                build_cpu(src, tmp, n_threads)
+                options["folded_weight_dequantize"] = build_cpu(src, tmp, n_threads)
             else:
                 shutil.copyfile(src, tmp)  # GPU providers optimise (and cache engines) at first load
             artifact = out_dir / name

@@ -72,11 +72,75 @@ def session_options(threads: int, optimize_to: Path | None = None, optimized: bo
     return opts
 
 
-def build_cpu(source: Path, artifact: Path, threads: int) -> None:
-    """Apply ONNX Runtime's full graph optimisation (fusions, QDQ -> QLinear, NCHWc layouts) and save the result."""
+def fold_weight_only_dequantize(model) -> int:
+    """Turn INT8 weights that feed float compute (the quantization guard's weight-only stages) back into float initializers.
+
+    ONNX Runtime does not constant-fold DequantizeLinear (it keeps Q/DQ pairs for its INT8 fusions), so such a stage
+    would dequantize its weights on every run. An engine build folds them once, as TensorRT does: the artifact grows
+    by those weights, the arithmetic is the same. Weights of INT8 compute (activation DQ beside them) are left alone.
+    Returns how many were folded.
+    """
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def int8_compute(node, weight_name: str) -> bool:
+        # ORT fuses DQ(x) + DQ(w) -> Conv [-> Relu] -> Q into one INT8 kernel; without the Q after it, the op runs in
+        # float from dequantized inputs (a weight-only stage behind an INT8 one)
+        others = [producer.get(i) for i in node.input if i and i != weight_name]
+        if not any(p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in init for p in others):
+            return False
+        after = consumers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+            after = consumers.get(after[0].output[0], [])
+        return bool(after) and all(a.op_type == "QuantizeLinear" for a in after)
+
+    folded = []
+    for dq in model.graph.node:
+        if dq.op_type != "DequantizeLinear" or not all(i in init for i in dq.input if i):
+            continue
+        users = consumers.get(dq.output[0], [])
+        if not users or any(u.op_type not in ("Conv", "Gemm", "MatMul") or int8_compute(u, dq.output[0]) for u in users):
+            continue
+        q = numpy_helper.to_array(init[dq.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(init[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(init[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and q.ndim > 1:
+            shape[axis] = -1
+        w = ((q - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(w, dq.output[0]))
+        folded.append(dq)
+    for dq in folded:
+        model.graph.node.remove(dq)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
+    return len(folded)
+
+
+def build_cpu(source: Path, artifact: Path, threads: int) -> int:
+    """Apply ONNX Runtime's full graph optimisation (fusions, QDQ -> QLinear, NCHWc layouts) and save the result.
+
+    Weight-only INT8 stages are folded to float first (see :func:`fold_weight_only_dequantize`); returns how many.
+    """
+    import onnx
     import onnxruntime as ort
 
-    ort.InferenceSession(str(source), session_options(threads, optimize_to=artifact), providers=["CPUExecutionProvider"])
+    model = onnx.load(str(source))
+    folded = fold_weight_only_dequantize(model)
+    src: str | bytes = str(source)
+    if folded:
+        log.info("folded %d weight-only DequantizeLinear node(s) into float weights", folded)
+        src = model.SerializeToString()
+    ort.InferenceSession(src, session_options(threads, optimize_to=artifact), providers=["CPUExecutionProvider"])
+    return folded
 
 
 class OrtRunner(Runner):
