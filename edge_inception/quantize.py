@@ -323,12 +323,9 @@ def _batches(paths: list[Path], size: int, batch: int = 16) -> list[np.ndarray]:
 
 def _median_latency_ms(path: Path, x: np.ndarray, runs: int = 15) -> float:
     """Batch latency of ``path`` as ``build`` runs it on the CPU: weight-only INT8 stages folded to float once."""
-    import onnx
+    from .engines.ort import cpu_model
 
-    from .engines.ort import fold_weight_only_dequantize
-
-    model = onnx.load(str(path))
-    session = onnx_session(model.SerializeToString() if fold_weight_only_dequantize(model) else path)
+    session = onnx_session(cpu_model(path)[0])
     for _ in range(3):
         run_onnx(session, x)
     times = []
@@ -465,9 +462,8 @@ class _Mixer:
     def build(self, name: str, fallback: Sequence[str], float_stages: Sequence[str] = ()) -> Path:
         """``fallback`` stages get the scheme's fallback (INT8 weights, float activations, or all float);
         ``float_stages`` are all float."""
-        nodes = {s: [n for n in self.stages[s]] for s in self.stages}
-        full_float = [n for s in float_stages for n in nodes[s]]
-        rest = [n for s in fallback if s not in float_stages for n in nodes[s]]
+        full_float = [n for s in float_stages for n in self.stages[s]]
+        rest = [n for s in fallback if s not in float_stages for n in self.stages[s]]
         dst = self.work / f"{name}.onnx"
         if self.scheme.weight_only_fallback:
             quantize_int8(self.src, dst, self.calib_batches, self.scheme, self.method, exclude=full_float, weight_only=rest, cache=self.cache)

@@ -125,21 +125,27 @@ def fold_weight_only_dequantize(model) -> int:
     return len(folded)
 
 
+def cpu_model(source: Path) -> tuple[str | bytes, int]:
+    """``source`` as the CPU engine runs it: its path, or its bytes with weight-only INT8 folded; and how many were folded."""
+    import onnx
+
+    model = onnx.load(str(source))
+    folded = fold_weight_only_dequantize(model)
+    if not folded:
+        return str(source), 0
+    log.info("folded %d weight-only DequantizeLinear node(s) into float weights", folded)
+    return model.SerializeToString(), folded
+
+
 def build_cpu(source: Path, artifact: Path, threads: int) -> int:
     """Apply ONNX Runtime's full graph optimisation (fusions, QDQ -> QLinear, NCHWc layouts) and save the result.
 
     Weight-only INT8 stages are folded to float first (see :func:`fold_weight_only_dequantize`); returns how many.
     """
-    import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(source))
-    folded = fold_weight_only_dequantize(model)
-    src: str | bytes = str(source)
-    if folded:
-        log.info("folded %d weight-only DequantizeLinear node(s) into float weights", folded)
-        src = model.SerializeToString()
-    ort.InferenceSession(src, session_options(threads, optimize_to=artifact), providers=["CPUExecutionProvider"])
+    model, folded = cpu_model(source)
+    ort.InferenceSession(model, session_options(threads, optimize_to=artifact), providers=["CPUExecutionProvider"])
     return folded
 
 
