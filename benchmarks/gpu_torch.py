@@ -77,7 +77,7 @@ def _graphed(model, x):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from edge_inception.model import GoogLeNet, init_weights
+    from edge_inception.model.googlenet import GoogLeNet, init_weights
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # FP16 fidelity against FP32
     if args.weights and args.inputs:
-        from edge_inception.weights import load_model
+        from edge_inception.model.checkpoints import load_model
 
         ref_model = load_model(args.weights).model.eval().cuda()
         half_model = load_model(args.weights).model.eval().cuda().half()

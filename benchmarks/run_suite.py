@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,8")
     args = parser.parse_args(argv)
 
-    from edge_inception.bench import BenchConfig, markdown, plot, run_bench
+    from edge_inception.convert.export import export_model
+    from edge_inception.convert.quantize import quantize_model
     from edge_inception.engines.build import build
-    from edge_inception.export import export_model
+    from edge_inception.evaluate.bench import BenchConfig, markdown, plot, run_bench
     from edge_inception.fileio import write_json_atomic, write_text_atomic
-    from edge_inception.quantize import quantize_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edge-inception-suite-") as tmp:

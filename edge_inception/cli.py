@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .errors import EdgeInceptionError
-from .model import Variant
+from .vocab import Variant
 
 app = typer.Typer(
     name="edge-inception",
@@ -102,7 +102,7 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="ONNX file to write (default under export/output/).")] = None,
 ) -> None:
     """Export GoogLeNet to aux-free ONNX, verified against PyTorch and simplified."""
-    from .export import export_model
+    from .convert.export import export_model
 
     if batch is not None and dynamic_batch:
         raise EdgeInceptionError("--batch and --dynamic-batch exclude each other")
@@ -120,7 +120,7 @@ def simplify_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.sim.onnx).")] = None,
 ) -> None:
     """Simplify an ONNX model with onnxsim (BatchNorm folded), verified before vs after."""
-    from .simplify import simplify_file
+    from .convert.simplify import simplify_file
 
     out, step = simplify_file(model, output)
     _echo_table(_step_rows([step]), STEP_HEADER)
@@ -134,7 +134,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Inputs, outputs, opset, node and parameter counts, and edge-inception metadata of an ONNX model."""
-    from .onnx_meta import onnx_info
+    from .convert.onnx_file import onnx_info
 
     data = onnx_info(model)
     if as_json:
@@ -163,7 +163,7 @@ def flops(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Multiply-adds and parameters per stage against the paper's Table 1 and its 1.5 G budget."""
-    from .flops import count_graph
+    from .evaluate.flops import count_graph
 
     report = count_graph(model, image_size=image_size, batch=batch)
     if as_json:
@@ -198,7 +198,7 @@ def quantize(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
-    from .quantize import CalibMethod, Precision, QuantTarget, quantize_model
+    from .convert.quantize import CalibMethod, Precision, QuantTarget, quantize_model
 
     try:
         prec, method, tgt = Precision(precision), CalibMethod(calib_method), QuantTarget(target)
@@ -232,8 +232,8 @@ def quantize(
 def targets(
     targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra folder of target TOML files.")] = None,
 ) -> None:
-    """List the device presets (export/targets/*.toml and your own)."""
-    from .targets import list_targets
+    """List the device presets (shipped in the package, and your own from --targets-dir)."""
+    from .engines.targets import list_targets
 
     rows = [[t.name, t.backend, "/".join(t.backends), t.default_precision, ",".join(t.precisions),
              f"{t.batch_min}-{t.batch_opt}-{t.batch_max}", "-" if t.dla_core is None else str(t.dla_core), t.tensorrt_version or "-",
@@ -270,7 +270,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
 ) -> None:
     """Classify images: top-k labels and scores."""
-    from .predict import predict as run_predict
+    from .evaluate.predict import predict as run_predict
 
     for p in run_predict(artifact, images, top_k=top_k):
         if as_json:
@@ -289,7 +289,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
 ) -> None:
     """Top-1 / top-5 accuracy on a labelled folder."""
-    from .predict import evaluate
+    from .evaluate.predict import evaluate
 
     r = evaluate(artifact, data, batch_size, progress=_progress)
     typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else ""))
@@ -322,7 +322,7 @@ def bench(
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
-    from .bench import BenchConfig, run_bench, write_outputs
+    from .evaluate.bench import BenchConfig, run_bench, write_outputs
 
     bases = tuple(b for b in baseline.split(",") if b and b != "none")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
@@ -410,8 +410,8 @@ def train(
     ),
 ) -> None:
     """Fine-tune GoogLeNet on your classes with the auxiliary classifiers (loss = main + 0.3 x aux)."""
-    from .train import TrainConfig
-    from .train import train as run_training
+    from .model.train import TrainConfig
+    from .model.train import train as run_training
 
     cfg = TrainConfig(data=data, output=output, val=val, weights=weights, variant=variant, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, image_size=image_size, seed=seed)
@@ -439,7 +439,7 @@ def demo_data(
     ),
 ) -> None:
     """Write the built-in demo data set: crops of real photos bundled with scikit-image, one class per photo."""
-    from .demo_data import DEMO_CLASSES, make_demo_dataset
+    from .data.demo_data import DEMO_CLASSES, make_demo_dataset
 
     out = make_demo_dataset(output)
     typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")

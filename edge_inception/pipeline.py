@@ -58,12 +58,12 @@ class StageFailed(EdgeInceptionError):
 
 def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = None,
                  progress: Callable[[int, str], Any] | None = None) -> PipelineResult:
-    from .bench import BenchConfig, markdown, plot, run_bench
+    from .convert.export import export_model
+    from .convert.quantize import quantize_model
     from .engines.build import build
-    from .export import export_model
-    from .flops import count_graph
-    from .quantize import quantize_model
-    from .targets import get_target
+    from .engines.targets import get_target
+    from .evaluate.bench import BenchConfig, markdown, plot, run_bench
+    from .evaluate.flops import count_graph
 
     bad = [p for p in cfg.precisions if p not in ("fp32", "fp16", "int8")]
     if bad or not cfg.precisions:
@@ -149,10 +149,10 @@ def verify_against_torch(artifacts: dict[str, Path], loaded, metadata: dict[str,
     """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split)."""
     import torch
 
-    from .demo_data import default_demo_dir, make_demo_dataset
+    from .data.demo_data import default_demo_dir, make_demo_dataset
+    from .data.images import find_images, load_batch
     from .engines.base import open_runner
-    from .images import find_images, load_batch
-    from .verify import compare
+    from .evaluate.verify import compare
 
     size = int(metadata["image_size"])
     held = find_images([make_demo_dataset(default_demo_dir()) / "val"]).images
@@ -192,7 +192,7 @@ def summarise(cfg, loaded, exported, quant_reports, artifacts, verification, flo
 
 
 def report_markdown(summary: dict[str, Any], bench_report: dict[str, Any]) -> str:
-    from .bench import markdown as bench_md
+    from .evaluate.bench import markdown as bench_md
 
     m = summary["model"]
     lines = ["# edge-inception pipeline report", ""]

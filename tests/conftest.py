@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge_inception.model import GoogLeNet, init_weights
+from edge_inception.model.googlenet import GoogLeNet, init_weights
 
 TRAIN_IMAGE_SIZE = 64
 TRAIN_STEPS = 200
@@ -23,7 +23,7 @@ def seeded_state_dict(variant: str = "torchvision", num_classes: int = 1000, aux
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    from edge_inception.demo_data import make_demo_dataset
+    from edge_inception.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(tmp_path_factory.mktemp("demo"))
 
@@ -42,8 +42,8 @@ def trained(demo_data, tmp_path_factory) -> Trained:
 
     A randomly initialised net gives every image the same class, so fidelity checks need this one.
     """
-    from edge_inception.export import export_model
-    from edge_inception.train import TrainConfig, train
+    from edge_inception.convert.export import export_model
+    from edge_inception.model.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
     torch.set_num_threads(2)

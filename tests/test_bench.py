@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_inception.bench import BenchResult, add_speedups, latency_stats, scenarios
 from edge_inception.cli import app
 from edge_inception.engines.build import build
+from edge_inception.evaluate.bench import BenchResult, add_speedups, latency_stats, scenarios
 
 runner = CliRunner()
 

@@ -5,14 +5,14 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.convert.quantize import quantize_model
+from edge_inception.data.images import bundled_photos, load_batch
 from edge_inception.engines.base import Manifest, open_runner, read_manifest
 from edge_inception.engines.build import build
+from edge_inception.engines.targets import get_target, list_targets
 from edge_inception.engines.tensorrt import check_engine_compat, plan_build
 from edge_inception.errors import ManifestError, TargetError
-from edge_inception.images import bundled_photos, load_batch
-from edge_inception.quantize import quantize_model
-from edge_inception.targets import get_target, list_targets
-from edge_inception.verify import compare, onnx_session, run_onnx
+from edge_inception.evaluate.verify import compare, onnx_session, run_onnx
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def test_cpu_builds_match_their_source(built):
 def test_cpu_build_folds_weight_only_int8_once(trained, tmp_path):
     import onnx
 
-    from edge_inception.quantize import int8_weights
+    from edge_inception.convert.quantize import int8_weights
 
     model = onnx.load(str(trained.onnx))
     layers = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
@@ -169,7 +169,7 @@ def test_openvino_build_matches(built, tmp_path):
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU: the PyTorch runner on CUDA cannot run here")
 def test_torch_runner_on_cuda_matches_cpu(trained):
-    from edge_inception.engines.torch import TorchRunner
+    from edge_inception.engines.pytorch import TorchRunner
 
     x = load_batch(bundled_photos()[:4], 64)
     outputs = {}

@@ -8,11 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.convert.export import export_model
+from edge_inception.data.images import bundled_photos, load_batch
 from edge_inception.errors import VerificationError
-from edge_inception.export import export_model
-from edge_inception.images import bundled_photos, load_batch
-from edge_inception.model import Variant
-from edge_inception.weights import load_model
+from edge_inception.model.checkpoints import load_model
+from edge_inception.vocab import Variant
 
 from .conftest import seeded_state_dict
 
@@ -137,7 +137,7 @@ def test_export_bad_input(tmp_path):
 def test_failed_export_keeps_existing_file(tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous artifact")
-    import edge_inception.export as exp
+    import edge_inception.convert.export as exp
 
     def broken_check(*args, **kwargs):
         raise VerificationError("export (PyTorch vs ONNX Runtime): outputs differ beyond tolerance")

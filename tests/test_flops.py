@@ -6,9 +6,9 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.export import export_model
-from edge_inception.flops import count_graph
-from edge_inception.model import INCEPTION_CONFIG
+from edge_inception.convert.export import export_model
+from edge_inception.evaluate.flops import count_graph
+from edge_inception.model.googlenet import INCEPTION_CONFIG
 
 runner = CliRunner()
 

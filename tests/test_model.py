@@ -1,17 +1,16 @@
 import pytest
 import torch
 
-from edge_inception.model import (
+from edge_inception.model.googlenet import (
     AUX_LOSS_WEIGHT,
     INCEPTION_CONFIG,
-    MIN_IMAGE_SIZE,
     GoogLeNet,
     GoogLeNetOutputs,
-    Variant,
     count_parameters,
     googlenet_loss,
     init_weights,
 )
+from edge_inception.vocab import MIN_IMAGE_SIZE, Variant
 
 
 def paper_parameter_count() -> int:

@@ -8,9 +8,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.flops import count_graph
-from edge_inception.images import load_batch
-from edge_inception.quantize import Int8Scheme, QuantTarget, int8_scheme, int8_weights, quantize_model
+from edge_inception.convert.quantize import Int8Scheme, QuantTarget, int8_scheme, int8_weights, quantize_model
+from edge_inception.data.images import load_batch
+from edge_inception.evaluate.flops import count_graph
 
 runner = CliRunner()
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from edge_inception.images import bundled_photos, load_batch
-from edge_inception.weights import load_model
+from edge_inception.data.images import bundled_photos, load_batch
+from edge_inception.model.checkpoints import load_model
 
 torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed: nothing to compare our GoogLeNet with")
 
@@ -70,7 +70,7 @@ def test_training_outputs_and_aux_heads_match(tmp_path):
 
 def test_export_of_a_torchvision_checkpoint_matches_torchvision(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from edge_inception.export import export_model
+    from edge_inception.convert.export import export_model
 
     reference = _torchvision_checkpoint(tmp_path / "googlenet.pth", aux=True, transform_input=True).eval()
     export_model(tmp_path / "googlenet.pth", tmp_path / "googlenet.onnx", simplify=False)

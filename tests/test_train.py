@@ -8,10 +8,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.datasets import scan_image_folder
+from edge_inception.data.datasets import scan_image_folder
+from edge_inception.data.images import load_batch
 from edge_inception.errors import DatasetError
-from edge_inception.images import load_batch
-from edge_inception.weights import load_model
+from edge_inception.model.checkpoints import load_model
 
 from .conftest import TRAIN_IMAGE_SIZE, TRAIN_STEPS
 

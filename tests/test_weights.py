@@ -3,8 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 from edge_inception.errors import CheckpointError
-from edge_inception.model import Variant
-from edge_inception.weights import load_model
+from edge_inception.model.checkpoints import load_model
+from edge_inception.vocab import Variant
 
 from .conftest import seeded_state_dict
 

@@ -129,7 +129,7 @@ def artifact_info(artifact: str | Path) -> dict[str, Any]:
         m = read_manifest(art)
         return {"image_size": m.image_size, "num_classes": m.num_classes, "class_names": m.class_names, "precision": m.precision,
                 "backend": m.backend, "target": m.target}
-    from ..onnx_meta import get_metadata, load_onnx, model_class_names, model_image_size
+    from ..convert.onnx_file import get_metadata, load_onnx, model_class_names, model_image_size
 
     model = load_onnx(art, with_weights=False)
     meta = get_metadata(model)

@@ -7,12 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..convert.onnx_file import get_metadata, load_onnx, model_class_names, model_image_size
 from ..errors import EdgeInceptionError, VerificationError
+from ..evaluate.verify import Parity, compare, onnx_session, run_onnx, verification_inputs
 from ..fileio import atomic_path, ensure_parent, sha256_file
-from ..onnx_meta import get_metadata, load_onnx, model_class_names, model_image_size
-from ..targets import Target, get_target
-from ..verify import Parity, compare, onnx_session, run_onnx, verification_inputs
 from .base import Manifest, open_runner, write_manifest
+from .targets import Target, get_target
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ..targets import Target
 from .base import Manifest, Runner
+from .targets import Target
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError
-from .model import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import ImageError
+from ..vocab import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ class TorchRunner(Runner):
     def activate(self) -> None:
         import torch
 
-        from ..weights import load_model
+        from ..model.checkpoints import load_model
 
         if self.threads:
             torch.set_num_threads(self.threads)

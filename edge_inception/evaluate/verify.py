@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VerificationError
+from ..errors import VerificationError
 
 
 @dataclass
@@ -69,7 +69,7 @@ def require(parity: Parity, *, rel_tol: float, step: str) -> None:
 
 def verification_inputs(image_size: int, batch: int | None, seed: int = 0) -> list[np.ndarray]:
     """Random and real-photo batches: sizes 1 and 4 for a dynamic-batch model, else ``batch``."""
-    from .images import bundled_photos, load_batch
+    from ..data.images import bundled_photos, load_batch
 
     rng = np.random.default_rng(seed)
     photos = bundled_photos()

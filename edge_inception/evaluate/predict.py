@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import ImageCache, eval_batches, scan_image_folder
-from .engines.base import artifact_info, open_runner
-from .errors import DatasetError, ImageError
-from .images import find_images, load_batch
-from .labels import imagenet_folder_index
+from ..data.datasets import ImageCache, eval_batches, scan_image_folder
+from ..data.images import find_images, load_batch
+from ..engines.base import artifact_info, open_runner
+from ..errors import DatasetError, ImageError
+from ..model.labels import imagenet_folder_index
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

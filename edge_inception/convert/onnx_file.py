@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFileError
-from .fileio import require_file
+from ..errors import ModelFileError
+from ..fileio import require_file
 
 
 def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelProto
@@ -106,7 +106,7 @@ def model_image_size(model, default: int = 224) -> int:
 
 
 def model_class_names(meta: dict[str, str], num_classes: int) -> list[str]:
-    from .labels import class_names
+    from ..model.labels import class_names
 
     names = json.loads(meta["class_names"]) if "class_names" in meta else None
     return class_names(num_classes, names)

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import EdgeInceptionError
-from .fileio import atomic_path, ensure_parent
-from .model import MIN_IMAGE_SIZE, GoogLeNet, Variant
-from .onnx_meta import set_metadata
-from .verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
-from .weights import LoadedModel, load_model
+from .. import __version__
+from ..errors import EdgeInceptionError
+from ..evaluate.verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
+from ..fileio import atomic_path, ensure_parent
+from ..model.checkpoints import LoadedModel, load_model
+from ..model.googlenet import GoogLeNet
+from ..vocab import MIN_IMAGE_SIZE, Variant
+from .onnx_file import set_metadata
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""One engine, one batch size, one round, in its own process: ``python -m edge_inception.bench_worker SPEC_JSON``.
+"""One engine, one batch size, one round, in its own process: ``python -m edge_inception.evaluate.bench_worker SPEC_JSON``.
 
 Running each measurement in a fresh process guarantees no other engine's thread pool is alive and spinning
 (measured here: interleaving two ONNX Runtime sessions in one process doubled one's latency).
@@ -15,15 +15,15 @@ import numpy as np
 
 
 def make_runner(spec: dict[str, Any]):  # -> Runner
-    from .engines.base import open_runner
+    from ..engines.base import open_runner
 
     kind, threads = spec["kind"], int(spec.get("threads") or 0)
     if kind == "torch":
-        from .engines.torch import TorchRunner
+        from ..engines.pytorch import TorchRunner
 
         return TorchRunner(threads=threads, **spec["torch_kwargs"])
     if kind == "ort-default":
-        from .engines.ort import OrtRunner
+        from ..engines.ort import OrtRunner
 
         return OrtRunner(spec["path"], threads=threads, optimized=False)
     return open_runner(spec["path"], threads=threads or None)

@@ -13,28 +13,21 @@ Two variants share one module tree:
 Both carry the two auxiliary classifiers on top of (4a) and (4d). They run only in training mode; in eval
 mode (and therefore in every export) the forward pass returns one logits tensor.
 
-The module does no I/O: loading checkpoints lives in :mod:`edge_inception.weights`.
+The module does no I/O: loading checkpoints lives in :mod:`edge_inception.model.checkpoints`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..vocab import IMAGENET_MEAN, IMAGENET_STD, Variant
+
 AUX_LOSS_WEIGHT = 0.3  # the paper adds each auxiliary loss with weight 0.3
-
-
-class Variant(str, Enum):
-    torchvision = "torchvision"
-    paper = "paper"
-
 
 @dataclass(frozen=True)
 class VariantSpec:
@@ -64,9 +57,6 @@ INCEPTION_CONFIG: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "inception5a": (832, 256, 160, 320, 32, 128, 128),
     "inception5b": (832, 384, 192, 384, 48, 128, 128),
 }
-
-# Smallest square input the stem and the four stride-2 pools reduce to at least 1 x 1.
-MIN_IMAGE_SIZE = 32
 
 
 class GoogLeNetOutputs(NamedTuple):

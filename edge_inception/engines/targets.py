@@ -1,14 +1,20 @@
-"""Device presets: one TOML file per target in ``export/targets/`` (users may add their own folder)."""
+"""Device presets: one TOML file per target, shipped inside the package (``engines/targets/*.toml``).
+
+Users add their own with ``--targets-dir DIR`` or the ``EDGE_INCEPTION_TARGETS`` folder; theirs win on a name clash.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from .errors import TargetError
+from ..errors import TargetError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,20 +54,21 @@ class Target:
             raise TargetError(f"target '{self.name}' cannot run {precision} (it supports {', '.join(self.precisions)})")
 
 
-def target_dirs(extra: Path | None = None) -> list[Path]:
+def user_target_dirs(extra: Path | None = None) -> list[Path]:
+    """The user's folders, in priority order: ``--targets-dir``, then ``$EDGE_INCEPTION_TARGETS``."""
     dirs = [extra] if extra else []
     if os.environ.get("EDGE_INCEPTION_TARGETS"):
         dirs.append(Path(os.environ["EDGE_INCEPTION_TARGETS"]))
-    dirs += [Path.cwd() / "export" / "targets", Path(__file__).resolve().parents[1] / "export" / "targets"]
-    seen, out = set(), []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in seen:
-            seen.add(d.resolve())
-            out.append(d)
-    return out
+    return [d for d in dirs if d.is_dir()]
 
 
-def parse_target(path: Path) -> Target:
+def packaged_target_files() -> Iterator[Traversable]:
+    """The presets that ship inside the package (read through importlib.resources: wheel, zip or source tree alike)."""
+    folder = resources.files("edge_inception.engines").joinpath("targets")
+    return iter(sorted((f for f in folder.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name))
+
+
+def parse_target(path: Path | Traversable) -> Target:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -88,10 +95,10 @@ def parse_target(path: Path) -> Target:
 
 def list_targets(extra_dir: Path | None = None) -> dict[str, Target]:
     found: dict[str, Target] = {}
-    for d in target_dirs(extra_dir):
-        for f in sorted(d.glob("*.toml")):
-            t = parse_target(f)
-            found.setdefault(t.name, t)  # earlier folders (the user's) win
+    files: list[Path | Traversable] = [f for d in user_target_dirs(extra_dir) for f in sorted(d.glob("*.toml"))]
+    for f in [*files, *packaged_target_files()]:
+        t = parse_target(f)
+        found.setdefault(t.name, t)  # earlier folders (the user's) win
     return found
 
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
-from .fileio import sha256_file
+from ..errors import CheckpointError
+from ..fileio import sha256_file
+from ..vocab import IMAGENET_MEAN, IMAGENET_STD, Variant
+from .googlenet import GoogLeNet, init_weights
 from .labels import class_names as default_class_names
-from .model import IMAGENET_MEAN, IMAGENET_STD, GoogLeNet, Variant, init_weights
 
 log = logging.getLogger(__name__)
 

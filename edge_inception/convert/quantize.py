@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .cpu import cpu_info
-from .errors import EdgeInceptionError, ImageError, VerificationError
-from .fileio import atomic_path, write_json_atomic
-from .flops import stage_of
-from .images import find_images, load_batch
-from .onnx_meta import get_metadata, load_onnx, model_image_size, set_metadata
-from .verify import Parity, compare, onnx_session, run_onnx
+from ..data.images import find_images, load_batch
+from ..errors import EdgeInceptionError, ImageError, VerificationError
+from ..evaluate.cpu import cpu_info
+from ..evaluate.flops import stage_of
+from ..evaluate.verify import Parity, compare, onnx_session, run_onnx
+from ..fileio import atomic_path, write_json_atomic
+from .onnx_file import get_metadata, load_onnx, model_image_size, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class ImageSets:
 def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = 100) -> ImageSets:
     """Calibration and held-out image lists that never overlap."""
     if calib is None:
-        from .demo_data import default_demo_dir, make_demo_dataset
+        from ..data.demo_data import default_demo_dir, make_demo_dataset
 
         demo = make_demo_dataset(default_demo_dir())
         calib_scan = find_images([demo / "train"])
@@ -323,7 +323,7 @@ def _batches(paths: list[Path], size: int, batch: int = 16) -> list[np.ndarray]:
 
 def _median_latency_ms(path: Path, x: np.ndarray, runs: int = 15) -> float:
     """Batch latency of ``path`` as ``build`` runs it on the CPU: weight-only INT8 stages folded to float once."""
-    from .engines.ort import cpu_model
+    from ..engines.ort import cpu_model
 
     session = onnx_session(cpu_model(path)[0])
     for _ in range(3):
@@ -438,7 +438,7 @@ def _accuracy(parity: Parity, src: Path, candidate: Path, qmodel) -> AccuracyRep
 
 
 def _stage_params(source, stages: dict[str, list[str]]) -> dict[str, int]:
-    from .flops import count_graph_model
+    from ..evaluate.flops import count_graph_model
 
     per_node = {n.name: n.params for n in count_graph_model(source).nodes}
     return {stage: sum(per_node.get(name, 0) for name in names) for stage, names in stages.items()}
@@ -538,7 +538,7 @@ def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
 
 
 def _labelled_accuracy(eval_dir: Path, src: Path, qmodel, size: int) -> dict[str, float]:
-    from .datasets import eval_batches, scan_image_folder
+    from ..data.datasets import eval_batches, scan_image_folder
 
     folder = scan_image_folder(eval_dir)
     fp32, quant = onnx_session(src), onnx_session(qmodel.SerializeToString())

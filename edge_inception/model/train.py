@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
-from .errors import DatasetError, EdgeInceptionError
-from .fileio import atomic_path, ensure_parent, write_json_atomic
-from .model import AUX_LOSS_WEIGHT, MIN_IMAGE_SIZE, GoogLeNet, Variant, googlenet_loss
-from .weights import load_model, sidecar_path
+from ..data.datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
+from ..errors import DatasetError, EdgeInceptionError
+from ..fileio import atomic_path, ensure_parent, write_json_atomic
+from ..vocab import MIN_IMAGE_SIZE, Variant
+from .checkpoints import load_model, sidecar_path
+from .googlenet import AUX_LOSS_WEIGHT, GoogLeNet, googlenet_loss
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EdgeInceptionError
+from ..fileio import write_json_atomic, write_text_atomic
 from .cpu import cpu_info
-from .errors import EdgeInceptionError
-from .fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class BenchConfig:
 
 def describe(artifact: str | Path) -> Engine:
     """What an artifact (or ONNX model) is, where its FP32 source is, and what it computes."""
-    from .engines.base import artifact_info, manifest_path, read_manifest
+    from ..convert.onnx_file import get_metadata, load_onnx
+    from ..engines.base import artifact_info, manifest_path, read_manifest
     from .flops import count_graph
-    from .onnx_meta import get_metadata, load_onnx
 
     art = Path(artifact)
     info = artifact_info(art)
@@ -101,8 +101,8 @@ def describe(artifact: str | Path) -> Engine:
 
 def baseline_engines(reference: Engine, wanted: Sequence[str]) -> list[Engine]:
     """PyTorch eager and default ONNX Runtime, on the FP32 export behind ``reference``."""
-    from .engines.torch import weights_for_onnx
-    from .onnx_meta import get_metadata, load_onnx
+    from ..convert.onnx_file import get_metadata, load_onnx
+    from ..engines.pytorch import weights_for_onnx
 
     if reference.source_onnx is None:
         return []
@@ -125,7 +125,7 @@ def baseline_engines(reference: Engine, wanted: Sequence[str]) -> list[Engine]:
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "edge_inception.bench_worker", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "edge_inception.evaluate.bench_worker", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or "no output").strip().splitlines()
         raise EdgeInceptionError(f"benchmark of {spec.get('path') or spec['kind']} failed: {lines[-1]}")
@@ -262,7 +262,7 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
         ax2.set_ylabel("top-1 agreement with FP32 (%)")
         ax2.set_title("latency vs accuracy")
     fig.tight_layout()
-    from .fileio import atomic_path
+    from ..fileio import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VerificationError
-from .fileio import atomic_path
-from .onnx_meta import get_metadata, load_onnx, model_image_size, set_metadata
-from .verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
+from ..errors import VerificationError
+from ..evaluate.verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
+from ..fileio import atomic_path
+from .onnx_file import get_metadata, load_onnx, model_image_size, set_metadata
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError, ImageError
+from ..errors import DatasetError, ImageError
 from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
 
 log = logging.getLogger(__name__)

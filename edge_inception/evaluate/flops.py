@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .onnx_meta import get_metadata, load_onnx
-from .paper_table import BUDGET_MACS, KNOWN_DIFFERENCES, PAPER_TABLE, STAGES
+from ..convert.onnx_file import get_metadata, load_onnx
+from ..model.paper_table import BUDGET_MACS, KNOWN_DIFFERENCES, PAPER_TABLE, STAGES
 
 MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity", "QuantizeLinear"}

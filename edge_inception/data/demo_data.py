@@ -11,7 +11,7 @@ import logging
 import random
 from pathlib import Path
 
-from .fileio import atomic_dir
+from ..fileio import atomic_dir
 from .images import bundled_photos_dir, load_image
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,76 @@
+"""The words every layer shares: the user's choices as ``str`` enums (Typer takes them as option types directly)
+and the constants of the network's input.
+
+This module imports nothing heavy: the CLI loads it at start-up, before it knows which command runs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Smallest square input the stem and the four stride-2 pools reduce to at least 1 x 1.
+MIN_IMAGE_SIZE = 32
+
+
+class Variant(str, Enum):
+    """GoogLeNet layout: torchvision's (BatchNorm, 3x3 "5x5" branch) or the paper's Table 1."""
+
+    torchvision = "torchvision"
+    paper = "paper"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Backend(str, Enum):
+    """Inference runtimes an artifact can be built for (see ``engines.registry``)."""
+
+    ort = "ort"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class CalibMethod(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantTarget(str, Enum):
+    """What an INT8 graph is made for: it picks the quantization scheme."""
+
+    cpu = "cpu"
+    gpu = "gpu"
+    tensorrt = "tensorrt"
+
+
+class Baseline(str, Enum):
+    """Reference engines a benchmark measures beside the artifacts."""
+
+    torch = "torch"  # the PyTorch model in eager mode
+    ort_default = "ort-default"  # a plain ONNX Runtime session on the unoptimised FP32 export
+
+
+# Engine names of the baselines in benchmark reports.
+BASELINE_ENGINES = {Baseline.torch: "torch-eager", Baseline.ort_default: "ort-default"}
+
+
+def parse_list(text: str, enum: type[Enum], option: str) -> tuple:
+    """``"fp32,int8"`` -> ``(Precision.fp32, Precision.int8)``; unknown words raise ``ValueError`` naming the choices."""
+    values = []
+    for word in (w.strip() for w in text.split(",")):
+        if not word:
+            continue
+        try:
+            values.append(enum(word))
+        except ValueError:
+            raise ValueError(f"{option}: '{word}' is not one of {', '.join(str(m.value) for m in enum)}") from None
+    if not values:
+        raise ValueError(f"{option}: give at least one of {', '.join(str(m.value) for m in enum)}")
+    return tuple(values)
