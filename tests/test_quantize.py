@@ -106,18 +106,29 @@ def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     producers = {o: n for n in model.graph.node for o in n.output}
-    prefix = "/" + result.kept_float[0].replace("_", "")
-    kept_convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.name.startswith(prefix)]
-    assert kept_convs
-    for conv in kept_convs:
-        # float activations in (no DequantizeLinear feeds the data input) ...
-        assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
-        # ... but INT8 weights behind a per-channel DequantizeLinear
-        dq = producers[conv.input[1]]
-        assert dq.op_type == "DequantizeLinear"
-        weights = next(t for t in model.graph.initializer if t.name == dq.input[0])
-        assert weights.data_type == onnx.TensorProto.INT8
-    assert result.accuracy.size_ratio < 0.30
+    assert set(result.float_weights) <= set(result.kept_float)
+
+    def convs(stage):
+        prefix = "/" + stage.replace("_", "")
+        found = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.name.startswith(prefix)]
+        assert found, stage
+        return found
+
+    # at 100% even INT8 weights may flip a near-tie, so the guard can send some stages' weights to float as well
+    weight_only = [s for s in result.kept_float if s not in result.float_weights and s.startswith(("conv", "inception", "fc"))]
+    for stage in weight_only:
+        for conv in convs(stage):
+            # float activations in (no DequantizeLinear feeds the data input) ...
+            assert producers.get(conv.input[0]) is None or producers[conv.input[0]].op_type != "DequantizeLinear"
+            # ... but INT8 weights behind a per-channel DequantizeLinear
+            dq = producers[conv.input[1]]
+            assert dq.op_type == "DequantizeLinear"
+            weights = next(t for t in model.graph.initializer if t.name == dq.input[0])
+            assert weights.data_type == onnx.TensorProto.INT8
+    for stage in result.float_weights:
+        for conv in convs(stage):
+            assert conv.input[1] not in producers  # a float initializer, no DequantizeLinear
+    assert result.accuracy.size_ratio < (0.30 if not result.float_weights else 0.60)
 
 
 def test_scheme_follows_target():
