@@ -43,11 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         artifacts.append(build(int8, "cpu", backend="openvino", output_dir=work / "ov").artifact)
         batches = tuple(int(b) for b in args.batch.split(","))
         report = run_bench([str(a) for a in artifacts], BenchConfig(batches=batches, iterations=args.iterations, rounds=args.rounds))
-    report["command"] = "python benchmarks/run_suite.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    write_json_atomic(args.out / "results.json", report)
-    write_text_atomic(args.out / "results.md", markdown(report) + f"\nCommand: `{report['command']}`\n")
+    data = report.as_dict()
+    data["command"] = "python benchmarks/run_suite.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    write_json_atomic(args.out / "results.json", data)
+    write_text_atomic(args.out / "results.md", markdown(report) + f"\nCommand: `{data['command']}`\n")
     plot(report, args.out / "results.png")
-    write_text_atomic(args.out / "goals.md", goals(report))
+    write_text_atomic(args.out / "goals.md", goals(data))
     print((args.out / "goals.md").read_text())
     return 0
 

@@ -7,14 +7,18 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from . import __version__
 from .errors import EdgeInceptionError
-from .vocab import Variant
+from .vocab import Backend, Baseline, CalibMethod, Precision, QuantTarget, Variant, parse_list
+
+if TYPE_CHECKING:
+    from .evaluate.bench import BenchReport
 
 app = typer.Typer(
     name="edge-inception",
@@ -25,6 +29,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E", bound=Enum)
 
 
 def handle_errors(fn: F) -> F:
@@ -187,24 +192,20 @@ def flops(
 @handle_errors
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (from export).")],
-    precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")],
+    precision: Annotated[Precision, typer.Option("--precision", help="int8 or fp16.")],
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1)] = 100,
-    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
-    target: Annotated[str, typer.Option("--target", help="cpu, gpu or tensorrt: picks the INT8 scheme.")] = "cpu",
+    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated.")] = CalibMethod.minmax,
+    target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: also report top-1/top-5 accuracy.")] = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard: top-1 agreement with FP32.")] = 0.99,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
-    from .convert.quantize import CalibMethod, Precision, QuantTarget, quantize_model
+    from .convert.quantize import quantize_model
 
-    try:
-        prec, method, tgt = Precision(precision), CalibMethod(calib_method), QuantTarget(target)
-    except ValueError as exc:
-        raise EdgeInceptionError(str(exc)) from None
-    result = quantize_model(model, prec, output=output, calib=calib, calib_size=calib_size, calib_method=method, target=tgt,
+    result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
                             holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, progress=_progress)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -246,8 +247,8 @@ def targets(
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX model (fp32, or fp16/int8 from quantize).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
-    backend: Annotated[str | None, typer.Option("--backend", help="ort, tensorrt or openvino (default: the target's).")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="Expected precision of the graph (fp32/fp16/int8).")] = None,
+    backend: Annotated[Backend | None, typer.Option("--backend", help="Runtime (default: the target's).")] = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="Expected precision of the graph.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the target's).")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder for the artifact and its manifest.")] = None,
 ) -> None:
@@ -295,6 +296,14 @@ def eval_cmd(
     typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else ""))
 
 
+def _choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
+    """A comma-separated option of enum values; a wrong word is a usage error (exit 2) naming the choices."""
+    try:
+        return parse_list(text, enum, option)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+
+
 def _int_list(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -316,7 +325,8 @@ def bench(
     duration: Annotated[float, typer.Option("--duration", min=0, help="Timed seconds per engine per round (instead).")] = 0.0,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds; engines are measured in turn in each.")] = 3,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Threads per engine (0: each runtime's default).")] = 0,
-    baseline: Annotated[str, typer.Option("--baseline", help="Baselines: torch,ort-default (or 'none').")] = "torch,ort-default",
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Baselines, comma-separated: torch, ort-default, or none "
+                                                 "(default: both, torch only where PyTorch is installed).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table here.")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
@@ -324,7 +334,7 @@ def bench(
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
     from .evaluate.bench import BenchConfig, run_bench, write_outputs
 
-    bases = tuple(b for b in baseline.split(",") if b and b != "none")
+    bases = None if baseline is None else () if baseline.strip() == "none" else _choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
                       duration_s=duration, rounds=rounds, threads=threads, baselines=bases)
     report = run_bench([str(a) for a in artifacts], cfg, progress=_progress)
@@ -335,17 +345,21 @@ def bench(
             typer.echo(f"wrote {path}")
 
 
-def _print_bench(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    typer.echo(f"{m['cpu']} ({m['cores']} cores, {', '.join(m['simd'])}); matmul peak {m['matmul_peak_macs_per_s'] / 1e9:.1f} GMAC/s")
+def _print_bench(report: BenchReport) -> None:
+    from .evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE
+
+    m = report.machine
+    typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     rows = []
-    for r in report["results"]:
-        lat, sp = r["latency_ms"], r["speedup_vs"]
-        rows.append([r["engine"], str(r["batch"]), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
-                     f"{r['throughput_ips']:.1f}", f"{r['macs_per_s'] / 1e9:.1f}", f"{(r['peak_fraction'] or 0):.0%}",
-                     f"{sp.get('torch-eager', 0):.2f}x", f"{sp.get('ort-default', 0):.2f}x",
-                     "-" if r["agreement"] is None else f"{r['agreement']:.1%}"])
-    _echo_table(rows, ["engine", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% peak", "vs torch", "vs ort", "agree"])
+    for r in report.results:
+        lat, sp = r.latency_ms, r.speedup_vs
+        rows.append([r.engine, str(r.batch), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
+                     f"{r.throughput_ips:.1f}", f"{r.macs_per_s / 1e9:.1f}", f"{(r.peak_fraction or 0):.0%}",
+                     f"{sp[TORCH_ENGINE]:.2f}x" if TORCH_ENGINE in sp else "-", f"{sp[ORT_DEFAULT_ENGINE]:.2f}x" if ORT_DEFAULT_ENGINE in sp else "-",
+                     "-" if r.agreement is None else f"{r.agreement:.1%}"])
+    _echo_table(rows, ["engine", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% FP32 peak", "vs torch", "vs ort", "agree"])
 
 
 @app.command()
@@ -366,7 +380,7 @@ def pipeline(
     """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
     from .pipeline import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
+    cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=_choices(precisions, Precision, "--precisions"),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
                          bench_rounds=rounds, batches=_int_list(batch, "--batch"))
     if weights is None:

@@ -90,6 +90,33 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
         raise
 
 
+@contextlib.contextmanager
+def staging_dir(folder: str | os.PathLike[str], label: str) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` (the same filesystem, so moving a file out of it is an atomic rename),
+    removed with whatever is left in it when the block ends, successfully or not."""
+    dest = Path(folder)
+    ensure_folder(dest)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{label}.", suffix=".tmp", dir=dest))
+    except OSError as exc:
+        raise OutputPathError(f"cannot write to {dest}: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install_files(files: list[Path], folder: Path) -> list[Path]:
+    """Move ``files`` (in a :func:`staging_dir` of ``folder``) into ``folder``, in the order given: each is an atomic
+    rename over any file of that name. Put the file that vouches for the others (a manifest) last."""
+    placed = []
+    for f in files:
+        dest = folder / f.name
+        os.replace(f, dest)
+        placed.append(dest)
+    return placed
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     try:

@@ -10,15 +10,22 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import EdgeInceptionError
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
+from .vocab import Precision, QuantTarget
+
+if TYPE_CHECKING:
+    from .convert.quantize import QuantizeResult
+    from .evaluate.bench import BenchReport
+    from .evaluate.verify import Parity
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ class PipelineConfig:
     output: Path
     weights: Path | None = None
     target: str = "cpu"
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    precisions: tuple[Precision, ...] = (Precision.fp32, Precision.fp16, Precision.int8)
     calib: Path | None = None
     image_size: int | None = None
     min_agreement: float = 0.99
@@ -52,6 +59,30 @@ class PipelineResult:
     stages: list[StageLog] = field(default_factory=list)
 
 
+@dataclass
+class PipelineRun:
+    """What the stages produced, for the report."""
+
+    model: dict[str, Any] = field(default_factory=dict)  # source, variant, num_classes, seeded_weights, image_size
+    artifacts: dict[Precision, Path] = field(default_factory=dict)
+    quantization: dict[Precision, QuantizeResult] = field(default_factory=dict)
+    verification: dict[Precision, Parity] = field(default_factory=dict)  # each artifact against PyTorch
+    flops: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageLog] = field(default_factory=list)
+    current: str = "setup"
+
+    @contextmanager
+    def stage(self, name: str, on_stage: Callable[[str], None] | None) -> Iterator[list[str]]:
+        """Time a stage; the block appends its one-line result to the yielded list."""
+        self.current = name
+        if on_stage:
+            on_stage(name)
+        t0 = time.perf_counter()
+        detail: list[str] = []
+        yield detail
+        self.stages.append(StageLog(name, time.perf_counter() - t0, " ".join(detail)))
+
+
 class StageFailed(EdgeInceptionError):
     pass
 
@@ -65,133 +96,123 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     from .evaluate.bench import BenchConfig, markdown, plot, run_bench
     from .evaluate.flops import count_graph
 
-    bad = [p for p in cfg.precisions if p not in ("fp32", "fp16", "int8")]
-    if bad or not cfg.precisions:
-        raise EdgeInceptionError(f"--precisions takes fp32, fp16, int8 (got {', '.join(bad) or 'none'})")
+    if not cfg.precisions:
+        raise EdgeInceptionError("--precisions: give at least one of fp32, fp16, int8")
     target = get_target(cfg.target)
     for p in cfg.precisions:
         target.check(target.backend, p)
-    stages: list[StageLog] = []
+    run = PipelineRun()
     out = cfg.output
     with atomic_dir(out, replace=cfg.force) as work:
-        current = "setup"
-
-        def stage(name: str):
-            nonlocal current
-            current = name
-            if on_stage:
-                on_stage(name)
-            return time.perf_counter()
-
-        def done(name: str, t0: float, detail: str) -> None:
-            stages.append(StageLog(name, time.perf_counter() - t0, detail))
-
         try:
-            t = stage("export")
-            exported = export_model(cfg.weights, work / "model.fp32.onnx", image_size=cfg.image_size)
-            fp32 = exported.path
-            loaded = exported.loaded
-            done("export", t, f"{fp32.name}: " + ", ".join(f"{s.step} max rel err {s.parity.max_rel_error:.1e}" for s in exported.steps))
+            with run.stage("export", on_stage) as detail:
+                exported = export_model(cfg.weights, work / "model.fp32.onnx", image_size=cfg.image_size)
+                fp32, loaded = exported.path, exported.loaded
+                run.model = {"source": loaded.source, "variant": loaded.variant.value, "num_classes": loaded.num_classes,
+                             "seeded_weights": loaded.seeded, "image_size": int(exported.metadata["image_size"])}
+                detail.append(f"{fp32.name}: " + ", ".join(f"{s.step} max rel err {s.parity.max_rel_error:.1e}" for s in exported.steps))
 
-            sources = {"fp32": fp32}
-            quant_reports: dict[str, Any] = {}
-            for prec in (p for p in cfg.precisions if p != "fp32"):
-                t = stage(f"quantize {prec}")
-                q = quantize_model(fp32, prec, output=work / f"model.{prec}.onnx", calib=cfg.calib, target="cpu" if target.device == "cpu"
-                                   else "tensorrt", min_agreement=cfg.min_agreement, progress=progress)
-                sources[prec] = q.path
-                quant_reports[prec] = q.as_dict()
-                done(f"quantize {prec}", t, f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
-                     + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
+            sources: dict[Precision, Path] = {Precision.fp32: fp32}
+            quant_target = QuantTarget.cpu if target.device == "cpu" else QuantTarget.tensorrt
+            for reduced in (p for p in cfg.precisions if p is not Precision.fp32):
+                with run.stage(f"quantize {reduced.value}", on_stage) as detail:
+                    q = quantize_model(fp32, reduced, output=work / f"model.{reduced.value}.onnx", calib=cfg.calib, target=quant_target,
+                                       min_agreement=cfg.min_agreement, progress=progress)
+                    sources[reduced], run.quantization[reduced] = q.path, q
+                    detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
+                                  + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
 
-            artifacts: dict[str, Path] = {}
-            build_dir = work / "artifacts"
             for prec in cfg.precisions:
-                t = stage(f"build {prec}")
-                b = build(sources[prec], target, output_dir=build_dir)
-                artifacts[prec] = b.artifact
-                done(f"build {prec}", t, f"{b.artifact.name}: top-1 agreement {b.parity.top1_agreement:.1%} vs its ONNX")
+                with run.stage(f"build {prec.value}", on_stage) as detail:
+                    b = build(sources[prec], target, output_dir=work / "artifacts")
+                    run.artifacts[prec] = b.artifact
+                    detail.append(f"{b.artifact.name}: top-1 agreement {b.parity.top1_agreement:.1%} vs its ONNX")
 
-            t = stage("verify")
-            verification = verify_against_torch(artifacts, loaded, exported.metadata)
-            done("verify", t, ", ".join(f"{k} {v['top1_agreement']:.1%}" for k, v in verification.items()))
+            with run.stage("verify", on_stage) as detail:
+                run.verification = verify_against_torch(run.artifacts, loaded.model, run.model["image_size"])
+                detail.append(", ".join(f"{k.value} {v.top1_agreement:.1%}" for k, v in run.verification.items()))
 
-            t = stage("flops")
-            flops = count_graph(fp32).as_json()
-            done("flops", t, f"{flops['total_macs'] / 1e9:.2f} G multiply-adds per image")
+            with run.stage("flops", on_stage) as detail:
+                run.flops = count_graph(fp32).as_json()
+                detail.append(f"{run.flops['total_macs'] / 1e9:.2f} G multiply-adds per image")
 
-            t = stage("bench")
-            report = run_bench([str(artifacts[p]) for p in cfg.precisions],
-                               BenchConfig(batches=cfg.batches, iterations=cfg.bench_iterations, rounds=cfg.bench_rounds), progress=progress)
-            for r in report["results"]:  # agreement of our artifacts measured against PyTorch, not only vs FP32 ONNX
-                ours = r["engine"] not in ("ort-default", "torch-eager")
-                if ours and r["precision"] in verification:
-                    r["agreement"] = verification[r["precision"]]["top1_agreement"]
-            write_json_atomic(work / "bench.json", report)
-            write_text_atomic(work / "bench.md", markdown(report))
-            plot(report, work / "bench.png")
-            done("bench", t, f"{len(report['results'])} results")
+            with run.stage("bench", on_stage) as detail:
+                report = run_bench([str(run.artifacts[p]) for p in cfg.precisions],
+                                   BenchConfig(batches=cfg.batches, iterations=cfg.bench_iterations, rounds=cfg.bench_rounds), progress=progress)
+                for r in report.results:  # agreement of our artifacts measured against PyTorch, not only vs FP32 ONNX
+                    if not r.baseline and Precision(r.precision) in run.verification:
+                        r.agreement = run.verification[Precision(r.precision)].top1_agreement
+                write_json_atomic(work / "bench.json", report.as_dict())
+                write_text_atomic(work / "bench.md", markdown(report))
+                plot(report, work / "bench.png")
+                detail.append(f"{len(report.results)} results")
 
-            t = stage("report")
-            summary = summarise(cfg, loaded, exported, quant_reports, artifacts, verification, flops, report, stages, out)
-            write_json_atomic(work / "report.json", summary)
-            write_text_atomic(work / "report.md", report_markdown(summary, report))
-            done("report", t, "report.md, report.json")
+            with run.stage("report", on_stage) as detail:
+                summary = summarise(cfg, run, report)
+                write_json_atomic(work / "report.json", summary)
+                write_text_atomic(work / "report.md", report_markdown(summary, report))
+                detail.append("report.md, report.json")
         except EdgeInceptionError as exc:
             failed = out.with_name(out.name + ".failed")
             shutil.rmtree(failed, ignore_errors=True)
             shutil.copytree(work, failed)
-            raise StageFailed(f"stage '{current}' failed: {exc} (earlier outputs kept in {failed})") from exc
-    return PipelineResult(out, summary, stages)
+            raise StageFailed(f"stage '{run.current}' failed: {exc} (earlier outputs kept in {failed})") from exc
+    return PipelineResult(out, summary, run.stages)
 
 
-def verify_against_torch(artifacts: dict[str, Path], loaded, metadata: dict[str, Any]) -> dict[str, dict[str, float]]:
+def verify_against_torch(artifacts: dict[Precision, Path], model, image_size: int) -> dict[Precision, Parity]:
     """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split)."""
     import torch
 
     from .data.demo_data import default_demo_dir, make_demo_dataset
     from .data.images import find_images, load_batch
-    from .engines.base import open_runner
+    from .engines.registry import open_runner
     from .evaluate.verify import compare
 
-    size = int(metadata["image_size"])
     held = find_images([make_demo_dataset(default_demo_dir()) / "val"]).images
-    batches = [load_batch(held[i : i + 20], size) for i in range(0, len(held), 20)]
-    model = loaded.model.eval()
+    batches = [load_batch(held[i : i + 20], image_size) for i in range(0, len(held), 20)]
+    model = model.eval()
     with torch.inference_mode():
         ref = np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches])
     out = {}
     for prec, art in artifacts.items():
         with open_runner(art) as runner:
             got = np.concatenate([runner.infer(b) for b in batches])
-        out[prec] = compare(ref, got).as_dict()
+        out[prec] = compare(ref, got)
     return out
 
 
-def summarise(cfg, loaded, exported, quant_reports, artifacts, verification, flops, bench_report, stages, out) -> dict[str, Any]:
-    p50 = {r["precision"]: r["latency_ms"]["p50"] for r in bench_report["results"]
-           if r["batch"] == 1 and r["engine"] not in ("ort-default", "torch-eager")}
-    eligible = {p: v for p, v in p50.items() if verification[p]["top1_agreement"] >= cfg.min_agreement}
-    ship = min(eligible, key=lambda p: eligible[p]) if eligible else None
-    why = (f"lowest batch-1 p50 ({eligible[ship]:.2f} ms) among artifacts with top-1 agreement >= {cfg.min_agreement:.0%} against PyTorch"
-           if ship else "no artifact met the accuracy guard")
+def choose_ship(p50_ms: dict[str, float], agreement: dict[str, float], min_agreement: float) -> tuple[str | None, str]:
+    """The artifact to ship: the lowest batch-1 p50 among those whose top-1 agreement with PyTorch meets the guard.
+    Equal latencies go to the higher precision. Returns (precision or None, why)."""
+    eligible = [p for p in p50_ms if agreement.get(p, 0.0) >= min_agreement]
+    if not eligible:
+        return None, f"no artifact met the accuracy guard (top-1 agreement >= {min_agreement:.0%} against PyTorch)"
+    order = [p.value for p in Precision]  # fp32, fp16, int8: most faithful first
+    ship = min(eligible, key=lambda p: (p50_ms[p], order.index(p) if p in order else len(order)))
+    return ship, f"lowest batch-1 p50 ({p50_ms[ship]:.2f} ms) among artifacts with top-1 agreement >= {min_agreement:.0%} against PyTorch"
+
+
+def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict[str, Any]:
+    p50 = {r.precision: r.latency_ms["p50"] for r in bench.results if r.batch == 1 and not r.baseline}
+    agreement = {p.value: v.top1_agreement for p, v in run.verification.items()}
+    ship, why = choose_ship(p50, agreement, cfg.min_agreement)
     return {
-        "model": {"source": loaded.source, "variant": loaded.variant.value, "num_classes": loaded.num_classes, "seeded_weights": loaded.seeded,
-                  "image_size": int(exported.metadata["image_size"])},
+        "model": run.model,
         "target": cfg.target,
-        "artifacts": {p: str(Path("artifacts") / a.name) for p, a in artifacts.items()},
-        "verification_vs_pytorch": verification,
-        "quantization": {p: {"accuracy": r["accuracy"], "scheme": r["scheme"], "kept_float": r["kept_float"],
-                             "float_weights": r["float_weights"]} for p, r in quant_reports.items()},
-        "flops": {"total_macs": flops["total_macs"], "budget_macs": flops["budget_macs"], "total_params": flops["total_params"]},
+        "artifacts": {p.value: str(Path("artifacts") / a.name) for p, a in run.artifacts.items()},
+        "verification_vs_pytorch": {p.value: v.as_dict() for p, v in run.verification.items()},
+        "quantization": {p.value: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
+                                   "float_weights": q.float_weights} for p, q in run.quantization.items()},
+        "flops": {k: run.flops[k] for k in ("total_macs", "budget_macs", "total_params")},
         "latency_p50_ms_batch1": p50,
-        "ship": {"precision": ship, "artifact": str(Path("artifacts") / artifacts[ship].name) if ship else None, "why": why},
-        "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "detail": s.detail} for s in stages],
-        "output": str(out),
+        "ship": {"precision": ship, "artifact": str(Path("artifacts") / run.artifacts[Precision(ship)].name) if ship else None, "why": why},
+        "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "detail": s.detail} for s in run.stages],
+        "output": str(cfg.output),
     }
 
 
-def report_markdown(summary: dict[str, Any], bench_report: dict[str, Any]) -> str:
+def report_markdown(summary: dict[str, Any], bench_report: BenchReport) -> str:
     from .evaluate.bench import markdown as bench_md
 
     m = summary["model"]
@@ -209,7 +230,7 @@ def report_markdown(summary: dict[str, Any], bench_report: dict[str, Any]) -> st
         lines.append(f"| {p} | {v['top1_agreement']:.1%} | {v['top5_overlap']:.1%} | {v['mean_cosine']:.5f} | {v['max_abs_error']:.4f} |")
     f = summary["flops"]
     lines += ["", "## Compute budget", "", f"{f['total_macs']:,} multiply-adds per image ({f['total_macs'] / f['budget_macs']:.1%} of the "
-              f"paper's 1.5 G budget), {f['total_params']:,} parameters.", "", "## Latency", "", bench_md(bench_report).split("\n", 2)[2],
+              f"paper's 1.5 G budget), {f['total_params']:,} parameters.", "", "## Latency", "", bench_md(bench_report, title=False),
               "## Stages", "", "| stage | seconds | detail |", "|---|---:|---|"]
     lines += [f"| {s['name']} | {s['seconds']:.1f} | {s['detail']} |" for s in summary["stages"]]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,9 @@ This module imports nothing heavy: the CLI loads it at start-up, before it knows
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -15,20 +18,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = 32
 
 
-class Variant(str, Enum):
+class Choice(str, Enum):
+    """A ``str`` enum that prints as its value (``f"{Precision.int8}"`` is ``int8`` on every Python)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Variant(Choice):
     """GoogLeNet layout: torchvision's (BatchNorm, 3x3 "5x5" branch) or the paper's Table 1."""
 
     torchvision = "torchvision"
     paper = "paper"
 
 
-class Precision(str, Enum):
+class Precision(Choice):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
 
 
-class Backend(str, Enum):
+class Backend(Choice):
     """Inference runtimes an artifact can be built for (see ``engines.registry``)."""
 
     ort = "ort"
@@ -36,13 +49,13 @@ class Backend(str, Enum):
     openvino = "openvino"
 
 
-class CalibMethod(str, Enum):
+class CalibMethod(Choice):
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
 
 
-class QuantTarget(str, Enum):
+class QuantTarget(Choice):
     """What an INT8 graph is made for: it picks the quantization scheme."""
 
     cpu = "cpu"
@@ -50,7 +63,7 @@ class QuantTarget(str, Enum):
     tensorrt = "tensorrt"
 
 
-class Baseline(str, Enum):
+class Baseline(Choice):
     """Reference engines a benchmark measures beside the artifacts."""
 
     torch = "torch"  # the PyTorch model in eager mode
@@ -61,9 +74,9 @@ class Baseline(str, Enum):
 BASELINE_ENGINES = {Baseline.torch: "torch-eager", Baseline.ort_default: "ort-default"}
 
 
-def parse_list(text: str, enum: type[Enum], option: str) -> tuple:
+def parse_list(text: str, enum: type[E], option: str) -> tuple[E, ...]:
     """``"fp32,int8"`` -> ``(Precision.fp32, Precision.int8)``; unknown words raise ``ValueError`` naming the choices."""
-    values = []
+    values: list[E] = []
     for word in (w.strip() for w in text.split(",")):
         if not word:
             continue

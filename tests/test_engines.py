@@ -5,14 +5,16 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.convert.onnx_file import ort_session, run_session
 from edge_inception.convert.quantize import quantize_model
 from edge_inception.data.images import bundled_photos, load_batch
-from edge_inception.engines.base import Manifest, open_runner, read_manifest
 from edge_inception.engines.build import build
+from edge_inception.engines.manifest import Manifest, read_manifest
+from edge_inception.engines.registry import open_runner
 from edge_inception.engines.targets import get_target, list_targets
 from edge_inception.engines.tensorrt import check_engine_compat, plan_build
 from edge_inception.errors import ManifestError, TargetError
-from edge_inception.evaluate.verify import compare, onnx_session, run_onnx
+from edge_inception.evaluate.verify import compare
 
 runner = CliRunner()
 
@@ -31,7 +33,7 @@ def test_cpu_builds_match_their_source(built):
     photos = load_batch(bundled_photos()[:4], 64)
     for prec, (src, result) in built.items():
         assert result.manifest.precision == prec and result.manifest.backend == "ort"
-        ref = run_onnx(onnx_session(src), photos)
+        ref = run_session(ort_session(src), photos)
         with open_runner(result.artifact) as r:
             got = r.infer(photos)
         p = compare(ref, got)
@@ -46,7 +48,7 @@ def test_cpu_builds_match_their_source(built):
 def test_cpu_build_folds_weight_only_int8_once(trained, tmp_path):
     import onnx
 
-    from edge_inception.convert.quantize import int8_weights
+    from edge_inception.convert.graph_ops import int8_weights
 
     model = onnx.load(str(trained.onnx))
     layers = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")}

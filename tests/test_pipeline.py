@@ -38,7 +38,7 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
 
 def test_pipeline_bad_precision(tmp_path):
     r = runner.invoke(app, ["pipeline", "--precisions", "fp32,int3", "-o", str(tmp_path / "x")])
-    assert r.exit_code == 1 and "int3" in r.stderr and not (tmp_path / "x").exists()
+    assert r.exit_code == 2 and "int3" in r.stderr and not (tmp_path / "x").exists()  # a usage error, as Click reports them
 
 
 def test_failed_stage_is_named_and_earlier_outputs_kept(trained, tmp_path):

@@ -18,31 +18,18 @@ import numpy as np
 
 from .. import __version__
 from ..errors import EdgeInceptionError
-from ..evaluate.verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
+from ..evaluate.verify import Parity, StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path, ensure_parent
 from ..model.checkpoints import LoadedModel, load_model
 from ..model.googlenet import GoogLeNet
 from ..vocab import MIN_IMAGE_SIZE, Variant
-from .onnx_file import set_metadata
+from .onnx_file import ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = Path("export") / "output"
 DEFAULT_OPSET = 17
 EXPORT_REL_TOL = 1e-4
-
-
-@dataclass
-class StepReport:
-    """One verified conversion step."""
-
-    step: str
-    reference: str
-    parity: Parity
-    batches: list[int]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "reference": self.reference, "batches": self.batches, **self.parity.as_dict()}
 
 
 @dataclass
@@ -108,15 +95,13 @@ def torch_to_onnx(model: GoogLeNet, path: Path, image_size: int, batch: int | No
 def check_against_torch(model: GoogLeNet, onnx_path: Path, inputs: list[np.ndarray]) -> Parity:
     import torch
 
-    session = onnx_session(onnx_path)
-    parity: Parity | None = None
-    with torch.inference_mode():
-        for batch in inputs:
-            ref = model(torch.from_numpy(batch)).numpy()
-            p = compare(ref, run_onnx(session, batch))
-            parity = p if parity is None else parity.merge(p)
-    assert parity is not None  # inputs is never empty
-    return parity
+    session = ort_session(onnx_path)
+
+    def torch_logits(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.asarray(model(torch.from_numpy(batch)).numpy())
+
+    return parity_over(inputs, torch_logits, lambda b: run_session(session, b))
 
 
 def export_model(

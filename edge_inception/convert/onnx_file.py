@@ -1,4 +1,5 @@
-"""Reading ONNX files and their edge-inception metadata (``metadata_props``)."""
+"""An ONNX file: loading it, its edge-inception metadata (``metadata_props``), the facts every command needs
+(input size, classes, precision), and the one ONNX Runtime session factory the whole package uses."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import ModelFileError
 from ..fileio import require_file
@@ -24,6 +27,36 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
     if not model.graph.node:
         raise ModelFileError(f"{p}: not a readable ONNX model (empty graph)")
     return model
+
+
+def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool = True, save_optimized_to: Path | None = None,
+                providers: list[tuple[str, dict[str, Any]]] | None = None):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime session, the same way everywhere: warnings only, ``threads`` intra-op threads (0: ORT's default),
+    one inter-op thread, sequential execution.
+
+    ``optimize=False`` loads a graph that was optimised at build time as it is; ``save_optimized_to`` applies every graph
+    optimisation and writes the result there (the CPU build). ``providers`` default to the CPU.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if save_optimized_to is not None:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(save_optimized_to)
+    elif not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, opts, providers=providers or [("CPUExecutionProvider", {})])
+
+
+def run_session(session, batch: np.ndarray) -> np.ndarray:
+    """Logits of one N x 3 x H x W batch."""
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
 
 
 def get_metadata(model) -> dict[str, str]:
@@ -110,3 +143,44 @@ def model_class_names(meta: dict[str, str], num_classes: int) -> list[str]:
 
     names = json.loads(meta["class_names"]) if "class_names" in meta else None
     return class_names(num_classes, names)
+
+
+def graph_precision(model) -> str:
+    """fp32, fp16 or int8, from what the graph holds (Q/DQ nodes, FP16 initializers)."""
+    ops = {n.op_type for n in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops:
+        return "int8"
+    if any(t.data_type == 10 for t in model.graph.initializer):  # TensorProto.FLOAT16
+        return "fp16"
+    return "fp32"
+
+
+def fixed_batch(model) -> int | None:
+    """The input's batch dimension if the graph fixes it, else None (dynamic)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    image_size: int
+    num_classes: int
+    class_names: list[str]
+    precision: str
+    fixed_batch: int | None
+    metadata: dict[str, str]
+
+
+def model_facts(model, where: str = "model") -> OnnxFacts:
+    meta = get_metadata(model)
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    n = int(meta.get("num_classes") or (dims[-1].dim_value if dims else 0))
+    if not n:
+        raise ModelFileError(f"{where}: cannot tell the number of classes (not a classifier exported by edge-inception?)")
+    return OnnxFacts(model_image_size(model), n, model_class_names(meta, n), meta.get("precision") or graph_precision(model),
+                     fixed_batch(model), meta)
+
+
+def onnx_facts(path: str | Path) -> OnnxFacts:
+    """:func:`model_facts` of a file, read without its weights."""
+    return model_facts(load_onnx(path, with_weights=False), str(path))

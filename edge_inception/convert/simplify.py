@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import VerificationError
-from ..evaluate.verify import Parity, compare, onnx_session, require, run_onnx, verification_inputs
+from ..evaluate.verify import StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path
-from .onnx_file import get_metadata, load_onnx, model_image_size, set_metadata
+from .onnx_file import fixed_batch, get_metadata, load_onnx, model_image_size, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 
 SIMPLIFY_REL_TOL = 1e-4
 
 
-def simplify_onnx(model, inputs: list[np.ndarray]):  # -> tuple[onnx.ModelProto, StepReport]
+def simplify_onnx(model, inputs: list[np.ndarray]) -> tuple[Any, StepReport]:  # (onnx.ModelProto, its report)
     """Simplify an in-memory ONNX model and prove it computes the same logits on ``inputs``."""
     import onnx
     import onnxsim
-
-    from .export import StepReport
 
     meta = get_metadata(model)
     try:
@@ -38,27 +37,21 @@ def simplify_onnx(model, inputs: list[np.ndarray]):  # -> tuple[onnx.ModelProto,
     set_metadata(simplified, {**meta, "simplified": "onnxsim"})
     onnx.checker.check_model(simplified, full_check=True)
 
-    before = onnx_session(model.SerializeToString(), optimize=False)
-    after = onnx_session(simplified.SerializeToString(), optimize=False)
-    parity: Parity | None = None
-    for batch in inputs:
-        p = compare(run_onnx(before, batch), run_onnx(after, batch))
-        parity = p if parity is None else parity.merge(p)
-    assert parity is not None
+    before = ort_session(model.SerializeToString(), optimize=False)
+    after = ort_session(simplified.SerializeToString(), optimize=False)
+    parity = parity_over(inputs, lambda b: run_session(before, b), lambda b: run_session(after, b))
     require(parity, rel_tol=SIMPLIFY_REL_TOL, step="simplify (before vs after)")
     log.info("simplify verified: %d -> %d nodes, max rel error %.2e", len(model.graph.node), len(simplified.graph.node), parity.max_rel_error)
     return simplified, StepReport("simplify", "onnx (before simplify)", parity, sorted({b.shape[0] for b in inputs}))
 
 
-def simplify_file(source: str | Path, output: str | Path | None = None, seed: int = 0):  # -> tuple[Path, StepReport]
+def simplify_file(source: str | Path, output: str | Path | None = None, seed: int = 0) -> tuple[Path, StepReport]:
     """``edge-inception simplify``: simplify an ONNX file; writes ``output`` (default: ``<name>.sim.onnx``)."""
     import onnx
 
     src = Path(source)
     model = load_onnx(src)
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-    inputs = verification_inputs(model_image_size(model), batch, seed)
+    inputs = verification_inputs(model_image_size(model), fixed_batch(model), seed)
     simplified, step = simplify_onnx(model, inputs)
     out = Path(output) if output is not None else src.with_name(src.stem + ".sim.onnx")
     with atomic_path(out) as tmp:

@@ -1,21 +1,28 @@
-"""OpenVINO runtime (optional extra): x86 CPUs and Intel GPUs. The artifact is OpenVINO IR (.xml + .bin)."""
+"""OpenVINO runtime (optional extra): x86 CPUs and Intel GPUs. The artifact is OpenVINO IR: ``<name>.xml`` (the graph,
+hashed as the artifact) and ``<name>.bin`` (the weights, a companion whose hash the manifest also carries)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from .base import Runner
+from ..vocab import Backend
+from .manifest import Manifest
+from .registry import BuildJob, BuildOutput
+from .runner import Runner
+
+INSTALL_HINT = "OpenVINO is not installed: pip install 'edge-inception[openvino]'"
 
 
 def _ov():  # -> module
     try:
         import openvino
     except ImportError as exc:
-        raise BackendUnavailableError("OpenVINO is not installed: pip install 'edge-inception[openvino]'") from exc
+        raise BackendUnavailableError(INSTALL_HINT) from exc
     return openvino
 
 
@@ -51,3 +58,23 @@ class OpenVinoRunner(Runner):
 
     def deactivate(self) -> None:
         self.request = None
+
+
+class OpenVinoBackend:
+    name = Backend.openvino
+    suffix = ".xml"
+
+    def available(self) -> str | None:
+        return None if importlib.util.find_spec("openvino") else INSTALL_HINT
+
+    def build(self, job: BuildJob) -> BuildOutput:
+        artifact = job.work_dir / f"{job.stem}{self.suffix}"
+        build_ir(job.source, artifact)
+        return BuildOutput(artifact, {"openvino": openvino_version()}, companions=[artifact.with_suffix(".bin")])
+
+    def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
+        n = threads if threads is not None else (manifest.threads if manifest else 0)
+        return OpenVinoRunner(artifact, threads=n)
+
+
+BACKEND = OpenVinoBackend()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .base import Runner
+from .runner import Runner
 
 
 def weights_for_onnx(metadata: dict[str, str]) -> dict[str, Any]:

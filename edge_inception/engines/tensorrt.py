@@ -12,15 +12,20 @@ functions, tested without TensorRT; only :func:`build_engine` and :class:`Tensor
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError, TargetError
-from .base import Manifest, Runner
+from ..fileio import atomic_path
+from ..vocab import Backend
+from .manifest import Manifest
+from .registry import BuildJob, BuildOutput
+from .runner import Runner
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -99,11 +104,30 @@ def check_engine_compat(manifest: Manifest, trt_version: str, gpu_name: str, com
         )
 
 
-def _trt():  # -> module
+INSTALL_HINT = "TensorRT is not installed: pip install 'edge-inception[tensorrt]' on a machine with an NVIDIA GPU (JetPack ships it)"
+
+
+@functools.cache
+def tensorrt_missing() -> str | None:
+    """Why the TensorRT Python bindings cannot be used here, or None. ``tensorrt-stubs`` alone leaves an importable,
+    empty ``tensorrt`` namespace: only a module with the builder counts."""
     try:
         import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailableError("TensorRT is not installed: pip install 'edge-inception[tensorrt]' on a machine with an NVIDIA GPU") from exc
+    except ImportError:
+        return INSTALL_HINT
+    except Exception as exc:  # the wheel is there but its libraries are not (libnvinfer not found, and the like)
+        return f"TensorRT's Python bindings fail to load ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): {INSTALL_HINT}"
+    if not hasattr(tensorrt, "Builder"):
+        return f"only an empty 'tensorrt' namespace was found (type stubs?), not TensorRT itself. {INSTALL_HINT}"
+    return None
+
+
+def _trt():  # -> module
+    why = tensorrt_missing()
+    if why:
+        raise BackendUnavailableError(why)
+    import tensorrt
+
     return tensorrt
 
 
@@ -168,7 +192,8 @@ def build_engine(source: Path, artifact: Path, plan: BuildPlan, timing_cache: Pa
         raise EdgeInceptionError(f"TensorRT failed to build an engine from {source} (see the log above)")
     artifact.write_bytes(bytes(serialized))
     if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        with atomic_path(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
 class TensorRTRunner(Runner):
@@ -209,3 +234,29 @@ class TensorRTRunner(Runner):
     def deactivate(self) -> None:
         self.context = None
         self.engine = None
+
+
+class TensorRTBackend:
+    """Native TensorRT: ``<name>.engine``, a serialized engine tied to this TensorRT version and GPU."""
+
+    name = Backend.tensorrt
+    suffix = ".engine"
+
+    def available(self) -> str | None:
+        return tensorrt_missing()
+
+    def build(self, job: BuildJob) -> BuildOutput:
+        version = tensorrt_version()
+        gpu = cuda_device()
+        plan = plan_build(job.target, job.precision, version, job.image_size, graph_batch=job.fixed_batch)
+        artifact = job.work_dir / f"{job.stem}{self.suffix}"
+        build_engine(job.source, artifact, plan, timing_cache=job.cache_dir / "timing.cache")
+        return BuildOutput(artifact, {"tensorrt": version}, {"plan": asdict(plan)}, gpu=gpu)
+
+    def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
+        if manifest is None:
+            raise ManifestError(f"{artifact}: a TensorRT engine needs its manifest")
+        return TensorRTRunner(artifact, manifest)
+
+
+BACKEND = TensorRTBackend()

@@ -3,10 +3,13 @@
 Each result carries min/p50/p90/p95/p99/mean/std latency, throughput, speed-up over the baselines measured in
 the same run (PyTorch eager and a default ONNX Runtime session on the unoptimised export), multiply-adds from
 the flops counter and achieved multiply-adds per second against the machine's measured matmul peak.
+
+The report is typed (:class:`BenchReport`) up to the JSON boundary (:meth:`BenchReport.as_dict`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import platform
@@ -21,11 +24,12 @@ import numpy as np
 
 from ..errors import EdgeInceptionError
 from ..fileio import write_json_atomic, write_text_atomic
+from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("torch", "ort-default")
+TORCH_ENGINE, ORT_DEFAULT_ENGINE = BASELINE_ENGINES[Baseline.torch], BASELINE_ENGINES[Baseline.ort_default]
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -51,6 +55,10 @@ class Engine:
     torch_kwargs: dict[str, Any] = field(default_factory=dict)
     agreement: float | None = None  # top-1 agreement with FP32, from a quantize report
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.kind != "artifact"
+
 
 @dataclass
 class BenchResult:
@@ -66,6 +74,7 @@ class BenchResult:
     speedup_vs: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
     samples_ms: list[float] = field(default_factory=list)
+    baseline: bool = False
 
 
 @dataclass
@@ -77,29 +86,63 @@ class BenchConfig:
     duration_s: float = 0.0
     rounds: int = 3
     threads: int = 0
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[Baseline, ...] | None = None  # None: PyTorch where it is installed, and default ONNX Runtime
+
+
+@dataclass
+class MachineInfo:
+    cpu: str
+    arch: str
+    cores: int
+    simd: list[str]
+    threads_requested: int | str
+    platform: str
+    gpu: dict[str, str] | None
+    libraries: dict[str, str]
+    matmul_peak_macs_per_s: float = 0.0
+
+
+@dataclass
+class BenchReport:
+    machine: MachineInfo
+    config: BenchConfig
+    results: list[BenchResult]
+    notes: list[str] = field(default_factory=list)
+
+    def scenarios(self) -> dict[str, Any]:
+        """MLPerf-style summaries: single-stream (batch 1, p90) and offline (best throughput over batch sizes)."""
+        return scenarios(self.results)
+
+    def as_dict(self) -> dict[str, Any]:
+        cfg = asdict(self.config)
+        cfg["baselines"] = None if self.config.baselines is None else [b.value for b in self.config.baselines]
+        return {"machine": asdict(self.machine), "config": cfg, "results": [asdict(r) for r in self.results],
+                "scenarios": self.scenarios(), "notes": self.notes}
 
 
 def describe(artifact: str | Path) -> Engine:
     """What an artifact (or ONNX model) is, where its FP32 source is, and what it computes."""
     from ..convert.onnx_file import get_metadata, load_onnx
-    from ..engines.base import artifact_info, manifest_path, read_manifest
+    from ..engines.registry import artifact_info
     from .flops import count_graph
 
     art = Path(artifact)
     info = artifact_info(art)
-    source = read_manifest(art).source_onnx if manifest_path(art).exists() else str(art)
-    macs = count_graph(source, batch=1).total_macs
-    meta = get_metadata(load_onnx(source, with_weights=False))
-    report = Path(source).with_suffix(".report.json")
-    agreement = json.loads(report.read_text())["accuracy"]["top1_agreement"] if report.is_file() else (1.0 if info["precision"] == "fp32" else None)
-    prefix = "onnx" if info["target"] == "plain" else info["backend"]  # a plain ONNX file runs with ONNX Runtime's defaults
-    name = f"{prefix}-{info['precision']}" + ("" if info["target"] in ("plain", "cpu") else f"-{info['target']}")
-    return Engine(name=name, kind="artifact", backend=info["backend"], precision=info["precision"], path=str(art),
-                  image_size=info["image_size"], macs_per_image=macs, source_onnx=meta.get("fp32_source", source), agreement=agreement)
+    macs = count_graph(info.source_onnx, batch=1).total_macs
+    meta = get_metadata(load_onnx(info.source_onnx, with_weights=False))
+    report = Path(info.source_onnx).with_suffix(".report.json")
+    agreement = json.loads(report.read_text())["accuracy"]["top1_agreement"] if report.is_file() else (1.0 if info.precision == "fp32" else None)
+    prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
+    name = f"{prefix}-{info.precision}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
+    return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
+                  macs_per_image=macs, source_onnx=meta.get("fp32_source", info.source_onnx), agreement=agreement)
 
 
-def baseline_engines(reference: Engine, wanted: Sequence[str]) -> list[Engine]:
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engine]:
     """PyTorch eager and default ONNX Runtime, on the FP32 export behind ``reference``."""
     from ..convert.onnx_file import get_metadata, load_onnx
     from ..engines.pytorch import weights_for_onnx
@@ -112,15 +155,15 @@ def baseline_engines(reference: Engine, wanted: Sequence[str]) -> list[Engine]:
         fp32 = Path(meta["fp32_source"])
         meta = get_metadata(load_onnx(fp32, with_weights=False))
     engines = []
-    for name in wanted:
-        if name == "torch":
-            engines.append(Engine("torch-eager", "torch", "torch", "fp32", None, reference.image_size, reference.macs_per_image,
+    for base in wanted:
+        if base is Baseline.torch:
+            if not torch_available():
+                raise EdgeInceptionError("the torch baseline needs PyTorch: pip install 'edge-inception[export]' (or --baseline ort-default)")
+            engines.append(Engine(TORCH_ENGINE, "torch", "torch", "fp32", None, reference.image_size, reference.macs_per_image,
                                   torch_kwargs=weights_for_onnx(meta), agreement=1.0))
-        elif name == "ort-default":
-            engines.append(Engine("ort-default", "ort-default", "ort", "fp32", str(fp32), reference.image_size, reference.macs_per_image,
-                                  agreement=1.0))
         else:
-            raise EdgeInceptionError(f"unknown baseline '{name}' (choose from {', '.join(BASELINES)})")
+            engines.append(Engine(ORT_DEFAULT_ENGINE, "ort-default", "ort", "fp32", str(fp32), reference.image_size, reference.macs_per_image,
+                                  agreement=1.0))
     return engines
 
 
@@ -132,31 +175,31 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def machine_info(threads: int) -> dict[str, Any]:
+def machine_info(threads: int) -> MachineInfo:
     import onnxruntime
 
     cpu = cpu_info()
     libs = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
     for mod in ("torch", "openvino", "tensorrt"):
+        if importlib.util.find_spec(mod) is None:
+            continue
         try:
             version = getattr(__import__(mod), "__version__", None)  # tensorrt-stubs alone is an empty namespace
-        except ImportError:
+        except Exception:  # a wheel whose native libraries are missing
             version = None
         if version:
             libs[mod] = str(version)
     gpu = None
-    try:
+    if "torch" in libs:
         import torch
 
         if torch.cuda.is_available():
             gpu = {"name": torch.cuda.get_device_name(), "compute_capability": ".".join(map(str, torch.cuda.get_device_capability()))}
-    except ImportError:
-        pass
-    return {"cpu": cpu.model, "arch": cpu.arch, "cores": cpu.cores, "simd": cpu.simd, "threads_requested": threads or "default",
-            "platform": platform.platform(), "gpu": gpu, "libraries": libs}
+    return MachineInfo(cpu=cpu.model, arch=cpu.arch, cores=cpu.cores, simd=cpu.simd, threads_requested=threads or "default",
+                       platform=platform.platform(), gpu=gpu, libraries=libs)
 
 
-def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Callable[[int, str], Any] | None = None) -> BenchReport:
     if not artifacts:
         raise EdgeInceptionError("give at least one artifact to benchmark")
     engines = [describe(a) for a in artifacts]
@@ -165,11 +208,18 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
         seen[e.name] = seen.get(e.name, 0) + 1
         if seen[e.name] > 1:
             e.name = f"{e.name}-{seen[e.name]}"
-    engines += baseline_engines(engines[0], cfg.baselines)
+    notes = []
+    wanted = cfg.baselines
+    if wanted is None:
+        wanted = (Baseline.torch, Baseline.ort_default) if torch_available() else (Baseline.ort_default,)
+        if not torch_available():
+            notes.append("PyTorch is not installed: no torch-eager baseline (pip install 'edge-inception[export]' adds it)")
+    engines += baseline_engines(engines[0], wanted)
     sizes = {e.image_size for e in engines}
     if len(sizes) > 1:
         raise EdgeInceptionError(f"artifacts have different input sizes ({sorted(sizes)}): benchmark like with like")
-    peak = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
+    machine = machine_info(cfg.threads)
+    machine.matmul_peak_macs_per_s = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
     samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches}
     total = cfg.rounds * len(engines) * len(cfg.batches)
     bar = progress(total, "benchmarking") if progress else None
@@ -184,6 +234,7 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
                     bar.update(1)
     if bar is not None:
         bar.close()
+    peak = machine.matmul_peak_macs_per_s
     results = []
     for e in engines:
         for batch in cfg.batches:
@@ -191,16 +242,16 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
             macs = e.macs_per_image * batch
             macs_per_s = macs / (stats["p50"] / 1e3)
             results.append(BenchResult(e.name, e.backend, e.precision, batch, stats, batch / (stats["p50"] / 1e3), macs, macs_per_s,
-                                       macs_per_s / peak if peak else None, agreement=e.agreement, samples_ms=samples[(e.name, batch)]))
+                                       macs_per_s / peak if peak else None, agreement=e.agreement, samples_ms=samples[(e.name, batch)],
+                                       baseline=e.is_baseline))
     add_speedups(results)
-    return {"machine": {**machine_info(cfg.threads), "matmul_peak_macs_per_s": peak},
-            "config": asdict(cfg), "results": [asdict(r) for r in results], "scenarios": scenarios(results)}
+    return BenchReport(machine, cfg, results, notes)
 
 
 def add_speedups(results: list[BenchResult]) -> None:
     by_key = {(r.engine, r.batch): r for r in results}
     for r in results:
-        for base in ("torch-eager", "ort-default"):
+        for base in (TORCH_ENGINE, ORT_DEFAULT_ENGINE):
             b = by_key.get((base, r.batch))
             if b is not None:
                 r.speedup_vs[base] = b.latency_ms["p50"] / r.latency_ms["p50"]
@@ -221,57 +272,63 @@ def _gpu_line(gpu: dict[str, str] | None) -> str:
     return f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "none"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    lines = ["# edge-inception bench", "", f"- CPU: {m['cpu']} ({m['arch']}, {m['cores']} cores; {', '.join(m['simd'])}), threads: "
-             f"{m['threads_requested']}", f"- GPU: {_gpu_line(m['gpu'])}",
-             f"- libraries: {', '.join(f'{k} {v}' for k, v in m['libraries'].items())}",
-             f"- FP32 matmul peak (probe): {m['matmul_peak_macs_per_s'] / 1e9:.1f} G multiply-adds/s", "",
-             "| engine | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % FP32 peak | vs torch | vs ort-default | top-1 agree |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        sp = r["speedup_vs"]
-        agree = "-" if r["agreement"] is None else f"{r['agreement']:.1%}"
-        lines.append(f"| {r['engine']} | {r['batch']} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± "
-                     f"{lat['std']:.2f} | {r['throughput_ips']:.1f} | {r['macs_per_s'] / 1e9:.1f} | "
-                     f"{(r['peak_fraction'] or 0):.0%} | {sp.get('torch-eager', 0):.2f}x | {sp.get('ort-default', 0):.2f}x | {agree} |")
+def markdown(report: BenchReport, *, title: bool = True) -> str:
+    m = report.machine
+    lines = ["# edge-inception bench", ""] if title else []
+    lines += [f"- CPU: {m.cpu} ({m.arch}, {m.cores} cores; {', '.join(m.simd)}), threads: {m.threads_requested}",
+              f"- GPU: {_gpu_line(m.gpu)}", f"- libraries: {', '.join(f'{k} {v}' for k, v in m.libraries.items())}",
+              f"- FP32 matmul peak (probe): {m.matmul_peak_macs_per_s / 1e9:.1f} G multiply-adds/s"]
+    lines += [f"- note: {n}" for n in report.notes]
+    lines += ["", "| engine | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % FP32 peak | vs torch | vs ort-default "
+              "| top-1 agree |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report.results:
+        lat, sp = r.latency_ms, r.speedup_vs
+        agree = "-" if r.agreement is None else f"{r.agreement:.1%}"
+        lines.append(f"| {r.engine} | {r.batch} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± "
+                     f"{lat['std']:.2f} | {r.throughput_ips:.1f} | {r.macs_per_s / 1e9:.1f} | {(r.peak_fraction or 0):.0%} | "
+                     f"{_speedup(sp, TORCH_ENGINE)} | {_speedup(sp, ORT_DEFAULT_ENGINE)} | {agree} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: str | Path) -> None:
+def _speedup(speedups: dict[str, float], base: str) -> str:
+    return f"{speedups[base]:.2f}x" if base in speedups else "-"
+
+
+def plot(report: BenchReport, path: str | Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = report["results"]
-    agreed = [r for r in results if r["agreement"] is not None and r["batch"] == min(x["batch"] for x in results)]
+    from ..fileio import atomic_path
+
+    results = report.results
+    smallest = min(r.batch for r in results)
+    agreed = [r for r in results if r.agreement is not None and r.batch == smallest]
     fig, axes = plt.subplots(1, 2 if agreed else 1, figsize=(13 if agreed else 8, 4.5), squeeze=False)
     ax = axes[0][0]
-    ax.boxplot([r["samples_ms"] for r in results], showfliers=False)
-    ax.set_xticks(range(1, len(results) + 1), [f"{r['engine']}\nb{r['batch']}" for r in results], fontsize=8)
+    ax.boxplot([r.samples_ms for r in results], showfliers=False)
+    ax.set_xticks(range(1, len(results) + 1), [f"{r.engine}\nb{r.batch}" for r in results], fontsize=8)
     ax.set_ylabel("latency (ms)")
     ax.set_title("latency distribution per engine")
     if agreed:
         ax2 = axes[0][1]
         for r in agreed:
-            ax2.scatter(r["latency_ms"]["p50"], r["agreement"] * 100)
-            ax2.annotate(r["engine"], (r["latency_ms"]["p50"], r["agreement"] * 100), fontsize=8)
+            percent = (r.agreement or 0.0) * 100
+            ax2.scatter(r.latency_ms["p50"], percent)
+            ax2.annotate(r.engine, (r.latency_ms["p50"], percent), fontsize=8)
         ax2.set_xlabel("p50 latency (ms)")
         ax2.set_ylabel("top-1 agreement with FP32 (%)")
         ax2.set_title("latency vs accuracy")
     fig.tight_layout()
-    from ..fileio import atomic_path
-
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def write_outputs(report: dict[str, Any], json_path: str | Path | None, md_path: str | Path | None, png_path: str | Path | None) -> None:
+def write_outputs(report: BenchReport, json_path: str | Path | None, md_path: str | Path | None, png_path: str | Path | None) -> None:
     if json_path:
-        write_json_atomic(json_path, report)
+        write_json_atomic(json_path, report.as_dict())
     if md_path:
         write_text_atomic(md_path, markdown(report))
     if png_path:

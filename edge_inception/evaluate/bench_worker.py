@@ -9,13 +9,32 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 
+def time_inferences(infer: Callable[[], object], *, warmup: int, iterations: int, warmup_s: float = 0.0,
+                    duration_s: float = 0.0) -> list[float]:
+    """Milliseconds per call of ``infer`` (which must return once the device is done): ``warmup`` calls and
+    ``warmup_s`` seconds untimed, then at least ``iterations`` calls and at least ``duration_s`` seconds timed."""
+    t_end = time.perf_counter() + warmup_s
+    for _ in range(warmup):
+        infer()
+    while time.perf_counter() < t_end:
+        infer()
+    samples: list[float] = []
+    deadline = time.perf_counter() + duration_s
+    while len(samples) < iterations or (duration_s and time.perf_counter() < deadline):
+        t0 = time.perf_counter_ns()
+        infer()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
 def make_runner(spec: dict[str, Any]):  # -> Runner
-    from ..engines.base import open_runner
+    from ..engines.registry import PLAIN_ONNX_BACKEND, get_backend, open_runner
 
     kind, threads = spec["kind"], int(spec.get("threads") or 0)
     if kind == "torch":
@@ -23,46 +42,38 @@ def make_runner(spec: dict[str, Any]):  # -> Runner
 
         return TorchRunner(threads=threads, **spec["torch_kwargs"])
     if kind == "ort-default":
-        from ..engines.ort import OrtRunner
+        from pathlib import Path
 
-        return OrtRunner(spec["path"], threads=threads, optimized=False)
+        return get_backend(PLAIN_ONNX_BACKEND).open(Path(spec["path"]), None, threads=threads)
     return open_runner(spec["path"], threads=threads or None)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     batch = np.random.default_rng(0).standard_normal((spec["batch"], 3, spec["image_size"], spec["image_size"])).astype(np.float32)
     with make_runner(spec) as runner:
-        t_end = time.perf_counter() + float(spec.get("warmup_s") or 0)
-        for _ in range(int(spec.get("warmup") or 0)):
-            runner.infer(batch)
-        while time.perf_counter() < t_end:
-            runner.infer(batch)
-        samples: list[float] = []
-        deadline = time.perf_counter() + float(spec.get("duration_s") or 0)
-        n = int(spec.get("iterations") or 0)
-        while len(samples) < n or (spec.get("duration_s") and time.perf_counter() < deadline):
-            t0 = time.perf_counter_ns()
-            runner.infer(batch)  # runners synchronise the device before returning
-            samples.append((time.perf_counter_ns() - t0) / 1e6)
+        samples = time_inferences(lambda: runner.infer(batch), warmup=int(spec.get("warmup") or 0), iterations=int(spec.get("iterations") or 0),
+                                  warmup_s=float(spec.get("warmup_s") or 0), duration_s=float(spec.get("duration_s") or 0))
     return {"samples_ms": samples}
 
 
-def matmul_peak(seconds: float = 1.0, n: int = 1024, threads: int = 0) -> dict[str, float]:
-    """Multiply-adds per second of a float32 n x n matrix multiply (PyTorch's CPU BLAS), best of several."""
-    import torch
+def matmul_peak(seconds: float = 1.0, n: int = 2048, threads: int = 0) -> dict[str, float]:
+    """Multiply-adds per second of a float32 n x n matrix multiply in ONNX Runtime (MLAS, the CPU kernels the
+    engines use), with the engines' thread count; best of as many runs as fit in ``seconds`` (at least three)."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    if threads:
-        torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, n**3 / (time.perf_counter() - t0))
-    return {"macs_per_s": best, "n": n, "threads": torch.get_num_threads()}
+    from ..convert.onnx_file import ort_session
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort_session(model.SerializeToString(), threads=threads)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    samples = time_inferences(lambda: session.run(None, {"a": a}), warmup=2, iterations=3, duration_s=seconds)
+    return {"macs_per_s": n**3 / (min(samples) / 1e3), "n": n, "threads": threads}
 
 
 if __name__ == "__main__":

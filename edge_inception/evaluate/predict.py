@@ -11,9 +11,10 @@ import numpy as np
 
 from ..data.datasets import ImageCache, eval_batches, scan_image_folder
 from ..data.images import find_images, load_batch
-from ..engines.base import artifact_info, open_runner
+from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError, ImageError
 from ..model.labels import imagenet_folder_index
+from .verify import topk_hits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -36,13 +37,13 @@ def predict(artifact: str | Path, images: Sequence[str | Path], top_k: int = 5, 
     scan = find_images(images)
     if not scan.images:
         raise ImageError("no images found in " + ", ".join(map(str, images)))
-    names = info["class_names"] or [str(i) for i in range(info["num_classes"])]
-    k = min(top_k, info["num_classes"])
+    names = info.class_names
+    k = min(top_k, info.num_classes)
     results: list[Prediction] = []
     with open_runner(artifact) as runner:
         for start in range(0, len(scan.images), batch_size):
             chunk = scan.images[start : start + batch_size]
-            probs = softmax(runner.infer(load_batch(chunk, info["image_size"])))
+            probs = softmax(runner.infer(load_batch(chunk, info.image_size)))
             for path, p in zip(chunk, probs):
                 order = np.argsort(-p)[:k]
                 results.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in order]))
@@ -75,15 +76,13 @@ def folder_labels(classes: list[str], class_names: list[str] | None, num_classes
 def evaluate(artifact: str | Path, data: str | Path, batch_size: int = 16, progress: Callable[[int, str], Any] | None = None) -> EvalResult:
     info = artifact_info(artifact)
     folder = scan_image_folder(data, min_classes=1)
-    mapping = folder_labels(folder.classes, info["class_names"], info["num_classes"])
+    mapping = folder_labels(folder.classes, info.class_names, info.num_classes)
     top1 = top5 = 0
     bar = progress(len(folder.samples), "evaluating") if progress else None
     with open_runner(artifact) as runner:
-        for batch, labels in eval_batches(folder, info["image_size"], batch_size, ImageCache()):
-            target = np.array([mapping[label] for label in labels])
-            top = np.argsort(-runner.infer(batch), axis=1)[:, :5]
-            top1 += int((top[:, 0] == target).sum())
-            top5 += int((top == target[:, None]).any(axis=1).sum())
+        for batch, labels in eval_batches(folder, info.image_size, batch_size, ImageCache()):
+            hit1, hit5 = topk_hits(runner.infer(batch), np.array([mapping[label] for label in labels]))
+            top1, top5 = top1 + hit1, top5 + hit5
             if bar is not None:
                 bar.update(len(labels))
     if bar is not None:

@@ -1,9 +1,11 @@
-"""Output parity between two runs of the same model: the check every conversion step must pass."""
+"""Output parity between two runs of the same model: the one measure every conversion step, build, the quantization
+guard and the pipeline judge by. Pure numpy: callers bring the two runs as functions or arrays."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,34 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
+def parity_over(batches: Iterable[np.ndarray], reference: Callable[[np.ndarray], np.ndarray],
+                candidate: Callable[[np.ndarray], np.ndarray]) -> Parity:
+    """Run both on every batch and fold the per-batch :class:`Parity` into one."""
+    parities = [compare(reference(b), candidate(b)) for b in batches]
+    if not parities:
+        raise VerificationError("no inputs to compare on")
+    return functools.reduce(Parity.merge, parities)
+
+
+@dataclass
+class StepReport:
+    """One verified conversion step: what it was checked against, on which batch sizes, and how close it came."""
+
+    step: str
+    reference: str
+    parity: Parity
+    batches: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "reference": self.reference, "batches": self.batches, **self.parity.as_dict()}
+
+
+def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[int, int]:
+    """How many rows have their label first, and among the top ``k``."""
+    top = np.argsort(-logits, axis=1)[:, :k]
+    return int((top[:, 0] == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
+
+
 def require(parity: Parity, *, rel_tol: float, step: str) -> None:
     if not parity.max_rel_error <= rel_tol:  # also catches NaN
         raise VerificationError(
@@ -80,21 +110,3 @@ def verification_inputs(image_size: int, batch: int | None, seed: int = 0) -> li
         picks = [photos[i % len(photos)] for i in range(n)]
         out.append(load_batch(picks, image_size))
     return out
-
-
-def onnx_session(model: str | Path | bytes, threads: int = 0, optimize: bool = True):  # -> ort.InferenceSession
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session, batch: np.ndarray) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    return np.asarray(session.run(None, {name: batch})[0])

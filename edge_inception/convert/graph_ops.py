@@ -1,0 +1,158 @@
+"""Edits of ONNX graphs that several steps share: INT8 weights behind a DequantizeLinear, folding such weights back to
+float for runtimes that would dequantize them on every run, topological order, and nodes by Table 1 stage.
+
+Functions take and change an in-memory ``onnx.ModelProto``/``GraphProto``; onnx is imported inside them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeInceptionError
+from ..evaluate.flops import stage_of
+
+log = logging.getLogger(__name__)
+
+
+def int8_weights(model, nodes: set[str]) -> int:
+    """Store the weights of the named Conv/Gemm nodes as per-channel symmetric INT8 behind a DequantizeLinear.
+
+    Compute stays float (no Q/DQ on activations), so the full 8-bit range is safe even without VNNI.
+    Returns how many weights were converted.
+    """
+    from onnx import helper, numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    dq_nodes = []
+    for node in model.graph.node:
+        if node.name not in nodes or node.op_type not in ("Conv", "Gemm") or node.input[1] not in init:
+            continue
+        weight = init[node.input[1]]
+        if users[weight.name] != 1 or weight.data_type != 1:  # shared or not float32: leave as is
+            continue
+        w = numpy_helper.to_array(weight)
+        axis = 0
+        if node.op_type == "Gemm" and not next((a.i for a in node.attribute if a.name == "transB"), 0):
+            axis = 1  # Gemm weight (K, N): output channels along axis 1
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = f"{weight.name}_w8"
+        model.graph.initializer.remove(weight)
+        model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_quantized"), numpy_helper.from_array(scale, f"{base}_scale"),
+                                        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")])
+        dq_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"], [weight.name],
+                                         name=f"{node.name}_weight_DequantizeLinear", axis=axis))
+    if dq_nodes:
+        nodes_in_order = dq_nodes + list(model.graph.node)  # weight DQs read only initializers: first is topological
+        del model.graph.node[:]
+        model.graph.node.extend(nodes_in_order)
+    return len(dq_nodes)
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progress = False
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:
+            raise EdgeInceptionError(f"graph has a cycle or a missing input at node {rest[0].name or rest[0].op_type}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def node_stages(model) -> dict[str, list[str]]:
+    """Every named node by Table 1 stage: convs, but also the pools and concats whose activations get Q/DQ."""
+    stages: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.name and node.op_type != "Constant":
+            stages.setdefault(stage_of(node.name), []).append(node.name)
+    return stages
+
+
+def fold_weight_only_dequantize(model) -> int:
+    """Turn INT8 weights that feed float compute (the quantization guard's weight-only stages) back into float initializers.
+
+    ONNX Runtime does not constant-fold DequantizeLinear (it keeps Q/DQ pairs for its INT8 fusions), so such a stage
+    would dequantize its weights on every run. An engine build folds them once, as TensorRT does: the artifact grows
+    by those weights, the arithmetic is the same. Weights of INT8 compute (activation DQ beside them) are left alone.
+    Returns how many were folded.
+    """
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def int8_compute(node, weight_name: str) -> bool:
+        # ORT fuses DQ(x) + DQ(w) -> Conv [-> Relu] -> Q into one INT8 kernel; without the Q after it, the op runs in
+        # float from dequantized inputs (a weight-only stage behind an INT8 one)
+        others = [producer.get(i) for i in node.input if i and i != weight_name]
+        if not any(p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in init for p in others):
+            return False
+        after = consumers.get(node.output[0], [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+            after = consumers.get(after[0].output[0], [])
+        return bool(after) and all(a.op_type == "QuantizeLinear" for a in after)
+
+    folded = []
+    for dq in model.graph.node:
+        if dq.op_type != "DequantizeLinear" or not all(i in init for i in dq.input if i):
+            continue
+        users = consumers.get(dq.output[0], [])
+        if not users or any(u.op_type not in ("Conv", "Gemm", "MatMul") or int8_compute(u, dq.output[0]) for u in users):
+            continue
+        q = numpy_helper.to_array(init[dq.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(init[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(init[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and q.ndim > 1:
+            shape[axis] = -1
+        w = ((q - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        model.graph.initializer.append(numpy_helper.from_array(w, dq.output[0]))
+        folded.append(dq)
+    for dq in folded:
+        model.graph.node.remove(dq)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
+    return len(folded)
+
+
+def fold_for_cpu(source: Path) -> tuple[str | bytes, int]:
+    """``source`` as the CPU engine runs it: its path, or its bytes with weight-only INT8 folded; and how many were folded."""
+    import onnx
+
+    model = onnx.load(str(source))
+    folded = fold_weight_only_dequantize(model)
+    if not folded:
+        return str(source), 0
+    log.info("folded %d weight-only DequantizeLinear node(s) into float weights", folded)
+    return model.SerializeToString(), folded

@@ -1,0 +1,98 @@
+"""The accuracy guard's search: which Table 1 stages must keep higher precision for INT8 to keep the model's answers.
+
+Sensitivity: quantize one stage at a time (the rest at the fallback precision) and measure the logits' cosine loss
+on a probe subset of the held-out images. Stages then fall back in order of damage (per parameter, where the
+fallback is all float and so costs file size); the smallest prefix that meets the guard is found by bisection. If
+every stage at the fallback still misses it, weights go float too, in the same order.
+
+The search knows nothing of how a mixed model is made: a :class:`Mixer` builds one from two lists of stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..evaluate.verify import Parity, compare
+
+log = logging.getLogger(__name__)
+
+Logits = Callable[[Path, list[np.ndarray]], np.ndarray]  # a model file's logits on batches
+
+
+class Mixer(Protocol):
+    stages: dict[str, list[str]]  # Table 1 stage -> its node names
+    stage_params: dict[str, int]
+    weight_only_fallback: bool  # the fallback keeps INT8 weights (float activations), else goes all float
+
+    def build(self, name: str, fallback: Sequence[str], float_stages: Sequence[str] = ()) -> Path:
+        """An INT8 model where ``fallback`` stages get the fallback precision and ``float_stages`` are all float."""
+
+
+@dataclass
+class GuardResult:
+    candidate: Path
+    parity: Parity
+    kept: list[str] = field(default_factory=list)  # stages at the fallback precision
+    float_weights: list[str] = field(default_factory=list)  # of those, the ones whose weights are float too
+    sensitivity: dict[str, float] = field(default_factory=dict)
+
+
+def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], reference: np.ndarray, min_agreement: float,
+              probe_images: int = 32) -> GuardResult:
+    """Keep the stages that hurt most in higher precision until top-1 agreement with ``reference`` reaches ``min_agreement``."""
+    stages = list(mixer.stages)
+    probe = np.concatenate(hold_batches)[:probe_images]
+    probe_ref = reference[: len(probe)]
+    sensitivity = {}
+    for stage in stages:
+        trial = mixer.build(f"only_{stage}", [s for s in stages if s != stage])
+        sensitivity[stage] = 1.0 - compare(probe_ref, logits(trial, [probe])).mean_cosine
+    ranked = rank(sensitivity, mixer.stage_params, mixer.weight_only_fallback)
+    log.info("INT8 sensitivity by stage: %s", ", ".join(f"{s} {sensitivity[s]:.2e}" for s in ranked))
+
+    tried: dict[tuple[int, int], tuple[Path, Parity]] = {}
+
+    def attempt(k: int, f: int = 0) -> tuple[Path, Parity]:
+        if (k, f) not in tried:
+            path = mixer.build(f"mixed_{k}_{f}", ranked[:k], ranked[:f])
+            tried[k, f] = path, compare(reference, logits(path, hold_batches))
+            log.info("higher precision for %d stage(s) (%d all float): top-1 agreement %.3f", k, f, tried[k, f][1].top1_agreement)
+        return tried[k, f]
+
+    def ok(k: int, f: int = 0) -> bool:
+        return attempt(k, f)[1].top1_agreement >= min_agreement
+
+    n = len(ranked)
+    k, f = n, 0
+    if ok(n):
+        k = smallest(1, n, ok)
+    elif mixer.weight_only_fallback:
+        f = smallest(1, n, lambda j: ok(n, j)) if ok(n, n) else n
+    path, parity = attempt(k, f)
+    return GuardResult(candidate=path, parity=parity, kept=ranked[:k], float_weights=ranked[:f] if mixer.weight_only_fallback else ranked[:k],
+                       sensitivity=sensitivity)
+
+
+def rank(sensitivity: dict[str, float], params: dict[str, int], weight_only_fallback: bool) -> list[str]:
+    """Stages by damage; where the fallback is all float, by damage per parameter (what keeping it costs in file size)."""
+    def cost(stage: str) -> float:
+        return 1.0 if weight_only_fallback else params.get(stage, 0) + 10_000
+
+    return sorted(sensitivity, key=lambda s: sensitivity[s] / cost(s), reverse=True)
+
+
+def smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """Smallest k in [lo, hi] with ok(k), given ok(hi) holds and ok is (close to) monotone."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi

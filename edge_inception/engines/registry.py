@@ -1,0 +1,141 @@
+"""Backends by name, and opening any artifact through the backend its manifest names.
+
+A backend is a module of this package that defines ``BACKEND``, an object with:
+
+- ``name`` (a :class:`~edge_inception.vocab.Backend`) and ``suffix``, the file name ending of its artifacts;
+- ``available() -> str | None``: ``None`` when it can build and run here, else one line saying why not and
+  what to install (probed without side effects, cached where the probe is costly);
+- ``build(job: BuildJob) -> BuildOutput``: write the artifact (and any companion files) into ``job.work_dir``;
+- ``open(artifact, manifest, threads=None) -> Runner``; ``manifest=None`` (only for :data:`PLAIN_ONNX_BACKEND`) runs a
+  plain ONNX file with the runtime's defaults.
+
+Adding a backend is one module plus one line in :data:`MODULES`; neither :func:`build` nor :func:`open_runner`
+names a backend. Backend modules are imported only when used, so a missing runtime costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError
+from ..vocab import Backend, Precision
+from .manifest import Manifest, manifest_path, read_manifest
+from .runner import Runner
+from .targets import Target
+
+MODULES: dict[Backend, str] = {
+    Backend.ort: "edge_inception.engines.ort",
+    Backend.openvino: "edge_inception.engines.openvino",
+    Backend.tensorrt: "edge_inception.engines.tensorrt",
+}
+
+# A plain .onnx file without a manifest runs with this backend's defaults (what `predict model.onnx` means).
+PLAIN_ONNX_BACKEND = Backend.ort
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a backend needs to build one artifact; it writes only into ``work_dir``."""
+
+    source: Path  # the ONNX model
+    target: Target
+    precision: Precision
+    image_size: int
+    fixed_batch: int | None  # the graph's batch if it is static
+    threads: int
+    work_dir: Path  # a temporary folder beside the destination: the artifact is moved out only once verified
+    cache_dir: Path  # the destination folder: caches that outlive one build (TensorRT timing cache)
+    allow_tf32: bool = False
+
+    @property
+    def stem(self) -> str:
+        return self.source.stem
+
+
+@dataclass
+class BuildOutput:
+    artifact: Path  # inside the job's work_dir
+    libraries: dict[str, str]
+    options: dict[str, Any] = field(default_factory=dict)
+    companions: list[Path] = field(default_factory=list)  # other files the artifact needs, beside it
+    gpu: dict[str, str] | None = None
+    note: str = ""  # one line for the user: which runtime and why
+
+
+class EngineBackend(Protocol):
+    name: Backend
+    suffix: str
+
+    def available(self) -> str | None: ...
+
+    def build(self, job: BuildJob) -> BuildOutput: ...
+
+    def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner: ...
+
+
+def get_backend(name: Backend | str) -> EngineBackend:
+    try:
+        key = Backend(name)
+    except ValueError:
+        raise EdgeInceptionError(f"unknown backend '{name}' (choose from {', '.join(b.value for b in Backend)})") from None
+    backend: EngineBackend = importlib.import_module(MODULES[key]).BACKEND
+    return backend
+
+
+def require_backend(name: Backend | str) -> EngineBackend:
+    """The backend, if it can run here; else :class:`BackendUnavailableError` with its reason."""
+    backend = get_backend(name)
+    why = backend.available()
+    if why:
+        raise BackendUnavailableError(why)
+    return backend
+
+
+def is_plain_onnx(path: Path) -> bool:
+    """An ONNX model as ``export``/``quantize`` write it, not a built artifact (those always have a manifest)."""
+    return path.suffix == ".onnx" and not manifest_path(path).exists() and not any(path.name.endswith(get_backend(b).suffix) for b in MODULES)
+
+
+def open_runner(artifact: str | Path, *, threads: int | None = None) -> Runner:
+    """A runner for a built artifact (manifest checked) or for a plain ONNX file (run with ONNX Runtime's defaults)."""
+    art = Path(artifact)
+    if is_plain_onnx(art):
+        if not art.is_file():
+            raise ManifestError(f"model not found: {art}")
+        return get_backend(PLAIN_ONNX_BACKEND).open(art, None, threads=threads)
+    manifest = read_manifest(art)
+    backend = get_backend(manifest.backend)
+    if not art.name.endswith(backend.suffix):
+        raise ManifestError(f"{art}: its manifest says backend '{manifest.backend}', whose artifacts end in {backend.suffix}; rebuild it")
+    return backend.open(art, manifest, threads=threads)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What a caller needs to feed an artifact and read its answers."""
+
+    image_size: int
+    num_classes: int
+    class_names: list[str]
+    precision: str
+    backend: str
+    target: str  # "plain" for an ONNX file without a manifest
+    source_onnx: str  # the ONNX the artifact was built from (itself, for a plain file)
+
+
+def artifact_info(artifact: str | Path) -> ArtifactInfo:
+    """Image size, classes and precision of an artifact (from its checked manifest) or a plain ONNX model (its metadata)."""
+    from ..convert.onnx_file import onnx_facts
+
+    art = Path(artifact)
+    if not is_plain_onnx(art):
+        m = read_manifest(art)
+        from ..model.labels import class_names
+
+        return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
+                            m.source_onnx)
+    facts = onnx_facts(art)
+    return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art))

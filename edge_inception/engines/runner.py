@@ -1,0 +1,35 @@
+"""The runner interface every backend implements: ``with runner: logits = runner.infer(batch)``.
+
+Modelled on Polygraphy's ``BaseRunner``: ``activate`` loads (sessions, engines, device memory), ``infer`` runs one
+batch, ``deactivate`` frees. This module knows no backend.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+class Runner(abc.ABC):
+    """One loaded model: N x 3 x H x W float32 in, N x num_classes float32 logits out."""
+
+    name = "runner"
+    device = "cpu"  # where it computes: "cpu", or "cuda" / a GPU's name for GPU backends
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def activate(self) -> None: ...
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """N x 3 x H x W float32 -> N x num_classes float32 logits; returns once the device is done."""
+
+    def deactivate(self) -> None:  # noqa: B027 - optional hook
+        pass

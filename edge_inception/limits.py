@@ -1,0 +1,83 @@
+"""Bounds on every number a user, a file header or a manifest can hand us, in one place.
+
+Each bound is checked where the number enters (an option, a manifest field, an image header), and the message
+gives the allowed range. Values are generous for GoogLeNet on edge devices and small enough that a hostile value
+cannot exhaust memory, threads or disk before it is refused.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import EdgeInceptionError
+from .vocab import MIN_IMAGE_SIZE
+
+MAX_IMAGE_SIZE = 1024  # network input side: 21x the multiply-adds of 224, ~1 GB of activations at batch 8
+MAX_CLASSES = 32_768  # ImageNet-21k has 21,841
+MAX_BATCH = 1024
+MAX_DECODED_PIXELS = 64_000_000  # an image file's width x height, read from its header before decoding
+MAX_ASPECT_RATIO = 20.0  # longer / shorter side: resizing the short side to 256 must not blow up the long one
+MAX_OPSET, MIN_OPSET = 21, 13  # what the exporter and our graph code support
+MEMORY_FRACTION = 0.5  # a benchmark batch (input, activations) may take at most this share of available memory
+
+
+class LimitError(EdgeInceptionError):
+    """A number outside the range this toolkit accepts."""
+
+
+def max_threads() -> int:
+    """A small multiple of the cores: more threads than that only contend."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_range(name: str, value: object, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], else a :class:`LimitError` naming the range."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LimitError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    if not lo <= value <= hi:
+        raise LimitError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_image_size(value: object, name: str = "--image-size") -> int:
+    return check_range(name, value, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+
+
+def check_num_classes(value: object, name: str = "--num-classes") -> int:
+    return check_range(name, value, 1, MAX_CLASSES)
+
+
+def check_threads(value: object, name: str = "--threads") -> int:
+    """0 means the runtime's default."""
+    return check_range(name, value, 0, max_threads())
+
+
+def check_batch(value: object, name: str = "--batch") -> int:
+    return check_range(name, value, 1, MAX_BATCH)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# GoogLeNet's activations at batch 1 and 224 px, summed over the graph (inputs of every node), as float32:
+# about 10.5 M values. Scaled by the pixel count for other sizes; an upper bound for what a runtime keeps alive.
+ACTIVATION_VALUES_224 = 10_500_000
+
+
+def check_batch_memory(batch: int, image_size: int, name: str = "--batch") -> None:
+    """Refuse a batch whose input and activations would not fit in half the available memory."""
+    need = 4 * batch * (3 * image_size * image_size + ACTIVATION_VALUES_224 * (image_size / 224) ** 2)
+    have = available_memory_bytes()
+    if have is not None and need > MEMORY_FRACTION * have:
+        fits = max(1, int(MEMORY_FRACTION * have / (need / batch)))
+        raise LimitError(f"{name} {batch} at {image_size} px needs about {need / 2**30:.1f} GiB; {have / 2**30:.1f} GiB is available "
+                         f"(at most {fits} fits)")
