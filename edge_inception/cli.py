@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .errors import EdgeInceptionError
+from .errors import EXTRAS, EdgeInceptionError
 from .vocab import Backend, Baseline, CalibMethod, Precision, QuantTarget, Variant, parse_list
 
 if TYPE_CHECKING:
@@ -41,6 +41,12 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except EdgeInceptionError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        except ModuleNotFoundError as exc:  # an optional library this command needs, reached without a check
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            typer.echo(f"error: this command needs {top}, which is not installed here: pip install 'edge-inception[{EXTRAS[top]}]'", err=True)
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing half-written was left behind", err=True)

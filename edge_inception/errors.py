@@ -6,6 +6,11 @@ verification); everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib.util
+
+# The optional parts of the package: which extra brings each library (`pip install 'edge-inception[EXTRA]'`).
+EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "openvino": "openvino", "tensorrt": "tensorrt"}
+
 
 class EdgeInceptionError(Exception):
     """Base class: a problem with the user's input or environment, explained in one line."""
@@ -45,3 +50,16 @@ class ManifestError(EdgeInceptionError):
 
 class OutputPathError(EdgeInceptionError):
     """An output path that cannot be written."""
+
+
+class MissingDependencyError(BackendUnavailableError):
+    """A library an optional part of the package needs, not installed here."""
+
+
+def require_modules(purpose: str, *modules: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the extra to install if any of ``modules`` cannot be imported."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        extra = EXTRAS.get(missing[0])
+        hint = f"pip install 'edge-inception[{extra}]'" if extra else f"pip install {missing[0]}"
+        raise MissingDependencyError(f"{purpose} needs {' and '.join(missing)}, which is not installed here: {hint}")

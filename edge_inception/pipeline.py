@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import EdgeInceptionError
+from .errors import EdgeInceptionError, require_modules
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
 from .vocab import Precision, QuantTarget
 
@@ -43,6 +43,9 @@ class PipelineConfig:
     bench_iterations: int = 30
     bench_rounds: int = 3
     batches: tuple[int, ...] = (1,)  # the edge case; add 8, 32 ... for throughput
+
+    def __post_init__(self) -> None:
+        self.precisions = tuple(Precision(p) for p in self.precisions)  # ("fp32", "int8") from Python callers too
 
 
 @dataclass
@@ -96,6 +99,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     from .evaluate.bench import BenchConfig, markdown, plot, run_bench
     from .evaluate.flops import count_graph
 
+    require_modules("the pipeline (it starts from a PyTorch checkpoint)", "torch", "onnxsim")
     if not cfg.precisions:
         raise EdgeInceptionError("--precisions: give at least one of fp32, fp16, int8")
     target = get_target(cfg.target)

@@ -12,18 +12,20 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
-from ..errors import EdgeInceptionError
+from ..errors import EdgeInceptionError, require_modules
 from ..evaluate.verify import Parity, StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path, ensure_parent
-from ..model.checkpoints import LoadedModel, load_model
-from ..model.googlenet import GoogLeNet
 from ..vocab import MIN_IMAGE_SIZE, Variant
 from .onnx_file import ort_session, run_session, set_metadata
+
+if TYPE_CHECKING:
+    from ..model.checkpoints import LoadedModel
+    from ..model.googlenet import GoogLeNet
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,10 @@ def export_model(
     since onnxsim folds them) keeps BatchNormalization nodes, e.g. to count parameters as PyTorch does.
     Nothing is written if a step fails verification.
     """
+    require_modules("export", "torch", *(["onnxsim"] if simplify and fold_batchnorm else []))
     import onnx
+
+    from ..model.checkpoints import load_model
 
     if loaded is None:
         loaded = load_model(weights, variant=variant, num_classes=num_classes, transform_input=transform_input, seed=seed)

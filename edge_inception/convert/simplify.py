@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import VerificationError
+from ..errors import VerificationError, require_modules
 from ..evaluate.verify import StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path
 from .onnx_file import fixed_batch, get_metadata, load_onnx, model_image_size, ort_session, run_session, set_metadata
@@ -20,6 +20,7 @@ SIMPLIFY_REL_TOL = 1e-4
 
 def simplify_onnx(model, inputs: list[np.ndarray]) -> tuple[Any, StepReport]:  # (onnx.ModelProto, its report)
     """Simplify an in-memory ONNX model and prove it computes the same logits on ``inputs``."""
+    require_modules("simplify", "onnxsim")
     import onnx
     import onnxsim
 

@@ -23,12 +23,6 @@ class ImageFolder:
     samples: list[tuple[Path, int]]
     skipped: list[Path] = field(default_factory=list)  # unreadable images and non-image files
 
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(self.classes, 0)
-        for _, label in self.samples:
-            out[self.classes[label]] += 1
-        return out
-
 
 def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = True) -> ImageFolder:
     """Read ``root/<class>/**/<image>``; refuse fewer than ``min_classes`` classes or an empty class."""

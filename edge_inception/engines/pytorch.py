@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, require_modules
 from .runner import Runner
 
 
@@ -30,6 +30,7 @@ class TorchRunner(Runner):
         self.model: Any = None
 
     def activate(self) -> None:
+        require_modules("the PyTorch runner", "torch")
         import torch
 
         from ..model.checkpoints import load_model

@@ -48,7 +48,6 @@ class BuildJob:
     threads: int
     work_dir: Path  # a temporary folder beside the destination: the artifact is moved out only once verified
     cache_dir: Path  # the destination folder: caches that outlive one build (TensorRT timing cache)
-    allow_tf32: bool = False
 
     @property
     def stem(self) -> str:

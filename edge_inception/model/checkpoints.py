@@ -17,48 +17,20 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, require_modules
 from ..fileio import sha256_file
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD, Variant
-from .googlenet import GoogLeNet, init_weights
 from .labels import class_names as default_class_names
+
+if TYPE_CHECKING:
+    from .googlenet import GoogLeNet
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 SIDECAR_SUFFIX = ".json"  # class names and training settings stored beside a fine-tuned checkpoint
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """What is known about a published set of weights (we never download it: users bring the file)."""
-
-    name: str
-    variant: Variant
-    num_classes: int
-    transform_input: bool
-    num_params: int
-    image_size: int
-    resize_size: int
-    acc1: float
-    acc5: float
-    source: str
-
-
-TORCHVISION_IMAGENET1K_V1 = WeightsInfo(
-    name="torchvision GoogLeNet_Weights.IMAGENET1K_V1 (googlenet-1378be20.pth)",
-    variant=Variant.torchvision,
-    num_classes=1000,
-    transform_input=True,  # ported from TensorFlow: inputs in [-1, 1]
-    num_params=6_624_904,
-    image_size=224,
-    resize_size=256,
-    acc1=69.778,
-    acc5=89.530,
-    source="https://github.com/pytorch/vision/tree/main/references/classification",
-)
 
 
 @dataclass
@@ -186,6 +158,9 @@ def load_model(
     ``transform_input`` defaults to True for a 1000-class torchvision-layout checkpoint (the ported ImageNet
     weights need it), else to what a fine-tuning sidecar recorded, else False.
     """
+    require_modules("loading a GoogLeNet", "torch")
+    from .googlenet import GoogLeNet, init_weights
+
     if weights is None:
         v = Variant(variant or Variant.torchvision)
         n = num_classes or 1000

@@ -14,16 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data.datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
-from ..errors import DatasetError, EdgeInceptionError
+from ..errors import DatasetError, EdgeInceptionError, require_modules
 from ..fileio import atomic_path, ensure_parent, write_json_atomic
 from ..vocab import MIN_IMAGE_SIZE, Variant
 from .checkpoints import load_model, sidecar_path
-from .googlenet import AUX_LOSS_WEIGHT, GoogLeNet, googlenet_loss
+
+if TYPE_CHECKING:
+    from .googlenet import GoogLeNet
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,10 @@ ProgressFactory = Callable[[int, str], Any]
 
 def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainResult:
     """Fine-tune GoogLeNet on an ImageFolder tree; returns where the best checkpoint went."""
+    require_modules("training", "torch")
     import torch
+
+    from .googlenet import AUX_LOSS_WEIGHT, googlenet_loss
 
     if cfg.image_size < MIN_IMAGE_SIZE:
         raise EdgeInceptionError(f"--image-size {cfg.image_size} is too small: GoogLeNet needs at least {MIN_IMAGE_SIZE} pixels")

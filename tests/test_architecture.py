@@ -1,0 +1,194 @@
+"""The layout's rules, checked on the source, and the promises they buy: a light CLI start-up, a runtime that works
+without PyTorch, a wheel that carries its presets."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import edge_inception
+
+PACKAGE = Path(edge_inception.__file__).parent
+ROOT = PACKAGE.parent
+HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors"}
+BACKEND_MODULES = {"ort", "openvino", "tensorrt", "pytorch"}
+PRESETS = {"cpu", "gpu", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return out
+
+
+def resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """Absolute names a statement imports (``from .x import y`` in ``a.b.c`` -> ``a.b.x`` and ``a.b.x.y``)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = module.split(".")
+    is_package = (PACKAGE.parent / Path(*base) / "__init__.py").exists()
+    parts = base if is_package else base[:-1]
+    if node.level:
+        parts = parts[: len(parts) - (node.level - 1)]
+        target = ".".join([*parts, node.module] if node.module else parts)
+    else:
+        target = node.module or ""
+    return [target] + [f"{target}.{a.name}" for a in node.names]
+
+
+def imports(module: str, tree: ast.Module, *, top_level_only: bool) -> set[str]:
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.If) and top_level_only:  # `if TYPE_CHECKING:` blocks do not run
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(resolve(module, node))
+    return found
+
+
+def test_convert_never_imports_engines():
+    for name, tree in modules().items():
+        if name.startswith("edge_inception.convert"):
+            bad = {i for i in imports(name, tree, top_level_only=False) if i.startswith("edge_inception.engines")}
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_runner_and_manifest_know_no_backend():
+    mods = modules()
+    for name in ("edge_inception.engines.runner", "edge_inception.engines.manifest"):
+        used = imports(name, mods[name], top_level_only=False)
+        assert not {i for i in used if i.split(".")[-1] in BACKEND_MODULES | HEAVY}, name
+
+
+def test_build_and_open_runner_name_no_backend():
+    """Dispatch goes through the registry: no backend's name appears in build or in open_runner."""
+    mods = modules()
+    names = {"ort", "openvino", "tensorrt"}
+
+    def mentions(tree: ast.AST) -> set[str]:
+        found = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names}
+        found |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in names}
+        found |= {i for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for i in [n.module or ""] if i.split(".")[-1] in names}
+        return found
+
+    assert not mentions(mods["edge_inception.engines.build"])
+    registry = mods["edge_inception.engines.registry"]
+    for fn in (n for n in registry.body if isinstance(n, ast.FunctionDef)):
+        assert not mentions(fn), fn.name
+
+
+def test_no_heavy_import_at_module_level():
+    """Only the PyTorch model itself may import torch at module level; everything else imports heavy libraries where used."""
+    for name, tree in modules().items():
+        heavy = {i.split(".")[0] for i in imports(name, tree, top_level_only=True)} & HEAVY
+        allowed = {"torch"} if name == "edge_inception.model.googlenet" else set()
+        assert heavy <= allowed, f"{name} imports {heavy - allowed} at module level"
+
+
+def test_no_import_cycles():
+    mods = modules()
+    graph = {name: {i for i in imports(name, tree, top_level_only=True) if i in mods and i != name} for name, tree in mods.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(nxt):], nxt]))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def _run(args: list[str], *, env_extra: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_cli_start_up_loads_no_heavy_library():
+    r = _run(["-c", f"import sys, edge_inception.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r}))"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    help_run = _run(["-m", "edge_inception", "--help"])
+    assert help_run.returncode == 0 and "pipeline" in help_run.stdout
+
+
+@pytest.fixture()
+def no_torch(tmp_path) -> dict[str, str]:
+    """Environment for subprocesses (and their own subprocesses) in which `import torch` fails, as where it is not installed."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch -> ImportError, find_spec -> None\n")
+    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_every_module_but_the_model_imports_without_pytorch(no_torch):
+    code = ("import importlib, pkgutil, edge_inception as e\n"
+            "for m in pkgutil.walk_packages(e.__path__, 'edge_inception.'):\n"
+            "    if m.name not in ('edge_inception.model.googlenet', 'edge_inception.__main__'):\n"
+            "        importlib.import_module(m.name)\n"
+            "print('ok')")
+    r = _run(["-c", code], env_extra=no_torch)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_runtime_commands_work_without_pytorch(trained, tmp_path, no_torch):
+    cli = ["-m", "edge_inception"]
+    probe = _run(["-c", "import torch"], env_extra=no_torch)
+    assert probe.returncode == 1 and ("ImportError" in probe.stderr or "ModuleNotFoundError" in probe.stderr)
+    photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
+
+    def ok(*args: str) -> str:
+        r = _run([*cli, *args], env_extra=no_torch)
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+        assert "Traceback" not in r.stderr
+        return r.stdout
+
+    assert PRESETS <= {line.split()[0] for line in ok("targets").splitlines()[2:]}
+    assert "opset 17" in ok("info", str(trained.onnx))
+    assert json.loads(ok("flops", str(trained.onnx), "--json"))["total_macs"] > 0
+    ok("build", str(trained.onnx), "--target", "cpu", "-o", str(tmp_path / "cpu"))
+    artifact = tmp_path / "cpu" / "demo.ort.onnx"
+    assert "cat" in ok("predict", str(artifact), str(photo), "--top-k", "1")
+    ok("eval", str(artifact), "--data", str(trained.data / "val"))
+    bench = ok("bench", str(artifact), "--baseline", "ort-default", "--iterations", "3", "--rounds", "1", "--warmup", "1",
+               "--json", str(tmp_path / "b.json"))
+    assert {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["results"]} == {"ort-fp32", "ort-default"} and bench
+    ok("quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "-o", str(tmp_path / "m.fp16.onnx"))
+
+    # what needs PyTorch says which extra brings it, in one line
+    r = _run([*cli, "export", "-o", str(tmp_path / "x.onnx")], env_extra=no_torch)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "pip install 'edge-inception[export]'" in r.stderr
+    r = _run([*cli, "bench", str(artifact), "--baseline", "torch", "--iterations", "1", "--rounds", "1"], env_extra=no_torch)
+    assert r.returncode == 1 and "edge-inception[export]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_wheel_carries_the_presets(tmp_path):
+    """`pip wheel .` then the installed files alone (no source tree on the path) list the six presets."""
+    build = _run(["-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")])
+    assert build.returncode == 0, build.stderr
+    wheel = next((tmp_path / "dist").glob("edge_inception-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"edge_inception/engines/targets/{p}.toml" for p in PRESETS} <= names
+    assert "edge_inception/data/imagenet_classes.tsv" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)  # what pip installs: the wheel's files, unpacked
+    r = _run(["-c", "import sys; sys.path.insert(0, sys.argv[1]); sys.argv[1:] = ['targets']; import edge_inception.cli as c; "
+                    "assert c.__file__.startswith(sys.path[0]), c.__file__; c.main()", str(site)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert PRESETS <= {line.split()[0] for line in r.stdout.splitlines()[2:]}
