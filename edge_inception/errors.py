@@ -62,4 +62,5 @@ def require_modules(purpose: str, *modules: str) -> None:
     if missing:
         extra = EXTRAS.get(missing[0])
         hint = f"pip install 'edge-inception[{extra}]'" if extra else f"pip install {missing[0]}"
-        raise MissingDependencyError(f"{purpose} needs {' and '.join(missing)}, which is not installed here: {hint}")
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingDependencyError(f"{purpose} needs {' and '.join(missing)}, which {verb} not installed here: {hint}")

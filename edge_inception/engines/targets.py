@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
+from ..vocab import Backend, Precision
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BACKENDS = ("ort", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = tuple(b.value for b in Backend)
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
 @dataclass
 class Engine:
     name: str
-    kind: str  # "artifact" | "torch" | "ort-default"
+    kind: str  # "artifact", or a baseline's Baseline value ("torch", "ort-default")
     backend: str
     precision: str
     path: str | None
@@ -159,11 +159,11 @@ def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engi
         if base is Baseline.torch:
             if not torch_available():
                 raise EdgeInceptionError("the torch baseline needs PyTorch: pip install 'edge-inception[export]' (or --baseline ort-default)")
-            engines.append(Engine(TORCH_ENGINE, "torch", "torch", "fp32", None, reference.image_size, reference.macs_per_image,
+            engines.append(Engine(TORCH_ENGINE, Baseline.torch.value, "torch", "fp32", None, reference.image_size, reference.macs_per_image,
                                   torch_kwargs=weights_for_onnx(meta), agreement=1.0))
         else:
-            engines.append(Engine(ORT_DEFAULT_ENGINE, "ort-default", "ort", "fp32", str(fp32), reference.image_size, reference.macs_per_image,
-                                  agreement=1.0))
+            engines.append(Engine(ORT_DEFAULT_ENGINE, Baseline.ort_default.value, "ort", "fp32", str(fp32), reference.image_size,
+                                  reference.macs_per_image, agreement=1.0))
     return engines
 
 

@@ -35,13 +35,14 @@ def time_inferences(infer: Callable[[], object], *, warmup: int, iterations: int
 
 def make_runner(spec: dict[str, Any]):  # -> Runner
     from ..engines.registry import PLAIN_ONNX_BACKEND, get_backend, open_runner
+    from ..vocab import Baseline
 
     kind, threads = spec["kind"], int(spec.get("threads") or 0)
-    if kind == "torch":
+    if kind == Baseline.torch:
         from ..engines.pytorch import TorchRunner
 
         return TorchRunner(threads=threads, **spec["torch_kwargs"])
-    if kind == "ort-default":
+    if kind == Baseline.ort_default:
         from pathlib import Path
 
         return get_backend(PLAIN_ONNX_BACKEND).open(Path(spec["path"]), None, threads=threads)
