@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .errors import EXTRAS, EdgeInceptionError
-from .vocab import Backend, Baseline, CalibMethod, Precision, QuantTarget, Variant, parse_list
+from .errors import EXTRAS, EdgeInceptionError, Terminated
+from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
+from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Precision, QuantTarget, Variant, parse_list
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain Click output: a usage error ends in one "Error: ..." line, and start-up skips rich
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,9 +50,16 @@ def handle_errors(fn: F) -> F:
                 raise
             typer.echo(f"error: this command needs {top}, which is not installed here: pip install 'edge-inception[{EXTRAS[top]}]'", err=True)
             raise typer.Exit(code=1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: nothing half-written was left behind", err=True)
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): clean-up has run on the way here
+            typer.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: nothing half-written was left behind", err=True)
+            raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
+        except MemoryError:
+            typer.echo("error: out of memory (try a smaller --batch or image)", err=True)
+            raise typer.Exit(code=1) from None
+        except OSError as exc:  # the environment: a full disk, a vanished folder, a permission changed mid-run
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -95,6 +104,9 @@ def _step_rows(steps: list[Any]) -> list[list[str]]:
 STEP_HEADER = ["step", "checked against", "batch", "max abs err", "max rel err", "top-1 agree", "top-5 overlap"]
 
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (.pth/.pt/.safetensors). Default: seeded random weights.")]
+ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                                                  help="Input height and width (default: the checkpoint's, else 224).")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, max=max_threads(), help="Threads per engine (0: each runtime's default).")]
 VariantOpt = Annotated[Variant | None, typer.Option("--variant", help="Layout, when no checkpoint says (default torchvision).")]
 
 
@@ -103,10 +115,11 @@ VariantOpt = Annotated[Variant | None, typer.Option("--variant", help="Layout, w
 def export(
     weights: WeightsOpt = None,
     variant: VariantOpt = None,
-    num_classes: Annotated[int | None, typer.Option("--num-classes", help="Classes, when no checkpoint says (default 1000).")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Input height and width (default 224).")] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
-    batch: Annotated[int | None, typer.Option("--batch", help="Fixed batch size (default: dynamic batch).")] = None,
+    num_classes: Annotated[int | None, typer.Option("--num-classes", min=1, max=MAX_CLASSES,
+                                                    help="Classes, when no checkpoint says (default 1000).")] = None,
+    image_size: ImageSizeOpt = None,
+    opset: Annotated[int, typer.Option("--opset", min=MIN_OPSET, max=MAX_OPSET, help="ONNX opset.")] = 17,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, max=MAX_BATCH, help="Fixed batch size (default: dynamic batch).")] = None,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Dynamic batch dimension (the default).")] = False,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim after export.")] = True,
     keep_batchnorm: Annotated[bool, typer.Option("--keep-batchnorm", help="Do not fold BatchNorm (implies --no-simplify).")] = False,
@@ -169,8 +182,9 @@ def _m(value: int | None, unit: float = 1e6, digits: int = 1) -> str:
 @handle_errors
 def flops(
     model: Annotated[Path, typer.Argument(help="ONNX model (FP32, simplified, FP16 or QDQ INT8).")],
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Count at this input size (default: the model's).")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1)] = 1,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                                                   help="Count at this input size (default: the model's).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Multiply-adds and parameters per stage against the paper's Table 1 and its 1.5 G budget."""
@@ -200,12 +214,12 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (from export).")],
     precision: Annotated[Precision, typer.Option("--precision", help="int8 or fp16.")],
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", min=1)] = 100,
+    calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000)] = 100,
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated.")] = CalibMethod.minmax,
     target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: also report top-1/top-5 accuracy.")] = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard: top-1 agreement with FP32.")] = 0.99,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard: top-1 agreement with FP32.")] = 0.99,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
@@ -255,13 +269,15 @@ def build(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
     backend: Annotated[Backend | None, typer.Option("--backend", help="Runtime (default: the target's).")] = None,
     precision: Annotated[Precision | None, typer.Option("--precision", help="Expected precision of the graph.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: the target's).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="CPU threads (default: the target's).")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder for the artifact and its manifest.")] = None,
+    targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra folder of target TOML files.")] = None,
 ) -> None:
     """Build an artifact for a target, with a JSON manifest, verified against the source ONNX."""
     from .engines.build import build as build_artifact
+    from .engines.targets import get_target
 
-    result = build_artifact(model, target, backend=backend, precision=precision, output_dir=output_dir, threads=threads)
+    result = build_artifact(model, get_target(target, targets_dir), backend=backend, precision=precision, output_dir=output_dir, threads=threads)
     m, p = result.manifest, result.parity
     typer.echo(f"{m.backend} / {m.target} / {m.precision}: max rel error {p.max_rel_error:.2e}, top-1 agreement {p.top1_agreement:.1%} "
                f"vs {model.name}")
@@ -293,7 +309,7 @@ def predict(
 def eval_cmd(
     artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
     data: Annotated[Path, typer.Option("--data", help="ImageFolder: class folders named by synset id, class index or class name.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH)] = 16,
 ) -> None:
     """Top-1 / top-5 accuracy on a labelled folder."""
     from .evaluate.predict import evaluate
@@ -310,13 +326,14 @@ def _choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
         raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
 
 
-def _int_list(text: str, what: str) -> tuple[int, ...]:
+def _int_list(text: str, what: str, hi: int = MAX_BATCH) -> tuple[int, ...]:
+    """Comma-separated integers in [1, hi]; anything else is a usage error (exit 2) giving the range."""
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise EdgeInceptionError(f"{what} must be comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise EdgeInceptionError(f"{what} must be positive integers, got '{text}'")
+        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'") from None
+    if not values or min(values) < 1 or max(values) > hi:
+        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'")
     return values
 
 
@@ -325,12 +342,12 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Built artifacts and/or ONNX models.")],
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up inferences.")] = 10,
-    warmup_s: Annotated[float, typer.Option("--warmup-s", min=0, help="Warm-up seconds (added to --warmup).")] = 0.0,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed inferences per engine per round.")] = 50,
-    duration: Annotated[float, typer.Option("--duration", min=0, help="Timed seconds per engine per round (instead).")] = 0.0,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds; engines are measured in turn in each.")] = 3,
-    threads: Annotated[int, typer.Option("--threads", min=0, help="Threads per engine (0: each runtime's default).")] = 0,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=100_000, help="Warm-up inferences.")] = 10,
+    warmup_s: Annotated[float, typer.Option("--warmup-s", min=0, max=3600, help="Warm-up seconds (added to --warmup).")] = 0.0,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 50,
+    duration: Annotated[float, typer.Option("--duration", min=0, max=3600, help="Timed seconds per engine per round (instead).")] = 0.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Rounds; engines are measured in turn in each.")] = 3,
+    threads: ThreadsOpt = 0,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Baselines, comma-separated: torch, ort-default, or none "
                                                  "(default: both, torch only where PyTorch is installed).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
@@ -339,6 +356,11 @@ def bench(
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
     from .evaluate.bench import BenchConfig, run_bench, write_outputs
+    from .fileio import check_writable
+
+    for out in (json_out, markdown_out, plot_out):  # refuse an unwritable output now, not after the benchmark
+        if out is not None:
+            check_writable(out)
 
     bases = None if baseline is None else () if baseline.strip() == "none" else _choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
@@ -375,11 +397,11 @@ def pipeline(
     target: Annotated[str, typer.Option("--target", "-t", help="Target preset.")] = "cpu",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32,fp16,int8.")] = "fp32,fp16,int8",
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for INT8 (default: bundled photos).")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Input size (default: the checkpoint's, else 224).")] = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Accuracy guard for quantized artifacts.")] = 0.99,
+    image_size: ImageSizeOpt = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard for quantized artifacts.")] = 0.99,
     batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes (e.g. 1,8,32).")] = "1",
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed inferences per engine per round.")] = 30,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 30,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
 ) -> None:
@@ -418,11 +440,12 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="ImageFolder tree: one sub-folder of images per class.")],
     weights: WeightsOpt = None,
     variant: Annotated[Variant, typer.Option("--variant", help="Layout when training from seeded weights.")] = Variant.torchvision,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many steps (overrides --epochs).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=100_000)] = 10,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, max=10_000_000,
+                                                  help="Stop after this many steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=MAX_BATCH)] = 32,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 0.01,
-    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    image_size: Annotated[int, typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE)] = 224,
     val: Annotated[Path | None, typer.Option("--val", help="Validation ImageFolder (default: hold out 15% of --data).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (class names go to <name>.json).")] = Path(
@@ -466,9 +489,6 @@ def demo_data(
 
 
 def main() -> None:
+    """Run the CLI (``edge_inception.__main__.main`` installs the signal handlers first, then calls this)."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     app()
-
-
-if __name__ == "__main__":
-    main()

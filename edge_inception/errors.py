@@ -64,3 +64,7 @@ def require_modules(purpose: str, *modules: str) -> None:
         hint = f"pip install 'edge-inception[{extra}]'" if extra else f"pip install {missing[0]}"
         verb = "is" if len(missing) == 1 else "are"
         raise MissingDependencyError(f"{purpose} needs {' and '.join(missing)}, which {verb} not installed here: {hint}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that the same clean-up as for Ctrl-C runs."""

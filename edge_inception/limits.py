@@ -14,6 +14,11 @@ from .vocab import MIN_IMAGE_SIZE
 
 MAX_IMAGE_SIZE = 1024  # network input side: 21x the multiply-adds of 224, ~1 GB of activations at batch 8
 MAX_CLASSES = 32_768  # ImageNet-21k has 21,841
+MAX_BATCH = 1024
+MAX_DECODED_PIXELS = 64_000_000  # an image file's width x height, read from its header before decoding
+MAX_ASPECT_RATIO = 20.0  # longer / shorter side: resizing the short side to 256 must not blow up the long one
+MAX_OPSET, MIN_OPSET = 21, 13  # what the exporter and our graph code support
+MEMORY_FRACTION = 0.5  # a benchmark batch (input, activations) may take at most this share of available memory
 
 
 class LimitError(EdgeInceptionError):
@@ -45,3 +50,34 @@ def check_num_classes(value: object, name: str = "--num-classes") -> int:
 def check_threads(value: object, name: str = "--threads") -> int:
     """0 means the runtime's default."""
     return check_range(name, value, 0, max_threads())
+
+
+def check_batch(value: object, name: str = "--batch") -> int:
+    return check_range(name, value, 1, MAX_BATCH)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# GoogLeNet's activations at batch 1 and 224 px, summed over the graph (inputs of every node), as float32:
+# about 10.5 M values. Scaled by the pixel count for other sizes; an upper bound for what a runtime keeps alive.
+ACTIVATION_VALUES_224 = 10_500_000
+
+
+def check_batch_memory(batch: int, image_size: int, name: str = "--batch") -> None:
+    """Refuse a batch whose input and activations would not fit in half the available memory."""
+    need = 4 * batch * (3 * image_size * image_size + ACTIVATION_VALUES_224 * (image_size / 224) ** 2)
+    have = available_memory_bytes()
+    if have is not None and need > MEMORY_FRACTION * have:
+        fits = max(1, int(MEMORY_FRACTION * have / (need / batch)))
+        raise LimitError(f"{name} {batch} at {image_size} px needs about {need / 2**30:.1f} GiB; {have / 2**30:.1f} GiB is available "
+                         f"(at most {fits} fits)")

@@ -20,7 +20,8 @@ from .. import __version__
 from ..errors import EdgeInceptionError, require_modules
 from ..evaluate.verify import Parity, StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path, ensure_parent
-from ..vocab import MIN_IMAGE_SIZE, Variant
+from ..limits import MAX_OPSET, MIN_OPSET, check_batch, check_image_size, check_num_classes, check_range
+from ..vocab import Variant
 from .onnx_file import ort_session, run_session, set_metadata
 
 if TYPE_CHECKING:
@@ -132,13 +133,16 @@ def export_model(
 
     from ..model.checkpoints import load_model
 
+    if image_size is not None:
+        check_image_size(image_size)
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    if batch is not None:
+        check_batch(batch)
+    check_range("--opset", opset, MIN_OPSET, MAX_OPSET)
     if loaded is None:
         loaded = load_model(weights, variant=variant, num_classes=num_classes, transform_input=transform_input, seed=seed)
-    size = image_size or loaded.image_size or 224
-    if size < MIN_IMAGE_SIZE:
-        raise EdgeInceptionError(f"--image-size {size} is too small: GoogLeNet needs at least {MIN_IMAGE_SIZE} pixels")
-    if batch is not None and batch < 1:
-        raise EdgeInceptionError(f"--batch must be at least 1, got {batch}")
+    size = image_size if image_size is not None else (loaded.image_size or 224)
     out = Path(output) if output is not None else default_output(loaded.variant, size)
     ensure_parent(out)
     model = loaded.model.eval()

@@ -13,6 +13,8 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..fileio import require_file
+from ..limits import MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
+from ..vocab import MIN_IMAGE_SIZE
 
 
 def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelProto
@@ -22,8 +24,10 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
     p = require_file(path, "ONNX model")
     try:
         model = onnx.load(str(p), load_external_data=with_weights)
+    except onnx.checker.ValidationError as exc:  # e.g. external data that points outside the model's folder
+        raise ModelFileError(f"{p}: refused ({_first_line(exc)})") from exc
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:
-        raise ModelFileError(f"{p}: not a readable ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+        raise ModelFileError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not model.graph.node:
         raise ModelFileError(f"{p}: not a readable ONNX model (empty graph)")
     return model
@@ -130,18 +134,36 @@ def _numel(dims) -> int:
     return n
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 def model_image_size(model, default: int = 224) -> int:
+    """The square input size: the metadata's, else the graph's fixed width, else ``default``; bounded."""
     meta = get_metadata(model)
     if "image_size" in meta:
-        return int(meta["image_size"])
-    dims = _dims(model.graph.input[0])
-    return int(dims[-1]) if dims and isinstance(dims[-1], int) else default
+        try:
+            return check_image_size(int(meta["image_size"]), "image_size in the model's metadata")
+        except (ValueError, LimitError) as exc:
+            raise ModelFileError(f"model metadata: image_size {meta['image_size'][:20]!r} is not a size in [{MIN_IMAGE_SIZE}, "
+                                 f"{MAX_IMAGE_SIZE}]") from exc
+    dims = _dims(model.graph.input[0]) if model.graph.input else []
+    if dims and isinstance(dims[-1], int) and dims[-1] > 0:
+        return check_image_size(dims[-1], "the model's input width")
+    return default
 
 
 def model_class_names(meta: dict[str, str], num_classes: int) -> list[str]:
+    """The model's own class names where its metadata holds a list of the right length, else the defaults."""
     from ..model.labels import class_names
 
-    names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    try:
+        names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    except ValueError:
+        names = None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = None
     return class_names(num_classes, names)
 
 
@@ -171,12 +193,36 @@ class OnnxFacts:
     metadata: dict[str, str]
 
 
+def require_classifier(model, where: str = "model") -> None:
+    """One N x 3 x H x W float input and one N x classes output, as every command here expects; else one line saying
+    what the model has instead."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ModelFileError(f"{where}: not an image classifier of this toolkit: it has {len(inputs)} input(s) and "
+                             f"{len(model.graph.output)} output(s), expected one N x 3 x H x W image input and one N x classes output")
+    shape, out_shape = _dims(inputs[0]), _dims(model.graph.output[0])
+    elem = inputs[0].type.tensor_type.elem_type
+    image_like = len(shape) == 4 and (shape[1] == 3 or isinstance(shape[1], str))  # a named dim may be anything
+    if not image_like or elem != 1:  # 1: TensorProto.FLOAT
+        raise ModelFileError(f"{where}: not an image classifier of this toolkit: input '{inputs[0].name}' is "
+                             f"[{' x '.join(map(str, shape))}] (element type {elem}), expected float32 N x 3 x H x W")
+    if len(out_shape) not in (0, 2):
+        raise ModelFileError(f"{where}: not an image classifier of this toolkit: output '{model.graph.output[0].name}' has "
+                             f"{len(out_shape)} dimensions, expected N x classes")
+
+
 def model_facts(model, where: str = "model") -> OnnxFacts:
+    require_classifier(model, where)
     meta = get_metadata(model)
-    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
-    n = int(meta.get("num_classes") or (dims[-1].dim_value if dims else 0))
-    if not n:
-        raise ModelFileError(f"{where}: cannot tell the number of classes (not a classifier exported by edge-inception?)")
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    try:
+        n = int(meta.get("num_classes") or (dims[-1].dim_value if dims else 0))
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_CLASSES:
+        raise ModelFileError(f"{where}: cannot tell the number of classes (metadata num_classes {meta.get('num_classes', 'missing')!r}, "
+                             f"output width {dims[-1].dim_value if dims else '?'}); expected 1 to {MAX_CLASSES}")
     return OnnxFacts(model_image_size(model), n, model_class_names(meta, n), meta.get("precision") or graph_precision(model),
                      fixed_batch(model), meta)
 

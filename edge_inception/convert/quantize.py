@@ -19,7 +19,6 @@ quarter of FP32 whatever the guard keeps.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +29,12 @@ import numpy as np
 from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.cpu import cpu_info
 from ..evaluate.verify import compare, topk_hits
-from ..fileio import atomic_path, write_json_atomic
+from ..fileio import atomic_path, check_writable, staging_dir, write_json_atomic
 from ..vocab import CalibMethod, Precision, QuantTarget
 from .calibration import CalibrationReader, image_batches, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import GuardResult, run_guard
-from .onnx_file import get_metadata, load_onnx, model_image_size, ort_session, run_session, set_metadata
+from .onnx_file import get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +230,16 @@ def quantize_model(
         raise EdgeInceptionError(f"{src} is already quantized; quantize the FP32 model")
     if not 0.0 < min_agreement <= 1.0:
         raise EdgeInceptionError("--min-agreement must be in (0, 1]")
-    out = Path(output) if output is not None else src.with_name(f"{src.stem}.{precision.value}.onnx")
-    size = model_image_size(source)
+    out = check_writable(Path(output) if output is not None else src.with_name(f"{src.stem}.{precision.value}.onnx"))
+    size = model_facts(source, str(src)).image_size  # also refuses what is not an image classifier
     sets = select_images(Path(calib) if calib else None, Path(holdout) if holdout else None, calib_size)
     hold_batches = image_batches(sets.holdout, size)
     reference = _logits(src, hold_batches)
-    result_warnings = [sets.warning] if sets.warning else []
+    result_warnings = [sets.warning] if sets.warning and precision is Precision.int8 else []  # FP16 calibrates nothing
     latency: dict[str, float] = {}
 
-    with tempfile.TemporaryDirectory(prefix="edge-inception-q-") as work_dir:
-        work = Path(work_dir)
+    # the work folder sits beside the output: a killed run's leftovers are removed by the next run writing there
+    with staging_dir(out.parent, f"{out.name}.quantize") as work:
         guard: GuardResult | None = None
         if precision is Precision.fp16:
             candidate = work / "fp16.onnx"

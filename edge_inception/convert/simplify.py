@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import VerificationError, require_modules
 from ..evaluate.verify import StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path
-from .onnx_file import fixed_batch, get_metadata, load_onnx, model_image_size, ort_session, run_session, set_metadata
+from .onnx_file import get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def simplify_file(source: str | Path, output: str | Path | None = None, seed: in
 
     src = Path(source)
     model = load_onnx(src)
-    inputs = verification_inputs(model_image_size(model), fixed_batch(model), seed)
+    facts = model_facts(model, str(src))  # refuses what is not an image classifier, in one line
+    inputs = verification_inputs(facts.image_size, facts.fixed_batch, seed)
     simplified, step = simplify_onnx(model, inputs)
     out = Path(output) if output is not None else src.with_name(src.stem + ".sim.onnx")
     with atomic_path(out) as tmp:

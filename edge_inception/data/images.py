@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError
+from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ def resize_size_for(image_size: int) -> int:
 
 
 def load_image(path: str | Path):  # -> PIL.Image.Image
-    """Open an image as RGB; anything that does not decode is an :class:`ImageError`."""
+    """Open an image as 8-bit RGB, upright, as a viewer shows it; anything unusable is an :class:`ImageError`.
+
+    Width x height and aspect ratio are checked from the header before any pixel is decoded (a 48 KB PNG can claim
+    20000 x 20000 pixels). The EXIF orientation is applied (phones store photos sideways with a rotation tag),
+    16-bit and 32-bit greyscale are scaled to 8 bits rather than clipped, and transparency goes over white.
+    """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -34,15 +40,45 @@ def load_image(path: str | Path):  # -> PIL.Image.Image
         raise ImageError(f"image not found: {p}")
     try:
         with Image.open(p) as opened:
+            check_header(opened.size, p)
             opened.load()
-            im: Image.Image = opened
-            if im.mode in ("RGBA", "LA", "P"):
-                # transparent pixels over white, not black
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
-            return im.convert("RGB")
+            return to_rgb(opened)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own check, in open(), for claims far beyond ours
+        raise ImageError(f"{p}: refusing to decode, {str(exc).split(',')[0].lower()} (the limit here is "
+                         f"{MAX_DECODED_PIXELS / 1e6:.0f} MP)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"not a readable image: {p}") from exc
+
+
+def check_header(size: tuple[int, int], path: Path) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageError(f"{path}: image has no pixels ({w} x {h})")
+    if w * h > MAX_DECODED_PIXELS:
+        raise ImageError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.0f} MP) is more than the {MAX_DECODED_PIXELS / 1e6:.0f} MP this toolkit decodes")
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ImageError(f"{path}: {w} x {h} pixels is more elongated than {MAX_ASPECT_RATIO:.0f}:1; crop it first")
+
+
+def to_rgb(image):  # PIL.Image.Image -> PIL.Image.Image
+    """Any decoded image -> 8-bit RGB, upright (EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(image) or image
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            full = 1.0 if a.max(initial=0.0) <= 1.0 else 255.0
+        else:  # 16-bit PNG/TIFF, also when Pillow opens it as 32-bit "I"
+            full = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0.0) > 255 else 255.0
+        im = Image.fromarray(np.clip(np.round(a / full * 255.0), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa"):
+        # transparent pixels over white, not black
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
+    return im.convert("RGB")
 
 
 def preprocess(image, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:

@@ -57,10 +57,13 @@ class Target:
 
 def user_target_dirs(extra: Path | None = None) -> list[Path]:
     """The user's folders, in priority order: ``--targets-dir``, then ``$EDGE_INCEPTION_TARGETS``."""
-    dirs = [extra] if extra else []
+    named = [(extra, "--targets-dir")] if extra else []
     if os.environ.get("EDGE_INCEPTION_TARGETS"):
-        dirs.append(Path(os.environ["EDGE_INCEPTION_TARGETS"]))
-    return [d for d in dirs if d.is_dir()]
+        named.append((Path(os.environ["EDGE_INCEPTION_TARGETS"]), "EDGE_INCEPTION_TARGETS"))
+    for folder, source in named:
+        if not folder.is_dir():
+            raise TargetError(f"{source} {folder}: no such folder")
+    return [folder for folder, _ in named]
 
 
 def packaged_target_files() -> Iterator[Traversable]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import EdgeInceptionError
 from ..fileio import write_json_atomic, write_text_atomic
+from ..limits import check_batch, check_batch_memory, check_threads
 from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
 
@@ -218,6 +219,10 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     sizes = {e.image_size for e in engines}
     if len(sizes) > 1:
         raise EdgeInceptionError(f"artifacts have different input sizes ({sorted(sizes)}): benchmark like with like")
+    for batch in cfg.batches:
+        check_batch(batch)
+        check_batch_memory(batch, engines[0].image_size)
+    check_threads(cfg.threads)
     machine = machine_info(cfg.threads)
     machine.matmul_peak_macs_per_s = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
     samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches}

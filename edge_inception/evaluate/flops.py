@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..convert.onnx_file import get_metadata, load_onnx
+from ..convert.onnx_file import get_metadata, load_onnx, model_image_size
+from ..limits import check_batch, check_image_size
 from ..model.paper_table import BUDGET_MACS, KNOWN_DIFFERENCES, PAPER_TABLE, STAGES
 
 MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
@@ -147,11 +148,12 @@ def count_graph(path: str | Path, *, image_size: int | None = None, batch: int =
 
 def count_graph_model(raw, *, image_size: int | None = None, batch: int = 1, name: str = "model") -> FlopReport:
     """:func:`count_graph` on an in-memory ``onnx.ModelProto``."""
+    if image_size is not None:
+        check_image_size(image_size)
+    check_batch(batch)
     meta = get_metadata(raw)
     if image_size is None:
-        dims = raw.graph.input[0].type.tensor_type.shape.dim
-        fixed = dims[-1].dim_value if len(dims) == 4 and dims[-1].HasField("dim_value") else 0
-        image_size = fixed or int(meta.get("image_size", 224))
+        image_size = model_image_size(raw)
     model = _with_input_shape(raw, batch, image_size)
     shapes = _shapes(model)
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -179,14 +181,14 @@ def count_graph_model(raw, *, image_size: int | None = None, batch: int = 1, nam
         if op in MAC_OPS:
             macs = _macs(node, shapes, out_shape)
             weight_inputs = node.input[1:] if op not in ("QLinearConv", "QLinearMatMul") else [node.input[3]] + list(node.input[8:9])
-            for name in weight_inputs:
-                src = weight_source(name) if name else None
+            for weight in weight_inputs:
+                src = weight_source(weight) if weight else None
                 if src:
                     params += math.prod(shapes.get(src, [0]))
         elif op == "BatchNormalization":
             other = 2 * out_elems
-            for name in node.input[1:3]:  # scale and bias are parameters; running mean/var are buffers
-                src = weight_source(name)
+            for weight in node.input[1:3]:  # scale and bias are parameters; running mean/var are buffers
+                src = weight_source(weight)
                 if src:
                     params += math.prod(shapes.get(src, [0]))
         elif op in ("MaxPool", "AveragePool"):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, require_modules
 from ..fileio import sha256_file
+from ..limits import check_num_classes
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD, Variant
 from .labels import class_names as default_class_names
 
@@ -163,7 +164,7 @@ def load_model(
 
     if weights is None:
         v = Variant(variant or Variant.torchvision)
-        n = num_classes or 1000
+        n = 1000 if num_classes is None else check_num_classes(num_classes)
         model = init_weights(GoogLeNet(v, n, transform_input=bool(transform_input), aux_logits=aux_logits), seed)
         log.info("no checkpoint given: GoogLeNet initialised from seed %d", seed)
         return LoadedModel(model, v, n, bool(transform_input), default_class_names(n), f"seed:{seed}", None, True)

@@ -21,7 +21,8 @@ import numpy as np
 from ..data.datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
 from ..errors import DatasetError, EdgeInceptionError, require_modules
 from ..fileio import atomic_path, ensure_parent, write_json_atomic
-from ..vocab import MIN_IMAGE_SIZE, Variant
+from ..limits import check_batch, check_image_size
+from ..vocab import Variant
 from .checkpoints import load_model, sidecar_path
 
 if TYPE_CHECKING:
@@ -144,8 +145,8 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
 
     from .googlenet import AUX_LOSS_WEIGHT, googlenet_loss
 
-    if cfg.image_size < MIN_IMAGE_SIZE:
-        raise EdgeInceptionError(f"--image-size {cfg.image_size} is too small: GoogLeNet needs at least {MIN_IMAGE_SIZE} pixels")
+    check_image_size(cfg.image_size)
+    check_batch(cfg.batch_size, "--batch-size")
     if cfg.batch_size < 2:
         raise EdgeInceptionError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
     ensure_parent(cfg.output)
