@@ -20,11 +20,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: unwind, so temporary files are removed on the way out
     try:
         from .cli import main as cli_main
+
+        cli_main()  # a command's own interruption is reported by the CLI; this catches one while Typer sets up
     except KeyboardInterrupt as exc:
         terminated = type(exc).__name__ == "Terminated"
         print(f"{'terminated' if terminated else 'interrupted'} while starting: nothing was written", file=sys.stderr)
         raise SystemExit(143 if terminated else 130) from None
-    cli_main()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
@@ -55,16 +56,17 @@ def test_failed_stage_is_named_and_earlier_outputs_kept(trained, tmp_path):
     assert not [p for p in kept.iterdir() if p.name.startswith(".")]  # no temporary files among them
 
 
-def test_pipeline_ctrl_c_leaves_nothing_half_written(trained, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_pipeline_interrupted_leaves_nothing_half_written(trained, tmp_path, sig, code):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-c", "from edge_inception.cli import app; app()", "pipeline", "--weights", str(trained.checkpoint), "-o", str(out)]
+    cmd = [sys.executable, "-m", "edge_inception", "pipeline", "--weights", str(trained.checkpoint), "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".run.*/model.fp32.onnx")):
         time.sleep(0.2)  # wait until the run is mid-way: the export is written, quantization is running
     assert list(tmp_path.glob(".run.*/model.fp32.onnx")), "the pipeline never reached its first artifact"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert "nothing half-written" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".run*"))  # no report folder, no temporary folder

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError
-from ..vocab import Backend
+from ..vocab import Backend, Precision
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput
 from .runner import Runner
@@ -40,8 +40,9 @@ def build_ir(source: Path, artifact: Path) -> None:
 class OpenVinoRunner(Runner):
     name = "openvino"
 
-    def __init__(self, path: Path, *, threads: int = 0, hint: str = "LATENCY", device: str = "CPU") -> None:
+    def __init__(self, path: Path, *, threads: int = 0, hint: str = "LATENCY", device: str = "CPU", inference_precision: str | None = None) -> None:
         self.path, self.threads, self.hint, self.device = path, threads, hint, device
+        self.inference_precision = inference_precision
         self.request: Any = None
 
     def activate(self) -> None:
@@ -49,6 +50,8 @@ class OpenVinoRunner(Runner):
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.inference_precision:
+            config["INFERENCE_PRECISION_HINT"] = self.inference_precision
         compiled = ov.Core().compile_model(str(self.path), self.device, config)
         self.request = compiled.create_infer_request()
 
@@ -70,11 +73,15 @@ class OpenVinoBackend:
     def build(self, job: BuildJob) -> BuildOutput:
         artifact = job.work_dir / f"{job.stem}{self.suffix}"
         build_ir(job.source, artifact)
-        return BuildOutput(artifact, {"openvino": openvino_version()}, companions=[artifact.with_suffix(".bin")])
+        # OpenVINO's CPU plugin computes float layers in bf16 where the CPU has it (AVX512_BF16, AMX): an FP32 artifact
+        # asks for f32, so that it computes what its source computes; reduced-precision artifacts keep the plugin's choice
+        options = {"inference_precision": "f32"} if job.precision is Precision.fp32 else {}
+        return BuildOutput(artifact, {"openvino": openvino_version()}, options, companions=[artifact.with_suffix(".bin")])
 
     def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
         n = threads if threads is not None else (manifest.threads if manifest else 0)
-        return OpenVinoRunner(artifact, threads=n)
+        precision = manifest.options.get("inference_precision") if manifest else None
+        return OpenVinoRunner(artifact, threads=n, inference_precision=precision if isinstance(precision, str) else None)
 
 
 BACKEND = OpenVinoBackend()
