@@ -198,6 +198,16 @@ def install_files(files: list[Path], folder: Path) -> list[Path]:
     return placed
 
 
+def write_failure(folder: Path, exc: BaseException) -> str:
+    """Why a library (ONNX Runtime, PyTorch) that reports only its own error could not write into ``folder``."""
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if free < (64 << 20):
+            return f"No space left on device ({free >> 20} MB free in {folder})"
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     try:

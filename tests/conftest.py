@@ -52,3 +52,11 @@ def trained(demo_data, tmp_path_factory) -> Trained:
     assert result.checkpoint is not None
     exported = export_model(result.checkpoint, out / "demo.onnx")
     return Trained(result.checkpoint, exported.path, demo_data, result)
+
+
+@pytest.fixture(scope="session")
+def built_fp32(trained, tmp_path_factory) -> Path:
+    """The trained net built for the CPU target (ONNX Runtime)."""
+    from edge_inception.engines.build import build
+
+    return build(trained.onnx, "cpu", output_dir=tmp_path_factory.mktemp("built_fp32")).artifact

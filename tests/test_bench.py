@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from edge_inception.cli import app
 from edge_inception.engines.build import build
 from edge_inception.evaluate.bench import BenchResult, add_speedups, latency_stats, scenarios
+from edge_inception.evaluate.flops import count_graph
 
 runner = CliRunner()
 
@@ -43,12 +44,33 @@ def test_bench_cli_writes_consistent_outputs(trained, tmp_path):
     engines = {x["engine"] for x in report["results"]}
     assert engines == {"ort-fp32", "onnx-fp32", "torch-eager", "ort-default"}
     assert {x["batch"] for x in report["results"]} == {1, 2}
-    assert report["machine"]["matmul_peak_macs_per_s"] > 1e9 and report["machine"]["cores"] >= 1
+    assert report["machine"]["matmul_peak_macs_per_s"] > 0 and report["machine"]["cores"] >= 1
+    per_image = count_graph(trained.onnx).total_macs
+    p50 = {(row["engine"], row["batch"]): row["latency_ms"]["p50"] for row in report["results"]}
     for row in report["results"]:
-        assert row["latency_ms"]["count"] == 10 and row["latency_ms"]["min"] <= row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
-        assert row["macs"] == row["batch"] * report["results"][0]["macs"] // report["results"][0]["batch"]
+        lat = row["latency_ms"]
+        assert lat["count"] == 10 and len(row["samples_ms"]) == 10  # 5 iterations x 2 rounds
+        assert lat["p50"] == pytest.approx(float(np.median(row["samples_ms"]))) and lat["min"] == min(row["samples_ms"])
+        assert row["macs"] == row["batch"] * per_image  # the flops counter's figure, times the batch
+        assert row["macs_per_s"] == pytest.approx(row["macs"] / (lat["p50"] / 1e3))
+        assert row["throughput_ips"] == pytest.approx(row["batch"] / (lat["p50"] / 1e3))
+        for base in ("torch-eager", "ort-default"):
+            assert row["speedup_vs"][base] == pytest.approx(p50[(base, row["batch"])] / lat["p50"])
         line = next(x for x in r.stdout.splitlines() if x.startswith(row["engine"] + " ") and f" {row['batch']} " in x)
-        assert f"{row['latency_ms']['p50']:.2f}" in line
-        if row["engine"] == "torch-eager":
-            assert row["speedup_vs"]["torch-eager"] == pytest.approx(1.0)
+        assert f"{lat['p50']:.2f}" in line
     assert files[1].read_text().startswith("# edge-inception bench") and files[2].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_duration_and_like_with_like(trained, tmp_path):
+    from edge_inception.convert.export import export_model
+
+    art = build(trained.onnx, "cpu", output_dir=tmp_path / "a").artifact
+    r = runner.invoke(app, ["bench", str(art), "--baseline", "none", "--iterations", "1", "--duration", "1.0", "--rounds", "1", "--warmup", "0",
+                            "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0, r.output
+    samples = json.loads((tmp_path / "d.json").read_text())["results"][0]["samples_ms"]
+    assert len(samples) > 1 and sum(samples) >= 900  # timed for the whole second, not for one iteration
+
+    other = export_model(None, tmp_path / "m96.onnx", num_classes=10, image_size=96).path
+    r = runner.invoke(app, ["bench", str(art), str(other), "--baseline", "none", "--iterations", "1", "--rounds", "1"])
+    assert r.exit_code == 1 and "different input sizes ([64, 96])" in r.stderr

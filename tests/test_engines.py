@@ -1,6 +1,7 @@
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -68,10 +69,55 @@ def test_predict_prints_labels(built, trained):
     assert r.exit_code == 0, r.output
     classes = trained.result.classes
     assert sum(1 for line in r.stdout.splitlines() if any(f"  {c} (" in line for c in classes)) == 3
-    r = runner.invoke(app, ["predict", str(artifact), str(trained.data / "val" / "cat"), "--json"])
+
+    folder = trained.data / "val" / "cat"
+    r = runner.invoke(app, ["predict", str(artifact), str(folder), "--json"])
+    assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert len(rows) == 10 and all(len(row["top"]) == 5 for row in rows)
-    assert abs(sum(t["score"] for t in rows[0]["top"])) <= 1.0 + 1e-6
+    files = sorted(folder.glob("*.png"))
+    assert [row["image"] for row in rows] == [str(f) for f in files]
+    with open_runner(artifact) as run:
+        logits = run.infer(load_batch(files, 64))
+    for row, own in zip(rows, logits):
+        scores = [t["score"] for t in row["top"]]
+        assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+        assert row["top"][0]["index"] == int(own.argmax()) and row["top"][0]["label"] == classes[int(own.argmax())]
+        softmax = np.exp(own - own.max()) / np.exp(own - own.max()).sum()
+        assert scores[0] == pytest.approx(float(softmax.max()), abs=1e-6)
+
+
+def test_predict_globs_and_folders(built, trained, monkeypatch):
+    artifact = built["fp32"][1].artifact
+    monkeypatch.chdir(trained.data / "val")
+    r = runner.invoke(app, ["predict", str(artifact), "cat/*_00[0-2].png", "coins", "--top-k", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    images = [json.loads(line)["image"] for line in r.stdout.splitlines()]
+    assert images == ["cat/cat_000.png", "cat/cat_001.png", "cat/cat_002.png"] + [f"coins/coins_{i:03d}.png" for i in range(10)]
+    r = runner.invoke(app, ["predict", str(artifact), "nothing/*.png"])
+    assert r.exit_code == 1 and "no such image or folder" in r.stderr
+
+
+def test_eval_folders_by_synset_id_and_class_index(tmp_path, trained):
+    """A 1000-class model: class folders named n01440764-style or 0-999 map to the right outputs."""
+    from edge_inception.convert.export import export_model
+    from edge_inception.model.labels import imagenet_classes
+
+    model = export_model(None, tmp_path / "in1k.onnx", image_size=64).path
+    photos = sorted((trained.data / "val" / "cat").glob("*.png"))[:4]
+    with open_runner(model) as run:
+        top = run.infer(load_batch(photos, 64)).argmax(1)
+    # put each photo in the folder of the class the model gives it, half by synset id, half by index: 100 % by construction
+    for i, (photo, cls) in enumerate(zip(photos, top)):
+        name = imagenet_classes()[int(cls)].wnid if i % 2 else str(int(cls))
+        (tmp_path / "data" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name / photo.name).write_bytes(photo.read_bytes())
+    r = runner.invoke(app, ["eval", str(model), "--data", str(tmp_path / "data")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("4 images: top-1 100.00%, top-5 100.00%")
+    (tmp_path / "data" / "not-a-class").mkdir()
+    (tmp_path / "data" / "not-a-class" / "x.png").write_bytes(photos[0].read_bytes())
+    r = runner.invoke(app, ["eval", str(model), "--data", str(tmp_path / "data")])
+    assert r.exit_code == 1 and "class folder 'not-a-class' matches no class" in r.stderr
 
 
 def test_eval_on_labelled_folder(built, trained):
@@ -152,8 +198,22 @@ def test_trt_engine_compat_checks():
         check_engine_compat(m, "10.13.0", "Orin", "8.7")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not hasattr(__import__("tensorrt"), "Builder"),
-                    reason="TensorRT is not installed (only its type stubs): native engine builds need an NVIDIA GPU machine")
+def _tensorrt_skip_reason() -> str | None:
+    """Each reason on its own: no TensorRT bindings (or only the stubs), or bindings but no CUDA device."""
+    from edge_inception.engines.tensorrt import cuda_device, tensorrt_missing
+    from edge_inception.errors import BackendUnavailableError
+
+    missing = tensorrt_missing()
+    if missing:
+        return f"TensorRT is not usable here: {missing}"
+    try:
+        cuda_device()
+    except BackendUnavailableError as exc:
+        return f"TensorRT is installed but there is no CUDA device: {exc}"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_skip_reason() is not None, reason=str(_tensorrt_skip_reason()))
 def test_tensorrt_engine_build_and_run(built, tmp_path):  # pragma: no cover - needs TensorRT and a GPU
     src, _ = built["fp16"]
     result = build(src, "gpu", output_dir=tmp_path)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_checkpoint_sha_in_metadata(tmp_path):
     torch.save(seeded_state_dict("torchvision", num_classes=5), ckpt)
     out = export_model(ckpt, tmp_path / "m.onnx", image_size=64)
     meta = {p.key: p.value for p in onnx.load(str(out.path)).metadata_props}
-    assert meta["checkpoint_sha256"] == load_model(ckpt).sha256
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert json.loads(meta["class_names"]) == [f"class_{i}" for i in range(5)]
 
 
@@ -135,16 +136,23 @@ def test_export_bad_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder", "vgg.pth"]
 
 
-def test_failed_export_keeps_existing_file(tmp_path, monkeypatch):
+def test_export_that_computes_something_else_is_refused(tmp_path, monkeypatch):
+    """A real fault, really detected: the exporter writes another network (another seed) than the one it checks against;
+    the real ONNX Runtime comparison refuses it and the previous file stays."""
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous artifact")
     import edge_inception.convert.export as exp
 
-    def broken_check(*args, **kwargs):
-        raise VerificationError("export (PyTorch vs ONNX Runtime): outputs differ beyond tolerance")
+    real_export = exp.torch_to_onnx
+    wrong = load_model(None, num_classes=10, seed=99).model.eval()
 
-    monkeypatch.setattr(exp, "check_against_torch", broken_check)
-    result = runner.invoke(app, ["export", "--image-size", "64", "-o", str(out)])
+    def export_another_network(model, path, *args, **kwargs):
+        real_export(wrong, path, *args, **kwargs)
+
+    monkeypatch.setattr(exp, "torch_to_onnx", export_another_network)
+    result = runner.invoke(app, ["export", "--image-size", "64", "--num-classes", "10", "-o", str(out)])
     _fails_cleanly(result, "beyond tolerance")
     assert out.read_bytes() == b"previous artifact"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(VerificationError, match="export .* beyond tolerance"):
+        exp.export_model(None, tmp_path / "x.onnx", num_classes=10, image_size=64)

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.pipeline import choose_ship
 
 runner = CliRunner()
 
@@ -32,9 +33,28 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.stderr
     assert json.loads((out / "report.json").read_text()) == report  # untouched
+    (out / "stale-from-an-older-run.txt").write_text("x")
     forced = runner.invoke(app, args + ["--force"])
     assert forced.exit_code == 0, forced.output
+    assert not (out / "stale-from-an-older-run.txt").exists()  # --force replaces the folder, it does not merge into it
+    assert (out / "report.json").is_file()
     assert not list(tmp_path.glob(".run.*"))  # no temporary folders left behind
+
+
+def test_ship_decision():
+    p50 = {"fp32": 20.0, "fp16": 25.0, "int8": 12.0}
+    # the fastest artifact that meets the guard ships, even if a faster one misses it
+    assert choose_ship(p50, {"fp32": 1.0, "fp16": 1.0, "int8": 0.98}, 0.99)[0] == "fp32"
+    ship, why = choose_ship(p50, {"fp32": 1.0, "fp16": 1.0, "int8": 0.99}, 0.99)
+    assert ship == "int8" and "12.00 ms" in why
+    # nothing eligible: nothing ships, and the reason says so
+    ship, why = choose_ship(p50, {"fp32": 0.5, "fp16": 0.4, "int8": 0.3}, 0.99)
+    assert ship is None and "no artifact met the accuracy guard" in why
+    # equal latencies: the more faithful precision, whatever the order they were listed in
+    tie = {"int8": 15.0, "fp16": 15.0, "fp32": 15.0}
+    assert choose_ship(tie, dict.fromkeys(tie, 1.0), 0.99)[0] == "fp32"
+    assert choose_ship({"int8": 15.0, "fp16": 15.0}, {"int8": 1.0, "fp16": 1.0}, 0.99)[0] == "fp16"
+    assert choose_ship({}, {}, 0.99)[0] is None
 
 
 def test_pipeline_bad_precision(tmp_path):

@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -26,15 +28,27 @@ def test_state_dict_with_aux_keys_loads_strictly_and_drops_aux(tmp_path, variant
     assert loaded.model.aux1 is None
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, sd[key]), key
-    assert loaded.sha256 and len(loaded.sha256) == 64
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_training_checkpoint_dict_with_module_prefix_and_safetensors(tmp_path):
-    sd = seeded_state_dict("torchvision", num_classes=3)
-    torch.save({"epoch": 4, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "a.pt")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "b.safetensors"))
-    a, b = load_model(tmp_path / "a.pt"), load_model(tmp_path / "b.safetensors")
-    assert torch.equal(_logits(a.model), _logits(b.model))
+@pytest.mark.parametrize("layout", ["state_dict+module", "model", "model_state_dict", "safetensors", "orig_mod"])
+def test_every_checkpoint_layout_loads_the_saved_tensors(tmp_path, layout):
+    """Each layout the README promises gives back exactly the tensors that were saved (aux heads dropped)."""
+    sd = seeded_state_dict("torchvision", num_classes=3, seed=7)
+    path = tmp_path / ("w.safetensors" if layout == "safetensors" else "w.pt")
+    if layout == "state_dict+module":
+        torch.save({"epoch": 4, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    elif layout == "orig_mod":  # torch.compile'd models save under _orig_mod.
+        torch.save({f"_orig_mod.{k}": v for k, v in sd.items()}, path)
+    elif layout == "safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save({layout: sd, "optimizer": {}}, path)
+    loaded = load_model(path).model.state_dict()
+    assert set(loaded) == {k for k in sd if not k.startswith(("aux1.", "aux2."))}
+    for key, value in loaded.items():
+        assert torch.equal(value, sd[key]), key
+    assert load_model(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_imagenet_torchvision_checkpoint_gets_transform_input(tmp_path):

@@ -3,7 +3,8 @@
 Sensitivity: quantize one stage at a time (the rest at the fallback precision) and measure the logits' cosine loss
 on a probe subset of the held-out images. Stages then fall back in order of damage (per parameter, where the
 fallback is all float and so costs file size); the smallest prefix that meets the guard is found by bisection. If
-every stage at the fallback still misses it, weights go float too, in the same order.
+every stage at the fallback still misses it, weights go float too, in the same order (the fewest stages that need it),
+and then the fewest stages at the fallback beside them.
 
 The search knows nothing of how a mixed model is made: a :class:`Mixer` builds one from two lists of stages.
 """
@@ -72,8 +73,11 @@ def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], refe
     k, f = n, 0
     if ok(n):
         k = smallest(1, n, ok)
+    elif mixer.weight_only_fallback and ok(n, n):
+        f = smallest(1, n, lambda j: ok(n, j))  # the fewest stages whose weights must be float ...
+        k = smallest(f, n, lambda j: ok(j, f))  # ... then the fewest at float activations beside them
     elif mixer.weight_only_fallback:
-        f = smallest(1, n, lambda j: ok(n, j)) if ok(n, n) else n
+        f = n
     path, parity = attempt(k, f)
     return GuardResult(candidate=path, parity=parity, kept=ranked[:k], float_weights=ranked[:f] if mixer.weight_only_fallback else ranked[:k],
                        sensitivity=sensitivity)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeInceptionError, VerificationError
-from ..evaluate.cpu import cpu_info
+from ..evaluate.cpu import CpuInfo, cpu_info
 from ..evaluate.verify import compare, topk_hits
 from ..fileio import atomic_path, check_writable, staging_dir, write_json_atomic
 from ..vocab import CalibMethod, Precision, QuantTarget
@@ -52,11 +52,12 @@ class Int8Scheme:
     weight_only_fallback: bool = True
 
 
-def int8_scheme(target: QuantTarget) -> Int8Scheme:
+def int8_scheme(target: QuantTarget, cpu: CpuInfo | None = None) -> Int8Scheme:
+    """The INT8 scheme for ``target``; for the CPU target it depends on ``cpu`` (default: this machine's)."""
     if target is not QuantTarget.cpu:
         return Int8Scheme("int8", "int8", False, True, f"{target.value}: symmetric signed INT8 (TensorRT takes symmetric scales only)",
                           weight_only_fallback=target is QuantTarget.gpu)
-    cpu = cpu_info()
+    cpu = cpu or cpu_info()
     if cpu.vnni:
         return Int8Scheme("uint8", "int8", False, False, f"cpu ({cpu.model}) has VNNI/dot-product: u8 activations, s8 weights, full range")
     return Int8Scheme("uint8", "int8", True, False,

@@ -13,6 +13,7 @@ import numpy as np
 from ..convert.graph_ops import fold_for_cpu
 from ..convert.onnx_file import ort_session, run_session
 from ..errors import BackendUnavailableError, EdgeInceptionError
+from ..fileio import write_failure
 from ..vocab import Backend
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput
@@ -72,9 +73,7 @@ def build_cpu(source: Path, artifact: Path, threads: int) -> int:
     try:
         ort_session(model, threads=threads, save_optimized_to=artifact)
     except Exception as exc:  # ONNX Runtime's own exception types (Fail, InvalidProtobuf, ...) derive from Exception only
-        free = shutil.disk_usage(artifact.parent).free
-        why = f"No space left on device ({free >> 20} MB free in {artifact.parent})" if free < (64 << 20) else str(exc).splitlines()[0][:300]
-        raise EdgeInceptionError(f"ONNX Runtime could not write the optimised model: {why}") from exc
+        raise EdgeInceptionError(f"ONNX Runtime could not write the optimised model: {write_failure(artifact.parent, exc)}") from exc
     return folded
 
 

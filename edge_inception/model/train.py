@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
-from ..errors import DatasetError, EdgeInceptionError, require_modules
-from ..fileio import atomic_path, ensure_parent, write_json_atomic
+from ..errors import DatasetError, EdgeInceptionError, OutputPathError, require_modules
+from ..fileio import atomic_path, ensure_parent, write_failure, write_json_atomic
 from ..limits import check_batch, check_image_size
 from ..vocab import Variant
 from .checkpoints import load_model, sidecar_path
@@ -131,7 +131,10 @@ def save_checkpoint(model, path: Path, sidecar: dict[str, Any]) -> None:
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:  # PyTorch's zip writer reports a full disk as a RuntimeError
+            raise OutputPathError(f"cannot write {path}: {write_failure(path.parent, exc)}") from exc
     write_json_atomic(sidecar_path(path), sidecar)
 
 

@@ -1,0 +1,81 @@
+"""Every command, given what a clumsy user gives it: one `error:` line, exit 1, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+
+runner = CliRunner()
+
+ONNX_COMMANDS = {
+    "info": lambda m, tmp, data: ["info", m],
+    "flops": lambda m, tmp, data: ["flops", m],
+    "simplify": lambda m, tmp, data: ["simplify", m, "-o", str(tmp / "out.onnx")],
+    "quantize": lambda m, tmp, data: ["quantize", m, "--precision", "fp16", "-o", str(tmp / "out.onnx")],
+    "build": lambda m, tmp, data: ["build", m, "--target", "cpu", "-o", str(tmp / "out")],
+    "predict": lambda m, tmp, data: ["predict", m, str(next((data / "val" / "cat").glob("*.png")))],
+    "eval": lambda m, tmp, data: ["eval", m, "--data", str(data / "val")],
+    "bench": lambda m, tmp, data: ["bench", m, "--iterations", "1", "--rounds", "1"],
+}
+
+
+def fails_cleanly(result, needle: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and needle in lines[-1], result.stderr
+    assert sum(line.startswith("error:") for line in lines) == 1
+
+
+@pytest.mark.parametrize("command", sorted(ONNX_COMMANDS))
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing", "folder"])
+def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
+    model = tmp_path / "model.onnx"
+    if corruption == "garbage":
+        model.write_bytes(b"\x08\x07this is not protobuf" * 10)
+    elif corruption == "truncated":
+        model.write_bytes(trained.onnx.read_bytes()[: trained.onnx.stat().st_size // 3])
+    elif corruption == "folder":
+        model.mkdir()
+    needle = {"garbage": "not a readable ONNX model", "truncated": "not a readable ONNX model", "missing": "not found",
+              "folder": "not a file"}[corruption]
+    fails_cleanly(runner.invoke(app, ONNX_COMMANDS[command](str(model), tmp_path, trained.data)), needle)
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out").exists()
+
+
+def test_eval_bad_data(trained, built_fp32, tmp_path):
+    fails_cleanly(runner.invoke(app, ["eval", str(built_fp32), "--data", str(tmp_path / "missing")]), "data folder not found")
+    (tmp_path / "flat").mkdir()
+    fails_cleanly(runner.invoke(app, ["eval", str(built_fp32), "--data", str(tmp_path / "flat")]), "class folder")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("no images")
+    fails_cleanly(runner.invoke(app, ["eval", str(built_fp32), "--data", str(tmp_path / "empty")]), "has no readable images")
+
+
+def test_bench_bad_input(built_fp32, tmp_path):
+    fails_cleanly(runner.invoke(app, ["bench", str(tmp_path / "missing.ort.onnx")]), "not found")
+    r = runner.invoke(app, ["bench", str(built_fp32), "--baseline", "tensorflow"])
+    assert r.exit_code == 2 and "tensorflow" in r.stderr
+    r = runner.invoke(app, ["bench", str(built_fp32), "--batch", "1,x"])
+    assert r.exit_code == 2 and "--batch" in r.stderr
+
+
+def test_targets_bad_input(tmp_path):
+    (tmp_path / "broken.toml").write_text("name = \n")
+    fails_cleanly(runner.invoke(app, ["targets", "--targets-dir", str(tmp_path)]), "broken.toml: not a valid target file")
+    (tmp_path / "broken.toml").write_text('name = "x"\nbackend = "tflite"\ndevice = "cpu"\nprecisions = ["fp32"]\ndefault_precision = "fp32"\n'
+                                         'description = "x"\n')
+    fails_cleanly(runner.invoke(app, ["targets", "--targets-dir", str(tmp_path)]), "unknown backend")
+    fails_cleanly(runner.invoke(app, ["targets", "--targets-dir", str(tmp_path / "nope")]), "no such folder")
+
+
+def test_demo_data_and_simplify_outputs(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails_cleanly(runner.invoke(app, ["demo-data", "-o", str(blocker)]), "is a file")
+    fails_cleanly(runner.invoke(app, ["demo-data", "-o", str(blocker / "sub")]), "a file of that name is in the way")
+    fails_cleanly(runner.invoke(app, ["simplify", str(trained.onnx), "-o", str(blocker / "s.onnx")]), "a file of that name is in the way")
+    fails_cleanly(runner.invoke(app, ["simplify", str(trained.onnx), "-o", str(tmp_path)]), "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
