@@ -243,7 +243,7 @@ def quantize(
         rows.append(["float activations (guard)", ", ".join(result.kept_float)])
         if result.float_weights:
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
-        rows += [[f"latency {k} (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
+        rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     _echo_table(rows, ["metric", "vs fp32"])
     typer.echo(f"wrote {result.path} and {result.report_path}")
 
@@ -272,15 +272,18 @@ def build(
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="CPU threads (default: the target's).")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder for the artifact and its manifest.")] = None,
     targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra folder of target TOML files.")] = None,
+    allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let FP32 run as TF32 on a GPU (judged then like FP16).")] = False,
 ) -> None:
     """Build an artifact for a target, with a JSON manifest, verified against the source ONNX."""
     from .engines.build import build as build_artifact
     from .engines.targets import get_target
 
-    result = build_artifact(model, get_target(target, targets_dir), backend=backend, precision=precision, output_dir=output_dir, threads=threads)
+    result = build_artifact(model, get_target(target, targets_dir), backend=backend, precision=precision, output_dir=output_dir,
+                            threads=threads, allow_tf32=allow_tf32)
     m, p = result.manifest, result.parity
-    typer.echo(f"{m.backend} / {m.target} / {m.precision}: max rel error {p.max_rel_error:.2e}, top-1 agreement {p.top1_agreement:.1%} "
-               f"vs {model.name}")
+    typer.echo(f"runtime: {result.note}")
+    typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "
+               f"top-1 agreement {p.top1_agreement:.1%} vs {model.name}")
     typer.echo(f"wrote {result.artifact} and {result.artifact.name}.manifest.json")
 
 
@@ -374,7 +377,7 @@ def bench(
 
 
 def _print_bench(report: BenchReport) -> None:
-    from .evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE
+    from .evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_text
 
     m = report.machine
     typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
@@ -383,11 +386,12 @@ def _print_bench(report: BenchReport) -> None:
     rows = []
     for r in report.results:
         lat, sp = r.latency_ms, r.speedup_vs
-        rows.append([r.engine, str(r.batch), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
-                     f"{r.throughput_ips:.1f}", f"{r.macs_per_s / 1e9:.1f}", f"{(r.peak_fraction or 0):.0%}",
+        rows.append([r.engine, r.device, str(r.batch), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
+                     f"{r.throughput_ips:.1f}", f"{r.macs_per_s / 1e9:.1f}", peak_text(r.peak_fraction),
                      f"{sp[TORCH_ENGINE]:.2f}x" if TORCH_ENGINE in sp else "-", f"{sp[ORT_DEFAULT_ENGINE]:.2f}x" if ORT_DEFAULT_ENGINE in sp else "-",
                      "-" if r.agreement is None else f"{r.agreement:.1%}"])
-    _echo_table(rows, ["engine", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% FP32 peak", "vs torch", "vs ort", "agree"])
+    _echo_table(rows, ["engine", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% CPU peak", "vs torch", "vs ort",
+                       "agree"])
 
 
 @app.command()

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import EdgeInceptionError, require_modules
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
-from .vocab import Precision, QuantTarget
+from .vocab import Backend, Precision, QuantTarget
 
 if TYPE_CHECKING:
     from .convert.quantize import QuantizeResult
@@ -72,6 +72,7 @@ class PipelineRun:
     verification: dict[Precision, Parity] = field(default_factory=dict)  # each artifact against PyTorch
     flops: dict[str, Any] = field(default_factory=dict)
     stages: list[StageLog] = field(default_factory=list)
+    runtime: str = ""  # the runtime the target's artifacts were built with, and why
     current: str = "setup"
 
     @contextmanager
@@ -95,6 +96,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     from .convert.export import export_model
     from .convert.quantize import quantize_model
     from .engines.build import build
+    from .engines.choose import choose, probe
     from .engines.targets import get_target
     from .evaluate.bench import BenchConfig, markdown, plot, run_bench
     from .evaluate.flops import count_graph
@@ -104,8 +106,13 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
         raise EdgeInceptionError("--precisions: give at least one of fp32, fp16, int8")
     target = get_target(cfg.target)
     for p in cfg.precisions:
-        target.check(target.backend, p)
-    run = PipelineRun()
+        target.check_precision(p)
+    # the runtime decides the INT8 scheme: TensorRT (native or as ONNX Runtime's provider) takes symmetric Q/DQ and gains
+    # nothing from weight-only stages; ONNX Runtime's CPU and CUDA kernels run weight-only stages in float
+    choice = choose(target, Precision.int8, None, probe(target))
+    for p in cfg.precisions:
+        target.check(choice.backend, p)
+    run = PipelineRun(runtime=choice.line)
     out = cfg.output
     with atomic_dir(out, replace=cfg.force) as work:
         try:
@@ -117,7 +124,12 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 detail.append(f"{fp32.name}: " + ", ".join(f"{s.step} max rel err {s.parity.max_rel_error:.1e}" for s in exported.steps))
 
             sources: dict[Precision, Path] = {Precision.fp32: fp32}
-            quant_target = QuantTarget.cpu if target.device == "cpu" else QuantTarget.tensorrt
+            if target.device == "cpu":
+                quant_target = QuantTarget.cpu
+            elif choice.backend is Backend.tensorrt or "TensorrtExecutionProvider" in choice.providers:
+                quant_target = QuantTarget.tensorrt
+            else:
+                quant_target = QuantTarget.gpu
             for reduced in (p for p in cfg.precisions if p is not Precision.fp32):
                 with run.stage(f"quantize {reduced.value}", on_stage) as detail:
                     q = quantize_model(fp32, reduced, output=work / f"model.{reduced.value}.onnx", calib=cfg.calib, target=quant_target,
@@ -204,6 +216,7 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
     return {
         "model": run.model,
         "target": cfg.target,
+        "runtime": run.runtime,
         "artifacts": {p.value: str(Path("artifacts") / a.name) for p, a in run.artifacts.items()},
         "verification_vs_pytorch": {p.value: v.as_dict() for p, v in run.verification.items()},
         "quantization": {p.value: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
@@ -226,7 +239,7 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport) -> str:
                   "but the labels this model predicts are not meaningful.", ""]
     ship = summary["ship"]
     lines += [f"- model: {m['variant']} layout, {m['num_classes']} classes, {m['image_size']}x{m['image_size']} input, from `{m['source']}`",
-              f"- target: `{summary['target']}`",
+              f"- target: `{summary['target']}`, runtime: {summary['runtime']}",
               f"- **ship: `{ship['artifact']}`** ({ship['precision']}): {ship['why']}", "",
               "## Accuracy against PyTorch (held-out photos)", "",
               "| precision | top-1 agreement | top-5 overlap | mean cosine | max abs error |", "|---|---:|---:|---:|---:|"]

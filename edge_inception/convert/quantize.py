@@ -149,6 +149,7 @@ class QuantizeResult:
     float_weights: list[str] = field(default_factory=list)  # of those, the ones whose weights stay float too
     sensitivity: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_device: str = ""  # where latency_ms was measured: always this host's CPU
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -290,6 +291,7 @@ def quantize_model(
         accuracy=accuracy, calibration_images=len(sets.calibration) if precision is Precision.int8 else 0,
         skipped_files=sets.skipped, calibration_source=sets.source, kept_float=kept, float_weights=float_weights,
         sensitivity=guard.sensitivity if guard else {}, latency_ms=latency, warnings=result_warnings,
+        latency_device=f"this host's CPU ({cpu_info().model}), ONNX Runtime; not the target's device" if latency else "",
     )
     write_json_atomic(result.report_path, result.as_dict())
     return result

@@ -16,6 +16,7 @@ from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.verify import Parity, parity_over, verification_inputs
 from ..fileio import install_files, sha256_file, staging_dir
 from ..vocab import Backend, Precision
+from .choose import choose, probe
 from .manifest import Manifest, manifest_path, write_manifest
 from .registry import BuildJob, open_runner, require_backend
 from .targets import Target, get_target
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # FP32 artifacts must reproduce their source ONNX; reduced-precision ones are judged by agreement.
 FP32_REL_TOL = 1e-5
+FP32_REL_TOL_GPU = 1e-4
 MIN_COSINE = 0.99
 
 
@@ -36,49 +38,60 @@ class BuildResult:
 
 
 def build(model: str | Path, target: str | Target, *, backend: Backend | str | None = None, precision: Precision | str | None = None,
-          output_dir: str | Path | None = None, threads: int | None = None) -> BuildResult:
-    """Build ``model`` for ``target``; the artifact's outputs are checked against the source ONNX before it is kept."""
+          output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False) -> BuildResult:
+    """Build ``model`` for ``target``; the artifact's outputs are checked against the source ONNX before it is kept.
+
+    ``allow_tf32`` lets an FP32 artifact run its convolutions in TF32 on a GPU; it is then judged like FP16.
+    """
     src = Path(model)
     onnx_model = load_onnx(src)
     facts = model_facts(onnx_model, str(src))
     tgt = target if isinstance(target, Target) else get_target(target)
-    name = Backend(backend or tgt.backend)
     found = Precision(graph_precision(onnx_model))
     prec = Precision(precision or found)
     if prec is not found:
         raise EdgeInceptionError(f"{src} is a {found.value} graph; precision comes from the graph "
                                  f"(run 'edge-inception quantize --precision {prec.value}' first)")
-    tgt.check(name, prec)
-    engine = require_backend(name)
+    requested = Backend(backend) if backend else None
+    if requested is not None:
+        tgt.check(requested, prec)
+    tgt.check_precision(prec)
+    choice = choose(tgt, prec, requested, probe(tgt), allow_tf32=allow_tf32)
+    tgt.check(choice.backend, prec)
+    engine = require_backend(choice.backend)
     out_dir = Path(output_dir) if output_dir is not None else src.parent / f"{src.stem}.{tgt.name}"
     n_threads = tgt.threads if threads is None else threads
     size, fixed = facts.image_size, facts.fixed_batch
+    tf32 = allow_tf32 and tgt.device != "cpu"
+    log.info("building with %s", choice.line)
 
     with staging_dir(out_dir, f"{src.stem}.build") as work:
         job = BuildJob(source=src, target=tgt, precision=prec, image_size=size, fixed_batch=fixed, threads=n_threads, work_dir=work,
-                       cache_dir=out_dir)
+                       cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32)
         out = engine.build(job)
         lo, opt, hi = (fixed,) * 3 if fixed else (tgt.batch_min, tgt.batch_opt, tgt.batch_max)
         manifest = Manifest(
             backend=engine.name.value, target=tgt.name, precision=prec.value, artifact=out.artifact.name,
             artifact_sha256=sha256_file(out.artifact), source_onnx=str(src), source_sha256=sha256_file(src), image_size=size,
             num_classes=facts.num_classes, input_shapes={k: [b, 3, size, size] for k, b in (("min", lo), ("opt", opt), ("max", hi))},
-            libraries=out.libraries, options={"threads": n_threads, **out.options}, gpu=out.gpu, class_names=facts.class_names,
-            files={c.name: sha256_file(c) for c in out.companions},
+            libraries=out.libraries, options={"threads": n_threads, "tf32": tf32, **out.options}, gpu=out.gpu,
+            class_names=facts.class_names, files={c.name: sha256_file(c) for c in out.companions}, device=tgt.device,
         )
         write_manifest(out.artifact, manifest)
         parity = verify_artifact(out.artifact, src, size, fixed)
-        judge(parity, prec, out.artifact.name, src.name)
+        judge(parity, prec, out.artifact.name, src.name, device=tgt.device, tf32=tf32)
         install_files([*out.companions, out.artifact, manifest_path(out.artifact)], out_dir)
-    return BuildResult(out_dir / out.artifact.name, manifest, parity, out.note)
+    return BuildResult(out_dir / out.artifact.name, manifest, parity, out.note or choice.line)
 
 
-def judge(parity: Parity, precision: Precision, artifact: str, source: str) -> None:
-    """FP32 must reproduce its source; reduced precision runs other kernels (another INT8 requantisation, FP16
-    accumulation), so it is judged by the logits' cosine, which near-tied classes (a seeded model has many) cannot
-    flip the way they flip top-1."""
-    if precision is Precision.fp32 and not parity.max_rel_error <= FP32_REL_TOL:
-        raise VerificationError(f"{artifact}: differs from {source} by {parity.max_rel_error:.2e} relative (> {FP32_REL_TOL:g})")
+def judge(parity: Parity, precision: Precision, artifact: str, source: str, *, device: str = "cpu", tf32: bool = False) -> None:
+    """FP32 must reproduce its source: to 1e-5 relative on a CPU, 1e-4 on a GPU (cuDNN picks other summation orders,
+    never TF32's 1e-3). Reduced precision, and FP32 with TF32 allowed, run other arithmetic (another INT8
+    requantisation, FP16 or TF32 products), so they are judged by the logits' cosine, which near-tied classes (a seeded
+    model has many) cannot flip the way they flip top-1."""
+    tolerance = FP32_REL_TOL if device == "cpu" else FP32_REL_TOL_GPU
+    if precision is Precision.fp32 and not tf32 and not parity.max_rel_error <= tolerance:
+        raise VerificationError(f"{artifact}: differs from {source} by {parity.max_rel_error:.2e} relative (> {tolerance:g})")
     if not parity.mean_cosine >= MIN_COSINE:
         raise VerificationError(f"{artifact}: logits differ from {source} (mean cosine {parity.mean_cosine:.4f} < {MIN_COSINE})")
 

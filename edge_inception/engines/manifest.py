@@ -41,6 +41,7 @@ class Manifest:
     gpu: dict[str, str] | None = None
     class_names: list[str] | None = None
     files: dict[str, str] = field(default_factory=dict)  # companion files beside the artifact (name -> sha256)
+    device: str = "cpu"  # where it computes: "cpu" or "cuda"
     edge_inception_version: str = __version__
     created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -86,6 +87,8 @@ def validate(data: object, where: str) -> Manifest:
         raise bad("backend", f"is {data['backend']!r}, not one of {', '.join(b.value for b in Backend)}")
     if data["precision"] not in {p.value for p in Precision}:
         raise bad("precision", f"is {data['precision']!r}, not one of {', '.join(p.value for p in Precision)}")
+    if data.get("device", "cpu") not in ("cpu", "cuda"):
+        raise bad("device", f"is {data.get('device')!r}, not cpu or cuda")
     for name in ("target", "source_onnx"):
         if not isinstance(data.get(name, ""), str):
             raise bad(name, "must be a string")

@@ -48,6 +48,8 @@ class BuildJob:
     threads: int
     work_dir: Path  # a temporary folder beside the destination: the artifact is moved out only once verified
     cache_dir: Path  # the destination folder: caches that outlive one build (TensorRT timing cache)
+    providers: tuple[str, ...] = ()  # ONNX Runtime's GPU execution providers, in priority order (engines.choose)
+    allow_tf32: bool = False  # FP32 may run as TF32 on the GPU (judged then like FP16)
 
     @property
     def stem(self) -> str:
@@ -123,6 +125,7 @@ class ArtifactInfo:
     backend: str
     target: str  # "plain" for an ONNX file without a manifest
     source_onnx: str  # the ONNX the artifact was built from (itself, for a plain file)
+    device: str = "cpu"  # where it computes: "cpu" or "cuda"
 
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
@@ -135,6 +138,6 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
         from ..model.labels import class_names
 
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
-                            m.source_onnx)
+                            m.source_onnx, m.device)
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art))

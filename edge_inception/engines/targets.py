@@ -51,6 +51,9 @@ class Target:
     def check(self, backend: str, precision: str) -> None:
         if backend not in self.backends:
             raise TargetError(f"target '{self.name}' cannot use backend '{backend}' (it supports {', '.join(self.backends)})")
+        self.check_precision(precision)
+
+    def check_precision(self, precision: str) -> None:
         if precision not in self.precisions:
             raise TargetError(f"target '{self.name}' cannot run {precision} (it supports {', '.join(self.precisions)})")
 

@@ -48,6 +48,7 @@ class BuildPlan:
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # min / opt / max input shapes
     workspace_bytes: int
     optimization_level: int
+    cleared_flags: tuple[str, ...] = ()  # on by default, turned off: TF32 for a strict FP32 engine
 
 
 def profile_shapes(target: Target, image_size: int, fixed: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -60,7 +61,8 @@ def profile_shapes(target: Target, image_size: int, fixed: bool) -> tuple[tuple[
     return shape(target.batch_min), shape(target.batch_opt), shape(target.batch_max)
 
 
-def plan_build(target: Target, precision: str, trt_version: str, image_size: int, *, graph_batch: int | None = None) -> BuildPlan:
+def plan_build(target: Target, precision: str, trt_version: str, image_size: int, *, graph_batch: int | None = None,
+               allow_tf32: bool = False) -> BuildPlan:
     """Everything a build decides, from the target, the model's precision and the installed TensorRT."""
     target.check("tensorrt", precision)
     major, _ = parse_version(trt_version)
@@ -88,6 +90,8 @@ def plan_build(target: Target, precision: str, trt_version: str, image_size: int
         profile=profile,
         workspace_bytes=target.workspace_mb << 20,
         optimization_level=target.builder_optimization_level,
+        # TensorRT computes FP32 convolutions in TF32 unless told not to (1e-3 relative): a strict FP32 engine clears it
+        cleared_flags=("TF32",) if precision == "fp32" and not allow_tf32 else (),
     )
 
 
@@ -172,6 +176,10 @@ def build_engine(source: Path, artifact: Path, plan: BuildPlan, timing_cache: Pa
         if flag is None:
             raise BackendUnavailableError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}, which this build needs")
         config.set_flag(flag)
+    for name in plan.cleared_flags:
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is not None:  # a version without the flag has nothing to clear
+            config.clear_flag(flag)
     if plan.dla_core is not None:
         if builder.num_DLA_cores <= plan.dla_core:
             raise TargetError(f"DLA core {plan.dla_core} requested, this device has {builder.num_DLA_cores}")
@@ -248,10 +256,10 @@ class TensorRTBackend:
     def build(self, job: BuildJob) -> BuildOutput:
         version = tensorrt_version()
         gpu = cuda_device()
-        plan = plan_build(job.target, job.precision, version, job.image_size, graph_batch=job.fixed_batch)
+        plan = plan_build(job.target, job.precision, version, job.image_size, graph_batch=job.fixed_batch, allow_tf32=job.allow_tf32)
         artifact = job.work_dir / f"{job.stem}{self.suffix}"
         build_engine(job.source, artifact, plan, timing_cache=job.cache_dir / "timing.cache")
-        return BuildOutput(artifact, {"tensorrt": version}, {"plan": asdict(plan)}, gpu=gpu)
+        return BuildOutput(artifact, {"tensorrt": version}, {"plan": asdict(plan)}, gpu=gpu, note=f"native TensorRT {version} on {gpu['name']}")
 
     def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
         if manifest is None:

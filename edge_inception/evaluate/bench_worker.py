@@ -45,6 +45,10 @@ def make_runner(spec: dict[str, Any]):  # -> Runner
     if kind == Baseline.ort_default:
         from pathlib import Path
 
+        if spec.get("device") == "cuda":  # plain ONNX Runtime on the same GPU: the CUDA provider with its defaults
+            from ..engines.ort import CPU, CUDA, OrtRunner
+
+            return OrtRunner(Path(spec["path"]), threads=threads, optimized=False, providers=[(CUDA, {}), (CPU, {})])
         return get_backend(PLAIN_ONNX_BACKEND).open(Path(spec["path"]), None, threads=threads)
     return open_runner(spec["path"], threads=threads or None)
 
