@@ -16,7 +16,7 @@ import typer
 from . import __version__
 from .errors import EXTRAS, EdgeInceptionError, Terminated
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
-from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Precision, QuantTarget, Variant, parse_list
+from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, Precision, QuantTarget, Variant, parse_list
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
@@ -215,35 +215,44 @@ def quantize(
     precision: Annotated[Precision, typer.Option("--precision", help="int8 or fp16.")],
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000)] = 100,
-    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated.")] = CalibMethod.minmax,
+    calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated (auto: try each, keep "
+                                                      "the best on the held-out images).")] = CalibMethod.auto,
     target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
     holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
-    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: also report top-1/top-5 accuracy.")] = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard: top-1 agreement with FP32.")] = 0.99,
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: judge by accuracy (INT8 >= 99% of FP32's).")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
+    criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "
+                                                 "accuracy where labels are at hand.")] = Criterion.auto,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
     from .convert.quantize import quantize_model
 
     result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
-                            holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, progress=_progress)
+                            holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, criterion=criterion, progress=_progress)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if result.skipped_files:
         typer.echo(f"skipped {result.skipped_files} non-image or unreadable file(s)", err=True)
     a = result.accuracy
     typer.echo(f"{result.precision.value}: {result.scheme}")
+    typer.echo(f"criterion: {result.criterion}")
+    if result.calibration_method:
+        tried = ", ".join(f"{m} {v['top1_agreement']:.1%}" for m, v in result.calibration_trials.items())
+        typer.echo(f"calibration: {result.calibration_method} (agreement per method: {tried})")
     rows = [["top-1 agreement", f"{a.top1_agreement:.2%}"], ["top-5 overlap", f"{a.top5_overlap:.2%}"],
             ["mean cosine", f"{a.mean_cosine:.5f}"], ["max abs logit error", f"{a.max_abs_error:.4f}"],
-            ["held-out images", str(a.holdout_images)], ["calibration images", str(result.calibration_images)],
-            ["size", f"{a.fp32_size_bytes / 1e6:.1f} MB -> {a.size_bytes / 1e6:.1f} MB ({a.size_ratio:.0%})"]]
+            ["held-out images", f"{a.holdout_images}: {result.holdout_source}"]]
+    if result.calibration_source:
+        rows.append(["calibration images", f"{result.calibration_images}: {result.calibration_source}"])
+    rows.append(["size", f"{a.fp32_size_bytes / 1e6:.1f} MB -> {a.size_bytes / 1e6:.1f} MB ({a.size_ratio:.0%})"])
     if a.labelled:
         rows += [[k.replace("_", " "), f"{v:.2%}"] for k, v in a.labelled.items()]
     if result.kept_float:
         rows.append(["float activations (guard)", ", ".join(result.kept_float)])
         if result.float_weights:
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
-        rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
+    rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     _echo_table(rows, ["metric", "vs fp32"])
     typer.echo(f"wrote {result.path} and {result.report_path}")
 
@@ -350,6 +359,8 @@ def bench(
     iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 50,
     duration: Annotated[float, typer.Option("--duration", min=0, max=3600, help="Timed seconds per engine per round (instead).")] = 0.0,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Rounds; engines are measured in turn in each.")] = 3,
+    rerun_disturbed: Annotated[int, typer.Option("--rerun-disturbed", min=0, max=100,
+                                                 help="Measure a round again when other processes used CPU during it, up to N times.")] = 0,
     threads: ThreadsOpt = 0,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Baselines, comma-separated: torch, ort-default, or none "
                                                  "(default: both, torch only where PyTorch is installed).")] = None,
@@ -367,7 +378,7 @@ def bench(
 
     bases = None if baseline is None else () if baseline.strip() == "none" else _choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
-                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases)
+                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed)
     report = run_bench([str(a) for a in artifacts], cfg, progress=_progress)
     _print_bench(report)
     write_outputs(report, json_out, markdown_out, plot_out)

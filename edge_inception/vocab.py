@@ -50,9 +50,18 @@ class Backend(Choice):
 
 
 class CalibMethod(Choice):
+    auto = "auto"  # each of the others, keeping the best on the held-out images
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
+
+
+class Criterion(Choice):
+    """What a quantized model must keep: accuracy on labelled images (MLPerf's rule) or top-1 agreement with FP32."""
+
+    auto = "auto"  # accuracy where labels are at hand (--eval, or the demo set for a demo-trained model), else agreement
+    accuracy = "accuracy"
+    agreement = "agreement"
 
 
 class QuantTarget(Choice):

@@ -74,3 +74,23 @@ def test_bench_duration_and_like_with_like(trained, tmp_path):
     other = export_model(None, tmp_path / "m96.onnx", num_classes=10, image_size=96).path
     r = runner.invoke(app, ["bench", str(art), str(other), "--baseline", "none", "--iterations", "1", "--rounds", "1"])
     assert r.exit_code == 1 and "different input sizes ([64, 96])" in r.stderr
+
+
+def test_a_round_under_load_is_marked_disturbed():
+    import subprocess
+    import sys
+    import time
+
+    from edge_inception.evaluate.load import LoadMeter
+
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])
+    try:
+        time.sleep(0.3)
+        with LoadMeter(0) as meter:
+            time.sleep(1.5)  # we idle; the other process spins
+    finally:
+        hog.kill()
+        hog.wait()
+    r = meter.result
+    assert r.others_cores is not None and r.others_cores > 0.5 and r.disturbed
+    assert r.loadavg_before is not None and r.seconds >= 1.5

@@ -12,8 +12,10 @@ from edge_inception.cli import app
 from edge_inception.convert.graph_ops import int8_weights
 from edge_inception.convert.quantize import Int8Scheme, int8_scheme, quantize_model
 from edge_inception.data.images import load_batch
+from edge_inception.errors import EdgeInceptionError
 from edge_inception.evaluate.cpu import CpuInfo
 from edge_inception.evaluate.flops import count_graph
+from edge_inception.evaluate.verify import compare
 from edge_inception.vocab import QuantTarget
 
 runner = CliRunner()
@@ -118,11 +120,11 @@ def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
 def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     out = tmp_path / "strict.onnx"
     result = quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val",
-                            calib_size=20, min_agreement=1.0)
+                            calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement")
     assert result.kept_float, "a 100% guard should force at least one stage into float"
     assert result.accuracy.top1_agreement == 1.0
     assert set(result.sensitivity) >= {"conv1", "inception_3a", "fc"}
-    assert set(result.latency_ms) == {"fp32", "int8_all", "int8_mixed"}
+    assert set(result.latency_ms) == {"fp32", "int8_all", "int8"}
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -236,7 +238,13 @@ def test_guard_keeps_the_smallest_set_by_bisection(need_float):
     reference = np.random.default_rng(0).standard_normal((100, 10))
     batches = [np.zeros((50, 3, 8, 8), np.float32)] * 2
     mixer = SyntheticMixer(need_float)
-    result = run_guard(mixer, mixer.logits(reference), batches, reference, min_agreement=0.99)
+    logits = mixer.logits(reference)
+
+    def judge(path):
+        p = compare(reference, logits(path, batches))
+        return p.top1_agreement >= 0.99, p
+
+    result = run_guard(mixer, logits, batches, reference, judge)
     assert result.kept == ["s2", "s5", "s7"]  # the three that matter, most damaging first, nothing more
     assert result.float_weights == (["s2"] if need_float else [])
     assert result.parity.top1_agreement == 1.0
@@ -284,7 +292,7 @@ def test_fp16_that_cannot_keep_the_answers_writes_nothing(tmp_path):
     out = tmp_path / "tie.fp16.onnx"
     out.write_bytes(b"previous")
     r = runner.invoke(app, ["quantize", str(src), "--precision", "fp16", "-o", str(out)])
-    assert r.exit_code == 1 and "below --min-agreement" in r.stderr and "nothing written" in r.stderr, r.output
+    assert r.exit_code == 1 and "fp16 misses the criterion" in r.stderr and "nothing written" in r.stderr, r.output
     assert out.read_bytes() == b"previous" and not (tmp_path / "tie.fp16.report.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tie.fp16.onnx", "tie.onnx"]  # no temporary files either
 
@@ -333,3 +341,54 @@ def test_labelled_accuracy_with_eval(trained, fp16, tmp_path):
         top = np.argsort(-_run(model, load_batch(files, 64)), axis=1)
         assert labelled[f"{name}_top1"] == pytest.approx((top[:, 0] == labels).mean())
         assert labelled[f"{name}_top5"] == pytest.approx((top[:, :5] == labels[:, None]).any(axis=1).mean())
+
+
+# --- calibration and held-out data that mean something; the criterion; the method --------------------------------------
+
+def test_small_user_folder_gives_disjoint_crops_and_a_hundred_held_out(trained, tmp_path):
+    from edge_inception.convert.calibration import select_images
+    from edge_inception.data.images import bundled_photos
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for p in bundled_photos()[:6]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    sets = select_images(folder, None, calib_size=100)
+    assert len(sets.holdout) >= 100 and len(sets.calibration) == 100
+    for path in {s.path for s in sets.holdout}:
+        right_of_calibration = max(s.box[2] for s in sets.calibration if s.path == path)
+        left_of_holdout = min(s.box[0] for s in sets.holdout if s.path == path)
+        assert right_of_calibration <= left_of_holdout  # no pixel in both sets
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(folder), "--criterion", "agreement",
+                            "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "m.int8.report.json").read_text())
+    assert report["accuracy"]["holdout_images"] >= 100  # the guard judged at least 100 images
+    assert "right 30 %" in report["holdout_source"] and "left 70 %" in report["calibration_source"] and "6 image(s)" in report["holdout_source"]
+    assert report["criterion"].startswith("top-1 agreement") and "held-out images" in r.stdout
+    assert not any("not your data" in w for w in report["warnings"])  # the user's own images: no warning
+
+
+def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib-method", "minmax", "--min-agreement", "0.5",
+                            "--criterion", "agreement", "-o", str(tmp_path / "m.int8.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "not your data" in r.stderr
+    report = json.loads((tmp_path / "m.int8.report.json").read_text())
+    assert "bundled photos" in report["calibration_source"] and any("not your data" in w for w in report["warnings"])
+
+
+def test_criterion_by_labels_and_auto_calibration(trained, tmp_path):
+    """A model of the demo classes is judged by accuracy on labelled demo crops (MLPerf's rule), and --calib-method auto
+    tries every method, keeping the best; the report says which rule and which method, with each method's figures."""
+    result = quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=trained.data / "train")
+    assert result.criterion.startswith("MLPerf: top-1 accuracy >= 99% of FP32's") and "500 labelled images" in result.criterion
+    assert set(result.calibration_trials) == {"minmax", "entropy", "percentile"}
+    best = max(result.calibration_trials, key=lambda m: (result.calibration_trials[m]["meets"], result.calibration_trials[m]["top1_agreement"],
+                                                         result.calibration_trials[m]["mean_cosine"]))
+    assert result.calibration_method == best
+    labelled = result.accuracy.labelled
+    assert labelled is not None and labelled["quantized_top1"] >= 0.99 * labelled["fp32_top1"]  # the rule held
+    src = tiny_classifier(tmp_path / "t.onnx", np.full((3, 2), 0.1), [0.0, 0.1])  # two classes: no labels at hand
+    with pytest.raises(EdgeInceptionError, match="needs labelled images"):
+        quantize_model(src, "int8", output=tmp_path / "t.int8.onnx", criterion="accuracy")

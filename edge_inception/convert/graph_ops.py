@@ -93,6 +93,14 @@ def node_stages(model) -> dict[str, list[str]]:
     return stages
 
 
+def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int = 1) -> np.ndarray:
+    """DequantizeLinear's arithmetic: per tensor, or per channel along ``axis`` (a 1-D tensor, a bias, along its only axis)."""
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[axis % q.ndim] = -1
+    return ((q.astype(np.float32) - zero.astype(np.float32).reshape(shape)) * scale.astype(np.float32).reshape(shape)).astype(np.float32)
+
+
 def fold_weight_only_dequantize(model) -> int:
     """Turn INT8 weights that feed float compute (the quantization guard's weight-only stages) back into float initializers.
 
@@ -131,11 +139,7 @@ def fold_weight_only_dequantize(model) -> int:
         q = numpy_helper.to_array(init[dq.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(init[dq.input[1]]).astype(np.float32)
         zero = numpy_helper.to_array(init[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        shape = [1] * q.ndim
-        if scale.ndim == 1 and q.ndim > 1:
-            shape[axis] = -1
-        w = ((q - zero.reshape(shape)) * scale.reshape(shape)).astype(np.float32)
+        w = dequantize(q, scale, zero, next((a.i for a in dq.attribute if a.name == "axis"), 1))
         model.graph.initializer.append(numpy_helper.from_array(w, dq.output[0]))
         folded.append(dq)
     for dq in folded:

@@ -44,9 +44,12 @@ class GuardResult:
     sensitivity: dict[str, float] = field(default_factory=dict)
 
 
-def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], reference: np.ndarray, min_agreement: float,
+Judge = Callable[[Path], tuple[bool, Parity]]  # does a model file meet the criterion, and how close is it to FP32
+
+
+def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], reference: np.ndarray, judge: Judge,
               probe_images: int = 32) -> GuardResult:
-    """Keep the stages that hurt most in higher precision until top-1 agreement with ``reference`` reaches ``min_agreement``."""
+    """Keep the stages that hurt most in higher precision until ``judge`` accepts the model."""
     stages = list(mixer.stages)
     probe = np.concatenate(hold_batches)[:probe_images]
     probe_ref = reference[: len(probe)]
@@ -57,17 +60,17 @@ def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], refe
     ranked = rank(sensitivity, mixer.stage_params, mixer.weight_only_fallback)
     log.info("INT8 sensitivity by stage: %s", ", ".join(f"{s} {sensitivity[s]:.2e}" for s in ranked))
 
-    tried: dict[tuple[int, int], tuple[Path, Parity]] = {}
+    tried: dict[tuple[int, int], tuple[Path, bool, Parity]] = {}
 
-    def attempt(k: int, f: int = 0) -> tuple[Path, Parity]:
+    def attempt(k: int, f: int = 0) -> tuple[Path, bool, Parity]:
         if (k, f) not in tried:
             path = mixer.build(f"mixed_{k}_{f}", ranked[:k], ranked[:f])
-            tried[k, f] = path, compare(reference, logits(path, hold_batches))
-            log.info("higher precision for %d stage(s) (%d all float): top-1 agreement %.3f", k, f, tried[k, f][1].top1_agreement)
+            tried[k, f] = (path, *judge(path))
+            log.info("higher precision for %d stage(s) (%d all float): top-1 agreement %.3f", k, f, tried[k, f][2].top1_agreement)
         return tried[k, f]
 
     def ok(k: int, f: int = 0) -> bool:
-        return attempt(k, f)[1].top1_agreement >= min_agreement
+        return attempt(k, f)[1]
 
     n = len(ranked)
     k, f = n, 0
@@ -78,7 +81,7 @@ def run_guard(mixer: Mixer, logits: Logits, hold_batches: list[np.ndarray], refe
         k = smallest(f, n, lambda j: ok(j, f))  # ... then the fewest at float activations beside them
     elif mixer.weight_only_fallback:
         f = n
-    path, parity = attempt(k, f)
+    path, _, parity = attempt(k, f)
     return GuardResult(candidate=path, parity=parity, kept=ranked[:k], float_weights=ranked[:f] if mixer.weight_only_fallback else ranked[:k],
                        sensitivity=sensitivity)
 

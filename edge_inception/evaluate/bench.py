@@ -27,6 +27,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..limits import check_batch, check_batch_memory, check_threads
 from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
+from .load import DISTURBED_CORES, LoadMeter, RoundLoad
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class BenchConfig:
     rounds: int = 3
     threads: int = 0
     baselines: tuple[Baseline, ...] | None = None  # None: PyTorch where it is installed, and default ONNX Runtime
+    rerun_disturbed: int = 0  # rounds taken under load measured again, at most this many times
 
 
 @dataclass
@@ -112,6 +114,7 @@ class BenchReport:
     config: BenchConfig
     results: list[BenchResult]
     notes: list[str] = field(default_factory=list)
+    rounds: list[RoundLoad] = field(default_factory=list)  # how busy the machine was in each round
 
     def scenarios(self) -> dict[str, Any]:
         """MLPerf-style summaries: single-stream (batch 1, p90) and offline (best throughput over batch sizes)."""
@@ -121,7 +124,7 @@ class BenchReport:
         cfg = asdict(self.config)
         cfg["baselines"] = None if self.config.baselines is None else [b.value for b in self.config.baselines]
         return {"machine": asdict(self.machine), "config": cfg, "results": [asdict(r) for r in self.results],
-                "scenarios": self.scenarios(), "notes": self.notes}
+                "scenarios": self.scenarios(), "notes": self.notes, "rounds": [asdict(r) for r in self.rounds]}
 
 
 def describe(artifact: str | Path) -> Engine:
@@ -237,17 +240,37 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches}
     total = cfg.rounds * len(engines) * len(cfg.batches)
     bar = progress(total, "benchmarking") if progress else None
-    for _ in range(cfg.rounds):  # rounds interleave engines, so drift hits all alike
-        for batch in cfg.batches:
-            for e in engines:
-                spec = {"kind": e.kind, "path": e.path, "torch_kwargs": e.torch_kwargs, "threads": cfg.threads, "batch": batch, "device": e.device,
-                        "image_size": e.image_size, "warmup": cfg.warmup, "warmup_s": cfg.warmup_s, "iterations": cfg.iterations,
-                        "duration_s": cfg.duration_s}
-                samples[(e.name, batch)] += _worker(spec)["samples_ms"]
-                if bar is not None:
-                    bar.update(1)
+    rounds: list[RoundLoad] = []
+    done = reruns = 0
+    while done < cfg.rounds:  # rounds interleave engines, so drift hits all alike
+        taken: dict[tuple[str, int], list[float]] = {key: [] for key in samples}
+        with LoadMeter(len(rounds)) as meter:
+            for batch in cfg.batches:
+                for e in engines:
+                    spec = {"kind": e.kind, "path": e.path, "torch_kwargs": e.torch_kwargs, "threads": cfg.threads, "batch": batch,
+                            "device": e.device, "image_size": e.image_size, "warmup": cfg.warmup, "warmup_s": cfg.warmup_s,
+                            "iterations": cfg.iterations, "duration_s": cfg.duration_s}
+                    taken[(e.name, batch)] = _worker(spec)["samples_ms"]
+                    if bar is not None:
+                        bar.update(1)
+        load = meter.result
+        rounds.append(load)
+        if load.disturbed and reruns < cfg.rerun_disturbed:
+            reruns += 1  # measured under load: measure that round again; this one stays in the record, not in the figures
+            load.counted = False
+            if bar is not None:
+                bar.total += len(engines) * len(cfg.batches)
+            continue
+        for key, values in taken.items():
+            samples[key] += values
+        done += 1
     if bar is not None:
         bar.close()
+    disturbed = [r for r in rounds if r.disturbed]
+    if disturbed:
+        in_figures = sum(r.counted for r in disturbed)
+        notes.append(f"{len(disturbed)} of {len(rounds)} round(s) ran while other processes used more than {DISTURBED_CORES} core; "
+                     f"{len(disturbed) - in_figures} measured again, {in_figures} in the figures")
     peak = machine.matmul_peak_macs_per_s
     results = []
     for e in engines:
@@ -262,7 +285,7 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     if any((r.peak_fraction or 0) > 1.0 for r in results):
         notes.append("a '% CPU FP32 peak' above 100 % (marked (!)) means the matmul probe read less than the engines reach (INT8 "
                      "kernels can exceed the FP32 peak); compare those rows by latency, not by that column")
-    return BenchReport(machine, cfg, results, notes)
+    return BenchReport(machine, cfg, results, notes, rounds)
 
 
 def add_speedups(results: list[BenchResult]) -> None:
@@ -296,6 +319,11 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
               f"- GPU: {_gpu_line(m.gpu)}", f"- libraries: {', '.join(f'{k} {v}' for k, v in m.libraries.items())}",
               f"- FP32 matmul peak (probe): {m.matmul_peak_macs_per_s / 1e9:.1f} G multiply-adds/s"]
     lines += [f"- note: {n}" for n in report.notes]
+    if report.rounds:
+        lines.append("- rounds (load average before -> after; other processes' CPU use; stolen): " + "; ".join(
+            f"{r.round + 1}: {_num(r.loadavg_before)} -> {_num(r.loadavg_after)}, others {_num(r.others_cores)} core, "
+            f"steal {_num(r.steal_cores)}" + (" (disturbed" + (", measured again)" if not r.counted else ")") if r.disturbed else "")
+            for r in report.rounds))
     lines += ["", "| engine | device | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % CPU FP32 peak | vs torch "
               "| vs ort-default | top-1 agree |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report.results:
@@ -306,6 +334,10 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
                      f"{lat['std']:.2f} | {r.throughput_ips:.1f} | {r.macs_per_s / 1e9:.1f} | {peak} | "
                      f"{_speedup(sp, TORCH_ENGINE)} | {_speedup(sp, ORT_DEFAULT_ENGINE)} | {agree} |")
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f}"
 
 
 def peak_text(fraction: float | None) -> str:
