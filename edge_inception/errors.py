@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 # The optional parts of the package: which extra brings each library (`pip install 'edge-inception[EXTRA]'`).
-EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "openvino": "openvino", "tensorrt": "tensorrt"}
+EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "skimage": "export", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 class EdgeInceptionError(Exception):

@@ -132,7 +132,8 @@ def no_torch(tmp_path) -> dict[str, str]:
     """Environment for subprocesses (and their own subprocesses) in which `import torch` fails, as where it is not installed."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch -> ImportError, find_spec -> None\n")
+    # import torch -> ImportError, find_spec -> None; scikit-image and onnxsim too: the device install has neither
+    (blocker / "sitecustomize.py").write_text("import sys\nfor m in ('torch', 'skimage', 'onnxsim'):\n    sys.modules[m] = None\n")
     return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 

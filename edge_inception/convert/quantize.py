@@ -18,6 +18,8 @@ quarter of FP32 whatever the guard keeps.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,21 +82,26 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     model = load_onnx(src, with_weights=False)
     reader = CalibrationReader(model.graph.input[0].name, calib_batches, on_batch)
-    quantize_static(
-        str(src),
-        str(dst),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=scheme.reduce_range,
-        activation_type=qtype[scheme.activation],
-        weight_type=qtype[scheme.weight],
-        calibrate_method=methods[method],
-        nodes_to_exclude=[*exclude, *weight_only],
-        extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
-                       "CalibMovingAverage": method is CalibMethod.minmax},
-        calibration_cache_path=cache,
-    )
+    # ONNX Runtime's histogram calibrators print their progress to stdout; it goes to the debug log instead
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        quantize_static(
+            str(src),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=scheme.reduce_range,
+            activation_type=qtype[scheme.activation],
+            weight_type=qtype[scheme.weight],
+            calibrate_method=methods[method],
+            nodes_to_exclude=[*exclude, *weight_only],
+            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+                           "CalibMovingAverage": method is CalibMethod.minmax},
+            calibration_cache_path=cache,
+        )
+    if chatter.getvalue().strip():
+        log.debug("onnxruntime.quantization: %s", chatter.getvalue().strip())
     if weight_only:
         qmodel = onnx.load(str(dst))
         int8_weights(qmodel, set(weight_only))

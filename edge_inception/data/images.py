@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import ImageError, require_modules
 from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
 
@@ -150,11 +150,10 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
 
 
 def bundled_photos_dir() -> Path:
-    """scikit-image's bundled photos (shipped in its wheel, no download)."""
-    try:
-        import skimage
-    except ImportError as exc:  # pragma: no cover - scikit-image is a core dependency
-        raise ImageError("scikit-image is not installed: it provides the bundled photos (pip install scikit-image)") from exc
+    """scikit-image's bundled photos (shipped in its wheel, no download): the workstation's extra, not the device's."""
+    require_modules("the bundled photos (demo data, default calibration, reference images)", "skimage")
+    import skimage
+
     return Path(skimage.__file__).parent / "data"
 
 

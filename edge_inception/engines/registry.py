@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError
 from ..vocab import Backend, Precision
-from .manifest import Manifest, manifest_path, read_manifest
+from .manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
 from .runner import Runner
 from .targets import Target
 
@@ -100,9 +100,25 @@ def is_plain_onnx(path: Path) -> bool:
     return path.suffix == ".onnx" and not manifest_path(path).exists() and not any(path.name.endswith(get_backend(b).suffix) for b in MODULES)
 
 
+def resolve_artifact(path: str | Path) -> Path:
+    """A file as it is; a build folder holding exactly one artifact (a file with a manifest) as that artifact. A folder
+    with several says which, so the user can pick."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    found = sorted(m.with_name(m.name[: -len(MANIFEST_SUFFIX)]) for m in p.glob(f"*{MANIFEST_SUFFIX}"))
+    found = [f for f in found if f.is_file()]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ManifestError(f"{p}: no built artifact in this folder (run 'edge-inception build ... -o {p}')")
+    raise ManifestError(f"{p} holds {len(found)} artifacts; name one: " + ", ".join(f.name for f in found))
+
+
 def open_runner(artifact: str | Path, *, threads: int | None = None) -> Runner:
-    """A runner for a built artifact (manifest checked) or for a plain ONNX file (run with ONNX Runtime's defaults)."""
-    art = Path(artifact)
+    """A runner for a built artifact (manifest checked), a build folder holding one, or a plain ONNX file (run with ONNX
+    Runtime's defaults)."""
+    art = resolve_artifact(artifact)
     if is_plain_onnx(art):
         if not art.is_file():
             raise ManifestError(f"model not found: {art}")
@@ -132,7 +148,7 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
     """Image size, classes and precision of an artifact (from its checked manifest) or a plain ONNX model (its metadata)."""
     from ..convert.onnx_file import onnx_facts
 
-    art = Path(artifact)
+    art = resolve_artifact(artifact)
     if not is_plain_onnx(art):
         m = read_manifest(art)
         from ..model.labels import class_names

@@ -95,6 +95,34 @@ def plan_build(target: Target, precision: str, trt_version: str, image_size: int
     )
 
 
+def trtexec_command(plan: BuildPlan, trt_version: str, onnx_file: str, engine_file: str, *, input_name: str = "input",
+                    timing_cache: str = "timing.cache") -> list[str]:
+    """The ``trtexec`` command that builds what :func:`build_engine` builds from the same plan, in the flags the given
+    TensorRT version has: ``--explicitBatch`` and ``--workspace`` on 8.x (``--memPoolSize`` from 8.4), ``--stronglyTyped``
+    on 10.x (11 is always strongly typed and has no precision flags), ``--fp16``/``--int8`` where the network is weakly
+    typed (8.x, DLA), ``--useDLACore`` with ``--allowGPUFallback``, ``--noTF32`` for a strict FP32 engine."""
+    major, minor = parse_version(trt_version)
+    shapes = ["x".join(map(str, s)) for s in plan.profile]
+    cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={engine_file}",
+           f"--minShapes={input_name}:{shapes[0]}", f"--optShapes={input_name}:{shapes[1]}", f"--maxShapes={input_name}:{shapes[2]}"]
+    if plan.explicit_batch_flag:
+        cmd.append("--explicitBatch")
+    if plan.strongly_typed and major == 10:
+        cmd.append("--stronglyTyped")
+    flag_names = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
+    cmd += [flag_names[f] for f in plan.builder_flags if f in flag_names]
+    if plan.dla_core is not None:
+        cmd.append(f"--useDLACore={plan.dla_core}")
+    if "TF32" in plan.cleared_flags and major < 11:
+        cmd.append("--noTF32")
+    workspace_mb = plan.workspace_bytes >> 20
+    cmd.append(f"--workspace={workspace_mb}" if (major, minor) < (8, 4) else f"--memPoolSize=workspace:{workspace_mb}")
+    if (major, minor) >= (8, 6):
+        cmd.append(f"--builderOptimizationLevel={plan.optimization_level}")
+    cmd.append(f"--timingCacheFile={timing_cache}")
+    return cmd
+
+
 def check_engine_compat(manifest: Manifest, trt_version: str, gpu_name: str, compute_capability: str) -> None:
     """Engines are tied to the TensorRT version and GPU they were built with: refuse anything else."""
     built = manifest.libraries.get("tensorrt", "unknown")

@@ -130,10 +130,10 @@ class BenchReport:
 def describe(artifact: str | Path) -> Engine:
     """What an artifact (or ONNX model) is, where its FP32 source is, and what it computes."""
     from ..convert.onnx_file import get_metadata, load_onnx
-    from ..engines.registry import artifact_info
+    from ..engines.registry import artifact_info, resolve_artifact
     from .flops import count_graph
 
-    art = Path(artifact)
+    art = resolve_artifact(artifact)
     info = artifact_info(art)
     macs = count_graph(info.source_onnx, batch=1).total_macs
     meta = get_metadata(load_onnx(info.source_onnx, with_weights=False))
