@@ -445,6 +445,36 @@ def pipeline(
 
 @app.command()
 @handle_errors
+def profile(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact, build folder, or ONNX model.")],
+    batch: Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH)] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=10_000, help="Profiled inferences.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the table here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: share of time against share of multiply-adds.")] = None,
+) -> None:
+    """Time per Table 1 stage, from the backend's own profiler, beside the stage's multiply-adds (ours and the paper's)."""
+    from .evaluate.profile import markdown, plot, profile_artifact
+    from .fileio import check_writable, write_text_atomic
+
+    for out in (markdown_out, plot_out):
+        if out is not None:
+            check_writable(out)
+    report = profile_artifact(artifact, batch=batch, iterations=iterations)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        typer.echo(markdown(report))
+    if markdown_out:
+        write_text_atomic(markdown_out, markdown(report))
+        typer.echo(f"wrote {markdown_out}", err=as_json)
+    if plot_out:
+        plot([report], plot_out)
+        typer.echo(f"wrote {plot_out}", err=as_json)
+
+
+@app.command()
+@handle_errors
 def bundle(
     model: Annotated[Path, typer.Argument(help="ONNX model to deploy (fp32, or fp16/int8 from quantize).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Device preset (see 'targets') or a TOML file.")],

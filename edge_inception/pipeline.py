@@ -25,6 +25,7 @@ from .vocab import Backend, Precision, QuantTarget
 if TYPE_CHECKING:
     from .convert.quantize import QuantizeResult
     from .evaluate.bench import BenchReport
+    from .evaluate.profile import ProfileReport
     from .evaluate.verify import Parity
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,19 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 plot(report, work / "bench.png")
                 detail.append(f"{len(report.results)} results")
 
+            with run.stage("profile", on_stage) as detail:
+                from .evaluate.profile import plot as plot_profile
+                from .evaluate.profile import profile_artifact
+
+                profiles = [profile_artifact(run.artifacts[p], iterations=10) for p in cfg.precisions]
+                write_json_atomic(work / "profile.json", [pr.as_dict() for pr in profiles])
+                plot_profile(profiles, work / "profile.png")
+                detail.append(", ".join(f"{pr.precision} {pr.end_to_end_ms:.2f} ms ({pr.unassigned_share:.0%} unassigned)" for pr in profiles))
+
             with run.stage("report", on_stage) as detail:
                 summary = summarise(cfg, run, report)
                 write_json_atomic(work / "report.json", summary)
-                write_text_atomic(work / "report.md", report_markdown(summary, report))
+                write_text_atomic(work / "report.md", report_markdown(summary, report, profiles))
                 detail.append("report.md, report.json")
         except EdgeInceptionError as exc:
             failed = out.with_name(out.name + ".failed")
@@ -229,8 +239,9 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
     }
 
 
-def report_markdown(summary: dict[str, Any], bench_report: BenchReport) -> str:
+def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles: list[ProfileReport] | None = None) -> str:
     from .evaluate.bench import markdown as bench_md
+    from .evaluate.profile import markdown as profile_md
 
     m = summary["model"]
     lines = ["# edge-inception pipeline report", ""]
@@ -248,6 +259,8 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport) -> str:
     f = summary["flops"]
     lines += ["", "## Compute budget", "", f"{f['total_macs']:,} multiply-adds per image ({f['total_macs'] / f['budget_macs']:.1%} of the "
               f"paper's 1.5 G budget), {f['total_params']:,} parameters.", "", "## Latency", "", bench_md(bench_report, title=False),
+              *(["## Where the time goes", "", "![share of time against share of multiply-adds, per stage](profile.png)", ""]
+                + [profile_md(pr, title=False) for pr in profiles or []] if profiles else []),
               "## Stages", "", "| stage | seconds | detail |", "|---|---:|---|"]
     lines += [f"| {s['name']} | {s['seconds']:.1f} | {s['detail']} |" for s in summary["stages"]]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,10 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     assert report["verification_vs_pytorch"]["fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
     assert "ship:" in md and "Compute budget" in md and (out / "bench.png").is_file()
+    assert "Where the time goes" in md and (out / "profile.png").read_bytes()[:4] == b"\x89PNG"
+    profiles = json.loads((out / "profile.json").read_text())
+    assert [p["precision"] for p in profiles] == ["fp32", "fp16", "int8"] and all({"inception_3a", "fc"} <= {s["stage"] for s in p["stages"]}
+                                                                                  for p in profiles)
 
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.stderr

@@ -34,12 +34,14 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
 
 
 def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool = True, save_optimized_to: Path | None = None,
-                providers: list[tuple[str, dict[str, Any]]] | None = None):  # -> onnxruntime.InferenceSession
+                providers: list[tuple[str, dict[str, Any]]] | None = None,
+                profile_prefix: Path | None = None):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime session, the same way everywhere: warnings only, ``threads`` intra-op threads (0: ORT's default),
     one inter-op thread, sequential execution.
 
     ``optimize=False`` loads a graph that was optimised at build time as it is; ``save_optimized_to`` applies every graph
-    optimisation and writes the result there (the CPU build). ``providers`` default to the CPU.
+    optimisation and writes the result there (the CPU build). ``providers`` default to the CPU. ``profile_prefix``
+    turns ONNX Runtime's profiler on.
     """
     import onnxruntime as ort
 
@@ -53,6 +55,9 @@ def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool =
         opts.optimized_model_filepath = str(save_optimized_to)
     elif not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:  # ONNX Runtime's profiler: a JSON trace of every node's kernel time
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, opts, providers=providers or [("CPUExecutionProvider", {})])
 

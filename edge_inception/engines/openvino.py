@@ -13,7 +13,7 @@ from ..errors import BackendUnavailableError
 from ..vocab import Backend, Precision
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput
-from .runner import Runner
+from .runner import NodeTime, Runner, Timings
 
 INSTALL_HINT = "OpenVINO is not installed: pip install 'edge-inception[openvino]'"
 
@@ -40,9 +40,10 @@ def build_ir(source: Path, artifact: Path) -> None:
 class OpenVinoRunner(Runner):
     name = "openvino"
 
-    def __init__(self, path: Path, *, threads: int = 0, hint: str = "LATENCY", device: str = "CPU", inference_precision: str | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int = 0, hint: str = "LATENCY", device: str = "CPU", inference_precision: str | None = None,
+                 perf_counters: bool = False) -> None:
         self.path, self.threads, self.hint, self.device = path, threads, hint, device
-        self.inference_precision = inference_precision
+        self.inference_precision, self.perf_counters = inference_precision, perf_counters
         self.request: Any = None
 
     def activate(self) -> None:
@@ -52,6 +53,8 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = self.threads
         if self.inference_precision:
             config["INFERENCE_PRECISION_HINT"] = self.inference_precision
+        if self.perf_counters:
+            config["PERF_COUNT"] = True
         compiled = ov.Core().compile_model(str(self.path), self.device, config)
         self.request = compiled.create_infer_request()
 
@@ -78,10 +81,33 @@ class OpenVinoBackend:
         options = {"inference_precision": "f32"} if job.precision is Precision.fp32 else {}
         return BuildOutput(artifact, {"openvino": openvino_version()}, options, companions=[artifact.with_suffix(".bin")])
 
-    def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
+    def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None, perf_counters: bool = False) -> Runner:
         n = threads if threads is not None else (manifest.threads if manifest else 0)
         precision = manifest.options.get("inference_precision") if manifest else None
-        return OpenVinoRunner(artifact, threads=n, inference_precision=precision if isinstance(precision, str) else None)
+        return OpenVinoRunner(artifact, threads=n, inference_precision=precision if isinstance(precision, str) else None,
+                              perf_counters=perf_counters)
+
+    def profile(self, artifact: Path, manifest: Manifest | None, x: np.ndarray, *, iterations: int, warmup: int) -> Timings:
+        """OpenVINO's per-layer performance counters (``PERF_COUNT``), read after each of ``iterations`` inferences."""
+        import time
+
+        runner = self.open(artifact, manifest, perf_counters=True)
+        totals: dict[str, float] = {}
+        ops: dict[str, str] = {}
+        runs: list[float] = []
+        with runner:
+            request = runner.request  # type: ignore[attr-defined]
+            for i in range(warmup + iterations):
+                t0 = time.perf_counter()
+                runner.infer(x)
+                if i < warmup:
+                    continue
+                runs.append((time.perf_counter() - t0) * 1e3)
+                for layer in request.get_profiling_info():
+                    totals[layer.node_name] = totals.get(layer.node_name, 0.0) + layer.real_time.total_seconds() * 1e3
+                    ops[layer.node_name] = f"{layer.node_type}/{layer.exec_type}"
+        nodes = [NodeTime(n, ops[n], ms / iterations) for n, ms in totals.items() if ms > 0]
+        return Timings(nodes, runs, f"OpenVINO {openvino_version()} performance counters")
 
 
 BACKEND = OpenVinoBackend()

@@ -33,7 +33,7 @@ from ..fileio import write_failure
 from ..vocab import Backend, Precision
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput
-from .runner import Runner
+from .runner import NodeTime, Runner, Timings
 from .targets import Target
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,38 @@ class OrtBackend:
                            note=f"ONNX Runtime {ort.__version__} on {', '.join(n for n, _ in used if n != CPU)}"
                                 + (", CUDA graph" if graph else ""))
 
+    def profile(self, artifact: Path, manifest: Manifest | None, x: np.ndarray, *, iterations: int, warmup: int) -> Timings:
+        """ONNX Runtime's profiler: each node's kernel time in the last ``iterations`` runs, and each run's duration."""
+        import json
+        import tempfile
+
+        runner = self._runner(artifact, manifest, None)
+        require_providers(runner.providers)
+        with tempfile.TemporaryDirectory(prefix="edge-inception-profile-") as tmp:
+            session = ort_session(artifact, threads=runner.threads, optimize=not runner.optimized, providers=runner.providers,
+                                  profile_prefix=Path(tmp) / "ort")
+            for _ in range(warmup + iterations):
+                run_session(session, x)
+            events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+        runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][-iterations:]
+        totals: dict[str, float] = {}
+        ops: dict[str, str] = {}
+        for e in events:
+            name = str(e.get("name", ""))
+            if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+                continue
+            if not any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in runs):
+                continue
+            node = name[: -len("_kernel_time")]
+            totals[node] = totals.get(node, 0.0) + e["dur"] / 1e3
+            ops[node] = str(e.get("args", {}).get("op_name", ""))
+        nodes = [NodeTime(n, ops[n], ms / len(runs)) for n, ms in totals.items()]
+        return Timings(nodes, [r["dur"] / 1e3 for r in runs], f"ONNX Runtime {__import__('onnxruntime').__version__} profiler")
+
     def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner:
+        return self._runner(artifact, manifest, threads)
+
+    def _runner(self, artifact: Path, manifest: Manifest | None, threads: int | None) -> OrtRunner:
         if manifest is None:  # a plain ONNX file: ONNX Runtime's own defaults, as a user would run it
             return OrtRunner(artifact, threads=threads or 0, optimized=False)
         n = threads if threads is not None else manifest.threads

@@ -7,6 +7,7 @@ batch, ``deactivate`` frees. This module knows no backend.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,3 +34,21 @@ class Runner(abc.ABC):
 
     def deactivate(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+@dataclass
+class NodeTime:
+    """One node's (or fused layer's) time per inference, as a backend's profiler reports it."""
+
+    name: str
+    op: str
+    ms: float
+
+
+@dataclass
+class Timings:
+    """What a backend's ``profile()`` returns: node times per inference, each profiled run's duration, the profiler used."""
+
+    nodes: list[NodeTime]
+    runs_ms: list[float]
+    source: str

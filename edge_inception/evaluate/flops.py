@@ -98,8 +98,13 @@ class FlopReport:
         }
 
 
+# Graph optimisers prefix the names of nodes they insert or rewrite (ONNX Runtime's "InsertedPrecisionFreeCast_",
+# "ReorderInput_"...) and keep the module path after it: found anywhere after a "/".
+_INNER_MODULE_RE = re.compile(r"/(inception\d[a-e]|conv\d|maxpool\d|lrn\d|avgpool|fc)(?:[/_]|$)")
+
+
 def stage_of(node_name: str) -> str:
-    m = _MODULE_RE.match(node_name)
+    m = _MODULE_RE.match(node_name) or _INNER_MODULE_RE.search(node_name)
     if not m:
         return "unknown"
     module = m.group(1)
