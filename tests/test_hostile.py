@@ -111,6 +111,22 @@ def test_killed_rebuild_keeps_the_previous_artifact(trained, other_source, tmp_p
     assert not temporaries(out)
 
 
+def test_rebuild_that_fails_verification_keeps_the_previous_artifact(trained, other_source, tmp_path, monkeypatch):
+    """A real fault, really detected: the optimiser writes another network into the new artifact; the real comparison
+    with the source refuses it, and the artifact already in the folder stays as it was."""
+    import edge_inception.engines.ort as ort_backend
+    from edge_inception.errors import VerificationError
+
+    out = tmp_path / "out"
+    first = build(trained.onnx, "cpu", output_dir=out).artifact
+    before = snapshot(first)
+    real_build_cpu = ort_backend.build_cpu
+    monkeypatch.setattr(ort_backend, "build_cpu", lambda source, artifact, threads: real_build_cpu(other_source, artifact, threads))
+    with pytest.raises(VerificationError, match="differs from demo.onnx"):
+        build(trained.onnx, "cpu", output_dir=out)
+    assert snapshot(first) == before and not temporaries(out)
+
+
 def test_failed_rebuild_keeps_the_previous_artifact(built, tmp_path):
     """A rebuild from a corrupt source of the same name changes nothing."""
     before = snapshot(built)
