@@ -370,11 +370,9 @@ def bench(
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
     from .evaluate.bench import BenchConfig, run_bench, write_outputs
-    from .fileio import check_writable
+    from .fileio import check_outputs
 
-    for out in (json_out, markdown_out, plot_out):  # refuse an unwritable output now, not after the benchmark
-        if out is not None:
-            check_writable(out)
+    check_outputs(json_out, markdown_out, plot_out)  # refuse an unwritable output now, not after the benchmark
 
     bases = None if baseline is None else () if baseline.strip() == "none" else _choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
@@ -455,11 +453,9 @@ def profile(
 ) -> None:
     """Time per Table 1 stage, from the backend's own profiler, beside the stage's multiply-adds (ours and the paper's)."""
     from .evaluate.profile import markdown, plot, profile_artifact
-    from .fileio import check_writable, write_text_atomic
+    from .fileio import check_outputs, write_text_atomic
 
-    for out in (markdown_out, plot_out):
-        if out is not None:
-            check_writable(out)
+    check_outputs(markdown_out, plot_out)
     report = profile_artifact(artifact, batch=batch, iterations=iterations)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

@@ -139,6 +139,13 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return dest
 
 
+def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
+    """:func:`check_writable` for each output a command was given (None: not asked for)."""
+    for path in paths:
+        if path is not None:
+            check_writable(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place when complete.

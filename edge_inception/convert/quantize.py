@@ -238,7 +238,11 @@ class Judge:
     hold_batches: list[np.ndarray]
     min_agreement: float
     labelled: Labelled | None = None
-    fp32_accuracy: float | None = None
+    fp32: tuple[float, float] | None = None  # FP32's top-1 and top-5 accuracy on ``labelled``
+
+    @property
+    def fp32_accuracy(self) -> float | None:
+        return self.fp32[0] if self.fp32 else None
 
     @property
     def rule(self) -> str:
@@ -251,13 +255,17 @@ class Judge:
         parity = compare(self.reference, _logits(model, self.hold_batches))
         if self.labelled is None or self.fp32_accuracy is None:
             return parity.top1_agreement >= self.min_agreement, parity
-        return accuracy_of(model, self.labelled) >= 0.99 * self.fp32_accuracy, parity
+        return labelled_accuracy(model, self.labelled)[0] >= 0.99 * self.fp32_accuracy, parity
 
 
-def accuracy_of(model: Path | bytes, labelled: Labelled) -> float:
+def labelled_accuracy(model: Path | bytes, labelled: Labelled) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy of ``model`` on ``labelled``."""
     session = ort_session(model)
-    hits = sum(topk_hits(run_session(session, b), labelled.labels[i * 32 : i * 32 + len(b)])[0] for i, b in enumerate(labelled.batches))
-    return hits / len(labelled.labels)
+    top1 = top5 = 0
+    for i, batch in enumerate(labelled.batches):
+        hit1, hit5 = topk_hits(run_session(session, batch), labelled.labels[i * 32 : i * 32 + len(batch)])
+        top1, top5 = top1 + hit1, top5 + hit5
+    return top1 / len(labelled.labels), top5 / len(labelled.labels)
 
 
 def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int) -> Labelled | None:
@@ -327,7 +335,7 @@ def quantize_model(
         raise EdgeInceptionError("--criterion accuracy needs labelled images: --eval DIR (an ImageFolder of your classes)")
     judge = Judge(_logits(src, hold_batches), hold_batches, min_agreement, labelled)
     if judge.labelled is not None:
-        judge.fp32_accuracy = accuracy_of(src, judge.labelled)
+        judge.fp32 = labelled_accuracy(src, judge.labelled)
     result_warnings = list(sets.warnings) if precision is Precision.int8 else []  # FP16 calibrates nothing
     latency: dict[str, float] = {}
     trials: dict[str, dict[str, Any]] = {}
@@ -392,8 +400,9 @@ def quantize_model(
             mean_cosine=parity.mean_cosine, max_abs_error=parity.max_abs_error, fp32_size_bytes=src.stat().st_size,
             size_bytes=qmodel.ByteSize(),
         )
-        if judge.labelled is not None:
-            accuracy.labelled = _labelled_accuracy(judge.labelled, src, qmodel)
+        if judge.labelled is not None and judge.fp32 is not None:
+            top1, top5 = labelled_accuracy(qmodel.SerializeToString(), judge.labelled)
+            accuracy.labelled = {"fp32_top1": judge.fp32[0], "fp32_top5": judge.fp32[1], "quantized_top1": top1, "quantized_top5": top5}
         with atomic_path(out) as tmp:
             onnx.save(qmodel, str(tmp))
         accuracy.size_bytes = out.stat().st_size
@@ -408,14 +417,3 @@ def quantize_model(
     )
     write_json_atomic(result.report_path, result.as_dict())
     return result
-
-
-def _labelled_accuracy(labelled: Labelled, src: Path, qmodel) -> dict[str, float]:
-    hits = {"fp32_top1": 0, "fp32_top5": 0, "quantized_top1": 0, "quantized_top5": 0}
-    for name, model in (("fp32", src), ("quantized", qmodel.SerializeToString())):
-        session = ort_session(model)
-        for i, batch in enumerate(labelled.batches):
-            top1, top5 = topk_hits(run_session(session, batch), labelled.labels[i * 32 : i * 32 + len(batch)])
-            hits[f"{name}_top1"] += top1
-            hits[f"{name}_top5"] += top5
-    return {k: v / len(labelled.labels) for k, v in hits.items()}

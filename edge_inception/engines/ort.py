@@ -136,17 +136,24 @@ def build_cpu(source: Path, artifact: Path, threads: int) -> int:
     return folded
 
 
+GRAPH_OPTIONS = ("enable_cuda_graph", "trt_cuda_graph_enable")  # the CUDA and TensorRT providers' CUDA graph switches
+
+
+def captures_graph(chain: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether any provider of ``chain`` is asked to capture and replay a CUDA graph."""
+    return any(o.get(key) for _, o in chain for key in GRAPH_OPTIONS)
+
+
 def gpu_session(artifact: Path, chain: list[tuple[str, dict[str, Any]]]):  # -> (onnxruntime.InferenceSession, chain used)
     """A session on the GPU providers of ``chain``. If a captured CUDA graph cannot be had (a node the GPU providers
     lack), the session is made again without it. Refuses a session that did not get the first provider it asked for."""
     try:
         session = ort_session(artifact, providers=chain)
     except Exception as exc:
-        wants_graph = any(o.get("enable_cuda_graph") or o.get("trt_cuda_graph_enable") for _, o in chain)
-        if not wants_graph:
+        if not captures_graph(chain):
             raise BackendUnavailableError(f"ONNX Runtime could not create a session on {chain[0][0]}: {str(exc).splitlines()[0][:300]}") from exc
         log.warning("CUDA graph capture is not possible for this model (%s); running without it", str(exc).splitlines()[0][:200])
-        chain = [(n, {k: v for k, v in o.items() if k not in ("enable_cuda_graph", "trt_cuda_graph_enable")}) for n, o in chain]
+        chain = [(n, {k: v for k, v in o.items() if k not in GRAPH_OPTIONS}) for n, o in chain]
         session = ort_session(artifact, providers=chain)
     got = session.get_providers()
     if not got or got[0] != chain[0][0]:
@@ -168,7 +175,7 @@ class OrtRunner(Runner):
         self.session: Any = None
         self.binding: Any = None
         self.device = "cpu" if self.providers[0][0] == CPU else "cuda"
-        self.graph = any(o.get("enable_cuda_graph") or o.get("trt_cuda_graph_enable") for _, o in self.providers)
+        self.graph = False  # replaying a CUDA graph: known once the session exists (activate)
 
     def activate(self) -> None:
         require_providers(self.providers)
@@ -178,7 +185,7 @@ class OrtRunner(Runner):
         self.session, self.providers = gpu_session(self.path, self.providers)
         self.input_name, self.output_name = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
         self.binding = self.session.io_binding()
-        self.graph = any(o.get("enable_cuda_graph") or o.get("trt_cuda_graph_enable") for _, o in self.providers)
+        self.graph = captures_graph(self.providers)
         self.device_input: Any = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -230,7 +237,7 @@ class OrtBackend:
         require_providers(chain)
         shutil.copyfile(job.source, artifact)  # GPU providers optimise (and cache TensorRT engines) when the session loads
         _, used = gpu_session(artifact, chain)  # what the session really got: the manifest records that, nothing else
-        graph = any(o.get("enable_cuda_graph") or o.get("trt_cuda_graph_enable") for _, o in used)
+        graph = captures_graph(used)
         return BuildOutput(artifact, libraries, {"providers": used, "offline_optimized": False, "cuda_graph": graph},
                            note=f"ONNX Runtime {ort.__version__} on {', '.join(n for n, _ in used if n != CPU)}"
                                 + (", CUDA graph" if graph else ""))
