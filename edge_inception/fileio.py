@@ -226,6 +226,27 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def link_path(target: str | os.PathLike[str], base: str | os.PathLike[str]) -> str:
+    """How a file written into folder ``base`` (a manifest, a model's metadata) names ``target``: relative to ``base``, so
+    a folder moved as a whole (the pipeline publishes its report folder from a staging folder) still finds it; absolute
+    where no relative path exists."""
+    try:
+        return os.path.relpath(Path(target).resolve(), Path(base).resolve())
+    except ValueError:  # another drive
+        return str(Path(target).resolve())
+
+
+def resolve_link(ref: str, base: str | os.PathLike[str]) -> Path:
+    """A path recorded by :func:`link_path` in a file in folder ``base``. Absolute paths stay as they are; a relative one
+    written by an older version (relative to the folder it ran in) is read that way only where that file exists and
+    the one beside ``base`` does not."""
+    p = Path(ref)
+    if p.is_absolute():
+        return p
+    beside = Path(base) / p
+    return beside if beside.exists() or not p.exists() else p
+
+
 def require_file(path: str | os.PathLike[str], what: str = "file") -> Path:
     p = Path(path)
     if not p.exists():

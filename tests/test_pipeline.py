@@ -1,13 +1,16 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.engines.registry import artifact_info
 from edge_inception.pipeline import choose_ship
 
 runner = CliRunner()
@@ -33,6 +36,16 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     profiles = json.loads((out / "profile.json").read_text())
     assert [p["precision"] for p in profiles] == ["fp32", "fp16", "int8"] and all({"inception_3a", "fc"} <= {s["stage"] for s in p["stages"]}
                                                                                   for p in profiles)
+
+    # published artifacts name their sources relative to themselves, not to the staging folder they were built in
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    int8 = moved / report["artifacts"]["int8"]
+    assert Path(artifact_info(int8).source_onnx).resolve() == (moved / "model.int8.onnx").resolve()
+    r = runner.invoke(app, ["bench", str(int8), "--iterations", "2", "--rounds", "1", "--baseline", "ort-default",
+                            "--json", str(tmp_path / "b.json")])
+    assert r.exit_code == 0, r.output
+    assert {row["engine"] for row in json.loads((tmp_path / "b.json").read_text())["results"]} == {"ort-int8", "ort-default"}
 
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.stderr

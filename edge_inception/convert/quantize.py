@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.cpu import CpuInfo, cpu_info
 from ..evaluate.verify import Parity, compare, topk_hits
-from ..fileio import atomic_path, check_writable, staging_dir, write_json_atomic
+from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_json_atomic
 from ..vocab import CalibMethod, Criterion, Precision, QuantTarget
 from .calibration import CalibrationReader, image_batches, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
@@ -393,7 +393,7 @@ def quantize_model(
         kept, float_weights = (guard.kept, guard.float_weights) if guard else ([], [])
         qmodel = onnx.load(str(candidate))
         set_metadata(qmodel, {**get_metadata(source), "precision": precision.value, "quantization": scheme_text, "quant_target": target.value,
-                              "kept_float": kept, "float_weights": float_weights, "fp32_source": str(src.resolve()),
+                              "kept_float": kept, "float_weights": float_weights, "fp32_source": link_path(src, out.parent),
                               "calibration_method": chosen_method.value if chosen_method else "none"})
         accuracy = AccuracyReport(
             holdout_images=parity.samples, top1_agreement=parity.top1_agreement, top5_overlap=parity.top5_overlap,

@@ -18,7 +18,7 @@ from ..engines.manifest import Manifest, manifest_path, read_manifest, write_man
 from ..engines.registry import is_plain_onnx, open_runner, resolve_artifact
 from ..errors import ManifestError, ModelFileError, VerificationError
 from ..evaluate.verify import Parity, compare
-from ..fileio import sha256_file
+from ..fileio import link_path, sha256_file
 from ..limits import MAX_CLASSES, MAX_IMAGE_SIZE
 from ..vocab import Precision
 
@@ -128,7 +128,8 @@ def _adopt(engine: Path, ref: Reference, target: str | None) -> CheckResult:
     names = labels.read_text(encoding="utf-8").splitlines() if labels.is_file() else None
     model = next(iter(ref.folder.parent.glob("*.onnx")), None)
     manifest = Manifest(backend="tensorrt", target=tgt.name, precision=ref.precision.value, artifact=engine.name,
-                        artifact_sha256=sha256_file(engine), source_onnx=str(model or "unknown"), source_sha256=ref.model_sha256 or "0" * 64,
+                        artifact_sha256=sha256_file(engine), source_onnx=link_path(model, engine.parent) if model else "unknown",
+                        source_sha256=ref.model_sha256 or "0" * 64,
                         image_size=size, num_classes=n_classes, input_shapes={}, libraries={"tensorrt": tensorrt_version()},
                         options={"adopted": "trtexec"}, gpu=cuda_device(), class_names=names if names and len(names) == n_classes else None,
                         device="cuda")

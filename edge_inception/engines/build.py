@@ -14,7 +14,7 @@ from pathlib import Path
 from ..convert.onnx_file import graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.verify import Parity, parity_over, verification_inputs
-from ..fileio import install_files, sha256_file, staging_dir
+from ..fileio import install_files, link_path, sha256_file, staging_dir
 from ..vocab import Backend, Precision
 from .choose import choose, probe
 from .manifest import Manifest, manifest_path, write_manifest
@@ -72,7 +72,7 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
         lo, opt, hi = (fixed,) * 3 if fixed else (tgt.batch_min, tgt.batch_opt, tgt.batch_max)
         manifest = Manifest(
             backend=engine.name.value, target=tgt.name, precision=prec.value, artifact=out.artifact.name,
-            artifact_sha256=sha256_file(out.artifact), source_onnx=str(src), source_sha256=sha256_file(src), image_size=size,
+            artifact_sha256=sha256_file(out.artifact), source_onnx=link_path(src, out_dir), source_sha256=sha256_file(src), image_size=size,
             num_classes=facts.num_classes, input_shapes={k: [b, 3, size, size] for k, b in (("min", lo), ("opt", opt), ("max", hi))},
             libraries=out.libraries, options={"threads": n_threads, "tf32": tf32, **out.options}, gpu=out.gpu,
             class_names=facts.class_names, files={c.name: sha256_file(c) for c in out.companions}, device=tgt.device,

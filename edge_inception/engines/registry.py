@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError
+from ..fileio import resolve_link
 from ..vocab import Backend, Precision
 from .manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
 from .runner import Runner
@@ -154,6 +155,6 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
         from ..model.labels import class_names
 
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
-                            m.source_onnx, m.device)
+                            str(resolve_link(m.source_onnx, art.parent)), m.device)
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art))

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeInceptionError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import resolve_link, write_json_atomic, write_text_atomic
 from ..limits import check_batch, check_batch_memory, check_threads
 from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
@@ -139,10 +139,11 @@ def describe(artifact: str | Path) -> Engine:
     meta = get_metadata(load_onnx(info.source_onnx, with_weights=False))
     report = Path(info.source_onnx).with_suffix(".report.json")
     agreement = json.loads(report.read_text())["accuracy"]["top1_agreement"] if report.is_file() else (1.0 if info.precision == "fp32" else None)
+    fp32 = str(resolve_link(meta["fp32_source"], Path(info.source_onnx).parent)) if meta.get("fp32_source") else info.source_onnx
     prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
     name = f"{prefix}-{info.precision}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
     return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
-                  macs_per_image=macs, source_onnx=meta.get("fp32_source", info.source_onnx), agreement=agreement, device=info.device)
+                  macs_per_image=macs, source_onnx=fp32, agreement=agreement, device=info.device)
 
 
 def torch_available() -> bool:
@@ -160,7 +161,7 @@ def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engi
     fp32 = Path(reference.source_onnx)
     meta = get_metadata(load_onnx(fp32, with_weights=False))
     if meta.get("precision", "fp32") != "fp32" and meta.get("fp32_source"):
-        fp32 = Path(meta["fp32_source"])
+        fp32 = resolve_link(meta["fp32_source"], fp32.parent)
         meta = get_metadata(load_onnx(fp32, with_weights=False))
     engines = []
     for base in wanted:
