@@ -94,3 +94,19 @@ def test_a_round_under_load_is_marked_disturbed():
     r = meter.result
     assert r.others_cores is not None and r.others_cores > 0.5 and r.disturbed
     assert r.loadavg_before is not None and r.seconds >= 1.5
+
+
+def test_a_worker_that_crashes_is_named(tmp_path, monkeypatch):
+    """A native crash in an engine (seen: a segmentation fault loading a compiled package) leaves no Python error; the line
+    says which signal ended the engine's process instead of 'no output'."""
+    import sys
+
+    from edge_inception.errors import EdgeInceptionError
+    from edge_inception.evaluate.bench import _worker
+
+    crash = tmp_path / "python"
+    crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crash))
+    with pytest.raises(EdgeInceptionError, match="benchmark of m.onnx failed: the engine's process died of SIGSEGV"):
+        _worker({"kind": "artifact", "path": "m.onnx"})

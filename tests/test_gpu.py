@@ -198,5 +198,5 @@ def test_cuda_bench_rows_name_their_device(trained, tmp_path):
         import torch
 
         if torch.cuda.is_available():
-            assert {"torch-eager", "torch-fp16-cl"} <= engines
+            assert {"torch-eager", "torch-fp16-cl", "torch-fp16-cl-graph"} <= engines
     assert np.isfinite([row["latency_ms"]["p50"] for row in rows]).all()

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import platform
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TORCH_ENGINE, ORT_DEFAULT_ENGINE = BASELINE_ENGINES[Baseline.torch], BASELINE_ENGINES[Baseline.ort_default]
 TORCH_FP16_ENGINE = "torch-fp16-cl"  # on CUDA: FP16 weights and activations, channels-last memory
+TORCH_GRAPH_ENGINE = "torch-fp16-cl-graph"  # the same, replayed from a captured CUDA graph: PyTorch's fastest plain form
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -175,6 +177,9 @@ def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engi
                 engines.append(Engine(TORCH_FP16_ENGINE, Baseline.torch.value, "torch", "fp16", None, reference.image_size,
                                       reference.macs_per_image, torch_kwargs={**kwargs, "half": True, "channels_last": True},
                                       agreement=None, device="cuda"))
+                engines.append(Engine(TORCH_GRAPH_ENGINE, Baseline.torch.value, "torch", "fp16", None, reference.image_size,
+                                      reference.macs_per_image, torch_kwargs={**kwargs, "half": True, "channels_last": True, "cuda_graph": True},
+                                      agreement=None, device="cuda"))
         else:
             engines.append(Engine(ORT_DEFAULT_ENGINE, Baseline.ort_default.value, "ort", "fp32", str(fp32), reference.image_size,
                                   reference.macs_per_image, agreement=1.0, device=reference.device))
@@ -185,7 +190,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "edge_inception.evaluate.bench_worker", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or "no output").strip().splitlines()
-        raise EdgeInceptionError(f"benchmark of {spec.get('path') or spec['kind']} failed: {lines[-1]}")
+        why = lines[-1]
+        if proc.returncode < 0:  # killed by a signal: a crash in native code (a segmentation fault) leaves no Python error
+            why = f"the engine's process died of {signal.Signals(-proc.returncode).name}" + (f" (last output: {why})" if proc.stderr else "")
+        raise EdgeInceptionError(f"benchmark of {spec.get('path') or spec['kind']} failed: {why}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -292,7 +300,7 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
 def add_speedups(results: list[BenchResult]) -> None:
     by_key = {(r.engine, r.batch): r for r in results}
     for r in results:
-        for base in (TORCH_ENGINE, ORT_DEFAULT_ENGINE):
+        for base in (TORCH_ENGINE, ORT_DEFAULT_ENGINE, TORCH_GRAPH_ENGINE):
             b = by_key.get((base, r.batch))
             if b is not None:
                 r.speedup_vs[base] = b.latency_ms["p50"] / r.latency_ms["p50"]
@@ -325,15 +333,18 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
             f"{r.round + 1}: {_num(r.loadavg_before)} -> {_num(r.loadavg_after)}, others {_num(r.others_cores)} core, "
             f"steal {_num(r.steal_cores)}" + (" (disturbed" + (", measured again)" if not r.counted else ")") if r.disturbed else "")
             for r in report.rounds))
+    graph = any(TORCH_GRAPH_ENGINE in r.speedup_vs for r in report.results)  # GPU reports: PyTorch FP16 with a CUDA graph too
     lines += ["", "| engine | device | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | img/s | GMAC/s | % CPU FP32 peak | vs torch "
-              "| vs ort-default | top-1 agree |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| vs ort-default |" + (" vs torch graph |" if graph else "") + " top-1 agree |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if graph else "") + "---:|"]
     for r in report.results:
         lat, sp = r.latency_ms, r.speedup_vs
         agree = "-" if r.agreement is None else f"{r.agreement:.1%}"
         peak = peak_text(r.peak_fraction)
         lines.append(f"| {r.engine} | {r.device} | {r.batch} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± "
                      f"{lat['std']:.2f} | {r.throughput_ips:.1f} | {r.macs_per_s / 1e9:.1f} | {peak} | "
-                     f"{_speedup(sp, TORCH_ENGINE)} | {_speedup(sp, ORT_DEFAULT_ENGINE)} | {agree} |")
+                     f"{_speedup(sp, TORCH_ENGINE)} | {_speedup(sp, ORT_DEFAULT_ENGINE)} | "
+                     + (f"{_speedup(sp, TORCH_GRAPH_ENGINE)} | " if graph else "") + f"{agree} |")
     return "\n".join(lines) + "\n"
 
 
