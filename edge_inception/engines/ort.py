@@ -249,8 +249,10 @@ class OrtBackend:
 
         runner = self._runner(artifact, manifest, None)
         require_providers(runner.providers)
+        # a replayed CUDA graph hides its nodes from the profiler (and needs device-bound inputs): profile without it
+        providers = [(n, {k: v for k, v in o.items() if k not in GRAPH_OPTIONS}) for n, o in runner.providers]
         with tempfile.TemporaryDirectory(prefix="edge-inception-profile-") as tmp:
-            session = ort_session(artifact, threads=runner.threads, optimize=not runner.optimized, providers=runner.providers,
+            session = ort_session(artifact, threads=runner.threads, optimize=not runner.optimized, providers=providers,
                                   profile_prefix=Path(tmp) / "ort")
             for _ in range(warmup + iterations):
                 run_session(session, x)
