@@ -15,7 +15,7 @@ from edge_inception.cli import app
 from edge_inception.engines.build import build, judge
 from edge_inception.engines.choose import Availability, choose
 from edge_inception.engines.manifest import manifest_path
-from edge_inception.engines.ort import CPU, CUDA, TENSORRT, provider_chain, provider_missing, require_providers
+from edge_inception.engines.ort import CPU, CUDA, TENSORRT, captures_graph, provider_chain, provider_missing, require_providers, without_graph
 from edge_inception.engines.targets import get_target
 from edge_inception.engines.tensorrt import plan_build
 from edge_inception.errors import BackendUnavailableError, VerificationError
@@ -71,7 +71,10 @@ def test_provider_chain_options(tmp_path):
     assert [n for n, _ in chain] == [CUDA, CPU]  # the CPU last, for nodes a GPU provider lacks
     assert chain[0][1] == {"cudnn_conv_algo_search": "EXHAUSTIVE", "use_tf32": 0}
     assert provider_chain(gpu, Precision.fp32, (CUDA,), tmp_path, allow_tf32=True)[0][1]["use_tf32"] == 1
-    assert provider_chain(gpu, Precision.fp16, (CUDA,), tmp_path, cuda_graph=True)[0][1]["enable_cuda_graph"] == 1
+    graphed = provider_chain(gpu, Precision.fp16, (CUDA,), tmp_path, cuda_graph=True)
+    assert graphed[0][1]["enable_cuda_graph"] == 1 and captures_graph(graphed)
+    assert without_graph(graphed) == provider_chain(gpu, Precision.fp16, (CUDA,), tmp_path)  # what profile and the fallback use
+    assert not captures_graph(without_graph(graphed))
     trt = dict(provider_chain(orin, Precision.int8, (TENSORRT, CUDA), tmp_path / "cache"))[TENSORRT]
     assert trt["trt_int8_enable"] and trt["trt_fp16_enable"] and trt["trt_dla_enable"] and trt["trt_dla_core"] == 0
     assert trt["trt_engine_cache_path"] == str(tmp_path / "cache") and trt["trt_max_workspace_size"] == 4096 << 20

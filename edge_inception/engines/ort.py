@@ -144,6 +144,11 @@ def captures_graph(chain: list[tuple[str, dict[str, Any]]]) -> bool:
     return any(o.get(key) for _, o in chain for key in GRAPH_OPTIONS)
 
 
+def without_graph(chain: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``chain`` with every provider's CUDA graph switch removed."""
+    return [(n, {k: v for k, v in o.items() if k not in GRAPH_OPTIONS}) for n, o in chain]
+
+
 def gpu_session(artifact: Path, chain: list[tuple[str, dict[str, Any]]]):  # -> (onnxruntime.InferenceSession, chain used)
     """A session on the GPU providers of ``chain``. If a captured CUDA graph cannot be had (a node the GPU providers
     lack), the session is made again without it. Refuses a session that did not get the first provider it asked for."""
@@ -153,7 +158,7 @@ def gpu_session(artifact: Path, chain: list[tuple[str, dict[str, Any]]]):  # -> 
         if not captures_graph(chain):
             raise BackendUnavailableError(f"ONNX Runtime could not create a session on {chain[0][0]}: {str(exc).splitlines()[0][:300]}") from exc
         log.warning("CUDA graph capture is not possible for this model (%s); running without it", str(exc).splitlines()[0][:200])
-        chain = [(n, {k: v for k, v in o.items() if k not in GRAPH_OPTIONS}) for n, o in chain]
+        chain = without_graph(chain)
         session = ort_session(artifact, providers=chain)
     got = session.get_providers()
     if not got or got[0] != chain[0][0]:
@@ -250,7 +255,7 @@ class OrtBackend:
         runner = self._runner(artifact, manifest, None)
         require_providers(runner.providers)
         # a replayed CUDA graph hides its nodes from the profiler (and needs device-bound inputs): profile without it
-        providers = [(n, {k: v for k, v in o.items() if k not in GRAPH_OPTIONS}) for n, o in runner.providers]
+        providers = without_graph(runner.providers)
         with tempfile.TemporaryDirectory(prefix="edge-inception-profile-") as tmp:
             session = ort_session(artifact, threads=runner.threads, optimize=not runner.optimized, providers=providers,
                                   profile_prefix=Path(tmp) / "ort")
