@@ -203,7 +203,7 @@ def verify_against_torch(artifacts: dict[Precision, Path], model, image_size: in
     out = {}
     for prec, art in artifacts.items():
         with open_runner(art) as runner:
-            got = np.concatenate([runner.infer(b) for b in batches])
+            got = np.concatenate([runner.run(b) for b in batches])
         out[prec] = compare(ref, got)
     return out
 

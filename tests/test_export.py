@@ -1,4 +1,5 @@
 import hashlib
+import importlib.util
 import json
 
 import numpy as np
@@ -156,3 +157,37 @@ def test_export_that_computes_something_else_is_refused(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     with pytest.raises(VerificationError, match="export .* beyond tolerance"):
         exp.export_model(None, tmp_path / "x.onnx", num_classes=10, image_size=64)
+
+
+def test_a_fixed_batch_model_goes_through_every_command(trained, tmp_path):
+    """A model exported with --batch 1 takes one image per call; quantize (its calibration and held-out runs), predict
+    and eval of several images, and the build's verification run it in chunks of its batch. Before, each of them passed
+    16 images at once and ended in ONNX Runtime's traceback ("Got: 16 Expected: 1"); bench refuses other batch sizes."""
+    b1 = tmp_path / "b1.onnx"
+    r = runner.invoke(app, ["export", "--weights", str(trained.checkpoint), "--batch", "1", "-o", str(b1)])
+    assert r.exit_code == 0, r.output
+    images = [str(p) for p in sorted((trained.data / "val").rglob("*.png"))[:3]]
+    plain = runner.invoke(app, ["predict", str(b1), *images, "--json"])
+    assert plain.exit_code == 0, plain.output
+    for precision in ("fp16", "int8"):  # one calibration method and 32 images: calibration runs image by image here
+        q = runner.invoke(app, ["quantize", str(b1), "--precision", precision, "-o", str(tmp_path / f"b1.{precision}.onnx"),
+                                "--calib", str(trained.data / "train"), "--holdout", str(trained.data / "val"), "--min-agreement", "0.5",
+                                "--calib-method", "percentile", "--calib-size", "32"])
+        assert q.exit_code == 0, q.output
+    built = runner.invoke(app, ["build", str(tmp_path / "b1.int8.onnx"), "--target", "cpu", "-o", str(tmp_path / "cpu")])
+    assert built.exit_code == 0, built.output
+    art = next((tmp_path / "cpu").glob("*.ort.onnx"))
+    r = runner.invoke(app, ["predict", str(art), *images, "--json"])
+    assert r.exit_code == 0, r.output
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(got) == 3 and [g["image"] for g in got] == images  # every image answered, in order
+    ev = runner.invoke(app, ["eval", str(art), "--data", str(trained.data / "val")])
+    assert ev.exit_code == 0, ev.output
+    if importlib.util.find_spec("openvino") is not None:  # OpenVINO compiles the fixed shape: only the runner's chunks reach it
+        built = runner.invoke(app, ["build", str(b1), "--target", "cpu", "--backend", "openvino", "-o", str(tmp_path / "ov")])
+        assert built.exit_code == 0, built.output
+        r = runner.invoke(app, ["predict", str(tmp_path / "ov"), *images, "--json"])
+        assert r.exit_code == 0, r.output
+        assert [json.loads(line)["image"] for line in r.stdout.splitlines()] == images
+    bench = runner.invoke(app, ["bench", str(art), "--batch", "1,4", "--iterations", "2", "--rounds", "1"])
+    assert bench.exit_code == 1 and "takes batches of 1 only" in bench.stderr and "Traceback" not in bench.stderr

@@ -142,6 +142,15 @@ def image_batches(samples: list[Sample], size: int, batch: int = 16) -> list[np.
     return [np.stack([load(s) for s in samples[i : i + batch]]) for i in range(0, len(samples), batch)]
 
 
+def rebatch(batches: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """The same images in batches of exactly ``size``, for a model exported at a fixed batch: the remainder is dropped
+    (it would weigh a repeated image twice in the statistics), unless there are fewer images than one batch."""
+    images = np.concatenate(batches)
+    if len(images) < size:
+        images = np.concatenate([images, np.repeat(images[-1:], size - len(images), axis=0)])
+    return [images[i : i + size] for i in range(0, len(images) - size + 1, size)]
+
+
 class CalibrationReader:
     """ONNX Runtime's ``CalibrationDataReader`` protocol over preprocessed batches, with an optional progress hook."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,31 @@ def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool =
     return ort.InferenceSession(src, opts, providers=providers or [("CPUExecutionProvider", {})])
 
 
+def run_in_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Logits of any number of images through ``infer``, which takes batches of ``lo`` to ``hi`` images: in chunks of
+    ``hi``, the last one padded to ``lo`` by repeating its final image (a model exported with ``--batch N`` takes N only)."""
+    if lo <= len(batch) <= hi:
+        return infer(batch)
+    out = []
+    for i in range(0, len(batch), hi):
+        chunk = batch[i : i + hi]
+        n = len(chunk)
+        if n < lo:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
+        out.append(infer(chunk)[:n])
+    return np.concatenate(out)
+
+
 def run_session(session, batch: np.ndarray) -> np.ndarray:
-    """Logits of one N x 3 x H x W batch."""
-    name = session.get_inputs()[0].name
-    return np.asarray(session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+    """Logits of N x 3 x H x W images (a fixed-batch model runs them in chunks of its batch)."""
+    inp = session.get_inputs()[0]
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+
+    def run(b: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {inp.name: b})[0])
+
+    return run(x) if fixed is None else run_in_batches(run, x, fixed, fixed)
 
 
 def get_metadata(model) -> dict[str, str]:

@@ -33,10 +33,10 @@ from ..evaluate.cpu import CpuInfo, cpu_info
 from ..evaluate.verify import Parity, compare, topk_hits
 from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_json_atomic
 from ..vocab import CalibMethod, Criterion, Precision, QuantTarget
-from .calibration import CalibrationReader, image_batches, select_images
+from .calibration import CalibrationReader, image_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import GuardResult, run_guard
-from .onnx_file import get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
+from .onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
                CalibMethod.percentile: CalibrationMethod.Percentile}
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     model = load_onnx(src, with_weights=False)
-    reader = CalibrationReader(model.graph.input[0].name, calib_batches, on_batch)
+    fixed = fixed_batch(model)
+    reader = CalibrationReader(model.graph.input[0].name, rebatch(calib_batches, fixed) if fixed else calib_batches, on_batch)
     # ONNX Runtime's histogram calibrators print their progress to stdout; it goes to the debug log instead
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter):

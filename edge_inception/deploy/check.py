@@ -75,19 +75,6 @@ def load_reference(folder: str | Path) -> Reference:
     return Reference(inputs, outputs, Precision(meta["precision"]), str(meta.get("model_sha256", "")), ref)
 
 
-def _run(runner, inputs: np.ndarray, batch: int | None, fixed: bool) -> np.ndarray:
-    """Logits of ``inputs`` in batches the artifact takes (padding the last one for a fixed-batch engine)."""
-    step = batch or len(inputs)
-    out = []
-    for i in range(0, len(inputs), step):
-        chunk = inputs[i : i + step]
-        n = len(chunk)
-        if fixed and n < step:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
-        out.append(runner.infer(chunk)[:n])
-    return np.concatenate(out)
-
-
 def check_artifact(artifact: str | Path, reference: str | Path, *, target: str | None = None) -> CheckResult:
     ref = load_reference(reference)
     art = resolve_artifact(artifact)
@@ -95,7 +82,7 @@ def check_artifact(artifact: str | Path, reference: str | Path, *, target: str |
         return _adopt(art, ref, target)
     if is_plain_onnx(art):
         with open_runner(art) as runner:
-            parity = compare(ref.outputs, _run(runner, ref.inputs, None, False))
+            parity = compare(ref.outputs, runner.run(ref.inputs))
         judge(parity, ref.precision, art.name, "the reference outputs")
         return CheckResult(art, parity, ref.precision.value, "cpu")
     manifest = read_manifest(art)
@@ -104,9 +91,8 @@ def check_artifact(artifact: str | Path, reference: str | Path, *, target: str |
                                 f"{manifest.source_sha256[:12]} vs {ref.model_sha256[:12]}); rebuild it from the bundle's ONNX")
     if manifest.image_size != ref.inputs.shape[2]:
         raise VerificationError(f"{art.name} takes {manifest.image_size} px images, the reference has {ref.inputs.shape[2]} px")
-    lo, hi = manifest.input_shapes.get("min", [1])[0], manifest.input_shapes.get("max", [len(ref.inputs)])[0]
     with open_runner(art) as runner:
-        parity = compare(ref.outputs, _run(runner, ref.inputs, min(hi, len(ref.inputs)), lo == hi))
+        parity = compare(ref.outputs, runner.run(ref.inputs))
     judge(parity, Precision(manifest.precision), art.name, "the reference outputs", device=manifest.device,
           tf32=bool(manifest.options.get("tf32")))
     return CheckResult(art, parity, manifest.precision, manifest.device)
@@ -137,7 +123,8 @@ def _adopt(engine: Path, ref: Reference, target: str | None) -> CheckResult:
     with runner:
         shape = runner.engine.get_tensor_profile_shape(runner.input_name, 0) if runner.engine.num_optimization_profiles else None
         lo, hi = (shape[0][0], shape[2][0]) if shape else (len(ref.inputs), len(ref.inputs))
-        parity = compare(ref.outputs, _run(runner, ref.inputs, min(hi, len(ref.inputs)), lo == hi))
+        runner.batch_range = (lo, hi)
+        parity = compare(ref.outputs, runner.run(ref.inputs))
     judge(parity, ref.precision, engine.name, "the reference outputs", device="cuda")
     manifest.input_shapes = {"min": [lo, 3, size, size], "opt": [hi, 3, size, size], "max": [hi, 3, size, size]}
     write_manifest(engine, manifest)

@@ -100,4 +100,4 @@ def verify_artifact(artifact: Path, source: Path, image_size: int, batch: int | 
     """The artifact against its source ONNX in ONNX Runtime on the CPU, on random and real-photo batches."""
     session = ort_session(source)
     with open_runner(artifact) as runner:
-        return parity_over(verification_inputs(image_size, batch), lambda b: run_session(session, b), runner.infer)
+        return parity_over(verification_inputs(image_size, batch), lambda b: run_session(session, b), runner.run)

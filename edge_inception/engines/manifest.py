@@ -52,6 +52,12 @@ class Manifest:
         return int(self.options.get("threads", 0))
 
     @property
+    def batch_range(self) -> tuple[int, int] | None:
+        """The batch sizes the artifact was built for (min, max), if its manifest says."""
+        shapes = self.input_shapes
+        return (int(shapes["min"][0]), int(shapes["max"][0])) if "min" in shapes and "max" in shapes else None
+
+    @property
     def providers(self) -> list[tuple[str, dict[str, Any]]]:
         return [(name, dict(opts)) for name, opts in self.options.get("providers", [])]
 

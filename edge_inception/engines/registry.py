@@ -123,12 +123,14 @@ def open_runner(artifact: str | Path, *, threads: int | None = None) -> Runner:
     if is_plain_onnx(art):
         if not art.is_file():
             raise ManifestError(f"model not found: {art}")
-        return get_backend(PLAIN_ONNX_BACKEND).open(art, None, threads=threads)
+        return get_backend(PLAIN_ONNX_BACKEND).open(art, None, threads=threads)  # ONNX Runtime's run_session takes any batch
     manifest = read_manifest(art)
     backend = get_backend(manifest.backend)
     if not art.name.endswith(backend.suffix):
         raise ManifestError(f"{art}: its manifest says backend '{manifest.backend}', whose artifacts end in {backend.suffix}; rebuild it")
-    return backend.open(art, manifest, threads=threads)
+    runner = backend.open(art, manifest, threads=threads)
+    runner.batch_range = manifest.batch_range
+    return runner
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class ArtifactInfo:
     target: str  # "plain" for an ONNX file without a manifest
     source_onnx: str  # the ONNX the artifact was built from (itself, for a plain file)
     device: str = "cpu"  # where it computes: "cpu" or "cuda"
+    fixed_batch: int | None = None  # the one batch size it takes, if it takes one only
 
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
@@ -155,6 +158,8 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
         from ..model.labels import class_names
 
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
-                            str(resolve_link(m.source_onnx, art.parent)), m.device)
+                            str(resolve_link(m.source_onnx, art.parent)), m.device,
+                            m.batch_range[0] if m.batch_range and m.batch_range[0] == m.batch_range[1] else None)
     facts = onnx_facts(art)
-    return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art))
+    return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art),
+                        fixed_batch=facts.fixed_batch)

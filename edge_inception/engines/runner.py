@@ -17,6 +17,7 @@ class Runner(abc.ABC):
 
     name = "runner"
     device = "cpu"  # where it computes: "cpu", or "cuda" / a GPU's name for GPU backends
+    batch_range: tuple[int, int] | None = None  # the batch sizes the artifact takes (its manifest's min and max), if bounded
 
     def __enter__(self) -> Runner:
         self.activate()
@@ -34,6 +35,15 @@ class Runner(abc.ABC):
 
     def deactivate(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Logits of any number of images: within the artifact's batch range in one call, else in chunks it takes (a
+        fixed-batch artifact gets its batch, the last chunk padded). ``infer`` runs exactly the batch it is given."""
+        from ..convert.onnx_file import run_in_batches
+
+        if self.batch_range is None:
+            return self.infer(images)
+        return run_in_batches(self.infer, images, *self.batch_range)
 
 
 @dataclass

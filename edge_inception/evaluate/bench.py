@@ -60,6 +60,7 @@ class Engine:
     torch_kwargs: dict[str, Any] = field(default_factory=dict)
     agreement: float | None = None  # top-1 agreement with FP32, from a quantize report
     device: str = "cpu"  # where it computes: "cpu" or "cuda"
+    fixed_batch: int | None = None  # an artifact that takes one batch size only
 
     @property
     def is_baseline(self) -> bool:
@@ -145,7 +146,7 @@ def describe(artifact: str | Path) -> Engine:
     prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
     name = f"{prefix}-{info.precision}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
     return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
-                  macs_per_image=macs, source_onnx=fp32, agreement=agreement, device=info.device)
+                  macs_per_image=macs, source_onnx=fp32, agreement=agreement, device=info.device, fixed_batch=info.fixed_batch)
 
 
 def torch_available() -> bool:
@@ -240,6 +241,10 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     sizes = {e.image_size for e in engines}
     if len(sizes) > 1:
         raise EdgeInceptionError(f"artifacts have different input sizes ({sorted(sizes)}): benchmark like with like")
+    for e in engines:
+        if e.fixed_batch and any(b != e.fixed_batch for b in cfg.batches):
+            raise EdgeInceptionError(f"{Path(e.path or e.name).name} takes batches of {e.fixed_batch} only (exported with --batch "
+                                     f"{e.fixed_batch}): bench it with --batch {e.fixed_batch}")
     for batch in cfg.batches:
         check_batch(batch)
         check_batch_memory(batch, engines[0].image_size)

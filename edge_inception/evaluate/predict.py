@@ -43,7 +43,7 @@ def predict(artifact: str | Path, images: Sequence[str | Path], top_k: int = 5, 
     with open_runner(artifact) as runner:
         for start in range(0, len(scan.images), batch_size):
             chunk = scan.images[start : start + batch_size]
-            probs = softmax(runner.infer(load_batch(chunk, info.image_size)))
+            probs = softmax(runner.run(load_batch(chunk, info.image_size)))
             for path, p in zip(chunk, probs):
                 order = np.argsort(-p)[:k]
                 results.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in order]))
@@ -81,7 +81,7 @@ def evaluate(artifact: str | Path, data: str | Path, batch_size: int = 16, progr
     bar = progress(len(folder.samples), "evaluating") if progress else None
     with open_runner(artifact) as runner:
         for batch, labels in eval_batches(folder, info.image_size, batch_size, ImageCache()):
-            hit1, hit5 = topk_hits(runner.infer(batch), np.array([mapping[label] for label in labels]))
+            hit1, hit5 = topk_hits(runner.run(batch), np.array([mapping[label] for label in labels]))
             top1, top5 = top1 + hit1, top5 + hit5
             if bar is not None:
                 bar.update(len(labels))
