@@ -58,6 +58,12 @@ class Manifest:
         return (int(shapes["min"][0]), int(shapes["max"][0])) if "min" in shapes and "max" in shapes else None
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size the artifact takes, if its range is a single size."""
+        r = self.batch_range
+        return r[0] if r and r[0] == r[1] else None
+
+    @property
     def providers(self) -> list[tuple[str, dict[str, Any]]]:
         return [(name, dict(opts)) for name, opts in self.options.get("providers", [])]
 

@@ -159,7 +159,7 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
 
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
                             str(resolve_link(m.source_onnx, art.parent)), m.device,
-                            m.batch_range[0] if m.batch_range and m.batch_range[0] == m.batch_range[1] else None)
+                            m.fixed_batch)
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art),
                         fixed_batch=facts.fixed_batch)

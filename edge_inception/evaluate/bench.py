@@ -161,11 +161,8 @@ def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engi
 
     if reference.source_onnx is None:
         return []
-    fp32 = Path(reference.source_onnx)
+    fp32 = Path(reference.source_onnx)  # describe() already followed a quantized model to its FP32 source
     meta = get_metadata(load_onnx(fp32, with_weights=False))
-    if meta.get("precision", "fp32") != "fp32" and meta.get("fp32_source"):
-        fp32 = resolve_link(meta["fp32_source"], fp32.parent)
-        meta = get_metadata(load_onnx(fp32, with_weights=False))
     engines = []
     for base in wanted:
         if base is Baseline.torch:
