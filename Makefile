@@ -1,5 +1,7 @@
 # Two commands: `make run` (set up, then the whole pipeline on the embedded defaults) and `make test`.
 PYTHON ?= python3
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -8,10 +10,12 @@ OUT ?= runs/demo
 .PHONY: setup run test pytest lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt
+	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, ...): 1-5 minutes"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,openvino]'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[export,dev,openvino]' | awk '/^(Collecting|Successfully)/ { print; fflush() }'
 	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
+	@echo "setup: done"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
+from .cli_format import PlainTyper
 from .errors import EXTRAS, EdgeInceptionError, Terminated
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
 from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, Precision, QuantTarget, Variant, parse_list
@@ -21,7 +22,7 @@ from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, Pr
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
 
-app = typer.Typer(
+app = PlainTyper(
     name="edge-inception",
     help="GoogLeNet from a PyTorch checkpoint to a validated, benchmarked edge inference engine.",
     no_args_is_help=True,
@@ -41,6 +42,14 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except BaseException:
+            _close_progress()  # the message goes on a line of its own, not after a progress bar
+            raise
+
+    @functools.wraps(fn)
+    def reporter(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return wrapper(*args, **kwargs)
         except EdgeInceptionError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=1) from None
@@ -61,7 +70,16 @@ def handle_errors(fn: F) -> F:
             typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
             raise typer.Exit(code=1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return reporter  # type: ignore[return-value]
+
+
+def _close_progress() -> None:
+    """Close the progress bars still on screen (tqdm's, if any was started)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
 
 
 SEEDED_NOTE = "note: no --weights given: GoogLeNet uses seeded random weights, so its outputs and labels are not meaningful"
@@ -69,7 +87,7 @@ SEEDED_NOTE = "note: no --weights given: GoogLeNet uses seeded random weights, s
 
 def _note_seeded(seeded: bool) -> None:
     if seeded:
-        typer.echo(SEEDED_NOTE, err=True)
+        _note(SEEDED_NOTE)
 
 
 def _version(value: bool) -> None:
@@ -78,11 +96,29 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _Output:
+    """What --quiet and --verbose set for the whole run."""
+
+    quiet = False
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors: no progress bars, notes or warnings.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also the libraries' and each step's debug log.")] = False,
 ) -> None:
     """GoogLeNet from a PyTorch checkpoint to a validated, benchmarked edge inference engine."""
+    if quiet and verbose:
+        raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="'--quiet'")
+    _Output.quiet = quiet
+    logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
+
+
+def _note(text: str) -> None:
+    """A note or warning on stderr, unless --quiet."""
+    if not _Output.quiet:
+        typer.echo(text, err=True)
 
 
 def _echo_table(rows: list[list[str]], header: list[str]) -> None:
@@ -129,7 +165,7 @@ def export(
     from .convert.export import export_model
 
     if batch is not None and dynamic_batch:
-        raise EdgeInceptionError("--batch and --dynamic-batch exclude each other")
+        raise typer.BadParameter("--batch and --dynamic-batch exclude each other", param_hint="'--dynamic-batch'")
     result = export_model(weights, output, variant=variant, num_classes=num_classes, image_size=image_size, opset=opset,
                           batch=batch, simplify=simplify, fold_batchnorm=not keep_batchnorm)
     _note_seeded(result.loaded.seeded)
@@ -231,9 +267,9 @@ def quantize(
     result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
                             holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, criterion=criterion, progress=_progress)
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        _note(f"warning: {warning}")
     if result.skipped_files:
-        typer.echo(f"skipped {result.skipped_files} non-image or unreadable file(s)", err=True)
+        _note(f"skipped {result.skipped_files} non-image or unreadable file(s)")
     a = result.accuracy
     typer.echo(f"{result.precision.value}: {result.scheme}")
     typer.echo(f"criterion: {result.criterion}")
@@ -391,7 +427,7 @@ def _print_bench(report: BenchReport) -> None:
     m = report.machine
     typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
     for note in report.notes:
-        typer.echo(f"note: {note}", err=True)
+        _note(f"note: {note}")
     rows = []
     for r in report.results:
         lat, sp = r.latency_ms, r.speedup_vs
@@ -425,14 +461,14 @@ def pipeline(
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
                          bench_rounds=rounds, batches=_int_list(batch, "--batch"))
     if weights is None:
-        typer.echo(SEEDED_NOTE, err=True)
+        _note(SEEDED_NOTE)
     started: dict[str, float] = {}
 
     def on_stage(name: str) -> None:
         import time
 
         started[name] = time.perf_counter()
-        typer.echo(f"[{len(started)}] {name} ...", err=True)
+        _note(f"[{len(started)}] {name} ...")
 
     result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
     _echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
@@ -508,7 +544,7 @@ def check(
 def _progress(total: int, desc: str):  # -> tqdm
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=_Output.quiet or None)
 
 
 @app.command()
@@ -537,9 +573,9 @@ def train(
                       batch_size=batch_size, lr=lr, image_size=image_size, seed=seed)
     result = run_training(cfg, progress=_progress)
     if weights is None:
-        typer.echo("note: training from seeded random weights (no --weights)", err=True)
+        _note("note: training from seeded random weights (no --weights)")
     if result.skipped_files:
-        typer.echo(f"skipped {result.skipped_files} unreadable or non-image file(s)", err=True)
+        _note(f"skipped {result.skipped_files} unreadable or non-image file(s)")
     _echo_table([[str(h.epoch), str(h.steps), f"{h.train_loss:.3f}", f"{h.train_acc:.1%}", f"{h.val_acc:.1%}", f"{h.seconds:.1f}"]
                  for h in result.history], ["epoch", "steps", "loss", "train acc", "val acc", "seconds"])
     if result.checkpoint is None:
@@ -565,7 +601,17 @@ def demo_data(
     typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
 
 
+class _LevelFormatter(logging.Formatter):
+    """``warning: ...``, ``debug: ...``: the level in lower case, like the CLI's own ``error:`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def main() -> None:
     """Run the CLI (``edge_inception.__main__.main`` installs the signal handlers first, then calls this)."""
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     app()

@@ -133,7 +133,9 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
         else:
             matches = sorted(Path().glob(str(item))) if any(c in str(item) for c in "*?[") else []
             if not matches:
-                raise ImageError(f"no such image or folder: {p}")
+                if "://" in str(item):
+                    raise ImageError(f"{item} is a URL: predict, eval and quantize read local files (download it first)")
+                raise ImageError(f"no such image or folder: {item}")
             sub = find_images(matches, recursive=recursive, check=False)
             images += sub.images
             skipped += sub.skipped

@@ -52,6 +52,8 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     if prec is not found:
         raise EdgeInceptionError(f"{src} is a {found.value} graph; precision comes from the graph "
                                  f"(run 'edge-inception quantize --precision {prec.value}' first)")
+    if allow_tf32 and tgt.device == "cpu":
+        raise EdgeInceptionError(f"--allow-tf32 is for GPU targets: target {tgt.name} runs on the CPU, where FP32 is FP32")
     requested = Backend(backend) if backend else None
     if requested is not None:
         tgt.check(requested, prec)
@@ -62,7 +64,7 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     out_dir = Path(output_dir) if output_dir is not None else src.parent / f"{src.stem}.{tgt.name}"
     n_threads = tgt.threads if threads is None else threads
     size, fixed = facts.image_size, facts.fixed_batch
-    tf32 = allow_tf32 and tgt.device != "cpu"
+    tf32 = allow_tf32
     log.info("building with %s", choice.line)
 
     with staging_dir(out_dir, f"{src.stem}.build") as work:

@@ -142,7 +142,9 @@ def describe(artifact: str | Path) -> Engine:
     meta = get_metadata(load_onnx(info.source_onnx, with_weights=False))
     report = Path(info.source_onnx).with_suffix(".report.json")
     agreement = json.loads(report.read_text())["accuracy"]["top1_agreement"] if report.is_file() else (1.0 if info.precision == "fp32" else None)
-    fp32 = str(resolve_link(meta["fp32_source"], Path(info.source_onnx).parent)) if meta.get("fp32_source") else info.source_onnx
+    # a quantized model's FP32 source, where it is at hand (a device bundle carries only the model it deploys)
+    fp32_path = resolve_link(meta["fp32_source"], Path(info.source_onnx).parent) if meta.get("fp32_source") else Path(info.source_onnx)
+    fp32 = str(fp32_path) if fp32_path.is_file() else None
     prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
     name = f"{prefix}-{info.precision}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
     return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
@@ -159,7 +161,7 @@ def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engi
     from ..convert.onnx_file import get_metadata, load_onnx
     from ..engines.pytorch import weights_for_onnx
 
-    if reference.source_onnx is None:
+    if reference.source_onnx is None or not wanted:
         return []
     fp32 = Path(reference.source_onnx)  # describe() already followed a quantized model to its FP32 source
     meta = get_metadata(load_onnx(fp32, with_weights=False))
@@ -234,6 +236,10 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
         wanted = (Baseline.torch, Baseline.ort_default) if torch_available() else (Baseline.ort_default,)
         if not torch_available():
             notes.append("PyTorch is not installed: no torch-eager baseline (pip install 'edge-inception[export]' adds it)")
+    if wanted and engines[0].source_onnx is None:
+        notes.append(f"no baselines: the FP32 model {engines[0].path} was quantized from is not here (a bundle carries only the model it "
+                     "deploys); they need it beside the quantized model")
+        wanted = ()
     engines += baseline_engines(engines[0], wanted)
     sizes = {e.image_size for e in engines}
     if len(sizes) > 1:
@@ -374,23 +380,29 @@ def plot(report: BenchReport, path: str | Path) -> None:
     from ..fileio import atomic_path
 
     results = report.results
-    smallest = min(r.batch for r in results)
+    batches = sorted({r.batch for r in results})
+    smallest = batches[0]
     agreed = [r for r in results if r.agreement is not None and r.batch == smallest]
-    fig, axes = plt.subplots(1, 2 if agreed else 1, figsize=(13 if agreed else 8, 4.5), squeeze=False)
-    ax = axes[0][0]
-    ax.boxplot([r.samples_ms for r in results], showfliers=False)
-    ax.set_xticks(range(1, len(results) + 1), [f"{r.engine}\nb{r.batch}" for r in results], fontsize=8)
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("latency distribution per engine")
+    panels = len(batches) + (1 if agreed else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(max(6.5, 5.5 * panels), 4.8), squeeze=False)
+    for ax, batch in zip(axes[0], batches):  # one panel per batch size: a batch of 8 takes longer than one image
+        rows = [r for r in results if r.batch == batch]
+        ax.boxplot([r.samples_ms for r in rows], showfliers=False)
+        ax.set_xticks(range(1, len(rows) + 1), [r.engine for r in rows], fontsize=8, rotation=30, ha="right")
+        ax.set_ylabel(f"latency per batch of {batch} (ms)")
+        ax.set_title(f"latency distribution, batch {batch}")
+        ax.set_ylim(bottom=0)
     if agreed:
-        ax2 = axes[0][1]
-        for r in agreed:
-            percent = (r.agreement or 0.0) * 100
-            ax2.scatter(r.latency_ms["p50"], percent)
-            ax2.annotate(r.engine, (r.latency_ms["p50"], percent), fontsize=8)
-        ax2.set_xlabel("p50 latency (ms)")
+        ax2 = axes[0][-1]
+        for r in agreed:  # a legend, not annotations: engines of equal agreement would print over each other
+            ax2.scatter(r.latency_ms["p50"], (r.agreement or 0.0) * 100, label=f"{r.engine} ({r.latency_ms['p50']:.2f} ms)", s=40)
+        low = min((r.agreement or 0.0) * 100 for r in agreed)
+        ax2.set_ylim(max(0.0, min(low, 99.0) - 1.0), 100.0)  # agreement cannot pass 100 %
+        ax2.set_xlim(left=0)
+        ax2.set_xlabel(f"p50 latency, batch {smallest} (ms)")
         ax2.set_ylabel("top-1 agreement with FP32 (%)")
-        ax2.set_title("latency vs accuracy")
+        ax2.set_title("latency vs agreement")
+        ax2.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -48,7 +48,7 @@ class ProfileReport:
     batch: int
     iterations: int
     source: str
-    end_to_end_ms: float  # median of the profiled runs
+    end_to_end_ms: float  # mean of the profiled runs: the same statistic as the node times, so the two add up
     nodes_ms: float  # sum of all node times, per inference
     unassigned_ms: float  # end_to_end - nodes: the runtime's own time between kernels
     stages: list[StageTime] = field(default_factory=list)
@@ -109,7 +109,7 @@ def attribute(timings: Timings, flops, tensor_stages: dict[str, str] | None = No
     for node in timings.nodes:
         per_stage.setdefault(node_stage(node.name, tensor_stages), []).append(node)
     nodes_ms = sum(n.ms for n in timings.nodes)
-    e2e = statistics.median(timings.runs_ms) if timings.runs_ms else nodes_ms
+    e2e = statistics.fmean(timings.runs_ms) if timings.runs_ms else nodes_ms
     macs = {s.name: s for s in flops.stages}
     total_macs = max(flops.total_macs, 1)
     stages = []
@@ -122,12 +122,19 @@ def attribute(timings: Timings, flops, tensor_stages: dict[str, str] | None = No
     return ProfileReport(source=timings.source, end_to_end_ms=e2e, nodes_ms=nodes_ms, unassigned_ms=e2e - nodes_ms, stages=stages, **about)
 
 
+def unassigned_text(report: ProfileReport) -> str:
+    """The time between the nodes; where the nodes' times add up to more than the runs took, they ran in parallel."""
+    if report.unassigned_ms >= 0:
+        return f"not assigned to a node {report.unassigned_ms:.3f} ms ({report.unassigned_share:.1%})"
+    return (f"the nodes' times add up to {-report.unassigned_ms:.3f} ms ({-report.unassigned_share:.1%}) more than the runs took: "
+            "nodes ran in parallel, so no time is left unassigned")
+
+
 def markdown(report: ProfileReport, *, title: bool = True) -> str:
     lines = [f"# edge-inception profile: {Path(report.artifact).name}", ""] if title else []
     lines += [f"- {report.backend} / {report.precision} on {report.device}, batch {report.batch}, {report.iterations} profiled runs "
               f"({report.source})",
-              f"- end to end {report.end_to_end_ms:.3f} ms (median); nodes {report.nodes_ms:.3f} ms; not assigned to a node "
-              f"{report.unassigned_ms:.3f} ms ({report.unassigned_share:.1%})", "",
+              f"- end to end {report.end_to_end_ms:.3f} ms (mean of the runs); nodes {report.nodes_ms:.3f} ms; " + unassigned_text(report), "",
               "| stage | ms | % of time | M multiply-adds | paper (M) | % of multiply-adds | G multiply-adds/s | nodes |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report.stages:
@@ -153,7 +160,7 @@ def plot(reports: list[ProfileReport], path: str | Path) -> None:
         ax.bar(xs + 0.2, [s.macs_share * 100 for s in stages], 0.4, label="% of multiply-adds")
         ax.set_xticks(xs, [s.stage.replace("inception_", "") for s in stages], rotation=60, fontsize=8)
         ax.set_title(f"{r.precision} ({r.backend}, {r.device}): {r.end_to_end_ms:.2f} ms", fontsize=10)
-        ax.set_ylabel("%")
+        ax.set_ylabel("share of the stage (% of total time or multiply-adds)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
