@@ -484,7 +484,7 @@ def bundle(
     result = make_bundle(model, target, output, force=force, references=references)
     for line in result.build_commands:
         typer.echo(f"  {line}")
-    typer.echo(f"wrote {result.folder} ({len(result.files)} files)")
+    typer.echo(f"wrote {result.folder} ({len(result.files)} files); bundle.json sha256 {result.bundle_sha256}")
 
 
 @app.command()
@@ -501,6 +501,7 @@ def check(
     p = r.parity
     typer.echo(f"check passed: {r.artifact.name} ({r.precision} on {r.device}) on {p.samples} reference images: max rel error "
                f"{p.max_rel_error:.2e}, mean cosine {p.mean_cosine:.5f}, top-1 agreement {p.top1_agreement:.1%}")
+    typer.echo(f"bundle verified: every file matches bundle.json (sha256 {r.bundle_sha256}: compare with what 'bundle' printed)")
     if r.adopted:
         typer.echo(f"adopted: wrote {r.artifact.name}.manifest.json")
 
