@@ -125,7 +125,8 @@ def output_target(path: Path, *, folder: bool = False) -> Path:
             target = Path(os.path.realpath(path, strict=True))
             st = os.stat(target)
         except (OSError, RuntimeError) as exc:
-            raise OutputPathError(f"refusing to write {path}: it is a symbolic link to a missing path or a loop") from exc
+            raise OutputPathError(f"refusing to replace {path}: it is a symbolic link to {os.readlink(path)!r:.80}, which is missing, "
+                                  "a loop or not a file") from exc
     wanted, kind = (stat.S_ISDIR, "a folder") if folder else (stat.S_ISREG, "a regular file")
     if not wanted(st.st_mode):
         via = f" (a link to {target})" if target != path else ""

@@ -80,6 +80,7 @@ def ort_reason(exc: BaseException) -> str:
     text = _first_line(exc)
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=[A-Z])", "", text)  # "/src/model.cc:256 onnxruntime::Model::Model(...) "
+    text = re.sub(r"^Load model from .*? failed:", "", text)
     return text[:300]
 
 

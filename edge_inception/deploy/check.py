@@ -7,6 +7,7 @@ An engine ``trtexec`` built (no manifest yet) is adopted: once it passes, ``chec
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def load_reference(folder: str | Path) -> Reference:
     """A bundle's ``reference/`` folder, the bundle around it verified first (:func:`verify_bundle`); the arrays must
     have the bundled model's input size and class count."""
     ref = Path(folder)
-    if not (ref.parent / "bundle.json").is_file():
+    if not os.path.lexists(ref.parent / "bundle.json"):
         raise ModelFileError(f"{ref}: not the reference/ folder of a bundle (no bundle.json beside it); "
                              "check replays only what a bundle vouches for")
     bundle = verify_bundle(ref.parent)
