@@ -159,6 +159,7 @@ def info(
 ) -> None:
     """Inputs, outputs, opset, node and parameter counts, and edge-inception metadata of an ONNX model."""
     from .convert.onnx_file import onnx_info
+    from .names import printable
 
     data = onnx_info(model)
     if as_json:
@@ -167,11 +168,10 @@ def info(
     typer.echo(f"{data.path}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
     for kind, items in (("input", data.inputs), ("output", data.outputs)):
         for name, dtype, dims in items:
-            typer.echo(f"  {kind:<6} {name}: {dtype} [{' x '.join(map(str, dims))}]")
-    typer.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in data.op_counts.items()))
-    for key, value in data.metadata.items():
-        shown = value if len(value) < 100 else value[:97] + "..."
-        typer.echo(f"  {key}: {shown}")
+            typer.echo(f"  {kind:<6} {printable(name, 100)}: {dtype} [{' x '.join(printable(str(d), 40) for d in dims)}]")
+    typer.echo("  ops: " + ", ".join(f"{printable(k, 60)} {v}" for k, v in data.op_counts.items()))
+    for key, value in data.metadata.items():  # text from the file: escapes shown, not sent to the terminal
+        typer.echo(f"  {printable(key, 100)}: {printable(value, 97)}")
 
 
 def _m(value: int | None, unit: float = 1e6, digits: int = 1) -> str:

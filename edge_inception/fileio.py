@@ -159,6 +159,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _publish_mode(tmp)
+        output_target(dest)  # again, just before the rename: nothing else may have taken the name meanwhile
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -61,3 +61,9 @@ def check_labels(values: object, what: str, count: int | None = None) -> list[st
         if not check_text(v, f"{what}[{i}]", MAX_LABEL_CHARS).strip():
             raise UnsafeNameError(f"{what}[{i}] is empty")
     return list(values)
+
+
+def printable(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """``text`` safe to print: control and format characters shown as escapes (``\\x1b``), cut at ``max_chars``."""
+    shown = "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _UNPRINTABLE else c for c in text[:max_chars])
+    return shown + ("..." if len(text) > max_chars else "")

@@ -339,6 +339,23 @@ def test_bundle_files_are_verified_by_check(copy, built):
     one_line(invoke("check", built, "--reference", copy / "reference"), "labels.txt: line 1 differs")
 
 
+def test_check_reads_only_the_reference_the_bundle_vouches_for(copy, built):
+    """A second folder beside the bundle's reference/, with arrays of an attacker's choosing, is not a reference."""
+    shutil.copytree(copy / "reference", copy / "evil")
+    np.save(copy / "evil" / "outputs.npy", np.zeros((8, 10), np.float32))
+    one_line(invoke("check", built, "--reference", copy / "evil"), "not the reference/ folder of a bundle")
+
+
+def test_info_shows_escapes_not_control_characters(tmp_path):
+    path = tiny_classifier(tmp_path / "m.onnx")
+    m = onnx.load(str(path))
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "note", "hi\x1b[2J\x1b]0;owned\x07"
+    onnx.save(m, str(path))
+    r = invoke("info", path)
+    assert r.exit_code == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout and "hi\\x1b[2J" in r.stdout
+
+
 def test_bundle_index_cannot_name_files_outside_the_bundle(copy, built):
     data = json.loads((copy / "bundle.json").read_text())
     data["files"]["../../../etc/passwd"] = "0" * 64

@@ -372,10 +372,14 @@ def model_facts(model, where: str = "model") -> OnnxFacts:
     if not 1 <= n <= MAX_CLASSES:
         raise ModelFileError(f"{where}: cannot tell the number of classes (metadata num_classes {meta.get('num_classes', 'missing')!r}, "
                              f"output width {dims[-1].dim_value if dims else '?'}); expected 1 to {MAX_CLASSES}")
+    size = model_image_size(model)
+    width = _dims(model.graph.input[0])[-1]
+    if isinstance(width, int) and width != size:
+        raise ModelFileError(f"{where}: its metadata says {size} px images, but its input is {width} px wide")
     precision = meta.get("precision") or graph_precision(model)
     if precision not in ("fp32", "fp16", "int8"):
         raise ModelFileError(f"{where}: metadata precision {precision[:20]!r} is not fp32, fp16 or int8")
-    return OnnxFacts(model_image_size(model), n, model_class_names(meta, n, where), precision, fixed_batch(model), meta)
+    return OnnxFacts(size, n, model_class_names(meta, n, where), precision, fixed_batch(model), meta)
 
 
 def onnx_facts(path: str | Path) -> OnnxFacts:

@@ -71,11 +71,12 @@ def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def load_reference(folder: str | Path) -> Reference:
     """A bundle's ``reference/`` folder, the bundle around it verified first (:func:`verify_bundle`); the arrays must
     have the bundled model's input size and class count."""
-    ref = Path(folder)
-    if not os.path.lexists(ref.parent / "bundle.json"):
-        raise ModelFileError(f"{ref}: not the reference/ folder of a bundle (no bundle.json beside it); "
+    given = Path(folder)
+    if given.name != "reference" or not os.path.lexists(given.parent / "bundle.json"):
+        raise ModelFileError(f"{given}: not the reference/ folder of a bundle (no bundle.json beside it); "
                              "check replays only what a bundle vouches for")
-    bundle = verify_bundle(ref.parent)
+    bundle = verify_bundle(given.parent)
+    ref = bundle.folder / "reference"  # the files bundle.json vouches for, and no others
     meta_path = ref / "reference.json"
     meta = read_json(meta_path, MAX_REFERENCE_JSON_BYTES, "reference description")
     if not isinstance(meta, dict) or meta.get("model_sha256") != bundle.model_sha256:
