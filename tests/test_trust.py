@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -518,22 +519,43 @@ def state() -> dict:
     return {k: v for k, v in seeded_state_dict(num_classes=10, aux=False).items()}
 
 
-def test_checkpoint_bounds_are_one_line(state, tmp_path):
-    bad = dict(state, **{"fc.weight": torch.zeros(0, 1024), "fc.bias": torch.zeros(0)})
-    torch.save(bad, tmp_path / "empty.pth")
+@pytest.fixture(scope="module")
+def checkpoint(state, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "ok.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_classifier_bounds_are_one_line(state, tmp_path):
+    torch.save(dict(state, **{"fc.weight": torch.zeros(0, 1024), "fc.bias": torch.zeros(0)}), tmp_path / "empty.pth")
     one_line(invoke("export", "--weights", tmp_path / "empty.pth", "-o", tmp_path / "e.onnx"), "must be in [1, 32768], got 0")
-    wide = dict(state, **{"fc.weight": torch.zeros(10, 7)})
-    torch.save(wide, tmp_path / "wide.pth")
+    torch.save(dict(state, **{"fc.weight": torch.zeros(10, 7)}), tmp_path / "wide.pth")
     one_line(invoke("export", "--weights", tmp_path / "wide.pth", "-o", tmp_path / "e.onnx"), "expected (num_classes, 1024)")
-    torch.save(state, tmp_path / "ok.pth")
-    for size, needle in ((-5, "field 'image_size' must be in [32, 1024], got -5"), (10, "got 10"), ("big", "must be an integer")):
-        (tmp_path / "ok.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(10)], "image_size": size}))
-        one_line(invoke("export", "--weights", tmp_path / "ok.pth", "-o", tmp_path / "e.onnx"), needle)
-    (tmp_path / "ok.json").write_text(json.dumps({"classes": ["\x1b[2J", *[f"c{i}" for i in range(9)]]}))
-    one_line(invoke("export", "--weights", tmp_path / "ok.pth", "-o", tmp_path / "e.onnx"), "control character")
-    (tmp_path / "ok.json").unlink()
+    assert not (tmp_path / "e.onnx").exists()
+
+
+@pytest.mark.parametrize("sidecar,needle", [
+    ({"image_size": -5}, "field 'image_size' must be in [32, 1024], got -5"),
+    ({"image_size": 10}, "field 'image_size' must be in [32, 1024], got 10"),
+    ({"image_size": "big"}, "field 'image_size' must be an integer"),
+    ({"classes": ["\x1b[2J", *[f"c{i}" for i in range(9)]]}, "control character U+001B"),
+    ({"classes": ["a", "b"]}, "field 'classes' has 2 entries, the checkpoint 10 classes"),
+    ({"transform_input": "yes"}, "field 'transform_input' must be true or false"),
+    ("[" * 100_000, "nested 100000 levels"),
+])
+def test_sidecar_fields_are_bounded(checkpoint, tmp_path, sidecar, needle):
+    from edge_inception.model.checkpoints import load_model
+
+    weights = Path(shutil.copyfile(checkpoint, tmp_path / "ok.pth"))
+    (tmp_path / "ok.json").write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    with pytest.raises(EdgeInceptionError, match=re.escape(needle)):
+        load_model(weights)
+
+
+def test_sidecar_that_is_a_fifo_is_refused_not_read(checkpoint, tmp_path):
+    weights = Path(shutil.copyfile(checkpoint, tmp_path / "ok.pth"))
     _fifo(tmp_path / "ok.json")
-    one_error_line(run("export", "--weights", str(tmp_path / "ok.pth"), "-o", str(tmp_path / "e.onnx"), timeout=300), "is a FIFO")
+    one_error_line(run("export", "--weights", str(weights), "-o", str(tmp_path / "e.onnx"), timeout=300), "is a FIFO")
     assert not (tmp_path / "e.onnx").exists()
 
 

@@ -201,13 +201,15 @@ def load_model(
         return LoadedModel(model, v, n, bool(transform_input), default_class_names(n), f"seed:{seed}", None, True)
 
     path = Path(weights)
+    side = read_sidecar(path)  # small and bounded: checked before the tensors are read
     state = read_state_dict(path)
     found_variant, found_classes = infer_variant(state, str(path))
     if variant is not None and Variant(variant) is not found_variant:
         raise CheckpointError(f"{path}: holds the {found_variant.value} layout, not {Variant(variant).value}")
     if num_classes is not None and num_classes != found_classes:
         raise CheckpointError(f"{path}: has {found_classes} classes, not {num_classes}")
-    side = read_sidecar(path, found_classes)
+    if len(side.get("classes", [])) not in (0, found_classes):
+        raise CheckpointError(f"{sidecar_path(path)}: field 'classes' has {len(side['classes'])} entries, the checkpoint {found_classes} classes")
     if transform_input is None:
         transform_input = bool(side.get("transform_input", found_variant is Variant.torchvision and found_classes == 1000))
     has_aux = any(k.startswith("aux1.") for k in state)
