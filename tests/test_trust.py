@@ -459,7 +459,7 @@ def test_a_fifo_preset_does_not_hang_targets(tmp_path):
     ("batch", [1, 2], "field 'batch' must be a table"),
     ("description", "evil\x1b[2J", "control character U+001B"),
     ("description", "x" * 500, "more than 200"),
-    ("device", "tpu", "field 'device' must be one of cpu, cuda"),
+    ("device", "tpu", "field 'device': unknown device 'tpu' (choose from cpu, cuda)"),
     ("precisions", "fp32", "field 'precisions' must be a non-empty list"),
     ("builder_optimization_level", 9, "field 'builder_optimization_level' must be in [0, 5]"),
 ])

@@ -90,7 +90,7 @@ def _field_checks() -> dict[str, Callable[[str, object], object]]:
     def choice(options: tuple[str, ...]) -> Callable[[str, object], object]:
         def check(name: str, v: object) -> object:
             if v not in options:
-                raise TargetError(f"field '{name}' must be one of {', '.join(options)}, got {str(v)[:40]!r}")
+                raise TargetError(f"field '{name}': unknown {name} {str(v)[:40]!r} (choose from {', '.join(options)})")
             return v
         return check
 
