@@ -71,7 +71,7 @@ def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def load_reference(folder: str | Path) -> Reference:
     """A bundle's ``reference/`` folder, the bundle around it verified first (:func:`verify_bundle`); the arrays must
     have the bundled model's input size and class count."""
-    given = Path(folder)
+    given = Path(os.path.abspath(folder))  # "." inside reference/ names it too
     if given.name != "reference" or not os.path.lexists(given.parent / "bundle.json"):
         raise ModelFileError(f"{given}: not the reference/ folder of a bundle (no bundle.json beside it); "
                              "check replays only what a bundle vouches for")
