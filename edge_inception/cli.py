@@ -195,6 +195,7 @@ def info(
 ) -> None:
     """Inputs, outputs, opset, node and parameter counts, and edge-inception metadata of an ONNX model."""
     from .convert.onnx_file import onnx_info
+    from .names import printable
 
     data = onnx_info(model)
     if as_json:
@@ -203,11 +204,10 @@ def info(
     typer.echo(f"{data.path}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
     for kind, items in (("input", data.inputs), ("output", data.outputs)):
         for name, dtype, dims in items:
-            typer.echo(f"  {kind:<6} {name}: {dtype} [{' x '.join(map(str, dims))}]")
-    typer.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in data.op_counts.items()))
-    for key, value in data.metadata.items():
-        shown = value if len(value) < 100 else value[:97] + "..."
-        typer.echo(f"  {key}: {shown}")
+            typer.echo(f"  {kind:<6} {printable(name, 100)}: {dtype} [{' x '.join(printable(str(d), 40) for d in dims)}]")
+    typer.echo("  ops: " + ", ".join(f"{printable(k, 60)} {v}" for k, v in data.op_counts.items()))
+    for key, value in data.metadata.items():  # text from the file: escapes shown, not sent to the terminal
+        typer.echo(f"  {printable(key, 100)}: {printable(value, 97)}")
 
 
 def _m(value: int | None, unit: float = 1e6, digits: int = 1) -> str:
@@ -520,7 +520,7 @@ def bundle(
     result = make_bundle(model, target, output, force=force, references=references)
     for line in result.build_commands:
         typer.echo(f"  {line}")
-    typer.echo(f"wrote {result.folder} ({len(result.files)} files)")
+    typer.echo(f"wrote {result.folder} ({len(result.files)} files); bundle.json sha256 {result.bundle_sha256}")
 
 
 @app.command()
@@ -537,6 +537,7 @@ def check(
     p = r.parity
     typer.echo(f"check passed: {r.artifact.name} ({r.precision} on {r.device}) on {p.samples} reference images: max rel error "
                f"{p.max_rel_error:.2e}, mean cosine {p.mean_cosine:.5f}, top-1 agreement {p.top1_agreement:.1%}")
+    typer.echo(f"bundle verified: every file matches bundle.json (sha256 {r.bundle_sha256}: compare with what 'bundle' printed)")
     if r.adopted:
         typer.echo(f"adopted: wrote {r.artifact.name}.manifest.json")
 

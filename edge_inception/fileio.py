@@ -16,12 +16,13 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFileError, OutputPathError
+from .errors import EdgeInceptionError, ModelFileError, OutputPathError
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +96,59 @@ def ensure_folder(folder: Path) -> None:
         raise OutputPathError(f"output folder {folder} is not writable")
 
 
-def ensure_parent(path: Path) -> None:
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "neither a file nor a folder"
+
+
+def output_target(path: Path, *, folder: bool = False) -> Path:
+    """Where an output named ``path`` really goes, or :class:`OutputPathError` if writing there would replace something
+    that is not ours to replace.
+
+    A missing path is itself. An existing one must be a regular file (``folder``: a folder); anything else (a character
+    device such as ``/dev/null``, a FIFO, a socket, a folder where a file is expected) is refused, never replaced by
+    the rename that finishes an atomic write. A symbolic link is followed: the new file replaces the link's final target,
+    atomically, and the link stays; a link to something that is missing or not a regular file (``/dev/stdout`` is a link
+    to ``/proc/self/fd/1``) is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    target = path
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = Path(os.path.realpath(path, strict=True))
+            st = os.stat(target)
+        except (OSError, RuntimeError) as exc:
+            raise OutputPathError(f"refusing to replace {path}: it is a symbolic link to {os.readlink(path)!r:.80}, which is missing, "
+                                  "a loop or not a file") from exc
+    wanted, kind = (stat.S_ISDIR, "a folder") if folder else (stat.S_ISREG, "a regular file")
+    if not wanted(st.st_mode):
+        via = f" (a link to {target})" if target != path else ""
+        raise OutputPathError(f"refusing to replace {path}{via}: it is {_kind(st.st_mode)}, not {kind}")
+    return target
+
+
+def ensure_parent(path: Path) -> Path:
+    """The output file ``path`` really names (see :func:`output_target`), its folder created and writable."""
     ensure_folder(path.parent)
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise OutputPathError(f"output path {path} is a folder, expected a file name")
+    target = output_target(path)
+    if target != path:
+        ensure_folder(target.parent)
+    return target
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``, on failure delete it."""
-    dest = Path(path)
-    ensure_parent(dest)
+    dest = ensure_parent(Path(path))
     sweep_stale(dest.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(dest.name), suffix=".tmp", dir=dest.parent)
@@ -116,6 +159,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _publish_mode(tmp)
+        output_target(dest)  # again, just before the rename: nothing else may have taken the name meanwhile
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -134,9 +178,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
     """Refuse, before any work, an output file whose folder cannot be created or written, or that is a folder."""
-    dest = Path(path)
-    ensure_parent(dest)
-    return dest
+    return ensure_parent(Path(path))
 
 
 def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
@@ -153,9 +195,7 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
     With ``replace`` an existing folder is swapped out only after the new one is complete; without it an
     existing non-empty folder is refused.
     """
-    dest = Path(path)
-    if dest.exists() and not dest.is_dir():
-        raise OutputPathError(f"{dest} is a file, expected a folder")
+    dest = output_target(Path(path), folder=True)
     if dest.exists() and any(dest.iterdir()) and not replace:
         raise OutputPathError(f"{dest} already exists and is not empty (use --force to replace it)")
     ensure_folder(dest.parent)  # not dest itself: an interrupted first run leaves no folder behind
@@ -196,6 +236,10 @@ def staging_dir(folder: str | os.PathLike[str], label: str) -> Iterator[Path]:
 def install_files(files: list[Path], folder: Path) -> list[Path]:
     """Move ``files`` (in a :func:`staging_dir` of ``folder``) into ``folder``, in the order given: each is an atomic
     rename over any file of that name. Put the file that vouches for the others (a manifest) last."""
+    for f in files:  # every destination checked before the first rename: an artifact is installed whole or not at all
+        if output_target(folder / f.name) != folder / f.name:
+            raise OutputPathError(f"refusing to replace {folder / f.name}: it is a symbolic link; an artifact's files are real files "
+                                  "beside its manifest")
     placed = []
     for f in files:
         dest = folder / f.name
@@ -215,14 +259,106 @@ def write_failure(folder: Path, exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
+@contextlib.contextmanager
+def open_regular(path: str | os.PathLike[str], what: str = "file", *, max_bytes: int | None = None,
+                 error: type[EdgeInceptionError] = ModelFileError) -> Iterator[Any]:
+    """``path`` opened for binary reading, only if it is a regular file (of at most ``max_bytes``), else ``error``.
+
+    The file is opened without blocking and checked on the open descriptor (``fstat``), so a FIFO, a device or a socket
+    is refused rather than read (reading a FIFO nobody writes waits forever), and nothing can be swapped in between
+    the check and the read."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
-        raise ModelFileError(f"file not found: {path}") from exc
+        raise error(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path}: is {_kind(st.st_mode)}, not a regular file; refusing to read it")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise error(f"{what} {path}: {st.st_size:,} bytes, more than the {max_bytes:,} such a file may have")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int, what: str = "file", *,
+                 error: type[EdgeInceptionError] = ModelFileError) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`); anything else is ``error``."""
+    with open_regular(path, what, max_bytes=max_bytes, error=error) as f:
+        data: bytes = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since fstat
+        raise error(f"{what} {path}: more than the {max_bytes:,} bytes such a file may have")
+    return data
+
+
+def read_text(path: str | os.PathLike[str], max_bytes: int, what: str = "file", *,
+              error: type[EdgeInceptionError] = ModelFileError) -> str:
+    """:func:`read_regular`, decoded as UTF-8 (anything else is ``error``)."""
+    try:
+        return read_regular(path, max_bytes, what, error=error).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+MAX_JSON_DEPTH = 32  # our JSON files nest 4 levels at most
+
+
+def read_json(path: str | os.PathLike[str], max_bytes: int, what: str = "file", *,
+              error: type[EdgeInceptionError] = ModelFileError) -> Any:
+    """A JSON document from a regular file of at most ``max_bytes``, nested at most :data:`MAX_JSON_DEPTH` levels;
+    anything else (a FIFO, a huge file, invalid or deeply nested JSON, NaN) is ``error`` in one line."""
+    text = read_text(path, max_bytes, what, error=error)
+    return parse_json(text, f"{what} {path}", error=error)
+
+
+def parse_json(text: str, where: str, *, error: type[EdgeInceptionError] = ModelFileError) -> Any:
+    """``json.loads`` that refuses, as ``error``, what a hostile file can hand it: nesting deeper than
+    :data:`MAX_JSON_DEPTH` (checked before parsing: the parser recurses), NaN/Infinity, invalid JSON."""
+    depth = _json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise error(f"{where}: JSON nested {depth} levels deep, more than {MAX_JSON_DEPTH}")
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"{where}: not valid JSON ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from exc
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of brackets outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif tok in "]}":
+            depth -= 1
+    return deepest
+
+
+MAX_HASHED_BYTES = 16 << 30  # an artifact or model: GoogLeNet is 27 MB in FP32
+
+
+def sha256_file(path: str | os.PathLike[str], what: str = "file") -> str:
+    """The sha256 of a regular file (a FIFO or device is refused: see :func:`open_regular`)."""
+    h = hashlib.sha256()
+    with open_regular(path, what, max_bytes=MAX_HASHED_BYTES) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
 
 

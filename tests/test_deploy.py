@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,22 +82,25 @@ def test_on_the_device_without_pytorch_or_scikit_image(bundle, trained, tmp_path
     wrong = build(other, "cpu", output_dir=tmp_path / "wrong").artifact
     r = cli("check", str(wrong), "--reference", str(bundle / "reference"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "built from another model" in r.stderr and "Traceback" not in r.stderr
-    # ... and by its answers, where nothing else tells
+    # ... and a plain ONNX file by its sha256: only the bundle's own model is checked as a plain file
     r = cli("check", str(other), "--reference", str(bundle / "reference"))
-    assert r.returncode == 1 and r.stderr.startswith("error: ") and "differs from the reference outputs" in r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "is not the bundle's model" in r.stderr
 
 
 def test_reference_files_are_untrusted(bundle, tmp_path):
+    """A reference outside a bundle is refused; inside one, an edited array is refused by bundle.json's sha256 (the
+    array checks behind it: tests/test_trust.py)."""
     ref = tmp_path / "reference"
     ref.mkdir()
     (ref / "reference.json").write_text((bundle / "reference/reference.json").read_text())
-    np.save(ref / "inputs.npy", np.zeros((2, 3, 64, 64), np.float64))  # wrong dtype
+    np.save(ref / "inputs.npy", np.zeros((2, 3, 64, 64), np.float32))
     np.save(ref / "outputs.npy", np.zeros((2, 10), np.float32))
     r = runner.invoke(app, ["check", str(bundle / "demo.onnx"), "--reference", str(ref)])
-    assert r.exit_code == 1 and "expected a float32 array" in r.stderr
-    np.save(ref / "inputs.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)  # a pickle: never loaded
-    r = runner.invoke(app, ["check", str(bundle / "demo.onnx"), "--reference", str(ref)])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 1 and "no bundle.json beside it" in r.stderr
+    copy = Path(shutil.copytree(bundle, tmp_path / "copy", ignore=shutil.ignore_patterns("build")))
+    np.save(copy / "reference/inputs.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)  # a pickle: never loaded
+    r = runner.invoke(app, ["check", str(copy / "demo.onnx"), "--reference", str(copy / "reference")])
+    assert r.exit_code == 1 and "inputs.npy: does not match bundle.json" in r.stderr and "Traceback" not in r.output
 
 
 def test_build_folders_as_arguments(trained, tmp_path):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edge_inception.cli import app
 from edge_inception.engines.build import build, judge
 from edge_inception.engines.choose import Availability, choose
-from edge_inception.engines.manifest import manifest_path
+from edge_inception.engines.manifest import canonical_sha256, manifest_path
 from edge_inception.engines.ort import CPU, CUDA, TENSORRT, captures_graph, provider_chain, provider_missing, require_providers, without_graph
 from edge_inception.engines.targets import get_target
 from edge_inception.engines.tensorrt import plan_build
@@ -138,6 +138,7 @@ def test_artifact_for_a_missing_provider_is_refused(built_fp32, trained, tmp_pat
     data = json.loads(manifest_path(built_fp32).read_text())
     data["options"]["providers"] = [[CUDA, {"use_tf32": 0}], [CPU, {}]]
     data["device"] = "cuda"
+    data["manifest_sha256"] = canonical_sha256(data)  # a manifest as a GPU build writes it
     manifest_path(art).write_text(json.dumps(data))
     r = runner.invoke(app, ["predict", str(art), str(next((trained.data / "val" / "cat").glob("*.png")))])
     assert r.exit_code == 1 and "this artifact runs on CUDAExecutionProvider" in r.stderr  # not silently on the CPU

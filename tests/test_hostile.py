@@ -24,7 +24,7 @@ from PIL import Image
 
 from edge_inception.data.images import load_image
 from edge_inception.engines.build import build
-from edge_inception.engines.manifest import manifest_path, read_manifest
+from edge_inception.engines.manifest import canonical_sha256, manifest_path, read_manifest
 from edge_inception.fileio import TMP_TAG, sha256_file
 from edge_inception.limits import LimitError, check_batch_memory
 
@@ -281,6 +281,7 @@ def test_manifest_fields_are_validated(built, trained, tmp_path, field, value, n
         data["options"][field.split(".")[1]] = value
     else:
         data[field] = value
+    data["manifest_sha256"] = canonical_sha256(data)  # as a forger would: each field's own check must still hold
     manifest_path(art).write_text(json.dumps(data))
     one_error_line(run("predict", str(art), str(photo(trained))), needle)
 

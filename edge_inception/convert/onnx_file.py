@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..fileio import require_file
-from ..limits import MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
+from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
 from ..vocab import MIN_IMAGE_SIZE
 
 
@@ -66,7 +68,20 @@ def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool =
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=providers or [("CPUExecutionProvider", {})])
+    try:
+        return ort.InferenceSession(src, opts, providers=providers or [("CPUExecutionProvider", {})])
+    except Exception as exc:  # ONNX Runtime's own exception types (Fail, InvalidGraph, ...) derive from Exception only
+        where = "the model" if isinstance(model, bytes) else str(model)
+        raise ModelFileError(f"{where}: ONNX Runtime {ort.__version__} cannot load it: {ort_reason(exc)}") from exc
+
+
+def ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's message without its prefix and C++ source location: the sentence that says why."""
+    text = _first_line(exc)
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) (?=[A-Z])", "", text)  # "/src/model.cc:256 onnxruntime::Model::Model(...) "
+    text = re.sub(r"^Load model from .*? failed:", "", text)
+    return text[:300]
 
 
 def run_in_batches(infer: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -187,17 +202,23 @@ def model_image_size(model, default: int = 224) -> int:
     return default
 
 
-def model_class_names(meta: dict[str, str], num_classes: int) -> list[str]:
-    """The model's own class names where its metadata holds a list of the right length, else the defaults."""
+def model_class_names(meta: dict[str, str], num_classes: int, where: str = "model") -> list[str]:
+    """The model's own class names where its metadata holds a list of the right length, else the defaults. Names that
+    would rewrite the terminal or split ``labels.txt`` (control characters, newlines) are refused."""
+    from ..fileio import parse_json
     from ..model.labels import class_names
+    from ..names import UnsafeNameError, check_labels
 
     try:
-        names = json.loads(meta["class_names"]) if "class_names" in meta else None
-    except ValueError:
+        names = parse_json(meta["class_names"], f"{where}: metadata class_names") if "class_names" in meta else None
+    except ModelFileError:
         names = None
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+    if not (isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)):
         names = None
-    return class_names(num_classes, names)
+    try:
+        return check_labels(class_names(num_classes, names), f"{where}: metadata class_names")
+    except UnsafeNameError as exc:
+        raise ModelFileError(str(exc)) from None
 
 
 def graph_precision(model) -> str:
@@ -245,8 +266,103 @@ def require_classifier(model, where: str = "model") -> None:
                              f"{len(out_shape)} dimensions, expected N x classes")
 
 
+@functools.cache
+def ort_limits() -> tuple[str, int, dict[str, int], frozenset[tuple[str, str]]]:
+    """What the installed ONNX Runtime reads: its version, the newest IR version (asked of ONNX Runtime itself, with a
+    probe model of an impossible IR version, whose refusal names the maximum), the newest opset of each operator domain
+    and every (domain, operator) it has a schema for (its operator registry)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    opsets: dict[str, int] = {}
+    ops: set[tuple[str, str]] = set()
+    for schema in state.get_all_operator_schema():
+        domain = "" if schema.domain == "ai.onnx" else schema.domain
+        opsets[domain] = max(opsets.get(domain, 0), schema.since_version)
+        ops.add((domain, schema.name))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    probe.ir_version = 1 << 20
+    max_ir = int(onnx.IR_VERSION)
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's exception types derive from Exception only
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        max_ir = int(found.group(1)) if found else max_ir
+    return ort.__version__, max_ir, opsets, frozenset(ops)
+
+
+MAX_INITIALIZER_VALUES = 1 << 28  # one weight tensor: 1 GB of float32; GoogLeNet's largest has 1 M values
+
+
+def require_runnable(model, where: str = "model") -> None:
+    """Refuse, in one line naming the cause, a model the installed ONNX Runtime cannot run, before a session is made:
+    an IR version or opset newer than it reads, an operator of a domain or name it does not implement (a custom
+    operator, unless the model defines it as a local function), a first convolution whose input channels contradict
+    the declared input, a dimension or weight beyond the bounds of ``limits.py``."""
+    version, max_ir, opsets, ops = ort_limits()
+    runtime = f"ONNX Runtime {version}"
+    if model.ir_version > max_ir:
+        raise ModelFileError(f"{where}: IR version {model.ir_version} is newer than {runtime} reads (up to {max_ir})")
+    for imp in model.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        if domain in opsets and imp.version > opsets[domain]:
+            name = "ai.onnx" if not domain else domain
+            raise ModelFileError(f"{where}: opset {imp.version} of {name} is newer than {runtime} implements (up to {opsets[domain]})")
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if (domain, node.op_type) not in ops and (node.domain, node.op_type) not in local:
+            known_domain = domain in opsets
+            kind = f"operator {node.op_type} (domain '{domain or 'ai.onnx'}')" if known_domain else f"custom-domain operator {domain}:{node.op_type}"
+            raise ModelFileError(f"{where}: node '{node.name}' is a {kind}, which {runtime} does not implement")
+    for t in model.graph.initializer:
+        if any(d < 0 for d in t.dims) or _numel(t.dims) > MAX_INITIALIZER_VALUES:
+            raise ModelFileError(f"{where}: weight '{t.name}' has dimensions {list(t.dims)}, beyond {MAX_INITIALIZER_VALUES:,} values")
+    inits = {t.name: t for t in model.graph.initializer}
+    first_conv = next((n for n in model.graph.node if n.op_type in ("Conv", "ConvInteger", "QLinearConv")), None)
+    weight_index = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+    if first_conv is not None and len(first_conv.input) > weight_index[first_conv.op_type]:
+        name = first_conv.input[weight_index[first_conv.op_type]]
+        w = inits.get(name) or inits.get(_dequantized_weight(model, name) or "")
+        group = next((a.i for a in first_conv.attribute if a.name == "group"), 1)
+        if w is not None and len(w.dims) == 4 and w.dims[1] * group != 3:
+            raise ModelFileError(f"{where}: the first convolution '{first_conv.name}' takes {w.dims[1] * group} input channels, "
+                                 f"but the model declares 3 (RGB)")
+
+
+def _dequantized_weight(model, name: str) -> str | None:
+    """The initializer behind ``name`` when it is a DequantizeLinear's output (a QDQ model's weight)."""
+    return next((n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == name), None)
+
+
+def _require_bounded_io(model, where: str) -> None:
+    """Every fixed dimension of the input and output within limits.py: batch <= MAX_BATCH, a square image of
+    MIN_IMAGE_SIZE to MAX_IMAGE_SIZE, at most MAX_CLASSES classes (a dimension of 2**31 is refused here, not in the runtime)."""
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    n, _, h, w = _dims(inp)
+    side = (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    bounds: tuple[tuple[str, int | str, int, int], ...] = (("batch", n, 1, MAX_BATCH), ("height", h, *side), ("width", w, *side))
+    out = _dims(model.graph.output[0])
+    if out:
+        bounds += (("output batch", out[0], 1, MAX_BATCH), ("classes", out[1], 1, MAX_CLASSES))
+    for name, value, lo, hi in bounds:
+        if isinstance(value, int) and not lo <= value <= hi:
+            raise ModelFileError(f"{where}: its {name} dimension is {value}, outside [{lo}, {hi}]")
+    if isinstance(h, int) and isinstance(w, int) and h and w and h != w:
+        raise ModelFileError(f"{where}: its input is {h} x {w}; this toolkit feeds square images")
+
+
 def model_facts(model, where: str = "model") -> OnnxFacts:
+    """What every command needs to know of a model, after refusing one that is not an image classifier of this toolkit
+    (:func:`require_classifier`) or that the installed ONNX Runtime cannot run (:func:`require_runnable`)."""
     require_classifier(model, where)
+    _require_bounded_io(model, where)
+    require_runnable(model, where)
     meta = get_metadata(model)
     dims = model.graph.output[0].type.tensor_type.shape.dim
     try:
@@ -256,8 +372,14 @@ def model_facts(model, where: str = "model") -> OnnxFacts:
     if not 1 <= n <= MAX_CLASSES:
         raise ModelFileError(f"{where}: cannot tell the number of classes (metadata num_classes {meta.get('num_classes', 'missing')!r}, "
                              f"output width {dims[-1].dim_value if dims else '?'}); expected 1 to {MAX_CLASSES}")
-    return OnnxFacts(model_image_size(model), n, model_class_names(meta, n), meta.get("precision") or graph_precision(model),
-                     fixed_batch(model), meta)
+    size = model_image_size(model)
+    width = _dims(model.graph.input[0])[-1]
+    if isinstance(width, int) and width != size:
+        raise ModelFileError(f"{where}: its metadata says {size} px images, but its input is {width} px wide")
+    precision = meta.get("precision") or graph_precision(model)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ModelFileError(f"{where}: metadata precision {precision[:20]!r} is not fp32, fp16 or int8")
+    return OnnxFacts(size, n, model_class_names(meta, n, where), precision, fixed_batch(model), meta)
 
 
 def onnx_facts(path: str | Path) -> OnnxFacts:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ImageError
+from ..names import UnsafeNameError, check_labels
 from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = T
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     if len(classes) < min_classes:
         raise DatasetError(f"{base}: found {len(classes)} class folder(s), need at least {min_classes} (ImageFolder layout: one folder per class)")
+    try:  # folder names become class names: printed, and written one per line into labels.txt
+        check_labels(classes, f"{base}: class folder names")
+    except UnsafeNameError as exc:
+        raise DatasetError(str(exc)) from None
     samples: list[tuple[Path, int]] = []
     skipped: list[Path] = []
     for label, cls in enumerate(classes):

@@ -15,24 +15,33 @@ prove it still gives the workstation's answers.
       README.md             the commands on the board
       bundle.json           sha256 of every file
 
+A bundle proves its own integrity: :func:`verify_bundle` (run by ``check`` and by anything else that reads a bundle)
+checks every file against ``bundle.json``'s sha256 list, and ``preprocess.json`` and ``labels.txt`` against the
+bundled model's own preprocessing and class names, before any of them is used. ``bundle.json`` itself is not signed:
+its sha256, printed by ``bundle`` and by ``check``, is what to compare with the workstation's to trust a copy.
+
+Every name that reaches a file name or ``build.sh`` (the model's, the preset's) is a safe name
+(:func:`edge_inception.names.check_name`), and every word of ``build.sh`` is quoted with :func:`shlex.quote`.
+
 Reference data works as Polygraphy's ``--save-inputs``/``--save-outputs``: ``edge-inception check`` replays it on the
 device through any artifact, ours or one ``trtexec`` built.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from ..convert.onnx_file import load_onnx, model_facts, ort_session, run_session
-from ..errors import EdgeInceptionError
-from ..fileio import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+from ..convert.onnx_file import OnnxFacts, graph_precision, load_onnx, model_facts, ort_session, run_session
+from ..errors import EdgeInceptionError, ModelFileError
+from ..fileio import atomic_dir, parse_json, read_json, read_text, sha256_file, write_json_atomic, write_text_atomic
+from ..names import UnsafeNameError, check_labels, check_name
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE_IMAGES = 8
@@ -43,26 +52,28 @@ class BundleResult:
     folder: Path
     files: list[str]
     build_commands: list[str]
+    bundle_sha256: str = ""  # of bundle.json, which lists every other file's
 
 
 def make_bundle(model: str | Path, target: str, output: str | Path | None = None, *, force: bool = False,
                 references: int = REFERENCE_IMAGES) -> BundleResult:
     """Write the bundle folder for ``model`` and ``target`` (atomically: complete, or not at all)."""
     from ..data.images import bundled_photos, load_batch
-    from ..engines.targets import get_target
+    from ..engines.targets import get_target, target_text
     from ..engines.tensorrt import plan_build, trtexec_command
 
     src = Path(model)
+    check_name(src.name, "the model's file name")  # it becomes a word of build.sh and a file of the bundle
     onnx_model = load_onnx(src)
     facts = model_facts(onnx_model, str(src))
     tgt = get_target(target)
+    check_name(tgt.name, f"target {tgt.source or ''} name")
     tgt.check_precision(facts.precision)
     out = Path(output) if output is not None else src.parent / f"{src.stem}.{tgt.name}.bundle"
     if not 1 <= references <= 64:
         raise EdgeInceptionError(f"--references must be in [1, 64], got {references}")
-    meta = facts.metadata
-    input_name = onnx_model.graph.input[0].name
-    output_name = onnx_model.graph.output[0].name
+    spec = preprocess_spec(onnx_model, facts)
+    input_name = spec["input_name"]
     photos = bundled_photos()
     picks = [photos[i % len(photos)] for i in range(references)]
     inputs = load_batch(picks, facts.image_size)
@@ -75,17 +86,9 @@ def make_bundle(model: str | Path, target: str, output: str | Path | None = None
         report = src.with_suffix(".report.json")
         if report.is_file():
             shutil.copyfile(report, work / "report.json")
-        write_json_atomic(work / "preprocess.json", {
-            "image_size": facts.image_size, "resize_shorter_side_to": round(facts.image_size * 256 / 224), "crop": "centre",
-            "color": "RGB", "layout": "NCHW", "dtype": "float32", "scale": "1/255",
-            "mean": json.loads(meta["mean"]) if "mean" in meta else list(IMAGENET_MEAN),
-            "std": json.loads(meta["std"]) if "std" in meta else list(IMAGENET_STD),
-            "transform_input": "inside the graph" if meta.get("transform_input") == "true" else "none",
-            "input_name": input_name, "output_name": output_name, "num_classes": facts.num_classes, "precision": facts.precision,
-        })
+        write_json_atomic(work / "preprocess.json", spec)
         write_text_atomic(work / "labels.txt", "\n".join(facts.class_names) + "\n")
-        write_text_atomic(work / "target.toml", Path(tgt.source).read_text(encoding="utf-8") if tgt.source and Path(tgt.source).is_file()
-                          else f'name = "{tgt.name}"\n')
+        write_text_atomic(work / "target.toml", target_text(tgt))
         ref = work / "reference"
         ref.mkdir()
         np.save(ref / "inputs.npy", inputs, allow_pickle=False)
@@ -96,31 +99,66 @@ def make_bundle(model: str | Path, target: str, output: str | Path | None = None
             "produced_by": f"ONNX Runtime {onnxruntime.__version__} on the CPU, edge-inception {__version__}",
             "tolerance": "fp32: max relative error 1e-5 on a CPU, 1e-4 on a GPU; fp16, int8 and TF32: mean cosine of the logits >= 0.99",
         })
-        commands = [f"edge-inception build {shlex.quote(src.name)} --target {tgt.name} -o build"]
+        commands = [_sh(build_argv(src.name, tgt.name))]
         trt_line = ""
         if "tensorrt" in tgt.backends and tgt.tensorrt_version:
             plan = plan_build(tgt, facts.precision, tgt.tensorrt_version, facts.image_size, graph_batch=facts.fixed_batch)
             engine = f"build/{src.stem}.engine"
-            trt_line = " ".join(shlex.quote(a) for a in trtexec_command(plan, tgt.tensorrt_version, src.name, engine, input_name=input_name,
-                                                                       timing_cache="build/timing.cache"))
+            trt_line = _sh(trtexec_command(plan, tgt.tensorrt_version, src.name, engine, input_name=input_name,
+                                           timing_cache="build/timing.cache"))
         write_text_atomic(work / "build.sh", _build_sh(src.name, tgt.name, trt_line))
         (work / "build.sh").chmod(0o755)
         write_text_atomic(work / "README.md", _readme(src.name, tgt, facts.precision, trt_line))
         files = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
         write_json_atomic(work / "bundle.json", {"edge_inception_version": __version__, "target": tgt.name, "model": src.name,
                                                   "files": {f: sha256_file(work / f) for f in files}})
-    return BundleResult(out, [*files, "bundle.json"], [*commands, trt_line] if trt_line else commands)
+    return BundleResult(out, [*files, "bundle.json"], [*commands, trt_line] if trt_line else commands, sha256_file(out / "bundle.json"))
+
+
+def preprocess_spec(onnx_model: Any, facts: OnnxFacts) -> dict[str, Any]:
+    """``preprocess.json``: how to feed the model from any code, all of it read from the model itself (so that
+    :func:`verify_bundle` can recompute it and refuse an edited one)."""
+    meta = facts.metadata
+
+    def triple(key: str, default: tuple[float, ...]) -> list[float]:
+        value = parse_json(meta[key], f"the model's metadata '{key}'") if key in meta else list(default)
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ModelFileError(f"the model's metadata '{key}' must be a list of 3 numbers, got {meta[key][:60]!r}")
+        return value
+
+    return {
+        "image_size": facts.image_size, "resize_shorter_side_to": round(facts.image_size * 256 / 224), "crop": "centre",
+        "color": "RGB", "layout": "NCHW", "dtype": "float32", "scale": "1/255",
+        "mean": triple("mean", IMAGENET_MEAN), "std": triple("std", IMAGENET_STD),
+        "transform_input": "inside the graph" if meta.get("transform_input") == "true" else "none",
+        "input_name": onnx_model.graph.input[0].name, "output_name": onnx_model.graph.output[0].name,
+        "num_classes": facts.num_classes, "precision": facts.precision,
+    }
+
+
+def build_argv(model: str, target: str) -> list[str]:
+    """The ``edge-inception build`` command of ``build.sh``, as argv."""
+    return ["edge-inception", "build", model, "--target", target, "-o", "build"]
+
+
+def check_argv(artifact: str, target: str | None = None) -> list[str]:
+    """The ``edge-inception check`` command of ``build.sh``, as argv (``target``: for an engine trtexec built)."""
+    return ["edge-inception", "check", artifact, "--reference", "reference", *(["--target", target] if target else [])]
+
+
+def _sh(argv: list[str]) -> str:
+    """One shell command line whose words are exactly ``argv`` (each quoted)."""
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def _build_sh(model: str, target: str, trtexec: str) -> str:
     lines = ["#!/bin/sh", "# Build the engine for this device, then prove it gives the workstation's answers.", "set -e",
              'cd "$(dirname "$0")"', "mkdir -p build", "",
              "# with edge-inception on the device (pip install edge-inception; no PyTorch needed):",
-             f"edge-inception build {shlex.quote(model)} --target {target} -o build",
-             "edge-inception check build --reference reference"]
+             _sh(build_argv(model, target)), _sh(check_argv("build"))]
     if trtexec:
         lines += ["", "# or with JetPack's trtexec alone (then let edge-inception adopt the engine once it passes the check):",
-                  f"# {trtexec}", f"# edge-inception check build/{Path(model).stem}.engine --reference reference --target {target}"]
+                  f"# {trtexec}", f"# {_sh(check_argv(f'build/{Path(model).stem}.engine', target))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +170,80 @@ def _readme(model: str, target, precision: str, trtexec: str) -> str:
              "its logits with the workstation's at the precision's tolerance (see reference/reference.json).", ""]
     if trtexec:
         lines += ["With `trtexec` only (TensorRT " + str(target.tensorrt_version) + "):", "", "```sh", "mkdir -p build", trtexec,
-                  "```", "", "then `edge-inception check build/<engine> --reference reference --target " + target.name + "` adopts it:",
+                  "```", "", "then `" + _sh(check_argv("build/<engine>", target.name)) + "` adopts it:",
                   "it writes the engine's manifest once the comparison passes.", ""]
     lines += ["`preprocess.json` says how to feed the model from your own code; `labels.txt` names its outputs."]
     return "\n".join(lines) + "\n"
+
+
+BUNDLE_FILE = "bundle.json"
+MAX_BUNDLE_JSON_BYTES = 1 << 20
+MAX_SMALL_FILE_BYTES = 4 << 20  # preprocess.json, labels.txt (ImageNet-21k's names fit in under 1 MB)
+REQUIRED_FILES = ("preprocess.json", "labels.txt", "target.toml", "build.sh", "reference/inputs.npy", "reference/outputs.npy",
+                  "reference/reference.json")
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose files all match ``bundle.json`` and whose preprocessing and labels are its model's own."""
+
+    folder: Path
+    model: Path
+    model_sha256: str
+    facts: OnnxFacts
+    precision: str  # what the model's graph holds (Q/DQ nodes, FP16 weights): the tolerance it is judged at
+    labels: list[str]
+    bundle_sha256: str  # of bundle.json: compare with what 'bundle' printed on the workstation
+
+
+def _listed_path(name: object, where: str) -> str:
+    """A file name from bundle.json: one or two safe names joined by '/', never leaving the bundle."""
+    parts = name.split("/") if isinstance(name, str) else [name]
+    if not 1 <= len(parts) <= 2:
+        raise ModelFileError(f"{where}: file {str(name)[:80]!r} is not a file of a bundle")
+    for part in parts:
+        check_name(part, f"{where}: file")
+    return "/".join(parts)  # type: ignore[arg-type]
+
+
+def verify_bundle(folder: str | Path) -> VerifiedBundle:
+    """Check a bundle before anything in it is used: every file listed in ``bundle.json`` (the required ones must be
+    listed) has the sha256 listed; ``preprocess.json`` equals what the bundled model's own metadata gives, and
+    ``labels.txt`` its class names. Raises :class:`ModelFileError` naming the first file that differs."""
+    root = Path(folder)
+    index = root / BUNDLE_FILE
+    where = str(index)
+    data = read_json(index, MAX_BUNDLE_JSON_BYTES, "bundle index")
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise ModelFileError(f"{where}: not a bundle index written by 'edge-inception bundle' (no 'files' list)")
+    try:
+        model_name = check_name(data.get("model"), f"{where}: field 'model'")
+        listed = {_listed_path(name, where): digest for name, digest in files.items()}
+    except UnsafeNameError as exc:
+        raise ModelFileError(str(exc)) from None
+    missing = [f for f in (model_name, *REQUIRED_FILES) if f not in listed]
+    if missing:
+        raise ModelFileError(f"{where}: does not list {missing[0]}; not a complete bundle")
+    for name, digest in listed.items():
+        if not isinstance(digest, str) or sha256_file(root / name, "bundle file") != digest:
+            raise ModelFileError(f"{root / name}: does not match {BUNDLE_FILE} (sha256 differs: edited or replaced); copy the bundle again")
+    model = root / model_name
+    onnx_model = load_onnx(model, with_weights=False)
+    facts = model_facts(onnx_model, str(model))
+    spec = read_json(root / "preprocess.json", MAX_SMALL_FILE_BYTES, "preprocessing file")
+    expected = preprocess_spec(onnx_model, facts)
+    if not isinstance(spec, dict):
+        raise ModelFileError(f"{root / 'preprocess.json'}: expected a JSON object")
+    differs = next((k for k in sorted(set(spec) | set(expected)) if spec.get(k) != expected.get(k)), None)
+    if differs is not None:
+        raise ModelFileError(f"{root / 'preprocess.json'}: field '{differs}' is {spec.get(differs)!r:.60}, but {model_name} "
+                             f"takes {expected.get(differs)!r:.60}; the bundle was edited")
+    try:
+        labels = check_labels(read_text(root / "labels.txt", MAX_SMALL_FILE_BYTES, "labels file").splitlines(), "labels.txt")
+    except UnsafeNameError as exc:
+        raise ModelFileError(f"{root / 'labels.txt'}: {exc}") from None
+    if labels != facts.class_names:
+        first = next((i for i, (a, b) in enumerate(zip(labels, facts.class_names)) if a != b), min(len(labels), facts.num_classes))
+        raise ModelFileError(f"{root / 'labels.txt'}: line {first + 1} differs from {model_name}'s class names; the bundle was edited")
+    return VerifiedBundle(root, model, listed[model_name], facts, graph_precision(onnx_model), labels, sha256_file(index))

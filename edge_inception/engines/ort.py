@@ -28,7 +28,7 @@ import numpy as np
 
 from ..convert.graph_ops import fold_for_cpu
 from ..convert.onnx_file import ort_session, run_session
-from ..errors import BackendUnavailableError, EdgeInceptionError
+from ..errors import BackendUnavailableError, EdgeInceptionError, ModelFileError
 from ..fileio import write_failure
 from ..vocab import Backend, Precision
 from .manifest import Manifest
@@ -131,8 +131,11 @@ def build_cpu(source: Path, artifact: Path, threads: int) -> int:
     model, folded = fold_for_cpu(source)
     try:
         ort_session(model, threads=threads, save_optimized_to=artifact)
-    except Exception as exc:  # ONNX Runtime's own exception types (Fail, InvalidProtobuf, ...) derive from Exception only
-        raise EdgeInceptionError(f"ONNX Runtime could not write the optimised model: {write_failure(artifact.parent, exc)}") from exc
+    except ModelFileError as exc:  # the model ONNX Runtime refused (its reason), unless the disk filled while it wrote
+        why = write_failure(artifact.parent, exc)
+        if why.startswith("No space left"):
+            raise EdgeInceptionError(f"ONNX Runtime could not write the optimised model: {why}") from exc
+        raise ModelFileError(f"{source}: {str(exc).split(': ', 1)[1]}") from exc
     return folded
 
 

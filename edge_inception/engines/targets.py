@@ -6,8 +6,9 @@ Users add their own with ``--targets-dir DIR`` or the ``EDGE_INCEPTION_TARGETS``
 from __future__ import annotations
 
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
@@ -75,29 +76,109 @@ def packaged_target_files() -> Iterator[Traversable]:
     return iter(sorted((f for f in folder.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name))
 
 
+MAX_TARGET_BYTES = 64 << 10
+MAX_WORKSPACE_MB = 1 << 20  # 1 TiB: more than any device has
+MAX_DLA_CORE = 15
+_VERSION = r"\d{1,3}(\.\d{1,4}){1,3}"  # "10.3", "8.6.1", "6.2"
+
+
+def _field_checks() -> dict[str, Callable[[str, object], object]]:
+    """Each preset field's type and range: name -> check(field, value) returning the value or raising."""
+    from ..limits import check_range, check_threads
+    from ..names import check_name, check_text
+
+    def choice(options: tuple[str, ...]) -> Callable[[str, object], object]:
+        def check(name: str, v: object) -> object:
+            if v not in options:
+                raise TargetError(f"field '{name}': unknown {name} {str(v)[:40]!r} (choose from {', '.join(options)})")
+            return v
+        return check
+
+    def choices(options: tuple[str, ...]) -> Callable[[str, object], object]:
+        def check(name: str, v: object) -> object:
+            if not isinstance(v, list) or not v or any(x not in options for x in v):
+                raise TargetError(f"field '{name}' must be a non-empty list among {', '.join(options)}, got {str(v)[:60]}")
+            return tuple(v)
+        return check
+
+    def version(name: str, v: object) -> object:
+        if not isinstance(v, str) or not re.fullmatch(_VERSION, v):
+            raise TargetError(f"field '{name}' must be a version string such as \"10.3\", got {v!r:.40}")
+        return v
+
+    def integer(lo: int, hi: int) -> Callable[[str, object], object]:
+        return lambda name, v: check_range(f"field '{name}'", v, lo, hi)
+
+    return {
+        "name": lambda name, v: check_name(v, f"field '{name}'"),
+        "description": lambda name, v: check_text(v, f"field '{name}'", 200),
+        "device": choice(("cpu", "cuda")),
+        "backend": choice(BACKENDS),
+        "backends": choices(BACKENDS),
+        "default_precision": choice(PRECISIONS),
+        "precisions": choices(PRECISIONS),
+        "threads": lambda name, v: check_threads(v, f"field '{name}'"),
+        "workspace_mb": integer(1, MAX_WORKSPACE_MB),
+        "builder_optimization_level": integer(0, 5),  # TensorRT's range
+        "dla_core": integer(0, MAX_DLA_CORE),
+        "jetpack": version,
+        "tensorrt_version": version,
+        "compute_capability": version,
+    }
+
+
+REQUIRED_FIELDS = ("name", "description", "device", "backend", "default_precision", "precisions")
+
+
 def parse_target(path: Path | Traversable) -> Target:
+    """A preset read from ``path`` and validated like a manifest: every field's type and range, the first problem a
+    :class:`TargetError` naming the file and the field. The file must be a regular file of at most 64 KB."""
+    from ..errors import EdgeInceptionError
+    from ..fileio import read_text
+    from ..limits import MAX_BATCH, LimitError, check_range
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(f"{path}: not a valid target file ({exc})") from exc
+        text = read_text(path, MAX_TARGET_BYTES, "target file", error=TargetError) if isinstance(path, Path) else path.read_text("utf-8")
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, RecursionError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"{path}: not a valid target file ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from exc
+    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    if missing:
+        raise TargetError(f"{path}: field '{missing[0]}' is missing")
+    data.setdefault("backends", [data["backend"]])
+    checked: dict[str, Any] = {}
     try:
-        batch = data.pop("batch", {"min": 1, "opt": 1, "max": 1})
-        known = {f for f in Target.__dataclass_fields__}
-        fields = {k: v for k, v in data.items() if k in known}
-        target = Target(
-            **{**fields, "backends": tuple(data.get("backends", [data["backend"]])), "precisions": tuple(data["precisions"])},
-            batch_min=int(batch["min"]), batch_opt=int(batch["opt"]), batch_max=int(batch["max"]), source=str(path),
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TargetError(f"{path}: missing or invalid field ({exc})") from exc
-    if target.backend not in BACKENDS or not set(target.backends) <= set(BACKENDS):
-        raise TargetError(f"{path}: unknown backend (choose from {', '.join(BACKENDS)})")
-    if not set(target.precisions) <= set(PRECISIONS) or target.default_precision not in target.precisions:
-        raise TargetError(f"{path}: precisions must be among {', '.join(PRECISIONS)} and include default_precision")
-    if not 1 <= target.batch_min <= target.batch_opt <= target.batch_max:
-        raise TargetError(f"{path}: batch must satisfy 1 <= min <= opt <= max")
+        for name, check in _field_checks().items():
+            if name in data:
+                checked[name] = check(name, data[name])
+        batch = data.get("batch", {"min": 1, "opt": 1, "max": 1})
+        if not isinstance(batch, dict) or set(batch) != {"min", "opt", "max"}:
+            raise TargetError("field 'batch' must be a table { min = ..., opt = ..., max = ... }")
+        sizes = {k: check_range(f"field 'batch.{k}'", batch[k], 1, MAX_BATCH) for k in ("min", "opt", "max")}
+    except (EdgeInceptionError, LimitError) as exc:
+        raise TargetError(f"{path}: {exc}") from None
+    target = Target(**checked, batch_min=sizes["min"], batch_opt=sizes["opt"], batch_max=sizes["max"], source=str(path),
+                    extra={k: v for k, v in data.items() if k not in Target.__dataclass_fields__ and k != "batch"})
+    if target.backend not in target.backends:
+        raise TargetError(f"{path}: field 'backends' must include the backend '{target.backend}'")
+    if target.default_precision not in target.precisions:
+        raise TargetError(f"{path}: field 'precisions' must include default_precision '{target.default_precision}'")
+    if not target.batch_min <= target.batch_opt <= target.batch_max:
+        raise TargetError(f"{path}: field 'batch' must satisfy min <= opt <= max")
     return target
+
+
+def target_text(target: Target) -> str:
+    """The TOML a preset was read from (what a bundle carries), read again within the same bounds."""
+    from ..fileio import read_text
+
+    source = Path(target.source)
+    if source.is_file():
+        return read_text(source, MAX_TARGET_BYTES, "target file", error=TargetError)
+    packaged = next((f for f in packaged_target_files() if str(f) == target.source), None)
+    if packaged is None:
+        raise TargetError(f"target '{target.name}': its file {target.source} is gone")
+    return packaged.read_text(encoding="utf-8")
 
 
 def list_targets(extra_dir: Path | None = None) -> dict[str, Target]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import platform
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgeInceptionError
+from ..errors import EdgeInceptionError, ModelFileError
 from ..fileio import resolve_link, write_json_atomic, write_text_atomic
 from ..limits import check_batch, check_batch_memory, check_threads
 from ..vocab import BASELINE_ENGINES, Baseline
@@ -130,6 +131,20 @@ class BenchReport:
                 "scenarios": self.scenarios(), "notes": self.notes, "rounds": [asdict(r) for r in self.rounds]}
 
 
+MAX_REPORT_BYTES = 1 << 20
+
+
+def report_agreement(report: Path) -> float:
+    """The top-1 agreement a quantize report (``<model>.report.json``) records: a number in [0, 1], read within bounds."""
+    from ..fileio import read_json
+
+    data = read_json(report, MAX_REPORT_BYTES, "accuracy report")
+    value = data.get("accuracy", {}).get("top1_agreement") if isinstance(data, dict) and isinstance(data.get("accuracy"), dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ModelFileError(f"{report}: not an accuracy report of 'edge-inception quantize' (accuracy.top1_agreement in [0, 1] missing)")
+    return float(value)
+
+
 def describe(artifact: str | Path) -> Engine:
     """What an artifact (or ONNX model) is, where its FP32 source is, and what it computes."""
     from ..convert.onnx_file import get_metadata, load_onnx
@@ -141,7 +156,7 @@ def describe(artifact: str | Path) -> Engine:
     macs = count_graph(info.source_onnx, batch=1).total_macs
     meta = get_metadata(load_onnx(info.source_onnx, with_weights=False))
     report = Path(info.source_onnx).with_suffix(".report.json")
-    agreement = json.loads(report.read_text())["accuracy"]["top1_agreement"] if report.is_file() else (1.0 if info.precision == "fp32" else None)
+    agreement = report_agreement(report) if os.path.lexists(report) else (1.0 if info.precision == "fp32" else None)
     # a quantized model's FP32 source, where it is at hand (a device bundle carries only the model it deploys)
     fp32_path = resolve_link(meta["fp32_source"], Path(info.source_onnx).parent) if meta.get("fp32_source") else Path(info.source_onnx)
     fp32 = str(fp32_path) if fp32_path.is_file() else None

@@ -12,16 +12,17 @@ command that uses such a model warns that its outputs are not meaningful.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError, require_modules
-from ..fileio import sha256_file
-from ..limits import check_num_classes
+from ..fileio import read_json, sha256_file
+from ..limits import LimitError, check_image_size, check_num_classes
+from ..names import UnsafeNameError, check_labels
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD, Variant
 from .labels import class_names as default_class_names
 
@@ -87,13 +88,24 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: does not hold a state_dict (found {type(obj).__name__})")
     state: dict[str, Any] = {}
     for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{p}: entry '{key}' is a {type(value).__name__}, not a tensor")
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{p}: entry {str(key)[:80]!r} is a {type(value).__name__}, not a tensor")
+        name = strip_wrappers(key)
+        if name in state:
+            raise CheckpointError(f"{p}: '{name}' appears twice once wrapper prefixes are stripped ('{key}')")
+        state[name] = value
     return state
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def strip_wrappers(key: str) -> str:
+    """``key`` without the prefixes wrappers add, however many and in whatever order (``_orig_mod.module.`` is
+    torch.compile of a DataParallel model)."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def infer_variant(state: Mapping[str, Any], source: str = "checkpoint") -> tuple[Variant, int]:
@@ -109,8 +121,12 @@ def infer_variant(state: Mapping[str, Any], source: str = "checkpoint") -> tuple
     else:
         raise CheckpointError(f"{source}: GoogLeNet layout not recognised: neither 'conv1.bn.running_mean' nor 'conv1.conv.bias' present")
     fc = state["fc.weight"]
-    if fc.ndim != 2:
+    if fc.ndim != 2 or fc.shape[1] != 1024:
         raise CheckpointError(f"{source}: 'fc.weight' has shape {tuple(fc.shape)}, expected (num_classes, 1024)")
+    try:
+        check_num_classes(int(fc.shape[0]), "the classes of 'fc.weight'")
+    except LimitError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
     return variant, int(fc.shape[0])
 
 
@@ -118,29 +134,44 @@ def load_into(model: GoogLeNet, state: Mapping[str, Any], source: str) -> None:
     """Strict load that explains the first problem in one line."""
     expected = {k: v for k, v in model.state_dict().items()}
     given = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))} if model.aux1 is None else dict(state)
-    missing = [k for k in expected if k not in given]
+    # PyTorch's strict load accepts a state_dict without BatchNorm's num_batches_tracked (older versions wrote none):
+    # BatchNorm fills it in (torch.nn.modules.batchnorm._NormBase._load_from_state_dict), so do we.
+    missing = [k for k in expected if k not in given and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in given if k not in expected]
     if missing:
         raise CheckpointError(f"{source}: missing key '{missing[0]}' ({len(missing)} missing) for the {model.variant.value} GoogLeNet")
     if unexpected:
         raise CheckpointError(f"{source}: unexpected key '{unexpected[0]}' ({len(unexpected)} unexpected) for the {model.variant.value} GoogLeNet")
     for key, want in expected.items():
+        if key not in given:
+            continue
         got = given[key]
         if tuple(got.shape) != tuple(want.shape):
             raise CheckpointError(f"{source}: '{key}' has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
     model.load_state_dict(given, strict=True)
 
 
-def read_sidecar(checkpoint: Path) -> dict[str, Any]:
+MAX_SIDECAR_BYTES = 4 << 20  # ImageNet-21k class names fit in under 1 MB
+
+
+def read_sidecar(checkpoint: Path, num_classes: int | None = None) -> dict[str, Any]:
+    """The fine-tuning sidecar beside ``checkpoint`` (``{}`` if there is none), its fields checked: ``classes`` a list of
+    ``num_classes`` printable labels, ``image_size`` within limits.py, ``transform_input`` a boolean."""
     side = sidecar_path(checkpoint)
-    if not side.is_file():
+    if not os.path.lexists(side):
         return {}
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{side}: unreadable class-names file ({_first_line(exc)})") from exc
+    data = read_json(side, MAX_SIDECAR_BYTES, "class-names file", error=CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{side}: expected a JSON object")
+    try:
+        if "classes" in data:
+            check_labels(data["classes"], "field 'classes'", num_classes)
+        if "image_size" in data:
+            check_image_size(data["image_size"], "field 'image_size'")
+    except (LimitError, UnsafeNameError) as exc:
+        raise CheckpointError(f"{side}: {exc}") from None
+    if not isinstance(data.get("transform_input", False), bool):
+        raise CheckpointError(f"{side}: field 'transform_input' must be true or false")
     return data
 
 
@@ -170,13 +201,15 @@ def load_model(
         return LoadedModel(model, v, n, bool(transform_input), default_class_names(n), f"seed:{seed}", None, True)
 
     path = Path(weights)
+    side = read_sidecar(path)  # small and bounded: checked before the tensors are read
     state = read_state_dict(path)
     found_variant, found_classes = infer_variant(state, str(path))
     if variant is not None and Variant(variant) is not found_variant:
         raise CheckpointError(f"{path}: holds the {found_variant.value} layout, not {Variant(variant).value}")
     if num_classes is not None and num_classes != found_classes:
         raise CheckpointError(f"{path}: has {found_classes} classes, not {num_classes}")
-    side = read_sidecar(path)
+    if len(side.get("classes", [])) not in (0, found_classes):
+        raise CheckpointError(f"{sidecar_path(path)}: field 'classes' has {len(side['classes'])} entries, the checkpoint {found_classes} classes")
     if transform_input is None:
         transform_input = bool(side.get("transform_input", found_variant is Variant.torchvision and found_classes == 1000))
     has_aux = any(k.startswith("aux1.") for k in state)
@@ -200,7 +233,7 @@ def load_model(
         source=str(path),
         sha256=sha256_file(path),
         seeded=False,
-        image_size=int(side["image_size"]) if isinstance(side.get("image_size"), int) else None,
+        image_size=side.get("image_size"),
         extra={k: v for k, v in side.items() if k not in ("classes",)},
     )
 
