@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -90,3 +94,56 @@ def test_tf32_on_a_cpu_target_is_refused(trained, tmp_path):
     result = runner.invoke(app, ["build", str(trained.onnx), "--target", "cpu", "--allow-tf32", "-o", str(tmp_path / "b")])
     assert result.exit_code == 1 and "--allow-tf32 is for GPU targets" in result.output
     assert not (tmp_path / "b").exists()
+
+
+HEAVY_OR_OURS = ("torch", "skimage", "scikit_image", "onnxsim", "edge_inception", "__editable__", "_edge_inception", "nvidia", "triton")
+
+
+def _runtime_only_venv(tmp_path: Path) -> Path:
+    """A fresh virtual environment that sees this environment's runtime dependencies but not PyTorch, scikit-image,
+    onnxsim or edge-inception itself: what a device has before the bundle's wheel is installed."""
+    venv = tmp_path / "device-venv"
+    r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    deps = tmp_path / "device-deps"
+    deps.mkdir()
+    site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(HEAVY_OR_OURS) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    venv_site = next((venv / "lib").glob("python3*/site-packages"))
+    (venv_site / "device-deps.pth").write_text(str(deps) + "\n")
+    return venv
+
+
+@pytest.mark.slow
+def test_device_install_from_the_bundle_alone(trained, tmp_path):
+    """`sh build.sh` in a venv without edge-inception installs the bundle's wheel offline, builds and checks; then
+    predict, bench and quantize --calib run there, none of them with PyTorch or scikit-image."""
+    out = tmp_path / "demo.bundle"
+    made = runner.invoke(app, ["bundle", str(trained.onnx), "--target", "cpu", "-o", str(out)])
+    assert made.exit_code == 0, made.output
+    assert [p.name for p in (out / "wheels").iterdir()] == ["edge_inception-0.1.0-py3-none-any.whl"]
+    venv = _runtime_only_venv(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               EDGE_INCEPTION_CACHE=str(tmp_path / "cache"))
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception"], capture_output=True, text=True, env=env)
+    assert probe.returncode == 1  # not there before build.sh
+    r = subprocess.run(["sh", str(out / "build.sh")], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "check passed" in r.stdout and "installing edge-inception from wheels/" in r.stderr
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception, importlib.util as u; print(edge_inception.__file__);"
+                            "print([m for m in ('torch', 'skimage') if u.find_spec(m)])"], capture_output=True, text=True, env=env)
+    assert where.stdout.splitlines() == [str(next((venv / "lib").glob("python3*/site-packages")) / "edge_inception" / "__init__.py"), "[]"]
+
+    def device(*args: str) -> str:
+        done = subprocess.run([str(venv / "bin" / "edge-inception"), *args], capture_output=True, text=True, env=env, timeout=600, cwd=out)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+        return done.stdout
+
+    photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
+    assert "cat" in device("predict", "build", str(photo), "--top-k", "1")
+    assert "ort-default" in device("bench", "build", "--iterations", "3", "--rounds", "1", "--warmup", "1")
+    device("quantize", "demo.onnx", "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-method", "minmax",
+           "--calib-size", "40", "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(tmp_path / "demo.int8.onnx"))

@@ -43,6 +43,7 @@ from ..errors import EdgeInceptionError, ModelFileError
 from ..fileio import atomic_dir, parse_json, read_json, read_text, sha256_file, write_json_atomic, write_text_atomic
 from ..names import UnsafeNameError, check_labels, check_name
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
+from .wheel import write_wheel
 
 REFERENCE_IMAGES = 8
 
@@ -106,6 +107,8 @@ def make_bundle(model: str | Path, target: str, output: str | Path | None = None
             engine = f"build/{src.stem}.engine"
             trt_line = _sh(trtexec_command(plan, tgt.tensorrt_version, src.name, engine, input_name=input_name,
                                            timing_cache="build/timing.cache"))
+        (work / WHEELS).mkdir()
+        write_wheel(work / WHEELS)  # the toolkit itself, for a device without a package index
         write_text_atomic(work / "build.sh", _build_sh(src.name, tgt.name, trt_line))
         (work / "build.sh").chmod(0o755)
         write_text_atomic(work / "README.md", _readme(src.name, tgt, facts.precision, trt_line))
@@ -151,10 +154,20 @@ def _sh(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+WHEELS = "wheels"
+# build.sh installs the runtime from the bundle's own wheel where edge-inception is not installed yet; pip takes the
+# dependencies from the environment (JetPack's NumPy and ONNX Runtime, say) or from wheels the user puts in wheels/
+INSTALL_SH = ["if ! command -v edge-inception >/dev/null 2>&1; then",
+              f'  echo "build.sh: installing edge-inception from {WHEELS}/ (no package index needed)" >&2',
+              f'  "${{PYTHON:-python3}}" -m pip install --no-index --find-links {WHEELS} edge-inception',
+              "fi"]
+
+
 def _build_sh(model: str, target: str, trtexec: str) -> str:
     lines = ["#!/bin/sh", "# Build the engine for this device, then prove it gives the workstation's answers.", "set -e",
              'cd "$(dirname "$0")"', "mkdir -p build", "",
-             "# with edge-inception on the device (pip install edge-inception; no PyTorch needed):",
+             f"# edge-inception on the device: the one installed, else the runtime wheel in {WHEELS}/ (no PyTorch needed)",
+             *INSTALL_SH, "",
              _sh(build_argv(model, target)), _sh(check_argv("build"))]
     if trtexec:
         lines += ["", "# or with JetPack's trtexec alone (then let edge-inception adopt the engine once it passes the check):",
@@ -164,8 +177,13 @@ def _build_sh(model: str, target: str, trtexec: str) -> str:
 
 def _readme(model: str, target, precision: str, trtexec: str) -> str:
     lines = [f"# {model} for {target.name}", "", f"{target.description}; {precision} graph.", "",
-             "On the device:", "", "```sh", "pip install edge-inception            # the runtime: no PyTorch, no scikit-image",
-             "sh build.sh                           # build, then check against reference/", "```", "",
+             "On the device:", "", "```sh",
+             f"sh build.sh      # installs edge-inception from {WHEELS}/ if needed (offline), builds, then checks against reference/",
+             "```", "",
+             f"The runtime wheel in `{WHEELS}/` needs ONNX Runtime, NumPy, onnx, Pillow, Typer, tqdm, matplotlib and sympy: pip takes",
+             "them from the environment (JetPack's, a virtual environment's) or from wheels you add to `" + WHEELS + "/`",
+             "(`pip download -d wheels --platform manylinux2014_aarch64 --only-binary=:all: onnxruntime numpy ...` on a",
+             "machine with network access); no PyTorch, no scikit-image.", "",
              "`edge-inception check ARTIFACT --reference reference` replays the saved inputs through the artifact and compares",
              "its logits with the workstation's at the precision's tolerance (see reference/reference.json).", ""]
     if trtexec:
