@@ -16,7 +16,7 @@ import typer
 from . import __version__
 from .errors import EXTRAS, EdgeInceptionError, Terminated
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
-from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, Precision, QuantTarget, Variant, parse_list
+from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, FolderOrder, Precision, PreprocessMode, QuantTarget, Variant, parse_list
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
@@ -296,6 +296,10 @@ def build(
     typer.echo(f"wrote {result.artifact} and {result.artifact.name}.manifest.json")
 
 
+PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fast: JPEGs decoded at reduced scale (DCT) and only the "
+                                                    "crop resampled; exact: the reference transform on the full image.")]
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -303,17 +307,23 @@ def predict(
     images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
 ) -> None:
-    """Classify images: top-k labels and scores."""
+    """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference)."""
     from .evaluate.predict import predict as run_predict
 
-    for p in run_predict(artifact, images, top_k=top_k):
+    run = run_predict(artifact, images, top_k=top_k, mode=preprocess)
+    for p in run.predictions:
         if as_json:
             typer.echo(json.dumps(p.as_dict()))
             continue
         typer.echo(p.image)
         for index, label, score in p.top:
             typer.echo(f"  {score:7.2%}  {label} ({index})")
+    for _path, why in run.failed:
+        typer.echo(f"skipped: {why}", err=True)
+    typer.echo(f"{len(run.predictions)} images in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+               f"(decode + preprocess {preprocess} + inference)", err=True)
 
 
 @app.command("eval")
@@ -322,12 +332,18 @@ def eval_cmd(
     artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
     data: Annotated[Path, typer.Option("--data", help="ImageFolder: class folders named by synset id, class index or class name.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH)] = 16,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    folder_order: Annotated[FolderOrder, typer.Option("--folder-order", help="Integer class folders without class names: numeric (folder 10 "
+                                                      "is output 10) or imagefolder (torchvision's string order).")] = FolderOrder.numeric,
 ) -> None:
-    """Top-1 / top-5 accuracy on a labelled folder."""
+    """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate."""
     from .evaluate.predict import evaluate
 
-    r = evaluate(artifact, data, batch_size, progress=_progress)
-    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else ""))
+    r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
+    for warning in r.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
+               + f"; {r.images_per_s:.1f} images/s end to end")
 
 
 def _choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
