@@ -581,6 +581,53 @@ def demo_data(
     typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
 
 
+@app.command()
+@handle_errors
+def stream(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    source: Annotated[str, typer.Argument(help="Video file, image folder or glob, /dev/videoN or a camera index, csi://N, rtsp:// or http:// URL.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    save: Annotated[Path | None, typer.Option("--save", help="Write an MP4 with the top-1 label drawn on each frame.")] = None,
+    json_lines: Annotated[str | None, typer.Option("--json-lines", help="One JSON line per frame: a file, or - for stdout.")] = None,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
+) -> None:
+    """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
+    from .fileio import atomic_path, check_outputs
+    from .stream.run import run_stream
+
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines))
+    lines: list[str] = []
+
+    def on_frame(r: Any) -> None:
+        text = json.dumps(r.as_dict())
+        if json_lines == "-":
+            typer.echo(text)
+        elif json_lines is not None:
+            lines.append(text)
+
+    summary = run_stream(artifact, source, top_k=top_k, mode=preprocess, save=save, max_frames=max_frames, on_frame=on_frame,
+                         progress=_progress, threads=threads)
+    if json_lines not in (None, "-"):
+        with atomic_path(Path(json_lines)) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    to_err = json_lines == "-"  # stdout carries the JSON lines
+    st = summary.stages
+    typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
+          f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
+          + (", input truncated" if summary.truncated else ""), err=to_err)
+    for stage, s in st.items():
+        typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
+    typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
+    if summary.saved:
+        typer.echo(f"wrote {summary.saved}", err=to_err)
+    if summary.interrupted:
+        typer.echo(f"{'terminated' if summary.interrupted == 'SIGTERM' else 'interrupted'}: the summary above covers the frames "
+                   f"classified so far" + (", the video is closed and playable" if summary.saved else ""), err=True)
+        raise typer.Exit(code=143 if summary.interrupted == "SIGTERM" else 130)
+
+
 def main() -> None:
     """Run the CLI (``edge_inception.__main__.main`` installs the signal handlers first, then calls this)."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)

@@ -150,13 +150,22 @@ DRAFT_MARGIN = 2.0
 def load_tensor(path: str | Path, image_size: int = 224, mode: PreprocessMode = PreprocessMode.fast) -> np.ndarray:
     """An image file -> 3 x S x S float32, normalised, as the model takes it.
 
-    ``exact`` is :func:`load_image` then :func:`preprocess`. ``fast`` decodes a JPEG at a reduced scale with Pillow's
-    ``Image.draft`` (never below ``DRAFT_MARGIN`` x the resize's short side) and resamples only the centre crop's
-    pixels; other formats are decoded fully. Both use :func:`reference_geometry` of the full-size, upright image.
-    Raises :class:`ImageError` for anything unreadable.
+    ``exact`` is :func:`load_image` then :func:`preprocess`. ``fast`` is :func:`decode_for` (a JPEG decoded at a
+    reduced scale) then :func:`crop_resize` (only the centre crop's pixels resampled); both use
+    :func:`reference_geometry` of the full-size, upright image. Raises :class:`ImageError` for anything unreadable.
     """
     if mode == PreprocessMode.exact:
         return preprocess(load_image(path), image_size)
+    image, full = decode_for(path, image_size)
+    return crop_resize(image, full, image_size)
+
+
+def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.Image, tuple[int, int]]
+    """Decode only the pixels an ``image_size`` input needs: (upright RGB image, its full upright (width, height)).
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``) while its short side stays
+    at least ``DRAFT_MARGIN`` x the resize's; other formats are decoded fully. Checks as :func:`load_image`.
+    """
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -173,7 +182,7 @@ def load_tensor(path: str | Path, image_size: int = 224, mode: PreprocessMode = 
             if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
                 full = (full[1], full[0])
             opened.load()
-            return crop_resize(to_rgb(opened), full, image_size)
+            return to_rgb(opened), full
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
