@@ -10,7 +10,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,openvino]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,openvino,stream]'
 	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
 	touch $(STAMP)
 

@@ -6,6 +6,7 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -234,7 +235,8 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
         elif p.is_file():
             images.append(p)
         else:
-            matches = sorted(Path().glob(str(item))) if any(c in str(item) for c in "*?[") else []
+            # glob.glob takes absolute and relative patterns alike (Path().glob refuses absolute ones)
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True)) if any(c in str(item) for c in "*?[") else []
             if not matches:
                 raise ImageError(f"no such image or folder: {p}")
             sub = find_images(matches, recursive=recursive, check=False)

@@ -110,11 +110,13 @@ class AvSource(VideoSource):
         stream = self.container.streams.video[0]
         packets = self.container.demux(stream)
         index = 0
+        last_ts: float | None = None
         t0 = time.perf_counter()
         while True:
             try:
                 packet = next(packets)
             except StopIteration:
+                self.truncated = self.truncated or self._ends_early(last_ts)
                 return
             except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
                 log.info("%s: demuxing stopped: %s", self.uri, _why(exc))
@@ -132,11 +134,16 @@ class AvSource(VideoSource):
                     self.corrupt += 1
                     continue
                 rgb = vf.to_ndarray(format="rgb24")
-                ts = float(vf.time) if vf.time is not None else None
+                ts = last_ts = float(vf.time) if vf.time is not None else None
                 now = time.perf_counter()
                 yield Frame(index, ts, rgb, (rgb.shape[1], rgb.shape[0]), (now - t0) * 1e3)
                 index += 1
                 t0 = time.perf_counter()
+
+    def _ends_early(self, last_ts: float | None) -> bool:
+        """A file whose last frame comes more than a second before the duration its header gives was cut short."""
+        duration = self.container.duration if self.container is not None and not self.live else None
+        return bool(duration and last_ts is not None and last_ts < duration / 1e6 - 1.0)
 
     def close(self) -> None:
         if self.container is not None:
