@@ -617,6 +617,9 @@ def stream(
     typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
           f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
           + (", input truncated" if summary.truncated else ""), err=to_err)
+    if summary.frames:
+        typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
+                   err=to_err)
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)

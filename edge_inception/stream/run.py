@@ -89,9 +89,16 @@ class StreamSummary:
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def inference_fps(self) -> float:
+        """The rate the engine alone would allow: 1000 / the mean inference ms measured in this stream."""
+        s = self.stages.get("inference")
+        return 1e3 / s.mean if s and s.mean > 0 else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in vars(self).items() if k != "stages"}
         d["fps"] = round(self.fps, 3)
+        d["inference_only_fps"] = round(self.inference_fps, 3)
         d["seconds"] = round(self.seconds, 3)
         d["ms"] = {k: {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "mean": round(s.mean, 3)} for k, s in self.stages.items()}
         return d
