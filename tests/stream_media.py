@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 
-def tiny_classifier(path: Path, image_size: int = 64, classes: int = 10, seed: int = 0) -> Path:
+def tiny_classifier(path: Path, image_size: int = 64, classes: int = 10, seed: int = 0, names: bool = True) -> Path:
     """A small but real image classifier as ONNX: conv 5x5/2 -> ReLU -> conv 3x3/2 -> ReLU -> global pool -> Gemm.
 
     Seeded random weights; its top-1 depends on colour and texture, so a changed pixel can change its answer."""
@@ -36,8 +36,10 @@ def tiny_classifier(path: Path, image_size: int = 64, classes: int = 10, seed: i
                               [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"), (b3, "b3"))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    names = [f"class{i}" for i in range(classes)]
-    for key, value in (("image_size", str(image_size)), ("num_classes", str(classes)), ("class_names", json.dumps(names))):
+    meta = [("image_size", str(image_size)), ("num_classes", str(classes))]
+    if names:
+        meta.append(("class_names", json.dumps([f"class{i}" for i in range(classes)])))
+    for key, value in meta:
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path

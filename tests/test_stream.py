@@ -217,3 +217,19 @@ def test_fast_preprocessing_agrees_with_the_reference_on_real_photos(tmp_path):
     assert len(paths) >= 28 and len(set(a.argmax(1))) >= 3
     assert agreement >= 0.95, agreement
     assert cosine.min() > 0.999, cosine.min()
+
+
+def test_eval_warns_on_integer_folders_in_two_orders_and_reports_the_rate(media, tmp_path):
+    from PIL import Image
+
+    model = tiny_classifier(tmp_path / "m12.onnx", classes=12, names=False)
+    data = tmp_path / "data"
+    for i in range(12):
+        (data / str(i)).mkdir(parents=True)
+        Image.fromarray(media["frames"][i]).save(data / str(i) / "a.tif")  # .tif: read in folders as by name
+    r = runner.invoke(app, ["eval", str(model), "--data", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "warning: class folders" in r.stderr and "--folder-order imagefolder" in r.stderr
+    assert "12 images" in r.stdout and "images/s end to end" in r.stdout
+    r = runner.invoke(app, ["eval", str(model), "--data", str(data), "--folder-order", "imagefolder"])
+    assert r.exit_code == 0 and "12 images" in r.stdout
