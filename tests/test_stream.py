@@ -233,3 +233,29 @@ def test_eval_warns_on_integer_folders_in_two_orders_and_reports_the_rate(media,
     assert "12 images" in r.stdout and "images/s end to end" in r.stdout
     r = runner.invoke(app, ["eval", str(model), "--data", str(data), "--folder-order", "imagefolder"])
     assert r.exit_code == 0 and "12 images" in r.stdout
+
+
+def test_a_live_source_keeps_the_latest_frame_and_counts_the_stale(media, tmp_path):
+    """A source faster than the consumer: frames are dropped, never queued up; every frame is classified or counted."""
+    import time
+
+    from PIL import Image
+
+    from edge_inception.stream.run import run_stream
+    from edge_inception.stream.sources import FolderSource
+
+    folder = tmp_path / "burst"
+    folder.mkdir()
+    for i in range(30):
+        Image.fromarray(media["frames"][i % 28][:32, :32]).save(folder / f"{i:02d}.png")
+
+    class Burst(FolderSource):  # a real folder read as a live source (as a camera's frames arrive)
+        kind = "camera"
+        live = True
+
+    seen: list[int] = []
+    summary = run_stream(media["model"], Burst(str(folder), 64), on_frame=lambda r: (seen.append(r.index), time.sleep(0.05)))
+    assert summary.dropped > 0 and summary.frames + summary.dropped == 30
+    assert seen == sorted(seen) and len(seen) == summary.frames
+    files = run_stream(media["model"], FolderSource(str(folder), 64), on_frame=lambda r: time.sleep(0.01))
+    assert (files.frames, files.dropped) == (30, 0)

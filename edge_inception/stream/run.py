@@ -173,10 +173,11 @@ def _stats(values: list[float]) -> StageStats:
     return StageStats(float(np.percentile(a, 50)), float(np.percentile(a, 90)), float(a.mean()))
 
 
-def run_stream(artifact: str | Path, uri: str, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
+def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None) -> StreamSummary:
-    """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`) with ``artifact``.
+    """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
+    caller, not yet opened) with ``artifact``.
 
     ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
     for sources of known length. Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``).
@@ -185,12 +186,12 @@ def run_stream(artifact: str | Path, uri: str, *, top_k: int = 5, mode: Preproce
     info = artifact_info(artifact)
     names = info.class_names
     k = min(top_k, info.num_classes)
-    source = open_source(uri, info.image_size)
+    source = open_source(uri, info.image_size) if isinstance(uri, str) else uri
     if isinstance(source, FolderSource):
         source.draft = mode == PreprocessMode.fast
     if isinstance(source, AvSource) and mode == PreprocessMode.fast:
         source.scale_for, source.keep_full = info.image_size, save is not None
-    summary = StreamSummary(uri, source.kind, mode.value)
+    summary = StreamSummary(source.uri, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     with source, open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
         q: queue.Queue = queue.Queue(maxsize=1 if source.live else FILE_QUEUE)
