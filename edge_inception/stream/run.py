@@ -24,7 +24,7 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
 from ..vocab import PreprocessMode
-from .sources import AvSource, FolderSource, Frame, VideoSource, open_source
+from .sources import OPEN_TIMEOUT_S, AvSource, FolderSource, Frame, VideoSource, open_source
 from .writer import video_writer
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,8 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
                     q.get_nowait()
                 except queue.Empty:
                     break
-            producer.join(timeout=5.0)
+            # a network read blocks up to its timeout; the source is closed only once the producer is out of it
+            producer.join(timeout=OPEN_TIMEOUT_S + 5.0)
             if bar is not None:
                 bar.close()
         if producer.error is not None and summary.interrupted is None:
