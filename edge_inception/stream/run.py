@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import crop_resize, normalize, preprocess, reference_geometry
+from ..data.images import crop_resize, preprocess
 from ..engines.registry import artifact_info, open_runner
-from ..errors import StreamError, Terminated
+from ..errors import Terminated
 from ..evaluate.predict import softmax
 from ..vocab import PreprocessMode
-from .sources import OPEN_TIMEOUT_S, AvSource, FolderSource, Frame, VideoSource, open_source
+from .sources import OPEN_TIMEOUT_S, FolderSource, Frame, VideoSource, open_source
 from .writer import video_writer
 
 log = logging.getLogger(__name__)
@@ -128,19 +128,13 @@ class _Producer(threading.Thread):
             for frame in self.source.frames():
                 if self.stop.is_set():
                     break
-                started = time.perf_counter() - (frame.decode_ms + frame.resize_ms) / 1e3
+                started = time.perf_counter() - frame.decode_ms / 1e3
                 t0 = time.perf_counter()
-                if frame.resized is not None:  # FFmpeg's scaler did the resize: crop and normalise
-                    g = reference_geometry(frame.full_size[0], frame.full_size[1], self.image_size)
-                    left, top, right, bottom = g.box
-                    tensor = normalize(frame.resized[top:bottom, left:right])
-                elif frame.rgb is None:
-                    raise StreamError("the source gave a frame without pixels")
-                elif self.mode == PreprocessMode.exact:
+                if self.mode == PreprocessMode.exact:
                     tensor = preprocess(Image.fromarray(frame.rgb), self.image_size)
                 else:
                     tensor = crop_resize(Image.fromarray(frame.rgb), frame.full_size, self.image_size)
-                self._put(_Item(frame, tensor, started, frame.resize_ms + (time.perf_counter() - t0) * 1e3))
+                self._put(_Item(frame, tensor, started, (time.perf_counter() - t0) * 1e3))
         except BaseException as exc:  # handed to the consumer, which raises it in the caller's thread
             self.error = exc
         finally:
@@ -189,8 +183,6 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     source = open_source(uri, info.image_size) if isinstance(uri, str) else uri
     if isinstance(source, FolderSource):
         source.draft = mode == PreprocessMode.fast
-    if isinstance(source, AvSource) and mode == PreprocessMode.fast:
-        source.scale_for, source.keep_full = info.image_size, save is not None
     summary = StreamSummary(source.uri, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     with source, open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
@@ -219,7 +211,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
                 for stage in STAGES:
                     times[stage].append(getattr(result.ms, stage))
                 summary.frames += 1
-                if writer is not None and f.rgb is not None:
+                if writer is not None:
                     i0, _, p0 = result.top[0]
                     writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
                 if on_frame is not None:
