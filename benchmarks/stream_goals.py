@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jpegs", type=int, default=24)
     parser.add_argument("--video-frames", type=int, default=150)
     parser.add_argument("--parts", default="agreement,jpeg,video")
+    parser.add_argument("--update", action="store_true", help="keep the other parts of an existing results.json in --out")
     args = parser.parse_args(argv)
 
     from edge_inception.engines.registry import artifact_info
@@ -173,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     info = artifact_info(args.artifact)
     report: dict = {"command": command, "artifact": f"{Path(args.artifact).name} ({info.precision}, {info.backend}, {info.image_size} px)",
                     "machine": cpu_info().model, "cores": os.cpu_count(), "parts": {}}
+    if args.update and (args.out / "results.json").is_file():
+        old = json.loads((args.out / "results.json").read_text())
+        report["parts"] = old.get("parts", {})
+        report["command"] = f"{old.get('command')}; then {command}"
     parts = {"agreement": lambda w: part_agreement(args.artifact, w, args.agreement_images),
              "jpeg": lambda w: part_jpeg_folder(args.artifact, w, args.jpegs),
              "video": lambda w: part_video(args.artifact, w, args.video_frames)}
@@ -215,8 +220,8 @@ def markdown(r: dict) -> str:
         v = p["video"]
         lines += ["## C. 1080p H.264 video\n", f"{v['video']}: stream **{v['stream_fps']} FPS** against engine-only "
                   f"{v['engine_only_batch1']['images_per_s']} images/s at batch 1 = **{v['ratio_stream_vs_engine']} x** (goal >= 0.8 x); "
-                  f"{v['frames']} frames, dropped {v['dropped']}, corrupt {v['corrupt']}. Top-1 of the fast path (FFmpeg's scaler from "
-                  f"YUV) against the reference (Pillow on full RGB frames): {v['top1_agreement_fast_vs_exact']:.2%} "
+                  f"{v['frames']} frames, dropped {v['dropped']}, corrupt {v['corrupt']}. Top-1 of the fast path (full-size RGB, only the crop "
+                  f"resampled) against the reference (the whole frame resized): {v['top1_agreement_fast_vs_exact']:.2%} "
                   f"({v['classes_seen']} classes among the answers).\n",
                   "stage ms (p50 / p90): " + ", ".join(f"{k} {s['p50']} / {s['p90']}" for k, s in v["ms"].items()),
                   f"\nLoad {v['load_1min_before']} / {v['load_1min_after']}.\n"]
