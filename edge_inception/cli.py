@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -598,33 +599,35 @@ def stream(
     from .stream.run import run_stream
 
     check_outputs(save, None if json_lines in (None, "-") else Path(json_lines))
-    lines: list[str] = []
+    with contextlib.ExitStack() as stack:
+        # a JSON-lines file is written as the frames come (a camera runs for hours) into a temporary file beside it,
+        # moved into place when the stream ends, also after Ctrl-C / SIGTERM
+        sink = None
+        if json_lines not in (None, "-"):
+            sink = stack.enter_context(open(stack.enter_context(atomic_path(Path(json_lines))), "w", encoding="utf-8"))
 
-    def on_frame(r: Any) -> None:
-        text = json.dumps(r.as_dict())
-        if json_lines == "-":
-            typer.echo(text)
-        elif json_lines is not None:
-            lines.append(text)
+        def on_frame(r: Any) -> None:
+            if json_lines == "-":
+                typer.echo(json.dumps(r.as_dict()))
+            elif sink is not None:
+                sink.write(json.dumps(r.as_dict()) + "\n")
 
-    summary = run_stream(artifact, source, top_k=top_k, mode=preprocess, save=save, max_frames=max_frames, on_frame=on_frame,
-                         progress=_progress, threads=threads)
-    if json_lines not in (None, "-"):
-        with atomic_path(Path(json_lines)) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        summary = run_stream(artifact, source, top_k=top_k, mode=preprocess, save=save, max_frames=max_frames, on_frame=on_frame,
+                             progress=_progress, threads=threads)
     to_err = json_lines == "-"  # stdout carries the JSON lines
     st = summary.stages
     typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
-          f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
-          + (", input truncated" if summary.truncated else ""), err=to_err)
-    if summary.frames:
+               f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
+               + (", input truncated" if summary.truncated else ""), err=to_err)
+    if summary.inference_fps > 0:
         typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
                    err=to_err)
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
-    if summary.saved:
-        typer.echo(f"wrote {summary.saved}", err=to_err)
+    for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
+        if written:
+            typer.echo(f"wrote {written}", err=to_err)
     if summary.interrupted:
         typer.echo(f"{'terminated' if summary.interrupted == 'SIGTERM' else 'interrupted'}: the summary above covers the frames "
                    f"classified so far" + (", the video is closed and playable" if summary.saved else ""), err=True)
