@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,7 +313,7 @@ def _load_chunk(chunk: Sequence[Path], image_size: int, mode: PreprocessMode) ->
     return TensorBatch(good, tensors, failed)
 
 
-def prefetch_batches(paths: Sequence[Path], image_size: int, mode: PreprocessMode, batch_size: int, ahead: int = 2):
+def prefetch_batches(paths: Sequence[Path], image_size: int, mode: PreprocessMode, batch_size: int, ahead: int = 2) -> Iterator[TensorBatch]:
     """Yield a :class:`TensorBatch` per ``batch_size`` files in order, decoded and preprocessed in a background thread
     up to ``ahead`` batches ahead of the consumer (Pillow's decoders and the runtimes release the GIL, so decoding
     overlaps inference). Unreadable files are reported in ``failed``, not raised."""
