@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt
 	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, ...): 1-5 minutes"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[export,dev,openvino]' | awk '/^(Collecting|Successfully)/ { print; fflush() }'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[export,dev,openvino,stream]' | awk '/^(Collecting|Successfully)/ { print; fflush() }'
 	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
 	@echo "setup: done"
 	touch $(STAMP)

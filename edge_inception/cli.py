@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,7 +18,7 @@ from . import __version__
 from .cli_format import PlainTyper
 from .errors import EXTRAS, EdgeInceptionError, Terminated
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
-from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, Precision, QuantTarget, Variant, parse_list
+from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, FolderOrder, Precision, PreprocessMode, QuantTarget, Variant, parse_list
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
@@ -332,6 +333,10 @@ def build(
     typer.echo(f"wrote {result.artifact} and {result.artifact.name}.manifest.json")
 
 
+PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fast: JPEGs decoded at reduced scale (DCT) and only the "
+                                                    "crop resampled; exact: the reference transform on the full image.")]
+
+
 @app.command()
 @handle_errors
 def predict(
@@ -339,17 +344,23 @@ def predict(
     images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
 ) -> None:
-    """Classify images: top-k labels and scores."""
+    """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference)."""
     from .evaluate.predict import predict as run_predict
 
-    for p in run_predict(artifact, images, top_k=top_k):
+    run = run_predict(artifact, images, top_k=top_k, mode=preprocess)
+    for p in run.predictions:
         if as_json:
             typer.echo(json.dumps(p.as_dict()))
             continue
         typer.echo(p.image)
         for index, label, score in p.top:
             typer.echo(f"  {score:7.2%}  {label} ({index})")
+    for _path, why in run.failed:
+        typer.echo(f"skipped: {why}", err=True)
+    typer.echo(f"{len(run.predictions)} images in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+               f"(decode + preprocess {preprocess} + inference)", err=True)
 
 
 @app.command("eval")
@@ -358,12 +369,18 @@ def eval_cmd(
     artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
     data: Annotated[Path, typer.Option("--data", help="ImageFolder: class folders named by synset id, class index or class name.")],
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH)] = 16,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    folder_order: Annotated[FolderOrder, typer.Option("--folder-order", help="Integer class folders without class names: numeric (folder 10 "
+                                                      "is output 10) or imagefolder (torchvision's string order).")] = FolderOrder.numeric,
 ) -> None:
-    """Top-1 / top-5 accuracy on a labelled folder."""
+    """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate."""
     from .evaluate.predict import evaluate
 
-    r = evaluate(artifact, data, batch_size, progress=_progress)
-    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else ""))
+    r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
+    for warning in r.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
+               + f"; {r.images_per_s:.1f} images/s end to end")
 
 
 def _choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
@@ -600,6 +617,58 @@ def demo_data(
 
     out = make_demo_dataset(output)
     typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+
+
+@app.command()
+@handle_errors
+def stream(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    source: Annotated[str, typer.Argument(help="Video file, image folder or glob, /dev/videoN or a camera index, csi://N, rtsp:// or http:// URL.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    save: Annotated[Path | None, typer.Option("--save", help="Write an MP4 with the top-1 label drawn on each frame.")] = None,
+    json_lines: Annotated[str | None, typer.Option("--json-lines", help="One JSON line per frame: a file, or - for stdout.")] = None,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
+) -> None:
+    """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
+    from .fileio import atomic_path, check_outputs
+    from .stream.run import run_stream
+
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines))
+    with contextlib.ExitStack() as stack:
+        # a JSON-lines file is written as the frames come (a camera runs for hours) into a temporary file beside it,
+        # moved into place when the stream ends, also after Ctrl-C / SIGTERM
+        sink = None
+        if json_lines not in (None, "-"):
+            sink = stack.enter_context(open(stack.enter_context(atomic_path(Path(json_lines))), "w", encoding="utf-8"))
+
+        def on_frame(r: Any) -> None:
+            if json_lines == "-":
+                typer.echo(json.dumps(r.as_dict()))
+            elif sink is not None:
+                sink.write(json.dumps(r.as_dict()) + "\n")
+
+        summary = run_stream(artifact, source, top_k=top_k, mode=preprocess, save=save, max_frames=max_frames, on_frame=on_frame,
+                             progress=_progress, threads=threads)
+    to_err = json_lines == "-"  # stdout carries the JSON lines
+    st = summary.stages
+    typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
+               f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
+               + (", input truncated" if summary.truncated else ""), err=to_err)
+    if summary.inference_fps > 0:
+        typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
+                   err=to_err)
+    for stage, s in st.items():
+        typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
+    typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
+    for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
+        if written:
+            typer.echo(f"wrote {written}", err=to_err)
+    if summary.interrupted:
+        typer.echo(f"{'terminated' if summary.interrupted == 'SIGTERM' else 'interrupted'}: the summary above covers the frames "
+                   f"classified so far" + (", the video is closed and playable" if summary.saved else ""), err=True)
+        raise typer.Exit(code=143 if summary.interrupted == "SIGTERM" else 130)
 
 
 class _LevelFormatter(logging.Formatter):

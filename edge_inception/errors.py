@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 
 # The optional parts of the package: which extra brings each library (`pip install 'edge-inception[EXTRA]'`).
-EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "skimage": "export", "openvino": "openvino", "tensorrt": "tensorrt"}
+EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "skimage": "export", "openvino": "openvino", "tensorrt": "tensorrt",
+          "av": "stream", "cv2": "stream"}
 
 
 class EdgeInceptionError(Exception):
@@ -26,6 +27,11 @@ class ImageError(EdgeInceptionError):
 
 class DatasetError(EdgeInceptionError):
     """An ImageFolder tree that cannot be trained or evaluated on."""
+
+
+class StreamError(EdgeInceptionError):
+    """A video source that cannot be opened (a missing camera, an unreachable stream, not a video) or an output video
+    that cannot be written."""
 
 
 class ModelFileError(EdgeInceptionError):

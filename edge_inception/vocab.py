@@ -96,3 +96,26 @@ def parse_list(text: str, enum: type[E], option: str) -> tuple[E, ...]:
     if not values:
         raise ValueError(f"{option}: give at least one of {', '.join(str(m.value) for m in enum)}")
     return tuple(values)
+
+
+class PreprocessMode(Choice):
+    """How an image file becomes the input tensor (``data.images.load_tensor``).
+
+    ``exact``: the reference transform on the fully decoded image. ``fast``: JPEGs decoded at a reduced scale in the DCT
+    domain (never below twice the resize size), then only the crop's pixels resampled; measured against ``exact`` in
+    benchmarks/stream_goals.py and tests/test_stream.py.
+    """
+
+    exact = "exact"
+    fast = "fast"
+
+
+class FolderOrder(Choice):
+    """How integer class folders (``0``, ``1``, ... ``11``) map to a model's outputs when it has no class names.
+
+    ``numeric``: folder ``10`` is output 10. ``imagefolder``: torchvision's ImageFolder order, the folder names sorted as
+    strings (``0, 1, 10, 11, 2, ...``), so folder ``10`` is output 2: what a model trained with ImageFolder learnt.
+    """
+
+    numeric = "numeric"
+    imagefolder = "imagefolder"

@@ -18,6 +18,7 @@ ONNX_COMMANDS = {
     "predict": lambda m, tmp, data: ["predict", m, str(next((data / "val" / "cat").glob("*.png")))],
     "eval": lambda m, tmp, data: ["eval", m, "--data", str(data / "val")],
     "bench": lambda m, tmp, data: ["bench", m, "--iterations", "1", "--rounds", "1"],
+    "stream": lambda m, tmp, data: ["stream", m, str(data / "val" / "cat"), "--save", str(tmp / "out.mp4")],
 }
 
 
@@ -41,10 +42,10 @@ def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
         model.mkdir()
     needle = {"garbage": "not a readable ONNX model", "truncated": "not a readable ONNX model", "missing": "not found",
               "folder": "not a file"}[corruption]
-    if corruption == "folder" and command in ("predict", "eval", "bench"):
+    if corruption == "folder" and command in ("predict", "eval", "bench", "stream"):
         needle = "no built artifact in this folder"  # these take a build folder: an empty one says so
     fails_cleanly(runner.invoke(app, ONNX_COMMANDS[command](str(model), tmp_path, trained.data)), needle)
-    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "out").exists() and not (tmp_path / "out.mp4").exists()
 
 
 def test_eval_bad_data(trained, built_fp32, tmp_path):

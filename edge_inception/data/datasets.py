@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DatasetError, ImageError
 from ..names import UnsafeNameError, check_labels
-from .images import IMAGE_EXTENSIONS, load_image, normalize, preprocess
+from .images import is_image_name, load_image, normalize, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = T
         for f in sorted((base / cls).rglob("*")):
             if not f.is_file() or f.name.startswith("."):
                 continue
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not is_image_name(f):
                 skipped.append(f)
                 continue
             if check:

@@ -6,8 +6,9 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 
 from __future__ import annotations
 
+import glob
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,15 +16,50 @@ import numpy as np
 
 from ..errors import ImageError, require_modules
 from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS
-from ..vocab import IMAGENET_MEAN, IMAGENET_STD
+from ..vocab import IMAGENET_MEAN, IMAGENET_STD, PreprocessMode
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# The one list of image file names every command reads (predict, eval, calibration, training folders, stream folders):
+# the formats Pillow decodes that photos and data sets come in.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".gif",
+                              ".ppm", ".pgm", ".pbm", ".pnm"})
+
+
+def is_image_name(path: str | Path) -> bool:
+    """True if the file name ends in one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def resize_size_for(image_size: int) -> int:
+    """The short side before the centre crop: 256 for 224 (torchvision's classification transform)."""
     return round(image_size * 256 / 224)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where torchvision's ``Resize(short)`` + ``CenterCrop(crop)`` puts an image, in pixels.
+
+    ``resized``: (width, height) after the resize; ``box``: (left, top, right, bottom) of the crop in resized pixels.
+    """
+
+    resized: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+
+def reference_geometry(width: int, height: int, image_size: int = 224) -> Geometry:
+    """torchvision's geometry to the pixel (``transforms.functional``: ``_compute_resized_output_size`` and ``center_crop``).
+
+    The short side becomes ``resize_size_for(image_size)`` and the long side ``int(short * long / short_in)`` (truncated,
+    not rounded); the crop starts at ``int(round((side - crop) / 2.0))`` (rounded, not floored).
+    """
+    short_out = resize_size_for(image_size)
+    if width <= height:
+        new_w, new_h = short_out, int(short_out * height / width)
+    else:
+        new_w, new_h = int(short_out * width / height), short_out
+    left, top = int(round((new_w - image_size) / 2.0)), int(round((new_h - image_size) / 2.0))
+    return Geometry((new_w, new_h), (left, top, left + image_size, top + image_size))
 
 
 def load_image(path: str | Path):  # -> PIL.Image.Image
@@ -74,24 +110,22 @@ def to_rgb(image):  # PIL.Image.Image -> PIL.Image.Image
         else:  # 16-bit PNG/TIFF, also when Pillow opens it as 32-bit "I"
             full = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0.0) > 255 else 255.0
         im = Image.fromarray(np.clip(np.round(a / full * 255.0), 0, 255).astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa"):
-        # transparent pixels over white, not black
+    if im.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa") or "transparency" in im.info:
+        # transparent pixels over white, not black; an RGB / L / P image's colour key (PNG tRNS, GIF) counts too:
+        # converting to RGBA first turns the key into alpha
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), rgba)
     return im.convert("RGB")
 
 
 def preprocess(image, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """PIL RGB image -> 3 x size x size float32, normalised."""
+    """PIL RGB image -> 3 x size x size float32, normalised: the reference transform (torchvision's ``Resize`` with
+    Pillow's antialiased bilinear filter, then ``CenterCrop``, ``ToTensor``, ``Normalize``), see :func:`reference_geometry`."""
     from PIL import Image
 
-    short = resize_size_for(image_size)
-    w, h = image.size
-    scale = short / min(w, h)
-    new_w, new_h = max(short, round(w * scale)), max(short, round(h * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    return normalize(image.crop((left, top, left + image_size, top + image_size)), mean, std)
+    g = reference_geometry(image.size[0], image.size[1], image_size)
+    image = image.resize(g.resized, Image.Resampling.BILINEAR)
+    return normalize(image.crop(g.box), mean, std)
 
 
 def normalize(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
@@ -101,11 +135,81 @@ def normalize(image, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float]
     return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_batch(paths: Sequence[str | Path], image_size: int = 224) -> np.ndarray:
-    """Preprocess every path into one N x 3 x S x S batch; a bad image raises."""
+def load_batch(paths: Sequence[str | Path], image_size: int = 224, mode: PreprocessMode = PreprocessMode.exact) -> np.ndarray:
+    """Preprocess every path into one N x 3 x S x S float32 batch (``mode``: see :func:`load_tensor`); a bad image raises."""
     if not paths:
         raise ImageError("no images given")
-    return np.stack([preprocess(load_image(p), image_size) for p in paths])
+    return np.stack([load_tensor(p, image_size, mode) for p in paths])
+
+
+# The fast path decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) but keeps at least this many times the
+# resize's short side, so the antialiased resize that follows still averages over real pixels (measured: margin 2 keeps
+# top-1 agreement with the reference >= 99.5 % on real photos, see benchmarks/stream_goals.py).
+DRAFT_MARGIN = 2.0
+
+
+def load_tensor(path: str | Path, image_size: int = 224, mode: PreprocessMode = PreprocessMode.fast) -> np.ndarray:
+    """An image file -> 3 x S x S float32, normalised, as the model takes it.
+
+    ``exact`` is :func:`load_image` then :func:`preprocess`. ``fast`` is :func:`decode_for` (a JPEG decoded at a
+    reduced scale) then :func:`crop_resize` (only the centre crop's pixels resampled); both use
+    :func:`reference_geometry` of the full-size, upright image. Raises :class:`ImageError` for anything unreadable.
+    """
+    if mode == PreprocessMode.exact:
+        return preprocess(load_image(path), image_size)
+    image, full = decode_for(path, image_size)
+    return crop_resize(image, full, image_size)
+
+
+def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.Image, tuple[int, int]]
+    """Decode only the pixels an ``image_size`` input needs: (upright RGB image, its full upright (width, height)).
+
+    A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``) while its short side stays
+    at least ``DRAFT_MARGIN`` x the resize's; other formats are decoded fully. Checks as :func:`load_image`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"image not found: {p}")
+    try:
+        with Image.open(p) as opened:
+            full = opened.size
+            check_header(full, p)
+            if opened.format == "JPEG":
+                k = DRAFT_MARGIN * resize_size_for(image_size) / min(full)
+                if k < 1.0:
+                    opened.draft("RGB", (int(full[0] * k) + 1, int(full[1] * k) + 1))
+            if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
+                full = (full[1], full[0])
+            opened.load()
+            return to_rgb(opened), full
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{p}: refusing to decode, {str(exc).split(',')[0].lower()}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"not a readable image: {p}") from exc
+
+
+def crop_resize(image, full_size: tuple[int, int] | None = None, image_size: int = 224,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """An upright RGB PIL image -> 3 x S x S float32: the reference resize + centre crop, resampling only the crop.
+
+    ``full_size`` is the upright (width, height) the geometry is computed for (default the image's own): a JPEG
+    decoded at a reduced scale keeps the geometry of its full size. Pillow's ``resize(box=...)``
+    places each output pixel where the full resize would, with the same filter support, so at full scale the result
+    equals :func:`preprocess` (to float rounding of the box).
+    """
+    from PIL import Image
+
+    w, h = image.size
+    fw, fh = full_size or (w, h)
+    g = reference_geometry(fw, fh, image_size)
+    sx, sy = w / g.resized[0], h / g.resized[1]
+    left, top, right, bottom = g.box
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
+    return normalize(image, mean, std)
 
 
 @dataclass
@@ -127,11 +231,12 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
             pattern = "**/*" if recursive else "*"
             for f in sorted(p.glob(pattern)):
                 if f.is_file() and not f.name.startswith("."):
-                    (images if f.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(f)
+                    (images if is_image_name(f) else skipped).append(f)
         elif p.is_file():
             images.append(p)
         else:
-            matches = sorted(Path().glob(str(item))) if any(c in str(item) for c in "*?[") else []
+            # glob.glob takes absolute and relative patterns alike (Path().glob refuses absolute ones)
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True)) if any(c in str(item) for c in "*?[") else []
             if not matches:
                 if "://" in str(item):
                     raise ImageError(f"{item} is a URL: predict, eval and quantize read local files (download it first)")
@@ -184,3 +289,49 @@ def bundled_photos() -> list[Path]:
     if not found:
         raise ImageError(f"scikit-image's bundled photos were not found in {base}")
     return found
+
+
+@dataclass
+class TensorBatch:
+    """Up to ``batch_size`` files preprocessed: ``tensors`` (N x 3 x S x S float32) for ``paths``; ``failed``: the
+    files of the chunk that did not decode (with their one-line reasons)."""
+
+    paths: list[Path]
+    tensors: np.ndarray
+    failed: list[tuple[Path, str]]
+
+
+def _load_chunk(chunk: Sequence[Path], image_size: int, mode: PreprocessMode) -> TensorBatch:
+    good: list[Path] = []
+    arrays: list[np.ndarray] = []
+    failed: list[tuple[Path, str]] = []
+    for p in chunk:
+        try:
+            arrays.append(load_tensor(p, image_size, mode))
+            good.append(p)
+        except ImageError as exc:
+            failed.append((p, str(exc)))
+    tensors = np.stack(arrays) if arrays else np.zeros((0, 3, image_size, image_size), np.float32)
+    return TensorBatch(good, tensors, failed)
+
+
+def prefetch_batches(paths: Sequence[Path], image_size: int, mode: PreprocessMode, batch_size: int, ahead: int = 2) -> Iterator[TensorBatch]:
+    """Yield a :class:`TensorBatch` per ``batch_size`` files in order, decoded and preprocessed in a background thread
+    up to ``ahead`` batches ahead of the consumer (Pillow's decoders and the runtimes release the GIL, so decoding
+    overlaps inference). Unreadable files are reported in ``failed``, not raised."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        next_chunk = 0
+        try:
+            while pending or next_chunk < len(chunks):
+                while next_chunk < len(chunks) and len(pending) < ahead:
+                    pending.append(pool.submit(_load_chunk, chunks[next_chunk], image_size, mode))
+                    next_chunk += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()

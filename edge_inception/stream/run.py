@@ -1,0 +1,241 @@
+"""``edge-inception stream``: a source decoded and preprocessed in a producer thread, classified frame by frame.
+
+The producer fills a bounded queue (decode + preprocess); the caller's thread runs inference, reports each frame and
+writes the annotated video. A live source keeps only the latest frame (stale ones dropped and counted); a file or
+folder drops none. Ctrl-C and SIGTERM end the stream cleanly: the summary is returned with ``interrupted`` set and
+the output video is closed, playable, in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.images import crop_resize, preprocess
+from ..engines.registry import artifact_info, open_runner
+from ..errors import Terminated
+from ..evaluate.predict import softmax
+from ..vocab import PreprocessMode
+from .sources import OPEN_TIMEOUT_S, FolderSource, Frame, VideoSource, open_source
+from .writer import video_writer
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "preprocess", "inference", "end_to_end")
+FILE_QUEUE = 4  # frames decoded ahead of inference for files and folders
+
+
+@dataclass
+class StageTimes:
+    """Milliseconds per stage for one frame; ``end_to_end`` runs from the start of its decode to the end of inference
+    (so it includes time spent waiting in the queue)."""
+
+    decode: float
+    preprocess: float
+    inference: float
+    end_to_end: float
+
+
+@dataclass
+class FrameResult:
+    index: int
+    timestamp_s: float | None
+    name: str | None
+    top: list[tuple[int, str, float]]  # class index, name, probability
+    ms: StageTimes
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "timestamp": None if self.timestamp_s is None else round(self.timestamp_s, 4)}
+        if self.name is not None:
+            d["image"] = self.name
+        d["top"] = [{"index": i, "label": n, "score": round(s, 6)} for i, n, s in self.top]
+        d["ms"] = {k: round(v, 3) for k, v in vars(self.ms).items()}
+        return d
+
+
+@dataclass
+class StageStats:
+    p50: float
+    p90: float
+    mean: float
+
+
+@dataclass
+class StreamSummary:
+    """What a stream did: frames classified over ``seconds`` of wall time, per-stage latency percentiles (ms), frames
+    dropped (live sources), frames or files skipped (did not decode), and how it ended."""
+
+    source: str
+    kind: str
+    preprocess: str
+    frames: int = 0
+    seconds: float = 0.0
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    dropped: int = 0
+    corrupt: int = 0
+    truncated: bool = False
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM"
+    saved: str | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def inference_fps(self) -> float:
+        """The rate the engine alone would allow: 1000 / the mean inference ms measured in this stream."""
+        s = self.stages.get("inference")
+        return 1e3 / s.mean if s and s.mean > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in vars(self).items() if k != "stages"}
+        d["fps"] = round(self.fps, 3)
+        d["inference_only_fps"] = round(self.inference_fps, 3)
+        d["seconds"] = round(self.seconds, 3)
+        d["ms"] = {k: {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "mean": round(s.mean, 3)} for k, s in self.stages.items()}
+        return d
+
+
+@dataclass
+class _Item:
+    frame: Frame
+    tensor: np.ndarray
+    started: float  # perf_counter at the start of the frame's decode
+    preprocess_ms: float
+
+
+class _Producer(threading.Thread):
+    """Decode + preprocess into the queue; a live source's stale frame is replaced by the newest."""
+
+    def __init__(self, source: VideoSource, image_size: int, mode: PreprocessMode, q: queue.Queue, stop: threading.Event) -> None:
+        super().__init__(name="stream-decode", daemon=True)
+        self.source, self.image_size, self.mode, self.q, self.stop = source, image_size, mode, q, stop
+        self.dropped = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from PIL import Image
+
+        try:
+            for frame in self.source.frames():
+                if self.stop.is_set():
+                    break
+                started = time.perf_counter() - frame.decode_ms / 1e3
+                t0 = time.perf_counter()
+                if self.mode == PreprocessMode.exact:
+                    tensor = preprocess(Image.fromarray(frame.rgb), self.image_size)
+                else:
+                    tensor = crop_resize(Image.fromarray(frame.rgb), frame.full_size, self.image_size)
+                self._put(_Item(frame, tensor, started, (time.perf_counter() - t0) * 1e3))
+        except BaseException as exc:  # handed to the consumer, which raises it in the caller's thread
+            self.error = exc
+        finally:
+            self._put(None)
+
+    def _put(self, item: _Item | None) -> None:
+        if self.source.live and item is not None:
+            try:
+                self.q.put_nowait(item)
+            except queue.Full:
+                try:
+                    self.q.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+                self.q.put_nowait(item)
+            return
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
+def _stats(values: list[float]) -> StageStats:
+    if not values:
+        return StageStats(0.0, 0.0, 0.0)
+    a = np.asarray(values)
+    return StageStats(float(np.percentile(a, 50)), float(np.percentile(a, 90)), float(a.mean()))
+
+
+def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
+               max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
+               progress: Callable[[int, str], Any] | None = None, threads: int | None = None) -> StreamSummary:
+    """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
+    caller, not yet opened) with ``artifact``.
+
+    ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
+    for sources of known length. Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``).
+    Raises :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
+    """
+    info = artifact_info(artifact)
+    names = info.class_names
+    k = min(top_k, info.num_classes)
+    source = open_source(uri, info.image_size) if isinstance(uri, str) else uri
+    if isinstance(source, FolderSource):
+        source.draft = mode == PreprocessMode.fast
+    summary = StreamSummary(source.uri, source.kind, mode.value)
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    with source, open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
+        q: queue.Queue = queue.Queue(maxsize=1 if source.live else FILE_QUEUE)
+        stop = threading.Event()
+        producer = _Producer(source, info.image_size, mode, q, stop)
+        total = min(source.total, max_frames) if source.total and max_frames else (max_frames or source.total)
+        bar = progress(total, "stream") if progress and total and not source.live else None
+        t_start = time.perf_counter()
+        producer.start()
+        try:
+            while max_frames is None or summary.frames < max_frames:
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                t0 = time.perf_counter()
+                probs = softmax(runner.run(item.tensor[None]))[0]
+                t1 = time.perf_counter()
+                order = np.argsort(-probs)[:k]
+                f = item.frame
+                result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
+                                     StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
+                for stage in STAGES:
+                    times[stage].append(getattr(result.ms, stage))
+                summary.frames += 1
+                if writer is not None:
+                    i0, _, p0 = result.top[0]
+                    writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
+                if on_frame is not None:
+                    on_frame(result)
+                if bar is not None:
+                    bar.update(1)
+        except KeyboardInterrupt as exc:
+            summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        finally:
+            summary.seconds = time.perf_counter() - t_start
+            stop.set()
+            while True:  # unblock a producer waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+            # a network read blocks up to its timeout; the source is closed only once the producer is out of it
+            producer.join(timeout=OPEN_TIMEOUT_S + 5.0)
+            if bar is not None:
+                bar.close()
+        if producer.error is not None and summary.interrupted is None:
+            raise producer.error
+        summary.dropped, summary.corrupt, summary.truncated = producer.dropped, source.corrupt, source.truncated
+        summary.stages = {s: _stats(v) for s, v in times.items()}
+    if writer is not None and writer.frames and save is not None:
+        summary.saved = str(save)
+    return summary
