@@ -84,8 +84,13 @@ def parse_target(path: Path | Traversable) -> Target:
         batch = data.pop("batch", {"min": 1, "opt": 1, "max": 1})
         known = {f for f in Target.__dataclass_fields__}
         fields = {k: v for k, v in data.items() if k in known}
+        # a preset names its backends in preference order (`backends = ["ort", "openvino"]`), or one (`backend = "ort"`,
+        # the older form); `backend` is the preferred one, the first of the list unless it says otherwise
+        backends = data["backends"] if "backends" in data else [data["backend"]]
+        if not isinstance(backends, list) or not backends:
+            raise TypeError("backends must be a non-empty list")
         target = Target(
-            **{**fields, "backends": tuple(data.get("backends", [data["backend"]])), "precisions": tuple(data["precisions"])},
+            **{**fields, "backend": data.get("backend", backends[0]), "backends": tuple(backends), "precisions": tuple(data["precisions"])},
             batch_min=int(batch["min"]), batch_opt=int(batch["opt"]), batch_max=int(batch["max"]), source=str(path),
             extra={k: v for k, v in data.items() if k not in known},
         )
@@ -93,6 +98,8 @@ def parse_target(path: Path | Traversable) -> Target:
         raise TargetError(f"{path}: missing or invalid field ({exc})") from exc
     if target.backend not in BACKENDS or not set(target.backends) <= set(BACKENDS):
         raise TargetError(f"{path}: unknown backend (choose from {', '.join(BACKENDS)})")
+    if target.backend not in target.backends:
+        raise TargetError(f"{path}: backend '{target.backend}' is not among backends ({', '.join(target.backends)})")
     if not set(target.precisions) <= set(PRECISIONS) or target.default_precision not in target.precisions:
         raise TargetError(f"{path}: precisions must be among {', '.join(PRECISIONS)} and include default_precision")
     if not 1 <= target.batch_min <= target.batch_opt <= target.batch_max:
