@@ -437,7 +437,7 @@ def pipeline(
     result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
     _echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
-    typer.echo(f"ship: {ship['artifact']} ({ship['precision']}): {ship['why']}")
+    typer.echo(f"ship: {ship['artifact']} ({ship['candidate']}): {ship['why']}")
     typer.echo(f"wrote {result.output}/report.md, report.json, bench.png and artifacts/")
 
 

@@ -1,6 +1,9 @@
 """Candidates across backends and precisions: the plan (what a target allows and this machine can run) and the ship
 decision, as plain functions on hand-made inputs; presets naming one backend or a list."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from edge_inception.engines.candidates import (
@@ -143,3 +146,49 @@ def test_presets_name_one_backend_or_a_list(tmp_path):
         parse_target(tmp_path / "bad.toml")
     with pytest.raises(TargetError, match="backends must be a non-empty list"):
         parse_target(tmp_path / "empty.toml")
+
+
+# ---- the pipeline with two backends ----------------------------------------------------------------------------------
+
+def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_path):
+    """The whole pipeline on the cpu preset (ort + openvino) at 64 px with seeded weights: kept small, since what is
+    checked is that every candidate is built, judged, measured in one run, and that the report is the decision."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["pipeline", "--image-size", "64", "--precisions", "fp32,fp16", "--batch", "1", "--iterations", "3",
+                                 "--rounds", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert [c["name"] for c in report["candidates"]] == ["ort-fp32", "ort-fp16", "openvino-fp32", "openvino-fp16"]
+    assert report["decision_batch"] == 1 and not report["skipped"]
+
+    # every candidate was built for its backend, verified against PyTorch, and measured in the one benchmark run
+    bench = json.loads((out / "bench.json").read_text())
+    p50 = {Path(row["path"]).name: row["latency_ms"]["p50"] for row in bench["results"] if not row["baseline"]}
+    assert len(p50) == 4
+    for c in report["candidates"]:
+        art = out / c["artifact"]
+        manifest = Path(str(art) + ".manifest.json")
+        assert art.is_file() and json.loads(manifest.read_text())["backend"] == c["backend"]
+        assert c["p50_ms"] == {"1": p50[art.name]}
+        assert c["agreement"] == report["verification_vs_pytorch"][c["name"]]["top1_agreement"]
+
+    # the shipped artifact is the decision on those measurements, and every other candidate says how it lost
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement"])
+                for c in report["candidates"]]
+    decision = choose_ship(measured, 0.99)
+    assert decision.ship is not None
+    assert report["ship"]["candidate"] == decision.ship and report["ship"]["why"] == decision.why
+    assert report["ship"]["artifact"] == next(c["artifact"] for c in report["candidates"] if c["name"] == decision.ship)
+    md = (out / "report.md").read_text()
+    assert f"**ship: `{report['ship']['artifact']}`** ({decision.ship})" in md and "## Candidates" in md
+    for c in report["candidates"]:
+        v = decision.verdict(c["name"])
+        assert c["status"] == v.status
+        row = next(line for line in md.splitlines() if line.startswith(f"| {c['name']} |"))
+        if v.status in ("slower", "tie"):  # named, with its loss in milliseconds and percent against the shipped one
+            assert f"{v.behind_ms:+.2f} ms ({v.behind:+.1%}) against {decision.ship}" in row
+    assert f"ship: {report['ship']['artifact']} ({decision.ship})" in r.output
