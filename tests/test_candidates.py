@@ -192,3 +192,30 @@ def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_p
         if v.status in ("slower", "tie"):  # named, with its loss in milliseconds and percent against the shipped one
             assert f"{v.behind_ms:+.2f} ms ({v.behind:+.1%}) against {decision.ship}" in row
     assert f"ship: {report['ship']['artifact']} ({decision.ship})" in r.output
+
+
+def test_build_backend_auto_keeps_the_fastest_judged_candidate(tmp_path):
+    """`build --backend auto`: both CPU backends built aside and measured in one run; only the decision's artifact is
+    built into the output folder, beside candidates.json/.md naming the loser and its loss."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+    from edge_inception.convert.export import export_model
+    from edge_inception.engines.registry import artifact_info, resolve_artifact
+
+    model = export_model(None, tmp_path / "small.onnx", image_size=64).path
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["build", str(model), "--target", "cpu", "--backend", "auto", "--iterations", "3", "--rounds", "1",
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "candidates.json").read_text())
+    assert [c["name"] for c in data["candidates"]] == ["ort-fp32", "openvino-fp32"]
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement_vs_fp32"])
+                for c in data["candidates"]]
+    decision = choose_ship(measured, 0.99)
+    assert data["ship"]["candidate"] == decision.ship is not None
+    shipped = resolve_artifact(out)  # the folder holds exactly one artifact: the shipped one
+    assert shipped.name == data["ship"]["artifact"] and artifact_info(shipped).backend == decision.ship.split("-")[0]
+    loser = next(v for v in decision.verdicts if v.status != "shipped")
+    assert f"| {loser.name} |" in (out / "candidates.md").read_text() and f"ship: {shipped.name} ({decision.ship})" in r.output
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the candidates' staging folder is gone
