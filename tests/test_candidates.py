@@ -194,16 +194,44 @@ def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_p
     assert f"ship: {report['ship']['artifact']} ({decision.ship})" in r.output
 
 
-def test_build_backend_auto_keeps_the_fastest_judged_candidate(tmp_path):
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory) -> Path:
+    """GoogLeNet at 64 px with seeded weights: what the pipeline's candidates are measured on, kept small."""
+    from edge_inception.convert.export import export_model
+
+    return export_model(None, tmp_path_factory.mktemp("small") / "small.onnx", image_size=64).path
+
+
+def test_fixed_batch_variant_is_measured_at_its_own_batch_only(small_onnx, tmp_path):
+    """The GPU's fixed-shape candidate, made on the CPU: same weights, batch fixed to 1, built and verified; one bench run
+    with a dynamic artifact at batch 1 and 2 measures it at batch 1 only (plain bench still refuses other sizes)."""
+    from edge_inception.convert.graph_ops import with_fixed_batch
+    from edge_inception.convert.onnx_file import onnx_facts
+    from edge_inception.engines.build import build
+    from edge_inception.errors import EdgeInceptionError
+    from edge_inception.evaluate.bench import BenchConfig, run_bench
+
+    b1 = with_fixed_batch(small_onnx, tmp_path / "small.b1.onnx", 1)
+    assert onnx_facts(b1).fixed_batch == 1 and onnx_facts(small_onnx).fixed_batch is None
+    fixed = build(b1, "cpu", output_dir=tmp_path / "art").artifact
+    dynamic = build(small_onnx, "cpu", output_dir=tmp_path / "art").artifact
+    cfg = BenchConfig(batches=(1, 2), iterations=2, rounds=1, warmup=1, baselines=(), fixed_at_own_batch=True)
+    report = run_bench([str(fixed), str(dynamic)], cfg)
+    assert sorted((r.engine, r.batch) for r in report.results) == [("ort-fp32", 1), ("ort-fp32", 2), ("ort-fp32-b1", 1)]
+    assert {r.path for r in report.results} == {str(fixed), str(dynamic)}
+    with pytest.raises(EdgeInceptionError, match="takes batches of 1 only"):
+        run_bench([str(fixed)], BenchConfig(batches=(1, 2), iterations=2, rounds=1, baselines=()))
+
+
+def test_build_backend_auto_keeps_the_fastest_judged_candidate(small_onnx, tmp_path):
     """`build --backend auto`: both CPU backends built aside and measured in one run; only the decision's artifact is
     built into the output folder, beside candidates.json/.md naming the loser and its loss."""
     from typer.testing import CliRunner
 
     from edge_inception.cli import app
-    from edge_inception.convert.export import export_model
     from edge_inception.engines.registry import artifact_info, resolve_artifact
 
-    model = export_model(None, tmp_path / "small.onnx", image_size=64).path
+    model = small_onnx
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["build", str(model), "--target", "cpu", "--backend", "auto", "--iterations", "3", "--rounds", "1",
                                  "-o", str(out)])
