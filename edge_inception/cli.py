@@ -18,7 +18,21 @@ from . import __version__
 from .cli_format import PlainTyper
 from .errors import EXTRAS, EdgeInceptionError, Terminated
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
-from .vocab import MIN_IMAGE_SIZE, Backend, Baseline, CalibMethod, Criterion, FolderOrder, Precision, PreprocessMode, QuantTarget, Variant, parse_list
+from .vocab import (
+    MIN_IMAGE_SIZE,
+    Backend,
+    BackendOption,
+    Baseline,
+    CalibMethod,
+    Criterion,
+    FolderOrder,
+    Precision,
+    PrecisionOption,
+    PreprocessMode,
+    QuantTarget,
+    Variant,
+    parse_list,
+)
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
@@ -313,19 +327,46 @@ def targets(
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX model (fp32, or fp16/int8 from quantize).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
-    backend: Annotated[Backend | None, typer.Option("--backend", help="Runtime (default: the target's).")] = None,
-    precision: Annotated[Precision | None, typer.Option("--precision", help="Expected precision of the graph.")] = None,
+    backend: Annotated[BackendOption | None, typer.Option("--backend", help="Runtime (default: the target's first); auto: every one "
+                                                          "of the target's that runs here, measured, the fastest judged kept.")] = None,
+    precision: Annotated[PrecisionOption | None, typer.Option("--precision", help="Expected precision of the graph; auto: every one the "
+                                                              "target runs (quantized from FP32), measured, the fastest judged kept.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="CPU threads (default: the target's).")] = None,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Folder for the artifact and its manifest.")] = None,
     targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra folder of target TOML files.")] = None,
     allow_tf32: Annotated[bool, typer.Option("--allow-tf32", help="Let FP32 run as TF32 on a GPU (judged then like FP16).")] = False,
+    calib: Annotated[Path | None, typer.Option("--calib", help="With auto: calibration images for INT8 (default: bundled photos).")] = None,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="With auto: timed inferences per candidate per round.")] = 30,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="With auto: benchmark rounds.")] = 3,
 ) -> None:
-    """Build an artifact for a target, with a JSON manifest, verified against the source ONNX."""
+    """Build an artifact for a target, with a JSON manifest, verified against the source ONNX (auto: the fastest judged candidate)."""
     from .engines.build import build as build_artifact
     from .engines.targets import get_target
 
-    result = build_artifact(model, get_target(target, targets_dir), backend=backend, precision=precision, output_dir=output_dir,
-                            threads=threads, allow_tf32=allow_tf32)
+    tgt = get_target(target, targets_dir)
+    if backend is BackendOption.auto or precision is PrecisionOption.auto:
+        from .autobuild import auto_build
+        from .convert.onnx_file import graph_precision, load_onnx
+
+        out = output_dir if output_dir is not None else model.parent / f"{model.stem}.{tgt.name}"
+        # auto on one axis only: the other is the target's first backend, or the graph's own precision
+        backends = None if backend is BackendOption.auto else [Backend(backend.value if backend else tgt.backend)]
+        precisions = None if precision is PrecisionOption.auto else [
+            Precision(precision.value if precision else graph_precision(load_onnx(model, with_weights=False)))]
+        auto = auto_build(model, tgt, backends=backends, precisions=precisions, output_dir=out, calib=calib, iterations=iterations,
+                          rounds=rounds, progress=_progress)
+        for v in auto.decision.verdicts:
+            p50 = "-" if v.p50_ms is None else f"{v.p50_ms:.2f} ms"
+            typer.echo(f"  {v.name:<18} {p50:>10}  {v.status}" + (f": {v.note}" if v.note else ""))
+        for s in auto.plan.skipped:
+            typer.echo(f"  not a candidate: {s.name}: {s.why}")
+        if auto.artifact is None:
+            raise EdgeInceptionError(f"{auto.decision.why} (see {auto.report})")
+        typer.echo(f"ship: {auto.artifact.name} ({auto.decision.ship}): {auto.decision.why}")
+        typer.echo(f"wrote {auto.artifact}, its manifest and {auto.report}")
+        return
+    result = build_artifact(model, tgt, backend=backend.value if backend else None, precision=precision.value if precision else None,
+                            output_dir=output_dir, threads=threads, allow_tf32=allow_tf32)
     m, p = result.manifest, result.parity
     typer.echo(f"runtime: {result.note}")
     typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "
@@ -490,7 +531,7 @@ def pipeline(
     result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
     _echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
-    typer.echo(f"ship: {ship['artifact']} ({ship['precision']}): {ship['why']}")
+    typer.echo(f"ship: {ship['artifact']} ({ship['candidate']}): {ship['why']}")
     typer.echo(f"wrote {result.output}/report.md, report.json, bench.png and artifacts/")
 
 

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import EdgeInceptionError, require_modules
+from .engines.candidates import Candidate, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError, require_modules
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
-from .vocab import Backend, Precision, QuantTarget
+from .vocab import Precision, QuantTarget
 
 if TYPE_CHECKING:
     from .convert.quantize import QuantizeResult
@@ -65,15 +66,16 @@ class PipelineResult:
 
 @dataclass
 class PipelineRun:
-    """What the stages produced, for the report."""
+    """What the stages produced, for the report. Keys are candidate names (``ort-int8``, ``openvino-fp32``)."""
 
     model: dict[str, Any] = field(default_factory=dict)  # source, variant, num_classes, seeded_weights, image_size
-    artifacts: dict[Precision, Path] = field(default_factory=dict)
-    quantization: dict[Precision, QuantizeResult] = field(default_factory=dict)
-    verification: dict[Precision, Parity] = field(default_factory=dict)  # each artifact against PyTorch
+    plan: Plan = field(default_factory=lambda: Plan(()))
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # candidates not built: why (their judge, or their runtime)
+    quantization: dict[str, QuantizeResult] = field(default_factory=dict)  # by the quantized model's label (int8, int8-tensorrt)
+    verification: dict[str, Parity] = field(default_factory=dict)  # each artifact against PyTorch
     flops: dict[str, Any] = field(default_factory=dict)
     stages: list[StageLog] = field(default_factory=list)
-    runtime: str = ""  # the runtime the target's artifacts were built with, and why
     current: str = "setup"
 
     @contextmanager
@@ -92,12 +94,18 @@ class StageFailed(EdgeInceptionError):
     pass
 
 
+def artifact_stem(candidate: Candidate) -> str:
+    """``model.fp32``, ``model.fp32-tf32-b1``: the artifact's file name before its backend's suffix."""
+    return "model." + candidate.name.split("-", 1)[1]
+
+
 def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = None,
                  progress: Callable[[int, str], Any] | None = None) -> PipelineResult:
     from .convert.export import export_model
+    from .convert.graph_ops import with_fixed_batch
     from .convert.quantize import quantize_model
     from .engines.build import build
-    from .engines.choose import choose, probe
+    from .engines.choose import probe
     from .engines.targets import get_target
     from .evaluate.bench import BenchConfig, markdown, plot, run_bench
     from .evaluate.flops import count_graph
@@ -108,12 +116,10 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     target = get_target(cfg.target)
     for p in cfg.precisions:
         target.check_precision(p)
-    # the runtime decides the INT8 scheme: TensorRT (native or as ONNX Runtime's provider) takes symmetric Q/DQ and gains
-    # nothing from weight-only stages; ONNX Runtime's CPU and CUDA kernels run weight-only stages in float
-    choice = choose(target, Precision.int8, None, probe(target))
-    for p in cfg.precisions:
-        target.check(choice.backend, p)
-    run = PipelineRun(runtime=choice.line)
+    plan = plan_candidates(target, cfg.precisions, missing_backends(target), probe(target))
+    if not plan.candidates:
+        raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
+    run = PipelineRun(plan=plan)
     out = cfg.output
     with atomic_dir(out, replace=cfg.force) as work:
         try:
@@ -124,54 +130,70 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                              "seeded_weights": loaded.seeded, "image_size": int(exported.metadata["image_size"])}
                 detail.append(f"{fp32.name}: " + ", ".join(f"{s.step} max rel err {s.parity.max_rel_error:.1e}" for s in exported.steps))
 
-            sources: dict[Precision, Path] = {Precision.fp32: fp32}
-            if target.device == "cpu":
-                quant_target = QuantTarget.cpu
-            elif choice.backend is Backend.tensorrt or "TensorrtExecutionProvider" in choice.providers:
-                quant_target = QuantTarget.tensorrt
-            else:
-                quant_target = QuantTarget.gpu
-            for reduced in (p for p in cfg.precisions if p is not Precision.fp32):
-                with run.stage(f"quantize {reduced.value}", on_stage) as detail:
-                    q = quantize_model(fp32, reduced, output=work / f"model.{reduced.value}.onnx", calib=cfg.calib, target=quant_target,
-                                       min_agreement=cfg.min_agreement, progress=progress)
-                    sources[reduced], run.quantization[reduced] = q.path, q
-                    detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
-                                  + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
+            # one quantized model per precision and INT8 scheme the candidates' runtimes take
+            schemes: dict[Precision, list[QuantTarget]] = {}
+            for c in plan.candidates:
+                qt = quant_target(target, c)
+                if c.precision is not Precision.fp32 and qt not in schemes.setdefault(c.precision, []):
+                    schemes[c.precision].append(qt)
+            models: dict[tuple[Precision, QuantTarget | None], Path] = {}
+            for reduced, qts in schemes.items():
+                for qt in qts:
+                    label = reduced.value if len(qts) == 1 else f"{reduced.value}-{qt.value}"
+                    with run.stage(f"quantize {label}", on_stage) as detail:
+                        q = quantize_model(fp32, reduced, output=work / f"model.{label}.onnx", calib=cfg.calib, target=qt,
+                                           min_agreement=cfg.min_agreement, progress=progress)
+                        models[(reduced, qt)], run.quantization[label] = q.path, q
+                        detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
+                                      + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
 
-            for prec in cfg.precisions:
-                with run.stage(f"build {prec.value}", on_stage) as detail:
-                    b = build(sources[prec], target, output_dir=work / "artifacts")
-                    run.artifacts[prec] = b.artifact
-                    detail.append(f"{b.artifact.name}: top-1 agreement {b.parity.top1_agreement:.1%} vs its ONNX")
+            with run.stage("build", on_stage) as detail:
+                for c in plan.candidates:
+                    src = fp32 if c.precision is Precision.fp32 else models[(c.precision, quant_target(target, c))]
+                    if c.fixed_batch is not None:
+                        fixed = src.with_name(f"{src.stem}.b{c.fixed_batch}.onnx")
+                        src = fixed if fixed.exists() else with_fixed_batch(src, fixed, c.fixed_batch)
+                    try:
+                        b = build(src, target, backend=c.backend, output_dir=work / "artifacts", allow_tf32=c.tf32, name=artifact_stem(c))
+                    except (VerificationError, BackendUnavailableError) as exc:  # this candidate fails its judge or its runtime
+                        run.failures[c.name] = str(exc)
+                        log.warning("candidate %s not built: %s", c.name, exc)
+                        continue
+                    run.artifacts[c.name] = b.artifact
+                if not run.artifacts:
+                    raise EdgeInceptionError("no candidate was built: " + "; ".join(f"{k}: {v}" for k, v in run.failures.items()))
+                detail.append(f"{len(run.artifacts)} of {len(plan.candidates)} candidates built and verified against their ONNX"
+                              + (f"; not built: {', '.join(run.failures)}" if run.failures else ""))
 
             with run.stage("verify", on_stage) as detail:
                 run.verification = verify_against_torch(run.artifacts, loaded.model, run.model["image_size"])
-                detail.append(", ".join(f"{k.value} {v.top1_agreement:.1%}" for k, v in run.verification.items()))
+                detail.append(", ".join(f"{k} {v.top1_agreement:.1%}" for k, v in run.verification.items()))
 
             with run.stage("flops", on_stage) as detail:
                 run.flops = count_graph(fp32).as_json()
                 detail.append(f"{run.flops['total_macs'] / 1e9:.2f} G multiply-adds per image")
 
             with run.stage("bench", on_stage) as detail:
-                report = run_bench([str(run.artifacts[p]) for p in cfg.precisions],
-                                   BenchConfig(batches=cfg.batches, iterations=cfg.bench_iterations, rounds=cfg.bench_rounds), progress=progress)
+                names = {str(a): n for n, a in run.artifacts.items()}
+                report = run_bench(list(names), BenchConfig(batches=cfg.batches, iterations=cfg.bench_iterations, rounds=cfg.bench_rounds,
+                                                            fixed_at_own_batch=True), progress=progress)
                 for r in report.results:  # agreement of our artifacts measured against PyTorch, not only vs FP32 ONNX
-                    if not r.baseline and Precision(r.precision) in run.verification:
-                        r.agreement = run.verification[Precision(r.precision)].top1_agreement
+                    if not r.baseline and names.get(str(r.path)) in run.verification:
+                        r.agreement = run.verification[names[str(r.path)]].top1_agreement
                 write_json_atomic(work / "bench.json", report.as_dict())
                 write_text_atomic(work / "bench.md", markdown(report))
                 plot(report, work / "bench.png")
-                detail.append(f"{len(report.results)} results")
+                detail.append(f"{len(report.results)} results, {len(run.artifacts)} candidates in one run")
 
             with run.stage("profile", on_stage) as detail:
                 from .evaluate.profile import plot as plot_profile
                 from .evaluate.profile import profile_artifact
 
-                profiles = [profile_artifact(run.artifacts[p], iterations=10) for p in cfg.precisions]
-                write_json_atomic(work / "profile.json", [pr.as_dict() for pr in profiles])
+                profiles = [profile_artifact(a, iterations=10) for a in run.artifacts.values()]
+                write_json_atomic(work / "profile.json", [{"candidate": n, **pr.as_dict()} for n, pr in zip(run.artifacts, profiles)])
                 plot_profile(profiles, work / "profile.png")
-                detail.append(", ".join(f"{pr.precision} {pr.end_to_end_ms:.2f} ms ({pr.unassigned_share:.0%} unassigned)" for pr in profiles))
+                detail.append(", ".join(f"{n} {pr.end_to_end_ms:.2f} ms ({pr.unassigned_share:.0%} unassigned)"
+                                        for n, pr in zip(run.artifacts, profiles)))
 
             with run.stage("report", on_stage) as detail:
                 summary = summarise(cfg, run, report)
@@ -186,7 +208,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     return PipelineResult(out, summary, run.stages)
 
 
-def verify_against_torch(artifacts: dict[Precision, Path], model, image_size: int) -> dict[Precision, Parity]:
+def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> dict[str, Parity]:
     """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split)."""
     import torch
 
@@ -201,42 +223,83 @@ def verify_against_torch(artifacts: dict[Precision, Path], model, image_size: in
     with torch.inference_mode():
         ref = np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches])
     out = {}
-    for prec, art in artifacts.items():
+    for name, art in artifacts.items():
         with open_runner(art) as runner:
             got = np.concatenate([runner.run(b) for b in batches])
-        out[prec] = compare(ref, got)
+        out[name] = compare(ref, got)
     return out
 
 
-def choose_ship(p50_ms: dict[str, float], agreement: dict[str, float], min_agreement: float) -> tuple[str | None, str]:
-    """The artifact to ship: the lowest batch-1 p50 among those whose top-1 agreement with PyTorch meets the guard.
-    Equal latencies go to the higher precision. Returns (precision or None, why)."""
-    eligible = [p for p in p50_ms if agreement.get(p, 0.0) >= min_agreement]
-    if not eligible:
-        return None, f"no artifact met the accuracy guard (top-1 agreement >= {min_agreement:.0%} against PyTorch)"
-    order = [p.value for p in Precision]  # fp32, fp16, int8: most faithful first
-    ship = min(eligible, key=lambda p: (p50_ms[p], order.index(p) if p in order else len(order)))
-    return ship, f"lowest batch-1 p50 ({p50_ms[ship]:.2f} ms) among artifacts with top-1 agreement >= {min_agreement:.0%} against PyTorch"
+def measured_candidates(run: PipelineRun, bench: BenchReport, batch: int) -> list[Measured]:
+    """Each planned candidate with its p50 at ``batch`` from ``bench`` (matched by artifact path), its agreement with
+    PyTorch and, if it was not built, why."""
+    p50 = {str(r.path): r.latency_ms["p50"] for r in bench.results if not r.baseline and r.batch == batch}
+    out = []
+    for c in run.plan.candidates:
+        art = run.artifacts.get(c.name)
+        parity = run.verification.get(c.name)
+        out.append(Measured(c, p50.get(str(art)) if art else None, parity.top1_agreement if parity else None, run.failures.get(c.name)))
+    return out
 
 
 def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict[str, Any]:
-    p50 = {r.precision: r.latency_ms["p50"] for r in bench.results if r.batch == 1 and not r.baseline}
-    agreement = {p.value: v.top1_agreement for p, v in run.verification.items()}
-    ship, why = choose_ship(p50, agreement, cfg.min_agreement)
+    batch = min(cfg.batches)  # the decision is made where the edge case is: the smallest batch benchmarked
+    measured = measured_candidates(run, bench, batch)
+    decision = choose_ship(measured, cfg.min_agreement, batch=batch)
+    rel = {n: str(Path("artifacts") / a.name) for n, a in run.artifacts.items()}
+    p50s: dict[str, dict[str, float]] = {}
+    for r in bench.results:
+        if not r.baseline:
+            name = next((n for n, a in run.artifacts.items() if str(a) == str(r.path)), r.engine)
+            p50s.setdefault(name, {})[str(r.batch)] = r.latency_ms["p50"]
+    candidates = []
+    for m in measured:
+        c, v = m.candidate, decision.verdict(m.name)
+        candidates.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
+                           "runtime": c.runtime, "artifact": rel.get(c.name), "p50_ms": p50s.get(c.name, {}), "agreement": m.agreement,
+                           "status": v.status, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+    shipped = next((m.candidate for m in measured if m.name == decision.ship), None)
     return {
         "model": run.model,
         "target": cfg.target,
-        "runtime": run.runtime,
-        "artifacts": {p.value: str(Path("artifacts") / a.name) for p, a in run.artifacts.items()},
-        "verification_vs_pytorch": {p.value: v.as_dict() for p, v in run.verification.items()},
-        "quantization": {p.value: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
-                                   "float_weights": q.float_weights} for p, q in run.quantization.items()},
+        "runtime": "; ".join(dict.fromkeys(f"{c.backend.value}: {c.runtime}" for c in run.plan.candidates)),
+        "decision_batch": batch,
+        "candidates": candidates,
+        "skipped": [{"name": s.name, "why": s.why} for s in run.plan.skipped],
+        "artifacts": rel,
+        "verification_vs_pytorch": {n: v.as_dict() for n, v in run.verification.items()},
+        "quantization": {label: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
+                                 "float_weights": q.float_weights} for label, q in run.quantization.items()},
         "flops": {k: run.flops[k] for k in ("total_macs", "budget_macs", "total_params")},
-        "latency_p50_ms_batch1": p50,
-        "ship": {"precision": ship, "artifact": str(Path("artifacts") / run.artifacts[Precision(ship)].name) if ship else None, "why": why},
+        "latency_p50_ms_batch1": {n: v["1"] for n, v in p50s.items() if "1" in v},
+        "ship": {"candidate": decision.ship, "backend": shipped.backend.value if shipped else None,
+                 "precision": shipped.precision.value if shipped else None, "artifact": rel.get(decision.ship or ""), "batch": batch,
+                 "fastest": decision.fastest, "why": decision.why},
         "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "detail": s.detail} for s in run.stages],
         "output": str(cfg.output),
     }
+
+
+def _verdict_text(c: dict[str, Any]) -> str:
+    status = c["status"]
+    if status == "shipped":
+        return "**shipped**"
+    return f"{status}: {c['note']}" if c["note"] else status
+
+
+def candidates_markdown(summary: dict[str, Any]) -> list[str]:
+    """The candidates table: every candidate's p50 per batch size, its agreement with PyTorch and how it lost."""
+    batches = sorted({int(b) for c in summary["candidates"] for b in c["p50_ms"]}) or [summary["decision_batch"]]
+    lines = [f"Each candidate was built, verified against its ONNX and against PyTorch, and measured in one benchmark run; the "
+             f"decision is made at batch {summary['decision_batch']}.", "",
+             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs PyTorch | verdict |",
+             "|---|---|" + "---:|" * len(batches) + "---:|---|"]
+    for c in summary["candidates"]:
+        p50 = [f"{c['p50_ms'][str(b)]:.2f}" if str(b) in c["p50_ms"] else "-" for b in batches]
+        agree = "-" if c["agreement"] is None else f"{c['agreement']:.1%}"
+        lines.append(f"| {c['name']} | {c['runtime']} | " + " | ".join(p50) + f" | {agree} | {_verdict_text(c)} |")
+    lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in summary["skipped"]]
+    return lines + [""]
 
 
 def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles: list[ProfileReport] | None = None) -> str:
@@ -250,10 +313,11 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles
                   "but the labels this model predicts are not meaningful.", ""]
     ship = summary["ship"]
     lines += [f"- model: {m['variant']} layout, {m['num_classes']} classes, {m['image_size']}x{m['image_size']} input, from `{m['source']}`",
-              f"- target: `{summary['target']}`, runtime: {summary['runtime']}",
-              f"- **ship: `{ship['artifact']}`** ({ship['precision']}): {ship['why']}", "",
+              f"- target: `{summary['target']}`, runtimes: {summary['runtime']}",
+              f"- **ship: `{ship['artifact']}`** ({ship['candidate']}): {ship['why']}", "",
+              "## Candidates", "", *candidates_markdown(summary),
               "## Accuracy against PyTorch (held-out photos)", "",
-              "| precision | top-1 agreement | top-5 overlap | mean cosine | max abs error |", "|---|---:|---:|---:|---:|"]
+              "| candidate | top-1 agreement | top-5 overlap | mean cosine | max abs error |", "|---|---:|---:|---:|---:|"]
     for p, v in summary["verification_vs_pytorch"].items():
         lines.append(f"| {p} | {v['top1_agreement']:.1%} | {v['top5_overlap']:.1%} | {v['mean_cosine']:.5f} | {v['max_abs_error']:.4f} |")
     f = summary["flops"]

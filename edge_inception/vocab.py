@@ -49,6 +49,24 @@ class Backend(Choice):
     openvino = "openvino"
 
 
+class BackendOption(Choice):
+    """``build --backend``: one runtime, or ``auto``: every backend of the target that runs here, the fastest judged kept."""
+
+    auto = "auto"
+    ort = "ort"
+    tensorrt = "tensorrt"
+    openvino = "openvino"
+
+
+class PrecisionOption(Choice):
+    """``build --precision``: the graph's own, or ``auto``: every precision of the target, the fastest judged kept."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 class CalibMethod(Choice):
     auto = "auto"  # each of the others, keeping the best on the held-out images
     minmax = "minmax"

@@ -160,3 +160,25 @@ def fold_for_cpu(source: Path) -> tuple[str | bytes, int]:
         return str(source), 0
     log.info("folded %d weight-only DequantizeLinear node(s) into float weights", folded)
     return model.SerializeToString(), folded
+
+
+def with_fixed_batch(source: Path, dest: Path, batch: int) -> Path:
+    """``source`` (an N x 3 x H x W classifier with a dynamic batch) with its input and output batch fixed to ``batch``,
+    written atomically to ``dest``; weights, quantization and metadata unchanged. A fixed input shape lets ONNX Runtime
+    capture and replay a CUDA graph. Intermediate shapes are dropped (the runtime infers them again). Raises
+    :class:`EdgeInceptionError` for a graph that does not start with a batch dimension."""
+    import onnx
+
+    from ..fileio import atomic_path
+
+    model = onnx.load(str(source))
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) < 2:
+            raise EdgeInceptionError(f"{source}: {value.name} has no batch dimension to fix")
+        dims[0].Clear()
+        dims[0].dim_value = batch
+    del model.graph.value_info[:]
+    with atomic_path(dest) as tmp:
+        onnx.save(model, str(tmp))
+    return dest

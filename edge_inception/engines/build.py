@@ -38,10 +38,12 @@ class BuildResult:
 
 
 def build(model: str | Path, target: str | Target, *, backend: Backend | str | None = None, precision: Precision | str | None = None,
-          output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False) -> BuildResult:
+          output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False, name: str | None = None) -> BuildResult:
     """Build ``model`` for ``target``; the artifact's outputs are checked against the source ONNX before it is kept.
 
-    ``allow_tf32`` lets an FP32 artifact run its convolutions in TF32 on a GPU; it is then judged like FP16.
+    ``allow_tf32`` lets an FP32 artifact run its convolutions in TF32 on a GPU; it is then judged like FP16. ``name``
+    is the artifact's file name before the backend's suffix (default: the model's stem), so that variants built from
+    one model (TF32 beside strict FP32) do not replace each other.
     """
     src = Path(model)
     onnx_model = load_onnx(src)
@@ -67,9 +69,12 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     tf32 = allow_tf32
     log.info("building with %s", choice.line)
 
-    with staging_dir(out_dir, f"{src.stem}.build") as work:
+    stem = name or src.stem
+    if "/" in stem or "\\" in stem or stem.startswith("."):
+        raise EdgeInceptionError(f"artifact name '{stem}': a plain file name is needed")
+    with staging_dir(out_dir, f"{stem}.build") as work:
         job = BuildJob(source=src, target=tgt, precision=prec, image_size=size, fixed_batch=fixed, threads=n_threads, work_dir=work,
-                       cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32)
+                       cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32, name=stem)
         out = engine.build(job)
         lo, opt, hi = (fixed,) * 3 if fixed else (tgt.batch_min, tgt.batch_opt, tgt.batch_max)
         manifest = Manifest(

@@ -51,10 +51,11 @@ class BuildJob:
     cache_dir: Path  # the destination folder: caches that outlive one build (TensorRT timing cache)
     providers: tuple[str, ...] = ()  # ONNX Runtime's GPU execution providers, in priority order (engines.choose)
     allow_tf32: bool = False  # FP32 may run as TF32 on the GPU (judged then like FP16)
+    name: str = ""  # the artifact's file name before the backend's suffix (default: the source's stem)
 
     @property
     def stem(self) -> str:
-        return self.source.stem
+        return self.name or self.source.stem
 
 
 @dataclass
@@ -146,6 +147,7 @@ class ArtifactInfo:
     source_onnx: str  # the ONNX the artifact was built from (itself, for a plain file)
     device: str = "cpu"  # where it computes: "cpu" or "cuda"
     fixed_batch: int | None = None  # the one batch size it takes, if it takes one only
+    tf32: bool = False  # an FP32 artifact allowed to run its convolutions as TF32 on a GPU
 
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
@@ -159,7 +161,7 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
 
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
                             str(resolve_link(m.source_onnx, art.parent)), m.device,
-                            m.fixed_batch)
+                            m.fixed_batch, bool(m.options.get("tf32", False)))
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art),
                         fixed_batch=facts.fixed_batch)

@@ -127,7 +127,7 @@ def _field_checks() -> dict[str, Callable[[str, object], object]]:
     }
 
 
-REQUIRED_FIELDS = ("name", "description", "device", "backend", "default_precision", "precisions")
+REQUIRED_FIELDS = ("name", "description", "device", "default_precision", "precisions")
 
 
 def parse_target(path: Path | Traversable) -> Target:
@@ -142,10 +142,14 @@ def parse_target(path: Path | Traversable) -> Target:
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, RecursionError, tomllib.TOMLDecodeError) as exc:
         raise TargetError(f"{path}: not a valid target file ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from exc
-    missing = [k for k in REQUIRED_FIELDS if k not in data]
+    missing = [k for k in REQUIRED_FIELDS if k not in data] or (["backends"] if "backend" not in data and "backends" not in data else [])
     if missing:
         raise TargetError(f"{path}: field '{missing[0]}' is missing")
+    # a preset names its backends in preference order (`backends = ["ort", "openvino"]`), or one (`backend = "ort"`, the older
+    # form); `backend`, the preferred one, is the first of the list unless the preset says otherwise
     data.setdefault("backends", [data["backend"]])
+    if "backend" not in data:
+        data["backend"] = data["backends"][0] if isinstance(data["backends"], list) and data["backends"] else ""
     checked: dict[str, Any] = {}
     try:
         for name, check in _field_checks().items():

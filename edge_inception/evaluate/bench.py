@@ -84,6 +84,7 @@ class BenchResult:
     samples_ms: list[float] = field(default_factory=list)
     baseline: bool = False
     device: str = "cpu"
+    path: str | None = None  # the artifact measured (None for the PyTorch baselines)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class BenchConfig:
     threads: int = 0
     baselines: tuple[Baseline, ...] | None = None  # None: PyTorch where it is installed, and default ONNX Runtime
     rerun_disturbed: int = 0  # rounds taken under load measured again, at most this many times
+    fixed_at_own_batch: bool = False  # an artifact that takes one batch size is measured at that size only (else refused)
 
 
 @dataclass
@@ -161,7 +163,8 @@ def describe(artifact: str | Path) -> Engine:
     fp32_path = resolve_link(meta["fp32_source"], Path(info.source_onnx).parent) if meta.get("fp32_source") else Path(info.source_onnx)
     fp32 = str(fp32_path) if fp32_path.is_file() else None
     prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
-    name = f"{prefix}-{info.precision}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
+    variant = ("-tf32" if info.tf32 else "") + (f"-b{info.fixed_batch}" if info.fixed_batch and info.target != "plain" else "")
+    name = f"{prefix}-{info.precision}{variant}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
     return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
                   macs_per_image=macs, source_onnx=fp32, agreement=agreement, device=info.device, fixed_batch=info.fixed_batch)
 
@@ -259,8 +262,14 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     sizes = {e.image_size for e in engines}
     if len(sizes) > 1:
         raise EdgeInceptionError(f"artifacts have different input sizes ({sorted(sizes)}): benchmark like with like")
+
+    def measured_at(e: Engine, batch: int) -> bool:
+        return not (cfg.fixed_at_own_batch and e.fixed_batch and e.fixed_batch != batch)
+
     for e in engines:
-        if e.fixed_batch and any(b != e.fixed_batch for b in cfg.batches):
+        if cfg.fixed_at_own_batch and e.fixed_batch and e.fixed_batch not in cfg.batches:
+            notes.append(f"{e.name} takes batches of {e.fixed_batch} only, which this run does not measure")
+        elif not cfg.fixed_at_own_batch and e.fixed_batch and any(b != e.fixed_batch for b in cfg.batches):
             raise EdgeInceptionError(f"{Path(e.path or e.name).name} takes batches of {e.fixed_batch} only (exported with --batch "
                                      f"{e.fixed_batch}): bench it with --batch {e.fixed_batch}")
     for batch in cfg.batches:
@@ -269,8 +278,9 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     check_threads(cfg.threads)
     machine = machine_info(cfg.threads)
     machine.matmul_peak_macs_per_s = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
-    samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches}
-    total = cfg.rounds * len(engines) * len(cfg.batches)
+    samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches if measured_at(e, b)}
+    per_round = len(samples)
+    total = cfg.rounds * per_round
     bar = progress(total, "benchmarking") if progress else None
     rounds: list[RoundLoad] = []
     done = reruns = 0
@@ -278,7 +288,7 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
         taken: dict[tuple[str, int], list[float]] = {key: [] for key in samples}
         with LoadMeter(len(rounds)) as meter:
             for batch in cfg.batches:
-                for e in engines:
+                for e in (e for e in engines if measured_at(e, batch)):
                     spec = {"kind": e.kind, "path": e.path, "torch_kwargs": e.torch_kwargs, "threads": cfg.threads, "batch": batch,
                             "device": e.device, "image_size": e.image_size, "warmup": cfg.warmup, "warmup_s": cfg.warmup_s,
                             "iterations": cfg.iterations, "duration_s": cfg.duration_s}
@@ -291,7 +301,7 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
             reruns += 1  # measured under load: measure that round again; this one stays in the record, not in the figures
             load.counted = False
             if bar is not None:
-                bar.total += len(engines) * len(cfg.batches)
+                bar.total += per_round
             continue
         for key, values in taken.items():
             samples[key] += values
@@ -306,13 +316,13 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
     peak = machine.matmul_peak_macs_per_s
     results = []
     for e in engines:
-        for batch in cfg.batches:
+        for batch in (b for b in cfg.batches if measured_at(e, b)):
             stats = latency_stats(samples[(e.name, batch)])
             macs = e.macs_per_image * batch
             macs_per_s = macs / (stats["p50"] / 1e3)
             results.append(BenchResult(e.name, e.backend, e.precision, batch, stats, batch / (stats["p50"] / 1e3), macs, macs_per_s,
                                        macs_per_s / peak if peak and e.device == "cpu" else None, agreement=e.agreement,
-                                       samples_ms=samples[(e.name, batch)], baseline=e.is_baseline, device=e.device))
+                                       samples_ms=samples[(e.name, batch)], baseline=e.is_baseline, device=e.device, path=e.path))
     add_speedups(results)
     if any((r.peak_fraction or 0) > 1.0 for r in results):
         notes.append("a '% CPU FP32 peak' above 100 % (marked (!)) means the matmul probe read less than the engines reach (INT8 "

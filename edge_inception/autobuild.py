@@ -1,0 +1,150 @@
+"""``edge-inception build MODEL --target T --backend auto --precision auto``: every candidate, measured, the fastest kept.
+
+From one ONNX model: each precision the target runs (FP16 and INT8 quantized from an FP32 model, with the accuracy
+guard against FP32), each backend of the target that runs here, each GPU variant (TF32, fixed-shape CUDA graph); every
+candidate built and verified against its source in a staging folder, measured in one benchmark run (each engine in its
+own process), and :func:`~edge_inception.engines.candidates.choose_ship` picks the fastest that passed its judge. Only
+that one is built into the output folder (verified again there), beside ``candidates.json`` and ``candidates.md``
+saying what every candidate measured and how it lost. The judge here is the model's own FP32 (no PyTorch needed): the
+build's comparison with its source, and the quantized model's top-1 agreement with FP32 on held-out images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engines.candidates import Candidate, Decision, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .engines.targets import Target
+from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
+from .fileio import staging_dir, write_json_atomic, write_text_atomic
+from .vocab import Backend, Precision, QuantTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AutoBuildResult:
+    artifact: Path | None  # the shipped artifact, built into the output folder; None when no candidate passed
+    decision: Decision
+    plan: Plan
+    p50_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # candidate -> batch -> p50 (ms)
+    agreement: dict[str, float] = field(default_factory=dict)  # candidate -> top-1 agreement with the FP32 model
+    report: Path | None = None  # candidates.md
+
+
+def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend] | None, precisions: Sequence[Precision] | None,
+               output_dir: str | Path, calib: Path | None = None, min_agreement: float = 0.99, batches: tuple[int, ...] = (1,),
+               iterations: int = 30, rounds: int = 3, progress: Callable[[int, str], Any] | None = None) -> AutoBuildResult:
+    """Build every candidate of ``target`` from ``model``, measure them in one run and keep the fastest judged one.
+
+    ``backends``/``precisions`` None mean every one the target allows; a reduced precision needs an FP32 model (it is
+    quantized here, calibrated on ``calib`` or the bundled photos). The decision is made at the smallest of ``batches``.
+    Raises :class:`EdgeInceptionError` when nothing can be built; a candidate that fails its judge or its runtime is
+    reported, not fatal.
+    """
+    from .convert.graph_ops import with_fixed_batch
+    from .convert.onnx_file import graph_precision, load_onnx
+    from .convert.quantize import quantize_model
+    from .engines.build import build
+    from .engines.choose import probe
+    from .evaluate.bench import BenchConfig, run_bench
+
+    src = Path(model)
+    found = Precision(graph_precision(load_onnx(src, with_weights=False)))
+    wanted = tuple(precisions) if precisions else tuple(Precision(p) for p in target.precisions)
+    if found is not Precision.fp32 and wanted != (found,):
+        if precisions:
+            raise EdgeInceptionError(f"{src} is a {found.value} graph: only an FP32 model can be quantized to other precisions")
+        wanted = (found,)
+    for p in wanted:
+        target.check_precision(p)
+    plan = plan_candidates(target, wanted, missing_backends(target), probe(target), backends=backends)
+    if not plan.candidates:
+        raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
+    out = Path(output_dir)
+    sources: dict[tuple[Precision, QuantTarget | None], Path] = {}
+    agreement: dict[tuple[Precision, QuantTarget | None], float] = {}
+    for c in plan.candidates:  # the quantized models are the user's files too: written beside the artifact, atomically
+        key = (c.precision, None if c.precision is found else quant_target(target, c))
+        if key in sources:
+            continue
+        if c.precision is found:
+            sources[key], agreement[key] = src, 1.0
+            continue
+        qt = quant_target(target, c)
+        q = quantize_model(src, c.precision, output=out / f"{src.stem}.{c.precision.value}" f"{'' if qt is QuantTarget.cpu else '-' + qt.value}.onnx",
+                           calib=calib, target=qt, min_agreement=min_agreement, progress=progress)
+        sources[key], agreement[key] = q.path, q.accuracy.top1_agreement
+
+    def source_of(c: Candidate) -> tuple[Path, float]:
+        key = (c.precision, None if c.precision is found else quant_target(target, c))
+        return sources[key], agreement[key]
+
+    measured: list[Measured] = []
+    p50s: dict[str, dict[int, float]] = {}
+    agreements: dict[str, float] = {}
+    with staging_dir(out, "candidates") as work:
+        built: dict[str, Path] = {}
+        failures: dict[str, str] = {}
+        for c in plan.candidates:
+            path, agree = source_of(c)
+            if c.fixed_batch is not None:
+                fixed = work / f"{path.stem}.b{c.fixed_batch}.onnx"
+                path = fixed if fixed.exists() else with_fixed_batch(path, fixed, c.fixed_batch)
+            try:
+                built[c.name] = build(path, target, backend=c.backend, output_dir=work, allow_tf32=c.tf32, name=_stem(src, c)).artifact
+                agreements[c.name] = agree
+            except (VerificationError, BackendUnavailableError) as exc:
+                failures[c.name] = str(exc)
+                log.warning("candidate %s not built: %s", c.name, exc)
+        if not built:
+            raise EdgeInceptionError("no candidate was built: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        names = {str(a): n for n, a in built.items()}
+        report = run_bench(list(names), BenchConfig(batches=batches, iterations=iterations, rounds=rounds, baselines=(), fixed_at_own_batch=True),
+                           progress=progress)
+        for r in report.results:
+            p50s.setdefault(names[str(r.path)], {})[r.batch] = r.latency_ms["p50"]
+        batch = min(batches)
+        measured = [Measured(c, p50s.get(c.name, {}).get(batch), agreements.get(c.name), failures.get(c.name)) for c in plan.candidates]
+        decision = choose_ship(measured, min_agreement, batch=batch)
+    artifact = None
+    if decision.ship:
+        c = next(c for c in plan.candidates if c.name == decision.ship)
+        path, _ = source_of(c)
+        if c.fixed_batch is not None:
+            path = with_fixed_batch(path, out / f"{path.stem}.b{c.fixed_batch}.onnx", c.fixed_batch)
+        artifact = build(path, target, backend=c.backend, output_dir=out, allow_tf32=c.tf32, name=_stem(src, c)).artifact
+    result = AutoBuildResult(artifact, decision, plan, p50s, agreements)
+    result.report = _write_report(out, result, batches, min_agreement)
+    return result
+
+
+def _stem(src: Path, c: Candidate) -> str:
+    return f"{src.stem}.{c.name.split('-', 1)[1]}"
+
+
+def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_agreement: float) -> Path:
+    rows: list[dict[str, Any]] = []
+    for c in r.plan.candidates:
+        v = r.decision.verdict(c.name)
+        rows.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
+                     "runtime": c.runtime, "p50_ms": {str(b): t for b, t in r.p50_ms.get(c.name, {}).items()},
+                     "agreement_vs_fp32": r.agreement.get(c.name), "status": v.status, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+    data: dict[str, Any] = {"ship": {"candidate": r.decision.ship, "artifact": r.artifact.name if r.artifact else None, "why": r.decision.why},
+            "decision_batch": min(batches), "min_agreement": min_agreement, "candidates": rows,
+            "skipped": [{"name": s.name, "why": s.why} for s in r.plan.skipped]}
+    write_json_atomic(out / "candidates.json", data)
+    lines = ["# edge-inception build: candidates", "", f"- **ship: `{data['ship']['artifact']}`** ({r.decision.ship}): {r.decision.why}", "",
+             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs FP32 | verdict |",
+             "|---|---|" + "---:|" * len(batches) + "---:|---|"]
+    for row in rows:
+        p50 = [f"{row['p50_ms'][str(b)]:.2f}" if str(b) in row["p50_ms"] else "-" for b in batches]
+        agree = "-" if row["agreement_vs_fp32"] is None else f"{row['agreement_vs_fp32']:.1%}"
+        verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {row['note']}" if row["note"] else row["status"]
+        lines.append(f"| {row['name']} | {row['runtime']} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
+    lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
+    return write_text_atomic(out / "candidates.md", "\n".join(lines) + "\n")

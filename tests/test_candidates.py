@@ -1,0 +1,249 @@
+"""Candidates across backends and precisions: the plan (what a target allows and this machine can run) and the ship
+decision, as plain functions on hand-made inputs; presets naming one backend or a list."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_inception.engines.candidates import (
+    NOISE,
+    Candidate,
+    Measured,
+    choose_ship,
+    missing_backends,
+    plan_candidates,
+    quant_target,
+)
+from edge_inception.engines.choose import CUDA, TENSORRT, Availability
+from edge_inception.engines.targets import get_target, parse_target
+from edge_inception.errors import TargetError
+from edge_inception.vocab import Backend, Precision, QuantTarget
+
+ALL = (Precision.fp32, Precision.fp16, Precision.int8)
+CPU_HERE = Availability(None, None, None)
+NO_TRT = "TensorRT is not installed"
+
+
+def m(backend: str, precision: str, p50: float | None, agreement: float | None = 1.0, failure: str | None = None, **kw) -> Measured:
+    return Measured(Candidate(Backend(backend), Precision(precision), **kw), p50, agreement, failure)
+
+
+# ---- the decision ----------------------------------------------------------------------------------------------------
+
+def test_fastest_judged_candidate_ships_and_losers_are_named_with_their_loss():
+    measured = [m("ort", "fp32", 15.0), m("ort", "int8", 6.0), m("openvino", "fp32", 14.0), m("openvino", "int8", 5.0)]
+    d = choose_ship(measured, 0.99)
+    assert d.ship == d.fastest == "openvino-int8" and "5.00 ms" in d.why
+    ort_int8 = d.verdict("ort-int8")
+    assert ort_int8.status == "slower" and ort_int8.behind_ms == pytest.approx(1.0) and ort_int8.behind == pytest.approx(0.2)
+    assert "+1.00 ms (+20.0%) against openvino-int8" in ort_int8.note
+    assert d.verdict("ort-fp32").behind == pytest.approx(2.0)
+    assert d.verdict("openvino-int8").status == "shipped"
+    assert [v.name for v in d.verdicts] == [x.name for x in measured]  # one verdict per candidate, in the plan's order
+
+
+def test_a_faster_candidate_failing_its_judge_does_not_ship():
+    # openvino-int8 is fastest but agrees with PyTorch on 97 % only; ort-fp16 was not built (its judge against its ONNX)
+    measured = [m("ort", "fp32", 15.0), m("ort", "int8", 6.0), m("openvino", "int8", 4.0, agreement=0.97),
+                m("ort", "fp16", None, None, failure="model.fp16.ort.onnx: logits differ (mean cosine 0.91 < 0.99)")]
+    d = choose_ship(measured, 0.99)
+    assert d.ship == "ort-int8"
+    failed = d.verdict("openvino-int8")
+    assert failed.status == "failed" and "97.0%" in failed.note and failed.behind_ms == pytest.approx(-2.0)  # faster, yet not shipped
+    assert d.verdict("ort-fp16").status == "failed" and "cosine 0.91" in d.verdict("ort-fp16").note
+    # the guard is inclusive: exactly the minimum agreement passes
+    assert choose_ship([m("ort", "fp32", 15.0), m("openvino", "int8", 4.0, agreement=0.99)], 0.99).ship == "openvino-int8"
+
+
+def test_ties_within_noise_go_to_the_more_faithful_candidate():
+    # INT8 is 2 % faster than FP32: inside the noise, so FP32 (no quantization error) ships, and the report says why
+    d = choose_ship([m("ort", "int8", 9.8), m("ort", "fp32", 10.0)], 0.99)
+    assert d.ship == "ort-fp32" and d.fastest == "ort-int8" and "tie within noise" in d.why
+    tie = d.verdict("ort-int8")
+    assert tie.status == "tie" and tie.behind == pytest.approx(-0.02)
+    # just outside the noise, the faster one ships
+    assert choose_ship([m("ort", "int8", 10.0 / (1 + NOISE) - 0.01), m("ort", "fp32", 10.0)], 0.99).ship == "ort-int8"
+    # equal precision and time: the preset's order (the first backend listed) decides, whatever the p50 order
+    assert choose_ship([m("ort", "int8", 5.0), m("openvino", "int8", 4.99)], 0.99).ship == "ort-int8"
+    # fidelity on the GPU: strict FP32 before TF32 before FP16; a dynamic batch before a fixed-shape one
+    gpu = [m("ort", "fp16", 1.00), m("ort", "fp32", 1.01, tf32=True), m("ort", "fp16", 0.99, fixed_batch=1)]
+    assert choose_ship(gpu, 0.99).ship == "ort-fp32-tf32"
+    assert choose_ship([m("ort", "fp16", 1.0, fixed_batch=1), m("ort", "fp16", 1.0)], 0.99).ship == "ort-fp16"
+    assert choose_ship([m("ort", "fp16", 0.5, fixed_batch=1), m("ort", "fp16", 1.0)], 0.99).ship == "ort-fp16-b1"
+
+
+def test_nothing_passes_nothing_ships():
+    d = choose_ship([m("ort", "fp32", 15.0, agreement=0.5), m("ort", "int8", None, None, failure="not built")], 0.99)
+    assert d.ship is None and d.fastest is None and "no candidate passed its judge" in d.why
+    assert {v.status for v in d.verdicts} == {"failed"}
+    assert choose_ship([], 0.99).ship is None
+    # built and judged but not measured at the deciding batch (a fixed-shape artifact at batch 8): not shipped
+    d = choose_ship([m("ort", "fp16", None, fixed_batch=1), m("ort", "fp32", 3.0)], 0.99)
+    assert d.ship == "ort-fp32" and d.verdict("ort-fp16-b1").status == "not measured"
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------------
+
+def test_cpu_plan_is_each_installed_backend_times_each_precision():
+    cpu = get_target("cpu")
+    assert cpu.backends == ("ort", "openvino") and cpu.backend == "ort"
+    plan = plan_candidates(cpu, ALL, {Backend.ort: None, Backend.openvino: None}, CPU_HERE)
+    assert [c.name for c in plan.candidates] == ["ort-fp32", "ort-fp16", "ort-int8", "openvino-fp32", "openvino-fp16", "openvino-int8"]
+    assert not plan.skipped and all(quant_target(cpu, c) is QuantTarget.cpu for c in plan.candidates)
+    # a missing backend is skipped with its install hint, the others stay
+    plan = plan_candidates(cpu, (Precision.fp32, Precision.int8), {Backend.ort: None, Backend.openvino: "pip install 'edge-inception[openvino]'"},
+                           CPU_HERE)
+    assert [c.name for c in plan.candidates] == ["ort-fp32", "ort-int8"]
+    assert [(s.name, s.why) for s in plan.skipped] == [("openvino", "pip install 'edge-inception[openvino]'")]
+    # a backend the availability map does not name counts as missing; --backend narrows the list
+    assert [c.name for c in plan_candidates(cpu, ALL, {Backend.ort: None}, CPU_HERE).candidates] == ["ort-fp32", "ort-fp16", "ort-int8"]
+    only = plan_candidates(cpu, (Precision.int8,), {Backend.ort: None, Backend.openvino: None}, CPU_HERE, backends=[Backend.openvino])
+    assert [c.name for c in only.candidates] == ["openvino-int8"]
+    # this machine (make setup installs the openvino extra): both backends really report themselves usable
+    assert missing_backends(cpu) == {Backend.ort: None, Backend.openvino: None}
+
+
+def test_gpu_plan_adds_tf32_and_cuda_graph_variants_and_respects_the_runtime_choice():
+    gpu = get_target("gpu")
+    no_trt = Availability(NO_TRT, "no TensorRT libraries", None)
+    plan = plan_candidates(gpu, ALL, {Backend.tensorrt: NO_TRT, Backend.ort: None}, no_trt)
+    assert [c.name for c in plan.candidates] == ["ort-fp32", "ort-fp32-b1", "ort-fp32-tf32", "ort-fp32-tf32-b1", "ort-fp16", "ort-fp16-b1",
+                                                 "ort-int8", "ort-int8-b1"]
+    assert all(c.providers == (CUDA,) for c in plan.candidates)
+    assert [(s.name, s.why) for s in plan.skipped] == [("tensorrt", NO_TRT)]
+    assert {quant_target(gpu, c) for c in plan.candidates} == {QuantTarget.gpu}
+    # ONNX Runtime's TensorRT provider loads: reduced precision and TF32 use it, strict FP32 cannot (TF32 cannot be
+    # turned off there), and INT8 then takes TensorRT's scheme
+    plan = plan_candidates(gpu, ALL, {Backend.tensorrt: NO_TRT, Backend.ort: None}, Availability(NO_TRT, None, None))
+    by = {c.name: c for c in plan.candidates}
+    assert by["ort-fp32"].providers == (CUDA,) and by["ort-fp32-tf32"].providers == (TENSORRT, CUDA)
+    assert quant_target(gpu, by["ort-int8"]) is QuantTarget.tensorrt
+    # native TensorRT loads: it is a candidate (first, as the preset lists it) beside ONNX Runtime, without graph variants
+    plan = plan_candidates(gpu, (Precision.fp16,), {Backend.tensorrt: None, Backend.ort: None}, Availability(None, "x", None))
+    assert [c.name for c in plan.candidates] == ["tensorrt-fp16", "ort-fp16", "ort-fp16-b1"]
+    # no GPU runtime at all: every ONNX Runtime candidate is skipped with the reason, none planned
+    none = Availability(NO_TRT, "x", "this onnxruntime has no CUDAExecutionProvider")
+    plan = plan_candidates(gpu, (Precision.fp32,), {Backend.tensorrt: NO_TRT, Backend.ort: None}, none)
+    assert not plan.candidates and any("CUDAExecutionProvider" in s.why for s in plan.skipped)
+    # a Jetson Nano runs no INT8: not planned, and said so
+    nano = plan_candidates(get_target("jetson-nano"), ALL, {Backend.tensorrt: None, Backend.ort: None}, Availability(None, "x", None))
+    assert not any(c.precision is Precision.int8 for c in nano.candidates) and any("int8" in s.why for s in nano.skipped)
+
+
+def test_presets_name_one_backend_or_a_list(tmp_path):
+    common = 'description = "x"\ndevice = "cpu"\ndefault_precision = "fp32"\nprecisions = ["fp32"]\n'
+    (tmp_path / "one.toml").write_text('name = "one"\nbackend = "ort"\n' + common)
+    (tmp_path / "list.toml").write_text('name = "list"\nbackends = ["openvino", "ort"]\n' + common)
+    (tmp_path / "bad.toml").write_text('name = "bad"\nbackend = "ort"\nbackends = ["openvino"]\n' + common)
+    (tmp_path / "empty.toml").write_text('name = "empty"\nbackends = []\n' + common)
+    one, listed = parse_target(tmp_path / "one.toml"), parse_target(tmp_path / "list.toml")
+    assert (one.backend, one.backends) == ("ort", ("ort",))
+    assert (listed.backend, listed.backends) == ("openvino", ("openvino", "ort"))  # the first listed is the preferred one
+    plan = plan_candidates(listed, (Precision.fp32,), {Backend.ort: None, Backend.openvino: None}, CPU_HERE)
+    assert [c.name for c in plan.candidates] == ["openvino-fp32", "ort-fp32"]
+    with pytest.raises(TargetError, match="not among backends"):
+        parse_target(tmp_path / "bad.toml")
+    with pytest.raises(TargetError, match="backends must be a non-empty list"):
+        parse_target(tmp_path / "empty.toml")
+
+
+# ---- the pipeline with two backends ----------------------------------------------------------------------------------
+
+def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_path):
+    """The whole pipeline on the cpu preset (ort + openvino) at 64 px with seeded weights: kept small, since what is
+    checked is that every candidate is built, judged, measured in one run, and that the report is the decision."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["pipeline", "--image-size", "64", "--precisions", "fp32,fp16", "--batch", "1", "--iterations", "3",
+                                 "--rounds", "1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert [c["name"] for c in report["candidates"]] == ["ort-fp32", "ort-fp16", "openvino-fp32", "openvino-fp16"]
+    assert report["decision_batch"] == 1 and not report["skipped"]
+
+    # every candidate was built for its backend, verified against PyTorch, and measured in the one benchmark run
+    bench = json.loads((out / "bench.json").read_text())
+    p50 = {Path(row["path"]).name: row["latency_ms"]["p50"] for row in bench["results"] if not row["baseline"]}
+    assert len(p50) == 4
+    for c in report["candidates"]:
+        art = out / c["artifact"]
+        manifest = Path(str(art) + ".manifest.json")
+        assert art.is_file() and json.loads(manifest.read_text())["backend"] == c["backend"]
+        assert c["p50_ms"] == {"1": p50[art.name]}
+        assert c["agreement"] == report["verification_vs_pytorch"][c["name"]]["top1_agreement"]
+
+    # the shipped artifact is the decision on those measurements, and every other candidate says how it lost
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement"])
+                for c in report["candidates"]]
+    decision = choose_ship(measured, 0.99)
+    assert decision.ship is not None
+    assert report["ship"]["candidate"] == decision.ship and report["ship"]["why"] == decision.why
+    assert report["ship"]["artifact"] == next(c["artifact"] for c in report["candidates"] if c["name"] == decision.ship)
+    md = (out / "report.md").read_text()
+    assert f"**ship: `{report['ship']['artifact']}`** ({decision.ship})" in md and "## Candidates" in md
+    for c in report["candidates"]:
+        v = decision.verdict(c["name"])
+        assert c["status"] == v.status
+        row = next(line for line in md.splitlines() if line.startswith(f"| {c['name']} |"))
+        if v.status in ("slower", "tie"):  # named, with its loss in milliseconds and percent against the shipped one
+            assert f"{v.behind_ms:+.2f} ms ({v.behind:+.1%}) against {decision.ship}" in row
+    assert f"ship: {report['ship']['artifact']} ({decision.ship})" in r.output
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory) -> Path:
+    """GoogLeNet at 64 px with seeded weights: what the pipeline's candidates are measured on, kept small."""
+    from edge_inception.convert.export import export_model
+
+    return export_model(None, tmp_path_factory.mktemp("small") / "small.onnx", image_size=64).path
+
+
+def test_fixed_batch_variant_is_measured_at_its_own_batch_only(small_onnx, tmp_path):
+    """The GPU's fixed-shape candidate, made on the CPU: same weights, batch fixed to 1, built and verified; one bench run
+    with a dynamic artifact at batch 1 and 2 measures it at batch 1 only (plain bench still refuses other sizes)."""
+    from edge_inception.convert.graph_ops import with_fixed_batch
+    from edge_inception.convert.onnx_file import onnx_facts
+    from edge_inception.engines.build import build
+    from edge_inception.errors import EdgeInceptionError
+    from edge_inception.evaluate.bench import BenchConfig, run_bench
+
+    b1 = with_fixed_batch(small_onnx, tmp_path / "small.b1.onnx", 1)
+    assert onnx_facts(b1).fixed_batch == 1 and onnx_facts(small_onnx).fixed_batch is None
+    fixed = build(b1, "cpu", output_dir=tmp_path / "art").artifact
+    dynamic = build(small_onnx, "cpu", output_dir=tmp_path / "art").artifact
+    cfg = BenchConfig(batches=(1, 2), iterations=2, rounds=1, warmup=1, baselines=(), fixed_at_own_batch=True)
+    report = run_bench([str(fixed), str(dynamic)], cfg)
+    assert sorted((r.engine, r.batch) for r in report.results) == [("ort-fp32", 1), ("ort-fp32", 2), ("ort-fp32-b1", 1)]
+    assert {r.path for r in report.results} == {str(fixed), str(dynamic)}
+    with pytest.raises(EdgeInceptionError, match="takes batches of 1 only"):
+        run_bench([str(fixed)], BenchConfig(batches=(1, 2), iterations=2, rounds=1, baselines=()))
+
+
+def test_build_backend_auto_keeps_the_fastest_judged_candidate(small_onnx, tmp_path):
+    """`build --backend auto`: both CPU backends built aside and measured in one run; only the decision's artifact is
+    built into the output folder, beside candidates.json/.md naming the loser and its loss."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+    from edge_inception.engines.registry import artifact_info, resolve_artifact
+
+    model = small_onnx
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["build", str(model), "--target", "cpu", "--backend", "auto", "--iterations", "3", "--rounds", "1",
+                                 "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "candidates.json").read_text())
+    assert [c["name"] for c in data["candidates"]] == ["ort-fp32", "openvino-fp32"]
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement_vs_fp32"])
+                for c in data["candidates"]]
+    decision = choose_ship(measured, 0.99)
+    assert data["ship"]["candidate"] == decision.ship is not None
+    shipped = resolve_artifact(out)  # the folder holds exactly one artifact: the shipped one
+    assert shipped.name == data["ship"]["artifact"] and artifact_info(shipped).backend == decision.ship.split("-")[0]
+    loser = next(v for v in decision.verdicts if v.status != "shipped")
+    assert f"| {loser.name} |" in (out / "candidates.md").read_text() and f"ship: {shipped.name} ({decision.ship})" in r.output
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the candidates' staging folder is gone
