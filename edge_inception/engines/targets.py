@@ -147,7 +147,8 @@ def parse_target(path: Path | Traversable) -> Target:
         raise TargetError(f"{path}: field '{missing[0]}' is missing")
     # a preset names its backends in preference order (`backends = ["ort", "openvino"]`), or one (`backend = "ort"`, the older
     # form); `backend`, the preferred one, is the first of the list unless the preset says otherwise
-    data.setdefault("backends", [data["backend"]])
+    if "backends" not in data:
+        data["backends"] = [data["backend"]]
     if "backend" not in data:
         data["backend"] = data["backends"][0] if isinstance(data["backends"], list) and data["backends"] else ""
     checked: dict[str, Any] = {}
