@@ -7,11 +7,12 @@ OUT ?= runs/demo
 
 .PHONY: setup run test pytest lint typecheck bench clean
 
-$(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt
+$(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt requirements-triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,openvino]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev,openvino,serve]'
 	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/triton-site -r requirements-triton.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -299,15 +299,16 @@ def build(
 @app.command()
 @handle_errors
 def predict(
-    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    artifact: Annotated[str, typer.Argument(help="Built artifact or ONNX model, or a served model: grpc://HOST:PORT/MODEL.")],
     images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
 ) -> None:
     """Classify images: top-k labels and scores."""
     from .evaluate.predict import predict as run_predict
+    from .serve.client import is_remote, predict_remote
 
-    for p in run_predict(artifact, images, top_k=top_k):
+    for p in (predict_remote(artifact, images, top_k=top_k) if is_remote(artifact) else run_predict(Path(artifact), images, top_k=top_k)):
         if as_json:
             typer.echo(json.dumps(p.as_dict()))
             continue
@@ -563,6 +564,11 @@ def demo_data(
 
     out = make_demo_dataset(output)
     typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+
+
+from .serve.cli import app as serve_app  # noqa: E402 - the serve sub-app (Triton); its commands import what they use
+
+app.add_typer(serve_app, name="serve")
 
 
 def main() -> None:
