@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..limits import MAX_BATCH
 from .config import InstanceKind, ServeKind
+
+if TYPE_CHECKING:
+    from .loadgen import ScenarioConfig
 
 app = typer.Typer(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -89,3 +92,28 @@ def run_cmd(
             raise ServeError(f"tritonserver exited on its own (code {code}): {server_error(server.log_text())}")
 
     run()
+
+
+def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None) -> None:
+    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
+    from ..cli import _echo_table
+    from ..errors import EdgeInceptionError
+    from .loadgen import run_scenarios, write_outputs
+
+    if len(targets) != 1:
+        raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
+    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(text, err=True))
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
+    rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
+             f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
+             "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
+    typer.echo(f"{report.results[0].engine}: {targets[0]}")
+    _echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
+    for r in report.results:
+        if not r.valid:
+            typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
+    write_outputs(report, json_out, markdown_out)
+    for path in (json_out, markdown_out):
+        if path:
+            typer.echo(f"wrote {path}")
