@@ -235,11 +235,11 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
     from ..data.images import find_images, load_batch
     from ..evaluate.predict import Prediction, softmax
 
-    scan = find_images(images)
-    if not scan.images:
-        raise ImageError("no images found in " + ", ".join(map(str, images)))
     results: list[Prediction] = []
-    with TritonClient(target) as client:
+    with TritonClient(target) as client:  # the server and model first: a wrong address is the first thing to say
+        scan = find_images(images)
+        if not scan.images:
+            raise ImageError("no images found in " + ", ".join(map(str, images)))
         model = client.model
         assert model is not None
         k = min(top_k, model.num_classes)

@@ -152,7 +152,7 @@ def server_error(log_text: str) -> str:
     for ln in lines:
         m = _LOG_ERROR.match(ln)
         if m and "CudaDriverHelper" not in ln:
-            return m.group(1)[:400]
+            return m.group(1).split("\\n")[0].strip()[:400]  # the log escapes a Python traceback's line breaks as \n
     for ln in lines:
         if ln.startswith("error:") or "failed to load" in ln:
             return ln[:400]
