@@ -254,7 +254,8 @@ def settings_for(scenario: Scenario, cfg: ScenarioConfig, est: Estimate, sample_
               Scenario.offline: ["offline_expected_qps"],
               Scenario.server: ["server_target_qps", "server_target_latency_ns"]}[scenario]
     shown = {n: getattr(s, n) for n in names}
-    shown.update(scenario=rule.loadgen, mode="PerformanceOnly", batch=cfg.batch, concurrency=cfg.concurrency)
+    shown.update(scenario=rule.loadgen, mode="PerformanceOnly", batch=cfg.batch,
+                 concurrency=1 if scenario is Scenario.single_stream else cfg.concurrency)  # SingleStream: one query in flight
     return s, shown
 
 
