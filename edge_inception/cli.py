@@ -391,7 +391,7 @@ def bench(
         cfg_s = ScenarioConfig(_choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
                                batch=max(_int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, threads=threads, log_dir=loadgen_logs)
-        bench_scenarios(artifacts, cfg_s, json_out, markdown_out)
+        bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
         return
     if any(a.startswith("grpc://") for a in artifacts):
         raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")

@@ -281,7 +281,7 @@ def test_loadgen_scenarios_short(server, tiny, tmp_path):
     target = f"grpc://{server.endpoints.grpc}/demo"
     code, out, err = cli("bench", target, "--scenario", "single-stream,multi-stream,offline,server", "--short", "--batch", "4",
                          "--concurrency", "4", "--data", str(tiny.data / "val"), "--json", str(tmp_path / "s.json"),
-                         "--markdown", str(tmp_path / "s.md"))
+                         "--markdown", str(tmp_path / "s.md"), "--plot", str(tmp_path / "s.png"))
     assert code == 0, err
     report = json.loads((tmp_path / "s.json").read_text())
     rows = {r["scenario"]: r for r in report["loadgen"]}
@@ -293,7 +293,7 @@ def test_loadgen_scenarios_short(server, tiny, tmp_path):
     assert rows["SingleStream"]["metric"].startswith("p90") and rows["MultiStream"]["metric"].startswith("p99")
     assert rows["Server"]["settings"]["server_target_qps"] > 0 and rows["MultiStream"]["settings"]["multi_stream_samples_per_query"] == 8
     assert any("NOT MLPerf-compliant" in n for n in report["notes"]) and "NOT MLPerf-compliant" in err
-    assert "| SingleStream |" in (tmp_path / "s.md").read_text()
+    assert "| SingleStream |" in (tmp_path / "s.md").read_text() and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
 
     # in-process, with LoadGen's accuracy mode: top-1 equals `eval` on the same labelled images
     code, out, err = cli("bench", str(artifact), "--scenario", "offline", "--short", "--accuracy", "--data", str(tiny.data / "val"),

@@ -94,7 +94,7 @@ def run_cmd(
     run()
 
 
-def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None) -> None:
+def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
     """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
     from ..cli import _echo_table
     from ..errors import EdgeInceptionError
@@ -113,7 +113,7 @@ def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | No
     for r in report.results:
         if not r.valid:
             typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
-    write_outputs(report, json_out, markdown_out)
-    for path in (json_out, markdown_out):
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
         if path:
             typer.echo(f"wrote {path}")
