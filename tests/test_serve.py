@@ -204,6 +204,10 @@ def test_repositories_that_do_not_validate_are_refused(tiny, tmp_path):
     empty.mkdir()
     code, _, err = cli("serve", "run", str(empty), "--grpc-port", "0")
     assert code == 1 and "not a Triton model repository" in one_error_line(err)
+    assert cli("serve", "export", str(artifact), "-o", str(tmp_path / "native"))[0] == 0
+    if _has_server() and find_tritonserver().pytriton_dir is not None:  # nvidia-pytriton's server: Python backend only
+        code, _, err = cli("serve", "run", str(tmp_path / "native"), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
+        assert code == 1 and "needs Triton's onnxruntime_onnx backend" in one_error_line(err) and "--kind python" in err
     code, _, err = cli("serve", "export", str(artifact), "-o", str(repo))  # exists: refused, the old one kept
     assert code == 1 and "--force" in one_error_line(err) and (repo / "demo_fp32" / "1").is_dir()
     code, _, err = cli("serve", "export", str(artifact), "-o", str(tmp_path / "x"), "--name", "../evil")

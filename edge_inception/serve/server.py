@@ -126,6 +126,21 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+PYTRITON_RUNTIMES = ("python", "ensemble")  # what nvidia-pytriton's server can run: its Python backend, and ensembles
+
+
+def require_python_backend(repo: Path, models: list[str]) -> None:
+    """nvidia-pytriton's tritonserver has only the Python backend: refuse, before starting it, a model that needs another."""
+    from .config import parse
+
+    for name in models:
+        cfg = parse((repo / name / "config.pbtxt").read_text(encoding="utf-8"), f"{name}/config.pbtxt")
+        runtime = cfg.backend or cfg.platform
+        if runtime not in PYTRITON_RUNTIMES:
+            raise ServeError(f"model {name} needs Triton's {runtime} backend, which nvidia-pytriton's tritonserver does not have: serve this "
+                             "repository from NGC's tritonserver container (see README, Serving), or export it with --kind python")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     host: str
@@ -188,6 +203,8 @@ class TritonServer:
     def start(self) -> Endpoints:
         self.models = validate_repository(self.repo)
         install = self.install or find_tritonserver()
+        if install.pytriton_dir is not None:
+            require_python_backend(self.repo, self.models)
         ports = {}
         for flag, port in self.ports.items():
             if not 0 <= port <= 65535:
