@@ -381,7 +381,7 @@ PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fas
 @app.command()
 @handle_errors
 def predict(
-    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    artifact: Annotated[str, typer.Argument(help="Built artifact or ONNX model, or a served model: grpc://HOST:PORT/MODEL.")],
     images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
@@ -389,8 +389,10 @@ def predict(
 ) -> None:
     """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference)."""
     from .evaluate.predict import predict as run_predict
+    from .serve.client import is_remote, predict_remote
 
-    run = run_predict(artifact, images, top_k=top_k, mode=preprocess)
+    run = (predict_remote(artifact, images, top_k=top_k) if is_remote(artifact)
+           else run_predict(Path(artifact), images, top_k=top_k, mode=preprocess))
     for p in run.predictions:
         if as_json:
             typer.echo(json.dumps(p.as_dict()))
@@ -446,7 +448,7 @@ def _int_list(text: str, what: str, hi: int = MAX_BATCH) -> tuple[int, ...]:
 @app.command()
 @handle_errors
 def bench(
-    artifacts: Annotated[list[Path], typer.Argument(help="Built artifacts and/or ONNX models.")],
+    artifacts: Annotated[list[str], typer.Argument(help="Built artifacts and/or ONNX models (with --scenario: one, or grpc://HOST:PORT/MODEL).")],
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=100_000, help="Warm-up inferences.")] = 10,
     warmup_s: Annotated[float, typer.Option("--warmup-s", min=0, max=3600, help="Warm-up seconds (added to --warmup).")] = 0.0,
@@ -461,12 +463,33 @@ def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table here.")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    scenario: Annotated[str | None, typer.Option("--scenario", help="MLPerf scenarios through LoadGen, comma-separated: single-stream, "
+                                                 "multi-stream, offline, server (--batch: most samples per inference).")] = None,
+    short: Annotated[bool, typer.Option("--short", help="--scenario: a short run (not MLPerf-compliant), for tests and quick looks.")] = False,
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="--scenario: also LoadGen's accuracy mode, top-1 on --data (labelled).")] = False,
+    data: Annotated[Path | None, typer.Option("--data", help="--scenario: images (an ImageFolder for --accuracy); default bundled photos.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="--scenario: inferences in flight.")] = 1,
+    target_qps: Annotated[float | None, typer.Option("--target-qps", min=0.001, help="--scenario: Server's target / Offline's expected QPS.")] = None,
+    target_latency_ms: Annotated[float | None, typer.Option("--target-latency-ms", min=0.001, help="--scenario server: latency bound.")] = None,
+    loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
 ) -> None:
-    """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime."""
+    """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
+    scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
     from .evaluate.bench import BenchConfig, run_bench, write_outputs
     from .fileio import check_outputs
 
     check_outputs(json_out, markdown_out, plot_out)  # refuse an unwritable output now, not after the benchmark
+    if scenario is not None:
+        from .serve.cli import bench_scenarios
+        from .serve.loadgen import Scenario, ScenarioConfig
+
+        cfg_s = ScenarioConfig(_choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
+                               batch=max(_int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
+                               target_latency_ms=target_latency_ms, threads=threads, log_dir=loadgen_logs)
+        bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
+        return
+    if any(a.startswith("grpc://") for a in artifacts):
+        raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
 
     bases = None if baseline is None else () if baseline.strip() == "none" else _choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=_int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
@@ -718,6 +741,11 @@ class _LevelFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()
         return super().format(record)
+
+
+from .serve.cli import app as serve_app  # noqa: E402 - the serve sub-app (Triton); its commands import what they use
+
+app.add_typer(serve_app, name="serve")
 
 
 def main() -> None:

@@ -74,3 +74,10 @@ def require_modules(purpose: str, *modules: str) -> None:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so that the same clean-up as for Ctrl-C runs."""
+
+
+class ServeError(EdgeInceptionError):
+    """A Triton model repository, server or client endpoint that cannot be used (serve export/run, grpc:// targets)."""
+
+
+EXTRAS.update({"tritonclient": "serve", "mlperf_loadgen": "serve"})  # serving: Triton's client and MLPerf's LoadGen

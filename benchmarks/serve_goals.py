@@ -1,0 +1,111 @@
+"""The serving goals of issue 25, measured in one run: the INT8 CPU artifact in-process against the same artifact behind
+a real tritonserver (nvidia-pytriton's, Python backend, loopback gRPC), through MLPerf LoadGen.
+
+    python benchmarks/serve_goals.py [--artifact INT8_ARTIFACT] [--out benchmarks/results/serve] [--min-duration-ms 10000]
+
+Goals:
+- Offline throughput through the server >= 0.8 x in-process Offline throughput;
+- SingleStream p90 through the server <= in-process p90 + 2 ms;
+- outputs through the server equal in-process outputs (max abs difference <= 1e-6).
+
+Without --artifact, GoogLeNet at 224 px with seeded weights (timings do not depend on weight values) is exported,
+quantized to INT8 (minmax calibration on the bundled photos) and built for the cpu target. Writes results.json and
+results.md into --out, with the command and `uptime` before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def int8_artifact(work: Path) -> Path:
+    from edge_inception.convert.export import export_model
+    from edge_inception.convert.quantize import quantize_model
+    from edge_inception.data.images import bundled_photos_dir
+    from edge_inception.engines.build import build
+    from edge_inception.vocab import CalibMethod, Criterion, Precision
+
+    fp32 = export_model(None, work / "googlenet.onnx").path
+    q = quantize_model(fp32, Precision.int8, output=work / "googlenet.int8.onnx", calib=bundled_photos_dir(), calib_size=14,
+                       calib_method=CalibMethod.minmax, criterion=Criterion.agreement, min_agreement=0.01)
+    return build(q.path, "cpu", output_dir=work / "cpu").artifact
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve")
+    parser.add_argument("--min-duration-ms", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    from edge_inception.data.images import bundled_photos, load_batch
+    from edge_inception.engines.registry import artifact_info, open_runner
+    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.serve.client import TritonRunner
+    from edge_inception.serve.config import ServeKind
+    from edge_inception.serve.loadgen import Scenario, ScenarioConfig, ScenarioReport, markdown, run_scenarios
+    from edge_inception.serve.repository import ExportOptions, export_repository
+    from edge_inception.serve.server import TritonServer
+
+    load_before = uptime()
+    with tempfile.TemporaryDirectory(prefix="serve-goals-") as tmp:
+        work = Path(tmp)
+        artifact = args.artifact or int8_artifact(work)
+        info = artifact_info(artifact)
+        repo = work / "repo"
+        export_repository(artifact, repo, ExportOptions(kind=ServeKind.python, name="googlenet", max_queue_delay_us=500))
+        with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+            assert server.endpoints is not None
+            target = f"grpc://{server.endpoints.grpc}/googlenet"
+            x = load_batch(bundled_photos(), info.image_size)
+            with open_runner(artifact) as local, TritonRunner(target, timeout_s=60) as remote:
+                max_abs = float(np.abs(local.run(x) - remote.run(x)).max())
+            reports: dict[str, ScenarioReport] = {}
+            for name, tgt, conc in (("in-process", str(artifact), 1), ("server", target, args.concurrency)):
+                scenarios = (Scenario.offline, Scenario.single_stream)
+                reports[name] = run_scenarios(tgt, ScenarioConfig(scenarios, short=False, batch=args.batch, concurrency=conc,
+                                                                  min_duration_ms=args.min_duration_ms))
+    load_after = uptime()
+
+    def metric(name: str, scenario: str) -> float:
+        return next(r.metric_value for r in reports[name].results if r.scenario == scenario)
+
+    off_ratio = metric("server", "Offline") / metric("in-process", "Offline")
+    ss_delta = metric("server", "SingleStream") - metric("in-process", "SingleStream")
+    goals = {
+        "offline_server_over_in_process": {"value": off_ratio, "goal": ">= 0.8", "met": off_ratio >= 0.8},
+        "single_stream_p90_server_minus_in_process_ms": {"value": ss_delta, "goal": "<= 2.0", "met": ss_delta <= 2.0},
+        "max_abs_difference_server_vs_in_process": {"value": max_abs, "goal": "<= 1e-6", "met": max_abs <= 1e-6},
+    }
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    data = {"command": command, "load_before": load_before, "load_after": load_after,
+            "artifact": str(args.artifact or "GoogLeNet 224 px INT8 (seeded)"), "precision": info.precision, "goals": goals,
+            "reports": {k: v.as_dict() for k, v in reports.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "results.json", data)
+    lines = ["# Serving goals (issue 25)", "", f"- command: `{command}`", f"- load before: `{load_before}`", f"- load after: `{load_after}`",
+             f"- artifact: {data['artifact']} ({info.precision}, {info.image_size} px, {info.backend})", "",
+             "| goal | value | target | met |", "|---|---:|---|---|"]
+    lines += [f"| {k} | {v['value']:.3g} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
+    for name, rep in reports.items():
+        lines += ["", f"## {name}", "", markdown(rep).split("\n", 2)[2]]
+    write_text_atomic(args.out / "results.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""``edge-inception serve export`` and ``serve run``: a Typer sub-app the main CLI adds with ``app.add_typer``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..limits import MAX_BATCH
+from .config import InstanceKind, ServeKind
+
+if TYPE_CHECKING:
+    from .loadgen import ScenarioConfig
+
+app = typer.Typer(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated integers in [1, {MAX_BATCH}], got '{text}'", param_hint="'--preferred-batch'") from None
+    if any(not 1 <= v <= MAX_BATCH for v in values):
+        raise typer.BadParameter(f"comma-separated integers in [1, {MAX_BATCH}], got '{text}'", param_hint="'--preferred-batch'")
+    return values
+
+
+@app.command("export")
+def export_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact (or its build folder), a bundle folder, or an ONNX model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder to write.")],
+    kind: Annotated[ServeKind, typer.Option("--kind", help="native: Triton's own backend for the artifact (onnxruntime_onnx, tensorrt_plan, "
+                                            "openvino; NGC containers); python: the toolkit's runner in Triton's Python backend.")
+                    ] = ServeKind.native,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default <artifact>_<precision>).")] = None,
+    preferred_batch: Annotated[str, typer.Option("--preferred-batch", help="dynamic_batching preferred batch sizes, comma-separated.")] = "",
+    max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, max=10_000_000,
+                                                    help="dynamic_batching: longest wait for a batch to fill (microseconds).")] = 100,
+    instances: Annotated[int, typer.Option("--instances", min=1, max=64, help="instance_group count.")] = 1,
+    instance_kind: Annotated[InstanceKind, typer.Option("--instance-kind", help="instance_group kind (auto: the manifest's device).")
+                             ] = InstanceKind.auto,
+    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="model_warmup: one zero-data request at load.")] = True,
+    preprocess: Annotated[bool, typer.Option("--preprocess", help="Add an ensemble taking encoded images (JPEG/PNG bytes): the toolkit's "
+                                             "preprocessing in a Python model, then the classifier.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing repository (atomically).")] = False,
+) -> None:
+    """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
+    from ..cli import handle_errors
+    from .repository import ExportOptions, export_repository
+
+    @handle_errors
+    def run() -> None:
+        opts = ExportOptions(kind=kind, name=name, preferred_batch_sizes=_sizes(preferred_batch), max_queue_delay_us=max_queue_delay_us,
+                             instances=instances, instance_kind=instance_kind, warmup=warmup, preprocess=preprocess, force=force)
+        result = export_repository(artifact, output, opts)
+        for note in result.notes:
+            typer.echo(f"note: {note}", err=True)
+        typer.echo(f"models: {', '.join(result.models)} ({result.runtime})")
+        typer.echo(f"wrote {result.repository}")
+
+    run()
+
+
+@app.command("run")
+def run_cmd(
+    repository: Annotated[Path, typer.Argument(help="Model repository (from serve export).")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default; 0.0.0.0 serves the network).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="HTTP/REST port (0: a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="gRPC port (0: a free one).")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Prometheus metrics port (0: a free one).")] = 8002,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, max=3600, help="Seconds to wait for the server to be ready.")] = 120.0,
+) -> None:
+    """Start tritonserver on a repository (the one on PATH, else nvidia-pytriton's), print its endpoints, serve until Ctrl-C
+    or SIGTERM, then stop it and every backend process."""
+    from ..cli import handle_errors
+    from ..errors import ServeError
+    from .server import TritonServer, find_tritonserver, server_error
+
+    @handle_errors
+    def run() -> None:
+        install = find_tritonserver()
+        server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                              ready_timeout_s=ready_timeout, install=install)
+        with server:
+            assert server.endpoints is not None
+            typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
+            for line in server.endpoints.lines(server.models):
+                typer.echo(f"  {line}")
+            code = server.wait()
+            raise ServeError(f"tritonserver exited on its own (code {code}): {server_error(server.log_text())}")
+
+    run()
+
+
+def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
+    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
+    from ..cli import _echo_table
+    from ..errors import EdgeInceptionError
+    from .loadgen import run_scenarios, write_outputs
+
+    if len(targets) != 1:
+        raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
+    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(text, err=True))
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
+    rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
+             f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
+             "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
+    typer.echo(f"{report.results[0].engine}: {targets[0]}")
+    _echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
+    for r in report.results:
+        if not r.valid:
+            typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
+        if path:
+            typer.echo(f"wrote {path}")

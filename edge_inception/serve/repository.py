@@ -1,0 +1,320 @@
+"""``serve export``: a Triton model repository for an artifact, built aside, validated, then moved into place.
+
+::
+
+    REPO/
+      <name>/config.pbtxt        native: platform onnxruntime_onnx / tensorrt_plan, or backend openvino; --kind python:
+                                 backend python running the toolkit's own runner
+      <name>/labels.txt          the classes, as label_filename: Triton's classification extension returns top-k labels
+      <name>/1/                  model.onnx | model.plan | model.xml + model.bin; or (python) model.py, the artifact and
+                                 its manifest (checked again when the backend loads it)
+      <name>/sys_path.json       python kind: the import path of the toolkit that exported it (the backend's embedded
+                                 Python does not read PYTHONPATH; ``serve run`` passes its own path instead)
+      <name>_preprocess/         --preprocess: Python model, encoded image bytes (TYPE_STRING) -> N x 3 x S x S, the
+                                 toolkit's preprocessing (data/images.py)
+      <name>_images/             --preprocess: the ensemble, image bytes in, logits (and labels) out
+      edge-inception.json        sha256 of every file, the source artifact and its manifest's hash
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..engines.manifest import manifest_path, read_manifest
+from ..engines.registry import artifact_info, is_plain_onnx, resolve_artifact
+from ..errors import ManifestError, ServeError
+from ..fileio import atomic_dir, sha256_file
+from ..limits import MAX_BATCH
+from ..vocab import Backend
+from . import config as tc
+from .config import INPUT_NAME, LABELS_FILE, OUTPUT_NAME, Batching, InstanceKind, ModelSpec, ServeKind, Tensor
+
+log = logging.getLogger(__name__)
+
+REPO_MANIFEST = "edge-inception.json"
+SYS_PATH_FILE = "sys_path.json"
+VERSION = "1"
+ROLE = "edge_inception_role"
+
+# The Python backend's model.py: sets the import path, then hands over to edge_inception.serve.backend_model.
+MODEL_PY = '''"""Triton Python backend model written by `edge-inception serve export`: see edge_inception.serve.backend_model."""
+
+import json
+import os
+import sys
+
+
+def _import_path():
+    # Triton's Python backend stub does not read PYTHONPATH: the toolkit's import path comes from the server's
+    # environment (`edge-inception serve run` sets EDGE_INCEPTION_SYS_PATH), else from sys_path.json written at export.
+    text = os.environ.get("EDGE_INCEPTION_SYS_PATH")
+    if text is None:
+        try:
+            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "sys_path.json"), encoding="utf-8") as f:
+                text = os.pathsep.join(str(p) for p in json.load(f))
+        except (OSError, ValueError, TypeError):
+            text = ""
+    for entry in reversed([p for p in text.split(os.pathsep) if os.path.isabs(p) and os.path.isdir(p)]):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+_import_path()
+from edge_inception.serve.backend_model import TritonPythonModel  # noqa: E402,F401
+'''
+
+
+@dataclass(frozen=True)
+class ServedArtifact:
+    """What a repository is made from: an artifact (manifest checked) or a plain ONNX model, and its facts."""
+
+    path: Path
+    backend: Backend
+    files: tuple[Path, ...]  # the artifact, its companions, its manifest (none for a plain ONNX file)
+    image_size: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    device: str
+    precision: str
+    batch_range: tuple[int, int] | None
+    fixed_batch: int | None
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    artifact_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    kind: ServeKind = ServeKind.native
+    name: str | None = None  # default: from the artifact's file name
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 100
+    instances: int = 1
+    instance_kind: InstanceKind = InstanceKind.auto
+    warmup: bool = True
+    preprocess: bool = False
+    force: bool = False
+
+
+@dataclass
+class ExportResult:
+    repository: Path
+    kind: ServeKind
+    models: list[str]  # model names, the one a client asks for first
+    runtime: str  # what Triton runs the classifier with
+    notes: list[str] = field(default_factory=list)
+
+
+def _onnx_names(path: Path) -> tuple[str, str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ServeError(f"{path}: expected one input and one output, found {len(inputs)} and {len(model.graph.output)}")
+    return inputs[0], model.graph.output[0].name
+
+
+def describe_source(source: str | Path) -> ServedArtifact:
+    """The artifact behind ``source``: a built artifact (its manifest and companions checked), a build folder holding
+    one, a bundle folder (its ONNX model) or a plain ONNX file."""
+    src = Path(source)
+    if src.is_dir() and (src / "bundle.json").is_file():
+        onnx_files = sorted(p for p in src.glob("*.onnx") if p.is_file())
+        if len(onnx_files) != 1:
+            raise ServeError(f"{src}: a bundle holds one ONNX model, found {len(onnx_files)}")
+        src = onnx_files[0]
+    art = resolve_artifact(src)
+    if not art.is_file():
+        raise ManifestError(f"artifact not found: {art}")
+    info = artifact_info(art)
+    if is_plain_onnx(art):
+        names = _onnx_names(art)
+        return ServedArtifact(art, Backend.ort, (art,), info.image_size, info.num_classes, tuple(info.class_names), "cpu", info.precision,
+                              None, info.fixed_batch, *names, sha256_file(art))
+    manifest = read_manifest(art)  # every hash checked
+    backend = Backend(manifest.backend)
+    names = _onnx_names(art) if art.suffix == ".onnx" else (INPUT_NAME, OUTPUT_NAME)
+    files = (art, *(art.with_name(n) for n in manifest.files), manifest_path(art))
+    return ServedArtifact(art, backend, files, info.image_size, info.num_classes, tuple(info.class_names), manifest.device,
+                          manifest.precision, manifest.batch_range, manifest.fixed_batch, *names, manifest.artifact_sha256)
+
+
+def default_name(art: ServedArtifact) -> str:
+    stem = art.path.name.split(".")[0] or "model"
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in stem)
+    return f"{safe}_{art.precision}"
+
+
+def classifier_spec(art: ServedArtifact, name: str, opts: ExportOptions) -> ModelSpec:
+    """The classifier's configuration: pure, from the artifact's facts (a test may give facts no file has, e.g. TensorRT)."""
+    max_batch, prefix = tc.batch_settings(art.batch_range, art.fixed_batch, kind=opts.kind)
+    for b in opts.preferred_batch_sizes:
+        if not 1 <= b <= max(max_batch, 1) or max_batch == 0:
+            raise ServeError(f"--preferred-batch {b}: the model takes batches of 1..{max_batch}" if max_batch else
+                             f"--preferred-batch: the artifact takes batches of {art.fixed_batch} only; Triton does not batch it")
+    runtime = tc.PYTHON if opts.kind is ServeKind.python else tc.NATIVE[art.backend]
+    params = ({ROLE: "classifier", "artifact": art.path.name, "input_name": art.input_name, "output_name": art.output_name}
+              if opts.kind is ServeKind.python else {})
+    return ModelSpec(
+        name=name, runtime=runtime, max_batch_size=max_batch,
+        inputs=(Tensor(art.input_name, "TYPE_FP32", (*prefix, 3, art.image_size, art.image_size)),),
+        outputs=(Tensor(art.output_name, "TYPE_FP32", (*prefix, art.num_classes), LABELS_FILE),),
+        instance_kind=tc.instance_kind(opts.instance_kind, art.device), instances=opts.instances,
+        batching=Batching(tuple(sorted(set(opts.preferred_batch_sizes))), opts.max_queue_delay_us) if max_batch else None,
+        warmup_batch=1 if opts.warmup else None, parameters=params)
+
+
+def preprocess_specs(art: ServedArtifact, classifier: ModelSpec, opts: ExportOptions) -> tuple[ModelSpec, ModelSpec]:
+    """The ensemble's two models: encoded images -> the classifier's input (Python backend), and the ensemble itself."""
+    if classifier.max_batch_size == 0:
+        raise ServeError("--preprocess needs a model Triton can batch; this artifact takes one batch size only (use --kind python)")
+    image = Tensor(tc.IMAGE_NAME, "TYPE_STRING", (1,))
+    pre = ModelSpec(name=f"{classifier.name}_preprocess", runtime=tc.PYTHON, max_batch_size=classifier.max_batch_size, inputs=(image,),
+                    outputs=(Tensor(art.input_name, "TYPE_FP32", classifier.inputs[0].dims),), instance_kind="KIND_CPU",
+                    instances=opts.instances, batching=Batching((), opts.max_queue_delay_us),
+                    parameters={ROLE: "preprocess", "image_size": str(art.image_size), "output_name": art.input_name})
+    ensemble = ModelSpec(name=f"{classifier.name}_images", runtime=None, max_batch_size=classifier.max_batch_size, inputs=(image,),
+                         outputs=(Tensor(art.output_name, "TYPE_FP32", classifier.outputs[0].dims, LABELS_FILE),),
+                         steps=((pre.name, {tc.IMAGE_NAME: tc.IMAGE_NAME}, {art.input_name: "preprocessed"}),
+                                (classifier.name, {art.input_name: "preprocessed"}, {art.output_name: art.output_name})))
+    return pre, ensemble
+
+
+def _labels_text(names: tuple[str, ...]) -> str:
+    for n in names:
+        if "\n" in n or "\r" in n:
+            raise ServeError(f"class name {n[:40]!r} holds a line break; labels.txt takes one name per line")
+    return "".join(f"{n}\n" for n in names)
+
+
+def _write_model(root: Path, spec: ModelSpec, labels: str | None) -> None:
+    folder = root / spec.name
+    (folder / VERSION).mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(tc.render(spec), encoding="utf-8")
+    if labels is not None:
+        (folder / LABELS_FILE).write_text(labels, encoding="utf-8")
+    if spec.runtime is tc.PYTHON:
+        from .server import backend_sys_path
+
+        (folder / VERSION / "model.py").write_text(MODEL_PY, encoding="utf-8")
+        (folder / SYS_PATH_FILE).write_text(json.dumps(backend_sys_path(), indent=2) + "\n", encoding="utf-8")
+
+
+def _place_artifact(art: ServedArtifact, folder: Path, kind: ServeKind) -> None:
+    """The artifact's files into the version folder: as they are (python kind; the manifest is checked again when the
+    backend loads them) or under Triton's file names (native)."""
+    if kind is ServeKind.python:
+        for f in art.files:
+            shutil.copyfile(f, folder / f.name)
+        return
+    native = tc.NATIVE[art.backend]
+    shutil.copyfile(art.path, folder / native.model_file)
+    for suffix, name in native.companions:
+        shutil.copyfile(art.path.with_suffix(suffix), folder / name)
+    if sha256_file(folder / native.model_file) != art.artifact_sha256:
+        raise ServeError(f"{art.path}: changed while it was copied; run serve export again")
+
+
+def validate_repository(repo: str | Path, specs: dict[str, ModelSpec] | None = None) -> list[str]:
+    """Check a model repository as Triton will read it: every model folder has a config.pbtxt that Triton's schema parses,
+    names itself as its folder does, and has a version folder; with ``specs`` (at export), each equals what the manifest
+    says; with our edge-inception.json, every file's sha256 matches. Returns the model names."""
+    root = Path(repo)
+    if not root.is_dir():
+        raise ServeError(f"model repository not found: {root}")
+    models = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        where = f"{folder.name}/config.pbtxt"
+        cfg_path = folder / "config.pbtxt"
+        if not cfg_path.is_file():
+            raise ServeError(f"{root}: model folder {folder.name} has no config.pbtxt")
+        if cfg_path.stat().st_size > tc.MAX_CONFIG_BYTES:
+            raise ServeError(f"{root}/{where}: larger than {tc.MAX_CONFIG_BYTES >> 10} KB, not a model configuration of ours")
+        try:
+            text = cfg_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ServeError(f"{root}/{where}: not UTF-8 text") from None
+        cfg = tc.parse(text, f"{root}/{where}")
+        if cfg.name and cfg.name != folder.name:
+            raise ServeError(f"{root}/{where}: names the model {cfg.name!r}, its folder is {folder.name!r}")
+        if not any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+            raise ServeError(f"{root}/{folder.name}: no version folder (such as {folder.name}/1/)")
+        if specs is not None:
+            if folder.name not in specs:
+                raise ServeError(f"{root}: unexpected model folder {folder.name}")
+            tc.check(cfg, specs[folder.name], f"{root}/{where}")
+        models.append(folder.name)
+    if not models:
+        raise ServeError(f"{root}: no model folders with a config.pbtxt (not a Triton model repository)")
+    _check_hashes(root)
+    return models
+
+
+def _check_hashes(root: Path) -> None:
+    path = root / REPO_MANIFEST
+    if not path.is_file():
+        return
+    if path.stat().st_size > (4 << 20):
+        raise ServeError(f"{path}: too large to be ours")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        entries = [(str(k), str(v)) for k, v in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise ServeError(f"{path}: not a repository manifest of ours") from None
+    for rel, digest in entries:
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts:
+            raise ServeError(f"{path}: file name {rel!r} leaves the repository")
+        target = root / p
+        if not target.is_file():
+            raise ServeError(f"{root}: {rel} is missing; export the repository again")
+        if sha256_file(target) != digest:
+            raise ServeError(f"{root}: {rel} does not match {REPO_MANIFEST} (sha256 differs: edited or replaced); export again")
+
+
+def export_repository(source: str | Path, output: str | Path, options: ExportOptions | None = None) -> ExportResult:
+    """Write a Triton model repository for ``source`` at ``output`` (complete and validated, or not at all)."""
+    opts = options or ExportOptions()
+    if not 1 <= opts.instances <= 64:
+        raise ServeError(f"--instances must be in [1, 64], got {opts.instances}")
+    if not 0 <= opts.max_queue_delay_us <= 10_000_000:
+        raise ServeError(f"--max-queue-delay-us must be in [0, 10000000], got {opts.max_queue_delay_us}")
+    if any(not 1 <= b <= MAX_BATCH for b in opts.preferred_batch_sizes):
+        raise ServeError(f"--preferred-batch sizes must be in [1, {MAX_BATCH}]")
+    art = describe_source(source)
+    if opts.kind is ServeKind.native and art.backend not in tc.NATIVE:
+        raise ServeError(f"no native Triton backend for {art.backend} artifacts (use --kind python)")
+    name = tc.check_model_name(opts.name or default_name(art))
+    classifier = classifier_spec(art, name, opts)
+    specs = [classifier]
+    if opts.preprocess:
+        specs += list(preprocess_specs(art, classifier, opts))
+    labels = _labels_text(art.class_names)
+    out = Path(output)
+    with atomic_dir(out, replace=opts.force) as tmp:
+        for spec in specs:
+            _write_model(tmp, spec, labels if any(t.label_filename for t in spec.outputs) else None)
+        _place_artifact(art, tmp / name / VERSION, opts.kind)
+        if opts.kind is ServeKind.python and len(art.files) > 1:
+            read_manifest(tmp / name / VERSION / art.path.name)  # the copy checks out against its manifest
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / REPO_MANIFEST).write_text(json.dumps({
+            "edge_inception_version": __version__, "kind": opts.kind.value, "source": str(art.path.resolve()),
+            "source_sha256": art.artifact_sha256, "backend": art.backend.value, "precision": art.precision, "models": [s.name for s in specs],
+            "files": files}, indent=2) + "\n", encoding="utf-8")
+        validate_repository(tmp, {s.name: s for s in specs})
+    runtime = classifier.runtime.value if classifier.runtime else tc.ENSEMBLE_PLATFORM
+    notes = []
+    if opts.kind is ServeKind.native:
+        notes.append(f"the {runtime} backend ships in NGC's tritonserver containers; nvidia-pytriton's server has the Python backend only "
+                     "(use --kind python there)")
+    models = [name] + ([specs[2].name] if opts.preprocess else [])
+    log.info("wrote Triton model repository %s (%s)", out, ", ".join(s.name for s in specs))
+    return ExportResult(out, opts.kind, models, runtime, notes)

@@ -1,0 +1,305 @@
+"""``serve run``: a real ``tritonserver`` on a model repository, started, waited for, and stopped with every process it made.
+
+Which server: the ``tritonserver`` on PATH (as in NGC's containers, with their native backends), else the one inside
+nvidia-pytriton: ``make setup`` installs that wheel apart from the venv, in ``.venv/triton-site`` (it pins numpy<2),
+with the NumPy 1.26 its Python backend needs. For that server this module does what pytriton itself does before a
+start: a backend folder holding the Python backend and the stub built for this interpreter's Python version,
+``LD_LIBRARY_PATH`` on the wheel's bundled libraries, and (unlike pytriton) the toolkit's import path for the model,
+in ``EDGE_INCEPTION_SYS_PATH``, since the stub's embedded Python does not read ``PYTHONPATH``.
+
+The server runs in its own process group (session): stopping sends SIGTERM to the group, waits, then SIGKILL, so that
+no ``triton_python_backend_stub`` outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import ServeError
+from .repository import validate_repository
+
+log = logging.getLogger(__name__)
+
+SITE_ENV = "EDGE_INCEPTION_TRITON_SITE"  # where nvidia-pytriton and NumPy < 2 were installed (default .venv/triton-site)
+SYS_PATH_ENV = "EDGE_INCEPTION_SYS_PATH"
+EXIT_TIMEOUT_S = 5  # tritonserver's --exit-timeout-secs: in-flight requests get this long at shutdown
+DEFAULT_READY_TIMEOUT_S = 120.0
+
+
+def triton_site() -> Path:
+    """The folder ``make setup`` installs nvidia-pytriton and NumPy < 2 into (``$EDGE_INCEPTION_TRITON_SITE`` overrides)."""
+    return Path(os.environ.get(SITE_ENV) or Path(sys.prefix) / "triton-site")
+
+
+def _numpy_major(site: Path) -> int | None:
+    found = sorted(site.glob("numpy-*.dist-info"))
+    if not found:
+        return None
+    try:
+        return int(found[-1].name.split("-")[1].split(".")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def backend_sys_path() -> list[str]:
+    """The import path the Python backend's model needs: NumPy < 2 first (the triton-site folder, where it has one),
+    then the folder holding this edge_inception package, then this interpreter's site-packages (onnxruntime, Pillow)."""
+    paths = []
+    site = triton_site()
+    if site.is_dir() and (_numpy_major(site) or 2) < 2:
+        paths.append(str(site.resolve()))
+    paths.append(str(Path(__file__).resolve().parents[2]))
+    for key in ("purelib", "platlib"):
+        p = str(Path(sysconfig.get_paths()[key]).resolve())
+        if p not in paths:
+            paths.append(p)
+    return paths
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """A tritonserver binary and what it needs to start: its own backends (PATH), or pytriton's (the folder to build)."""
+
+    binary: Path
+    source: str  # for the user: "PATH" or "nvidia-pytriton 0.7.0 in ..."
+    pytriton_dir: Path | None = None  # .../pytriton/tritonserver when the binary is nvidia-pytriton's
+    libs: Path | None = None  # nvidia_pytriton.libs
+
+    def stub(self) -> Path | None:
+        if self.pytriton_dir is None:
+            return None
+        return self.pytriton_dir / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+
+
+def find_tritonserver() -> TritonInstall:
+    """The tritonserver on PATH, else nvidia-pytriton's (in the triton-site folder, or importable here)."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(Path(on_path), "PATH")
+    candidates = [triton_site()]
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent.parent)
+    for site in candidates:
+        base = site / "pytriton" / "tritonserver"
+        binary = base / "bin" / "tritonserver"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            versions = sorted(site.glob("nvidia_pytriton-*.dist-info"))
+            version = versions[-1].name.removesuffix(".dist-info").split("-")[1] if versions else "?"
+            return TritonInstall(binary, f"nvidia-pytriton {version} in {site}", base, site / "nvidia_pytriton.libs")
+    raise ServeError(f"no tritonserver found: not on PATH (NGC's tritonserver containers have it) and no nvidia-pytriton in {triton_site()} "
+                     "(make setup installs it there)")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise ServeError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+PYTRITON_RUNTIMES = ("python", "ensemble")  # what nvidia-pytriton's server can run: its Python backend, and ensembles
+
+
+def require_python_backend(repo: Path, models: list[str]) -> None:
+    """nvidia-pytriton's tritonserver has only the Python backend: refuse, before starting it, a model that needs another."""
+    from .config import parse
+
+    for name in models:
+        cfg = parse((repo / name / "config.pbtxt").read_text(encoding="utf-8"), f"{name}/config.pbtxt")
+        runtime = cfg.backend or cfg.platform
+        if runtime not in PYTRITON_RUNTIMES:
+            raise ServeError(f"model {name} needs Triton's {runtime} backend, which nvidia-pytriton's tritonserver does not have: serve this "
+                             "repository from NGC's tritonserver container (see README, Serving), or export it with --kind python")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def grpc(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def lines(self, models: list[str]) -> list[str]:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return [f"HTTP     http://{h}:{self.http_port}/v2", f"gRPC     {h}:{self.grpc_port}", f"metrics  http://{h}:{self.metrics_port}/metrics",
+                *(f"model    grpc://{h}:{self.grpc_port}/{m}" for m in models)]
+
+
+_LOG_ERROR = re.compile(r'^E\d{4} [\d:.]+\s+\d+\s+\S+\] "?(.*?)"?$')
+
+
+def server_error(log_text: str) -> str:
+    """The first error line of tritonserver's log (its own words), or its last line."""
+    lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
+    for ln in lines:
+        m = _LOG_ERROR.match(ln)
+        if m and "CudaDriverHelper" not in ln:
+            return m.group(1).split("\\n")[0].strip()[:400]  # the log escapes a Python traceback's line breaks as \n
+    for ln in lines:
+        if ln.startswith("error:") or "failed to load" in ln:
+            return ln[:400]
+    return lines[-1][:400] if lines else "no output"
+
+
+class TritonServer:
+    """``with TritonServer(repo) as server:`` a started, ready tritonserver; leaving the block stops it and its process group.
+
+    Ports 0 mean free ports picked here. ``ready_timeout_s`` bounds the wait: a server not ready by then is stopped and
+    a :class:`ServeError` says why (its log's first error where it has one)."""
+
+    def __init__(self, repo: str | Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+                 ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, install: TritonInstall | None = None) -> None:
+        self.repo = Path(repo)
+        self.host = host
+        self.ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+        self.ready_timeout_s = ready_timeout_s
+        self.install = install
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir: Path | None = None
+        self.models: list[str] = []
+        self.endpoints: Endpoints | None = None
+
+    # lifecycle -------------------------------------------------------------------------------------------------
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> Endpoints:
+        self.models = validate_repository(self.repo)
+        install = self.install or find_tritonserver()
+        if install.pytriton_dir is not None:
+            require_python_backend(self.repo, self.models)
+        ports = {}
+        for flag, port in self.ports.items():
+            if not 0 <= port <= 65535:
+                raise ServeError(f"{flag} must be in [0, 65535], got {port}")
+            if port and not _port_free(self.host, port):
+                raise ServeError(f"port {port} on {self.host} is in use ({flag}); choose another, or 0 for a free one")
+            ports[flag] = port or _free_port(self.host)
+        if len(set(ports.values())) != len(ports):
+            raise ServeError(f"the HTTP, gRPC and metrics ports must differ, got {sorted(ports.values())}")
+        self.workdir = Path(tempfile.mkdtemp(prefix="edge-inception-triton-"))
+        cmd = [str(install.binary), f"--model-repository={self.repo.resolve()}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+               f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
+               *(f"{flag}={port}" for flag, port in ports.items()), "--log-info=true"]
+        env = dict(os.environ)
+        env[SYS_PATH_ENV] = os.pathsep.join(backend_sys_path())
+        if install.pytriton_dir is not None:
+            cmd.append(f"--backend-directory={self._pytriton_backends(install)}")
+            cmd.append(f"--cache-directory={install.pytriton_dir / 'caches'}")
+            if install.libs is not None:
+                env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH", ""), str(install.libs)) if p)
+        self.log_path = self.workdir / "tritonserver.log"
+        self.endpoints = Endpoints(self.host, ports["--http-port"], ports["--grpc-port"], ports["--metrics-port"])
+        log.info("starting %s (%s)", install.binary, install.source)
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoints
+
+    def _pytriton_backends(self, install: TritonInstall) -> Path:
+        """A backends folder as pytriton prepares one: its Python backend, with the stub for this Python version. Links, not
+        copies; the folder is writable because the stub compiles triton_python_backend_utils there."""
+        assert self.workdir is not None and install.pytriton_dir is not None
+        stub = install.stub()
+        if stub is None or not stub.is_file():
+            raise ServeError(f"{install.source} has no Python backend stub for Python {sys.version_info.major}.{sys.version_info.minor}")
+        python = self.workdir / "backends" / "python"
+        python.mkdir(parents=True)
+        src = install.pytriton_dir / "backends" / "python"
+        for f in src.iterdir():
+            if f.is_file():
+                (python / f.name).symlink_to(f)
+        (python / "triton_python_backend_stub").symlink_to(stub)
+        return python.parent
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def _wait_ready(self) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        assert self.proc is not None and self.endpoints is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        client = grpcclient.InferenceServerClient(self.endpoints.grpc)
+        try:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServeError(f"tritonserver exited (code {code}) before it was ready: {server_error(self.log_text())}")
+                with contextlib.suppress(InferenceServerException):
+                    if client.is_server_ready(client_timeout=1.0):
+                        return
+                if time.monotonic() > deadline:
+                    raise ServeError(f"tritonserver was not ready within {self.ready_timeout_s:g} s (last log line: "
+                                     f"{server_error(self.log_text())})")
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group, up to the exit timeout plus 10 s, then SIGKILL to whatever is left of it."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=EXIT_TIMEOUT_S + 10)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop within %d s of SIGTERM: killing it", EXIT_TIMEOUT_S + 10)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # stubs or a server that did not stop: the whole group
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def wait(self) -> int:
+        """Block until the server exits on its own; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait()

@@ -1,0 +1,410 @@
+"""Serving: Triton model repositories checked with Triton's schema, a real tritonserver (nvidia-pytriton's, Python backend)
+on 127.0.0.1, the gRPC client, MLPerf LoadGen scenarios, and no server or backend process left behind.
+
+Every server here binds loopback only, on free ports, is bounded in seconds (ready timeout) and requests, and is
+stopped by the test also on failure (its process group killed); each test that starts one checks afterwards that no
+tritonserver or triton_python_backend_stub of its repository runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("tritonclient.grpc", reason="the [serve] extra is not installed")
+pytest.importorskip("mlperf_loadgen", reason="the [serve] extra is not installed")
+
+from edge_inception.cli import app  # noqa: E402
+from edge_inception.data.demo_data import DEMO_CLASSES  # noqa: E402
+from edge_inception.errors import ServeError  # noqa: E402
+from edge_inception.serve import config as tc  # noqa: E402
+from edge_inception.serve.repository import ExportOptions, ServedArtifact, classifier_spec, export_repository, validate_repository  # noqa: E402
+from edge_inception.serve.server import TritonServer, find_tritonserver  # noqa: E402
+from edge_inception.vocab import Backend  # noqa: E402
+
+READY_S = 90.0
+
+
+def _has_server() -> bool:
+    try:
+        find_tritonserver()
+    except ServeError:
+        return False
+    return True
+
+
+needs_server = pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
+
+
+def processes_of(repo: Path) -> list[str]:
+    """Command lines of running processes that name ``repo`` (tritonserver --model-repository=..., the Python stubs)."""
+    key = str(repo.resolve()).encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if key in cmd and (b"tritonserver" in cmd or b"triton_python_backend_stub" in cmd):
+            found.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return found
+
+
+def assert_none_left(repo: Path, within_s: float = 15.0) -> None:
+    deadline = time.monotonic() + within_s
+    while processes_of(repo) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(repo) == []
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(app, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[-1]
+
+
+def kind_name(kind: int) -> str:
+    from tritonclient.grpc import model_config_pb2
+
+    return str(model_config_pb2.ModelInstanceGroup.Kind.Name(kind))
+
+
+def parse_config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+@dataclass
+class Tiny:
+    onnx: Path
+    artifact: Path  # built for the cpu target (ONNX Runtime), with its manifest
+    data: Path  # the demo data: val/<class>/*.png, labelled with the model's class names
+
+
+@pytest.fixture(scope="module")
+def tiny(demo_data, tmp_path_factory) -> Tiny:
+    """A small real classifier (conv, ReLU, pool, dense; 64 px in, the 10 demo classes out) built for the cpu target: the
+    serving paths do not depend on which network it is, and it builds in seconds where GoogLeNet's export takes minutes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_inception.engines.build import build
+
+    rng = np.random.default_rng(0)
+    weights = {"w": (8, 3, 3, 3), "b": (8,), "fw": (len(DEMO_CLASSES), 8), "fb": (len(DEMO_CLASSES),)}
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name) for name, shape in weights.items()]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 64, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(DEMO_CLASSES)])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {"image_size": "64", "num_classes": str(len(DEMO_CLASSES)), "class_names": json.dumps(list(DEMO_CLASSES))}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    folder = tmp_path_factory.mktemp("tiny")
+    onnx.save(model, folder / "demo.onnx")
+    return Tiny(folder / "demo.onnx", build(folder / "demo.onnx", "cpu", output_dir=folder / "cpu").artifact, demo_data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Repositories
+
+
+def test_native_repositories_for_each_backend(tiny, tmp_path):
+    artifact = tiny.artifact
+    """ORT and OpenVINO artifacts: Triton's native configuration, parsed with Triton's schema, files under Triton's names."""
+    from edge_inception.engines.manifest import read_manifest
+
+    manifest = read_manifest(artifact)
+    code, out, err = cli("serve", "export", str(artifact), "-o", str(tmp_path / "ort"), "--preferred-batch", "4,8", "--instances", "2")
+    assert code == 0, err
+    cfg = parse_config(tmp_path / "ort" / "demo_fp32" / "config.pbtxt")
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == manifest.batch_range[1]
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, manifest.image_size, manifest.image_size])]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [("logits", [manifest.num_classes], "labels.txt")]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8] and cfg.instance_group[0].count == 2
+    assert kind_name(cfg.instance_group[0].kind) == "KIND_CPU"  # the manifest's device
+    assert cfg.model_warmup[0].inputs["input"].zero_data
+    labels = (tmp_path / "ort" / "demo_fp32" / "labels.txt").read_text().splitlines()
+    assert labels == manifest.class_names
+    assert (tmp_path / "ort" / "demo_fp32" / "1" / "model.onnx").read_bytes() == artifact.read_bytes()
+
+    pytest.importorskip("openvino")
+    from edge_inception.engines.build import build
+
+    ir = build(tiny.onnx, "cpu", backend="openvino", output_dir=tmp_path / "ov-build").artifact
+    result = export_repository(ir, tmp_path / "ov", ExportOptions(name="demo_ov"))
+    cfg = parse_config(tmp_path / "ov" / "demo_ov" / "config.pbtxt")
+    assert cfg.backend == "openvino" and cfg.default_model_filename == "model.xml" and result.runtime == "openvino"
+    assert {p.name for p in (tmp_path / "ov" / "demo_ov" / "1").iterdir()} == {"model.xml", "model.bin"}
+    assert validate_repository(tmp_path / "ov") == ["demo_ov"]
+
+
+def test_tensorrt_and_fixed_batch_configs_from_manifest_facts():
+    """Config generation alone (no TensorRT here): tensorrt_plan on the GPU from a manifest's facts; a fixed-batch artifact
+    is not batched by Triton natively (max_batch_size 0, the batch in its dims), while the Python backend pads and batches."""
+    art = ServedArtifact(Path("m.plan"), Backend.tensorrt, (Path("m.plan"),), 224, 1000, tuple(f"c{i}" for i in range(1000)), "cuda", "fp16",
+                         (1, 16), None)
+    spec = classifier_spec(art, "m", ExportOptions(preferred_batch_sizes=(8, 16)))
+    cfg = tc.parse(tc.render(spec), "trt")
+    tc.check(cfg, spec, "trt")
+    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan" and cfg.max_batch_size == 16
+    assert kind_name(cfg.instance_group[0].kind) == "KIND_GPU"  # from the manifest's device
+    fixed = ServedArtifact(Path("m.ort.onnx"), Backend.ort, (), 224, 10, tuple("abcdefghij"), "cpu", "fp32", (4, 4), 4)
+    native = tc.parse(tc.render(classifier_spec(fixed, "f", ExportOptions())), "f")
+    assert native.max_batch_size == 0 and list(native.input[0].dims) == [4, 3, 224, 224] and not native.HasField("dynamic_batching")
+    python = tc.parse(tc.render(classifier_spec(fixed, "f", ExportOptions(kind=tc.ServeKind.python))), "f")
+    assert python.max_batch_size == 4 and list(python.input[0].dims) == [3, 224, 224]
+    with pytest.raises(ServeError, match="preferred"):
+        classifier_spec(art, "m", ExportOptions(preferred_batch_sizes=(32,)))
+    other = classifier_spec(art, "m", ExportOptions())
+    wrong = tc.parse(tc.render(other).replace("dims: 1000", "dims: 999"), "edited")
+    with pytest.raises(ServeError, match="output"):
+        tc.check(wrong, other, "edited")
+
+
+def test_repositories_that_do_not_validate_are_refused(tiny, tmp_path):
+    artifact = tiny.artifact
+    repo = tmp_path / "repo"
+    assert cli("serve", "export", str(artifact), "-o", str(repo), "--kind", "python")[0] == 0
+    config = repo / "demo_fp32" / "config.pbtxt"
+    text = config.read_text()
+    config.write_text(text + "\nnot_a_field: 3\n")
+    code, _, err = cli("serve", "run", str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
+    assert code == 1 and "not a valid Triton model configuration" in one_error_line(err)
+    config.write_text(text)
+    (repo / "demo_fp32" / "labels.txt").write_text("edited\n")
+    with pytest.raises(ServeError, match="labels.txt does not match"):
+        validate_repository(repo)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli("serve", "run", str(empty), "--grpc-port", "0")
+    assert code == 1 and "not a Triton model repository" in one_error_line(err)
+    assert cli("serve", "export", str(artifact), "-o", str(tmp_path / "native"))[0] == 0
+    if _has_server() and find_tritonserver().pytriton_dir is not None:  # nvidia-pytriton's server: Python backend only
+        code, _, err = cli("serve", "run", str(tmp_path / "native"), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
+        assert code == 1 and "needs Triton's onnxruntime_onnx backend" in one_error_line(err) and "--kind python" in err
+    code, _, err = cli("serve", "export", str(artifact), "-o", str(repo))  # exists: refused, the old one kept
+    assert code == 1 and "--force" in one_error_line(err) and (repo / "demo_fp32" / "1").is_dir()
+    code, _, err = cli("serve", "export", str(artifact), "-o", str(tmp_path / "x"), "--name", "../evil")
+    assert code == 1 and "model name" in one_error_line(err) and not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real server, shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def python_repo(tiny, tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("serve") / "repo"
+    export_repository(tiny.artifact, repo, ExportOptions(kind=tc.ServeKind.python, name="demo", preprocess=True, max_queue_delay_us=20_000))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(python_repo):
+    if not _has_server():
+        pytest.skip("no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
+    s = TritonServer(python_repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=READY_S)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+        assert_none_left(python_repo)
+
+
+@needs_server
+def test_served_outputs_and_labels_equal_the_local_artifact(server, tiny):
+    artifact = tiny.artifact
+    from edge_inception.data.images import load_batch
+    from edge_inception.engines.registry import open_runner
+    from edge_inception.serve.client import TritonRunner
+
+    assert server.host == "127.0.0.1" and set(server.models) == {"demo", "demo_preprocess", "demo_images"}
+    photos = sorted((tiny.data / "val").rglob("*.png"))[:6]
+    x = load_batch(photos, 64)
+    with open_runner(artifact) as local, TritonRunner(f"grpc://{server.endpoints.grpc}/demo", timeout_s=30) as remote:
+        assert np.abs(remote.run(x) - local.run(x)).max() <= 1e-6
+
+    args = [*map(str, photos), "--top-k", "3", "--json"]
+    local_top = [json.loads(line) for line in cli("predict", str(artifact), *args)[1].splitlines()]
+    for model in ("demo", "demo_images"):  # the classifier, and the ensemble taking the files' bytes
+        code, out, err = cli("predict", f"grpc://{server.endpoints.grpc}/{model}", *args)
+        assert code == 0, err
+        served = [json.loads(line) for line in out.splitlines()]
+        assert [[t["label"] for t in p["top"]] for p in served] == [[t["label"] for t in p["top"]] for p in local_top]
+        for s, loc in zip(served, local_top):
+            assert np.allclose([t["score"] for t in s["top"]], [t["score"] for t in loc["top"]], atol=1e-5)
+
+
+@needs_server
+def test_concurrent_requests_are_batched(server, tiny):
+    """16 single-image requests from 8 threads: Triton's statistics show fewer executions than inferences."""
+    from edge_inception.data.images import load_batch
+    from edge_inception.serve.client import TritonClient
+
+    x = load_batch(sorted((tiny.data / "val").rglob("*.png"))[:1], 64)
+    with TritonClient(f"grpc://{server.endpoints.grpc}/demo", timeout_s=30) as client:
+        inferences0, executions0 = client.statistics()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: client.logits(x), range(16)))
+        inferences, executions = client.statistics()
+    assert all(r.shape == (1, len(DEMO_CLASSES)) for r in results)
+    assert inferences - inferences0 == 16
+    assert executions - executions0 < 16  # at least one execution ran a batch of more than one request
+
+
+@needs_server
+def test_loadgen_scenarios_short(server, tiny, tmp_path):
+    artifact = tiny.artifact
+    target = f"grpc://{server.endpoints.grpc}/demo"
+    code, out, err = cli("bench", target, "--scenario", "single-stream,multi-stream,offline,server", "--short", "--batch", "4",
+                         "--concurrency", "4", "--data", str(tiny.data / "val"), "--json", str(tmp_path / "s.json"),
+                         "--markdown", str(tmp_path / "s.md"), "--plot", str(tmp_path / "s.png"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "s.json").read_text())
+    rows = {r["scenario"]: r for r in report["loadgen"]}
+    assert set(rows) == {"SingleStream", "MultiStream", "Offline", "Server"}
+    for name, r in rows.items():
+        assert r["samples_per_s"] > 0 and r["metric_value"] > 0 and r["query_count"] >= 1, name
+        assert r["valid"] or r["invalid_reasons"], name  # INVALID always says why
+        assert r["short"] and r["settings"]["min_duration_ms"] == 1000
+    assert rows["SingleStream"]["metric"].startswith("p90") and rows["MultiStream"]["metric"].startswith("p99")
+    assert rows["Server"]["settings"]["server_target_qps"] > 0 and rows["MultiStream"]["settings"]["multi_stream_samples_per_query"] == 8
+    assert any("NOT MLPerf-compliant" in n for n in report["notes"]) and "NOT MLPerf-compliant" in err
+    assert "| SingleStream |" in (tmp_path / "s.md").read_text() and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+    # in-process, with LoadGen's accuracy mode: top-1 equals `eval` on the same labelled images
+    code, out, err = cli("bench", str(artifact), "--scenario", "offline", "--short", "--accuracy", "--data", str(tiny.data / "val"),
+                         "--json", str(tmp_path / "a.json"))
+    assert code == 0, err
+    acc = json.loads((tmp_path / "a.json").read_text())["loadgen"][0]
+    from edge_inception.evaluate.predict import evaluate
+
+    expected = evaluate(artifact, tiny.data / "val")
+    assert acc["accuracy_samples"] == expected.images and acc["top1"] == pytest.approx(expected.top1)
+
+
+@needs_server
+def test_bad_targets_get_one_line(server, tmp_path):
+    code, _, err = cli("predict", f"grpc://{server.endpoints.grpc}/nosuch", str(tmp_path / "x.png"))
+    assert code == 1 and "model 'nosuch' is not ready" in one_error_line(err) and "demo" in err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    code, _, err = cli("predict", f"grpc://127.0.0.1:{free}/demo", str(tmp_path / "x.png"))  # nothing listens
+    assert code == 1 and "cannot reach a Triton server" in one_error_line(err)
+    code, _, err = cli("predict", "grpc://127.0.0.1:99999/demo", str(tmp_path / "x.png"))
+    assert code == 1 and "grpc://HOST:PORT/MODEL" in one_error_line(err)
+    code, _, err = cli("serve", "run", str(server.repo), "--grpc-port", str(server.endpoints.grpc_port), "--http-port", "0", "--metrics-port", "0")
+    assert code == 1 and f"port {server.endpoints.grpc_port} on 127.0.0.1 is in use" in one_error_line(err)
+
+    from edge_inception.serve.client import TritonClient
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers: bounded by the deadline
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        t0 = time.monotonic()
+        with pytest.raises(ServeError, match="did not answer within 1 s"):
+            TritonClient(f"grpc://127.0.0.1:{silent.getsockname()[1]}/demo", timeout_s=1).connect()
+        assert time.monotonic() - t0 < 20
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# serve run as a user starts it: SIGTERM, and a server that never gets ready
+
+
+def _start_cli(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "edge_inception", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@needs_server
+def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path):
+    python_repo = Path(shutil.copytree(python_repo, tmp_path / "repo"))  # its own copy: the module's server runs on the other
+    proc = _start_cli(["serve", "run", str(python_repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout",
+                       str(READY_S)])
+    try:
+        lines = []
+        deadline = time.monotonic() + READY_S + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line:
+                break
+            lines.append(line)
+            if "demo_preprocess" in line:  # the last model line: ready, endpoints printed
+                break
+        assert any("gRPC     127.0.0.1:" in ln for ln in lines), (lines, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+        assert processes_of(python_repo)  # tritonserver and its Python stubs run
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        _kill_group(proc)
+    assert_none_left(python_repo, within_s=5)
+
+
+@needs_server
+def test_a_server_that_never_gets_ready_is_stopped(tmp_path):
+    """A Python model whose initialize sleeps: the bounded wait ends it, and nothing of it is left."""
+    repo = tmp_path / "slow"
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 1\ninput [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
+                                                'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n')
+    model = ("import os, sys, time\nsys.path[:0] = os.environ['EDGE_INCEPTION_SYS_PATH'].split(os.pathsep)  # NumPy for the stub\n\n"
+             "class TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(120)\n")
+    (repo / "slow" / "1" / "model.py").write_text(model)
+    t0 = time.monotonic()
+    code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3")
+    assert code == 1 and "was not ready within 3 s" in one_error_line(err)
+    assert time.monotonic() - t0 < 60
+    assert_none_left(repo, within_s=5)
+
+
+@needs_server
+def test_a_backend_under_numpy_2_refuses_to_load(python_repo, tmp_path, monkeypatch):
+    """nvidia-pytriton's stub answers zero bytes under NumPy 2: with a site folder holding the server but no NumPy 1.26,
+    the model refuses to load and serve run says why in one line."""
+    from edge_inception.serve.server import triton_site
+
+    real = triton_site()
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("pytriton", "nvidia_pytriton.libs", *(p.name for p in real.glob("nvidia_pytriton-*.dist-info"))):
+        (site / name).symlink_to(real / name)
+    monkeypatch.setenv("EDGE_INCEPTION_TRITON_SITE", str(site))
+    python_repo = Path(shutil.copytree(python_repo, tmp_path / "repo"))
+    code, _, err = cli("serve", "run", str(python_repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "60")
+    assert code == 1 and "needs NumPy < 2" in one_error_line(err) and len(err.strip().splitlines()) == 1
+    assert_none_left(python_repo, within_s=5)
