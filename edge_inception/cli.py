@@ -401,9 +401,10 @@ def predict(
         for index, label, score in p.top:
             typer.echo(f"  {score:7.2%}  {label} ({index})")
     for _path, why in run.failed:
-        typer.echo(f"skipped: {why}", err=True)
-    typer.echo(f"{len(run.predictions)} images in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
-               f"(decode + preprocess {preprocess} + inference)", err=True)
+        _note(f"skipped: {why}")
+    _note(f"{len(run.predictions)} images in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+          f"(decode + preprocess {PreprocessMode(preprocess).value} + inference)")
+    _note_seeded(getattr(run, "seeded", False))
 
 
 @app.command("eval")
@@ -421,7 +422,8 @@ def eval_cmd(
 
     r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
     for warning in r.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        _note(f"warning: {warning}")
+    _note_seeded(r.seeded)
     typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
                + f"; {r.images_per_s:.1f} images/s end to end")
 

@@ -147,3 +147,20 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
     assert "ort-default" in device("bench", "build", "--iterations", "3", "--rounds", "1", "--warmup", "1")
     device("quantize", "demo.onnx", "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-method", "minmax",
            "--calib-size", "40", "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(tmp_path / "demo.int8.onnx"))
+
+
+def test_seeded_models_say_their_labels_mean_nothing(trained, tmp_path):
+    import onnx
+
+    from edge_inception.convert.onnx_file import load_onnx, set_metadata
+
+    photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
+    trained_run = runner.invoke(app, ["predict", str(trained.onnx), str(photo)])
+    assert trained_run.exit_code == 0 and "not meaningful" not in trained_run.output
+    model = load_onnx(trained.onnx)
+    set_metadata(model, {"checkpoint": "seed:0"})  # what export writes without --weights
+    seeded = tmp_path / "seeded.onnx"
+    onnx.save(model, str(seeded))
+    for args in (["predict", str(seeded), str(photo)], ["eval", str(seeded), "--data", str(trained.data / "val")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "labels are not meaningful" in result.output, (args, result.output)

@@ -148,6 +148,7 @@ class ArtifactInfo:
     device: str = "cpu"  # where it computes: "cpu" or "cuda"
     fixed_batch: int | None = None  # the one batch size it takes, if it takes one only
     tf32: bool = False  # an FP32 artifact allowed to run its convolutions as TF32 on a GPU
+    seeded: bool = False  # exported from seeded random weights (no --weights): its labels mean nothing
 
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
@@ -159,9 +160,21 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
         m = read_manifest(art)
         from ..model.labels import class_names
 
+        source = resolve_link(m.source_onnx, art.parent)
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
-                            str(resolve_link(m.source_onnx, art.parent)), m.device,
-                            m.fixed_batch, bool(m.options.get("tf32", False)))
+                            str(source), m.device, m.fixed_batch, bool(m.options.get("tf32", False)), seeded=_seeded(source))
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art),
-                        fixed_batch=facts.fixed_batch)
+                        fixed_batch=facts.fixed_batch, seeded=facts.metadata.get("checkpoint", "").startswith("seed:"))
+
+
+def _seeded(source: Path) -> bool:
+    """Whether the ONNX an artifact was built from says it came from seeded weights (``checkpoint: seed:N`` in its
+    metadata); False where the source is not at hand or unreadable: the note is a courtesy, not a check."""
+    from ..convert.onnx_file import get_metadata, load_onnx
+    from ..errors import EdgeInceptionError
+
+    try:
+        return get_metadata(load_onnx(source, with_weights=False)).get("checkpoint", "").startswith("seed:")
+    except (EdgeInceptionError, OSError):
+        return False

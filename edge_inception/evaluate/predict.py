@@ -45,6 +45,7 @@ class PredictRun:
     predictions: list[Prediction]
     failed: list[tuple[str, str]]  # (path, reason)
     seconds: float
+    seeded: bool = False  # the model came from seeded random weights: its labels mean nothing
 
     @property
     def images_per_s(self) -> float:
@@ -79,7 +80,7 @@ def predict(artifact: str | Path, images: Sequence[str | Path], top_k: int = 5, 
         raise ImageError(failed[0][1])
     if not results:
         raise ImageError(f"none of the {len(failed)} images decoded, e.g. {failed[0][1]}")
-    return PredictRun(results, failed, seconds)
+    return PredictRun(results, failed, seconds, seeded=info.seeded)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class EvalResult:
     skipped: int
     seconds: float = 0.0  # wall time of decode + preprocess + inference
     warnings: list[str] = field(default_factory=list)
+    seeded: bool = False  # the model came from seeded random weights: its labels mean nothing
 
     @property
     def images_per_s(self) -> float:
@@ -162,4 +164,4 @@ def evaluate(artifact: str | Path, data: str | Path, batch_size: int = 16, progr
         bar.close()
     if n == 0:
         raise DatasetError(f"{data}: no readable images")
-    return EvalResult(n, top1 / n, top5 / n, skipped, seconds, [warning] if warning else [])
+    return EvalResult(n, top1 / n, top5 / n, skipped, seconds, [warning] if warning else [], seeded=info.seeded)
