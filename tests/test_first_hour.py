@@ -164,3 +164,25 @@ def test_seeded_models_say_their_labels_mean_nothing(trained, tmp_path):
     for args in (["predict", str(seeded), str(photo)], ["eval", str(seeded), "--data", str(trained.data / "val")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0 and "labels are not meaningful" in result.output, (args, result.output)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("args", [a for a in _commands(app)])
+def test_readme_command_table_names_every_option(args):
+    """The README's command table lists every option each command has (the rows for that command, together)."""
+    import typer
+
+    command = typer.main.get_command(app)
+    for word in args:
+        command = command.commands[word]
+    if hasattr(command, "commands"):
+        return  # a group: its commands have rows of their own
+    prefix = "| `edge-inception " + " ".join(args) + " "
+    rows = [line for line in README.read_text().splitlines() if line.startswith(prefix) or line.startswith(prefix.rstrip() + "`")]
+    assert rows, f"no README row for {' '.join(args)}"
+    text = " ".join(row.split("` |")[0] for row in rows)
+    missing = [opt for p in command.params if p.param_type_name == "option" and p.name != "help"
+               for opt in [max(p.opts, key=len)] if opt not in text]
+    assert not missing, f"{' '.join(args)}: README row lacks {missing}"
