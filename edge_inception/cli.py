@@ -242,9 +242,9 @@ def quantize(
         typer.echo(f"calibration: {result.calibration_method} (agreement per method: {tried})")
     rows = [["top-1 agreement", f"{a.top1_agreement:.2%}"], ["top-5 overlap", f"{a.top5_overlap:.2%}"],
             ["mean cosine", f"{a.mean_cosine:.5f}"], ["max abs logit error", f"{a.max_abs_error:.4f}"],
-            ["held-out images", f"{a.holdout_images}: {result.holdout_source}"]]
-    if result.calibration_source:
-        rows.append(["calibration images", f"{result.calibration_images}: {result.calibration_source}"])
+            ["verdict images", f"{a.holdout_images}: {result.holdout_source}"]]
+    rows += [[f"{role} (distinct photos)", f"{r['samples']} ({r['distinct_images']}): {r['source']}"] for role, r in result.roles.items()
+             if role != "verdict" and (role != "calibration" or result.calibration_source)]
     rows.append(["size", f"{a.fp32_size_bytes / 1e6:.1f} MB -> {a.size_bytes / 1e6:.1f} MB ({a.size_ratio:.0%})"])
     if a.labelled:
         rows += [[k.replace("_", " "), f"{v:.2%}"] for k, v in a.labelled.items()]
@@ -254,6 +254,11 @@ def quantize(
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     _echo_table(rows, ["metric", "vs fp32"])
+    for v in result.verdicts:
+        typer.echo(f"verdict: {v['explanation']}")
+    if result.off_calibration:
+        typer.echo(f"off-calibration check: {result.off_calibration['explanation']}")
+    typer.echo(f"claim: {result.claim}")
     typer.echo(f"wrote {result.path} and {result.report_path}")
 
 

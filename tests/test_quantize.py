@@ -122,7 +122,8 @@ def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     result = quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val",
                             calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement")
     assert result.kept_float, "a 100% guard should force at least one stage into float"
-    assert result.accuracy.top1_agreement == 1.0
+    assert result.selection["top1_agreement"] == 1.0  # met where it was chosen; no finite verdict can support a 100 % claim
+    assert result.claim in ("evidence too thin", "missed")
     assert set(result.sensitivity) >= {"conv1", "inception_3a", "fc"}
     assert set(result.latency_ms) == {"fp32", "int8_all", "int8"}
     model = onnx.load(str(out))
@@ -345,30 +346,6 @@ def test_labelled_accuracy_with_eval(trained, fp16, tmp_path):
 
 # --- calibration and held-out data that mean something; the criterion; the method --------------------------------------
 
-def test_small_user_folder_gives_disjoint_crops_and_a_hundred_held_out(trained, tmp_path):
-    from edge_inception.convert.calibration import select_images
-    from edge_inception.data.images import bundled_photos
-
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    for p in bundled_photos()[:6]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    sets = select_images(folder, None, calib_size=100)
-    assert len(sets.holdout) >= 100 and len(sets.calibration) == 100
-    for path in {s.path for s in sets.holdout}:
-        right_of_calibration = max(s.box[2] for s in sets.calibration if s.path == path)
-        left_of_holdout = min(s.box[0] for s in sets.holdout if s.path == path)
-        assert right_of_calibration <= left_of_holdout  # no pixel in both sets
-    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(folder), "--criterion", "agreement",
-                            "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx")])
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "m.int8.report.json").read_text())
-    assert report["accuracy"]["holdout_images"] >= 100  # the guard judged at least 100 images
-    assert "right 30 %" in report["holdout_source"] and "left 70 %" in report["calibration_source"] and "6 image(s)" in report["holdout_source"]
-    assert report["criterion"].startswith("top-1 agreement") and "held-out images" in r.stdout
-    assert not any("not your data" in w for w in report["warnings"])  # the user's own images: no warning
-
-
 def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
     r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib-method", "minmax", "--min-agreement", "0.5",
                             "--criterion", "agreement", "-o", str(tmp_path / "m.int8.onnx")])
@@ -384,7 +361,8 @@ def test_criterion_by_labels_and_auto_calibration(trained, tmp_path):
     result = quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=trained.data / "train")
     assert result.criterion.startswith("MLPerf: top-1 accuracy >= 99% of FP32's") and "500 labelled images" in result.criterion
     assert set(result.calibration_trials) == {"minmax", "entropy", "percentile"}
-    best = max(result.calibration_trials, key=lambda m: (result.calibration_trials[m]["meets"], result.calibration_trials[m]["top1_agreement"],
+    # among the methods meeting the criterion on the selection images, the one closest to FP32 on its worst selection photo
+    best = max(result.calibration_trials, key=lambda m: (result.calibration_trials[m]["meets"], result.calibration_trials[m]["worst_image_cosine"],
                                                          result.calibration_trials[m]["mean_cosine"]))
     assert result.calibration_method == best
     labelled = result.accuracy.labelled
