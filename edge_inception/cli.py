@@ -216,13 +216,14 @@ def quantize(
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000)] = 100,
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated (auto: try each, keep "
-                                                      "the best on the held-out images).")] = CalibMethod.auto,
+                                                      "the one closest to FP32 on the worst selection photo).")] = CalibMethod.auto,
     target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
-    holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="Verdict images: the report's figures and its claim (default: 3 in 10 of "
+                                                                      "--calib's photos, never calibrated or chosen on).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: judge by accuracy (INT8 >= 99% of FP32's).")] = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
     criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "
-                                                 "accuracy where labels are at hand.")] = Criterion.auto,
+                                                 "agreement, and accuracy too where labels are at hand.")] = Criterion.auto,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
