@@ -172,6 +172,10 @@ def test_runtime_commands_work_without_pytorch(trained, tmp_path, no_torch):
                "--json", str(tmp_path / "b.json"))
     assert {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["results"]} == {"ort-fp32", "ort-default"} and bench
     ok("quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "-o", str(tmp_path / "m.fp16.onnx"))
+    # INT8 without sympy (ONNX Runtime's symbolic shape inference) and without the bundled photos' labelled crops
+    q = ok("quantize", str(trained.onnx), "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-size", "10",
+           "--calib-method", "minmax", "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx"))
+    assert "criterion: top-1 agreement" in q and (tmp_path / "m.int8.onnx").is_file()
 
     # what needs PyTorch says which extra brings it, in one line
     r = _run([*cli, "export", "-o", str(tmp_path / "x.onnx")], env_extra=no_torch)
