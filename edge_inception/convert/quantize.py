@@ -8,12 +8,15 @@ and TensorRT 10/11 consume. The scheme follows the target:
 * ``cpu`` with VNNI (or Arm): the same, full range;
 * ``gpu``/``tensorrt``: symmetric signed INT8 for both (TensorRT only takes symmetric scales).
 
-The accuracy guard compares the quantized model with FP32 on held-out images; when INT8 falls below
-``min_agreement`` the stages that hurt most (measured by quantizing one stage at a time) keep float
-activations until the guard holds, or the run fails and nothing is written. On this machine's demo net the
-damage comes from activation rounding compounding through 57 convolutions (weights alone in INT8 keep cosine
-> 0.9999), so a kept stage keeps INT8 weights (weight-only) where the runtime can use them: the file stays at a
-quarter of FP32 whatever the guard keeps.
+The accuracy guard compares the quantized model with FP32 on the selection images (calibration, selection and
+verdict never share a source photo: see :mod:`.calibration`); when INT8 falls below ``min_agreement`` the stages that
+hurt most (measured by quantizing one stage at a time) keep float activations until the guard holds, or the run fails
+and nothing is written. The report's figures come from the verdict images, with a 95 % lower bound over distinct
+photos (:mod:`..evaluate.verdict`); the criterion is claimed only when the bound clears it. On an AVX2-only CPU the
+optimised kernels match the Q/DQ arithmetic done in float (reduced range avoids ``vpmaddubsw`` saturation; full range
+does not): INT8's lost answers there come from calibration. On the demo net the damage comes from activation rounding
+compounding through 57 convolutions (weights alone in INT8 keep cosine > 0.9999), so a kept stage keeps INT8 weights
+(weight-only) where the runtime can use them: the file stays at a quarter of FP32 whatever the guard keeps.
 """
 
 from __future__ import annotations
