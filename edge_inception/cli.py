@@ -267,13 +267,14 @@ def quantize(
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images (folder, recursive). Default: bundled photos.")] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000)] = 100,
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated (auto: try each, keep "
-                                                      "the best on the held-out images).")] = CalibMethod.auto,
+                                                      "the one closest to FP32 on the worst selection photo).")] = CalibMethod.auto,
     target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
-    holdout: Annotated[Path | None, typer.Option("--holdout", help="Held-out images for the report (default: 1 in 5 of --calib).")] = None,
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="Verdict images: the report's figures and its claim (default: 3 in 10 of "
+                                                                      "--calib's photos, never calibrated or chosen on).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: judge by accuracy (INT8 >= 99% of FP32's).")] = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
     criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "
-                                                 "accuracy where labels are at hand.")] = Criterion.auto,
+                                                 "agreement, and accuracy too where labels are at hand.")] = Criterion.auto,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
@@ -293,9 +294,9 @@ def quantize(
         typer.echo(f"calibration: {result.calibration_method} (agreement per method: {tried})")
     rows = [["top-1 agreement", f"{a.top1_agreement:.2%}"], ["top-5 overlap", f"{a.top5_overlap:.2%}"],
             ["mean cosine", f"{a.mean_cosine:.5f}"], ["max abs logit error", f"{a.max_abs_error:.4f}"],
-            ["held-out images", f"{a.holdout_images}: {result.holdout_source}"]]
-    if result.calibration_source:
-        rows.append(["calibration images", f"{result.calibration_images}: {result.calibration_source}"])
+            ["verdict images", f"{a.holdout_images}: {result.holdout_source}"]]
+    rows += [[f"{role} (distinct photos)", f"{r['samples']} ({r['distinct_images']}): {r['source']}"] for role, r in result.roles.items()
+             if role != "verdict" and (role != "calibration" or result.calibration_source)]
     rows.append(["size", f"{a.fp32_size_bytes / 1e6:.1f} MB -> {a.size_bytes / 1e6:.1f} MB ({a.size_ratio:.0%})"])
     if a.labelled:
         rows += [[k.replace("_", " "), f"{v:.2%}"] for k, v in a.labelled.items()]
@@ -305,6 +306,11 @@ def quantize(
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     _echo_table(rows, ["metric", "vs fp32"])
+    for v in result.verdicts:
+        typer.echo(f"verdict: {v['explanation']}")
+    if result.off_calibration:
+        typer.echo(f"off-calibration check: {result.off_calibration['explanation']}")
+    typer.echo(f"claim: {result.claim}")
     typer.echo(f"wrote {result.path} and {result.report_path}")
 
 

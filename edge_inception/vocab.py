@@ -77,7 +77,7 @@ class CalibMethod(Choice):
 class Criterion(Choice):
     """What a quantized model must keep: accuracy on labelled images (MLPerf's rule) or top-1 agreement with FP32."""
 
-    auto = "auto"  # accuracy where labels are at hand (--eval, or the demo set for a demo-trained model), else agreement
+    auto = "auto"  # agreement, and accuracy too where labels are at hand (--eval, or the demo set for a demo-trained model)
     accuracy = "accuracy"
     agreement = "agreement"
 

@@ -132,9 +132,11 @@ def no_torch(tmp_path) -> dict[str, str]:
     """Environment for subprocesses (and their own subprocesses) in which `import torch` fails, as where it is not installed."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    # import torch -> ImportError, find_spec -> None; scikit-image and onnxsim too: the device install has neither
-    (blocker / "sitecustomize.py").write_text("import sys\nfor m in ('torch', 'skimage', 'onnxsim'):\n    sys.modules[m] = None\n")
-    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # import torch -> ImportError, find_spec -> None; scikit-image, onnxsim and sympy too: the device install has none of them
+    # (onnxruntime 1.32 no longer depends on sympy). An empty cache: demo data made earlier must not hide a missing package.
+    (blocker / "sitecustomize.py").write_text("import sys\nfor m in ('torch', 'skimage', 'onnxsim', 'sympy'):\n    sys.modules[m] = None\n")
+    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "EDGE_INCEPTION_CACHE": str(tmp_path / "empty-cache")}
 
 
 def test_every_module_but_the_model_imports_without_pytorch(no_torch):
@@ -170,6 +172,10 @@ def test_runtime_commands_work_without_pytorch(trained, tmp_path, no_torch):
                "--json", str(tmp_path / "b.json"))
     assert {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["results"]} == {"ort-fp32", "ort-default"} and bench
     ok("quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "-o", str(tmp_path / "m.fp16.onnx"))
+    # INT8 without sympy (ONNX Runtime's symbolic shape inference) and without the bundled photos' labelled crops
+    q = ok("quantize", str(trained.onnx), "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-size", "10",
+           "--calib-method", "minmax", "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx"))
+    assert "criterion: top-1 agreement" in q and (tmp_path / "m.int8.onnx").is_file()
 
     # what needs PyTorch says which extra brings it, in one line
     r = _run([*cli, "export", "-o", str(tmp_path / "x.onnx")], env_extra=no_torch)

@@ -19,20 +19,24 @@ from edge_inception.evaluate.verify import compare
 from edge_inception.vocab import QuantTarget
 
 runner = CliRunner()
+# INT8 tests run with the AVX2 scheme (no VNNI: u8 activations, reduced-range s8 weights) wherever they run, so that a VNNI
+# machine cannot hide what that scheme does; the optimised kernels then run whatever the host has
+AVX2 = CpuInfo("AVX2 without VNNI (forced)", "x86_64", 2, frozenset({"avx2", "fma"}))
 
 
 @pytest.fixture(scope="module")
 def int8(trained, tmp_path_factory):
     """INT8 with the default guard (top-1 agreement >= 99%): stages may be kept in float to meet it."""
     out = tmp_path_factory.mktemp("q") / "demo.int8.onnx"
-    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val")
+    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", cpu=AVX2)
 
 
 @pytest.fixture(scope="module")
 def int8_full(trained, tmp_path_factory):
     """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8."""
     out = tmp_path_factory.mktemp("q") / "demo.int8full.onnx"
-    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5)
+    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5,
+                          cpu=AVX2)
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +58,22 @@ def agreement(a, b) -> float:
 
 
 def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
-    # recomputed here with plain ONNX Runtime sessions on the 100 held-out crops, not read from the code's report
+    # the guard's promise: top-1 agreement >= 99 % (and, with labels, MLPerf's accuracy rule) on the selection images,
+    # where the method and the float stages were chosen; the held-out folder is the verdict, which no choice touched
+    assert int8.selection["top1_agreement"] >= 0.99 and "top-1 agreement with FP32 >= 99.0%" in int8.criterion
+    assert int8.scheme == int8_scheme(QuantTarget.cpu, AVX2).reason and "reduced range" in int8.scheme
+    # recomputed here with plain ONNX Runtime sessions on the 100 verdict crops, not read from the code's report
     x = held_out(trained)
     ref, got = _run(trained.onnx, x), _run(int8.path, x)
-    assert len(x) == 100 and agreement(ref, got) >= 0.99  # the guard's promise
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.mean() >= 0.99
     acc = int8.accuracy
     assert acc.holdout_images == 100 and acc.top1_agreement == pytest.approx(agreement(ref, got))  # the report tells the truth
+    verdict = int8.verdicts[0]
+    assert verdict["value"] == acc.top1_agreement and verdict["distinct_images"] == 100
+    # 100 photos cannot support 99 % at 95 % confidence (bound <= 100/102.7): never claimed, and why is said
+    assert not verdict["met"] and int8.claim == ("missed" if acc.top1_agreement < 0.99 else "evidence too thin")
+    assert any(w.startswith("not claimed: top-1 agreement") for w in int8.warnings)
     # stages the guard keeps get float activations but INT8 weights on the CPU target: the file stays small
     assert int8.path.stat().st_size == acc.size_bytes
     assert acc.size_bytes < 0.30 * trained.onnx.stat().st_size
@@ -78,7 +90,7 @@ def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["precision"] == "int8" and ("reduced range" in meta["quantization"] or "full range" in meta["quantization"])
+    assert meta["precision"] == "int8" and meta["quantization"] == int8.scheme
     assert json.loads(meta["kept_float"]) == int8.kept_float and json.loads(meta["float_weights"]) == []
     x = np.zeros((2, 3, 64, 64), np.float32)
     assert _run(int8.path, x).shape == (2, 10)
@@ -120,9 +132,10 @@ def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
 def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     out = tmp_path / "strict.onnx"
     result = quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val",
-                            calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement")
+                            calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement", cpu=AVX2)
     assert result.kept_float, "a 100% guard should force at least one stage into float"
-    assert result.accuracy.top1_agreement == 1.0
+    assert result.selection["top1_agreement"] == 1.0  # met where it was chosen; no finite verdict can support a 100 % claim
+    assert result.claim in ("evidence too thin", "missed")
     assert set(result.sensitivity) >= {"conv1", "inception_3a", "fc"}
     assert set(result.latency_ms) == {"fp32", "int8_all", "int8"}
     model = onnx.load(str(out))
@@ -345,30 +358,6 @@ def test_labelled_accuracy_with_eval(trained, fp16, tmp_path):
 
 # --- calibration and held-out data that mean something; the criterion; the method --------------------------------------
 
-def test_small_user_folder_gives_disjoint_crops_and_a_hundred_held_out(trained, tmp_path):
-    from edge_inception.convert.calibration import select_images
-    from edge_inception.data.images import bundled_photos
-
-    folder = tmp_path / "mine"
-    folder.mkdir()
-    for p in bundled_photos()[:6]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    sets = select_images(folder, None, calib_size=100)
-    assert len(sets.holdout) >= 100 and len(sets.calibration) == 100
-    for path in {s.path for s in sets.holdout}:
-        right_of_calibration = max(s.box[2] for s in sets.calibration if s.path == path)
-        left_of_holdout = min(s.box[0] for s in sets.holdout if s.path == path)
-        assert right_of_calibration <= left_of_holdout  # no pixel in both sets
-    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(folder), "--criterion", "agreement",
-                            "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx")])
-    assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "m.int8.report.json").read_text())
-    assert report["accuracy"]["holdout_images"] >= 100  # the guard judged at least 100 images
-    assert "right 30 %" in report["holdout_source"] and "left 70 %" in report["calibration_source"] and "6 image(s)" in report["holdout_source"]
-    assert report["criterion"].startswith("top-1 agreement") and "held-out images" in r.stdout
-    assert not any("not your data" in w for w in report["warnings"])  # the user's own images: no warning
-
-
 def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
     r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib-method", "minmax", "--min-agreement", "0.5",
                             "--criterion", "agreement", "-o", str(tmp_path / "m.int8.onnx")])
@@ -381,10 +370,13 @@ def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
 def test_criterion_by_labels_and_auto_calibration(trained, tmp_path):
     """A model of the demo classes is judged by accuracy on labelled demo crops (MLPerf's rule), and --calib-method auto
     tries every method, keeping the best; the report says which rule and which method, with each method's figures."""
-    result = quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=trained.data / "train")
+    result = quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=trained.data / "train", cpu=AVX2)
     assert result.criterion.startswith("MLPerf: top-1 accuracy >= 99% of FP32's") and "500 labelled images" in result.criterion
+    # the accuracy rule alone let 12 % of the answers change on an AVX2 CPU: agreement applies beside it unless opted out
+    assert "top-1 agreement with FP32 >= 99.0%" in result.criterion and result.selection["top1_agreement"] >= 0.99
     assert set(result.calibration_trials) == {"minmax", "entropy", "percentile"}
-    best = max(result.calibration_trials, key=lambda m: (result.calibration_trials[m]["meets"], result.calibration_trials[m]["top1_agreement"],
+    # among the methods meeting the criterion on the selection images, the one closest to FP32 on its worst selection photo
+    best = max(result.calibration_trials, key=lambda m: (result.calibration_trials[m]["meets"], result.calibration_trials[m]["worst_image_cosine"],
                                                          result.calibration_trials[m]["mean_cosine"]))
     assert result.calibration_method == best
     labelled = result.accuracy.labelled

@@ -1,13 +1,20 @@
-"""Images for INT8 calibration and for judging the result: two sets that never share a pixel, preprocessed exactly
-as at inference, and the reader ONNX Runtime's calibrators pull batches from.
+"""Images for INT8 calibration and for judging the result, in three roles that never share a source image, preprocessed
+exactly as at inference, and the reader ONNX Runtime's calibrators pull batches from.
 
-The guard never judges on fewer than :data:`HOLDOUT_SIZE` images. When the user's folder is too small for that (six
-photos, say), both sets are made of crops: calibration crops from the left 70 % of every image, held-out crops from
-the right 30 %, as the bundled demo data is made. Where each set came from is reported with its size.
+* calibration: the images whose activations set the INT8 ranges;
+* selection: the images the calibration method and the guard's float stages are chosen on;
+* verdict: images untouched by any choice, on which the reported figures (and their confidence bound) are measured.
+
+Roles are split by distinct source image, not by crops: crops of one photo are near-copies for a quantizer, so a verdict
+on crops of the calibration photos says little about new photos. A role with fewer images than it needs samples uses
+several random crops of each of its images; the report states how many distinct images each role had. When the user's
+folder is too small to support a claim by itself, the verdict is repeated on bundled photos (scikit-image) that are not
+among the calibration images, reported separately.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -22,8 +29,9 @@ from ..errors import ImageError
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_SIZE = 100
-TRAIN_FRACTION = 0.7  # calibration crops from the left 70 % of an image, held-out crops from the right 30 %
+HOLDOUT_SIZE = 100  # samples the selection (and a crop-based verdict) uses at least
+VERDICT_SIZE = 300  # the most whole images the verdict judges on
+SELECTION_SHARE, VERDICT_SHARE = 0.2, 0.3  # of the user's distinct images; the rest calibrates
 
 Box = tuple[int, int, int, int]
 
@@ -37,73 +45,135 @@ class Sample:
 
 
 @dataclass
+class Role:
+    """One role's samples, drawn from ``images`` distinct source images."""
+
+    samples: list[Sample]
+    source: str
+
+    @property
+    def images(self) -> int:
+        return len({s.path for s in self.samples})
+
+    def as_dict(self) -> dict[str, object]:
+        return {"samples": len(self.samples), "distinct_images": self.images, "source": self.source}
+
+
+@dataclass
 class ImageSets:
-    calibration: list[Sample]
-    holdout: list[Sample]
+    calibration: Role
+    selection: Role
+    verdict: Role
     skipped: int
-    calibration_source: str
-    holdout_source: str
     warnings: list[str] = field(default_factory=list)
     users_data: bool = True
+    off_calibration: Role | None = None  # bundled photos that are not calibration images, for a small user folder
+
+    def disjoint(self) -> bool:
+        """No source image in two roles (the off-calibration check included, against calibration)."""
+        cal, sel, ver = ({s.path.resolve() for s in r.samples} for r in (self.calibration, self.selection, self.verdict))
+        off = {s.path.resolve() for s in self.off_calibration.samples} if self.off_calibration else set()
+        return not (cal & sel or cal & ver or sel & ver or off & cal)
 
 
-def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = HOLDOUT_SIZE, seed: int = 0) -> ImageSets:
-    """Calibration and held-out samples that never overlap; at least ``holdout_size`` held-out ones."""
-    if calib is None:
-        from ..data.demo_data import default_demo_dir, make_demo_dataset
+def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = HOLDOUT_SIZE, seed: int = 0,
+                  off_calibration_below: int = 0) -> ImageSets:
+    """The three roles, disjoint by source image. ``calib``: the user's folder (None: the bundled photos); ``holdout``: a
+    folder for the verdict alone (then ``calib`` gives calibration and selection). ``off_calibration_below``: when the
+    user's verdict has fewer distinct images than this, add the off-calibration check on bundled photos.
 
-        demo = make_demo_dataset(default_demo_dir())
-        cal = spread([Sample(p) for p in find_images([demo / "train"]).images], calib_size)
-        if holdout is not None:
-            hold, hold_source, skipped = _holdout_folder(holdout, holdout_size, seed)
-        else:
-            hold = spread([Sample(p) for p in find_images([demo / "val"]).images], holdout_size)
-            hold_source, skipped = f"{len(hold)} crops of the bundled photos (scikit-image), right 30 % of each", 0
-        warning = ("calibrating on the bundled demo photos, not your data: INT8 scales fit the images they were calibrated on "
-                   "(pass --calib DIR with your own images)")
-        return ImageSets(cal, hold, skipped, f"{len(cal)} crops of the bundled photos (scikit-image), left 70 % of each", hold_source,
-                         [warning], users_data=False)
-    if not calib.exists():
-        raise ImageError(f"calibration folder not found: {calib}")
-    scan = find_images([calib], check=True)
-    if not scan.images:
-        raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
-    if holdout is not None:
-        hold, hold_source, hold_skipped = _holdout_folder(holdout, holdout_size, seed)
-        held_paths = {s.path for s in hold}
-        cal = spread([Sample(p) for p in scan.images if p not in held_paths], calib_size)
-        if not cal:
-            raise ImageError(f"{calib}: every image is also in --holdout; calibration and held-out images must differ")
-        return ImageSets(cal, hold, len(scan.skipped) + hold_skipped, f"{len(cal)} images from {calib}", hold_source)
-    if len(scan.images) >= 2 * holdout_size:  # enough to hold out whole images and still calibrate on as many
-        held = spread([Sample(p) for p in scan.images], holdout_size)
-        held_set = {s.path for s in held}
-        cal = spread([Sample(p) for p in scan.images if p not in held_set], calib_size)
-        return ImageSets(cal, held, len(scan.skipped), f"{len(cal)} images from {calib}",
-                         f"{len(held)} other images from {calib}, spread over the folder")
-    cal, hold = split_crops(scan.images, calib_size, holdout_size, seed)
-    n = len(scan.images)
-    return ImageSets(cal, hold, len(scan.skipped), f"{len(cal)} crops from the left 70 % of {n} image(s) in {calib}",
-                     f"{len(hold)} crops from the right 30 % of the same {n} image(s): no pixel in both sets")
-
-
-def _holdout_folder(folder: Path, holdout_size: int, seed: int) -> tuple[list[Sample], str, int]:
-    scan = find_images([folder], check=True)
-    if not scan.images:
-        raise ImageError(f"{folder}: no readable images for --holdout")
-    if len(scan.images) >= holdout_size:
-        hold = spread([Sample(p) for p in scan.images], holdout_size)
-        return hold, f"{len(hold)} images from {folder}", len(scan.skipped)
-    hold = crops(scan.images, 0.0, 1.0, math.ceil(holdout_size / len(scan.images)), random.Random(seed))[:holdout_size]
-    return hold, f"{len(hold)} crops of the {len(scan.images)} image(s) in {folder}", len(scan.skipped)
-
-
-def split_crops(images: list[Path], calib_size: int, holdout_size: int, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """Calibration crops from the left 70 % of every image and held-out crops from the right 30 %."""
+    Raises ImageError for a missing or unusable folder, or too few distinct images for the roles.
+    """
     rng = random.Random(seed)
-    per_cal = math.ceil(calib_size / len(images))
-    per_hold = math.ceil(holdout_size / len(images))
-    return crops(images, 0.0, TRAIN_FRACTION, per_cal, rng)[:calib_size], crops(images, TRAIN_FRACTION, 1.0, per_hold, rng)[:holdout_size]
+    skipped = 0
+    if calib is None:
+        from ..data.images import bundled_photos
+
+        images = bundled_photos()
+        where, users = "the bundled photos (scikit-image)", False
+    else:
+        if not calib.exists():
+            raise ImageError(f"calibration folder not found: {calib}")
+        scan = find_images([calib], check=True)
+        if not scan.images:
+            raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
+        images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True
+    if holdout is not None:
+        scan = find_images([holdout], check=True)
+        if not scan.images:
+            raise ImageError(f"{holdout}: no readable images for --holdout")
+        skipped += len(scan.skipped)
+        held = _distinct(scan.images)
+        held_keys = {_content_key(p) for p in held}
+        images = [p for p in _distinct(images) if _content_key(p) not in held_keys]
+        if len(images) < 2:
+            raise ImageError(f"{where}: fewer than 2 images that are not also in --holdout; calibration and selection need one each")
+        cal_imgs, sel_imgs = _split(images, False, rng)
+        verdict = _role(held, max(holdout_size, min(VERDICT_SIZE, len(held))), rng, str(holdout))
+    else:
+        images = _distinct(images)
+        if len(images) < 3:
+            raise ImageError(f"{where}: {len(images)} distinct image(s); calibration, selection and verdict need 3 or more different "
+                             "images (or pass --holdout DIR for the verdict)")
+        cal_imgs, sel_imgs, ver_imgs = _split(images, True, rng)
+        verdict = _role(ver_imgs, max(holdout_size, min(VERDICT_SIZE, len(ver_imgs))), rng, where)
+    sets = ImageSets(_role(cal_imgs, calib_size, rng, where), _role(sel_imgs, holdout_size, rng, where), verdict, skipped, users_data=users)
+    if not users:
+        sets.warnings.append("calibrating on the bundled demo photos, not your data: INT8 scales fit the images they were calibrated on "
+                             "(pass --calib DIR with your own images)")
+    elif verdict.images < off_calibration_below:
+        sets.off_calibration = _off_calibration(cal_imgs, holdout_size, rng, sets.warnings)
+    return sets
+
+
+def _distinct(images: list[Path]) -> list[Path]:
+    """One path per distinct file content (a photo copied twice is one source image)."""
+    seen: dict[str, Path] = {}
+    for p in sorted(images):
+        seen.setdefault(_content_key(p), p)
+    return list(seen.values())
+
+
+def _content_key(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _split(images: list[Path], with_verdict: bool, rng: random.Random) -> list[list[Path]]:
+    """``images`` shuffled (a class-ordered folder spreads over every role), then cut: selection and verdict by their
+    shares (capped; at least one image each), calibration the rest. Returns [calibration, selection(, verdict)]."""
+    order = list(images)
+    rng.shuffle(order)
+    n = len(order)
+    sel = min(max(1, round(n * SELECTION_SHARE)), HOLDOUT_SIZE)
+    ver = min(max(1, round(n * VERDICT_SHARE)), VERDICT_SIZE) if with_verdict else 0
+    cal = n - sel - ver
+    return [order[:cal], order[cal : cal + sel]] + ([order[cal + sel :]] if with_verdict else [])
+
+
+def _role(images: list[Path], wanted: int, rng: random.Random, where: str) -> Role:
+    """``wanted`` samples: whole images spread over ``images`` when there are enough, else random crops of each."""
+    images = sorted(images)
+    if len(images) >= wanted:
+        return Role(spread([Sample(p) for p in images], wanted), f"{wanted} of {len(images)} images from {where}")
+    samples = crops(images, 0.0, 1.0, math.ceil(wanted / len(images)), rng)
+    samples = [samples[i] for i in sorted(rng.sample(range(len(samples)), wanted))]
+    return Role(samples, f"{wanted} crops of {len(images)} image(s) from {where}")
+
+
+def _off_calibration(calibration: list[Path], wanted: int, rng: random.Random, warnings: list[str]) -> Role | None:
+    """Crops of the bundled photos that are not among the calibration images; None (and a warning) without scikit-image."""
+    import importlib.util
+
+    if importlib.util.find_spec("skimage") is None:
+        warnings.append("no off-calibration check: the bundled photos need scikit-image (pip install 'edge-inception[export]')")
+        return None
+    from ..data.images import bundled_photos
+
+    used = {_content_key(p) for p in calibration}
+    others = [p for p in bundled_photos() if _content_key(p) not in used]
+    if not others:
+        return None
+    return _role(others, wanted, rng, "the bundled photos (scikit-image) that are not calibration images")
 
 
 def crops(images: list[Path], x0: float, x1: float, per_image: int, rng: random.Random) -> list[Sample]:

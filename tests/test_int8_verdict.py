@@ -1,0 +1,101 @@
+"""The INT8 verdict: three roles disjoint by source image, a confidence bound over distinct images, the refusal to claim when
+the evidence is thin, and the off-calibration check on bundled photos (issue 28)."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+from edge_inception.convert.calibration import select_images
+from edge_inception.data.images import bundled_photos
+from edge_inception.errors import ImageError
+from edge_inception.evaluate.verdict import Verdict, images_needed, wilson_lower_bound
+
+runner = CliRunner()
+
+
+def test_wilson_bound_on_hand_worked_counts():
+    # 95 of 100, z = 1.6449 (one-sided 95 %): z^2 = 2.7055; centre 0.95 + 2.7055/200 = 0.963528; half-width
+    # 1.6449 * sqrt(0.95 * 0.05 / 100 + 2.7055 / 40000) = 1.6449 * 0.0232949 = 0.038318; / (1 + 2.7055/100) = 0.900839
+    assert wilson_lower_bound(95, 100) == pytest.approx(0.900839, abs=1e-6)
+    # all of n agree: the bound is n / (n + z^2): 10 / 12.7055 = 0.787058, never 100 %
+    assert wilson_lower_bound(10, 10) == pytest.approx(10 / (10 + 1.6448536269514722**2))
+    assert wilson_lower_bound(0, 0) == 0.0 and wilson_lower_bound(0, 5) == 0.0
+    # 99 % needs n / (n + 2.7055) >= 0.99, n >= 99 * 2.7055 = 267.8: 268 photos all agreeing
+    assert images_needed(0.99) == 268 and wilson_lower_bound(267, 267) < 0.99 <= wilson_lower_bound(268, 268)
+    assert images_needed(0.99, observed=0.98) is None
+    with pytest.raises(ValueError):
+        wilson_lower_bound(11, 10)
+
+
+def test_verdict_counts_photos_not_crops():
+    # 300 crops of 8 photos, every answer kept: the bound is that of 8 trials (8 / 10.7055 = 0.7473), too thin for 99 %
+    thin = Verdict("top-1 agreement with FP32", 1.0, 300, 8, 0.99, "crops")
+    assert thin.lower_bound == pytest.approx(8 / (8 + 1.6448536269514722**2))
+    assert not thin.met and not thin.missed
+    assert "too thin" in thin.explain() and "268 distinct photos" in thin.explain()
+    # 300 different photos, 299 agree: 99.7 % with a bound of 98.1 %: still not 99 %; 600 of 600 clears it
+    assert not Verdict("a", 299 / 300, 300, 300, 0.99, "x").met
+    sure = Verdict("a", 1.0, 600, 600, 0.99, "x")
+    assert sure.met and "criterion met" in sure.explain() and sure.as_dict()["lower_bound"] > 0.99
+    low = Verdict("a", 0.95, 300, 300, 0.99, "x")
+    assert low.missed and "missed" in low.explain()
+
+
+def _folder(tmp_path, name, photos):
+    folder = tmp_path / name
+    folder.mkdir()
+    for p in photos:
+        shutil.copyfile(p, folder / p.name)
+    return folder
+
+
+def test_small_folder_roles_are_disjoint_by_photo(tmp_path):
+    photos = bundled_photos()
+    mine = _folder(tmp_path, "six", photos[:6])
+    shutil.copyfile(photos[0], mine / "copy-of-the-first.png")  # the same photo twice is one source image
+    sets = select_images(mine, None, calib_size=40, off_calibration_below=268)
+    roles = [sets.calibration, sets.selection, sets.verdict]
+    assert sets.disjoint()
+    by_role = [{s.path.read_bytes() for s in r.samples} for r in roles]
+    assert not (by_role[0] & by_role[1] or by_role[0] & by_role[2] or by_role[1] & by_role[2])  # by content, not only by name
+    assert sum(r.images for r in roles) == 6 and all(r.images >= 1 for r in roles)
+    assert len(sets.calibration.samples) == 40 and len(sets.selection.samples) == 100 and len(sets.verdict.samples) == 100
+    # a folder this small cannot support a claim: the verdict is repeated on the bundled photos that were not calibrated on
+    off = sets.off_calibration
+    assert off is not None and off.images == len(photos) - sets.calibration.images
+    calibrated = {s.path.read_bytes() for s in sets.calibration.samples}
+    assert not calibrated & {s.path.read_bytes() for s in off.samples}
+
+    # --holdout DIR: the verdict is that folder alone; the calibration folder gives calibration and selection
+    held = _folder(tmp_path, "held", photos[6:9])
+    sets = select_images(_folder(tmp_path, "cal", photos[:5] + photos[6:7]), held, calib_size=20)
+    assert sets.disjoint() and sets.verdict.images == 3 and sets.calibration.images + sets.selection.images == 5
+
+    with pytest.raises(ImageError, match="3 or more different images"):
+        select_images(_folder(tmp_path, "two", photos[:2]), None, calib_size=10)
+
+
+def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, tmp_path):
+    mine = _folder(tmp_path, "six", bundled_photos()[:6])
+    out = tmp_path / "m.int8.onnx"
+    # min-max at a 50 % criterion keeps the run short; 2 verdict photos cannot show even that at 95 % confidence
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(mine), "--calib-size", "20",
+                            "--calib-method", "minmax", "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    roles = report["roles"]
+    assert sum(roles[k]["distinct_images"] for k in ("calibration", "selection", "verdict")) == 6
+    verdict = report["verdicts"][0]
+    assert verdict["distinct_images"] == roles["verdict"]["distinct_images"] and verdict["samples"] == report["accuracy"]["holdout_images"]
+    assert verdict["lower_bound"] == pytest.approx(wilson_lower_bound(verdict["value"] * verdict["distinct_images"], verdict["distinct_images"]))
+    if verdict["value"] >= 0.5:
+        assert report["claim"] == "evidence too thin" and "too thin" in r.stderr
+    else:
+        assert report["claim"] == "missed"
+    assert "claim: " + report["claim"] in r.stdout
+    off = report["off_calibration"]
+    assert off is not None and off["distinct_images"] == len(bundled_photos()) - roles["calibration"]["distinct_images"]
+    assert "bundled photos" in off["source"] and "off-calibration check:" in r.stdout
