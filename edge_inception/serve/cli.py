@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..cli_format import PlainTyper
 from ..limits import MAX_BATCH
 from .config import InstanceKind, ServeKind
 
 if TYPE_CHECKING:
     from .loadgen import ScenarioConfig
 
-app = typer.Typer(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
+app = PlainTyper(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
