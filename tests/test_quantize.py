@@ -95,6 +95,7 @@ def test_int8_keeps_answers_and_is_small(int8, int8_full, trained):
     x = np.zeros((2, 3, 64, 64), np.float32)
     assert _run(int8.path, x).shape == (2, 10)
     report = json.loads(int8.report_path.read_text())
+    assert (report["path"], report["report_path"]) == (int8.path.name, int8.report_path.name)  # names: the report lies beside it
     assert report["accuracy"]["top1_agreement"] == acc.top1_agreement and report["calibration_images"] == 100
     assert report["kept_float"] == int8.kept_float
 

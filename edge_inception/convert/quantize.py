@@ -182,7 +182,8 @@ class QuantizeResult:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["path"], d["report_path"] = str(self.path), str(self.report_path)
+        # names, not paths: the report lies beside the model, and a pipeline builds both in a staging folder it then renames
+        d["path"], d["report_path"] = self.path.name, self.report_path.name
         d["precision"], d["target"] = self.precision.value, self.target.value
         d["accuracy"]["size_ratio"] = self.accuracy.size_ratio
         return d
