@@ -420,7 +420,8 @@ def plot(report: BenchReport, path: str | Path) -> None:
     if agreed:
         ax2 = axes[0][-1]
         for r in agreed:  # a legend, not annotations: engines of equal agreement would print over each other
-            ax2.scatter(r.latency_ms["p50"], (r.agreement or 0.0) * 100, label=f"{r.engine} ({r.latency_ms['p50']:.2f} ms)", s=40)
+            ax2.scatter(r.latency_ms["p50"], (r.agreement or 0.0) * 100, label=f"{r.engine} ({r.latency_ms['p50']:.2f} ms)", s=40,
+                        clip_on=False)  # a point at 100 % sits on the axis, whole
         low = min((r.agreement or 0.0) * 100 for r in agreed)
         ax2.set_ylim(max(0.0, min(low, 99.0) - 1.0), 100.0)  # agreement cannot pass 100 %
         ax2.set_xlim(left=0)
