@@ -146,6 +146,10 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                         models[(reduced, qt)], run.quantization[label] = q.path, q
                         detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
                                       + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
+                        if reduced is Precision.int8:  # what the INT8 model was made for and from, on the console and in the report
+                            detail.append(f"{q.scheme}; calibrated on {q.calibration_source}")
+                        for warning in q.warnings:
+                            log.warning("%s: %s", label, warning)
 
             with run.stage("build", on_stage) as detail:
                 for c in plan.candidates:
@@ -269,7 +273,8 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         "artifacts": rel,
         "verification_vs_pytorch": {n: v.as_dict() for n, v in run.verification.items()},
         "quantization": {label: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
-                                 "float_weights": q.float_weights} for label, q in run.quantization.items()},
+                                 "float_weights": q.float_weights, "calibration_source": q.calibration_source, "claim": q.claim,
+                                 "warnings": q.warnings} for label, q in run.quantization.items()},
         "flops": {k: run.flops[k] for k in ("total_macs", "budget_macs", "total_params")},
         "latency_p50_ms_batch1": {n: v["1"] for n, v in p50s.items() if "1" in v},
         "ship": {"candidate": decision.ship, "backend": shipped.backend.value if shipped else None,
@@ -320,6 +325,12 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles
               "| candidate | top-1 agreement | top-5 overlap | mean cosine | max abs error |", "|---|---:|---:|---:|---:|"]
     for p, v in summary["verification_vs_pytorch"].items():
         lines.append(f"| {p} | {v['top1_agreement']:.1%} | {v['top5_overlap']:.1%} | {v['mean_cosine']:.5f} | {v['max_abs_error']:.4f} |")
+    if summary["quantization"]:
+        lines += ["", "## Quantization", ""]
+        for label, q in summary["quantization"].items():
+            lines.append(f"- {label}: {q['scheme']}" + (f"; calibrated on {q['calibration_source']}" if q.get("calibration_source") else "")
+                         + (f"; claim: {q['claim']}" if q.get("claim") else ""))
+            lines += [f"  - warning: {w}" for w in q.get("warnings", [])]
     f = summary["flops"]
     lines += ["", "## Compute budget", "", f"{f['total_macs']:,} multiply-adds per image ({f['total_macs'] / f['budget_macs']:.1%} of the "
               f"paper's 1.5 G budget), {f['total_params']:,} parameters.", "", "## Latency", "", bench_md(bench_report, title=False),

@@ -31,6 +31,9 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     assert report["verification_vs_pytorch"]["ort-fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
     assert "ship:" in md and "Compute budget" in md and (out / "bench.png").is_file()
+    # what the INT8 model is for and what it was calibrated on, on the console and in the report (the bundled photos here)
+    int8_scheme = report["quantization"]["int8"]["scheme"]
+    assert f"int8: {int8_scheme}; calibrated on" in md and "bundled photos" in md and int8_scheme in r.output
     assert "Where the time goes" in md and (out / "profile.png").read_bytes()[:4] == b"\x89PNG"
     profiles = json.loads((out / "profile.json").read_text())
     assert [p["candidate"] for p in profiles] == list(report["artifacts"]) and all({"inception_3a", "fc"} <= {s["stage"] for s in p["stages"]}
