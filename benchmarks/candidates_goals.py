@@ -70,9 +70,9 @@ def nncf_int8(fp32_onnx: Path, out_dir: Path, calib_size: int = 100) -> Path:
     import openvino as ov
 
     from edge_inception.convert.calibration import image_batches, select_images
-    from edge_inception.convert.onnx_file import onnx_facts
     from edge_inception.engines.manifest import Manifest, write_manifest
     from edge_inception.fileio import link_path, sha256_file
+    from edge_inception.onnx_file import onnx_facts
 
     facts = onnx_facts(fp32_onnx)
     sets = select_images(None, None, calib_size)
@@ -97,9 +97,9 @@ def agreement_with_fp32(artifact: Path, fp32_onnx: Path) -> float:
     import numpy as np
 
     from edge_inception.convert.calibration import image_batches, select_images
-    from edge_inception.convert.onnx_file import onnx_facts, ort_session, run_session
     from edge_inception.engines.registry import open_runner
     from edge_inception.evaluate.verify import compare
+    from edge_inception.onnx_file import onnx_facts, ort_session, run_session
 
     held = image_batches(select_images(None, None, 100).holdout, onnx_facts(fp32_onnx).image_size)
     session = ort_session(fp32_onnx)

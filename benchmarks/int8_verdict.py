@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from edge_inception.convert.calibration import crops, image_batches
-    from edge_inception.convert.onnx_file import load_onnx, model_facts, ort_session, run_session
     from edge_inception.convert.quantize import int8_scheme, quantize_model
     from edge_inception.data.images import bundled_photos
     from edge_inception.evaluate.cpu import cpu_info
     from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.onnx_file import load_onnx, model_facts, ort_session, run_session
     from edge_inception.vocab import QuantTarget
 
     command = "python benchmarks/int8_verdict.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -47,11 +47,11 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
     reported, not fatal.
     """
     from .convert.graph_ops import with_fixed_batch
-    from .convert.onnx_file import graph_precision, load_onnx
     from .convert.quantize import quantize_model
     from .engines.build import build
     from .engines.choose import probe
     from .evaluate.bench import BenchConfig, run_bench
+    from .onnx_file import graph_precision, load_onnx
 
     src = Path(model)
     found = Precision(graph_precision(load_onnx(src, with_weights=False)))

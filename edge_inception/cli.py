@@ -209,8 +209,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Inputs, outputs, opset, node and parameter counts, and edge-inception metadata of an ONNX model."""
-    from .convert.onnx_file import onnx_info
     from .names import printable
+    from .onnx_file import onnx_info
 
     data = onnx_info(model)
     if as_json:
@@ -352,7 +352,7 @@ def build(
     tgt = get_target(target, targets_dir)
     if backend is BackendOption.auto or precision is PrecisionOption.auto:
         from .autobuild import auto_build
-        from .convert.onnx_file import graph_precision, load_onnx
+        from .onnx_file import graph_precision, load_onnx
 
         out = output_dir if output_dir is not None else model.parent / f"{model.stem}.{tgt.name}"
         # auto on one axis only: the other is the target's first backend, or the graph's own precision

@@ -63,6 +63,18 @@ def test_convert_never_imports_engines():
             assert not bad, f"{name} imports {bad}"
 
 
+def test_new_capabilities_import_engines_and_data_never_convert():
+    """serve/ and stream/ sit beside deploy/ and use artifacts, not conversions; onnx_file (loading, metadata, the one ONNX
+    Runtime session factory) is a foundation below convert/, engines/ and evaluate/ and imports none of them."""
+    for name, tree in modules().items():
+        used = imports(name, tree, top_level_only=False)
+        if name.split(".")[1:2] in (["serve"], ["stream"]):
+            assert not {i for i in used if i.startswith("edge_inception.convert")}, f"{name} imports convert/"
+        if name == "edge_inception.onnx_file":
+            above = ("edge_inception.convert", "edge_inception.engines", "edge_inception.evaluate", "edge_inception.deploy")
+            assert not {i for i in used if i.startswith(above)}, f"onnx_file imports {used}"
+
+
 def test_runner_and_manifest_know_no_backend():
     mods = modules()
     for name in ("edge_inception.engines.runner", "edge_inception.engines.manifest"):

@@ -206,10 +206,10 @@ def test_fixed_batch_variant_is_measured_at_its_own_batch_only(small_onnx, tmp_p
     """The GPU's fixed-shape candidate, made on the CPU: same weights, batch fixed to 1, built and verified; one bench run
     with a dynamic artifact at batch 1 and 2 measures it at batch 1 only (plain bench still refuses other sizes)."""
     from edge_inception.convert.graph_ops import with_fixed_batch
-    from edge_inception.convert.onnx_file import onnx_facts
     from edge_inception.engines.build import build
     from edge_inception.errors import EdgeInceptionError
     from edge_inception.evaluate.bench import BenchConfig, run_bench
+    from edge_inception.onnx_file import onnx_facts
 
     b1 = with_fixed_batch(small_onnx, tmp_path / "small.b1.onnx", 1)
     assert onnx_facts(b1).fixed_batch == 1 and onnx_facts(small_onnx).fixed_batch is None

@@ -6,7 +6,6 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.convert.onnx_file import ort_session, run_session
 from edge_inception.convert.quantize import quantize_model
 from edge_inception.data.images import bundled_photos, load_batch
 from edge_inception.engines.build import build
@@ -16,6 +15,7 @@ from edge_inception.engines.targets import get_target, list_targets
 from edge_inception.engines.tensorrt import check_engine_compat, plan_build
 from edge_inception.errors import ManifestError, TargetError
 from edge_inception.evaluate.verify import compare
+from edge_inception.onnx_file import ort_session, run_session
 
 runner = CliRunner()
 

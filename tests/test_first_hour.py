@@ -61,7 +61,7 @@ def test_url_is_named_as_given(trained):
 
 
 def test_quiet_drops_notes(trained, tmp_path):
-    from edge_inception.convert.onnx_file import load_onnx, set_metadata
+    from edge_inception.onnx_file import load_onnx, set_metadata
 
     model = load_onnx(trained.onnx)
     set_metadata(model, {"fp32_source": "gone.onnx"})  # as in a bundle: the FP32 source of a quantized model is not carried
@@ -152,7 +152,7 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
 def test_seeded_models_say_their_labels_mean_nothing(trained, tmp_path):
     import onnx
 
-    from edge_inception.convert.onnx_file import load_onnx, set_metadata
+    from edge_inception.onnx_file import load_onnx, set_metadata
 
     photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
     trained_run = runner.invoke(app, ["predict", str(trained.onnx), str(photo)])

@@ -188,8 +188,8 @@ def test_fast_preprocessing_agrees_with_the_reference_on_real_photos(tmp_path):
     import onnxruntime as ort
     from PIL import Image
 
-    from edge_inception.convert.onnx_file import run_session
     from edge_inception.data.images import bundled_photos, load_image, load_tensor
+    from edge_inception.onnx_file import run_session
     from edge_inception.vocab import PreprocessMode
 
     model = tiny_classifier(tmp_path / "m224.onnx", image_size=224, classes=20, seed=3)

@@ -21,8 +21,8 @@ from ..errors import EdgeInceptionError, require_modules
 from ..evaluate.verify import Parity, StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path, ensure_parent
 from ..limits import MAX_OPSET, MIN_OPSET, check_batch, check_image_size, check_num_classes, check_range
+from ..onnx_file import ort_session, run_session, set_metadata
 from ..vocab import Variant
-from .onnx_file import ort_session, run_session, set_metadata
 
 if TYPE_CHECKING:
     from ..model.checkpoints import LoadedModel

@@ -37,11 +37,11 @@ from ..evaluate.cpu import CpuInfo, cpu_info
 from ..evaluate.verdict import Verdict, images_needed
 from ..evaluate.verify import Parity, compare, topk_hits
 from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_json_atomic
+from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 from ..vocab import CalibMethod, Criterion, Precision, QuantTarget
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import GuardResult, run_guard
-from .onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 

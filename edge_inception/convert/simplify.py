@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import VerificationError, require_modules
 from ..evaluate.verify import StepReport, parity_over, require, verification_inputs
 from ..fileio import atomic_path
-from .onnx_file import get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
+from ..onnx_file import get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 
 log = logging.getLogger(__name__)
 

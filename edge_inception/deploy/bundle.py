@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..convert.onnx_file import OnnxFacts, graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..errors import EdgeInceptionError, ModelFileError
 from ..fileio import atomic_dir, parse_json, read_json, read_text, sha256_file, write_json_atomic, write_text_atomic
 from ..names import UnsafeNameError, check_labels, check_name
+from ..onnx_file import OnnxFacts, graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
 from .wheel import write_wheel
 

@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert.onnx_file import graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.verify import Parity, parity_over, verification_inputs
 from ..fileio import install_files, link_path, sha256_file, staging_dir
+from ..onnx_file import graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..vocab import Backend, Precision
 from .choose import choose, probe
 from .manifest import Manifest, manifest_path, write_manifest

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..convert.graph_ops import fold_for_cpu
-from ..convert.onnx_file import ort_session, run_session
 from ..errors import BackendUnavailableError, EdgeInceptionError, ModelFileError
 from ..fileio import write_failure
+from ..onnx_file import ort_session, run_session
 from ..vocab import Backend, Precision
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput

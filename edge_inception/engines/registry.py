@@ -153,7 +153,7 @@ class ArtifactInfo:
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
     """Image size, classes and precision of an artifact (from its checked manifest) or a plain ONNX model (its metadata)."""
-    from ..convert.onnx_file import onnx_facts
+    from ..onnx_file import onnx_facts
 
     art = resolve_artifact(artifact)
     if not is_plain_onnx(art):
@@ -171,8 +171,8 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
 def _seeded(source: Path) -> bool:
     """Whether the ONNX an artifact was built from says it came from seeded weights (``checkpoint: seed:N`` in its
     metadata); False where the source is not at hand or unreadable: the note is a courtesy, not a check."""
-    from ..convert.onnx_file import get_metadata, load_onnx
     from ..errors import EdgeInceptionError
+    from ..onnx_file import get_metadata, load_onnx
 
     try:
         return get_metadata(load_onnx(source, with_weights=False)).get("checkpoint", "").startswith("seed:")

@@ -39,7 +39,7 @@ class Runner(abc.ABC):
     def run(self, images: np.ndarray) -> np.ndarray:
         """Logits of any number of images: within the artifact's batch range in one call, else in chunks it takes (a
         fixed-batch artifact gets its batch, the last chunk padded). ``infer`` runs exactly the batch it is given."""
-        from ..convert.onnx_file import run_in_batches
+        from ..onnx_file import run_in_batches
 
         if self.batch_range is None:
             return self.infer(images)

@@ -149,8 +149,8 @@ def report_agreement(report: Path) -> float:
 
 def describe(artifact: str | Path) -> Engine:
     """What an artifact (or ONNX model) is, where its FP32 source is, and what it computes."""
-    from ..convert.onnx_file import get_metadata, load_onnx
     from ..engines.registry import artifact_info, resolve_artifact
+    from ..onnx_file import get_metadata, load_onnx
     from .flops import count_graph
 
     art = resolve_artifact(artifact)
@@ -176,8 +176,8 @@ def torch_available() -> bool:
 def baseline_engines(reference: Engine, wanted: Sequence[Baseline]) -> list[Engine]:
     """PyTorch eager and default ONNX Runtime, on the FP32 export behind ``reference`` and on its device: for a GPU
     artifact, PyTorch on CUDA in FP32 and in FP16 channels-last, and ONNX Runtime's CUDA provider with its defaults."""
-    from ..convert.onnx_file import get_metadata, load_onnx
     from ..engines.pytorch import weights_for_onnx
+    from ..onnx_file import get_metadata, load_onnx
 
     if reference.source_onnx is None or not wanted:
         return []

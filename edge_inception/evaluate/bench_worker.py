@@ -66,7 +66,7 @@ def matmul_peak(seconds: float = 1.0, n: int = 2048, threads: int = 0) -> dict[s
     engines use), with the engines' thread count; best of as many runs as fit in ``seconds`` (at least three)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..convert.onnx_file import ort_session
+    from ..onnx_file import ort_session
 
     rng = np.random.default_rng(0)
     b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "b")

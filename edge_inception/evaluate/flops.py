@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..convert.onnx_file import get_metadata, load_onnx, model_image_size
 from ..limits import check_batch, check_image_size
 from ..model.paper_table import BUDGET_MACS, KNOWN_DIFFERENCES, PAPER_TABLE, STAGES
+from ..onnx_file import get_metadata, load_onnx, model_image_size
 
 MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity", "QuantizeLinear"}

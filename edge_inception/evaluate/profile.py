@@ -88,7 +88,7 @@ def profile_artifact(artifact: str | Path, *, batch: int = 1, iterations: int = 
 def tensor_stages(onnx_path: str | Path) -> dict[str, str]:
     """Each tensor of the source graph -> the stage of the node that produces it: a runtime that names a fused layer
     after its output tensor (OpenVINO's "logits" for the classifier) is still attributed."""
-    from ..convert.onnx_file import load_onnx
+    from ..onnx_file import load_onnx
 
     graph = load_onnx(onnx_path, with_weights=False).graph
     return {out: stage_of(n.name) for n in graph.node for out in n.output if stage_of(n.name) not in ("unknown", "input")}

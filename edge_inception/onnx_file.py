@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError
-from ..fileio import require_file
-from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
-from ..vocab import MIN_IMAGE_SIZE
+from .errors import ModelFileError
+from .fileio import require_file
+from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
+from .vocab import MIN_IMAGE_SIZE
 
 
 def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelProto
@@ -205,9 +205,9 @@ def model_image_size(model, default: int = 224) -> int:
 def model_class_names(meta: dict[str, str], num_classes: int, where: str = "model") -> list[str]:
     """The model's own class names where its metadata holds a list of the right length, else the defaults. Names that
     would rewrite the terminal or split ``labels.txt`` (control characters, newlines) are refused."""
-    from ..fileio import parse_json
-    from ..model.labels import class_names
-    from ..names import UnsafeNameError, check_labels
+    from .fileio import parse_json
+    from .model.labels import class_names
+    from .names import UnsafeNameError, check_labels
 
     try:
         names = parse_json(meta["class_names"], f"{where}: metadata class_names") if "class_names" in meta else None
