@@ -26,6 +26,12 @@ MAX_TEXT_CHARS = 1024  # a free-text field (a preset's description)
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+def is_number(text: str) -> bool:
+    """True for a non-empty run of ASCII digits 0-9. ``str.isdigit`` also takes '²' (which ``int`` refuses) and '٣' or
+    '８' (which ``int`` reads as 3 and 8): a port, a version, a camera index or a class folder from the user is ASCII."""
+    return text.isascii() and text.isdigit()
+
+
 class UnsafeNameError(EdgeInceptionError):
     """A name or label from a file that could escape its folder, its script or the terminal."""
 

@@ -16,6 +16,7 @@ from ..data.images import find_images, prefetch_batches
 from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError, ImageError
 from ..model.labels import imagenet_folder_index
+from ..names import is_number
 from ..vocab import FolderOrder, PreprocessMode
 from .verify import topk_hits
 
@@ -101,7 +102,7 @@ class EvalResult:
 def folder_order_warning(classes: list[str], class_names: list[str] | None, order: FolderOrder) -> str | None:
     """The warning for integer class folders whose string order (torchvision's ImageFolder) differs from their numeric
     order, when the model has no class names that settle it; None when the mapping is unambiguous."""
-    if not classes or not all(c.isdigit() for c in classes) or (class_names and all(c in class_names for c in classes)):
+    if not classes or not all(is_number(c) for c in classes) or (class_names and all(c in class_names for c in classes)):
         return None
     if sorted(classes) == sorted(classes, key=int):
         return None
@@ -122,12 +123,12 @@ def folder_labels(classes: list[str], class_names: list[str] | None, num_classes
     mapping = []
     string_order = sorted(classes)
     for folder in classes:
-        index = imagenet_folder_index(folder) if num_classes == 1000 and not folder.isdigit() else None
+        index = imagenet_folder_index(folder) if num_classes == 1000 and not is_number(folder) else None
         if index is None and class_names and folder in class_names:
             index = class_names.index(folder)
-        if index is None and folder.isdigit() and order == FolderOrder.imagefolder and string_order.index(folder) < num_classes:
+        if index is None and is_number(folder) and order == FolderOrder.imagefolder and string_order.index(folder) < num_classes:
             index = string_order.index(folder)
-        if index is None and folder.isdigit() and order == FolderOrder.numeric and int(folder) < num_classes:
+        if index is None and is_number(folder) and order == FolderOrder.numeric and int(folder) < num_classes:
             index = int(folder)
         if index is None:
             raise DatasetError(f"class folder '{folder}' matches no class of the model (use synset ids, class indices or class names)")

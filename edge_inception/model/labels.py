@@ -6,6 +6,8 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 
+from ..names import is_number
+
 
 @dataclass(frozen=True)
 class ImageNetClass:
@@ -37,7 +39,7 @@ def class_names(num_classes: int, names: list[str] | None = None) -> list[str]:
 
 def imagenet_folder_index(folder_name: str) -> int | None:
     """Map an ImageFolder class folder named by synset id (n01440764) or class index (0..999) to an index."""
-    if folder_name.isdigit() and int(folder_name) < 1000:
+    if is_number(folder_name) and int(folder_name) < 1000:
         return int(folder_name)
     for c in imagenet_classes():
         if c.wnid == folder_name:

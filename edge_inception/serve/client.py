@@ -18,11 +18,12 @@ import numpy as np
 
 from ..engines.runner import Runner
 from ..errors import ImageError, ServeError
+from ..names import is_number
 from .config import MODEL_NAME_RE
 
 SCHEME = "grpc://"
 DEFAULT_TIMEOUT_S = 10.0
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}))$")
+_HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # fullmatch: "$" also matches before a final newline
 
 
 def is_remote(target: str | Path) -> bool:
@@ -53,9 +54,9 @@ def parse_target(text: str) -> GrpcTarget:
     hostport, _, path = rest.partition("/")
     host, sep, port_text = hostport.rpartition(":")
     parts = [p for p in path.split("/") if p] if path else []
-    if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535 or not _HOST_RE.match(host):
+    if not sep or not host or not is_number(port_text) or not 1 <= int(port_text) <= 65535 or not _HOST_RE.fullmatch(host):
         raise ServeError(f"{text!r}: {form} (a host name or address, and a port in 1..65535)")
-    if len(parts) not in (1, 2) or not MODEL_NAME_RE.match(parts[0]) or (len(parts) == 2 and not parts[1].isdigit()):
+    if len(parts) not in (1, 2) or not MODEL_NAME_RE.fullmatch(parts[0]) or (len(parts) == 2 and not is_number(parts[1])):
         raise ServeError(f"{text!r}: {form} (a model name of letters, digits, '_', '.', '-'; a numeric version)")
     return GrpcTarget(host, int(port_text), parts[0], parts[1] if len(parts) == 2 else "")
 

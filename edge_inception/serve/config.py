@@ -15,7 +15,7 @@ from ..errors import ServeError
 from ..vocab import Backend, Choice
 
 # Triton's model names become folder names and URL path parts: a conservative subset of what Triton accepts.
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: "$" also matches before a final newline
 MAX_CONFIG_BYTES = 1 << 20  # a config.pbtxt of ours is a few KB; labels live in labels.txt
 DEFAULT_MAX_BATCH = 32  # for a model with a dynamic batch and no manifest range (a plain ONNX file)
 LABELS_FILE = "labels.txt"
@@ -95,7 +95,7 @@ class ModelSpec:
 
 
 def check_model_name(name: str) -> str:
-    if not MODEL_NAME_RE.match(name):
+    if not MODEL_NAME_RE.fullmatch(name):
         raise ServeError(f"model name {name!r}: use letters, digits, '_', '.' or '-' (at most 128, starting with a letter or digit)")
     return name
 

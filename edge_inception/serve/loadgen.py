@@ -209,6 +209,21 @@ class Estimate:
         return self.batch / self.batch_s
 
 
+MAX_QPS_FACTOR = 10.0  # --target-qps may ask this many times the measured rate (x --concurrency), no more
+
+
+def check_target_qps(cfg: ScenarioConfig, est: Estimate) -> None:
+    """Refuse a ``--target-qps`` far beyond the measured rate: LoadGen generates ``target_qps x min_duration`` samples
+    for Offline (and schedules as many queries for Server) up front, so 9e6 on a model doing 1000/s held gigabytes
+    and ran for hours, with Ctrl-C unheard inside LoadGen's C++ loop. Raises :class:`EdgeInceptionError`."""
+    if cfg.target_qps is None:
+        return
+    bound = MAX_QPS_FACTOR * est.qps * cfg.concurrency
+    if cfg.target_qps > bound:
+        raise EdgeInceptionError(f"--target-qps {cfg.target_qps:g} is more than {MAX_QPS_FACTOR:g} x the {est.qps:.1f} samples/s measured "
+                                 f"(x --concurrency {cfg.concurrency}): LoadGen would generate queries for hours; give at most {bound:.0f}")
+
+
 def estimate(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, samples_per_query: int) -> Estimate:
     """Warm-up, then the median of a few timed inferences at batch 1, ``batch`` and ``samples_per_query``."""
 
@@ -401,12 +416,13 @@ def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], No
     check_threads(cfg.threads)
     for value, name in ((cfg.target_qps, "--target-qps"), (cfg.target_latency_ms, "--target-latency-ms")):
         if value is not None and not 0 < value < 1e7:
-            raise EdgeInceptionError(f"{name} must be positive, got {value}")
+            raise EdgeInceptionError(f"{name} must be in (0, 1e7), got {value:g}")
     t = _open(target, cfg)
     try:
         samples = load_samples(cfg.data, t.image_size, t.class_names, t.num_classes, labelled=cfg.accuracy)
         batch = min(cfg.batch, t.max_batch or cfg.batch)
         est = estimate(t.infer, samples.images, batch, cfg.samples_per_query)
+        check_target_qps(cfg, est)
         results = []
         with tempfile.TemporaryDirectory(prefix="edge-inception-loadgen-") as tmp:
             base = cfg.log_dir or Path(tmp)

@@ -30,6 +30,7 @@ from ..engines.registry import artifact_info, is_plain_onnx, resolve_artifact
 from ..errors import ManifestError, ServeError
 from ..fileio import atomic_dir, sha256_file
 from ..limits import MAX_BATCH
+from ..names import is_number
 from ..vocab import Backend
 from . import config as tc
 from .config import INPUT_NAME, LABELS_FILE, OUTPUT_NAME, Batching, InstanceKind, ModelSpec, ServeKind, Tensor
@@ -231,6 +232,7 @@ def validate_repository(repo: str | Path, specs: dict[str, ModelSpec] | None = N
         raise ServeError(f"model repository not found: {root}")
     models = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        tc.check_model_name(folder.name)  # printed, in URLs, and handed to Triton: a name of ours, not a terminal escape
         where = f"{folder.name}/config.pbtxt"
         cfg_path = folder / "config.pbtxt"
         if not cfg_path.is_file():
@@ -244,7 +246,10 @@ def validate_repository(repo: str | Path, specs: dict[str, ModelSpec] | None = N
         cfg = tc.parse(text, f"{root}/{where}")
         if cfg.name and cfg.name != folder.name:
             raise ServeError(f"{root}/{where}: names the model {cfg.name!r}, its folder is {folder.name!r}")
-        if not any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+        for out in cfg.output:  # Triton reads it relative to the model folder: a plain file name there, never a path out of it
+            if out.label_filename and (Path(out.label_filename).name != out.label_filename or out.label_filename in (".", "..")):
+                raise ServeError(f"{root}/{where}: label_filename {out.label_filename[:80]!r} is not a file name in {folder.name}/")
+        if not any(p.is_dir() and is_number(p.name) for p in folder.iterdir()):
             raise ServeError(f"{root}/{folder.name}: no version folder (such as {folder.name}/1/)")
         if specs is not None:
             if folder.name not in specs:

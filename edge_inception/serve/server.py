@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import re
@@ -108,6 +109,23 @@ def find_tritonserver() -> TritonInstall:
                      "(make setup installs it there)")
 
 
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*")
+
+
+def check_host(host: str) -> str:
+    """``--host``: an IP address (127.0.0.1, ::1, 0.0.0.0) or an ASCII host name (RFC 1123), else :class:`ServeError`.
+    An empty host would bind every interface, a non-ASCII one failed inside the socket module's IDNA codec."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if len(host) <= 253 and _HOSTNAME_RE.fullmatch(host):
+        return host
+    raise ServeError(f"--host {host[:80]!r}: expected an IP address (127.0.0.1, ::1, 0.0.0.0) or a host name of ASCII letters, digits, "
+                     "'-' and '.'")
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,7 +140,10 @@ def _port_free(host: str, port: int) -> bool:
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        try:
+            s.bind((host, 0))
+        except OSError as exc:
+            raise ServeError(f"cannot bind {host}: {exc.strerror or exc}") from None
         return int(s.getsockname()[1])
 
 
@@ -150,7 +171,7 @@ class Endpoints:
 
     @property
     def grpc(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"[{self.host}]:{self.grpc_port}" if ":" in self.host else f"{self.host}:{self.grpc_port}"
 
     def lines(self, models: list[str]) -> list[str]:
         h = f"[{self.host}]" if ":" in self.host else self.host
@@ -201,6 +222,7 @@ class TritonServer:
         self.stop()
 
     def start(self) -> Endpoints:
+        check_host(self.host)
         self.models = validate_repository(self.repo)
         install = self.install or find_tritonserver()
         if install.pytriton_dir is not None:

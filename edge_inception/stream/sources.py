@@ -24,6 +24,7 @@ import numpy as np
 
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
+from ..names import is_number
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class CameraSource(AvSource):
     live = True
 
     def __init__(self, uri: str) -> None:
-        device = f"/dev/video{uri}" if uri.isdigit() else uri
+        device = f"/dev/video{uri}" if is_number(uri) else uri
         super().__init__(device, fmt="v4l2" if sys.platform.startswith("linux") else None)
 
     def open(self) -> None:
@@ -279,8 +280,8 @@ class SourceKind:
 
 
 SOURCE_KINDS: tuple[SourceKind, ...] = (
-    SourceKind("csi", lambda u: u.startswith("csi://"), lambda u, s: CsiSource(u)),
-    SourceKind("camera", lambda u: u.isdigit() or bool(re.fullmatch(r"/dev/video\d+", u)) or u.startswith("v4l2://"),
+    SourceKind("csi", lambda u: bool(re.fullmatch(r"csi://[0-9]{1,3}", u)), lambda u, s: CsiSource(u)),
+    SourceKind("camera", lambda u: is_number(u) or bool(re.fullmatch(r"/dev/video[0-9]+", u)) or u.startswith("v4l2://"),
                lambda u, s: CameraSource(u[len("v4l2://"):] if u.startswith("v4l2://") else u)),
     SourceKind("network", lambda u: u.lower().startswith(NETWORK_SCHEMES), lambda u, s: NetworkSource(u)),
     SourceKind("folder", _is_folder_or_images, lambda u, s: FolderSource(u, s)),
