@@ -164,3 +164,24 @@ def test_target_qps_out_of_range_says_the_range() -> None:
     code, err = cli("bench", "x.onnx", "--scenario", "offline", "--short", "--target-qps", "1e12")
     assert code == 1
     assert "must be in (0, 1e7)" in one_error_line(err)
+
+
+# --- a glob matching a FIFO stopped the whole run with "no such image or folder" (a folder skips it) ----------------------
+
+def test_glob_matching_a_fifo_skips_it(tmp_path: Path) -> None:
+    import os
+
+    from PIL import Image
+
+    from edge_inception.data.images import find_images
+    from edge_inception.errors import ImageError
+
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")
+    scan = find_images([str(tmp_path / "*.png")])
+    assert scan.images == [tmp_path / "a.png"] and scan.skipped == [tmp_path / "b.png"]
+    with pytest.raises(ImageError, match="not a regular file"):
+        find_images([tmp_path / "b.png"])
+    src = open_source(str(tmp_path / "*.png"), 64)
+    with src:
+        assert [f.name for f in src.frames()] == [str(tmp_path / "a.png")]

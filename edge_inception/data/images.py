@@ -234,6 +234,8 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
                     (images if is_image_name(f) else skipped).append(f)
         elif p.is_file():
             images.append(p)
+        elif p.exists():  # a FIFO, a device, a socket: never opened (a FIFO would block the read forever)
+            raise ImageError(f"{p}: not a regular file or folder")
         else:
             # glob.glob takes absolute and relative patterns alike (Path().glob refuses absolute ones)
             matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True)) if any(c in str(item) for c in "*?[") else []
@@ -241,7 +243,8 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
                 if "://" in str(item):
                     raise ImageError(f"{item} is a URL: predict, eval and quantize read local files (download it first)")
                 raise ImageError(f"no such image or folder: {item}")
-            sub = find_images(matches, recursive=recursive, check=False)
+            skipped += [m for m in matches if not (m.is_dir() or m.is_file())]  # a FIFO a pattern matched: skipped, as in a folder
+            sub = find_images([m for m in matches if m.is_dir() or m.is_file()], recursive=recursive, check=False)
             images += sub.images
             skipped += sub.skipped
     if check:
