@@ -397,7 +397,7 @@ def predict(
     from .evaluate.predict import predict as run_predict
     from .serve.client import is_remote, predict_remote
 
-    run = (predict_remote(artifact, images, top_k=top_k) if is_remote(artifact)
+    run = (predict_remote(artifact, images, top_k=top_k, mode=PreprocessMode(preprocess)) if is_remote(artifact)
            else run_predict(Path(artifact), images, top_k=top_k, mode=preprocess))
     for p in run.predictions:
         if as_json:

@@ -19,6 +19,7 @@ import numpy as np
 from ..engines.runner import Runner
 from ..errors import ImageError, ServeError
 from ..names import is_number
+from ..vocab import PreprocessMode
 from .config import MODEL_NAME_RE
 
 SCHEME = "grpc://"
@@ -231,9 +232,11 @@ class TritonRunner(Runner):
         self.client.close()
 
 
-def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, batch_size: int = 8) -> Any:  # -> PredictRun
+def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, batch_size: int = 8,
+                   mode: PreprocessMode = PreprocessMode.fast) -> Any:  # -> PredictRun
     """``predict`` against a served model: probabilities from its logits (softmax, as locally), labels from the server's
-    classification extension (its label_filename). A model taking encoded images (an ensemble) gets the files' bytes."""
+    classification extension (its label_filename). Tensors are made here as local ``predict`` makes them (``mode``); a model
+    taking encoded images (the ``--preprocess`` ensemble) gets the files' bytes and applies the reference transform itself."""
     from ..data.images import find_images, load_batch
     from ..evaluate.predict import Prediction, PredictRun, softmax
 
@@ -249,7 +252,7 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
         chunk_size = min(batch_size, model.max_batch_size) if model.max_batch_size > 0 else 1
         for start in range(0, len(scan.images), chunk_size):
             chunk = scan.images[start:start + chunk_size]
-            batch = (np.array([[_read_bytes(p)] for p in chunk], dtype=object) if model.takes_images else load_batch(chunk, model.image_size))
+            batch = (np.array([[_read_bytes(p)] for p in chunk], dtype=object) if model.takes_images else load_batch(chunk, model.image_size, mode))
             probs = softmax(client.logits(batch))
             labelled = client.classify(batch, k)
             for path, p, top in zip(chunk, probs, labelled):
