@@ -128,6 +128,7 @@ def _root(
         raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="'--quiet'")
     _Output.quiet = quiet
     logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.INFO)  # Pillow's per-chunk PNG debug lines are not ours to show
 
 
 def _note(text: str) -> None:
@@ -408,7 +409,8 @@ def predict(
             typer.echo(f"  {score:7.2%}  {label} ({index})")
     for _path, why in run.failed:
         _note(f"skipped: {why}")
-    _note(f"{len(run.predictions)} images in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+    n = len(run.predictions)
+    _note(f"{n} image{'' if n == 1 else 's'} in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
           f"(decode + preprocess {PreprocessMode(preprocess).value} + inference)")
     _note_seeded(getattr(run, "seeded", False))
 

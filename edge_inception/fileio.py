@@ -117,6 +117,9 @@ def output_target(path: Path, *, folder: bool = False) -> Path:
         st = os.lstat(path)
     except FileNotFoundError:
         return path
+    except NotADirectoryError as exc:  # a folder on the way is a file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise OutputPathError(f"cannot write {path}: {blocker} is a file: a file of that name is in the way") from exc
     except OSError as exc:
         raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
     target = path

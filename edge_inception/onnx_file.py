@@ -26,7 +26,8 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
 
     p = require_file(path, "ONNX model")
     try:
-        model = onnx.load(str(p), load_external_data=with_weights)
+        # protobuf whatever the file is called: onnx.load picks a JSON or text parser from a .json/.txt ending
+        model = onnx.load(str(p), format="protobuf", load_external_data=with_weights)
     except onnx.checker.ValidationError as exc:  # e.g. external data that points outside the model's folder
         raise ModelFileError(f"{p}: refused ({_first_line(exc)})") from exc
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:

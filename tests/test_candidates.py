@@ -142,9 +142,9 @@ def test_presets_name_one_backend_or_a_list(tmp_path):
     assert (listed.backend, listed.backends) == ("openvino", ("openvino", "ort"))  # the first listed is the preferred one
     plan = plan_candidates(listed, (Precision.fp32,), {Backend.ort: None, Backend.openvino: None}, CPU_HERE)
     assert [c.name for c in plan.candidates] == ["openvino-fp32", "ort-fp32"]
-    with pytest.raises(TargetError, match="not among backends"):
+    with pytest.raises(TargetError, match="must include the backend"):
         parse_target(tmp_path / "bad.toml")
-    with pytest.raises(TargetError, match="backends must be a non-empty list"):
+    with pytest.raises(TargetError, match="'backends' must be a non-empty list"):
         parse_target(tmp_path / "empty.toml")
 
 

@@ -16,6 +16,7 @@ from edge_inception.engines.tensorrt import check_engine_compat, plan_build
 from edge_inception.errors import ManifestError, TargetError
 from edge_inception.evaluate.verify import compare
 from edge_inception.onnx_file import ort_session, run_session
+from edge_inception.vocab import PreprocessMode
 
 runner = CliRunner()
 
@@ -77,7 +78,7 @@ def test_predict_prints_labels(built, trained):
     files = sorted(folder.glob("*.png"))
     assert [row["image"] for row in rows] == [str(f) for f in files]
     with open_runner(artifact) as run:
-        logits = run.infer(load_batch(files, 64))
+        logits = run.infer(load_batch(files, 64, PreprocessMode.fast))  # what predict feeds by default
     for row, own in zip(rows, logits):
         scores = [t["score"] for t in row["top"]]
         assert len(scores) == 5 and all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)

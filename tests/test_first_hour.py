@@ -128,13 +128,15 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                EDGE_INCEPTION_CACHE=str(tmp_path / "cache"))
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception"], capture_output=True, text=True, env=env)
+    # run outside the checkout: `python -c` puts the working folder first on sys.path
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert probe.returncode == 1  # not there before build.sh
     r = subprocess.run(["sh", str(out / "build.sh")], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "check passed" in r.stdout and "installing edge-inception from wheels/" in r.stderr
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception, importlib.util as u; print(edge_inception.__file__);"
-                            "print([m for m in ('torch', 'skimage') if u.find_spec(m)])"], capture_output=True, text=True, env=env)
+                            "print([m for m in ('torch', 'skimage') if u.find_spec(m)])"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path)
     assert where.stdout.splitlines() == [str(next((venv / "lib").glob("python3*/site-packages")) / "edge_inception" / "__init__.py"), "[]"]
 
     def device(*args: str) -> str:
@@ -187,3 +189,22 @@ def test_readme_command_table_names_every_option(args):
     missing = [max(p.opts, key=len) for p in command.params if p.param_type_name == "option" and p.name != "help"
                and not words & {*p.opts, *p.secondary_opts}]  # any of its names: -o, --no-simplify
     assert not missing, f"{' '.join(args)}: README row lacks {missing}"
+
+
+def test_profile_attributes_the_fp16_classifier(trained, tmp_path):
+    """An FP16 graph ends in a Cast back to float32 that OpenVINO fuses into the classifier and names "logits": it is fc's."""
+    from edge_inception.convert.quantize import convert_fp16
+    from edge_inception.evaluate.profile import node_stage, tensor_stages
+
+    fp16 = tmp_path / "m.fp16.onnx"
+    convert_fp16(trained.onnx, fp16)
+    assert node_stage("logits", tensor_stages(fp16)) == "fc" == node_stage("logits", tensor_stages(trained.onnx))
+
+
+def test_a_model_file_is_read_as_protobuf_whatever_its_name(tmp_path):
+    """onnx.load picks a JSON parser for a .json ending: a JSON file given as a model is one error line, not a traceback."""
+    fake = tmp_path / "runs.json"
+    fake.write_text('{"classes": ["a", "b"]}')
+    for args in (["info", str(fake)], ["build", str(fake), "--target", "cpu", "-o", str(tmp_path / "b")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output and "not a readable ONNX model" in result.output, result.output

@@ -166,7 +166,7 @@ INSTALL_SH = ["if ! command -v edge-inception >/dev/null 2>&1; then",
 def _build_sh(model: str, target: str, trtexec: str) -> str:
     lines = ["#!/bin/sh", "# Build the engine for this device, then prove it gives the workstation's answers.", "set -e",
              'cd "$(dirname "$0")"', "mkdir -p build", "",
-             f"# edge-inception on the device: the one installed, else the runtime wheel in {WHEELS}/ (no PyTorch needed)",
+             f"# The toolkit on the device: the one installed, else the runtime wheel in {WHEELS}/ (no PyTorch needed)",
              *INSTALL_SH, "",
              _sh(build_argv(model, target)), _sh(check_argv("build"))]
     if trtexec:

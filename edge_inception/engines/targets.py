@@ -150,7 +150,9 @@ def parse_target(path: Path | Traversable) -> Target:
     if "backends" not in data:
         data["backends"] = [data["backend"]]
     if "backend" not in data:
-        data["backend"] = data["backends"][0] if isinstance(data["backends"], list) and data["backends"] else ""
+        if not isinstance(data["backends"], list) or not data["backends"]:
+            raise TargetError(f"{path}: field 'backends' must be a non-empty list among {', '.join(BACKENDS)}")
+        data["backend"] = data["backends"][0]
     checked: dict[str, Any] = {}
     try:
         for name, check in _field_checks().items():

@@ -91,7 +91,16 @@ def tensor_stages(onnx_path: str | Path) -> dict[str, str]:
     from ..onnx_file import load_onnx
 
     graph = load_onnx(onnx_path, with_weights=False).graph
-    return {out: stage_of(n.name) for n in graph.node for out in n.output if stage_of(n.name) not in ("unknown", "input")}
+    stages: dict[str, str] = {}
+    for n in graph.node:  # in graph order: a producer comes before its consumers
+        stage = stage_of(n.name)
+        if stage in ("unknown", "input") and n.op_type == "Cast" and n.input and n.input[0] in stages:
+            # FP16 graphs end in a Cast back to float32 (keep_io_types) that OpenVINO fuses into the classifier and names
+            # after the graph output ("logits"): the Cast belongs to the stage that produced its input
+            stage = stages[n.input[0]]
+        if stage not in ("unknown", "input"):
+            stages.update({out: stage for out in n.output})
+    return stages
 
 
 def node_stage(name: str, tensors: dict[str, str] | None = None) -> str:
