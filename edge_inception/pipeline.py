@@ -205,6 +205,8 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 write_text_atomic(work / "report.md", report_markdown(summary, report, profiles))
                 detail.append("report.md, report.json")
         except EdgeInceptionError as exc:
+            if not any(work.iterdir()):  # failed before any stage wrote a file: nothing to keep
+                raise StageFailed(f"stage '{run.current}' failed: {exc}") from exc
             failed = out.with_name(out.name + ".failed")
             shutil.rmtree(failed, ignore_errors=True)
             shutil.copytree(work, failed)

@@ -208,3 +208,9 @@ def test_a_model_file_is_read_as_protobuf_whatever_its_name(tmp_path):
     for args in (["info", str(fake)], ["build", str(fake), "--target", "cpu", "-o", str(tmp_path / "b")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 1 and "Traceback" not in result.output and "not a readable ONNX model" in result.output, result.output
+
+
+def test_a_pipeline_failing_before_any_output_leaves_nothing(tmp_path):
+    result = runner.invoke(app, ["pipeline", "--weights", str(tmp_path / "nosuch.pth"), "-o", str(tmp_path / "p2")])
+    assert result.exit_code == 1 and "weights file not found" in result.output and "earlier outputs kept" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no p2, no empty p2.failed
