@@ -87,7 +87,7 @@ class PipelineRun:
         t0 = time.perf_counter()
         detail: list[str] = []
         yield detail
-        self.stages.append(StageLog(name, time.perf_counter() - t0, " ".join(detail)))
+        self.stages.append(StageLog(name, time.perf_counter() - t0, "; ".join(detail)))
 
 
 class StageFailed(EdgeInceptionError):
