@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import sys
@@ -15,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
+from .cli_common import SEEDED_NOTE, Output, echo_table, handle_errors, note, note_seeded
 from .cli_format import PlainTyper
-from .errors import EXTRAS, EdgeInceptionError, Terminated
+from .errors import EdgeInceptionError
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
 from .vocab import (
     MIN_IMAGE_SIZE,
@@ -36,6 +36,7 @@ from .vocab import (
 
 if TYPE_CHECKING:
     from .evaluate.bench import BenchReport
+    from .serve.loadgen import ScenarioConfig
 
 app = PlainTyper(
     name="edge-inception",
@@ -50,71 +51,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 E = TypeVar("E", bound=Enum)
 
 
-def handle_errors(fn: F) -> F:
-    """User errors become one line on stderr and exit code 1; Ctrl-C exits 130 without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BaseException:
-            _close_progress()  # the message goes on a line of its own, not after a progress bar
-            raise
-
-    @functools.wraps(fn)
-    def reporter(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return wrapper(*args, **kwargs)
-        except EdgeInceptionError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=1) from None
-        except ModuleNotFoundError as exc:  # an optional library this command needs, reached without a check
-            top = (exc.name or "").split(".")[0]
-            if top not in EXTRAS:
-                raise
-            typer.echo(f"error: this command needs {top}, which is not installed here: pip install 'edge-inception[{EXTRAS[top]}]'", err=True)
-            raise typer.Exit(code=1) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): clean-up has run on the way here
-            typer.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: nothing half-written was left behind", err=True)
-            raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
-        except MemoryError:
-            typer.echo("error: out of memory (try a smaller --batch or image)", err=True)
-            raise typer.Exit(code=1) from None
-        except OSError as exc:  # the environment: a full disk, a vanished folder, a permission changed mid-run
-            where = f": {exc.filename}" if exc.filename else ""
-            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
-            raise typer.Exit(code=1) from None
-
-    return reporter  # type: ignore[return-value]
-
-
-def _close_progress() -> None:
-    """Close the progress bars still on screen (tqdm's, if any was started)."""
-    tqdm_module = sys.modules.get("tqdm")
-    if tqdm_module is None:
-        return
-    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
-        bar.close()
-
-
-SEEDED_NOTE = "note: no --weights given: GoogLeNet uses seeded random weights, so its outputs and labels are not meaningful"
-
-
-def _note_seeded(seeded: bool) -> None:
-    if seeded:
-        _note(SEEDED_NOTE)
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"edge-inception {__version__}")
         raise typer.Exit()
-
-
-class _Output:
-    """What --quiet and --verbose set for the whole run."""
-
-    quiet = False
 
 
 @app.callback()
@@ -126,23 +66,9 @@ def _root(
     """GoogLeNet from a PyTorch checkpoint to a validated, benchmarked edge inference engine."""
     if quiet and verbose:
         raise typer.BadParameter("--quiet and --verbose exclude each other", param_hint="'--quiet'")
-    _Output.quiet = quiet
+    Output.quiet = quiet
     logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)  # Pillow's per-chunk PNG debug lines are not ours to show
-
-
-def _note(text: str) -> None:
-    """A note or warning on stderr, unless --quiet."""
-    if not _Output.quiet:
-        typer.echo(text, err=True)
-
-
-def _echo_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    typer.echo("  ".join("-" * w for w in widths))
-    for row in rows:
-        typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
 def _step_rows(steps: list[Any]) -> list[list[str]]:
@@ -184,8 +110,8 @@ def export(
         raise typer.BadParameter("--batch and --dynamic-batch exclude each other", param_hint="'--dynamic-batch'")
     result = export_model(weights, output, variant=variant, num_classes=num_classes, image_size=image_size, opset=opset,
                           batch=batch, simplify=simplify, fold_batchnorm=not keep_batchnorm)
-    _note_seeded(result.loaded.seeded)
-    _echo_table(_step_rows(result.steps), STEP_HEADER)
+    note_seeded(result.loaded.seeded)
+    echo_table(_step_rows(result.steps), STEP_HEADER)
     typer.echo(f"wrote {result.path}")
 
 
@@ -199,7 +125,7 @@ def simplify_cmd(
     from .convert.simplify import simplify_file
 
     out, step = simplify_file(model, output)
-    _echo_table(_step_rows([step]), STEP_HEADER)
+    echo_table(_step_rows([step]), STEP_HEADER)
     typer.echo(f"wrote {out}")
 
 
@@ -251,13 +177,13 @@ def flops(
         diff = "-" if s.macs_diff is None else f"{s.macs_diff:+.1%}"
         rows.append([s.name, _m(s.macs), _m(s.paper_macs), diff, _m(s.params, 1e3), _m(s.paper_params, 1e3), _m(s.other_ops)])
     typer.echo(f"{report.model}: {report.variant or 'unknown'} layout, batch {report.batch}, {report.image_size}x{report.image_size} input")
-    _echo_table(rows, ["stage", "MACs (M)", "paper (M)", "diff", "params (K)", "paper (K)", "other ops (M)"])
+    echo_table(rows, ["stage", "MACs (M)", "paper (M)", "diff", "params (K)", "paper (K)", "other ops (M)"])
     per_image = report.total_macs / report.batch
     typer.echo(f"total: {report.total_macs:,} multiply-adds ({per_image / 1e9:.3f} G per image, {per_image / report.budget_macs:.1%} "
                f"of the paper's 1.5 G budget), {report.total_params:,} parameters, {report.total_other_ops:,} other ops")
     typer.echo("notes:")
-    for note in report.notes:
-        typer.echo(f"  - {note}")
+    for text in report.notes:
+        typer.echo(f"  - {text}")
 
 
 @app.command()
@@ -284,9 +210,9 @@ def quantize(
     result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
                             holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, criterion=criterion, progress=_progress)
     for warning in result.warnings:
-        _note(f"warning: {warning}")
+        note(f"warning: {warning}")
     if result.skipped_files:
-        _note(f"skipped {result.skipped_files} non-image or unreadable file(s)")
+        note(f"skipped {result.skipped_files} non-image or unreadable file(s)")
     a = result.accuracy
     typer.echo(f"{result.precision.value}: {result.scheme}")
     typer.echo(f"criterion: {result.criterion}")
@@ -306,7 +232,7 @@ def quantize(
         if result.float_weights:
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
-    _echo_table(rows, ["metric", "vs fp32"])
+    echo_table(rows, ["metric", "vs fp32"])
     for v in result.verdicts:
         typer.echo(f"verdict: {v['explanation']}")
     if result.off_calibration:
@@ -326,7 +252,7 @@ def targets(
     rows = [[t.name, t.backend, "/".join(t.backends), t.default_precision, ",".join(t.precisions),
              f"{t.batch_min}-{t.batch_opt}-{t.batch_max}", "-" if t.dla_core is None else str(t.dla_core), t.tensorrt_version or "-",
              t.description] for t in list_targets(targets_dir).values()]
-    _echo_table(rows, ["target", "backend", "backends", "default", "precisions", "batch min-opt-max", "DLA", "TensorRT", "device"])
+    echo_table(rows, ["target", "backend", "backends", "default", "precisions", "batch min-opt-max", "DLA", "TensorRT", "device"])
 
 
 @app.command()
@@ -408,11 +334,11 @@ def predict(
         for index, label, score in p.top:
             typer.echo(f"  {score:7.2%}  {label} ({index})")
     for _path, why in run.failed:
-        _note(f"skipped: {why}")
+        note(f"skipped: {why}")
     n = len(run.predictions)
-    _note(f"{n} image{'' if n == 1 else 's'} in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+    note(f"{n} image{'' if n == 1 else 's'} in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
           f"(decode + preprocess {PreprocessMode(preprocess).value} + inference)")
-    _note_seeded(getattr(run, "seeded", False))
+    note_seeded(getattr(run, "seeded", False))
 
 
 @app.command("eval")
@@ -430,8 +356,8 @@ def eval_cmd(
 
     r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
     for warning in r.warnings:
-        _note(f"warning: {warning}")
-    _note_seeded(r.seeded)
+        note(f"warning: {warning}")
+    note_seeded(r.seeded)
     typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
                + f"; {r.images_per_s:.1f} images/s end to end")
 
@@ -490,13 +416,12 @@ def bench(
 
     check_outputs(json_out, markdown_out, plot_out)  # refuse an unwritable output now, not after the benchmark
     if scenario is not None:
-        from .serve.cli import bench_scenarios
         from .serve.loadgen import Scenario, ScenarioConfig
 
         cfg_s = ScenarioConfig(_choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
                                batch=max(_int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, threads=threads, log_dir=loadgen_logs)
-        bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
+        _bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
         return
     if any(a.startswith("grpc://") for a in artifacts):
         raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
@@ -512,13 +437,36 @@ def bench(
             typer.echo(f"wrote {path}")
 
 
+def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
+    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
+    from .serve.loadgen import run_scenarios, write_outputs
+
+    if len(targets) != 1:
+        raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
+    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(text, err=True))
+    for text in report.notes:
+        typer.echo(f"note: {text}", err=True)
+    rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
+             f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
+             "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
+    typer.echo(f"{report.results[0].engine}: {targets[0]}")
+    echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
+    for r in report.results:
+        if not r.valid:
+            typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
+        if path:
+            typer.echo(f"wrote {path}")
+
+
 def _print_bench(report: BenchReport) -> None:
     from .evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_text
 
     m = report.machine
     typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
-    for note in report.notes:
-        _note(f"note: {note}")
+    for text in report.notes:
+        note(f"note: {text}")
     rows = []
     for r in report.results:
         lat, sp = r.latency_ms, r.speedup_vs
@@ -526,7 +474,7 @@ def _print_bench(report: BenchReport) -> None:
                      f"{r.throughput_ips:.1f}", f"{r.macs_per_s / 1e9:.1f}", peak_text(r.peak_fraction),
                      f"{sp[TORCH_ENGINE]:.2f}x" if TORCH_ENGINE in sp else "-", f"{sp[ORT_DEFAULT_ENGINE]:.2f}x" if ORT_DEFAULT_ENGINE in sp else "-",
                      "-" if r.agreement is None else f"{r.agreement:.1%}"])
-    _echo_table(rows, ["engine", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% CPU peak", "vs torch", "vs ort",
+    echo_table(rows, ["engine", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% CPU peak", "vs torch", "vs ort",
                        "agree"])
 
 
@@ -552,17 +500,17 @@ def pipeline(
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
                          bench_rounds=rounds, batches=_int_list(batch, "--batch"))
     if weights is None:
-        _note(SEEDED_NOTE)
+        note(SEEDED_NOTE)
     started: dict[str, float] = {}
 
     def on_stage(name: str) -> None:
         import time
 
         started[name] = time.perf_counter()
-        _note(f"[{len(started)}] {name} ...")
+        note(f"[{len(started)}] {name} ...")
 
     result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
-    _echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
+    echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
     typer.echo(f"ship: {ship['artifact']} ({ship['candidate']}): {ship['why']}")
     typer.echo(f"wrote {result.output}/report.md, report.json, bench.png and artifacts/")
@@ -636,7 +584,7 @@ def check(
 def _progress(total: int, desc: str):  # -> tqdm
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=_Output.quiet or None)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=Output.quiet or None)
 
 
 @app.command()
@@ -665,10 +613,10 @@ def train(
                       batch_size=batch_size, lr=lr, image_size=image_size, seed=seed)
     result = run_training(cfg, progress=_progress)
     if weights is None:
-        _note("note: training from seeded random weights (no --weights)")
+        note("note: training from seeded random weights (no --weights)")
     if result.skipped_files:
-        _note(f"skipped {result.skipped_files} unreadable or non-image file(s)")
-    _echo_table([[str(h.epoch), str(h.steps), f"{h.train_loss:.3f}", f"{h.train_acc:.1%}", f"{h.val_acc:.1%}", f"{h.seconds:.1f}"]
+        note(f"skipped {result.skipped_files} unreadable or non-image file(s)")
+    echo_table([[str(h.epoch), str(h.steps), f"{h.train_loss:.3f}", f"{h.train_acc:.1%}", f"{h.val_acc:.1%}", f"{h.seconds:.1f}"]
                  for h in result.history], ["epoch", "steps", "loss", "train acc", "val acc", "seconds"])
     if result.checkpoint is None:
         typer.echo("error: interrupted before the first checkpoint; nothing written", err=True)
@@ -753,7 +701,7 @@ class _LevelFormatter(logging.Formatter):
         return super().format(record)
 
 
-from .serve.cli import app as serve_app  # noqa: E402 - the serve sub-app (Triton); its commands import what they use
+from .serve.cli import app as serve_app  # noqa: E402 - the root app registers each area's sub-app (Triton's here)
 
 app.add_typer(serve_app, name="serve")
 

@@ -398,7 +398,7 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path):
 def test_a_backend_under_numpy_2_refuses_to_load(python_repo, tmp_path, monkeypatch):
     """nvidia-pytriton's stub answers zero bytes under NumPy 2: with a site folder holding the server but no NumPy 1.26,
     the model refuses to load and serve run says why in one line."""
-    from edge_inception.serve.server import triton_site
+    from edge_inception.serve.site import triton_site
 
     real = triton_site()
     site = tmp_path / "site"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from ..cli_format import PlainTyper
 from ..limits import MAX_BATCH
 from .config import InstanceKind, ServeKind
-
-if TYPE_CHECKING:
-    from .loadgen import ScenarioConfig
 
 app = PlainTyper(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -48,7 +45,7 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing repository (atomically).")] = False,
 ) -> None:
     """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
-    from ..cli import handle_errors
+    from ..cli_common import handle_errors
     from .repository import ExportOptions, export_repository
 
     @handle_errors
@@ -75,7 +72,7 @@ def run_cmd(
 ) -> None:
     """Start tritonserver on a repository (the one on PATH, else nvidia-pytriton's), print its endpoints, serve until Ctrl-C
     or SIGTERM, then stop it and every backend process."""
-    from ..cli import handle_errors
+    from ..cli_common import handle_errors
     from ..errors import ServeError
     from .server import TritonServer, find_tritonserver, server_error
 
@@ -93,28 +90,3 @@ def run_cmd(
             raise ServeError(f"tritonserver exited on its own (code {code}): {server_error(server.log_text())}")
 
     run()
-
-
-def bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
-    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
-    from ..cli import _echo_table
-    from ..errors import EdgeInceptionError
-    from .loadgen import run_scenarios, write_outputs
-
-    if len(targets) != 1:
-        raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
-    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(text, err=True))
-    for note in report.notes:
-        typer.echo(f"note: {note}", err=True)
-    rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
-             f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
-             "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
-    typer.echo(f"{report.results[0].engine}: {targets[0]}")
-    _echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
-    for r in report.results:
-        if not r.valid:
-            typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
-    write_outputs(report, json_out, markdown_out, plot_out)
-    for path in (json_out, markdown_out, plot_out):
-        if path:
-            typer.echo(f"wrote {path}")

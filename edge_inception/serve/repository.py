@@ -34,6 +34,7 @@ from ..names import is_number
 from ..vocab import Backend
 from . import config as tc
 from .config import INPUT_NAME, LABELS_FILE, OUTPUT_NAME, Batching, InstanceKind, ModelSpec, ServeKind, Tensor
+from .site import backend_sys_path
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def _write_model(root: Path, spec: ModelSpec, labels: str | None) -> None:
     if labels is not None:
         (folder / LABELS_FILE).write_text(labels, encoding="utf-8")
     if spec.runtime is tc.PYTHON:
-        from .server import backend_sys_path
-
         (folder / VERSION / "model.py").write_text(MODEL_PY, encoding="utf-8")
         (folder / SYS_PATH_FILE).write_text(json.dumps(backend_sys_path(), indent=2) + "\n", encoding="utf-8")
 

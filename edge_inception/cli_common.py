@@ -1,0 +1,90 @@
+"""What every command module shares: one error handler (one ``error:`` line, exit 1; Ctrl-C 130, SIGTERM 143), notes
+that ``--quiet`` silences, plain tables. The floor below every command module: it imports no command module."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from .errors import EXTRAS, EdgeInceptionError, Terminated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """User errors become one line on stderr and exit code 1; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            close_progress()  # the message goes on a line of its own, not after a progress bar
+            raise
+
+    @functools.wraps(fn)
+    def reporter(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return wrapper(*args, **kwargs)
+        except EdgeInceptionError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        except ModuleNotFoundError as exc:  # an optional library this command needs, reached without a check
+            top = (exc.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            typer.echo(f"error: this command needs {top}, which is not installed here: pip install 'edge-inception[{EXTRAS[top]}]'", err=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): clean-up has run on the way here
+            typer.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: nothing half-written was left behind", err=True)
+            raise typer.Exit(code=143 if isinstance(exc, Terminated) else 130) from None
+        except MemoryError:
+            typer.echo("error: out of memory (try a smaller --batch or image)", err=True)
+            raise typer.Exit(code=1) from None
+        except OSError as exc:  # the environment: a full disk, a vanished folder, a permission changed mid-run
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            raise typer.Exit(code=1) from None
+
+    return reporter  # type: ignore[return-value]
+
+
+def close_progress() -> None:
+    """Close the progress bars still on screen (tqdm's, if any was started)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
+SEEDED_NOTE = "note: no --weights given: GoogLeNet uses seeded random weights, so its outputs and labels are not meaningful"
+
+
+def note_seeded(seeded: bool) -> None:
+    if seeded:
+        note(SEEDED_NOTE)
+
+
+class Output:
+    """What --quiet and --verbose set for the whole run."""
+
+    quiet = False
+
+
+def note(text: str) -> None:
+    """A note or warning on stderr, unless --quiet."""
+    if not Output.quiet:
+        typer.echo(text, err=True)
+
+
+def echo_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    typer.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
