@@ -404,9 +404,15 @@ def bench(
     short: Annotated[bool, typer.Option("--short", help="--scenario: a short run (not MLPerf-compliant), for tests and quick looks.")] = False,
     accuracy: Annotated[bool, typer.Option("--accuracy", help="--scenario: also LoadGen's accuracy mode, top-1 on --data (labelled).")] = False,
     data: Annotated[Path | None, typer.Option("--data", help="--scenario: images (an ImageFolder for --accuracy); default bundled photos.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="--scenario: inferences in flight.")] = 1,
-    target_qps: Annotated[float | None, typer.Option("--target-qps", min=0.001, help="--scenario: Server's target / Offline's expected QPS.")] = None,
-    target_latency_ms: Annotated[float | None, typer.Option("--target-latency-ms", min=0.001, help="--scenario server: latency bound.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="--scenario: inferences in flight, 1-64.")] = 1,
+    target_qps: Annotated[float | None, typer.Option("--target-qps", help="--scenario: Server's target / Offline's expected QPS.")] = None,
+    target_latency_ms: Annotated[float | None, typer.Option("--target-latency-ms", help="--scenario server: latency bound.")] = None,
+    samples_per_query: Annotated[int, typer.Option("--samples-per-query", help="--scenario multi-stream: samples per query (MLPerf: 8).")] = 8,
+    min_duration_ms: Annotated[int | None, typer.Option("--min-duration-ms", help="--scenario: LoadGen's min_duration_ms (default: "
+                                                        "LoadGen's, 1000 with --short).")] = None,
+    min_query_count: Annotated[int | None, typer.Option("--min-query-count", help="--scenario: LoadGen's min_query_count.")] = None,
+    watchdog_s: Annotated[float | None, typer.Option("--watchdog-s", help="--scenario: stop a LoadGen run after this many seconds "
+                                                     "(default: 4 x what its settings should take + 70 s).")] = None,
     loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
@@ -420,7 +426,8 @@ def bench(
 
         cfg_s = ScenarioConfig(_choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
                                batch=max(_int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
-                               target_latency_ms=target_latency_ms, threads=threads, log_dir=loadgen_logs)
+                               target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
+                               min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s)
         _bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
         return
     if any(a.startswith("grpc://") for a in artifacts):

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -26,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, EdgeInceptionError, ServeError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..errors import DatasetError, EdgeInceptionError, OutputPathError, ServeError
+from ..fileio import ensure_folder, install_files, output_target, staging_dir, write_json_atomic, write_text_atomic
 from ..limits import MAX_BATCH
 from ..vocab import Choice
 
@@ -35,6 +39,18 @@ log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 1024  # images held in memory as the QuerySampleLibrary
 MAX_ACCURACY_LOG_BYTES = 256 << 20
+MAX_CONCURRENCY = 64
+MAX_DURATION_MS = 86_400_000  # --min-duration-ms: a day (MLPerf's runs take 600 s)
+MAX_QUERY_COUNT = 10_000_000  # --min-query-count
+MAX_GENERATED_SAMPLES = 10_000_000  # samples LoadGen generates up front (Offline's one query, Server's schedule): memory
+MAX_TIMEOUT_S = 3600.0  # a request to a server
+MAX_WATCHDOG_S = 7 * 86_400.0
+MIN_TIME_S = 1e-6  # a measured time below a timer's resolution counts as this
+WATCHDOG_FACTOR = 4.0
+WATCHDOG_SLACK_S = 60.0
+STARTUP_S = 600.0  # the child's start: imports, opening the target, loading up to MAX_SAMPLES images, the timed inferences
+LOG_READ_S = 120.0
+LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json", "mlperf_log_trace.json")  # what LoadGen writes
 
 
 class Scenario(Choice):
@@ -81,7 +97,8 @@ class ScenarioConfig:
     min_query_count: int | None = None
     threads: int = 0  # in-process engine threads
     timeout_s: float = 10.0  # per request to a server
-    log_dir: Path | None = None  # keep LoadGen's logs here (one folder per scenario); default: a temporary folder
+    log_dir: Path | None = None  # keep LoadGen's logs here (one folder per scenario); default: only the run's private folder
+    watchdog_s: float | None = None  # each LoadGen run's wall-clock bound; default: from its settings (see watchdog())
 
 
 @dataclass
@@ -155,12 +172,19 @@ def load_samples(data: Path | None, image_size: int, class_names: list[str], num
 class _Sut:
     """LoadGen's SystemUnderTest over an inference function: each query's samples in batches of at most ``batch``, on
     ``workers`` threads (inline for one worker). Every issued sample is completed, also when inference fails (with
-    no data), so that LoadGen never waits for ever; the first failure is raised after the test."""
+    no data), so that LoadGen never waits for ever; the first failure goes to ``on_error`` at once (the parent process
+    stops the run) and is raised after the test. A rule that would issue no request (``batch`` or ``workers`` below 1)
+    is refused here, before LoadGen starts: LoadGen would wait for ever for its samples."""
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, batch: int, workers: int) -> None:
-        self.infer, self.samples, self.batch = infer, samples, batch
+    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, batch: int, workers: int,
+                 on_error: Callable[[EdgeInceptionError], None] | None = None) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise EdgeInceptionError(f"samples per request {batch!r}: not in [1, {MAX_BATCH}]; no query could be answered, refusing to start LoadGen")
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_CONCURRENCY:
+            raise EdgeInceptionError(f"inferences in flight {workers!r}: not in [1, {MAX_CONCURRENCY}]; refusing to start LoadGen")
+        self.infer, self.samples, self.batch, self.on_error = infer, samples, batch, on_error
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sut") if workers > 1 else None
-        self.error: BaseException | None = None
+        self.error: EdgeInceptionError | None = None
         self.lock = threading.Lock()
 
     def issue(self, query_samples: Sequence[Any]) -> None:
@@ -179,25 +203,31 @@ class _Sut:
             top1 = np.ascontiguousarray(np.argmax(logits, axis=1).astype(np.int32))
             responses = [lg.QuerySampleResponse(q.id, top1[i:].ctypes.data, 4) for i, q in enumerate(chunk)]
             lg.QuerySamplesComplete(responses)
-        except BaseException as exc:  # noqa: BLE001 - kept and raised after the test; LoadGen must get its answers
+        except BaseException as exc:  # noqa: BLE001 - kept and reported; LoadGen must get its answers
+            err = exc if isinstance(exc, EdgeInceptionError) else ServeError(
+                f"inference failed during the LoadGen run: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}")
             with self.lock:
-                self.error = self.error or exc
+                first = self.error is None
+                self.error = self.error or err
             lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in chunk])
+            if first and self.on_error is not None:
+                self.on_error(err)
 
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# LoadGen's settings and logs
+# LoadGen's settings, their bounds, and the watchdog
 
 @dataclass(frozen=True)
 class Estimate:
-    """Rough timings taken before the test, to set LoadGen's expected latency / QPS so it generates enough queries."""
+    """Rough timings taken before the test, to set LoadGen's expected latency / QPS so it generates enough queries.
+    Each time is at least :data:`MIN_TIME_S` (a timer's resolution), so no rate derived from them is infinite."""
 
     single_s: float  # one sample
     batch_s: float  # one batch of ``batch`` samples
@@ -206,7 +236,7 @@ class Estimate:
 
     @property
     def qps(self) -> float:
-        return self.batch / self.batch_s
+        return self.batch / max(self.batch_s, MIN_TIME_S)
 
 
 MAX_QPS_FACTOR = 10.0  # --target-qps may ask this many times the measured rate (x --concurrency), no more
@@ -224,6 +254,53 @@ def check_target_qps(cfg: ScenarioConfig, est: Estimate) -> None:
                                  f"(x --concurrency {cfg.concurrency}): LoadGen would generate queries for hours; give at most {bound:.0f}")
 
 
+def _check_number(name: str, value: object, hi: float) -> None:
+    """``value`` a finite number in (0, hi), else one line naming ``name``: zero, a negative, NaN or infinity yields no query
+    (or a schedule without end) in LoadGen."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value < hi:
+        shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+        raise EdgeInceptionError(f"{name} must be in (0, {f'{hi:g}'.replace('e+0', 'e')}), got {shown}")
+
+
+def check_config(cfg: ScenarioConfig) -> None:
+    """Every value of ``cfg`` that reaches LoadGen's TestSettings, a request or the watchdog, checked before anything
+    starts: counts are integers >= 1, rates, latencies and durations finite numbers > 0, each below its bound.
+    Raises :class:`EdgeInceptionError` (one line, naming the option)."""
+    from ..limits import check_range, check_threads
+
+    if not cfg.scenarios:
+        raise EdgeInceptionError("give at least one --scenario")
+    check_range("--batch", cfg.batch, 1, MAX_BATCH)
+    check_range("--concurrency", cfg.concurrency, 1, MAX_CONCURRENCY)
+    check_range("--samples-per-query", cfg.samples_per_query, 1, MAX_BATCH)
+    check_threads(cfg.threads)
+    if cfg.min_duration_ms is not None:
+        check_range("--min-duration-ms", cfg.min_duration_ms, 1, MAX_DURATION_MS)
+    if cfg.min_query_count is not None:
+        check_range("--min-query-count", cfg.min_query_count, 1, MAX_QUERY_COUNT)
+    for name, value, hi in (("--target-qps", cfg.target_qps, 1e7), ("--target-latency-ms", cfg.target_latency_ms, 1e7),
+                            ("--watchdog-s", cfg.watchdog_s, MAX_WATCHDOG_S)):
+        if value is not None:
+            _check_number(name, value, hi)
+    _check_number("the request timeout", cfg.timeout_s, MAX_TIMEOUT_S)
+
+
+def batch_rule(wanted: int, server_max: int | None, target: str) -> int:
+    """Most samples per request: ``wanted``, at most a server's ``max_batch_size`` (None: in-process, no server). Triton's
+    rule: 0 means the model takes no batch dimension (one sample per request); a negative value is no rule at all and is
+    refused, as is any result outside [1, MAX_BATCH]: a batch of no samples would leave LoadGen waiting for ever."""
+    if server_max is None:
+        n = wanted
+    elif isinstance(server_max, bool) or not isinstance(server_max, int) or server_max < 0:
+        raise ServeError(f"{target}: the server's configuration says max_batch_size {server_max!r}; Triton's is 0 (no batching) or more; "
+                         "no request size fits, refusing to start LoadGen")
+    else:
+        n = 1 if server_max == 0 else min(wanted, server_max)
+    if not 1 <= n <= MAX_BATCH:
+        raise ServeError(f"{target}: {n} samples per request, not in [1, {MAX_BATCH}]; refusing to start LoadGen")
+    return n
+
+
 def estimate(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int, samples_per_query: int) -> Estimate:
     """Warm-up, then the median of a few timed inferences at batch 1, ``batch`` and ``samples_per_query``."""
 
@@ -234,7 +311,7 @@ def estimate(infer: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batc
             t0 = time.perf_counter()
             infer(x)
             times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+        return max(MIN_TIME_S, float(np.median(times)))
 
     timed(1, 3)  # warm-up
     return Estimate(timed(1, 5), timed(batch, 3), timed(samples_per_query, 3), batch)
@@ -272,6 +349,57 @@ def settings_for(scenario: Scenario, cfg: ScenarioConfig, est: Estimate, sample_
     shown.update(scenario=rule.loadgen, mode="PerformanceOnly", batch=cfg.batch,
                  concurrency=1 if scenario is Scenario.single_stream else cfg.concurrency)  # SingleStream: one query in flight
     return s, shown
+
+
+def check_settings(scenario: Scenario, shown: dict[str, Any]) -> None:
+    """The TestSettings of one run (as :func:`settings_for` shows them), checked before LoadGen starts: each count,
+    duration, rate and latency a finite number > 0 (``max_duration_ms`` may be 0: LoadGen's "no maximum", the watchdog
+    bounds the run), and the samples LoadGen generates up front (Offline: ``max(min_query_count, 1.1 x min_duration x
+    offline_expected_qps)``, LoadGen's test_settings_internal.cc; Server: ``min_duration x server_target_qps``) at most
+    :data:`MAX_GENERATED_SAMPLES`. Raises :class:`EdgeInceptionError`."""
+    for name, value in shown.items():
+        if name in ("scenario", "mode") or (name == "max_duration_ms" and value == 0):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise EdgeInceptionError(f"LoadGen setting {name} = {value!r} for {RULES[scenario].loadgen}: every count, duration, rate and latency "
+                                     "must be a finite number > 0 (this one yields no query); refusing to start LoadGen")
+    min_s = shown["min_duration_ms"] / 1000
+    rate = shown.get("offline_expected_qps") or shown.get("server_target_qps")
+    if rate is not None:
+        generated = max(shown["min_query_count"], (1.1 if scenario is Scenario.offline else 1.0) * min_s * rate)
+        if generated > MAX_GENERATED_SAMPLES:
+            raise EdgeInceptionError(f"{RULES[scenario].loadgen}: LoadGen would generate {generated:,.0f} samples up front ({rate:g}/s for "
+                                     f"{min_s:g} s), more than {MAX_GENERATED_SAMPLES:,}; lower --target-qps or --min-duration-ms")
+
+
+def expected_run_s(scenario: Scenario, shown: dict[str, Any], est: Estimate) -> float:
+    """How long LoadGen's PerformanceOnly run with these settings should take at the measured rate (seconds): the
+    minimum duration or the minimum query count, whichever takes longer (Offline: its one query of generated samples)."""
+    min_s = shown["min_duration_ms"] / 1000
+    queries = shown["min_query_count"]
+    if scenario is Scenario.single_stream:
+        t = max(min_s, queries * est.single_s)
+    elif scenario is Scenario.multi_stream:
+        t = max(min_s, queries * est.multi_s)
+    elif scenario is Scenario.server:
+        rate = shown["server_target_qps"]
+        t = max(min_s, queries / rate, max(queries, min_s * rate) / est.qps)
+    else:
+        t = max(queries, 1.1 * min_s * shown["offline_expected_qps"]) / est.qps
+    if shown["max_duration_ms"] and scenario is not Scenario.offline:
+        t = min(t, shown["max_duration_ms"] / 1000)
+    return t
+
+
+def watchdog(expected_s: float, cfg: ScenarioConfig) -> tuple[float, str]:
+    """The wall-clock bound of one LoadGen run and where it comes from: ``--watchdog-s`` if given, else
+    :data:`WATCHDOG_FACTOR` x the expected time + :data:`WATCHDOG_SLACK_S` + one request's timeout. The factor covers a
+    machine slower under load than during the few timed inferences; the slack LoadGen's start and its logs."""
+    if cfg.watchdog_s is not None:
+        return cfg.watchdog_s, "--watchdog-s"
+    bound = WATCHDOG_FACTOR * expected_s + WATCHDOG_SLACK_S + cfg.timeout_s
+    return bound, (f"the watchdog: {WATCHDOG_FACTOR:g} x the {expected_s:.0f} s its settings take at the measured rate + "
+                   f"{WATCHDOG_SLACK_S + cfg.timeout_s:.0f} s; --watchdog-s sets it")
 
 
 def read_detail(path: Path) -> dict[str, Any]:
@@ -348,7 +476,86 @@ def top1_from_accuracy_log(path: Path, labels: np.ndarray) -> tuple[float, int]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Running
+# LoadGen's log folder: private to the run, then moved into --loadgen-logs
+
+def _log_layout(cfg: ScenarioConfig) -> list[tuple[str, str]]:
+    modes = ["performance"] + (["accuracy"] if cfg.accuracy else [])
+    return [(scenario.value, mode) for scenario in cfg.scenarios for mode in modes]
+
+
+def _log_folder(path: Path, *, create: bool) -> Path:
+    """A folder below ``--loadgen-logs`` that takes LoadGen's files: a real folder (a symbolic link, FIFO or file of that
+    name is refused, never followed), or missing (made if ``create``)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        if create:
+            try:
+                path.mkdir()
+            except OSError as exc:
+                raise OutputPathError(f"cannot create {path}: {exc.strerror or exc}") from exc
+        return path
+    except OSError as exc:
+        raise OutputPathError(f"cannot write LoadGen's logs into {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"refusing to write LoadGen's logs into {path}: it is a symbolic link; they go into real folders below --loadgen-logs")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"refusing to write LoadGen's logs into {path}: it is not a folder")
+    return path
+
+
+def _log_file(path: Path) -> None:
+    """A LoadGen log's destination: missing or a regular file (replaced by a rename); a link, FIFO, device, socket or folder is refused."""
+    if path.is_symlink():
+        raise OutputPathError(f"refusing to replace {path}: it is a symbolic link; LoadGen's logs are written as real files")
+    output_target(path)
+
+
+def check_log_dir(log_dir: Path, cfg: ScenarioConfig) -> Path:
+    """Before the run, nothing created: ``--loadgen-logs`` can take LoadGen's files. The folder itself follows fileio's rule
+    for an output folder a user names (a link to a folder is followed; to anything else, refused); below it every folder
+    and file LoadGen's logs would replace is checked by :func:`_log_folder` / :func:`_log_file`. Returns the real folder."""
+    top = output_target(log_dir, folder=True)
+    if not top.exists():
+        parent = next((p for p in top.parents if p.exists()), Path("."))
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise OutputPathError(f"cannot create --loadgen-logs {log_dir}: {parent} is not a writable folder")
+        return top
+    if not os.access(top, os.W_OK):
+        raise OutputPathError(f"--loadgen-logs {log_dir} is not writable")
+    for scenario, mode in _log_layout(cfg):
+        for folder in (top / scenario, top / scenario / mode):
+            _log_folder(folder, create=False)
+        for name in LOG_FILES:
+            if os.path.lexists(top / scenario / mode / name):
+                _log_file(top / scenario / mode / name)
+    return top
+
+
+def keep_logs(private: Path, log_dir: Path, cfg: ScenarioConfig) -> None:
+    """Move LoadGen's files from the run's private folder into ``--loadgen-logs/<scenario>/<mode>/``: each folder's files
+    copied into a staging folder there, then each renamed over its name (fileio's :func:`install_files`: every
+    destination checked first; a link, FIFO, device or socket refused, nothing outside the folder replaced)."""
+    top = check_log_dir(log_dir, cfg)
+    ensure_folder(top)
+    for scenario, mode in _log_layout(cfg):
+        src = private / scenario / mode
+        files = [src / n for n in LOG_FILES if (src / n).is_file() and not (src / n).is_symlink()]
+        if not files:
+            continue
+        dest = _log_folder(_log_folder(top / scenario, create=True) / mode, create=True)
+        for f in files:
+            _log_file(dest / f.name)
+        with staging_dir(dest, "loadgen-logs") as stage:
+            staged = []
+            for f in files:
+                shutil.copyfile(f, stage / f.name)
+                staged.append(stage / f.name)
+            install_files(staged, dest)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Running: the parent checks and waits; a child process runs LoadGen
 
 @dataclass
 class _Target:
@@ -359,7 +566,7 @@ class _Target:
     num_classes: int
     class_names: list[str]
     close: Callable[[], None]
-    max_batch: int | None
+    max_batch: int | None  # a server's max_batch_size (None: in-process)
 
 
 def _open(target: str, cfg: ScenarioConfig) -> _Target:
@@ -369,10 +576,16 @@ def _open(target: str, cfg: ScenarioConfig) -> _Target:
         runner = TritonRunner(target, timeout_s=cfg.timeout_s)
         runner.activate()
         model = runner.client.model
-        assert model is not None
+        if model is None:
+            raise ServeError(f"{target}: the server described no model")
         names = runner.client.class_names() if cfg.accuracy else [str(i) for i in range(model.num_classes)]
-        return _Target(target, f"triton:{model.name} ({model.platform})", runner.run, model.image_size, model.num_classes, names,
-                       runner.deactivate, model.max_batch_size or None)
+
+        def remote_infer(batch: np.ndarray) -> np.ndarray:
+            """One request (or one per max_batch_size chunk) to the server, with its deadline: the remote SUT's call."""
+            return runner.run(batch)
+
+        return _Target(target, f"triton:{model.name} ({model.platform})", remote_infer, model.image_size, model.num_classes, names,
+                       runner.deactivate, model.max_batch_size)
     from ..engines.registry import artifact_info, open_runner
 
     info = artifact_info(target)
@@ -397,39 +610,56 @@ def _run_test(sut: _Sut, samples: int, settings: Any, outdir: Path) -> None:
         lg.DestroyQSL(qsl)
         lg.DestroySUT(lg_sut)
     if sut.error is not None:
-        err = sut.error
-        sut.error = None
-        if isinstance(err, EdgeInceptionError):
-            raise err
-        raise ServeError(f"inference failed during the LoadGen run: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        err, sut.error = sut.error, None
+        raise err
 
 
 def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], None] | None = None) -> ScenarioReport:
-    """Each scenario of ``cfg`` against ``target`` (an artifact, or ``grpc://HOST:PORT/MODEL``), LoadGen judging."""
-    from ..evaluate.bench import machine_info
-    from ..limits import check_threads
+    """Each scenario of ``cfg`` against ``target`` (an artifact, or ``grpc://HOST:PORT/MODEL``), LoadGen judging.
 
-    if not cfg.scenarios:
-        raise EdgeInceptionError("give at least one --scenario")
-    if not 1 <= cfg.batch <= MAX_BATCH or not 1 <= cfg.concurrency <= 64 or not 1 <= cfg.samples_per_query <= MAX_BATCH:
-        raise EdgeInceptionError(f"--batch and --samples-per-query must be in [1, {MAX_BATCH}], --concurrency in [1, 64]")
-    check_threads(cfg.threads)
-    for value, name in ((cfg.target_qps, "--target-qps"), (cfg.target_latency_ms, "--target-latency-ms")):
-        if value is not None and not 0 < value < 1e7:
-            raise EdgeInceptionError(f"{name} must be in (0, 1e7), got {value:g}")
+    Every setting is checked first (:func:`check_config`; ``--loadgen-logs`` by :func:`check_log_dir`). LoadGen then runs
+    in a child process (:mod:`.child`) that does the inference too, so that Ctrl-C / SIGTERM stop it at once
+    (``KeyboardInterrupt`` here, the child killed) and each LoadGen run is bounded by its :func:`watchdog`
+    (:class:`~.child.WatchdogError`). LoadGen's C++ writes its logs into a folder made for this run (``mkdtemp``: mode
+    0700, nobody else's), removed at the end; with ``log_dir`` they are moved from it by :func:`keep_logs` once every
+    run finished. Raises :class:`EdgeInceptionError` subclasses; on any failure nothing is written."""
+    from ..evaluate.bench import machine_info
+    from .child import run_in_child
+
+    check_config(cfg)
+    if cfg.log_dir is not None:
+        check_log_dir(cfg.log_dir, cfg)
+    private = Path(tempfile.mkdtemp(prefix="edge-inception-loadgen-"))
+    try:
+        results, notes = run_in_child(_child_run, (target, cfg, str(private)), what="LoadGen's process", startup_s=STARTUP_S,
+                                      progress=progress)
+        if cfg.log_dir is not None:
+            keep_logs(private, cfg.log_dir, cfg)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return ScenarioReport(machine_info(cfg.threads), cfg, results, notes)
+
+
+def _child_run(chan: Any, target: str, cfg: ScenarioConfig, private: str) -> tuple[list[ScenarioResult], list[str]]:
+    """In the child process (:func:`.child.run_in_child`): open the target, load the samples, time them, check every
+    run's settings, then run LoadGen for each scenario, each run under its watchdog."""
     t = _open(target, cfg)
     try:
         samples = load_samples(cfg.data, t.image_size, t.class_names, t.num_classes, labelled=cfg.accuracy)
-        batch = min(cfg.batch, t.max_batch or cfg.batch)
+        batch = batch_rule(cfg.batch, t.max_batch, t.name)
+        multi = batch_rule(cfg.samples_per_query, t.max_batch, t.name)
         est = estimate(t.infer, samples.images, batch, cfg.samples_per_query)
         check_target_qps(cfg, est)
+        planned = []
+        for scenario in cfg.scenarios:  # all checked before the first run starts
+            settings, shown = settings_for(scenario, cfg, est, len(samples.images))
+            check_settings(scenario, shown)
+            planned.append((scenario, settings, shown))
         results = []
-        with tempfile.TemporaryDirectory(prefix="edge-inception-loadgen-") as tmp:
-            base = cfg.log_dir or Path(tmp)
-            for scenario in cfg.scenarios:
-                if progress:
-                    progress(f"LoadGen {RULES[scenario].loadgen} against {target}")
-                results.append(_one(scenario, cfg, t, samples, est, batch, base / scenario.value, keep=cfg.log_dir is not None))
+        for scenario, settings, shown in planned:
+            chan.progress(f"LoadGen {RULES[scenario].loadgen} against {target}")
+            split = multi if scenario is Scenario.multi_stream else batch
+            results.append(_one(chan, scenario, cfg, t, samples, est, split, settings, shown, Path(private) / scenario.value))
     finally:
         t.close()
     notes = [f"samples: {len(samples.images)} images from {samples.source}"]
@@ -437,31 +667,34 @@ def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], No
         notes.append(SHORT_NOTE.format(ms=SHORT_DURATION_MS))
     else:
         notes.append("LoadGen's default settings unless given; an MLPerf submission needs the benchmark's model, data set and mlperf.conf rules")
-    return ScenarioReport(machine_info(cfg.threads), cfg, results, notes)
+    return results, notes
 
 
-def _one(scenario: Scenario, cfg: ScenarioConfig, t: _Target, samples: Samples, est: Estimate, batch: int, outdir: Path, *,
-         keep: bool) -> ScenarioResult:
+def _one(chan: Any, scenario: Scenario, cfg: ScenarioConfig, t: _Target, samples: Samples, est: Estimate, split: int, settings: Any,
+         shown: dict[str, Any], outdir: Path) -> ScenarioResult:
     import mlperf_loadgen as lg
 
     rule = RULES[scenario]
     workers = 1 if scenario is Scenario.single_stream else cfg.concurrency
-    split = cfg.samples_per_query if scenario is Scenario.multi_stream else batch
-    sut = _Sut(t.infer, samples.images, split, workers)
+    sut = _Sut(t.infer, samples.images, split, workers, on_error=chan.fail)
     try:
-        settings, shown = settings_for(scenario, cfg, est, len(samples.images))
+        bound, why = watchdog(expected_run_s(scenario, shown, est), cfg)
+        chan.deadline(bound, f"LoadGen's {rule.loadgen} run", why)
         _run_test(sut, len(samples.images), settings, outdir / "performance")
         valid, reasons, latency, per_s, count = result_from_detail(read_detail(outdir / "performance" / "mlperf_log_detail.txt"), scenario)
         top1, n_acc = None, 0
         if cfg.accuracy and samples.labels is not None:
             settings.mode = lg.TestMode.AccuracyOnly
+            bound, why = watchdog(len(samples.images) / est.qps, cfg)
+            chan.deadline(bound, f"LoadGen's {rule.loadgen} accuracy run", why)
             _run_test(sut, len(samples.images), settings, outdir / "accuracy")
             top1, n_acc = top1_from_accuracy_log(outdir / "accuracy" / "mlperf_log_accuracy.json", samples.labels)
+        chan.deadline(LOG_READ_S, "reading LoadGen's logs", "its bound")
     finally:
         sut.close()
     value = per_s if rule.percentile is None else latency.get("p" + rule.percentile.rstrip("0").rstrip("."), float("nan"))
     return ScenarioResult(t.name, t.engine, rule.loadgen, valid, reasons, rule.metric, value, per_s, latency, count, shown, cfg.short, top1, n_acc,
-                          str(outdir) if keep else None)
+                          str(cfg.log_dir / scenario.value) if cfg.log_dir is not None else None)
 
 
 # ------------------------------------------------------------------------------------------------------------------
