@@ -321,32 +321,45 @@ def test_a_fifo_named_like_a_log_is_refused_without_a_hang(tiny, tmp_path):
 # Issue 35, remote: a server that dies mid-run
 
 
-@pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
-def test_a_server_killed_mid_run_is_one_line(python_repo, tmp_path):
-    """tritonserver (its own, not the module's shared one) killed by SIGKILL 2 s into a long Offline run: the command says
-    so in one line and exits 1 within the bound (a refused connection fails at once; a request's deadline is 10 s), its
-    LoadGen child stopped, no server process left."""
-    server = TritonServer(python_repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=READY_S)
-    proc = None
+def bench_until_server_fault(server: TritonServer, tmp_path: Path, sig: signal.Signals) -> tuple[int, str, float, int]:
+    """A long Offline run against ``server``, ``sig`` sent to the server's process group 2 s into LoadGen's run:
+    (exit code, stderr, seconds from the signal to the exit, the command's process group)."""
+    proc = start_bench(f"grpc://{server.endpoints.grpc}/demo", "--scenario", "offline", "--concurrency", "2", *output_args(tmp_path),
+                       tmpdir=tmp_path / "tmp")
     try:
-        server.start()
-        proc = start_bench(f"grpc://{server.endpoints.grpc}/demo", "--scenario", "offline", "--concurrency", "2", *output_args(tmp_path),
-                           tmpdir=tmp_path / "tmp")
         wait_for_line(proc, "LoadGen Offline against")
         time.sleep(2.0)
         assert proc.poll() is None
         assert server.proc is not None
-        os.killpg(server.proc.pid, signal.SIGKILL)
+        os.killpg(server.proc.pid, sig)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=120)
-        took = time.monotonic() - t0
+        return proc.returncode, err, time.monotonic() - t0, proc.pid
     finally:
-        if proc is not None:
-            kill_group(proc)
+        kill_group(proc)
+
+
+@pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
+def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, tmp_path):
+    """tritonserver (its own, not the module's shared one) stopped (SIGSTOP), then killed (SIGKILL), 2 s into a long
+    Offline run: each time the command says so in one line and exits 1 within the bound (a request's deadline is 10 s;
+    a refused connection fails at once), its LoadGen child stopped, nothing written; no server process left."""
+    server = TritonServer(python_repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=READY_S)
+    try:
+        server.start()
+        code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGSTOP)
+        assert code == 1 and "Traceback" not in err
+        assert one_error_line(err) == f"error: {server.endpoints.grpc} did not answer within 10 s (is a Triton gRPC endpoint there?)"
+        assert took < 10 + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"  # the request's deadline + stopping the child, under load
+        assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(pgid) == []
+
+        assert server.proc is not None
+        os.killpg(server.proc.pid, signal.SIGCONT)
+        code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGKILL)
+    finally:
         server.stop()
-    assert proc.returncode == 1 and "Traceback" not in err
-    line = one_error_line(err)
-    assert server.endpoints.grpc in line or "127.0.0.1" in line, line
-    assert took < 10 + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"  # a request's deadline (10 s) + stopping the child, under load
-    assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(proc.pid) == []
+    assert code == 1 and "Traceback" not in err
+    assert one_error_line(err).startswith(f"error: cannot reach a Triton server at {server.endpoints.grpc}")
+    assert took < 10 + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"
+    assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(pgid) == []
     assert_none_left(python_repo)
