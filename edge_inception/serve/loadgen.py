@@ -7,6 +7,12 @@ reports MLPerf's metric: SingleStream the 90th percentile latency, MultiStream a
 per second. ``accuracy`` adds LoadGen's AccuracyOnly mode (every sample once, the answers logged in
 ``mlperf_log_accuracy.json``), scored as top-1 on labelled images.
 
+LoadGen runs in a child process (:mod:`.child`): ``StartTest`` blocks in C++, deaf to Ctrl-C and SIGTERM, so the
+command waits on a pipe instead, stops the child on a signal, and bounds each run with a watchdog computed from its
+settings. Every value that reaches LoadGen's ``TestSettings`` is checked before LoadGen starts. LoadGen's C++ opens its
+log files itself, so it only ever writes into a private folder made for the run; ``--loadgen-logs`` gets copies,
+installed with :mod:`..fileio`'s checks.
+
 Results are not MLPerf submissions: those need the benchmark's reference model and data set, mlperf.conf's rules (600 s
 runs, minimum query counts) and an audit. ``short`` shrinks the run for tests and says so in the report.
 """
