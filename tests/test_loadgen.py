@@ -339,6 +339,22 @@ def bench_until_server_fault(server: TritonServer, tmp_path: Path, sig: signal.S
         kill_group(proc)
 
 
+def wait_until_answering(server: TritonServer, within_s: float = 60.0) -> None:
+    """After SIGCONT the server first fails the requests that waited in its queue: poll with one inference until it answers."""
+    from edge_inception.serve.client import TritonClient
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with TritonClient(f"grpc://{server.endpoints.grpc}/demo", timeout_s=5) as client:
+                client.logits(np.zeros((1, 3, 64, 64), np.float32))
+            return
+        except ServeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 @pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
 def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, tmp_path):
     """tritonserver (its own, not the module's shared one) stopped (SIGSTOP), then killed (SIGKILL), 2 s into a long
@@ -355,6 +371,7 @@ def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, 
 
         assert server.proc is not None
         os.killpg(server.proc.pid, signal.SIGCONT)
+        wait_until_answering(server)
         code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGKILL)
     finally:
         server.stop()
