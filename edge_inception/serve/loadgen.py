@@ -557,6 +557,7 @@ def keep_logs(private: Path, log_dir: Path, cfg: ScenarioConfig) -> None:
             for f in files:
                 shutil.copyfile(f, stage / f.name)
                 staged.append(stage / f.name)
+            _log_folder(dest, create=False)  # again, just before the renames: still a real folder, not a link swapped in
             install_files(staged, dest)
 
 
