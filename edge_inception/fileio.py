@@ -240,7 +240,8 @@ def read_output_index(folder: Path, error: type[EdgeInceptionError] = OutputPath
 
 
 def printable_name(name: object) -> str:
-    return repr(printable(str(name), 80))
+    """A name from outside, quoted and escaped for one line (names.printable), at most 80 characters of it."""
+    return f"'{printable(str(name), 80)}'"
 
 
 def walk_folder(folder: Path) -> Iterator[tuple[str, os.stat_result]]:

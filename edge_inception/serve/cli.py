@@ -81,20 +81,21 @@ def run_cmd(
     If tritonserver or a backend stub dies, serve run says so, stops the rest and exits 1 (it restarts nothing)."""
     from ..cli_common import handle_errors
     from ..errors import ServeError
+    from ..names import printable
     from .server import TritonServer, exposure_warning, find_tritonserver, is_loopback
 
     @handle_errors
     def run() -> None:
         install = find_tritonserver()
         if trust_repository:
-            typer.echo(f"warning: --trust-repository: serving {repository} unchecked, as Triton reads it; its Python models (model.py) "
-                       "run as code with your permissions", err=True)
+            typer.echo(f"warning: --trust-repository: serving {printable(str(repository))} unchecked, as Triton reads it; its Python "
+                       "models (model.py) run as code with your permissions", err=True)
         server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                               ready_timeout_s=ready_timeout, install=install, trust=trust_repository)
+        if not is_loopback(host):
+            typer.echo(f"warning: {exposure_warning(host)}", err=True)
         with server:
             assert server.endpoints is not None
-            if not is_loopback(host):
-                typer.echo(f"warning: {exposure_warning(host, server.endpoints)}", err=True)
             typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
             for line in server.endpoints.lines(server.models):
                 typer.echo(f"  {line}")

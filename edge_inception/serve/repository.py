@@ -30,9 +30,9 @@ from pathlib import Path
 from ..engines.manifest import manifest_path, read_manifest
 from ..engines.registry import artifact_info, is_plain_onnx, resolve_artifact
 from ..errors import ManifestError, ServeError
-from ..fileio import MAX_HASHED_BYTES, MAX_TREE_ENTRIES, OUTPUT_INDEX, atomic_dir, printable_name, read_output_index, sha256_file
+from ..fileio import MAX_HASHED_BYTES, MAX_TREE_ENTRIES, OUTPUT_INDEX, atomic_dir, printable_name, read_output_index, safe_relative, sha256_file
 from ..limits import MAX_BATCH
-from ..names import is_number
+from ..names import is_number, printable
 from ..vocab import Backend
 from . import config as tc
 from .config import INPUT_NAME, LABELS_FILE, OUTPUT_NAME, Batching, InstanceKind, ModelSpec, ServeKind, Tensor
@@ -297,6 +297,8 @@ def copy_verified(repo: str | Path, dest: Path) -> None:
                          "write (Triton would run any model.py in it as code); export it with serve export, or pass --trust-repository")
     files: dict[str, str] = index["files"]
     folders = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
+    listed = index.get("folders")  # those that hold no file (an ensemble's empty version folder)
+    folders |= {f for f in listed if safe_relative(f)} if isinstance(listed, list) else set()
     foreign: list[str] = []
     differs: list[str] = []
     seen: set[str] = set()
@@ -340,17 +342,17 @@ def copy_verified(repo: str | Path, dest: Path) -> None:
     finally:
         os.close(root_fd)
     if foreign:
-        shown = ", ".join(printable_name(f)[1:-1] for f in foreign[:MAX_FOREIGN_SHOWN])
+        shown = ", ".join(printable(f, 120) for f in foreign[:MAX_FOREIGN_SHOWN])
         more = f" and {len(foreign) - MAX_FOREIGN_SHOWN} more" if len(foreign) > MAX_FOREIGN_SHOWN else ""
         raise ServeError(f"{root}: {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} not written by serve export ({shown}{more}): "
                          f"refusing to serve it (not in its {REPO_MANIFEST}; Triton would load them, a model.py as code); remove them, "
                          "or pass --trust-repository")
     if differs:
-        raise ServeError(f"{root}: {printable_name(differs[0])[1:-1]} does not match {REPO_MANIFEST} (sha256 differs: edited or replaced); "
+        raise ServeError(f"{root}: {printable(differs[0], 120)} does not match {REPO_MANIFEST} (sha256 differs: edited or replaced); "
                          "export again")
     missing = sorted(set(files) - seen)
     if missing:
-        raise ServeError(f"{root}: {printable_name(missing[0])[1:-1]} is missing; export the repository again")
+        raise ServeError(f"{root}: {printable(missing[0], 120)} is missing; export the repository again")
 
 
 def _copy_file(dir_fd: int, name: str, dest: Path) -> str:

@@ -106,10 +106,9 @@ def is_loopback(host: str) -> bool:
         return host.lower() == "localhost"
 
 
-def exposure_warning(host: str, endpoints: Endpoints | None = None) -> str:
+def exposure_warning(host: str) -> str:
     """The one line ``serve run`` prints for a --host other than loopback: what anyone who reaches it can do."""
-    ports = (f" (HTTP {endpoints.http_port}, gRPC {endpoints.grpc_port}, metrics {endpoints.metrics_port})" if endpoints else "")
-    return (f"--host {host}: Triton has no authentication: anyone who can reach this address{ports} can run inference over HTTP and "
+    return (f"--host {printable(host, 80)}: Triton has no authentication: anyone who can reach this address can run inference over HTTP and "
             "gRPC, read every model's metadata, configuration and statistics, the repository index and the Prometheus metrics, and "
             "register shared memory; model control (load/unload) stays off")
 
@@ -202,6 +201,7 @@ class TritonServer:
         self.workdir: Path | None = None
         self.models: list[str] = []
         self.endpoints: Endpoints | None = None
+        self.stubs: dict[int, tuple[str, str]] = {}  # the server's backend processes when it became ready (group())
 
     # lifecycle -------------------------------------------------------------------------------------------------
     def __enter__(self) -> TritonServer:
@@ -260,6 +260,7 @@ class TritonServer:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             self._wait_ready()
+            self.stubs = self.group()  # before anyone is told it is ready: what watch() holds it to
         except BaseException:
             self.stop()
             raise
@@ -347,14 +348,14 @@ class TritonServer:
         return found
 
     def watch(self, interval_s: float = WATCH_INTERVAL_S) -> str:
-        """Block while the server and every backend stub it had when ready run; then why not, in one line.
+        """Block while the server and every backend stub it had when ready (:attr:`stubs`) run; then why not, in one line.
 
         Decision (issue 35): ``serve run`` does not restart anything. A stub that dies (the Python backend may start
         another, but requests in flight failed and the model's state is gone) or a server that exits ends the watch;
         the caller stops the whole group and exits non-zero, so that a supervisor (systemd, Kubernetes) that restarts
         it sees the failure."""
         assert self.proc is not None
-        stubs = self.group()
+        stubs = self.stubs
         while True:
             code = self.proc.poll()
             if code is not None:
