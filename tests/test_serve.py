@@ -362,10 +362,19 @@ def _start_cli(args: list[str]) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _kill_group(proc: subprocess.Popen[str], repo: Path | None = None) -> None:
+    """Stop a serve run the test started, also when the test failed: SIGTERM (it stops its server), then SIGKILL to its
+    group; tritonserver runs in a session of its own, so whatever still serves ``repo`` is killed by its group too."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    for pid in pids_of(repo) if repo is not None else {}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 @needs_server
@@ -389,7 +398,7 @@ def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path):
         assert proc.wait(timeout=60) == 143
         assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
     finally:
-        _kill_group(proc)
+        _kill_group(proc, python_repo)
     assert_none_left(python_repo, within_s=5)
 
 
@@ -600,7 +609,7 @@ def test_trust_repository_serves_as_triton_would_with_a_warning_and_ctrl_c_stops
         assert len(warnings) == 1 and "--trust-repository" in warnings[0] and "run as code" in warnings[0] and "Traceback" not in err
         assert "interrupted" in err
     finally:
-        _kill_group(proc)
+        _kill_group(proc, repo)
     assert_none_left(repo, within_s=5)
 
 
@@ -626,7 +635,7 @@ def test_serve_run_exits_when_a_stub_or_its_server_dies(plain_repo, tmp_path, vi
         expected = "the Python backend stub of model demo" if victim == "stub" else "tritonserver exited on its own (killed by signal 9)"
         assert expected in line and (victim != "stub" or "died" in line)
     finally:
-        _kill_group(proc)
+        _kill_group(proc, repo)
     assert_none_left(repo, within_s=5)
 
 
@@ -642,5 +651,5 @@ def test_host_other_than_loopback_warns_in_one_line(plain_repo):
     assert code == 1 and len(lines) == 2 and lines[0].startswith("warning: --host 192.0.2.1: Triton has no authentication")
     assert all(word in lines[0] for word in ("inference", "HTTP", "gRPC", "metrics", "model control"))
     assert "cannot bind 192.0.2.1" in one_error_line(err)
-    code, _, err = cli("serve", "run", str(plain_repo), "--host", "127.0.0.1", "--http-port", "1", "--grpc-port", "0", "--metrics-port", "0")
-    assert "warning" not in err
+    code, _, err = cli("serve", "run", str(plain_repo.parent / "nosuch"), "--host", "127.0.0.1")  # refused before any start
+    assert code == 1 and "warning" not in err and "model repository not found" in one_error_line(err)
