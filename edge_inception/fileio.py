@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EdgeInceptionError, ModelFileError, OutputPathError
+from .names import printable
 
 log = logging.getLogger(__name__)
 
@@ -191,29 +192,184 @@ def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
             check_writable(path)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]:
-    """Build a folder under a temporary name and move it into place when complete.
+# --------------------------------------------------------------------------------------------------------------------
+# Output folders, and the one rule for replacing them (``--force``)
 
-    With ``replace`` an existing folder is swapped out only after the new one is complete; without it an
-    existing non-empty folder is refused.
+OUTPUT_INDEX = "edge-inception.json"  # in every output folder the product writes: what it wrote there, with sha256
+MAX_INDEX_BYTES = 16 << 20
+MAX_TREE_ENTRIES = 20_000  # a folder of ours holds a few hundred files (the demo data set: 500 crops)
+MAX_LISTED = 5  # foreign names shown in one error line
+
+
+def _shown(names: list[str]) -> str:
+    more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(printable(n, 80) for n in names[:MAX_LISTED]) + more
+
+
+def safe_relative(rel: object) -> str | None:
+    """``rel`` as a path inside a folder ('a/b.txt', '/'-separated, no '..', '.', empty part or backslash), else None."""
+    if not isinstance(rel, str) or not rel or len(rel) > 1024 or "\\" in rel or "\0" in rel or rel.startswith("/"):
+        return None
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    return rel
+
+
+def read_output_index(folder: Path, error: type[EdgeInceptionError] = OutputPathError) -> dict[str, Any] | None:
+    """The index (:data:`OUTPUT_INDEX`) of an output folder the product wrote: a regular file (not a link) of JSON whose
+    ``files`` maps each file's path inside the folder to its sha256. None where there is none (or it is a link);
+    ``error`` where one is there but is not an index of ours."""
+    path = folder / OUTPUT_INDEX
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    data = read_json(path, MAX_INDEX_BYTES, "output index", error=error)
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not isinstance(data.get("edge_inception_version"), str):
+        raise error(f"{path}: not an index written by edge-inception (no 'files' map)")
+    for rel, digest in files.items():
+        if safe_relative(rel) is None or rel == OUTPUT_INDEX:
+            raise error(f"{path}: file name {printable_name(rel)} is not a path inside the folder")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise error(f"{path}: the sha256 of {printable_name(rel)} is not 64 hex digits")
+    return data
+
+
+def printable_name(name: object) -> str:
+    """A name from outside, quoted and escaped for one line (names.printable), at most 80 characters of it."""
+    return f"'{printable(str(name), 80)}'"
+
+
+def walk_folder(folder: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under ``folder`` as ('a/b', its lstat), links and special files not followed; at most
+    :data:`MAX_TREE_ENTRIES` entries (:class:`OutputPathError` beyond)."""
+    count = 0
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(folder / rel if rel else folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            count += 1
+            if count > MAX_TREE_ENTRIES:
+                raise OutputPathError(f"{folder}: more than {MAX_TREE_ENTRIES:,} entries; not a folder of ours")
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            st = entry.stat(follow_symlinks=False)
+            yield sub, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(sub)
+
+
+def foreign_entries(folder: Path, index: dict[str, Any]) -> list[str]:
+    """What in ``folder`` its index does not account for: files not listed, links, FIFOs, devices, sockets, folders
+    that hold nothing listed. Sorted paths inside the folder."""
+    files = set(index["files"])
+    folders = {str(Path(rel).parent).replace(os.sep, "/") for rel in files} - {"."}
+    folders |= {"/".join(f.split("/")[:i]) for f in list(folders) for i in range(1, f.count("/") + 1)}
+    listed = index.get("folders")
+    folders |= {f for f in listed if safe_relative(f)} if isinstance(listed, list) else set()
+    foreign = []
+    for rel, st in walk_folder(folder):
+        if rel == OUTPUT_INDEX and stat.S_ISREG(st.st_mode):
+            continue
+        if stat.S_ISDIR(st.st_mode) and rel in folders:
+            continue
+        if stat.S_ISREG(st.st_mode) and rel in files:
+            continue
+        foreign.append(rel + ("" if stat.S_ISREG(st.st_mode) else f" ({_kind(st.st_mode) if not stat.S_ISLNK(st.st_mode) else 'a link'})"))
+    return sorted(foreign)
+
+
+def check_replaceable(path: Path, *, replace: bool) -> bool:
+    """The one rule for an output folder (``--force`` included), for every command that writes one: True when ``path``
+    exists and is to be replaced, False when it is missing or an empty folder; otherwise :class:`OutputPathError` in
+    one line.
+
+    A folder is replaced only with ``replace`` (``--force``) and only when the product wrote it: its
+    :data:`OUTPUT_INDEX` lists every file in it and nothing else is there (a file the user added, a link, a FIFO is
+    kept, and the command refuses, naming it). A symbolic link is never followed to a folder elsewhere: an output folder
+    that is a link is refused, and what it leads to is left as it is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError as exc:  # a folder on the way is a file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise OutputPathError(f"cannot write {path}: {blocker} is a file: a file of that name is in the way") from exc
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"refusing to write {path}: it is a symbolic link (to {printable_name(os.readlink(path))}); an output folder is "
+                              "never a link, so that nothing it leads to is replaced: name a folder")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"refusing to replace {path}: it is {_kind(st.st_mode)}, not a folder")
+    try:
+        empty = not any(os.scandir(path))
+    except OSError as exc:
+        raise OutputPathError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if empty:
+        return False
+    index = read_output_index(path)
+    if index is None:
+        raise OutputPathError(f"refusing to replace {path}: it holds files edge-inception did not write (no {OUTPUT_INDEX}); "
+                              "--force replaces only an empty folder or one the product wrote: choose another folder")
+    foreign = foreign_entries(path, index)
+    if foreign:
+        raise OutputPathError(f"refusing to replace {path}: it holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} edge-inception "
+                              f"did not write ({_shown(foreign)}); move {'it' if len(foreign) == 1 else 'them'} or choose another folder")
+    if not replace:
+        raise OutputPathError(f"{path} already exists and is not empty (use --force to replace it)")
+    return True
+
+
+def index_files(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``folder`` but its index, by '/'-separated path inside it."""
+    return {rel: sha256_file(folder / rel) for rel, st in walk_folder(folder) if stat.S_ISREG(st.st_mode) and rel != OUTPUT_INDEX}
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool, index: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``path`` and move it into place when complete, with its
+    :data:`OUTPUT_INDEX` (``index``'s fields, filled in by the caller during the block, plus every file's sha256).
+
+    What may be at ``path`` follows :func:`check_replaceable`, checked before the block (before any work) and again on
+    the folder after it is moved aside, just before the new one takes its place (a file added meanwhile: the old folder
+    is put back and the command refuses). The old folder is deleted only once the new one is in place.
     """
-    dest = output_target(Path(path), folder=True)
-    if dest.exists() and any(dest.iterdir()) and not replace:
-        raise OutputPathError(f"{dest} already exists and is not empty (use --force to replace it)")
+    from . import __version__
+
+    dest = Path(path)
+    check_replaceable(dest, replace=replace)
     ensure_folder(dest.parent)  # not dest itself: an interrupted first run leaves no folder behind
     sweep_stale(dest.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name), suffix=".tmp", dir=dest.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name), suffix=".tmp", dir=dest.parent))
+    except OSError as exc:
+        raise OutputPathError(f"cannot write to {dest.parent}: {exc.strerror or exc}") from exc
     try:
         yield tmp
+        fields = {"edge_inception_version": __version__, **(index or {})}
+        fields["files"] = index_files(tmp)
+        fields["folders"] = sorted(rel for rel, st in walk_folder(tmp) if stat.S_ISDIR(st.st_mode))
+        (tmp / OUTPUT_INDEX).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
         _publish_mode(tmp, folder=True)
-        if dest.exists():
+        if check_replaceable(dest, replace=replace):
             old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
             os.replace(dest, old / dest.name)
+            try:
+                check_replaceable(old / dest.name, replace=True)  # as it was when moved: nothing can be added to it now
+            except BaseException:
+                os.replace(old / dest.name, dest)
+                os.rmdir(old)
+                raise
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, dest)
+            os.replace(tmp, dest)  # over nothing, or an empty folder (rename(2) replaces only an empty one)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -238,11 +394,20 @@ def staging_dir(folder: str | os.PathLike[str], label: str) -> Iterator[Path]:
 
 def install_files(files: list[Path], folder: Path) -> list[Path]:
     """Move ``files`` (in a :func:`staging_dir` of ``folder``) into ``folder``, in the order given: each is an atomic
-    rename over any file of that name. Put the file that vouches for the others (a manifest) last."""
+    rename over any file of that name. Put the file that vouches for the others (a manifest) last.
+
+    A file of the same name already in ``folder`` is replaced only if the product wrote it: the voucher there (the
+    last file's name; a manifest) names it in its ``artifact`` or ``files``; a file nobody vouches for is the user's,
+    and the command refuses in one line (the rule of :func:`check_replaceable`, for files)."""
+    vouched = _vouched_names(folder / files[-1].name) if files else set()
     for f in files:  # every destination checked before the first rename: an artifact is installed whole or not at all
-        if output_target(folder / f.name) != folder / f.name:
-            raise OutputPathError(f"refusing to replace {folder / f.name}: it is a symbolic link; an artifact's files are real files "
+        dest = folder / f.name
+        if output_target(dest) != dest:
+            raise OutputPathError(f"refusing to replace {dest}: it is a symbolic link; an artifact's files are real files "
                                   "beside its manifest")
+        if dest.exists() and f.name not in vouched:
+            raise OutputPathError(f"refusing to replace {dest}: no manifest of edge-inception beside it names it (the user's file?); "
+                                  "move it or choose another output folder")
     placed = []
     for f in files:
         dest = folder / f.name
@@ -250,6 +415,20 @@ def install_files(files: list[Path], folder: Path) -> list[Path]:
         os.replace(f, dest)
         placed.append(dest)
     return placed
+
+
+def _vouched_names(voucher: Path) -> set[str]:
+    """The file names a manifest of ours names (its ``artifact`` and ``files``), with its own; empty for anything else."""
+    try:
+        if not stat.S_ISREG(os.lstat(voucher).st_mode):
+            return set()
+        data = read_json(voucher, MAX_INDEX_BYTES, "manifest", error=OutputPathError)
+    except (OSError, OutputPathError):
+        return set()
+    if not isinstance(data, dict) or not isinstance(data.get("artifact"), str) or not isinstance(data.get("files"), dict):
+        return set()
+    names = {data["artifact"], *(k for k in data["files"] if isinstance(k, str))}
+    return {n for n in names if Path(n).name == n} | {voucher.name}
 
 
 def write_failure(folder: Path, exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .engines.candidates import Candidate, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
-from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError, require_modules
+from .errors import BackendUnavailableError, EdgeInceptionError, OutputPathError, VerificationError, require_modules
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
 from .vocab import Precision, QuantTarget
 
@@ -121,7 +121,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     run = PipelineRun(plan=plan)
     out = cfg.output
-    with atomic_dir(out, replace=cfg.force) as work:
+    with atomic_dir(out, replace=cfg.force, index={"what": "pipeline report"}) as work:
         try:
             with run.stage("export", on_stage) as detail:
                 exported = export_model(cfg.weights, work / "model.fp32.onnx", image_size=cfg.image_size)
@@ -208,8 +208,11 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
             if not any(work.iterdir()):  # failed before any stage wrote a file: nothing to keep
                 raise StageFailed(f"stage '{run.current}' failed: {exc}") from exc
             failed = out.with_name(out.name + ".failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            shutil.copytree(work, failed)
+            try:  # replaces an earlier failed run's folder, never a folder of the user's (fileio.check_replaceable)
+                with atomic_dir(failed, replace=True, index={"what": "pipeline outputs of a failed run"}) as kept:
+                    shutil.copytree(work, kept, dirs_exist_ok=True)
+            except OutputPathError as why:
+                raise StageFailed(f"stage '{run.current}' failed: {exc} (earlier outputs not kept: {why})") from exc
             raise StageFailed(f"stage '{run.current}' failed: {exc} (earlier outputs kept in {failed})") from exc
     return PipelineResult(out, summary, run.stages)
 

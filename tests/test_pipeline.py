@@ -52,10 +52,15 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 1 and "already exists" in again.stderr
     assert json.loads((out / "report.json").read_text()) == report  # untouched
-    (out / "stale-from-an-older-run.txt").write_text("x")
+    (out / "notes-of-the-user.txt").write_text("x")  # --force never deletes a file the product did not write (issue 38, kind 7)
+    refused = runner.invoke(app, args + ["--force"])
+    assert refused.exit_code == 1 and "did not write (notes-of-the-user.txt)" in refused.stderr
+    assert (out / "notes-of-the-user.txt").read_text() == "x"
+    (out / "notes-of-the-user.txt").unlink()
+    (out / "bench.md").write_text("edited")  # a file of the product's, edited: still the product's folder
     forced = runner.invoke(app, args + ["--force"])
     assert forced.exit_code == 0, forced.output
-    assert not (out / "stale-from-an-older-run.txt").exists()  # --force replaces the folder, it does not merge into it
+    assert (out / "bench.md").read_text() != "edited"  # --force replaces the folder, it does not merge into it
     assert (out / "report.json").is_file()
     assert not list(tmp_path.glob(".run.*"))  # no temporary folders left behind
 

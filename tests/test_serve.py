@@ -8,6 +8,8 @@ tritonserver or triton_python_backend_stub of its repository runs.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -32,7 +34,7 @@ from edge_inception.data.demo_data import DEMO_CLASSES  # noqa: E402
 from edge_inception.errors import ServeError  # noqa: E402
 from edge_inception.serve import config as tc  # noqa: E402
 from edge_inception.serve.repository import ExportOptions, ServedArtifact, classifier_spec, export_repository, validate_repository  # noqa: E402
-from edge_inception.serve.server import TritonServer, find_tritonserver  # noqa: E402
+from edge_inception.serve.server import REPOSITORY_ENV, TritonServer, find_tritonserver  # noqa: E402
 from edge_inception.vocab import Backend  # noqa: E402
 
 READY_S = 90.0
@@ -49,20 +51,30 @@ def _has_server() -> bool:
 needs_server = pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
 
 
-def processes_of(repo: Path) -> list[str]:
-    """Command lines of running processes that name ``repo`` (tritonserver --model-repository=..., the Python stubs)."""
+def pids_of(repo: Path) -> dict[int, str]:
+    """Running tritonserver and triton_python_backend_stub processes serving ``repo``: named on their command line
+    (--trust-repository serves it in place), or in their environment (serve run serves a private copy of it and tells
+    them which repository that is, in EDGE_INCEPTION_REPOSITORY). pid -> command line."""
     key = str(repo.resolve()).encode()
-    found = []
+    found = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not (b"tritonserver" in cmd or b"triton_python_backend_stub" in cmd):
+                continue
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if key in cmd and (b"tritonserver" in cmd or b"triton_python_backend_stub" in cmd):
-            found.append(cmd.replace(b"\0", b" ").decode(errors="replace")[:200])
+        if key in cmd or f"{REPOSITORY_ENV}={repo.resolve()}".encode() in env:
+            found[int(pid)] = cmd.replace(b"\0", b" ").decode(errors="replace")[:300]
     return found
+
+
+def processes_of(repo: Path) -> list[str]:
+    """Command lines of running processes serving ``repo`` (tritonserver and its Python stubs)."""
+    return list(pids_of(repo).values())
 
 
 def assert_none_left(repo: Path, within_s: float = 15.0) -> None:
@@ -195,7 +207,9 @@ def test_repositories_that_do_not_validate_are_refused(tiny, tmp_path):
     text = config.read_text()
     config.write_text(text + "\nnot_a_field: 3\n")
     code, _, err = cli("serve", "run", str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
-    assert code == 1 and "not a valid Triton model configuration" in one_error_line(err)
+    assert code == 1 and "demo_fp32/config.pbtxt does not match edge-inception.json" in one_error_line(err)
+    code, _, err = cli("serve", "run", str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--trust-repository")
+    assert code == 1 and "not a valid Triton model configuration" in one_error_line(err)  # Triton's schema, also when trusted
     config.write_text(text)
     (repo / "demo_fp32" / "labels.txt").write_text("edited\n")
     with pytest.raises(ServeError, match="labels.txt does not match"):
@@ -203,6 +217,8 @@ def test_repositories_that_do_not_validate_are_refused(tiny, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = cli("serve", "run", str(empty), "--grpc-port", "0")
+    assert code == 1 and "no edge-inception.json" in one_error_line(err)
+    code, _, err = cli("serve", "run", str(empty), "--grpc-port", "0", "--trust-repository")
     assert code == 1 and "not a Triton model repository" in one_error_line(err)
     assert cli("serve", "export", str(artifact), "-o", str(tmp_path / "native"))[0] == 0
     if _has_server() and find_tritonserver().pytriton_dir is not None:  # nvidia-pytriton's server: Python backend only
@@ -346,10 +362,19 @@ def _start_cli(args: list[str]) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _kill_group(proc: subprocess.Popen[str], repo: Path | None = None) -> None:
+    """Stop a serve run the test started, also when the test failed: SIGTERM (it stops its server), then SIGKILL to its
+    group; tritonserver runs in a session of its own, so whatever still serves ``repo`` is killed by its group too."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    for pid in pids_of(repo) if repo is not None else {}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 @needs_server
@@ -373,7 +398,7 @@ def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path):
         assert proc.wait(timeout=60) == 143
         assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
     finally:
-        _kill_group(proc)
+        _kill_group(proc, python_repo)
     assert_none_left(python_repo, within_s=5)
 
 
@@ -388,7 +413,8 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path):
              "class TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(120)\n")
     (repo / "slow" / "1" / "model.py").write_text(model)
     t0 = time.monotonic()
-    code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3")
+    code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3",
+                       "--trust-repository")
     assert code == 1 and "was not ready within 3 s" in one_error_line(err)
     assert time.monotonic() - t0 < 60
     assert_none_left(repo, within_s=5)
@@ -410,3 +436,220 @@ def test_a_backend_under_numpy_2_refuses_to_load(python_repo, tmp_path, monkeypa
     code, _, err = cli("serve", "run", str(python_repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "60")
     assert code == 1 and "needs NumPy < 2" in one_error_line(err) and len(err.strip().splitlines()) == 1
     assert_none_left(python_repo, within_s=5)
+
+
+@needs_server
+def test_model_control_is_off(server):
+    """What --host's warning says a network peer cannot do: load or unload models (Triton's model control mode NONE)."""
+    from tritonclient.grpc import InferenceServerClient
+    from tritonclient.utils import InferenceServerException
+
+    client = InferenceServerClient(server.endpoints.grpc)
+    try:
+        with pytest.raises(InferenceServerException):
+            client.unload_model("demo", client_timeout=10)
+        assert client.is_model_ready("demo", client_timeout=10)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# serve run serves what serve export wrote, and only that (issue 38, kind 6); faults while serving (issue 35)
+
+MARKER_MODEL = '''import os, sys
+sys.path[:0] = os.environ.get("EDGE_INCEPTION_SYS_PATH", "").split(os.pathsep)  # NumPy for the stub
+open({marker!r}, "w").write("ran")  # at import: the proof that this file ran as code
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return []
+'''
+
+
+def add_marker_model(repo: Path, marker: Path, name: str = "evil") -> None:
+    """A model folder serve export did not write: a Python model whose model.py writes ``marker`` when the stub imports it."""
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\nmax_batch_size: 1\n'
+                                              'input [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
+                                              'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n')
+    (repo / name / "1" / "model.py").write_text(MARKER_MODEL.format(marker=str(marker)))
+
+
+@pytest.fixture(scope="module")
+def plain_repo(tiny, tmp_path_factory) -> Path:
+    """One Python-kind model (one stub): the repository the serve run tests below copy, change and start."""
+    repo = tmp_path_factory.mktemp("plain") / "repo"
+    export_repository(tiny.artifact, repo, ExportOptions(kind=tc.ServeKind.python, name="demo"))
+    return repo
+
+
+def _fresh(repo: Path, tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(repo, tmp_path / name, symlinks=True))
+
+
+def test_serve_run_refuses_what_serve_export_did_not_write(plain_repo, tmp_path):
+    """Each kind of foreign content is refused before tritonserver starts: one error line naming it (escaped, bounded),
+    exit 1, nothing run (the extra model's model.py never imported: its marker file never appears), nothing left."""
+    marker = tmp_path / "marker"
+    ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+
+    def refused(repo: Path, needle: str) -> str:
+        t0 = time.monotonic()
+        code, out, err = cli("serve", "run", str(repo), *ports)
+        line = one_error_line(err)
+        assert code == 1 and needle in line and len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - t0 < 30  # no FIFO read, no server waited for
+        assert not marker.exists() and processes_of(repo) == []
+        return line
+
+    repo = _fresh(plain_repo, tmp_path, "extra-model")
+    add_marker_model(repo, marker)
+    refused(repo, "1 entry not written by serve export (evil (a folder))")
+
+    repo = _fresh(plain_repo, tmp_path, "link-out")
+    (repo / "demo" / "labels.txt").unlink()
+    (repo / "demo" / "labels.txt").symlink_to("/etc/passwd")
+    line = refused(repo, "demo/labels.txt (a link)")
+    assert "root:" not in line
+
+    repo = _fresh(plain_repo, tmp_path, "fifo")
+    os.mkfifo(repo / "demo" / "1" / "pipe")
+    refused(repo, "demo/1/pipe (a FIFO)")
+
+    repo = _fresh(plain_repo, tmp_path, "edited")
+    with open(repo / "demo" / "1" / "model.py", "a") as f:
+        f.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    refused(repo, "demo/1/model.py does not match edge-inception.json")
+
+    repo = _fresh(plain_repo, tmp_path, "missing")
+    (repo / "demo" / "sys_path.json").unlink()
+    refused(repo, "demo/sys_path.json is missing")
+
+    repo = _fresh(plain_repo, tmp_path, "no-index")
+    (repo / "edge-inception.json").unlink()
+    refused(repo, "no edge-inception.json")
+
+    repo = _fresh(plain_repo, tmp_path, "index-out")
+    index = json.loads((repo / "edge-inception.json").read_text())
+    index["files"]["../outside"] = "0" * 64
+    (repo / "edge-inception.json").write_text(json.dumps(index))
+    refused(repo, "is not a path inside the folder")
+
+    repo = _fresh(plain_repo, tmp_path, "names")
+    for i in range(20):
+        (repo / f"x\x1b[2J\u202e{i:02d}").write_text("")
+    line = refused(repo, "20 entries not written by serve export")
+    assert "\x1b" not in line and "\u202e" not in line and "\\x1b[2J\\u202e00" in line and "and 12 more" in line and len(line) < 1000
+
+
+def _read_until_ready(proc: subprocess.Popen[str], needle: str) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + READY_S + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError((lines, proc.stderr.read() if proc.poll() is not None and proc.stderr else ""))
+
+
+def listening(pids: list[int]) -> list[tuple[str, int]]:
+    """(local address, port) of every listening TCP socket the processes ``pids`` hold (their fds' socket inodes, looked up
+    in /proc/net/tcp and tcp6; an IPv4-mapped IPv6 address as its IPv4 one)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # TCP_LISTEN
+                addr, port = fields[1].split(":")
+                ip = (socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]) if len(addr) == 8 else
+                      socket.inet_ntop(socket.AF_INET6, b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8))))
+                mapped = ipaddress.ip_address(ip)
+                mapped = getattr(mapped, "ipv4_mapped", None) or mapped  # gRPC binds ::ffff:127.0.0.1, IPv4's loopback
+                found.append((str(mapped), int(port, 16)))
+    return found
+
+
+@needs_server
+def test_trust_repository_serves_as_triton_would_with_a_warning_and_ctrl_c_stops_it(plain_repo, tmp_path):
+    """--trust-repository: one warning line, then Triton's own rules (the extra model loads: its model.py ran, which is
+    what the warning says). While it runs, every listening socket of the server and its stubs is on 127.0.0.1. SIGINT
+    (Ctrl-C): exit 130, nothing left."""
+    repo = _fresh(plain_repo, tmp_path, "trusted")
+    marker = tmp_path / "marker"
+    add_marker_model(repo, marker)
+    proc = _start_cli(["serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout",
+                       str(READY_S), "--trust-repository"])
+    try:
+        lines = _read_until_ready(proc, "model    grpc://")
+        while not any("/evil" in ln for ln in lines) or not any("/demo" in ln for ln in lines):
+            lines.append(proc.stdout.readline() if proc.stdout else "")
+        assert marker.read_text() == "ran"
+        pids = list(pids_of(repo))
+        assert len(pids) >= 3  # tritonserver and a stub per Python model
+        sockets = listening(pids)
+        ports = {int(ln.rsplit(":", 1)[1].split("/")[0]) for ln in lines if ln.strip().startswith(("HTTP", "gRPC", "metrics"))}
+        assert {p for _, p in sockets} == ports and len(ports) == 3
+        assert {ip for ip, _ in sockets} == {"127.0.0.1"}, sockets
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        err = proc.stderr.read() if proc.stderr else ""
+        warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1 and "--trust-repository" in warnings[0] and "run as code" in warnings[0] and "Traceback" not in err
+        assert "interrupted" in err
+    finally:
+        _kill_group(proc, repo)
+    assert_none_left(repo, within_s=5)
+
+
+@needs_server
+@pytest.mark.parametrize("victim", ["stub", "tritonserver"])
+def test_serve_run_exits_when_a_stub_or_its_server_dies(plain_repo, tmp_path, victim):
+    """kill -9 of the Python backend stub, or of tritonserver: serve run says so in one line and exits 1 within 30 s
+    (it watches both every 0.5 s; 30 s bounds a loaded machine), and nothing of it is left running."""
+    repo = _fresh(plain_repo, tmp_path, "repo")
+    proc = _start_cli(["serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", str(READY_S)])
+    try:
+        _read_until_ready(proc, "model    grpc://")
+        running = pids_of(repo)
+        pick = [pid for pid, cmd in running.items() if ("triton_python_backend_stub" in cmd) == (victim == "stub")]
+        assert len(pick) == 1, running
+        os.kill(pick[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        code = proc.wait(timeout=60)
+        assert code == 1 and time.monotonic() - t0 < 30
+        err = proc.stderr.read() if proc.stderr else ""
+        line = one_error_line(err)
+        assert len(err.strip().splitlines()) == 1, err
+        expected = "the Python backend stub of model demo" if victim == "stub" else "tritonserver exited on its own (killed by signal 9)"
+        assert expected in line and (victim != "stub" or "died" in line)
+    finally:
+        _kill_group(proc, repo)
+    assert_none_left(repo, within_s=5)
+
+
+def test_host_other_than_loopback_warns_in_one_line(plain_repo):
+    """--host 192.0.2.1 (TEST-NET-1, on no interface here: nothing is bound): the warning line says Triton has no
+    authentication and what it exposes, before the bind fails in one error line."""
+    from edge_inception.serve.server import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1") and not is_loopback("example.com")
+    code, _, err = cli("serve", "run", str(plain_repo), "--host", "192.0.2.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 2 and lines[0].startswith("warning: --host 192.0.2.1: Triton has no authentication")
+    assert all(word in lines[0] for word in ("inference", "HTTP", "gRPC", "metrics", "model control"))
+    assert "cannot bind 192.0.2.1" in one_error_line(err)
+    code, _, err = cli("serve", "run", str(plain_repo.parent / "nosuch"), "--host", "127.0.0.1")  # refused before any start
+    assert code == 1 and "warning" not in err and "model repository not found" in one_error_line(err)

@@ -244,10 +244,10 @@ def test_a_link_to_a_regular_file_is_written_through(tmp_path):
     link.symlink_to(target)
     write_text_atomic(link, "new")
     assert link.is_symlink() and target.read_text() == "new"
-    (tmp_path / "out-link").symlink_to(tmp_path / "real")  # a folder output through a link: built beside the real folder
-    with atomic_dir(tmp_path / "out-link", replace=True) as work:
+    (tmp_path / "out-link").symlink_to(tmp_path / "real")  # a folder output never goes through a link (issue 38, kind 7)
+    with pytest.raises(EdgeInceptionError, match="is a symbolic link"), atomic_dir(tmp_path / "out-link", replace=True) as work:
         (work / "f").write_text("x")
-    assert (tmp_path / "out-link").is_symlink() and (tmp_path / "real" / "f").read_text() == "x"
+    assert (tmp_path / "out-link").is_symlink() and [p.name for p in (tmp_path / "real").iterdir()] == ["report.json"]
 
 
 def test_every_output_option_refuses_a_non_regular_file(model, bundle, built, tmp_path):
@@ -600,3 +600,116 @@ def test_the_subprocess_cli_gives_one_line_for_a_hostile_bundle(copy, built):
     """The same refusal through the real entry point (no CliRunner): one line, no traceback."""
     (copy / "labels.txt").write_text("x\n")
     one_error_line(run("check", str(built), "--reference", str(copy / "reference")), "does not match bundle.json")
+
+
+# 7. --force never destroys what the product did not make (issue 38, kind 7) -----------------------------------------------
+
+def _users_folder(path: Path) -> dict[str, bytes]:
+    """A folder of the user's files (one in a subfolder); what it holds, to compare with afterwards."""
+    (path / "sub").mkdir(parents=True)
+    (path / "thesis.tex").write_text("years of work")
+    (path / "sub" / "data.csv").write_text("1,2,3")
+    return _contents(path)
+
+
+def _contents(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def force_cases(tmp_path) -> dict[str, Path]:
+    """The three things an output folder can be that are not the product's: a folder of the user's files, a link to such a
+    folder elsewhere, and a link to an empty folder elsewhere."""
+    mine = tmp_path / "mine"
+    _users_folder(mine)
+    elsewhere = tmp_path / "elsewhere"
+    _users_folder(elsewhere)
+    (tmp_path / "link").symlink_to(elsewhere)
+    (tmp_path / "empty-elsewhere").mkdir()
+    (tmp_path / "link-to-empty").symlink_to(tmp_path / "empty-elsewhere")
+    return {"mine": mine, "link": tmp_path / "link", "link-to-empty": tmp_path / "link-to-empty"}
+
+
+def _refused_and_intact(result, cases: dict[str, Path], name: str, before: dict[str, bytes]) -> None:
+    needle = "did not write" if name == "mine" else "is a symbolic link"
+    one_line(result, needle)
+    target = cases[name].resolve()
+    assert _contents(target) == (before if name != "link-to-empty" else {}), name
+    assert cases[name].is_symlink() == (name != "mine")
+    assert not [p for p in target.parent.iterdir() if "edge-tmp" in p.name]
+
+
+@pytest.mark.parametrize("name", ["mine", "link", "link-to-empty"])
+def test_force_refuses_what_the_product_did_not_write(model, tmp_path, force_cases, name):
+    """bundle, serve export, pipeline and demo-data, each with --force (demo-data always replaces its own folder):
+    one error line, the user's files and what a link leads to untouched."""
+    before = _contents(force_cases[name].resolve())
+    out = force_cases[name]
+    _refused_and_intact(invoke("bundle", model, "--target", "cpu", "-o", out, "--force"), force_cases, name, before)
+    _refused_and_intact(invoke("serve", "export", model, "-o", out, "--force"), force_cases, name, before)
+    _refused_and_intact(invoke("demo-data", "-o", out), force_cases, name, before)
+    # the pipeline refuses before its first stage (the checkpoint is not even read)
+    _refused_and_intact(invoke("pipeline", "--weights", tmp_path / "none.pth", "--precisions", "fp32", "-o", out, "--force"), force_cases,
+                        name, before)
+
+
+def test_force_replaces_what_the_product_wrote_and_nothing_added_to_it(model, tmp_path):
+    """A folder the product wrote is replaced with --force; one holding a file the user added, or whose file was replaced
+    by a link or a FIFO, is refused and kept as it is (what the user added is named)."""
+    out = tmp_path / "b"
+    assert invoke("bundle", model, "--target", "cpu", "-o", out).exit_code == 0
+    index = json.loads((out / "edge-inception.json").read_text())
+    assert set(index["files"]) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"edge-inception.json"}
+    (out / "labels.txt").write_text("edited by hand\n")  # a file of ours, edited: still ours to replace
+    one_line(invoke("bundle", model, "--target", "cpu", "-o", out), "use --force")
+    r = invoke("bundle", model, "--target", "cpu", "-o", out, "--force")
+    assert r.exit_code == 0, r.output
+    assert (out / "labels.txt").read_text() != "edited by hand\n" and not [p for p in tmp_path.iterdir() if "edge-tmp" in p.name]
+
+    (out / "notes.txt").write_text("mine")
+    one_line(invoke("bundle", model, "--target", "cpu", "-o", out, "--force"), "did not write (notes.txt)")
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / "labels.txt").unlink()
+    (out / "labels.txt").symlink_to(tmp_path / "mine-elsewhere.txt")
+    _fifo(out / "reference" / "fifo")
+    line = one_line(invoke("serve", "export", model, "-o", out, "--force"), "2 entries edge-inception did not write")
+    assert "labels.txt (a link)" in line and "reference/fifo (a FIFO)" in line and (out / "labels.txt").is_symlink()
+
+    # serve export: a repository it wrote is replaced; pipeline's and demo-data's use the same rule (fileio.atomic_dir)
+    repo = tmp_path / "repo"
+    assert invoke("serve", "export", model, "-o", repo).exit_code == 0
+    first = (repo / "edge-inception.json").read_text()
+    r = invoke("serve", "export", model, "-o", repo, "--force", "--name", "other")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in repo.iterdir()) == ["edge-inception.json", "other"] and (repo / "edge-inception.json").read_text() != first
+
+
+def test_demo_data_replaces_only_its_own_folder(tmp_path):
+    from edge_inception.data.demo_data import make_demo_dataset
+
+    out = make_demo_dataset(tmp_path / "demo", train_per_class=1, val_per_class=1, crop_px=32)
+    make_demo_dataset(out, train_per_class=2, val_per_class=1, crop_px=32)  # another size: its own folder, replaced
+    assert len(list((out / "train").rglob("*.png"))) == 20
+    (out / "train" / "mine.txt").write_text("x")
+    with pytest.raises(EdgeInceptionError, match=r"did not write \(train/mine.txt\)"):
+        make_demo_dataset(out, train_per_class=1, val_per_class=1, crop_px=32)
+    assert (out / "train" / "mine.txt").is_file() and len(list((out / "train").rglob("*.png"))) == 20
+
+
+def test_build_replaces_only_files_an_artifact_manifest_names(model, tmp_path, force_cases):
+    """build -o writes files into a folder, it does not replace the folder: a file of the artifact's name that no manifest
+    of ours names is the user's and is refused; through a link, the folder it leads to keeps everything it held."""
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "tiny.ort.onnx").write_text("the user's own file")
+    one_line(invoke("build", model, "--target", "cpu", "-o", out), "no manifest of edge-inception beside it names it")
+    assert (out / "tiny.ort.onnx").read_text() == "the user's own file" and not (out / "tiny.ort.onnx.manifest.json").exists()
+    (out / "tiny.ort.onnx").unlink()
+    assert invoke("build", model, "--target", "cpu", "-o", out).exit_code == 0
+    r = invoke("build", model, "--target", "cpu", "-o", out)  # its own artifact: rebuilt in place
+    assert r.exit_code == 0, r.output
+    before = _contents(force_cases["link"].resolve())
+    assert invoke("build", model, "--target", "cpu", "-o", force_cases["link"]).exit_code == 0
+    after = _contents(force_cases["link"].resolve())
+    assert {k: v for k, v in after.items() if k in before} == before and set(after) - set(before) == {"tiny.ort.onnx", "tiny.ort.onnx.manifest.json"}

@@ -56,7 +56,7 @@ def make_demo_dataset(
             return out
     rng = random.Random(seed)
     base = bundled_photos_dir()
-    with atomic_dir(out, replace=True) as tmp:
+    with atomic_dir(out, replace=True, index={"what": "demo data set"}) as tmp:  # ours only: check_replaceable
         for cls, filename in DEMO_CLASSES.items():
             photo = load_image(base / filename)
             w, h = photo.size

@@ -82,7 +82,7 @@ def make_bundle(model: str | Path, target: str, output: str | Path | None = None
     outputs = np.concatenate([run_session(session, inputs[i : i + 1]) for i in range(len(inputs))])
     import onnxruntime
 
-    with atomic_dir(out, replace=force) as work:
+    with atomic_dir(out, replace=force, index={"what": "bundle"}) as work:
         shutil.copyfile(src, work / src.name)
         report = src.with_suffix(".report.json")
         if report.is_file():

@@ -42,7 +42,8 @@ def export_cmd(
     warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="model_warmup: one zero-data request at load.")] = True,
     preprocess: Annotated[bool, typer.Option("--preprocess", help="Add an ensemble taking encoded images (JPEG/PNG bytes): the toolkit's "
                                              "preprocessing in a Python model, then the classifier.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing repository (atomically).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing repository (atomically): only one serve export wrote "
+                                        "(its edge-inception.json lists everything in it) or an empty folder; never a link.")] = False,
 ) -> None:
     """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
     from ..cli_common import handle_errors
@@ -69,24 +70,35 @@ def run_cmd(
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="gRPC port (0: a free one).")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Prometheus metrics port (0: a free one).")] = 8002,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, max=3600, help="Seconds to wait for the server to be ready.")] = 120.0,
+    trust_repository: Annotated[bool, typer.Option("--trust-repository", help="Serve a repository serve export did not write (or one "
+                                                   "changed since), as Triton reads it: its Python models (model.py) run as code.")] = False,
 ) -> None:
     """Start tritonserver on a repository (the one on PATH, else nvidia-pytriton's), print its endpoints, serve until Ctrl-C
-    or SIGTERM, then stop it and every backend process."""
+    or SIGTERM, then stop it and every backend process.
+
+    The repository must be what serve export wrote: every file in its edge-inception.json with its sha256, nothing else
+    (no extra file or model folder, no link, FIFO or device); tritonserver serves a private copy made as it is checked.
+    If tritonserver or a backend stub dies, serve run says so, stops the rest and exits 1 (it restarts nothing)."""
     from ..cli_common import handle_errors
     from ..errors import ServeError
-    from .server import TritonServer, find_tritonserver, server_error
+    from ..names import printable
+    from .server import TritonServer, exposure_warning, find_tritonserver, is_loopback
 
     @handle_errors
     def run() -> None:
         install = find_tritonserver()
+        if trust_repository:
+            typer.echo(f"warning: --trust-repository: serving {printable(str(repository))} unchecked, as Triton reads it; its Python "
+                       "models (model.py) run as code with your permissions", err=True)
         server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                              ready_timeout_s=ready_timeout, install=install)
+                              ready_timeout_s=ready_timeout, install=install, trust=trust_repository)
+        if not is_loopback(host):
+            typer.echo(f"warning: {exposure_warning(host)}", err=True)
         with server:
             assert server.endpoints is not None
             typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
             for line in server.endpoints.lines(server.models):
                 typer.echo(f"  {line}")
-            code = server.wait()
-            raise ServeError(f"tritonserver exited on its own (code {code}): {server_error(server.log_text())}")
+            raise ServeError(server.watch())
 
     run()

@@ -18,19 +18,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__
 from ..engines.manifest import manifest_path, read_manifest
 from ..engines.registry import artifact_info, is_plain_onnx, resolve_artifact
 from ..errors import ManifestError, ServeError
-from ..fileio import atomic_dir, sha256_file
+from ..fileio import MAX_HASHED_BYTES, MAX_TREE_ENTRIES, OUTPUT_INDEX, atomic_dir, printable_name, read_output_index, safe_relative, sha256_file
 from ..limits import MAX_BATCH
-from ..names import is_number
+from ..names import is_number, printable
 from ..vocab import Backend
 from . import config as tc
 from .config import INPUT_NAME, LABELS_FILE, OUTPUT_NAME, Batching, InstanceKind, ModelSpec, ServeKind, Tensor
@@ -38,7 +40,7 @@ from .site import backend_sys_path
 
 log = logging.getLogger(__name__)
 
-REPO_MANIFEST = "edge-inception.json"
+REPO_MANIFEST = OUTPUT_INDEX  # edge-inception.json: every file's sha256 (fileio.atomic_dir writes it)
 SYS_PATH_FILE = "sys_path.json"
 VERSION = "1"
 ROLE = "edge_inception_role"
@@ -262,25 +264,111 @@ def validate_repository(repo: str | Path, specs: dict[str, ModelSpec] | None = N
 
 
 def _check_hashes(root: Path) -> None:
-    path = root / REPO_MANIFEST
-    if not path.is_file():
+    index = read_output_index(root, error=ServeError)
+    if index is None:
         return
-    if path.stat().st_size > (4 << 20):
-        raise ServeError(f"{path}: too large to be ours")
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        entries = [(str(k), str(v)) for k, v in files.items()]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        raise ServeError(f"{path}: not a repository manifest of ours") from None
-    for rel, digest in entries:
-        p = Path(rel)
-        if p.is_absolute() or ".." in p.parts:
-            raise ServeError(f"{path}: file name {rel!r} leaves the repository")
-        target = root / p
+    for rel, digest in index["files"].items():
+        target = root / rel
         if not target.is_file():
-            raise ServeError(f"{root}: {rel} is missing; export the repository again")
+            raise ServeError(f"{root}: {printable_name(rel)} is missing; export the repository again")
         if sha256_file(target) != digest:
             raise ServeError(f"{root}: {rel} does not match {REPO_MANIFEST} (sha256 differs: edited or replaced); export again")
+
+
+MAX_FOREIGN_SHOWN = 8
+
+
+def copy_verified(repo: str | Path, dest: Path) -> None:
+    """Copy the model repository ``repo`` into the new folder ``dest`` (private, ours), checking it against the index
+    ``serve export`` wrote (:data:`REPO_MANIFEST`): what ``serve run`` serves is this copy, so nothing that changes in
+    ``repo`` after the check reaches tritonserver (the copy's bytes are the bytes hashed).
+
+    Every entry is read through the folder above it (``openat`` with ``O_NOFOLLOW``): a symbolic link anywhere
+    (``labels.txt`` -> ``/etc/passwd``), a FIFO, a device or a socket is never followed or opened. Refused, as
+    :class:`ServeError` in one line: no index; an entry the index does not list (a file, a link, a model folder: the
+    first :data:`MAX_FOREIGN_SHOWN` named, escaped); a file whose sha256 differs; a listed file that is missing.
+    Rule: README, Serving (issue 38, kind 6)."""
+    root = Path(repo)
+    if not root.is_dir():
+        raise ServeError(f"model repository not found: {root}")
+    index = read_output_index(root, error=ServeError)
+    if index is None:
+        raise ServeError(f"{root}: no {REPO_MANIFEST} (the index serve export writes): refusing to serve a repository the toolkit did not "
+                         "write (Triton would run any model.py in it as code); export it with serve export, or pass --trust-repository")
+    files: dict[str, str] = index["files"]
+    folders = {"/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)}
+    listed = index.get("folders")  # those that hold no file (an ensemble's empty version folder)
+    folders |= {f for f in listed if safe_relative(f)} if isinstance(listed, list) else set()
+    foreign: list[str] = []
+    differs: list[str] = []
+    seen: set[str] = set()
+    count = 0
+
+    def walk(dir_fd: int, rel: str, out: Path) -> None:
+        nonlocal count
+        with os.scandir(dir_fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            count += 1
+            if count > MAX_TREE_ENTRIES:
+                raise ServeError(f"{root}: more than {MAX_TREE_ENTRIES:,} entries; not a repository serve export wrote")
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode) and sub in folders:
+                fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    (out / entry.name).mkdir(mode=0o700)
+                    walk(fd, sub, out / entry.name)
+                finally:
+                    os.close(fd)
+            elif stat.S_ISREG(mode) and (sub in files or sub == REPO_MANIFEST):
+                if _copy_file(dir_fd, entry.name, out / entry.name) != files.get(sub, "") and sub != REPO_MANIFEST:
+                    differs.append(sub)
+                seen.add(sub)
+            else:
+                kind = ("a folder" if stat.S_ISDIR(mode) else "a link" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                        else "a file" if stat.S_ISREG(mode) else "a device or socket")
+                foreign.append(f"{sub} ({kind})")
+
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ServeError(f"cannot read {root}: {exc.strerror or exc}") from None
+    try:
+        walk(root_fd, "", dest)
+    except OSError as exc:  # an entry swapped for a link or removed while it was read
+        raise ServeError(f"{root}: changed while it was read ({exc.strerror or exc}: {printable_name(exc.filename or '')}); "
+                         "serve run again") from None
+    finally:
+        os.close(root_fd)
+    if foreign:
+        shown = ", ".join(printable(f, 120) for f in foreign[:MAX_FOREIGN_SHOWN])
+        more = f" and {len(foreign) - MAX_FOREIGN_SHOWN} more" if len(foreign) > MAX_FOREIGN_SHOWN else ""
+        raise ServeError(f"{root}: {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} not written by serve export ({shown}{more}): "
+                         f"refusing to serve it (not in its {REPO_MANIFEST}; Triton would load them, a model.py as code); remove them, "
+                         "or pass --trust-repository")
+    if differs:
+        raise ServeError(f"{root}: {printable(differs[0], 120)} does not match {REPO_MANIFEST} (sha256 differs: edited or replaced); "
+                         "export again")
+    missing = sorted(set(files) - seen)
+    if missing:
+        raise ServeError(f"{root}: {printable(missing[0], 120)} is missing; export the repository again")
+
+
+def _copy_file(dir_fd: int, name: str, dest: Path) -> str:
+    """Copy the regular file ``name`` in ``dir_fd`` (never through a link, never a FIFO) to ``dest``; its sha256."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_HASHED_BYTES:
+            raise ServeError(f"{printable_name(name)}: not a regular file of at most {MAX_HASHED_BYTES >> 30} GB")
+        os.set_blocking(src.fileno(), True)
+        h = hashlib.sha256()
+        with open(dest, "xb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+    return h.hexdigest()
 
 
 def export_repository(source: str | Path, output: str | Path, options: ExportOptions | None = None) -> ExportResult:
@@ -302,17 +390,14 @@ def export_repository(source: str | Path, output: str | Path, options: ExportOpt
         specs += list(preprocess_specs(art, classifier, opts))
     labels = _labels_text(art.class_names)
     out = Path(output)
-    with atomic_dir(out, replace=opts.force) as tmp:
+    index = {"kind": opts.kind.value, "source": str(art.path.resolve()), "source_sha256": art.artifact_sha256, "backend": art.backend.value,
+             "precision": art.precision, "models": [s.name for s in specs]}
+    with atomic_dir(out, replace=opts.force, index=index) as tmp:  # the index: every file's sha256, what serve run checks
         for spec in specs:
             _write_model(tmp, spec, labels if any(t.label_filename for t in spec.outputs) else None)
         _place_artifact(art, tmp / name / VERSION, opts.kind)
         if opts.kind is ServeKind.python and len(art.files) > 1:
             read_manifest(tmp / name / VERSION / art.path.name)  # the copy checks out against its manifest
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / REPO_MANIFEST).write_text(json.dumps({
-            "edge_inception_version": __version__, "kind": opts.kind.value, "source": str(art.path.resolve()),
-            "source_sha256": art.artifact_sha256, "backend": art.backend.value, "precision": art.precision, "models": [s.name for s in specs],
-            "files": files}, indent=2) + "\n", encoding="utf-8")
         validate_repository(tmp, {s.name: s for s in specs})
     runtime = classifier.runtime.value if classifier.runtime else tc.ENSEMBLE_PLATFORM
     notes = []

@@ -31,12 +31,15 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import ServeError
-from .repository import validate_repository
+from ..names import printable
+from .repository import copy_verified, validate_repository
 from .site import backend_sys_path, triton_site
 
 log = logging.getLogger(__name__)
 
 SYS_PATH_ENV = "EDGE_INCEPTION_SYS_PATH"
+REPOSITORY_ENV = "EDGE_INCEPTION_REPOSITORY"  # in tritonserver's environment (and its stubs'): the repository the user named
+WATCH_INTERVAL_S = 0.5  # how often serve run looks at tritonserver and its backend stubs
 EXIT_TIMEOUT_S = 5  # tritonserver's --exit-timeout-secs: in-flight requests get this long at shutdown
 DEFAULT_READY_TIMEOUT_S = 120.0
 
@@ -93,6 +96,21 @@ def check_host(host: str) -> str:
         return host
     raise ServeError(f"--host {host[:80]!r}: expected an IP address (127.0.0.1, ::1, 0.0.0.0) or a host name of ASCII letters, digits, "
                      "'-' and '.'")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds only this machine (127.0.0.0/8, ::1, localhost): anything else serves the network."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def exposure_warning(host: str) -> str:
+    """The one line ``serve run`` prints for a --host other than loopback: what anyone who reaches it can do."""
+    return (f"--host {printable(host, 80)}: Triton has no authentication: anyone who can reach this address can run inference over HTTP and "
+            "gRPC, read every model's metadata, configuration and statistics, the repository index and the Prometheus metrics, and "
+            "register shared memory; model control (load/unload) stays off")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -171,8 +189,10 @@ class TritonServer:
     a :class:`ServeError` says why (its log's first error where it has one)."""
 
     def __init__(self, repo: str | Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
-                 ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, install: TritonInstall | None = None) -> None:
+                 ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S, install: TritonInstall | None = None, trust: bool = False) -> None:
         self.repo = Path(repo)
+        self.trust = trust  # serve the repository in place, as Triton reads it (--trust-repository)
+        self.served: Path | None = None  # what tritonserver reads: a checked private copy of repo, or repo itself (trust)
         self.host = host
         self.ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
         self.ready_timeout_s = ready_timeout_s
@@ -181,6 +201,7 @@ class TritonServer:
         self.workdir: Path | None = None
         self.models: list[str] = []
         self.endpoints: Endpoints | None = None
+        self.stubs: dict[int, tuple[str, str]] = {}  # the server's backend processes when it became ready (group())
 
     # lifecycle -------------------------------------------------------------------------------------------------
     def __enter__(self) -> TritonServer:
@@ -191,11 +212,12 @@ class TritonServer:
         self.stop()
 
     def start(self) -> Endpoints:
+        """Check the repository, start tritonserver on it and wait until it is ready (bounded): its endpoints.
+
+        Without ``trust`` the repository must be what ``serve export`` wrote: it is checked against its index and
+        copied, as checked, into a private folder (0700) that tritonserver reads (:func:`copy_verified`), so that a
+        file changed or a model added after the check is never served. With ``trust`` tritonserver reads it in place."""
         check_host(self.host)
-        self.models = validate_repository(self.repo)
-        install = self.install or find_tritonserver()
-        if install.pytriton_dir is not None:
-            require_python_backend(self.repo, self.models)
         ports = {}
         for flag, port in self.ports.items():
             if not 0 <= port <= 65535:
@@ -205,12 +227,27 @@ class TritonServer:
             ports[flag] = port or _free_port(self.host)
         if len(set(ports.values())) != len(ports):
             raise ServeError(f"the HTTP, gRPC and metrics ports must differ, got {sorted(ports.values())}")
+        install = self.install or find_tritonserver()
         self.workdir = Path(tempfile.mkdtemp(prefix="edge-inception-triton-"))
-        cmd = [str(install.binary), f"--model-repository={self.repo.resolve()}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        try:
+            if self.trust:
+                self.served = self.repo.resolve()
+            else:
+                self.served = self.workdir / "repository"
+                self.served.mkdir(mode=0o700)
+                copy_verified(self.repo, self.served)
+            self.models = validate_repository(self.served)
+            if install.pytriton_dir is not None:
+                require_python_backend(self.served, self.models)
+        except BaseException:
+            self.stop()
+            raise
+        cmd = [str(install.binary), f"--model-repository={self.served}", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
                f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                *(f"{flag}={port}" for flag, port in ports.items()), "--log-info=true"]
         env = dict(os.environ)
         env[SYS_PATH_ENV] = os.pathsep.join(backend_sys_path())
+        env[REPOSITORY_ENV] = str(self.repo.resolve())
         if install.pytriton_dir is not None:
             cmd.append(f"--backend-directory={self._pytriton_backends(install)}")
             cmd.append(f"--cache-directory={install.pytriton_dir / 'caches'}")
@@ -223,6 +260,7 @@ class TritonServer:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             self._wait_ready()
+            self.stubs = self.group()  # before anyone is told it is ready: what watch() holds it to
         except BaseException:
             self.stop()
             raise
@@ -294,3 +332,65 @@ class TritonServer:
         """Block until the server exits on its own; its exit code."""
         assert self.proc is not None
         return self.proc.wait()
+
+    def group(self) -> dict[int, tuple[str, str]]:
+        """The processes of the server's process group but the server itself (its backend stubs): pid -> (start time in
+        clock ticks since boot, what it is: its model's name where its command line says, from /proc)."""
+        assert self.proc is not None
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.proc.pid:
+                continue
+            info = _proc_stat(int(entry))
+            if info is None or info[1] != self.proc.pid or info[0] == "Z":
+                continue
+            found[int(entry)] = (info[2], _stub_model(int(entry), self.served))
+        return found
+
+    def watch(self, interval_s: float = WATCH_INTERVAL_S) -> str:
+        """Block while the server and every backend stub it had when ready (:attr:`stubs`) run; then why not, in one line.
+
+        Decision (issue 35): ``serve run`` does not restart anything. A stub that dies (the Python backend may start
+        another, but requests in flight failed and the model's state is gone) or a server that exits ends the watch;
+        the caller stops the whole group and exits non-zero, so that a supervisor (systemd, Kubernetes) that restarts
+        it sees the failure."""
+        assert self.proc is not None
+        stubs = self.stubs
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"code {code}"
+                return f"tritonserver exited on its own ({how}): {printable(server_error(self.log_text()), 300)}"
+            for pid, (start, what) in stubs.items():
+                info = _proc_stat(pid)
+                if info is None or info[2] != start or info[0] == "Z":
+                    return f"{what} (pid {pid}) died; tritonserver stopped with it (serve run restarts nothing: run it again)"
+            time.sleep(interval_s)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, process group, start time) of ``pid`` from /proc/PID/stat; None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ... starttime (field 22)
+    try:
+        return fields[0], int(fields[2]), fields[19]
+    except (IndexError, ValueError):
+        return None
+
+
+def _stub_model(pid: int, repo: Path | None) -> str:
+    """'the Python backend stub of model NAME' from a stub's command line (its first argument is the model's model.py)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "a backend process"
+    if not argv or not argv[0].endswith(b"triton_python_backend_stub"):
+        return f"backend process {printable(Path(argv[0].decode(errors='replace')).name, 60)}"
+    if len(argv) > 1 and repo is not None:
+        model = Path(argv[1].decode(errors="replace"))
+        with contextlib.suppress(ValueError):
+            return f"the Python backend stub of model {printable(model.relative_to(repo).parts[0], 80)}"
+    return "a Python backend stub"
