@@ -237,14 +237,14 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
             f = item.frame
             result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
                                  StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
-            for stage in STAGES:
-                times[stage].append(getattr(result.ms, stage))
-            summary.frames += 1
             if writer is not None:
                 i0, _, p0 = result.top[0]
                 writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
             if on_frame is not None:
                 on_frame(result)
+            for stage in STAGES:  # counted once its outputs took it
+                times[stage].append(getattr(result.ms, stage))
+            summary.frames += 1
             if bar is not None:
                 bar.update(1)
     except KeyboardInterrupt as exc:

@@ -188,7 +188,7 @@ class AvSource(VideoSource):
             except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
                 log.info("%s: demuxing stopped: %s", self.uri, _why(exc))
                 self.stopped_by = _why(exc)
-                self.truncated = True
+                self.truncated = not self.live  # a live source that stops is reconnected and said so, not "truncated"
                 return
             try:
                 decoded = packet.decode()
@@ -211,9 +211,11 @@ class AvSource(VideoSource):
                 t0 = time.perf_counter()
 
     def _ends_early(self, last_ts: float | None) -> bool:
-        """A file whose last frame comes more than a second before the duration its header gives was cut short."""
+        """A file whose last frame comes more than a second before the duration its header gives was cut short (frame
+        times count from the container's start time, which an MPEG-TS sets above zero)."""
         duration = self.container.duration if self.container is not None and not self.live else None
-        return bool(duration and last_ts is not None and last_ts < duration / 1e6 - 1.0)
+        start = (self.container.start_time or 0) / 1e6 if duration else 0.0
+        return bool(duration and last_ts is not None and last_ts - start < duration / 1e6 - 1.0)
 
     def close(self) -> None:
         if self.container is not None:
@@ -253,9 +255,9 @@ class NetworkSource(AvSource):
 
     FFmpeg gets the ``protocol_whitelist`` of the URL's scheme (:data:`PROTOCOLS`), the demuxers that read only their
     input, no redirect (HTTP), and open and read timeouts (:data:`OPEN_TIMEOUT_S`). A stream that stops (the server
-    closes it, a read times out, a packet cannot be demuxed) is reopened with backoff for up to ``reconnect_s``
-    seconds, each try said on stderr (a warning); a source whose container gives a duration and that reached it has
-    ended, and is not reopened."""
+    breaks (a read error, a reset or closed connection before the end, a read timeout) is reopened with backoff for up
+    to ``reconnect_s`` seconds, each try said on stderr (a warning); one that ends cleanly (FFmpeg's end of file: the
+    server said it was complete) has ended, and is not reopened."""
 
     kind = "network"
     live = True
@@ -285,28 +287,27 @@ class NetworkSource(AvSource):
             where = _redirect_target(self.uri)
             if where is not None:
                 return f"the server redirects to {where[:200]}; redirects are not followed: give that URL if you trust it"
-        if "whitelist" in why.lower():
-            return "the server sends a playlist or manifest (HLS, DASH) that opens further URLs; refused: give the stream itself"
+        if "whitelist" in why.lower() or getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist's answer
+            return ("the server sends a playlist or manifest (HLS, DASH) that would open further URLs, or no video stream: "
+                    "refused; give the stream itself")
         return why
 
     def frames(self) -> Iterator[Frame]:
+        outage: float | None = None  # when the current outage began: a reconnect that yields no frame does not end it
         while True:
             self.stopped_by = None
-            last = None
             for frame in super().frames():
-                last = frame
+                outage = None
                 yield frame
-            if self.stopping.is_set() or self._reached_end(last):
+            if self.stopping.is_set() or self.stopped_by is None:  # stopped by the consumer, or the server ended it
                 return
-            if not self._reconnect(self.stopped_by or "the server ended it"):
+            outage = time.monotonic() if outage is None else outage
+            if not self._reconnect(self.stopped_by, outage):
                 return
 
-    def _reached_end(self, last: Frame | None) -> bool:
-        duration = self.container.duration if self.container is not None else None
-        return bool(duration and last is not None and last.timestamp_s is not None and last.timestamp_s >= duration / 1e6 - 1.0)
-
-    def _reconnect(self, why: str) -> bool:
-        """Reopen with backoff for up to ``reconnect_s``; False (and ``lost``) when the source did not come back."""
+    def _reconnect(self, why: str, outage: float) -> bool:
+        """Reopen with backoff until ``reconnect_s`` after ``outage`` (a monotonic time); False (and ``lost``) when the
+        source did not come back."""
         import av
 
         if self.container is not None:
@@ -316,11 +317,12 @@ class NetworkSource(AvSource):
             log.warning("%s: the stream stopped (%s); not reconnecting (--reconnect 0)", self.uri, why)
             self.lost = True
             return False
-        log.warning("%s: the stream stopped (%s); reconnecting for up to %.0f s", self.uri, why, self.reconnect_s)
-        start = time.monotonic()
+        start = outage
+        deadline = start + self.reconnect_s
+        log.warning("%s: the stream stopped (%s); reconnecting for up to %.0f s", self.uri, why, max(0.0, deadline - time.monotonic()))
         delay, tries, last_error = RECONNECT_FIRST_S, 0, why
-        while time.monotonic() + delay < start + self.reconnect_s:
-            if self.stopping.wait(delay):
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.stopping.wait(min(delay, remaining)):
                 return False
             tries += 1
             try:
@@ -332,8 +334,10 @@ class NetworkSource(AvSource):
                 if self.container is not None:
                     self.container.close()
                     self.container = None
-                log.warning("%s: reconnect try %d failed (%s); next in %.1f s", self.uri, tries, last_error, min(delay * 2, RECONNECT_MAX_S))
                 delay = min(delay * 2, RECONNECT_MAX_S)
+                if deadline - time.monotonic() > 0:
+                    log.warning("%s: reconnect try %d failed (%s); next in %.1f s", self.uri, tries, last_error,
+                                min(delay, deadline - time.monotonic()))
                 continue
             self.reconnects += 1
             log.warning("%s: reconnected after %.1f s (try %d)", self.uri, time.monotonic() - start, tries)
@@ -423,6 +427,8 @@ class FolderSource(VideoSource):
 
 
 def _why(exc: Exception) -> str:
+    if type(exc).__name__ == "ExitError":  # FFmpeg's interrupt callback: PyAV's open/read timeout ran out
+        return f"no data for {OPEN_TIMEOUT_S:.0f} s"
     text = getattr(exc, "strerror", None) or str(exc)
     return re.sub(r"\s+", " ", str(text)).strip()[:200]
 
