@@ -10,11 +10,13 @@ ends the stream too: ``output_error`` says why, and the outputs keep what was wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,45 @@ class _Producer(threading.Thread):
                 continue
 
 
+class _SignalGate:
+    """SIGINT and SIGTERM held back while one frame goes to the outputs (``with gate.held():``), then raised as usual
+    (KeyboardInterrupt / :class:`Terminated`), so that the video, the JSON lines and the count agree after Ctrl-C.
+    Installed as the handlers for the stream's duration, in the main thread only (where Python runs handlers)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: KeyboardInterrupt | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.holding:
+            self.pending = self.pending or exc
+            return
+        raise exc
+
+    def __enter__(self) -> _SignalGate:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            raise self.pending
+
+
 def _stats(values: list[float]) -> StageStats:
     if not values:
         return StageStats(0.0, 0.0, 0.0)
@@ -222,7 +263,9 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     bar = progress(total, "stream") if progress and total and not source.live else None
     t_start = time.perf_counter()
     producer.start()
+    gate = _SignalGate()
     try:
+        gate.__enter__()
         while max_frames is None or summary.frames < max_frames:
             try:
                 item = q.get(timeout=0.5)
@@ -237,14 +280,15 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
             f = item.frame
             result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
                                  StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
-            if writer is not None:
-                i0, _, p0 = result.top[0]
-                writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
-            if on_frame is not None:
-                on_frame(result)
-            for stage in STAGES:  # counted once its outputs took it
-                times[stage].append(getattr(result.ms, stage))
-            summary.frames += 1
+            with gate.held():  # a frame is in every output and counted, or in none
+                if writer is not None:
+                    i0, _, p0 = result.top[0]
+                    writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
+                if on_frame is not None:
+                    on_frame(result)
+                for stage in STAGES:
+                    times[stage].append(getattr(result.ms, stage))
+                summary.frames += 1
             if bar is not None:
                 bar.update(1)
     except KeyboardInterrupt as exc:
@@ -252,6 +296,7 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     except OutputError as exc:  # a full disk, a file-size limit: stop here, keep what is whole
         summary.output_error = str(exc)
     finally:
+        gate.__exit__()
         summary.seconds = time.perf_counter() - t_start
         stop.set()
         if isinstance(source, NetworkSource):
