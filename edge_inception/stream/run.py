@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "inference", "end_to_end")
 FILE_QUEUE = 4  # frames decoded ahead of inference for files and folders
-JOIN_S = 2.0  # after the stream ends, how long the reader may take to leave a blocking read before it is left behind
+JOIN_S = 2.0  # after a live stream ends, how long its reader may take to leave a blocking read before it is left behind
+FILE_JOIN_S = 60.0  # a file's or folder's reader: it leaves after the frame it is decoding (bounded; never left behind)
 
 
 @dataclass
@@ -306,7 +307,7 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
                 q.get_nowait()
             except queue.Empty:
                 break
-        producer.join(timeout=JOIN_S)
+        producer.join(timeout=JOIN_S if source.live else FILE_JOIN_S)  # a file's reader leaves after its current frame
         if bar is not None:
             bar.close()
     if producer.error is not None and summary.interrupted is None and summary.output_error is None:
