@@ -108,6 +108,66 @@ def test_a_prefixed_name_that_is_no_file_is_not_opened(media, tmp_path):
     assert r.returncode == 1 and "no such file" in _one_error(r.stderr)
 
 
+def _with_external_reference(mp4: bytes, target: str) -> bytes:
+    """``mp4`` (``moov`` after ``mdat``, as PyAV writes it) with its track's data reference (``dref``) replaced by a Mac
+    alias record naming ``target``: the layout FFmpeg's mov demuxer reads (``mov_read_dref``: 150 bytes, then tagged
+    fields, tag 2 the absolute path); the boxes around it grow by the same number of bytes."""
+    import struct
+
+    def child(start: int, end: int, name: bytes) -> tuple[int, int]:
+        at = start
+        while at + 8 <= end:
+            size, kind = struct.unpack(">I4s", mp4[at:at + 8])
+            if kind == name:
+                return at, size
+            at += size
+        raise AssertionError(name)
+
+    chain, start, end = [], 0, len(mp4)
+    for name in (b"moov", b"trak", b"mdia", b"minf", b"dinf", b"dref"):
+        at, size = child(start, end, name)
+        chain.append((at, size))
+        start, end = at + 8, at + size
+    record = bytearray(150)
+    record[10], record[11] = 1, ord("v")  # volume name "v"
+    base = target.rsplit("/", 1)[-1].encode()[:63]
+    record[50], record[51:51 + len(base)] = len(base), base
+    record[130:134] = struct.pack(">HH", 1, 1)  # levels up from the alias / down to the target
+    path = target.encode() + b"\0" * (len(target.encode()) & 1)
+    body = b"alis" + bytes(4) + bytes(record) + struct.pack(">hH", 2, len(path)) + path + struct.pack(">hH", -1, 0)
+    dref_body = struct.pack(">II", 0, 1) + struct.pack(">I", 4 + len(body)) + body
+    dref = struct.pack(">I", 8 + len(dref_body)) + b"dref" + dref_body
+    at, size = chain[-1]
+    out = bytearray(mp4[:at] + dref + mp4[at + size:])
+    for box_at, box_size in chain[:-1]:
+        out[box_at:box_at + 4] = struct.pack(">I", box_size + len(dref) - size)
+    return bytes(out)
+
+
+def test_an_mp4_external_data_reference_is_not_followed(media, tmp_path):
+    """An MP4 whose track's data lives in another file (a FIFO: opening it for reading would block, so a run that ends
+    proves it was never opened). FFmpeg with external references on asks for the target; the stream asks for nothing."""
+    import av
+
+    target = tmp_path / "elsewhere.mp4"
+    os.mkfifo(target)
+    crafted = tmp_path / "refers.mp4"
+    crafted.write_bytes(_with_external_reference(media["short"].read_bytes(), str(target)))
+    asked: list[str] = []
+
+    def record(url: str, flags: int, options: dict) -> io.BytesIO:
+        asked.append(url)
+        return io.BytesIO(b"")
+
+    with open(crafted, "rb") as f, av.open(f, options={"enable_drefs": "1", "use_absolute_path": "1"}, io_open=record):
+        pass
+    assert asked == [str(target)]  # the check can fail: the file does refer to the FIFO
+    r = _cli(str(media["model"]), str(crafted), "--json-lines", str(tmp_path / "l.jsonl"), timeout=60)
+    assert r.returncode == 0, r.stderr
+    s = _summary(r.stdout)
+    assert s["frames"] == 0 and s["truncated"] is True  # the track's data is elsewhere: nothing to show, said
+
+
 @pytest.fixture
 def counting_server(media):
     """An HTTP server on 127.0.0.1 that serves the other clip: whatever asks it for anything is counted."""

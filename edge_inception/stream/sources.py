@@ -211,11 +211,16 @@ class AvSource(VideoSource):
                 t0 = time.perf_counter()
 
     def _ends_early(self, last_ts: float | None) -> bool:
-        """A file whose last frame comes more than a second before the duration its header gives was cut short (frame
-        times count from the container's start time, which an MPEG-TS sets above zero)."""
-        duration = self.container.duration if self.container is not None and not self.live else None
+        """A file whose last frame comes more than a second before the duration its header gives, or that gave no frame
+        where its header counts some, was cut short (frame times count from the container's start time, which an
+        MPEG-TS sets above zero)."""
+        if self.live:
+            return False
+        if last_ts is None:  # not one frame, where the header promised some (or an external track, never opened)
+            return bool(self.total)
+        duration = self.container.duration if self.container is not None else None
         start = (self.container.start_time or 0) / 1e6 if duration else 0.0
-        return bool(duration and last_ts is not None and last_ts - start < duration / 1e6 - 1.0)
+        return bool(duration and last_ts - start < duration / 1e6 - 1.0)
 
     def close(self) -> None:
         if self.container is not None:
