@@ -653,7 +653,7 @@ def stream(
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
     reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
-                                             help="Seconds a network stream that drops is reopened for (0: not).")] = 30.0,
+                                             help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
 ) -> None:
     """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
     import signal

@@ -28,7 +28,7 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import Terminated
 from ..evaluate.predict import softmax
 from ..vocab import PreprocessMode
-from .sources import RECONNECT_S, FolderSource, Frame, NetworkSource, VideoSource, open_source
+from .sources import RECONNECT_S, FolderSource, Frame, LiveAvSource, VideoSource, open_source
 from .writer import OutputError, video_writer
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     caller, not yet opened) with ``artifact``.
 
     ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
-    for sources of known length. ``reconnect_s``: how long a network source that drops is reopened for (0: not).
+    for sources of known length. ``reconnect_s``: how long a camera or network source that breaks is reopened for (0: not).
     Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
     (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
     :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
@@ -235,7 +235,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     source = open_source(uri, info.image_size) if isinstance(uri, str) else uri
     if isinstance(source, FolderSource):
         source.draft = mode == PreprocessMode.fast
-    if isinstance(source, NetworkSource):
+    if isinstance(source, LiveAvSource):
         source.reconnect_s = reconnect_s
     summary = StreamSummary(source.uri, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -300,7 +300,7 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
         gate.__exit__()
         summary.seconds = time.perf_counter() - t_start
         stop.set()
-        if isinstance(source, NetworkSource):
+        if isinstance(source, LiveAvSource):
             source.stopping.set()
         while True:  # unblock a producer waiting on a full queue
             try:
@@ -313,6 +313,6 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     if producer.error is not None and summary.interrupted is None and summary.output_error is None:
         raise producer.error
     summary.dropped, summary.corrupt, summary.truncated = producer.dropped, source.corrupt, source.truncated
-    if isinstance(source, NetworkSource):
+    if isinstance(source, LiveAvSource):
         summary.reconnects, summary.lost = source.reconnects, source.lost
     summary.stages = {s: _stats(v) for s, v in times.items()}

@@ -231,71 +231,22 @@ class AvSource(VideoSource):
             self.file = None
 
 
-class CameraSource(AvSource):
-    """A V4L2 camera: ``/dev/videoN`` or the index ``N`` (USB webcams; a Jetson's CSI camera through its V4L2 node)."""
+class LiveAvSource(AvSource):
+    """A camera or network stream read through FFmpeg, reopened when it breaks: a read error, a reset or closed
+    connection before the end, a device gone, or :data:`OPEN_TIMEOUT_S` without data. It is reopened with backoff
+    (:data:`RECONNECT_FIRST_S` doubling to :data:`RECONNECT_MAX_S`) for up to ``reconnect_s`` seconds per outage (a
+    reopen that yields no frame does not end the outage), each step a warning on stderr; one that ends cleanly
+    (FFmpeg's end of file: the server said it was complete) has ended and is not reopened. ``reconnects`` counts the
+    reopenings, ``lost`` says it did not come back."""
 
-    kind = "camera"
     live = True
 
-    def __init__(self, uri: str) -> None:
-        device = f"/dev/video{uri}" if is_number(uri) else uri
-        super().__init__(device, fmt="v4l2" if sys.platform.startswith("linux") else None)
-
-    def open(self) -> None:
-        if sys.platform.startswith("linux") and not Path(self.uri).exists():
-            here = sorted(glob.glob("/dev/video*"))
-            raise StreamError(f"camera {self.uri} does not exist (cameras here: {', '.join(here) if here else 'none'})")
-        super().open()
-
-    def _open_container(self) -> Any:
-        import av
-
-        # the device demuxer opens the device node itself (the name was checked: /dev/videoN)
-        options = {**self.options, "protocol_whitelist": "file"}
-        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=options, timeout=OPEN_TIMEOUT_S))
-
-
-class NetworkSource(AvSource):
-    """An RTSP / RTMP / HTTP / UDP stream (RTSP over TCP, which passes firewalls and loses no packets).
-
-    FFmpeg gets the ``protocol_whitelist`` of the URL's scheme (:data:`PROTOCOLS`), the demuxers that read only their
-    input, no redirect (HTTP), and open and read timeouts (:data:`OPEN_TIMEOUT_S`). A stream that stops (the server
-    breaks (a read error, a reset or closed connection before the end, a read timeout) is reopened with backoff for up
-    to ``reconnect_s`` seconds, each try said on stderr (a warning); one that ends cleanly (FFmpeg's end of file: the
-    server said it was complete) has ended, and is not reopened."""
-
-    kind = "network"
-    live = True
-
-    def __init__(self, uri: str, reconnect_s: float = RECONNECT_S) -> None:
-        scheme = uri.split(":", 1)[0].lower()
-        options = {"protocol_whitelist": PROTOCOLS.get(scheme, scheme), "format_whitelist": ",".join(SINGLE_INPUT_FORMATS + ("rtsp", "rtp"))}
-        if scheme in ("rtsp", "rtsps"):
-            options["rtsp_transport"] = "tcp"
-        if scheme in ("http", "https"):
-            options["max_redirects"] = "0"
-        super().__init__(uri, options=options)
-        self.scheme = scheme
+    def __init__(self, uri: str, *, fmt: str | None = None, options: dict[str, str] | None = None, reconnect_s: float = RECONNECT_S) -> None:
+        super().__init__(uri, fmt=fmt, options=options)
         self.reconnect_s = reconnect_s
         self.reconnects = 0  # times the stream was reopened after it stopped
         self.lost = False  # it stopped and did not come back within reconnect_s
         self.stopping = threading.Event()  # set by the consumer: no more reconnecting
-
-    def _open_container(self) -> Any:
-        import av
-
-        return _open_interruptibly(lambda: av.open(self.uri, options=dict(self.options), timeout=OPEN_TIMEOUT_S))
-
-    def _why_not(self, exc: Exception) -> str:
-        why = _why(exc)
-        if self.scheme in ("http", "https") and getattr(exc, "errno", None) == errno.EIO:
-            where = _redirect_target(self.uri)
-            if where is not None:
-                return f"the server redirects to {where[:200]}; redirects are not followed: give that URL if you trust it"
-        if "whitelist" in why.lower() or getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist's answer
-            return ("the server sends a playlist or manifest (HLS, DASH) that would open further URLs, or no video stream: "
-                    "refused; give the stream itself")
-        return why
 
     def frames(self) -> Iterator[Frame]:
         outage: float | None = None  # when the current outage began: a reconnect that yields no frame does not end it
@@ -351,6 +302,64 @@ class NetworkSource(AvSource):
         self.lost = True
         return False
 
+
+class CameraSource(LiveAvSource):
+    """A V4L2 camera: ``/dev/videoN`` or the index ``N`` (USB webcams; a Jetson's CSI camera through its V4L2 node)."""
+
+    kind = "camera"
+
+    def __init__(self, uri: str) -> None:
+        device = f"/dev/video{uri}" if is_number(uri) else uri
+        super().__init__(device, fmt="v4l2" if sys.platform.startswith("linux") else None)
+
+    def open(self) -> None:
+        if sys.platform.startswith("linux") and not Path(self.uri).exists():
+            here = sorted(glob.glob("/dev/video*"))
+            raise StreamError(f"camera {self.uri} does not exist (cameras here: {', '.join(here) if here else 'none'})")
+        super().open()
+
+    def _open_container(self) -> Any:
+        import av
+
+        # the device demuxer opens the device node itself (the name was checked: /dev/videoN)
+        options = {**self.options, "protocol_whitelist": "file"}
+        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=options, timeout=OPEN_TIMEOUT_S))
+
+
+class NetworkSource(LiveAvSource):
+    """An RTSP / RTMP / HTTP / UDP stream (RTSP over TCP, which passes firewalls and loses no packets).
+
+    FFmpeg gets the ``protocol_whitelist`` of the URL's scheme (:data:`PROTOCOLS`), the demuxers that read only their
+    input, no redirect (HTTP), and open and read timeouts (:data:`OPEN_TIMEOUT_S`); reopened as
+    :class:`LiveAvSource` says."""
+
+    kind = "network"
+
+    def __init__(self, uri: str, reconnect_s: float = RECONNECT_S) -> None:
+        scheme = uri.split(":", 1)[0].lower()
+        options = {"protocol_whitelist": PROTOCOLS.get(scheme, scheme), "format_whitelist": ",".join(SINGLE_INPUT_FORMATS + ("rtsp", "rtp"))}
+        if scheme in ("rtsp", "rtsps"):
+            options["rtsp_transport"] = "tcp"
+        if scheme in ("http", "https"):
+            options["max_redirects"] = "0"
+        super().__init__(uri, options=options, reconnect_s=reconnect_s)
+        self.scheme = scheme
+
+    def _open_container(self) -> Any:
+        import av
+
+        return _open_interruptibly(lambda: av.open(self.uri, options=dict(self.options), timeout=OPEN_TIMEOUT_S))
+
+    def _why_not(self, exc: Exception) -> str:
+        why = _why(exc)
+        if self.scheme in ("http", "https") and getattr(exc, "errno", None) == errno.EIO:
+            where = _redirect_target(self.uri)
+            if where is not None:
+                return f"the server redirects to {where[:200]}; redirects are not followed: give that URL if you trust it"
+        if "whitelist" in why.lower() or getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist's answer
+            return ("the server sends a playlist or manifest (HLS, DASH) that would open further URLs, or no video stream: "
+                    "refused; give the stream itself")
+        return why
 
 class CsiSource(VideoSource):
     """A Jetson CSI camera, ``csi://N``: nvarguscamerasrc through OpenCV's GStreamer backend (JetPack's OpenCV has it)."""
