@@ -3,16 +3,20 @@
 The producer fills a bounded queue (decode + preprocess); the caller's thread runs inference, reports each frame and
 writes the annotated video. A live source keeps only the latest frame (stale ones dropped and counted); a file or
 folder drops none. Ctrl-C and SIGTERM end the stream cleanly: the summary is returned with ``interrupted`` set and
-the output video is closed, playable, in place.
+the output video is closed, playable, in place (also while a network source is still opening or reading: the signal is
+heard in the caller's thread at once, the reader is left to its timeout). An output that cannot be written (a full disk)
+ends the stream too: ``output_error`` says why, and the outputs keep what was whole (see :mod:`.writer`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +28,15 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import Terminated
 from ..evaluate.predict import softmax
 from ..vocab import PreprocessMode
-from .sources import OPEN_TIMEOUT_S, FolderSource, Frame, VideoSource, open_source
-from .writer import video_writer
+from .sources import RECONNECT_S, FolderSource, Frame, LiveAvSource, VideoSource, open_source
+from .writer import OutputError, video_writer
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "inference", "end_to_end")
 FILE_QUEUE = 4  # frames decoded ahead of inference for files and folders
+JOIN_S = 2.0  # after a live stream ends, how long its reader may take to leave a blocking read before it is left behind
+FILE_JOIN_S = 60.0  # a file's or folder's reader: it leaves after the frame it is decoding (bounded; never left behind)
 
 
 @dataclass
@@ -84,6 +90,10 @@ class StreamSummary:
     truncated: bool = False
     interrupted: str | None = None  # "SIGINT" or "SIGTERM"
     saved: str | None = None
+    saved_frames: int = 0  # frames in the saved video (after a failed write: those in its whole fragments)
+    reconnects: int = 0  # a network source that stopped and was reopened
+    lost: bool = False  # a network source that stopped and did not come back within its reconnect time
+    output_error: str | None = None  # an output that could not be written (the stream stopped there)
 
     @property
     def fps(self) -> float:
@@ -160,6 +170,45 @@ class _Producer(threading.Thread):
                 continue
 
 
+class _SignalGate:
+    """SIGINT and SIGTERM held back while one frame goes to the outputs (``with gate.held():``), then raised as usual
+    (KeyboardInterrupt / :class:`Terminated`), so that the video, the JSON lines and the count agree after Ctrl-C.
+    Installed as the handlers for the stream's duration, in the main thread only (where Python runs handlers)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: KeyboardInterrupt | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.holding:
+            self.pending = self.pending or exc
+            return
+        raise exc
+
+    def __enter__(self) -> _SignalGate:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            raise self.pending
+
+
 def _stats(values: list[float]) -> StageStats:
     if not values:
         return StageStats(0.0, 0.0, 0.0)
@@ -169,13 +218,16 @@ def _stats(values: list[float]) -> StageStats:
 
 def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
-               progress: Callable[[int, str], Any] | None = None, threads: int | None = None) -> StreamSummary:
+               progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
+               reconnect_s: float = RECONNECT_S) -> StreamSummary:
     """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
     caller, not yet opened) with ``artifact``.
 
     ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
-    for sources of known length. Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``).
-    Raises :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
+    for sources of known length. ``reconnect_s``: how long a camera or network source that breaks is reopened for (0: not).
+    Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
+    (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
+    :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
     """
     info = artifact_info(artifact)
     names = info.class_names
@@ -183,59 +235,84 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     source = open_source(uri, info.image_size) if isinstance(uri, str) else uri
     if isinstance(source, FolderSource):
         source.draft = mode == PreprocessMode.fast
+    if isinstance(source, LiveAvSource):
+        source.reconnect_s = reconnect_s
     summary = StreamSummary(source.uri, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
-    with source, open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
-        q: queue.Queue = queue.Queue(maxsize=1 if source.live else FILE_QUEUE)
-        stop = threading.Event()
-        producer = _Producer(source, info.image_size, mode, q, stop)
-        total = min(source.total, max_frames) if source.total and max_frames else (max_frames or source.total)
-        bar = progress(total, "stream") if progress and total and not source.live else None
-        t_start = time.perf_counter()
-        producer.start()
-        try:
-            while max_frames is None or summary.frames < max_frames:
-                try:
-                    item = q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if item is None:
-                    break
-                t0 = time.perf_counter()
-                probs = softmax(runner.run(item.tensor[None]))[0]
-                t1 = time.perf_counter()
-                order = np.argsort(-probs)[:k]
-                f = item.frame
-                result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
-                                     StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
-                for stage in STAGES:
-                    times[stage].append(getattr(result.ms, stage))
-                summary.frames += 1
+    source.open()
+    producer: _Producer | None = None
+    try:
+        with open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
+            producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
+            _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress)
+    finally:
+        # the source is closed once its reader is out of it; a reader still blocked in a network read (bounded by
+        # the read timeout) is left behind, a daemon thread that closes nothing more
+        if producer is None or not producer.is_alive():
+            source.close()
+    if writer is not None and writer.kept and save is not None:
+        summary.saved, summary.saved_frames = str(save), writer.kept
+    return summary
+
+
+def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
+             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None) -> None:
+    """The caller's side of :func:`run_stream`: classify what the producer queues, until the source ends, ``max_frames``,
+    a signal, or an output that fails."""
+    source, q, stop = producer.source, producer.q, producer.stop
+    total = min(source.total, max_frames) if source.total and max_frames else (max_frames or source.total)
+    bar = progress(total, "stream") if progress and total and not source.live else None
+    t_start = time.perf_counter()
+    producer.start()
+    gate = _SignalGate()
+    try:
+        gate.__enter__()
+        while max_frames is None or summary.frames < max_frames:
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            t0 = time.perf_counter()
+            probs = softmax(runner.run(item.tensor[None]))[0]
+            t1 = time.perf_counter()
+            order = np.argsort(-probs)[:k]
+            f = item.frame
+            result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
+                                 StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
+            with gate.held():  # a frame is in every output and counted, or in none
                 if writer is not None:
                     i0, _, p0 = result.top[0]
                     writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
                 if on_frame is not None:
                     on_frame(result)
-                if bar is not None:
-                    bar.update(1)
-        except KeyboardInterrupt as exc:
-            summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        finally:
-            summary.seconds = time.perf_counter() - t_start
-            stop.set()
-            while True:  # unblock a producer waiting on a full queue
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    break
-            # a network read blocks up to its timeout; the source is closed only once the producer is out of it
-            producer.join(timeout=OPEN_TIMEOUT_S + 5.0)
+                for stage in STAGES:
+                    times[stage].append(getattr(result.ms, stage))
+                summary.frames += 1
             if bar is not None:
-                bar.close()
-        if producer.error is not None and summary.interrupted is None:
-            raise producer.error
-        summary.dropped, summary.corrupt, summary.truncated = producer.dropped, source.corrupt, source.truncated
-        summary.stages = {s: _stats(v) for s, v in times.items()}
-    if writer is not None and writer.frames and save is not None:
-        summary.saved = str(save)
-    return summary
+                bar.update(1)
+    except KeyboardInterrupt as exc:
+        summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+    except OutputError as exc:  # a full disk, a file-size limit: stop here, keep what is whole
+        summary.output_error = str(exc)
+    finally:
+        gate.__exit__()
+        summary.seconds = time.perf_counter() - t_start
+        stop.set()
+        if isinstance(source, LiveAvSource):
+            source.stopping.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
+        producer.join(timeout=JOIN_S if source.live else FILE_JOIN_S)  # a file's reader leaves after its current frame
+        if bar is not None:
+            bar.close()
+    if producer.error is not None and summary.interrupted is None and summary.output_error is None:
+        raise producer.error
+    summary.dropped, summary.corrupt, summary.truncated = producer.dropped, source.corrupt, source.truncated
+    if isinstance(source, LiveAvSource):
+        summary.reconnects, summary.lost = source.reconnects, source.lost
+    summary.stages = {s: _stats(v) for s, v in times.items()}

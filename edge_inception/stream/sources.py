@@ -4,17 +4,32 @@
 Which class reads a URI is a table (:data:`SOURCE_KINDS`), tried in order; the base class knows no kind. Video is
 decoded with PyAV (FFmpeg); a Jetson CSI camera (``csi://N``) is read through OpenCV's GStreamer backend where the
 installed OpenCV has one. Frames that do not decode are skipped and counted in ``corrupt``; a file that ends early
-sets ``truncated``; neither stops the stream.
+sets ``truncated``; neither stops the stream. A network stream that drops is reopened with backoff for a bounded time
+(``reconnect_s``), said on stderr; one that does not come back ends the stream (``lost``).
+
+What FFmpeg may open (issue 38, kind 5): a local file is opened here, by Python, as a regular file, and handed to FFmpeg
+as a stream of bytes, so no protocol prefix is read out of its name (``concat:``, ``subfile:``, ``pipe:``, ``file:``, a
+file named ``http:x``); only demuxers that read nothing but their input are allowed (:data:`SINGLE_INPUT_FORMATS`,
+FFmpeg's ``format_whitelist``: no HLS/DASH playlist, concat list, SDP, image pattern), MP4 external data references are
+off (``enable_drefs=0``) and any further open a demuxer asks for is refused (PyAV's ``io_open``). A network stream
+gets FFmpeg's ``protocol_whitelist`` for its scheme (:data:`PROTOCOLS`) and the same demuxers; an HTTP source follows
+no redirect (``max_redirects=0``): the error names where it pointed.
 """
 
 from __future__ import annotations
 
 import abc
+import errno
 import glob
+import http.client
 import logging
+import os
 import re
+import stat
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +45,19 @@ log = logging.getLogger(__name__)
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 OPEN_TIMEOUT_S = 10.0  # a network stream that sends nothing for this long is an error, not a hang
+RECONNECT_S = 30.0  # a live network stream that drops is reopened for up to this long (the CLI's --reconnect)
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.5, 5.0  # backoff: the first wait, doubling to this
+
+# Demuxers that read only the bytes they are given (FFmpeg's names, as ``format_whitelist`` matches them). Left out on
+# purpose: hls, dash, concat, sdp, rtp (open further files or URLs), image2 (a file pattern), tee/data are protocols.
+SINGLE_INPUT_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "mpegtsraw", "avi", "flv", "live_flv", "h264",
+                        "hevc", "vvc", "mjpeg", "mpjpeg", "mpeg", "mpegvideo", "m4v", "ogg", "asf", "nut", "ivf", "obu", "av1",
+                        "mxf", "gif", "apng", "yuv4mpegpipe", "dv", "rm", "wtv", "jpeg_pipe", "png_pipe", "webp_pipe",
+                        "bmp_pipe", "tiff_pipe")
+# FFmpeg's protocol_whitelist per source scheme: what the stream's own protocol needs under it (https is tls over tcp;
+# RTSP carries RTP over its TCP connection or over UDP).
+PROTOCOLS = {"http": "http,tcp", "https": "https,tls,tcp", "rtsp": "rtsp,rtp,udp,tcp", "rtsps": "rtsps,rtsp,rtp,udp,tcp,tls",
+             "rtmp": "rtmp,tcp", "udp": "udp,rtp", "tcp": "tcp", "srt": "srt,udp"}
 
 
 @dataclass
@@ -54,6 +82,7 @@ class VideoSource(abc.ABC):
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.stopped_by: str | None = None  # why the input stopped early, where it did
         self.corrupt = 0  # frames or files skipped because they did not decode
         self.truncated = False  # the input ended before its container said it would
         self.total: int | None = None  # frames expected, where the container says
@@ -79,7 +108,8 @@ class VideoSource(abc.ABC):
 
 
 class AvSource(VideoSource):
-    """A video file, a V4L2 camera or a network stream, demuxed and decoded by FFmpeg through PyAV (frame threads on)."""
+    """A local video file, demuxed and decoded by FFmpeg through PyAV (frame threads on). The file is opened here and
+    given to FFmpeg as bytes: FFmpeg reads that file and nothing else (see the module's notes)."""
 
     kind = "file"
 
@@ -87,15 +117,42 @@ class AvSource(VideoSource):
         super().__init__(uri)
         self.fmt, self.options = fmt, options or {}
         self.container: Any = None
+        self.file: Any = None
+        self.refused: list[str] = []  # further files or URLs a demuxer asked for (none is opened)
+        self._next_index = 0
+
+    def _open_container(self) -> Any:
+        """The PyAV input container; raises av's errors or :class:`StreamError`."""
+        import av
+
+        self.file = _Input(_open_regular_file(self.uri), self.uri)
+        self.refused = []
+        options = {"protocol_whitelist": "file", "format_whitelist": ",".join(SINGLE_INPUT_FORMATS), "enable_drefs": "0"}
+        return av.open(self.file, options=options, io_open=self._refuse)
+
+    def _refuse(self, url: str, flags: int, options: dict) -> Any:
+        """PyAV's ``io_open``: a demuxer asking for another file or URL gets an empty one; the open is then refused."""
+        import io
+
+        self.refused.append(url)
+        return io.BytesIO(b"")
 
     def open(self) -> None:
         require_modules("stream (video decoding)", "av")
         import av
 
         try:
-            self.container = av.open(self.uri, format=self.fmt, options=self.options, timeout=OPEN_TIMEOUT_S if self.live else None)
+            self.container = self._open_container()
         except av.error.FFmpegError as exc:
-            raise StreamError(f"{self.uri}: cannot open as video ({_why(exc)})") from exc
+            self.close()
+            raise StreamError(f"{self.uri}: cannot open as video ({self._why_not(exc)})") from exc
+        except OSError as exc:  # the file itself: gone, a FIFO or device, unreadable
+            self.close()
+            raise StreamError(f"{self.uri}: cannot read ({exc.strerror or exc})") from exc
+        if self.refused:
+            asked = self.refused[0]
+            self.close()
+            raise StreamError(f"{self.uri}: refers to another file or URL ({asked[:200]}); a local source is read alone: give the video itself")
         if not self.container.streams.video:
             self.close()
             raise StreamError(f"{self.uri}: has no video stream")
@@ -104,13 +161,22 @@ class AvSource(VideoSource):
         self.total = stream.frames or None
         self.fps = float(stream.average_rate) if stream.average_rate else None
 
+    def _why_not(self, exc: Exception) -> str:
+        why = _why(exc)
+        sniffed = _sniff(self.uri)
+        if sniffed:
+            return f"{sniffed}, which makes FFmpeg open other files or URLs: refused for a local source; give the video itself"
+        if "whitelist" in why.lower() or getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist's answer
+            return ("not a video container FFmpeg reads alone (MP4, MKV, MPEG-TS, AVI, ...); playlists, concat lists, SDP "
+                    "and image patterns are refused for a local source")
+        return why
+
     def frames(self) -> Iterator[Frame]:
         import av
 
         assert self.container is not None, "open() first"
         stream = self.container.streams.video[0]
         packets = self.container.demux(stream)
-        index = 0
         last_ts: float | None = None
         t0 = time.perf_counter()
         while True:
@@ -121,7 +187,8 @@ class AvSource(VideoSource):
                 return
             except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
                 log.info("%s: demuxing stopped: %s", self.uri, _why(exc))
-                self.truncated = True
+                self.stopped_by = _why(exc)
+                self.truncated = not self.live  # a live source that stops is reconnected and said so, not "truncated"
                 return
             try:
                 decoded = packet.decode()
@@ -139,26 +206,107 @@ class AvSource(VideoSource):
                 # (top-1 agreement 98.7 % on a 1080p clip, below the 99.5 % goal); this path is within one level.
                 rgb = vf.to_ndarray(format="rgb24")
                 ts = last_ts = float(vf.time) if vf.time is not None else None
-                yield Frame(index, ts, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
-                index += 1
+                yield Frame(self._next_index, ts, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
+                self._next_index += 1
                 t0 = time.perf_counter()
 
     def _ends_early(self, last_ts: float | None) -> bool:
-        """A file whose last frame comes more than a second before the duration its header gives was cut short."""
-        duration = self.container.duration if self.container is not None and not self.live else None
-        return bool(duration and last_ts is not None and last_ts < duration / 1e6 - 1.0)
+        """A file whose last frame comes more than a second before the duration its header gives, or that gave no frame
+        where its header counts some, was cut short (frame times count from the container's start time, which an
+        MPEG-TS sets above zero)."""
+        if self.live:
+            return False
+        if last_ts is None:  # not one frame, where the header promised some (or an external track, never opened)
+            return bool(self.total)
+        duration = self.container.duration if self.container is not None else None
+        start = (self.container.start_time or 0) / 1e6 if duration else 0.0
+        return bool(duration and last_ts - start < duration / 1e6 - 1.0)
 
     def close(self) -> None:
         if self.container is not None:
             self.container.close()
             self.container = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
-class CameraSource(AvSource):
+class LiveAvSource(AvSource):
+    """A camera or network stream read through FFmpeg, reopened when it breaks: a read error, a reset or closed
+    connection before the end, a device gone, or :data:`OPEN_TIMEOUT_S` without data. It is reopened with backoff
+    (:data:`RECONNECT_FIRST_S` doubling to :data:`RECONNECT_MAX_S`) for up to ``reconnect_s`` seconds per outage (a
+    reopen that yields no frame does not end the outage), each step a warning on stderr; one that ends cleanly
+    (FFmpeg's end of file: the server said it was complete) has ended and is not reopened. ``reconnects`` counts the
+    reopenings, ``lost`` says it did not come back."""
+
+    live = True
+
+    def __init__(self, uri: str, *, fmt: str | None = None, options: dict[str, str] | None = None, reconnect_s: float = RECONNECT_S) -> None:
+        super().__init__(uri, fmt=fmt, options=options)
+        self.reconnect_s = reconnect_s
+        self.reconnects = 0  # times the stream was reopened after it stopped
+        self.lost = False  # it stopped and did not come back within reconnect_s
+        self.stopping = threading.Event()  # set by the consumer: no more reconnecting
+
+    def frames(self) -> Iterator[Frame]:
+        outage: float | None = None  # when the current outage began: a reconnect that yields no frame does not end it
+        while True:
+            self.stopped_by = None
+            for frame in super().frames():
+                outage = None
+                yield frame
+            if self.stopping.is_set() or self.stopped_by is None:  # stopped by the consumer, or the server ended it
+                return
+            outage = time.monotonic() if outage is None else outage
+            if not self._reconnect(self.stopped_by, outage):
+                return
+
+    def _reconnect(self, why: str, outage: float) -> bool:
+        """Reopen with backoff until ``reconnect_s`` after ``outage`` (a monotonic time); False (and ``lost``) when the
+        source did not come back."""
+        import av
+
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+        if self.reconnect_s <= 0:
+            log.warning("%s: the stream stopped (%s); not reconnecting (--reconnect 0)", self.uri, why)
+            self.lost = True
+            return False
+        start = outage
+        deadline = start + self.reconnect_s
+        log.warning("%s: the stream stopped (%s); reconnecting for up to %.0f s", self.uri, why, max(0.0, deadline - time.monotonic()))
+        delay, tries, last_error = RECONNECT_FIRST_S, 0, why
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.stopping.wait(min(delay, remaining)):
+                return False
+            tries += 1
+            try:
+                self.container = self._open_container()
+                stream = self.container.streams.video[0]
+                stream.thread_type = "AUTO"
+            except (av.error.FFmpegError, OSError, IndexError) as exc:
+                last_error = _why(exc) if not isinstance(exc, IndexError) else "no video stream"
+                if self.container is not None:
+                    self.container.close()
+                    self.container = None
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                if deadline - time.monotonic() > 0:
+                    log.warning("%s: reconnect try %d failed (%s); next in %.1f s", self.uri, tries, last_error,
+                                min(delay, deadline - time.monotonic()))
+                continue
+            self.reconnects += 1
+            log.warning("%s: reconnected after %.1f s (try %d)", self.uri, time.monotonic() - start, tries)
+            return True
+        log.warning("%s: gave up reconnecting after %.0f s (%s); the stream ends here", self.uri, time.monotonic() - start, last_error)
+        self.lost = True
+        return False
+
+
+class CameraSource(LiveAvSource):
     """A V4L2 camera: ``/dev/videoN`` or the index ``N`` (USB webcams; a Jetson's CSI camera through its V4L2 node)."""
 
     kind = "camera"
-    live = True
 
     def __init__(self, uri: str) -> None:
         device = f"/dev/video{uri}" if is_number(uri) else uri
@@ -170,16 +318,48 @@ class CameraSource(AvSource):
             raise StreamError(f"camera {self.uri} does not exist (cameras here: {', '.join(here) if here else 'none'})")
         super().open()
 
+    def _open_container(self) -> Any:
+        import av
 
-class NetworkSource(AvSource):
-    """An RTSP / RTMP / HTTP / UDP stream (RTSP over TCP, which passes firewalls and loses no packets)."""
+        # the device demuxer opens the device node itself (the name was checked: /dev/videoN)
+        options = {**self.options, "protocol_whitelist": "file"}
+        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=options, timeout=OPEN_TIMEOUT_S))
+
+
+class NetworkSource(LiveAvSource):
+    """An RTSP / RTMP / HTTP / UDP stream (RTSP over TCP, which passes firewalls and loses no packets).
+
+    FFmpeg gets the ``protocol_whitelist`` of the URL's scheme (:data:`PROTOCOLS`), the demuxers that read only their
+    input, no redirect (HTTP), and open and read timeouts (:data:`OPEN_TIMEOUT_S`); reopened as
+    :class:`LiveAvSource` says."""
 
     kind = "network"
-    live = True
 
-    def __init__(self, uri: str) -> None:
-        super().__init__(uri, options={"rtsp_transport": "tcp"} if uri.startswith(("rtsp://", "rtsps://")) else {})
+    def __init__(self, uri: str, reconnect_s: float = RECONNECT_S) -> None:
+        scheme = uri.split(":", 1)[0].lower()
+        options = {"protocol_whitelist": PROTOCOLS.get(scheme, scheme), "format_whitelist": ",".join(SINGLE_INPUT_FORMATS + ("rtsp", "rtp"))}
+        if scheme in ("rtsp", "rtsps"):
+            options["rtsp_transport"] = "tcp"
+        if scheme in ("http", "https"):
+            options["max_redirects"] = "0"
+        super().__init__(uri, options=options, reconnect_s=reconnect_s)
+        self.scheme = scheme
 
+    def _open_container(self) -> Any:
+        import av
+
+        return _open_interruptibly(lambda: av.open(self.uri, options=dict(self.options), timeout=OPEN_TIMEOUT_S))
+
+    def _why_not(self, exc: Exception) -> str:
+        why = _why(exc)
+        if self.scheme in ("http", "https") and getattr(exc, "errno", None) == errno.EIO:
+            where = _redirect_target(self.uri)
+            if where is not None:
+                return f"the server redirects to {where[:200]}; redirects are not followed: give that URL if you trust it"
+        if "whitelist" in why.lower() or getattr(exc, "errno", None) == errno.EINVAL:  # format_whitelist's answer
+            return ("the server sends a playlist or manifest (HLS, DASH) that would open further URLs, or no video stream: "
+                    "refused; give the stream itself")
+        return why
 
 class CsiSource(VideoSource):
     """A Jetson CSI camera, ``csi://N``: nvarguscamerasrc through OpenCV's GStreamer backend (JetPack's OpenCV has it)."""
@@ -261,8 +441,112 @@ class FolderSource(VideoSource):
 
 
 def _why(exc: Exception) -> str:
+    if type(exc).__name__ == "ExitError":  # FFmpeg's interrupt callback: PyAV's open/read timeout ran out
+        return f"no data for {OPEN_TIMEOUT_S:.0f} s"
     text = getattr(exc, "strerror", None) or str(exc)
     return re.sub(r"\s+", " ", str(text)).strip()[:200]
+
+
+def _open_regular_file(path: str) -> Any:
+    """``path`` opened for reading as bytes, if it is a regular file: never a FIFO, a device or a socket (opening
+    one could block or read what is not a file); ``O_NONBLOCK`` so that a FIFO swapped in meanwhile cannot hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _Input:
+    """The opened file as FFmpeg sees it: read/seek/tell, and a neutral name (``input`` + the file's suffix, letters and
+    digits only) that FFmpeg's format probes may score, never a path or URL it could open."""
+
+    def __init__(self, f: Any, path: str) -> None:
+        self._f = f
+        suffix = Path(path).suffix[1:]
+        self.name = "input." + suffix.lower() if suffix.isascii() and suffix.isalnum() and len(suffix) <= 8 else "input"
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+_SIGNATURES = ((b"#EXTM3U", "an HLS playlist"), (b"ffconcat", "a concat list"), (b"v=0", "an SDP description"),
+               (b"<?xml", "a manifest (DASH or XML)"), (b"<MPD", "a DASH manifest"))
+
+
+def _sniff(path: str) -> str | None:
+    """What a refused local file looks like, to name it in the error (its first bytes; None when unknown)."""
+    try:
+        with _open_regular_file(path) as f:
+            head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        return None
+    return next((what for sig, what in _SIGNATURES if head.startswith(sig)), None)
+
+
+def _open_interruptibly(open_fn: Callable[[], Any]) -> Any:
+    """``open_fn()`` (a blocking ``av.open`` of a network stream or device) in a helper thread, the caller waiting in
+    short steps: Ctrl-C and SIGTERM reach the caller at once (a signal is handled between Python steps, never inside
+    FFmpeg's open). The open itself is bounded by PyAV's timeout (FFmpeg's interrupt callback); an abandoned one is
+    closed by its thread when it returns."""
+    done = threading.Event()
+    box: dict[str, Any] = {}
+    abandoned = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = open_fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+            if abandoned.is_set() and "value" in box:
+                box["value"].close()
+
+    if threading.current_thread() is not threading.main_thread():
+        return open_fn()  # only the main thread hears signals; elsewhere the caller's own stop flag applies
+    thread = threading.Thread(target=work, name="stream-open", daemon=True)
+    thread.start()
+    try:
+        while not done.wait(0.05):
+            pass
+    except BaseException:
+        abandoned.set()
+        if done.is_set() and "value" in box:
+            box["value"].close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _redirect_target(url: str) -> str | None:
+    """Where an HTTP(S) URL redirects to (its ``Location``), asked once with the open timeout; None if it does not."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        conn_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+        conn = conn_type(parts.hostname or "", parts.port, timeout=OPEN_TIMEOUT_S)
+        try:
+            conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+            reply = conn.getresponse()
+            return reply.getheader("Location") if 300 <= reply.status < 400 else None
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
 
 
 def _is_folder_or_images(uri: str) -> bool:
