@@ -45,7 +45,7 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing repository (atomically).")] = False,
 ) -> None:
     """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
-    from ..cli_common import handle_errors
+    from ..cli_common import handle_errors, shown
     from .repository import ExportOptions, export_repository
 
     @handle_errors
@@ -54,9 +54,9 @@ def export_cmd(
                              instances=instances, instance_kind=instance_kind, warmup=warmup, preprocess=preprocess, force=force)
         result = export_repository(artifact, output, opts)
         for note in result.notes:
-            typer.echo(f"note: {note}", err=True)
-        typer.echo(f"models: {', '.join(result.models)} ({result.runtime})")
-        typer.echo(f"wrote {result.repository}")
+            typer.echo(f"note: {shown(note)}", err=True)
+        typer.echo(f"models: {shown(', '.join(result.models))} ({shown(result.runtime)})")
+        typer.echo(f"wrote {shown(result.repository)}")
 
     run()
 
@@ -72,7 +72,7 @@ def run_cmd(
 ) -> None:
     """Start tritonserver on a repository (the one on PATH, else nvidia-pytriton's), print its endpoints, serve until Ctrl-C
     or SIGTERM, then stop it and every backend process."""
-    from ..cli_common import handle_errors
+    from ..cli_common import handle_errors, shown
     from ..errors import ServeError
     from .server import TritonServer, find_tritonserver, server_error
 
@@ -85,7 +85,7 @@ def run_cmd(
             assert server.endpoints is not None
             typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
             for line in server.endpoints.lines(server.models):
-                typer.echo(f"  {line}")
+                typer.echo(f"  {shown(line)}")
             code = server.wait()
             raise ServeError(f"tritonserver exited on its own (code {code}): {server_error(server.log_text())}")
 
