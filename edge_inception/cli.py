@@ -708,6 +708,7 @@ class _LevelFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()
+        record.msg, record.args = shown(record.getMessage()), None  # log messages quote files and servers: escaped as notes are
         return super().format(record)
 
 

@@ -173,7 +173,7 @@ class TritonClient:
             except InferenceServerException as exc:
                 if _status(exc) == "StatusCode.UNAVAILABLE" and attempt < self.retries:
                     wait = BACKOFF_S * 2**attempt
-                    log.warning("warning: %s is unavailable (%s); retry %d of %d in %g s", self.target.url, _detail(exc), attempt + 1,
+                    log.warning("%s is unavailable (%s); retry %d of %d in %g s", self.target.url, _detail(exc), attempt + 1,
                                 self.retries, wait)
                     time.sleep(wait)
                     continue
@@ -224,7 +224,7 @@ class TritonClient:
     def _check_metadata(self, meta: Any, cfg: Any) -> RemoteModel:
         t = self.target
         if meta.name != t.model:
-            raise self._bad(f"metadata for model {printable(meta.name, 80)!r}, asked for {t.model!r}")
+            raise self._bad(f"metadata for model '{printable(meta.name, 80)}', asked for {t.model!r}")
         if len(meta.inputs) != 1 or len(meta.outputs) != 1:
             raise ServeError(f"{t}: expected one input and one output (a classifier), found {len(meta.inputs)} and {len(meta.outputs)}")
         inp, out = meta.inputs[0], meta.outputs[0]
@@ -279,10 +279,10 @@ class TritonClient:
         result = self._call("infer", m.name, [self._input(batch)], model_version=self.target.version, outputs=outputs)
         reply = result.get_response()
         if reply.model_name != m.name:
-            raise self._bad(f"a reply from model {printable(reply.model_name, 80)!r}, asked {m.name!r}")
+            raise self._bad(f"a reply from model '{printable(reply.model_name, 80)}', asked {m.name!r}")
         if len(reply.outputs) != 1 or reply.outputs[0].name != m.output_name:
-            names = [printable(o.name, 80) for o in list(reply.outputs)[:5]]
-            raise self._bad(f"outputs {names}, asked for {printable(m.output_name, 80)!r} alone")
+            names = ", ".join(printable(o.name, 80) for o in list(reply.outputs)[:5])
+            raise self._bad(f"outputs [{names}], asked for '{printable(m.output_name, 80)}' alone")
         out = reply.outputs[0]
         want_type, width = ("BYTES", class_count) if class_count else ("FP32", m.num_classes)
         if out.datatype != want_type:
@@ -342,7 +342,7 @@ class TritonClient:
                 except ValueError:
                     score = math.nan
                 if not math.isfinite(score) or not is_number(index_text) or len(index_text) > 6 or not 0 <= int(index_text) < m.num_classes:
-                    raise self._bad(f"classification entry {printable(text, 80)!r}: expected score:index[:label] with a finite score "
+                    raise self._bad(f"classification entry '{printable(text, 80)}': expected score:index[:label] with a finite score "
                                     f"and an index in [0, {m.num_classes})")
                 if len(label) > MAX_LABEL_CHARS:
                     raise self._bad(f"a label of {len(label)} characters (at most {MAX_LABEL_CHARS})")
