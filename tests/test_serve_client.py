@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -286,13 +287,22 @@ def test_a_server_killed_mid_predict_is_one_line_and_the_done_images_kept(python
         s.start()
         assert s.proc is not None and s.endpoints is not None
         proc = subprocess.Popen([sys.executable, "-m", "edge_inception", "predict", f"grpc://{s.endpoints.grpc}/demo", str(images),
-                                 "--timeout", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        first = proc.stdout.readline() if proc.stdout else ""  # the first result is printed: the run is under way
-        assert first.endswith(".png\n"), (first, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
-        os.kill(s.proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        out, err = proc.communicate(timeout=120)
-        took = time.monotonic() - killed
+                                 "--timeout", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each result reaches the pipe as it is printed
+        watchdog = threading.Timer(180, os.killpg, (proc.pid, signal.SIGKILL))  # a hang fails the test, bounded
+        watchdog.start()
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline()  # the first result is printed: the run is under way
+            assert first.endswith(".png\n"), (first, proc.stderr.read() if proc.poll() is not None else "")
+            os.kill(s.proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            out = proc.stdout.read()  # to the end: the client exits
+            took = time.monotonic() - killed
+            err = proc.stderr.read()
+            proc.wait(timeout=30)
+        finally:
+            watchdog.cancel()
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
