@@ -265,6 +265,18 @@ def test_unavailable_is_retried_with_backoff_and_said(fake_kserve, photos):
     assert fake_kserve.calls == {"ServerLive": 4}
 
 
+def test_bench_against_a_server_that_fails_midway_is_one_line(fake_kserve, tmp_path):
+    """A server answering NaN after a few requests during `bench grpc:// --scenario offline`: LoadGen gets every
+    answer (no hang), the queries after the failure are answered at once, then one error line and no report."""
+    pytest.importorskip("mlperf_loadgen")
+    fake_kserve.reset(reply="nan", after=30)  # the 14 of the estimate and a few of the LoadGen run honest
+    code, out, err = bounded_cli("bench", fake_kserve.target(), "--scenario", "offline", "--short", "--json", str(tmp_path / "b.json"),
+                                 within_s=120)
+    assert code == 1 and "non-finite score(s)" in one_error_line(err) and fake_kserve.url in one_error_line(err)
+    assert not (tmp_path / "b.json").exists()
+    assert fake_kserve.calls["ModelInfer"] < 69  # an honest run asks 69: those after the failure were answered at once
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Issue 35 with the real tritonserver: killed mid-run; 32 clients at once
 
@@ -327,8 +339,7 @@ def test_32_concurrent_clients_in_loadgen_server_scenario(server, tiny, tmp_path
 
     def failures() -> int:
         with TritonClient(target, timeout_s=30) as client:
-            stats = client._call("get_inference_statistics", "demo", "")
-        return int(stats.model_stats[0].inference_stats.fail.count)
+            return client.failures()
 
     failed_before = failures()
     code, out, err = bounded_cli("bench", target, "--scenario", "server", "--short", "--batch", "1", "--concurrency", "32",

@@ -391,6 +391,13 @@ class TritonClient:
         s = stats.model_stats[0]
         return int(s.inference_count), int(s.execution_count)
 
+    def failures(self) -> int:
+        """The model's failed inferences so far (Triton's statistics extension: ``inference_stats.fail.count``)."""
+        stats = self._call("get_inference_statistics", self.target.model, self.target.version)
+        if len(stats.model_stats) < 1:
+            raise self._bad("no statistics for the model")
+        return int(stats.model_stats[0].inference_stats.fail.count)
+
 
 class TritonRunner(Runner):
     """A model on a Triton server as a :class:`Runner`: ``infer`` is one gRPC request; batches beyond the model's
