@@ -143,7 +143,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(data.as_dict(), indent=2))
         return
-    typer.echo(f"{data.path}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
+    typer.echo(f"{shown(data.path)}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
     for kind, items in (("input", data.inputs), ("output", data.outputs)):
         for name, dtype, dims in items:
             typer.echo(f"  {kind:<6} {printable(name, 100)}: {dtype} [{' x '.join(printable(str(d), 40) for d in dims)}]")
@@ -545,7 +545,7 @@ def profile(
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        typer.echo(markdown(report))
+        typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
     if markdown_out:
         write_text_atomic(markdown_out, markdown(report))
         typer.echo(f"wrote {shown(markdown_out)}", err=as_json)
@@ -632,7 +632,7 @@ def train(
         typer.echo("error: interrupted before the first checkpoint; nothing written", err=True)
         raise typer.Exit(code=130 if result.interrupted else 1)
     typer.echo(f"best val accuracy {result.best_val_acc:.1%} ({len(result.classes)} classes, device {result.device})")
-    typer.echo(f"wrote {result.checkpoint} and {result.checkpoint.with_suffix('.json')}")
+    typer.echo(f"wrote {shown(result.checkpoint)} and {shown(result.checkpoint.with_suffix('.json'))}")
     if result.interrupted:
         raise typer.Exit(code=130)
 
@@ -648,7 +648,7 @@ def demo_data(
     from .data.demo_data import DEMO_CLASSES, make_demo_dataset
 
     out = make_demo_dataset(output)
-    typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+    typer.echo(f"wrote {shown(out)}/train and {shown(out)}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
 
 
 @app.command()
@@ -696,7 +696,7 @@ def stream(
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
     for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
         if written:
-            typer.echo(f"wrote {written}", err=to_err)
+            typer.echo(f"wrote {shown(written)}", err=to_err)
     if summary.interrupted:
         typer.echo(f"{'terminated' if summary.interrupted == 'SIGTERM' else 'interrupted'}: the summary above covers the frames "
                    f"classified so far" + (", the video is closed and playable" if summary.saved else ""), err=True)
