@@ -99,8 +99,8 @@ def note(text: str) -> None:
 
 def echo_table(rows: list[list[str]], header: list[str]) -> None:
     """A plain table on stdout; every cell escaped (:func:`shown`)."""
-    header = [shown(h, 200) for h in header]
-    rows = [[shown(c, 200) for c in row] for row in rows]
+    header = [shown(h) for h in header]
+    rows = [[shown(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     typer.echo("  ".join("-" * w for w in widths))
