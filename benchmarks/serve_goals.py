@@ -6,7 +6,9 @@ a real tritonserver (nvidia-pytriton's, Python backend, loopback gRPC), through 
 Goals:
 - Offline throughput through the server >= 0.8 x in-process Offline throughput;
 - SingleStream p90 through the server <= in-process p90 + 2 ms;
-- outputs through the server equal in-process outputs (max abs difference <= 1e-6).
+- outputs through the server equal in-process outputs (max abs difference <= 1e-6);
+- many clients (issue 35): LoadGen's Server scenario with --clients (32) requests in flight over gRPC against the
+  server: no request failed (Triton's failure count unchanged, and the run completes) and its p99 latency recorded.
 
 Without --artifact, GoogLeNet at 224 px with seeded weights (timings do not depend on weight values) is exported,
 quantized to INT8 (minmax calibration on the bundled photos) and built for the cpu target. Writes results.json and
@@ -49,12 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-duration-ms", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=32, help="requests in flight for the many-clients Server scenario")
     args = parser.parse_args(argv)
 
     from edge_inception.data.images import bundled_photos, load_batch
     from edge_inception.engines.registry import artifact_info, open_runner
     from edge_inception.fileio import write_json_atomic, write_text_atomic
-    from edge_inception.serve.client import TritonRunner
+    from edge_inception.serve.client import TritonClient, TritonRunner
     from edge_inception.serve.config import ServeKind
     from edge_inception.serve.loadgen import Scenario, ScenarioConfig, ScenarioReport, markdown, run_scenarios
     from edge_inception.serve.repository import ExportOptions, export_repository
@@ -78,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios = (Scenario.offline, Scenario.single_stream)
                 reports[name] = run_scenarios(tgt, ScenarioConfig(scenarios, short=False, batch=args.batch, concurrency=conc,
                                                                   min_duration_ms=args.min_duration_ms))
+
+            def failures() -> int:  # Triton's count of failed inferences of the model
+                with TritonClient(target, timeout_s=60) as client:
+                    return client.failures()
+
+            failed_before = failures()
+            reports["many-clients"] = run_scenarios(target, ScenarioConfig((Scenario.server,), short=False, batch=1, concurrency=args.clients,
+                                                                           min_duration_ms=args.min_duration_ms))
+            failed = failures() - failed_before
     load_after = uptime()
 
     def metric(name: str, scenario: str) -> float:
@@ -89,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "offline_server_over_in_process": {"value": off_ratio, "goal": ">= 0.8", "met": off_ratio >= 0.8},
         "single_stream_p90_server_minus_in_process_ms": {"value": ss_delta, "goal": "<= 2.0", "met": ss_delta <= 2.0},
         "max_abs_difference_server_vs_in_process": {"value": max_abs, "goal": "<= 1e-6", "met": max_abs <= 1e-6},
+        f"server_{args.clients}_clients_failed_requests": {"value": failed, "goal": "== 0", "met": failed == 0},
+        f"server_{args.clients}_clients_p99_ms": {"value": metric("many-clients", "Server"), "goal": "recorded",
+                                                  "met": metric("many-clients", "Server") > 0},
     }
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     data = {"command": command, "load_before": load_before, "load_after": load_after,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from . import __version__
-from .cli_common import SEEDED_NOTE, Output, echo_table, handle_errors, note, note_seeded
+from .cli_common import SEEDED_NOTE, Output, echo_table, handle_errors, note, note_seeded, shown
 from .cli_format import PlainTyper
 from .errors import EdgeInceptionError
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET, max_threads
@@ -112,7 +112,7 @@ def export(
                           batch=batch, simplify=simplify, fold_batchnorm=not keep_batchnorm)
     note_seeded(result.loaded.seeded)
     echo_table(_step_rows(result.steps), STEP_HEADER)
-    typer.echo(f"wrote {result.path}")
+    typer.echo(f"wrote {shown(result.path)}")
 
 
 @app.command("simplify")
@@ -126,7 +126,7 @@ def simplify_cmd(
 
     out, step = simplify_file(model, output)
     echo_table(_step_rows([step]), STEP_HEADER)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {shown(out)}")
 
 
 @app.command()
@@ -143,7 +143,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(data.as_dict(), indent=2))
         return
-    typer.echo(f"{data.path}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
+    typer.echo(f"{shown(data.path)}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
     for kind, items in (("input", data.inputs), ("output", data.outputs)):
         for name, dtype, dims in items:
             typer.echo(f"  {kind:<6} {printable(name, 100)}: {dtype} [{' x '.join(printable(str(d), 40) for d in dims)}]")
@@ -176,14 +176,14 @@ def flops(
     for s in report.stages:
         diff = "-" if s.macs_diff is None else f"{s.macs_diff:+.1%}"
         rows.append([s.name, _m(s.macs), _m(s.paper_macs), diff, _m(s.params, 1e3), _m(s.paper_params, 1e3), _m(s.other_ops)])
-    typer.echo(f"{report.model}: {report.variant or 'unknown'} layout, batch {report.batch}, {report.image_size}x{report.image_size} input")
+    typer.echo(f"{shown(report.model)}: {report.variant or 'unknown'} layout, batch {report.batch}, {report.image_size}x{report.image_size} input")
     echo_table(rows, ["stage", "MACs (M)", "paper (M)", "diff", "params (K)", "paper (K)", "other ops (M)"])
     per_image = report.total_macs / report.batch
     typer.echo(f"total: {report.total_macs:,} multiply-adds ({per_image / 1e9:.3f} G per image, {per_image / report.budget_macs:.1%} "
                f"of the paper's 1.5 G budget), {report.total_params:,} parameters, {report.total_other_ops:,} other ops")
     typer.echo("notes:")
     for text in report.notes:
-        typer.echo(f"  - {text}")
+        typer.echo(f"  - {shown(text)}")
 
 
 @app.command()
@@ -238,7 +238,7 @@ def quantize(
     if result.off_calibration:
         typer.echo(f"off-calibration check: {result.off_calibration['explanation']}")
     typer.echo(f"claim: {result.claim}")
-    typer.echo(f"wrote {result.path} and {result.report_path}")
+    typer.echo(f"wrote {shown(result.path)} and {shown(result.report_path)}")
 
 
 @app.command()
@@ -290,13 +290,13 @@ def build(
                           rounds=rounds, progress=_progress)
         for v in auto.decision.verdicts:
             p50 = "-" if v.p50_ms is None else f"{v.p50_ms:.2f} ms"
-            typer.echo(f"  {v.name:<18} {p50:>10}  {v.status}" + (f": {v.note}" if v.note else ""))
+            typer.echo(f"  {shown(v.name):<18} {p50:>10}  {v.status}" + (f": {shown(v.note)}" if v.note else ""))
         for s in auto.plan.skipped:
-            typer.echo(f"  not a candidate: {s.name}: {s.why}")
+            typer.echo(f"  not a candidate: {shown(s.name)}: {shown(s.why)}")
         if auto.artifact is None:
             raise EdgeInceptionError(f"{auto.decision.why} (see {auto.report})")
-        typer.echo(f"ship: {auto.artifact.name} ({auto.decision.ship}): {auto.decision.why}")
-        typer.echo(f"wrote {auto.artifact}, its manifest and {auto.report}")
+        typer.echo(f"ship: {shown(auto.artifact.name)} ({shown(auto.decision.ship)}): {shown(auto.decision.why)}")
+        typer.echo(f"wrote {shown(auto.artifact)}, its manifest and {shown(auto.report)}")
         return
     result = build_artifact(model, tgt, backend=backend.value if backend else None, precision=precision.value if precision else None,
                             output_dir=output_dir, threads=threads, allow_tf32=allow_tf32)
@@ -304,7 +304,7 @@ def build(
     typer.echo(f"runtime: {result.note}")
     typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "
                f"top-1 agreement {p.top1_agreement:.1%} vs {model.name}")
-    typer.echo(f"wrote {result.artifact} and {result.artifact.name}.manifest.json")
+    typer.echo(f"wrote {shown(result.artifact)} and {shown(result.artifact.name)}.manifest.json")
 
 
 PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fast: JPEGs decoded at reduced scale (DCT) and only the "
@@ -319,20 +319,30 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     preprocess: PreprocessOpt = PreprocessMode.fast,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="grpc://: seconds one request may take (a server "
+                                           "that does not answer within it is an error; an unavailable one is retried 3 times).")] = 10.0,
 ) -> None:
-    """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference)."""
+    """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference). Against a
+    served model (grpc://) each image is printed as its batch completes, so a server failing midway leaves the results
+    before it on screen and the error line says how many of the images were done."""
+    from .evaluate.predict import Prediction
     from .evaluate.predict import predict as run_predict
     from .serve.client import is_remote, predict_remote
 
-    run = (predict_remote(artifact, images, top_k=top_k, mode=PreprocessMode(preprocess)) if is_remote(artifact)
-           else run_predict(Path(artifact), images, top_k=top_k, mode=preprocess))
-    for p in run.predictions:
+    def show(p: Prediction) -> None:
         if as_json:
-            typer.echo(json.dumps(p.as_dict()))
-            continue
-        typer.echo(p.image)
+            typer.echo(json.dumps(p.as_dict()))  # JSON escapes control characters itself
+            return
+        typer.echo(shown(p.image))
         for index, label, score in p.top:
-            typer.echo(f"  {score:7.2%}  {label} ({index})")
+            typer.echo(f"  {score:7.2%}  {shown(label, 300)} ({index})")
+
+    if is_remote(artifact):
+        run = predict_remote(artifact, images, top_k=top_k, mode=PreprocessMode(preprocess), timeout_s=timeout, on_prediction=show)
+    else:
+        run = run_predict(Path(artifact), images, top_k=top_k, mode=preprocess)
+        for p in run.predictions:
+            show(p)
     for _path, why in run.failed:
         note(f"skipped: {why}")
     n = len(run.predictions)
@@ -441,7 +451,7 @@ def bench(
     write_outputs(report, json_out, markdown_out, plot_out)
     for path in (json_out, markdown_out, plot_out):
         if path:
-            typer.echo(f"wrote {path}")
+            typer.echo(f"wrote {shown(path)}")
 
 
 def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
@@ -450,21 +460,21 @@ def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | N
 
     if len(targets) != 1:
         raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
-    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(text, err=True))
+    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(shown(text), err=True))
     for text in report.notes:
-        typer.echo(f"note: {text}", err=True)
+        typer.echo(f"note: {shown(text)}", err=True)
     rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
              f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
              "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
-    typer.echo(f"{report.results[0].engine}: {targets[0]}")
+    typer.echo(f"{shown(report.results[0].engine)}: {shown(targets[0])}")
     echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
     for r in report.results:
         if not r.valid:
-            typer.echo(f"{r.scenario} INVALID: {'; '.join(r.invalid_reasons) or 'see LoadGen log'}")
+            typer.echo(f"{r.scenario} INVALID: {shown('; '.join(r.invalid_reasons) or 'see LoadGen log')}")
     write_outputs(report, json_out, markdown_out, plot_out)
     for path in (json_out, markdown_out, plot_out):
         if path:
-            typer.echo(f"wrote {path}")
+            typer.echo(f"wrote {shown(path)}")
 
 
 def _print_bench(report: BenchReport) -> None:
@@ -519,8 +529,8 @@ def pipeline(
     result = run_pipeline(cfg, on_stage=on_stage, progress=_progress)
     echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
-    typer.echo(f"ship: {ship['artifact']} ({ship['candidate']}): {ship['why']}")
-    typer.echo(f"wrote {result.output}/report.md, report.json, bench.png and artifacts/")
+    typer.echo(f"ship: {shown(ship['artifact'])} ({shown(ship['candidate'])}): {shown(ship['why'])}")
+    typer.echo(f"wrote {shown(result.output)}/report.md, report.json, bench.png and artifacts/")
 
 
 @app.command()
@@ -542,13 +552,13 @@ def profile(
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
-        typer.echo(markdown(report))
+        typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
     if markdown_out:
         write_text_atomic(markdown_out, markdown(report))
-        typer.echo(f"wrote {markdown_out}", err=as_json)
+        typer.echo(f"wrote {shown(markdown_out)}", err=as_json)
     if plot_out:
         plot([report], plot_out)
-        typer.echo(f"wrote {plot_out}", err=as_json)
+        typer.echo(f"wrote {shown(plot_out)}", err=as_json)
 
 
 @app.command()
@@ -565,8 +575,8 @@ def bundle(
 
     result = make_bundle(model, target, output, force=force, references=references)
     for line in result.build_commands:
-        typer.echo(f"  {line}")
-    typer.echo(f"wrote {result.folder} ({len(result.files)} files); bundle.json sha256 {result.bundle_sha256}")
+        typer.echo(f"  {shown(line)}")
+    typer.echo(f"wrote {shown(result.folder)} ({len(result.files)} files); bundle.json sha256 {result.bundle_sha256}")
 
 
 @app.command()
@@ -581,11 +591,11 @@ def check(
 
     r = check_artifact(artifact, reference, target=target)
     p = r.parity
-    typer.echo(f"check passed: {r.artifact.name} ({r.precision} on {r.device}) on {p.samples} reference images: max rel error "
+    typer.echo(f"check passed: {shown(r.artifact.name)} ({r.precision} on {r.device}) on {p.samples} reference images: max rel error "
                f"{p.max_rel_error:.2e}, mean cosine {p.mean_cosine:.5f}, top-1 agreement {p.top1_agreement:.1%}")
     typer.echo(f"bundle verified: every file matches bundle.json (sha256 {r.bundle_sha256}: compare with what 'bundle' printed)")
     if r.adopted:
-        typer.echo(f"adopted: wrote {r.artifact.name}.manifest.json")
+        typer.echo(f"adopted: wrote {shown(r.artifact.name)}.manifest.json")
 
 
 def _progress(total: int, desc: str):  # -> tqdm
@@ -629,7 +639,7 @@ def train(
         typer.echo("error: interrupted before the first checkpoint; nothing written", err=True)
         raise typer.Exit(code=130 if result.interrupted else 1)
     typer.echo(f"best val accuracy {result.best_val_acc:.1%} ({len(result.classes)} classes, device {result.device})")
-    typer.echo(f"wrote {result.checkpoint} and {result.checkpoint.with_suffix('.json')}")
+    typer.echo(f"wrote {shown(result.checkpoint)} and {shown(result.checkpoint.with_suffix('.json'))}")
     if result.interrupted:
         raise typer.Exit(code=130)
 
@@ -645,7 +655,7 @@ def demo_data(
     from .data.demo_data import DEMO_CLASSES, make_demo_dataset
 
     out = make_demo_dataset(output)
-    typer.echo(f"wrote {out}/train and {out}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+    typer.echo(f"wrote {shown(out)}/train and {shown(out)}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
 
 
 @app.command()
@@ -702,7 +712,7 @@ def stream(
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
     for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
         if written:
-            typer.echo(f"wrote {written}", err=to_err)
+            typer.echo(f"wrote {shown(written)}", err=to_err)
     if summary.output_error:
         kept = ([f"{summary.saved} ({summary.saved_frames} frames, to its last whole fragment)"] if summary.saved else []) \
             + ([f"{json_lines} ({sink.lines} whole lines)"] if sink is not None else [])
@@ -719,6 +729,7 @@ class _LevelFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()
+        record.msg, record.args = shown(record.getMessage()), None  # log messages quote files and servers: escaped as notes are
         return super().format(record)
 
 

@@ -1,5 +1,11 @@
 """What every command module shares: one error handler (one ``error:`` line, exit 1; Ctrl-C 130, SIGTERM 143), notes
-that ``--quiet`` silences, plain tables. The floor below every command module: it imports no command module."""
+that ``--quiet`` silences, plain tables. The floor below every command module: it imports no command module.
+
+Nothing another party controls reaches the terminal raw (issue 38): ``error:`` lines, notes and table cells go
+through :func:`shown` (:func:`edge_inception.names.printable`: control characters, ANSI escape sequences, bidirectional
+overrides and newlines made visible as ``\\x1b``, ``\\u202e``, ``\\n``), so a label, model name, file name, platform
+string or server message can neither forge a line nor send the terminal a command. Commands pass every other
+outside field they print (labels, file names) through :func:`shown` too."""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ from typing import Any, TypeVar
 import typer
 
 from .errors import EXTRAS, EdgeInceptionError, Terminated
+from .names import printable
+
+MAX_SHOWN_CHARS = 4000  # an error line or note: long enough for a list of choices, short enough to read
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,7 +40,7 @@ def handle_errors(fn: F) -> F:
         try:
             return wrapper(*args, **kwargs)
         except EdgeInceptionError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {shown(str(exc))}", err=True)
             raise typer.Exit(code=1) from None
         except ModuleNotFoundError as exc:  # an optional library this command needs, reached without a check
             top = (exc.name or "").split(".")[0]
@@ -47,7 +56,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
         except OSError as exc:  # the environment: a full disk, a vanished folder, a permission changed mid-run
             where = f": {exc.filename}" if exc.filename else ""
-            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            typer.echo(f"error: {shown(str(exc.strerror or exc) + where)}", err=True)
             raise typer.Exit(code=1) from None
 
     return reporter  # type: ignore[return-value]
@@ -76,13 +85,22 @@ class Output:
     quiet = False
 
 
+def shown(text: object, max_chars: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` as printed: one line, control and format characters visible (see the module's docstring), cut at
+    ``max_chars`` with '...'. The one escaping function every printed outside field goes through."""
+    return printable(str(text), max_chars)
+
+
 def note(text: str) -> None:
-    """A note or warning on stderr, unless --quiet."""
+    """A note or warning on stderr, unless --quiet; escaped (:func:`shown`), since notes quote files and servers."""
     if not Output.quiet:
-        typer.echo(text, err=True)
+        typer.echo(shown(text), err=True)
 
 
 def echo_table(rows: list[list[str]], header: list[str]) -> None:
+    """A plain table on stdout; every cell escaped (:func:`shown`)."""
+    header = [shown(h) for h in header]
+    rows = [[shown(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     typer.echo("  ".join("-" * w for w in widths))

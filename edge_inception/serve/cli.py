@@ -46,7 +46,7 @@ def export_cmd(
                                         "(its edge-inception.json lists everything in it) or an empty folder; never a link.")] = False,
 ) -> None:
     """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
-    from ..cli_common import handle_errors
+    from ..cli_common import handle_errors, shown
     from .repository import ExportOptions, export_repository
 
     @handle_errors
@@ -55,9 +55,9 @@ def export_cmd(
                              instances=instances, instance_kind=instance_kind, warmup=warmup, preprocess=preprocess, force=force)
         result = export_repository(artifact, output, opts)
         for note in result.notes:
-            typer.echo(f"note: {note}", err=True)
-        typer.echo(f"models: {', '.join(result.models)} ({result.runtime})")
-        typer.echo(f"wrote {result.repository}")
+            typer.echo(f"note: {shown(note)}", err=True)
+        typer.echo(f"models: {shown(', '.join(result.models))} ({shown(result.runtime)})")
+        typer.echo(f"wrote {shown(result.repository)}")
 
     run()
 
@@ -79,7 +79,7 @@ def run_cmd(
     The repository must be what serve export wrote: every file in its edge-inception.json with its sha256, nothing else
     (no extra file or model folder, no link, FIFO or device); tritonserver serves a private copy made as it is checked.
     If tritonserver or a backend stub dies, serve run says so, stops the rest and exits 1 (it restarts nothing)."""
-    from ..cli_common import handle_errors
+    from ..cli_common import handle_errors, shown
     from ..errors import ServeError
     from ..names import printable
     from .server import TritonServer, exposure_warning, find_tritonserver, is_loopback
@@ -98,7 +98,7 @@ def run_cmd(
             assert server.endpoints is not None
             typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
             for line in server.endpoints.lines(server.models):
-                typer.echo(f"  {line}")
+                typer.echo(f"  {shown(line)}")
             raise ServeError(server.watch())
 
     run()

@@ -1,15 +1,35 @@
 """``grpc://HOST:PORT/MODEL[/VERSION]`` targets: a model on a Triton server, through Triton's gRPC client.
 
 gRPC, not HTTP: tritonclient's HTTP client runs on gevent and hung when called from a thread pool (as LoadGen's
-scenarios do); its gRPC client is thread-safe. Every call carries a deadline (``timeout_s``), so an address that does
-not answer costs at most that long.
+scenarios do); its gRPC client is thread-safe.
+
+A server's answers are input (issue 38), checked as a file is before anything is made from them:
+
+- metadata and configuration: one input and one output; FP32 images N x 3 x S x S (or BYTES encoded images) in, FP32
+  scores N x C out; S, C and ``max_batch_size`` within :mod:`edge_inception.limits` (32-1024 px, 1-32,768 classes,
+  batch 0 (not batched) to 1,024); the model's name is the one asked for;
+- every reply: gRPC's maximum receive size is set from the largest output this model can give (its batch x classes
+  x 4 bytes, or its labels), so the server cannot choose how much memory is taken; the output's name, datatype and
+  shape are the ones asked for and its byte count matches them, before NumPy sees a byte; scores are finite;
+  classification entries (Triton's ``score:index:label``) have finite scores, indexes in [0, C) and labels of at most
+  :data:`~edge_inception.names.MAX_LABEL_CHARS` characters;
+- a bad answer is one :class:`ServeError` naming the server and what was wrong. Text from the server (error messages,
+  labels, names, platform) is kept as sent and escaped where printed (:func:`edge_inception.names.printable`).
+
+Faults (issue 35): every request carries a deadline (``timeout_s``, default :data:`DEFAULT_TIMEOUT_S`); a server that
+does not answer within it is one ServeError. gRPC's UNAVAILABLE (a server restarting, a dropped connection) is retried
+:data:`RETRIES` times with a doubling backoff from :data:`BACKOFF_S`, each retry logged as a warning (stderr); so one
+request waits at most ``(RETRIES + 1) x timeout_s + 3.5 s``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +38,21 @@ import numpy as np
 
 from ..engines.runner import Runner
 from ..errors import ImageError, ServeError
-from ..names import is_number
-from ..vocab import PreprocessMode
+from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE
+from ..names import MAX_LABEL_CHARS, is_number, printable
+from ..vocab import MIN_IMAGE_SIZE, PreprocessMode
 from .config import MODEL_NAME_RE
+
+log = logging.getLogger(__name__)
 
 SCHEME = "grpc://"
 DEFAULT_TIMEOUT_S = 10.0
+RETRIES = 3  # UNAVAILABLE: retried this many times
+BACKOFF_S = 0.5  # the first retry's wait, doubled for each next one (0.5, 1, 2 s)
+MAX_NAME_CHARS = 256  # a tensor name or platform from the server
+METADATA_REPLY_BYTES = 4 << 20  # metadata, configuration, index and statistics replies: a few KB for a classifier
+REPLY_OVERHEAD_BYTES = 64 << 10  # a reply's framing beyond its output tensor (names, shape, parameters)
+_ENTRY_BYTES = 4 + 48 + 4 * MAX_LABEL_CHARS  # a classification entry: its length, "score:index:", a label in UTF-8
 _HOST_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}")  # fullmatch: "$" also matches before a final newline
 
 
@@ -64,7 +93,7 @@ def parse_target(text: str) -> GrpcTarget:
 
 @dataclass(frozen=True)
 class RemoteModel:
-    """What the server says about a model (its metadata and configuration)."""
+    """What the server says about a model (its metadata and configuration), checked."""
 
     name: str
     input_name: str
@@ -72,31 +101,46 @@ class RemoteModel:
     output_name: str
     image_size: int  # 0 for a model taking encoded images
     num_classes: int
-    max_batch_size: int
+    max_batch_size: int  # 0: not batched by Triton (the batch is in the dims)
     platform: str
+    fixed_batch: int = 0  # a model not batched by Triton: the batch its input's dims fix (0: any)
 
     @property
     def takes_images(self) -> bool:
         return self.input_datatype == "BYTES"
 
+    @property
+    def largest_batch(self) -> int:
+        """The most images one request may carry."""
+        return self.max_batch_size if self.max_batch_size > 0 else max(1, self.fixed_batch)
 
-def _error(exc: Exception, target: GrpcTarget, timeout_s: float) -> ServeError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "DEADLINE_EXCEEDED" in text or "Deadline Exceeded" in text:
-        return ServeError(f"{target.url} did not answer within {timeout_s:g} s (is a Triton gRPC endpoint there?)")
-    if "UNAVAILABLE" in text:
-        return ServeError(f"cannot reach a Triton server at {target.url}: {text.split('] ', 1)[-1][:200]}")
-    return ServeError(f"{target}: {text.split('] ', 1)[-1][:300]}")
+
+def _status(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    return str(status() or "") if callable(status) else ""
+
+
+def _detail(exc: Exception) -> str:
+    """The server's message, one line, at most 300 characters, escaped: it is the server's text."""
+    message = getattr(exc, "message", None)
+    text = str(message() if callable(message) else exc) or type(exc).__name__
+    return printable(text.split("] ", 1)[-1] if text.startswith("[") else text, 300)
 
 
 class TritonClient:
-    """A gRPC client for one model, checked on connect: the server answers, the model is ready, it is a classifier."""
+    """A gRPC client for one model, checked on connect: the server answers, the model is ready, it is a classifier of a
+    size this toolkit takes. Every method raises :class:`ServeError` for a server that does not answer in time or
+    answers something other than what was asked."""
 
-    def __init__(self, target: GrpcTarget | str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, target: GrpcTarget | str, *, timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = RETRIES) -> None:
         self.target = parse_target(target) if isinstance(target, str) else target
+        if not 0 < timeout_s <= 3600 or not 0 <= retries <= 10:
+            raise ServeError(f"a request's timeout must be in (0, 3600] s and retries in [0, 10], got {timeout_s:g} and {retries}")
         self.timeout_s = timeout_s
+        self.retries = retries
         self.client: Any = None
         self.model: RemoteModel | None = None
+        self.reply_limit = METADATA_REPLY_BYTES
 
     def __enter__(self) -> TritonClient:
         self.connect()
@@ -105,108 +149,254 @@ class TritonClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def connect(self) -> RemoteModel:
+    # -- the channel and every call through it ---------------------------------------------------------------------
+
+    def _open_channel(self, reply_limit: int) -> None:
         import tritonclient.grpc as grpcclient
+
+        self.close()
+        self.reply_limit = reply_limit
+        # tritonclient's own defaults (keepalive as KeepAliveOptions()), except the receive limit: no reply larger than
+        # what this model can legitimately send is read into memory
+        self.client = grpcclient.InferenceServerClient(self.target.url, channel_args=[
+            ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", reply_limit),
+            ("grpc.keepalive_time_ms", 2**31 - 1), ("grpc.keepalive_timeout_ms", 20000), ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.max_pings_without_data", 2)])
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.method(*args, client_timeout=timeout_s)``, retried on UNAVAILABLE, errors as ServeError."""
         from tritonclient.utils import InferenceServerException
 
+        for attempt in range(self.retries + 1):
+            try:
+                return getattr(self.client, method)(*args, client_timeout=self.timeout_s, **kwargs)
+            except InferenceServerException as exc:
+                if _status(exc) == "StatusCode.UNAVAILABLE" and attempt < self.retries:
+                    wait = BACKOFF_S * 2**attempt
+                    log.warning("%s is unavailable (%s); retry %d of %d in %g s", self.target.url, _detail(exc), attempt + 1,
+                                self.retries, wait)
+                    time.sleep(wait)
+                    continue
+                raise self._error(exc, attempt) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: Exception, retried: int = 0) -> ServeError:
+        t, status = self.target, _status(exc)
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            return ServeError(f"the server at {t.url} did not answer within {self.timeout_s:g} s (is a Triton gRPC endpoint there, and alive?)")
+        if status == "StatusCode.UNAVAILABLE":
+            tries = f" (tried {retried + 1} times over {sum(BACKOFF_S * 2**i for i in range(retried)):g} s)" if retried else ""
+            return ServeError(f"cannot reach a Triton server at {t.url}{tries}: {_detail(exc)}")
+        if status == "StatusCode.RESOURCE_EXHAUSTED":
+            return ServeError(f"the server at {t.url} sent a reply larger than the {self.reply_limit:,} bytes model {t.model} can need: "
+                              f"{_detail(exc)}")
+        return ServeError(f"{t}: the server says: {_detail(exc)}")
+
+    def _bad(self, what: str) -> ServeError:
+        return ServeError(f"{self.target}: the server's answer is not valid: {what}")
+
+    # -- connecting: the metadata and configuration, checked -----------------------------------------------------------
+
+    def connect(self) -> RemoteModel:
         t = self.target
-        self.client = grpcclient.InferenceServerClient(t.url)
+        self._open_channel(METADATA_REPLY_BYTES)
         try:
-            if not self.client.is_server_live(client_timeout=self.timeout_s):
+            if not self._call("is_server_live"):
                 raise ServeError(f"the Triton server at {t.url} is not live")
-            if not self.client.is_model_ready(t.model, t.version, client_timeout=self.timeout_s):
-                names = sorted(m.name for m in self.client.get_model_repository_index(client_timeout=self.timeout_s).models)
+            if not self._call("is_model_ready", t.model, t.version):
+                index = self._call("get_model_repository_index").models
+                names = sorted({printable(m.name, 64) for m in list(index)[:1000]})
+                shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
                 raise ServeError(f"model {t.model!r}{' version ' + t.version if t.version else ''} is not ready on {t.url} "
-                                 f"(the server has: {', '.join(names) or 'no models'})")
-            meta = self.client.get_model_metadata(t.model, t.version, client_timeout=self.timeout_s)
-            cfg = self.client.get_model_config(t.model, t.version, client_timeout=self.timeout_s).config
-        except InferenceServerException as exc:
-            self.close()
-            raise _error(exc, t, self.timeout_s) from None
-        except ServeError:
+                                 f"(the server has: {shown or 'no models'})")
+            meta = self._call("get_model_metadata", t.model, t.version)
+            cfg = self._call("get_model_config", t.model, t.version).config
+            self.model = self._check_metadata(meta, cfg)
+            m = self.model
+            logits_bytes = m.largest_batch * m.num_classes * 4
+            labels_bytes = m.num_classes * _ENTRY_BYTES  # class_names(): one image, every class
+            self._open_channel(max(METADATA_REPLY_BYTES, REPLY_OVERHEAD_BYTES + max(logits_bytes, labels_bytes)))
+        except BaseException:
             self.close()
             raise
+        return self.model
+
+    def _check_metadata(self, meta: Any, cfg: Any) -> RemoteModel:
+        t = self.target
+        if meta.name != t.model:
+            raise self._bad(f"metadata for model '{printable(meta.name, 80)}', asked for {t.model!r}")
         if len(meta.inputs) != 1 or len(meta.outputs) != 1:
-            self.close()
             raise ServeError(f"{t}: expected one input and one output (a classifier), found {len(meta.inputs)} and {len(meta.outputs)}")
         inp, out = meta.inputs[0], meta.outputs[0]
+        for what, text in (("input name", inp.name), ("output name", out.name), ("platform", cfg.platform or cfg.backend)):
+            if not text or len(text) > MAX_NAME_CHARS:
+                raise self._bad(f"a {what} of {len(text)} characters (1 to {MAX_NAME_CHARS})")
+        if inp.datatype not in ("FP32", "BYTES") or out.datatype != "FP32":
+            raise ServeError(f"{t}: takes {printable(inp.datatype, 20)} and gives {printable(out.datatype, 20)}; expected FP32 images "
+                             "(or BYTES) in and FP32 scores out")
+        if not 0 <= cfg.max_batch_size <= MAX_BATCH:
+            raise self._bad(f"max_batch_size {cfg.max_batch_size} (0 to {MAX_BATCH})")
         batched = cfg.max_batch_size > 0
-        in_dims, out_dims = list(inp.shape)[1 if batched else 0:], list(out.shape)[1 if batched else 0:]
-        if inp.datatype == "FP32" and (len(in_dims) not in (3, 4) or in_dims[-3] != 3 or in_dims[-1] != in_dims[-2]):
-            self.close()
-            raise ServeError(f"{t}: input {inp.name} has shape {list(inp.shape)}, not N x 3 x S x S")
-        if inp.datatype not in ("FP32", "BYTES") or out.datatype != "FP32" or not out_dims:
-            self.close()
-            raise ServeError(f"{t}: takes {inp.datatype} and gives {out.datatype}; expected FP32 images (or BYTES) in and FP32 scores out")
-        self.model = RemoteModel(t.model, inp.name, inp.datatype, out.name, int(in_dims[-1]) if inp.datatype == "FP32" else 0, int(out_dims[-1]),
-                                 int(cfg.max_batch_size), cfg.platform or cfg.backend)
-        return self.model
+        in_shape, out_shape = list(inp.shape), list(out.shape)
+        if batched and (not in_shape or in_shape[0] != -1 or not out_shape or out_shape[0] != -1):
+            raise self._bad(f"max_batch_size {cfg.max_batch_size} but shapes {in_shape} and {out_shape} without a variable batch (-1) first")
+        in_dims, out_dims = in_shape[1 if batched else 0:], out_shape[1 if batched else 0:]
+        fixed = 0
+        if not batched:  # the batch is in the dims: N x 3 x S x S in, N x C out, N fixed (>= 1) or -1
+            if len(in_dims) < 2 or len(out_dims) != 2 or in_dims[0] != out_dims[0] or not (in_dims[0] == -1 or 1 <= in_dims[0] <= MAX_BATCH):
+                raise self._bad(f"shapes {in_shape} and {out_shape}: a model not batched by Triton needs the same batch first in both "
+                                f"(-1 or 1 to {MAX_BATCH})")
+            fixed = max(0, int(in_dims[0]))
+            in_dims, out_dims = in_dims[1:], out_dims[1:]
+        if inp.datatype == "FP32":
+            if len(in_dims) != 3 or in_dims[0] != 3 or in_dims[1] != in_dims[2]:
+                raise ServeError(f"{t}: input {printable(inp.name, 80)} has shape {in_shape}, not N x 3 x S x S")
+            if not MIN_IMAGE_SIZE <= in_dims[2] <= MAX_IMAGE_SIZE:
+                raise self._bad(f"an input of {in_dims[2]} x {in_dims[2]} px; this toolkit takes {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (limits.py)")
+        elif in_dims != [1]:
+            raise self._bad(f"input {printable(inp.name, 80)} takes BYTES of shape {in_shape}, not one encoded image per batch entry")
+        if len(out_dims) != 1 or not 1 <= out_dims[0] <= MAX_CLASSES:
+            raise self._bad(f"output {printable(out.name, 80)} has shape {out_shape}; expected N x C scores with 1 to {MAX_CLASSES:,} "
+                            "classes (limits.py)")
+        return RemoteModel(t.model, inp.name, inp.datatype, out.name, int(in_dims[2]) if inp.datatype == "FP32" else 0, int(out_dims[0]),
+                           int(cfg.max_batch_size), cfg.platform or cfg.backend, fixed)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
 
-    def _infer(self, inputs: Any, class_count: int = 0) -> Any:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
+    # -- inference: every reply checked before it is used ---------------------------------------------------------------
 
-        assert self.model is not None
-        outputs = [grpcclient.InferRequestedOutput(self.model.output_name, class_count=class_count)]
-        try:
-            return self.client.infer(self.model.name, [inputs], model_version=self.target.version, outputs=outputs, client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise _error(exc, self.target, self.timeout_s) from None
+    def _infer(self, batch: np.ndarray, class_count: int = 0) -> Any:
+        """One request; the reply's single output tensor (its protobuf) and its raw bytes, checked against the request."""
+        import tritonclient.grpc as grpcclient
+
+        m = self._model()
+        if not 1 <= len(batch) <= m.largest_batch:
+            raise ServeError(f"{self.target}: a batch of {len(batch)} images; this model takes 1 to {m.largest_batch}")
+        outputs = [grpcclient.InferRequestedOutput(m.output_name, class_count=class_count)]
+        result = self._call("infer", m.name, [self._input(batch)], model_version=self.target.version, outputs=outputs)
+        reply = result.get_response()
+        if reply.model_name != m.name:
+            raise self._bad(f"a reply from model '{printable(reply.model_name, 80)}', asked {m.name!r}")
+        if len(reply.outputs) != 1 or reply.outputs[0].name != m.output_name:
+            names = ", ".join(printable(o.name, 80) for o in list(reply.outputs)[:5])
+            raise self._bad(f"outputs [{names}], asked for '{printable(m.output_name, 80)}' alone")
+        out = reply.outputs[0]
+        want_type, width = ("BYTES", class_count) if class_count else ("FP32", m.num_classes)
+        if out.datatype != want_type:
+            raise self._bad(f"output datatype {printable(out.datatype, 20)}, expected {want_type}")
+        if list(out.shape) != [len(batch), width]:
+            raise self._bad(f"output shape {list(out.shape)[:8]}, expected {[len(batch), width]}")
+        if len(reply.raw_output_contents) != 1:
+            raise self._bad(f"{len(reply.raw_output_contents)} raw output buffers, expected 1")
+        raw = reply.raw_output_contents[0]
+        if want_type == "FP32" and len(raw) != 4 * len(batch) * width:
+            raise self._bad(f"{len(raw):,} bytes of scores, expected {4 * len(batch) * width:,} ({len(batch)} x {width} FP32)")
+        return raw
+
+    def _model(self) -> RemoteModel:
+        if self.model is None or self.client is None:
+            raise ServeError(f"{self.target}: not connected")
+        return self.model
 
     def _input(self, batch: np.ndarray) -> Any:
         import tritonclient.grpc as grpcclient
 
-        assert self.model is not None
+        m = self._model()
         datatype = "BYTES" if batch.dtype == object else "FP32"
-        x = grpcclient.InferInput(self.model.input_name, list(batch.shape), datatype)
+        if datatype != m.input_datatype:
+            raise ServeError(f"{self.target} takes {m.input_datatype}, not {datatype}")
+        x = grpcclient.InferInput(m.input_name, list(batch.shape), datatype)
         x.set_data_from_numpy(batch if datatype == "BYTES" else np.ascontiguousarray(batch, dtype=np.float32))
         return x
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """N x 3 x S x S float32 (or N x 1 encoded images, for an ensemble) -> N x classes float32, one request."""
-        result = self._infer(self._input(batch))
-        assert self.model is not None
-        return np.asarray(result.as_numpy(self.model.output_name), dtype=np.float32)
+        """N x 3 x S x S float32 (or N x 1 encoded images, for an ensemble) -> N x C float32 scores, one request; the
+        reply's shape, datatype and size checked, and every score finite (NaN or inf is a ServeError)."""
+        m = self._model()
+        scores = np.frombuffer(self._infer(batch), dtype="<f4").reshape(len(batch), m.num_classes)
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+            raise self._bad(f"{int(bad.sum())} non-finite score(s) ({scores[row, col]} for image {row + 1} of the batch, class {col})")
+        return scores.astype(np.float32)
 
     def classify(self, batch: np.ndarray, k: int) -> list[list[tuple[float, int, str]]]:
-        """Triton's classification extension: for each image the top ``k`` (score, class index, label from label_filename)."""
-        result = self._infer(self._input(batch), class_count=k)
-        assert self.model is not None
-        rows = result.as_numpy(self.model.output_name).reshape(len(batch), -1)
-        out = []
-        for row in rows:
-            entries = []
-            for item in row:
-                score, index, *label = (item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)).split(":", 2)
-                entries.append((float(score), int(index), label[0] if label else str(index)))
-            out.append(entries)
+        """Triton's classification extension: for each image exactly ``k`` (score, class index, label from
+        label_filename) entries, each checked: a finite score, an index in [0, C), a label of at most
+        MAX_LABEL_CHARS characters (kept as sent: escape it before printing)."""
+        m = self._model()
+        if not 1 <= k <= m.num_classes:
+            raise ServeError(f"{self.target}: asked for the top {k} of {m.num_classes} classes")
+        entries = self._entries(self._infer(batch, class_count=k), len(batch) * k)
+        out: list[list[tuple[float, int, str]]] = []
+        for i in range(len(batch)):
+            row = []
+            for text in entries[i * k:(i + 1) * k]:
+                score_text, _, rest = text.partition(":")
+                index_text, _, label = rest.partition(":")
+                try:
+                    score = float(score_text)
+                except ValueError:
+                    score = math.nan
+                if not math.isfinite(score) or not is_number(index_text) or len(index_text) > 6 or not 0 <= int(index_text) < m.num_classes:
+                    raise self._bad(f"classification entry '{printable(text, 80)}': expected score:index[:label] with a finite score "
+                                    f"and an index in [0, {m.num_classes})")
+                if len(label) > MAX_LABEL_CHARS:
+                    raise self._bad(f"a label of {len(label)} characters (at most {MAX_LABEL_CHARS})")
+                row.append((score, int(index_text), label or index_text))
+            out.append(row)
         return out
 
-    def class_names(self) -> list[str]:
-        """All labels, in class order, as the server's label_filename has them (one classification request for every class)."""
-        assert self.model is not None
-        if self.model.takes_images:
-            raise ServeError(f"{self.target} takes encoded images; name its classifier model to read its class names")
-        probe = np.zeros((1, 3, self.model.image_size, self.model.image_size), np.float32)
-        names = {i: label for _, i, label in self.classify(probe, self.model.num_classes)[0]}
-        return [names.get(i, str(i)) for i in range(self.model.num_classes)]
+    def _entries(self, raw: bytes, count: int) -> list[str]:
+        """Triton's BYTES tensor (each element a 4-byte little-endian length, then its bytes): exactly ``count`` elements."""
+        entries: list[str] = []
+        pos = 0
+        while pos < len(raw):
+            if len(entries) == count or pos + 4 > len(raw):
+                raise self._bad(f"more than the {count} classification entries asked for, or a cut one")
+            (size,) = struct.unpack_from("<I", raw, pos)
+            if size > _ENTRY_BYTES or pos + 4 + size > len(raw):
+                raise self._bad(f"a classification entry of {size:,} bytes (at most {_ENTRY_BYTES:,}, {len(raw) - pos - 4:,} left)")
+            entries.append(raw[pos + 4:pos + 4 + size].decode("utf-8", "replace"))
+            pos += 4 + size
+        if len(entries) != count:
+            raise self._bad(f"{len(entries)} classification entries, expected {count}")
+        return entries
+
+    def class_names(self, probe: np.ndarray | None = None) -> list[str]:
+        """All C labels, in class order, as the server's label_filename has them: one classification request for every
+        class over one image (``probe``: an encoded image for a model taking images; zeros otherwise). A class the
+        reply names twice is a ServeError; one without a label is named by its index."""
+        m = self._model()
+        if probe is None:
+            if m.takes_images:
+                raise ServeError(f"{self.target} takes encoded images; name its classifier model to read its class names")
+            probe = np.zeros((1, 3, m.image_size, m.image_size), np.float32)
+        names: dict[int, str] = {}
+        for _, i, label in self.classify(probe[:1], m.num_classes)[0]:
+            if i in names:
+                raise self._bad(f"class {i} twice in one classification reply")
+            names[i] = label
+        return [names.get(i, str(i)) for i in range(m.num_classes)]
 
     def statistics(self) -> tuple[int, int]:
         """(inference_count, execution_count) from Triton's statistics extension: more inferences than executions means
         the dynamic batcher put requests together."""
-        from tritonclient.utils import InferenceServerException
-
-        try:
-            stats = self.client.get_inference_statistics(self.target.model, self.target.version, client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            raise _error(exc, self.target, self.timeout_s) from None
+        stats = self._call("get_inference_statistics", self.target.model, self.target.version)
+        if len(stats.model_stats) < 1:
+            raise self._bad("no statistics for the model")
         s = stats.model_stats[0]
         return int(s.inference_count), int(s.execution_count)
+
+    def failures(self) -> int:
+        """The model's failed inferences so far (Triton's statistics extension: ``inference_stats.fail.count``)."""
+        stats = self._call("get_inference_statistics", self.target.model, self.target.version)
+        if len(stats.model_stats) < 1:
+            raise self._bad("no statistics for the model")
+        return int(stats.model_stats[0].inference_stats.fail.count)
 
 
 class TritonRunner(Runner):
@@ -223,7 +413,7 @@ class TritonRunner(Runner):
         if model.takes_images:
             self.client.close()
             raise ServeError(f"{self.client.target} takes encoded images; name its classifier model instead")
-        self.batch_range = (1, model.max_batch_size) if model.max_batch_size > 0 else None
+        self.batch_range = (1, model.largest_batch)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.client.logits(batch)
@@ -233,30 +423,47 @@ class TritonRunner(Runner):
 
 
 def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, batch_size: int = 8,
-                   mode: PreprocessMode = PreprocessMode.fast) -> Any:  # -> PredictRun
-    """``predict`` against a served model: probabilities from its logits (softmax, as locally), labels from the server's
-    classification extension (its label_filename). Tensors are made here as local ``predict`` makes them (``mode``); a model
-    taking encoded images (the ``--preprocess`` ensemble) gets the files' bytes and applies the reference transform itself."""
+                   mode: PreprocessMode = PreprocessMode.fast, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                   on_prediction: Callable[[Any], None] | None = None) -> Any:  # -> PredictRun
+    """``predict`` against a served model: probabilities from its logits (softmax, and the top ``top_k`` of them, as
+    locally: always ``min(top_k, C)`` per image whatever the server sends), labels read once from the server's
+    classification extension (its label_filename). Tensors are made here as local ``predict`` makes them (``mode``); a
+    model taking encoded images (the ``--preprocess`` ensemble) gets the files' bytes and applies the reference
+    transform itself.
+
+    ``on_prediction`` gets each Prediction as its batch completes, so a caller can show what was done before a fault.
+    A fault (the server dies, stops answering, answers wrongly) is a ServeError saying how many of the images were
+    classified before it."""
     from ..data.images import find_images, load_batch
     from ..evaluate.predict import Prediction, PredictRun, softmax
 
     results: list[Prediction] = []
     started = time.perf_counter()
-    with TritonClient(target) as client:  # the server and model first: a wrong address is the first thing to say
+    with TritonClient(target, timeout_s=timeout_s) as client:  # the server and model first: a wrong address is the first thing to say
         scan = find_images(images)
         if not scan.images:
             raise ImageError("no images found in " + ", ".join(map(str, images)))
-        model = client.model
-        assert model is not None
+        model = client._model()
         k = min(top_k, model.num_classes)
-        chunk_size = min(batch_size, model.max_batch_size) if model.max_batch_size > 0 else 1
-        for start in range(0, len(scan.images), chunk_size):
-            chunk = scan.images[start:start + chunk_size]
-            batch = (np.array([[_read_bytes(p)] for p in chunk], dtype=object) if model.takes_images else load_batch(chunk, model.image_size, mode))
-            probs = softmax(client.logits(batch))
-            labelled = client.classify(batch, k)
-            for path, p, top in zip(chunk, probs, labelled):
-                results.append(Prediction(str(path), [(index, label, float(p[index])) for _, index, label in top]))
+        chunk_size = min(batch_size, model.largest_batch)
+
+        def batch_of(paths: Sequence[Path]) -> np.ndarray:
+            return np.array([[_read_bytes(p)] for p in paths], dtype=object) if model.takes_images else load_batch(paths, model.image_size, mode)
+
+        try:
+            labels = client.class_names(batch_of(scan.images[:1]) if model.takes_images else None)
+            for start in range(0, len(scan.images), chunk_size):
+                chunk = scan.images[start:start + chunk_size]
+                probs = softmax(client.logits(batch_of(chunk)))
+                for path, p in zip(chunk, probs):
+                    order = np.argsort(-p)[:k]
+                    results.append(Prediction(str(path), [(int(i), labels[i], float(p[i])) for i in order]))
+                    if on_prediction is not None:
+                        on_prediction(results[-1])
+        except ServeError as exc:
+            total = len(scan.images)
+            raise ServeError(f"{exc} ({len(results)} of {total} image{'' if total == 1 else 's'} classified before it"
+                             f"{', shown above' if results and on_prediction is not None else ''})") from None
     return PredictRun(results, [], time.perf_counter() - started)
 
 
