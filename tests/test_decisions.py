@@ -25,8 +25,16 @@ from edge_inception.engines.targets import Target, get_target
 from edge_inception.errors import BackendUnavailableError, ModelFileError, OutputPathError
 from edge_inception.evaluate.verdict import Verdict, images_needed, wilson_lower_bound
 from edge_inception.evaluate.verify import Parity
-from edge_inception.limits import (LimitError, check_batch, check_batch_memory, check_image_size, check_num_classes, check_range,
-                                   check_threads, max_threads)
+from edge_inception.limits import (
+    LimitError,
+    check_batch,
+    check_batch_memory,
+    check_image_size,
+    check_num_classes,
+    check_range,
+    check_threads,
+    max_threads,
+)
 from edge_inception.names import UnsafeNameError, check_labels, check_name, check_text, is_number, printable
 from edge_inception.vocab import Backend, Precision
 
