@@ -9,6 +9,7 @@ those whose process is gone. Finished files get the permissions the umask gives,
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -207,16 +208,38 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
     try:
         yield tmp
         _publish_mode(tmp, folder=True)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
-            os.replace(dest, old / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        _swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+SWAP_TRIES = 100
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``dest``, moving a non-empty ``dest`` aside first and deleting it after.
+
+    Another writer may be replacing ``dest`` at the same moment (two runs with the same output): the folder moved aside
+    may already be gone, or a new one may have taken the name before our rename. Each is tried again; the last writer's
+    folder stays, whole, and every folder moved aside is removed."""
+    olds: list[Path] = []
+    try:
+        for _ in range(SWAP_TRIES):
+            try:
+                os.replace(tmp, dest)  # a missing or empty dest is replaced in one step
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
+            olds.append(old)
+            with contextlib.suppress(FileNotFoundError):  # another writer moved it aside first
+                os.replace(dest, old / dest.name)
+        raise OutputPathError(f"cannot replace {dest}: other writers replaced it {SWAP_TRIES} times meanwhile")
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
