@@ -9,6 +9,7 @@ replace and sweep rules. Every expected value below is a literal, with the arith
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -204,60 +205,94 @@ def test_guard_smallest_is_a_bisection_for_the_first_true():
 class _Mixer:
     """A pure stand-in for how a mixed model is made: each stage adds a known error unless it is kept at the fallback."""
 
-    def __init__(self, damage: dict[str, float], weight_only: bool, tmp: Path):
+    def __init__(self, damage: dict[str, float], weight_only: bool, tmp: Path, params: dict[str, int] | None = None):
         self.stages = {s: [f"{s}/conv"] for s in damage}
-        self.stage_params = {s: 1000 for s in damage}
+        self.stage_params = params or {s: 1000 for s in damage}
         self.weight_only_fallback = weight_only
         self.damage = damage
         self.tmp = tmp
         self.built: dict[Path, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.names: list[str] = []
+        self.probe_sizes: list[int] = []
 
     def build(self, name, fallback, float_stages=()):
         path = self.tmp / f"{name}.onnx"
+        self.names.append(name)
         self.built[path] = (tuple(fallback), tuple(float_stages))
         return path
 
 
-def _guard(damage, weight_only, tmp, passes):
-    mixer = _Mixer(damage, weight_only, tmp)
-    ref = np.eye(4)[:, :4] * 10.0 + 1.0  # 4 samples, 4 classes
+PARITY = Parity(4, 0.0, 0.0, 1.0, 1.0, 1.0)
+
+
+def _guard(damage, weight_only, tmp, passes, params=None, samples=4):
+    mixer = _Mixer(damage, weight_only, tmp, params)
+    ref = np.eye(4)[np.arange(samples) % 4] * 10.0 + 1.0  # samples x 4 classes
 
     def logits(path, batches):
         fallback, _ = mixer.built[path]
+        x = np.concatenate(batches)
+        mixer.probe_sizes.append(len(x))
         noise = sum(d for s, d in damage.items() if s not in fallback)
-        return ref + noise * np.arange(16).reshape(4, 4)
+        return x + noise * np.arange(x.size).reshape(x.shape)
 
     def judge(path):
         fallback, floats = mixer.built[path]
-        return passes(set(fallback), set(floats)), Parity(4, 0.0, 0.0, 1.0, 1.0, 1.0)
+        return passes(set(fallback), set(floats)), PARITY
 
-    return run_guard(mixer, logits, [ref], ref, judge)
+    result = run_guard(mixer, logits, [ref], ref, judge)
+    assert all(re.fullmatch(r"only_s\d|mixed_\d_\d", n) for n in mixer.names), mixer.names
+    assert sorted(n for n in mixer.names if n.startswith("only_")) == [f"only_{s}" for s in sorted(damage)]
+    return result, mixer
 
 
 def test_guard_keeps_the_fewest_most_damaging_stages(tmp_path):
-    damage = {"s1": 0.01, "s2": 0.5, "s3": 0.05, "s4": 0.2}
+    damage = {"s1": 0.01, "s2": 0.5, "s3": 0.0, "s4": 0.2}
     # the judge accepts once s2 and s4 (the two worst) are kept
-    r = _guard(damage, True, tmp_path, lambda kept, floats: {"s2", "s4"} <= kept)
+    r, mixer = _guard(damage, True, tmp_path, lambda kept, floats: {"s2", "s4"} <= kept)
     assert isinstance(r, GuardResult)
     assert r.kept == ["s2", "s4"] and r.float_weights == []
-    assert r.candidate == tmp_path / "mixed_2_0.onnx"
-    assert max(r.sensitivity, key=lambda s: r.sensitivity[s]) == "s2" and min(r.sensitivity, key=lambda s: r.sensitivity[s]) == "s1"
+    assert r.candidate == tmp_path / "mixed_2_0.onnx" and r.parity is PARITY
+    assert all(not floats for fallback, floats in mixer.built.values())  # no weights went float: nothing needed it
+    assert "mixed_4_0" in mixer.names  # all stages kept tried first
+    assert max(r.sensitivity, key=lambda s: r.sensitivity[s]) == "s2"
+    assert r.sensitivity["s3"] == pytest.approx(0.0, abs=1e-12)  # 1 - cosine of identical logits
+    assert r.sensitivity["s1"] > 0.0
+
+
+def test_guard_probes_32_images_and_ranks_weight_only_by_damage_alone(tmp_path):
+    damage = {"s1": 0.01, "s2": 0.5, "s3": 0.05, "s4": 0.2}
+    params = {"s1": 10, "s2": 10_000_000, "s3": 10, "s4": 10}  # per parameter, s2 would rank last
+    r, mixer = _guard(damage, True, tmp_path, lambda kept, floats: "s2" in kept, params=params, samples=40)
+    assert mixer.probe_sizes[:4] == [32, 32, 32, 32]  # the sensitivity probe: the first 32 held-out images
+    assert r.kept == ["s2"]
+    r, _ = _guard(damage, False, tmp_path, lambda kept, floats: "s1" in kept, params=params)
+    assert r.kept == ["s4", "s3", "s1"]  # all-float fallback: damage per parameter (s4, s3, s1, then s2); s1 needs the first three
 
 
 def test_guard_turns_weights_float_when_activations_alone_miss(tmp_path):
     damage = {"s1": 0.01, "s2": 0.5, "s3": 0.05, "s4": 0.2}
     # never enough with INT8 weights; s2's weights float and s2, s4 kept is enough
-    r = _guard(damage, True, tmp_path, lambda kept, floats: "s2" in floats and {"s2", "s4"} <= kept)
+    r, _ = _guard(damage, True, tmp_path, lambda kept, floats: "s2" in floats and {"s2", "s4"} <= kept)
     assert r.float_weights == ["s2"] and r.kept == ["s2", "s4"]
     assert r.candidate == tmp_path / "mixed_2_1.onnx"
     # nothing passes: everything at the fallback with float weights, the last resort
-    r = _guard(damage, True, tmp_path, lambda kept, floats: False)
+    r, _ = _guard(damage, True, tmp_path, lambda kept, floats: False)
     assert r.kept == ["s2", "s4", "s3", "s1"] and r.float_weights == ["s2", "s4", "s3", "s1"]
-    # an all-float fallback: the kept stages are the float ones
-    r = _guard(damage, False, tmp_path, lambda kept, floats: {"s2"} <= kept)
+    assert r.candidate == tmp_path / "mixed_4_4.onnx"
+    # an all-float fallback: the kept stages are the float ones, and no float-weight search is made
+    r, _ = _guard(damage, False, tmp_path, lambda kept, floats: {"s2"} <= kept)
     assert r.kept == ["s2"] and r.float_weights == ["s2"]
-    r = _guard(damage, False, tmp_path, lambda kept, floats: False)
+    r, mixer = _guard(damage, False, tmp_path, lambda kept, floats: bool(floats))
     assert r.kept == ["s2", "s4", "s3", "s1"] and r.candidate == tmp_path / "mixed_4_0.onnx"
+    assert all(not floats for fallback, floats in mixer.built.values())
+
+
+def test_guard_rank_tie_breaks_by_hand():
+    # a stage missing from params costs exactly 10000: 1.00005 / 10000 > 1.0 / (0 + 10000)
+    assert rank({"x": 1.00005, "y": 1.0}, {"y": 0}, False) == ["x", "y"]
+    # the fixed cost is exactly 10000: 1 / 10000 > 1.99995 / 20000 (with 10001 the order flips)
+    assert rank({"x": 1.0, "y": 1.99995}, {"x": 0, "y": 10_000}, False) == ["x", "y"]
 
 
 # --- limits.py -----------------------------------------------------------------------------------------------------
@@ -481,3 +516,135 @@ def test_read_bounds_accept_the_bound_and_refuse_one_byte_more(tmp_path):
     with pytest.raises(ModelFileError, match=r"^w: not valid JSON \(NaN is not a JSON number\)$"):
         fileio.parse_json('{"a": NaN}', "w")
     assert stat.S_ISREG(os.stat(f).st_mode)
+
+
+# --- what mutmut's first run left alive (see README, "Testing") ----------------------------------------------------
+
+GIB = 1 << 30
+
+
+def test_batch_memory_by_hand(monkeypatch):
+    from edge_inception import limits
+
+    monkeypatch.setattr(limits, "available_memory_bytes", lambda: 4 * GIB)  # half of it, 2 GiB, may go to one batch
+    # at 224 px one image needs 4 B * (3 * 224 * 224 + 10,500,000) = 42,602,112 B: 2 GiB / that = 50.4, so 50 fit
+    limits.check_batch_memory(50, 224)
+    with pytest.raises(LimitError) as e:
+        limits.check_batch_memory(51, 224)
+    assert str(e.value) == "--batch 51 at 224 px needs about 2.0 GiB; 4.0 GiB is available (at most 50 fits)"
+    with pytest.raises(LimitError) as e:
+        limits.check_batch_memory(64, 224, name="--size")
+    assert str(e.value) == "--size 64 at 224 px needs about 2.5 GiB; 4.0 GiB is available (at most 50 fits)"  # 2,726,535,168 B
+    # at 448 px: 4 B * (3 * 448 * 448 + 10,500,000 * 4) = 170,408,448 B an image: 12.6, so 12 fit
+    limits.check_batch_memory(12, 448)
+    with pytest.raises(LimitError, match=r"^--batch 13 at 448 px needs about 2\.1 GiB; 4\.0 GiB is available \(at most 12 fits\)$"):
+        limits.check_batch_memory(13, 448)
+    # even one image too many: "at most 1" rather than 0
+    monkeypatch.setattr(limits, "available_memory_bytes", lambda: 40_000_000)
+    with pytest.raises(LimitError, match=r"\(at most 1 fits\)$"):
+        limits.check_batch_memory(2, 224)
+    # exactly half the memory is allowed: 50 images of 42,602,112 B in 2 x 2,130,105,600 B
+    monkeypatch.setattr(limits, "available_memory_bytes", lambda: 2 * 2_130_105_600)
+    limits.check_batch_memory(50, 224)
+    monkeypatch.setattr(limits, "available_memory_bytes", lambda: None)  # unknown: no check
+    limits.check_batch_memory(1024, 1024)
+
+
+def test_available_memory_reads_kib_from_meminfo():
+    line = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemAvailable:"))
+    kib = int(line.split()[1])
+    from edge_inception.limits import available_memory_bytes
+
+    got = available_memory_bytes()
+    assert got is not None and abs(got - kib * 1024) <= 64 * 1024 * 1024  # 1 KiB = 1024 B (the figure moves while we read)
+    assert got % 1024 == 0
+
+
+def test_wilson_edges_by_hand():
+    assert wilson_lower_bound(0, 0) == 0.0
+    assert wilson_lower_bound(1, 1) == pytest.approx(1 / (1 + Z2))  # 0.269866: one trial is a trial
+    with pytest.raises(ValueError, match=r"^successes must be in \[0, 10\], got 11$"):
+        wilson_lower_bound(11, 10)
+    assert images_needed(0.2) == 1  # 1 / 3.7055 = 0.27 >= 0.2 with one image
+    assert images_needed(0.95, z=1.959964) == 73  # two-sided: 0.95 * 3.84146 / 0.05 = 72.99
+
+
+def test_check_text_names_the_first_bad_character():
+    with pytest.raises(UnsafeNameError, match=r"U\+001B at position 1$"):
+        check_text("a\x1bb\x1b", "d")
+
+
+def test_more_fileio_rules(tmp_path, monkeypatch):
+    import socket
+
+    # files and folders get 0666 / 0777 less this process's umask (the other umasks: the subprocess test above)
+    mask = fileio._umask()
+    fileio.write_text_atomic(tmp_path / "deep" / "er" / "f.txt", "x")  # missing folders are made, parents too
+    with fileio.atomic_dir(tmp_path / "d", replace=False) as tmp:
+        (tmp / "x").write_text("1")
+    assert stat.S_IMODE(os.stat(tmp_path / "deep" / "er" / "f.txt").st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o777 & ~mask
+    # what each kind of file is called
+    assert [fileio._kind(m) for m in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK, 0)] == [
+        "a file", "a folder", "a character device", "a block device", "a FIFO", "a socket", "neither a file nor a folder"]
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "s"))
+        with pytest.raises(OutputPathError, match="it is a socket, not a regular file$"):
+            fileio.output_target(tmp_path / "s")
+    finally:
+        sock.close()
+    # a file on the way is named: the nearest existing ancestor that is not a folder
+    f = tmp_path / "f"
+    f.write_text("x")
+    with pytest.raises(OutputPathError) as e:
+        fileio.output_target(f / "a" / "b")
+    assert str(e.value) == f"cannot write {f / 'a' / 'b'}: {f} is a file: a file of that name is in the way"
+    with pytest.raises(OutputPathError) as e:
+        fileio.ensure_parent(tmp_path / "deep")
+    assert str(e.value) == f"output path {tmp_path / 'deep'} is a folder, expected a file name"
+    # each reader names what it reads and raises the error it is given
+    (tmp_path / "j.json").write_text("[1]")
+    for reader in (fileio.read_regular, fileio.read_text, fileio.read_json):
+        with pytest.raises(ModelFileError, match=r"^file .*j\.json: 3 bytes, more than the 2 "):
+            reader(tmp_path / "j.json", 2)
+        with pytest.raises(OutputPathError, match=r"^bundle index .*j\.json: 3 bytes, more than the 2 "):
+            reader(tmp_path / "j.json", 2, "bundle index", error=OutputPathError)
+    (tmp_path / "b.txt").write_bytes(b"\xff")
+    with pytest.raises(OutputPathError, match=r"^labels .*b\.txt: not UTF-8 text"):
+        fileio.read_text(tmp_path / "b.txt", 10, "labels", error=OutputPathError)
+    with pytest.raises(OutputPathError, match=r"^preset .*b\.txt: not UTF-8 text"):
+        fileio.read_json(tmp_path / "b.txt", 10, "preset", error=OutputPathError)
+    (tmp_path / "bad.json").write_text("[1,")
+    with pytest.raises(OutputPathError, match=r"^preset .*bad\.json: not valid JSON \("):
+        fileio.read_json(tmp_path / "bad.json", 10, "preset", error=OutputPathError)
+    with pytest.raises(OutputPathError, match=r"^w: JSON nested 33 levels"):
+        fileio.parse_json("[" * 33 + "]" * 33, "w", error=OutputPathError)
+    # the depth of brackets, closing ones counted down by one
+    assert [fileio._json_depth(t) for t in ("[][][]", "[[]][[]]", "[[][[]]]", "{}", "")] == [1, 2, 3, 1, 0]
+    # a live process that is not ours: alive, and not disturbed by the question (signal 0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert fileio._pid_alive(child.pid)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(0.5)  # still running
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_preprocess_honours_its_size_mean_and_std(tmp_path):
+    from PIL import Image
+
+    from edge_inception.data.images import decode_for, load_batch, load_tensor, normalize, preprocess
+
+    im = Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    assert preprocess(im, 112).shape == (3, 112, 112)
+    raw = preprocess(im, 64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # plain ToTensor: [0, 1]
+    assert raw.min() >= 0.0 and raw.max() <= 1.0 and raw.dtype == np.float32
+    assert normalize(Image.new("RGB", (1, 1), (255, 0, 51)), (0.5, 0.5, 0.5), (0.5, 0.25, 0.1))[:, 0, 0].tolist() == pytest.approx(
+        [1.0, -2.0, -3.0])  # (1 - 0.5) / 0.5, (0 - 0.5) / 0.25, (0.2 - 0.5) / 0.1
+    im.save(tmp_path / "a.png")
+    assert load_batch([tmp_path / "a.png"]).shape == (1, 3, 224, 224)  # 224 unless told
+    assert load_tensor(tmp_path / "a.png").shape == (3, 224, 224)
+    assert decode_for(tmp_path / "a.png")[0].size == (120, 90)
