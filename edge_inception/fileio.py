@@ -208,7 +208,7 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
     try:
         yield tmp
         _publish_mode(tmp, folder=True)
-        _swap_in(tmp, dest)
+        _swap_in(tmp, dest, replace=replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -217,8 +217,9 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool) -> Iterator[Path]
 SWAP_TRIES = 100
 
 
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``dest``, moving a non-empty ``dest`` aside first and deleting it after.
+def _swap_in(tmp: Path, dest: Path, *, replace: bool = True) -> None:
+    """Rename the complete folder ``tmp`` to ``dest``, moving a non-empty ``dest`` aside first and deleting it after
+    (without ``replace``, a non-empty ``dest`` that another run made meanwhile is refused, as it would have been at the start).
 
     Another writer may be replacing ``dest`` at the same moment (two runs with the same output): the folder moved aside
     may already be gone, or a new one may have taken the name before our rename. Each is tried again; the last writer's
@@ -232,6 +233,8 @@ def _swap_in(tmp: Path, dest: Path) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
+                if not replace:
+                    raise OutputPathError(f"{dest} already exists and is not empty (use --force to replace it)") from None
             old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
             olds.append(old)
             with contextlib.suppress(FileNotFoundError):  # another writer moved it aside first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -494,6 +495,14 @@ def test_atomic_writes_leave_nothing_on_failure_and_refuse_non_empty_folders(tmp
     assert [p.name for p in empty.iterdir()] == ["z"]
     with pytest.raises(RuntimeError), fileio.atomic_dir(tmp_path / "new", replace=False) as tmp:
         raise RuntimeError("interrupted")
+    # another run filled the folder while this one built: without replace it is refused at the end too, and kept
+    with pytest.raises(OutputPathError, match=r"new already exists and is not empty \(use --force to replace it\)$"), \
+            fileio.atomic_dir(tmp_path / "new", replace=False) as tmp:
+        (tmp / "mine").write_text("1")
+        (tmp_path / "new").mkdir()
+        (tmp_path / "new" / "theirs").write_text("2")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["theirs"]
+    shutil.rmtree(tmp_path / "new")
     assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["d", "empty", "out.txt"]
 
 
