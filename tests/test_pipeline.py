@@ -29,8 +29,9 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     # net moves with the CPU (0.973 to 0.990 across the three CPU kinds seen), so whether ort-int8 passes is not asserted.
     guard = 0.99
     verdicts = {c["name"]: c for c in report["candidates"]}
-    assert set(verdicts) == set(report["artifacts"]) and set(report["latency_p50_ms_batch1"]) == set(report["artifacts"])
-    for name, c in verdicts.items():
+    assert set(report["artifacts"]) <= set(verdicts) and set(report["latency_p50_ms_batch1"]) == set(report["artifacts"])
+    for name in report["artifacts"]:
+        c = verdicts[name]
         assert c["agreement"] == report["verification_vs_pytorch"][name]["top1_agreement"]
         if c["agreement"] < guard:
             assert c["status"] == "failed" and f"< {guard:.0%} against PyTorch" in c["note"], c
