@@ -34,7 +34,7 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
         c = verdicts[name]
         assert c["agreement"] == report["verification_vs_pytorch"][name]["top1_agreement"]
         if c["agreement"] < guard:
-            assert c["status"] == "failed" and f"< {guard:.0%} against PyTorch" in c["note"], c
+            assert c["status"] == "failed" and c["note"], c  # saying why (the agreement, or the failed check)
         else:
             assert c["status"] in ("shipped", "slower", "tie"), c
     shipped = verdicts[report["ship"]["candidate"]]
