@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: setup run test pytest lint typecheck bench clean
+.PHONY: setup run test pytest lint typecheck bench mutate clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt requirements-triton.txt
 	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, tritonserver, ...): 1-5 minutes"
@@ -35,8 +35,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# Mutation testing of the pure decision modules with their fast unit tests ([tool.mutmut] in pyproject.toml; README,
+# "Testing"). PYTHONPATH is cleared so the tests import mutmut's mutated copy in mutants/, not this checkout.
+mutate: $(STAMP)
+	rm -rf mutants
+	env -u PYTHONPATH $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
+
 bench: $(STAMP)
 	$(PY) benchmarks/run_suite.py
 
 clean:
-	rm -rf $(VENV) export/output runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) export/output runs mutants .pytest_cache .mypy_cache .ruff_cache

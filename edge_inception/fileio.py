@@ -9,6 +9,7 @@ those whose process is gone. Finished files get the permissions the umask gives,
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -357,22 +358,52 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool, index: dict[str, 
         fields["folders"] = sorted(rel for rel, st in walk_folder(tmp) if stat.S_ISDIR(st.st_mode))
         (tmp / OUTPUT_INDEX).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
         _publish_mode(tmp, folder=True)
-        if check_replaceable(dest, replace=replace):
-            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
-            os.replace(dest, old / dest.name)
-            try:
-                check_replaceable(old / dest.name, replace=True)  # as it was when moved: nothing can be added to it now
-            except BaseException:
-                os.replace(old / dest.name, dest)
-                os.rmdir(old)
-                raise
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)  # over nothing, or an empty folder (rename(2) replaces only an empty one)
+        _swap_in(tmp, dest, replace=replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+SWAP_TRIES = 100
+
+
+def _swap_in(tmp: Path, dest: Path, *, replace: bool = True) -> None:
+    """Rename the complete folder ``tmp`` to ``dest``, moving a non-empty ``dest`` aside first and deleting it after
+    (without ``replace``, a non-empty ``dest`` that another run made meanwhile is refused, as it would have been at the start).
+
+    Another writer may be replacing ``dest`` at the same moment (two runs with the same output): the folder moved aside
+    may already be gone, or a new one may have taken the name before our rename. Each is tried again; the last writer's
+    folder stays, whole, and every folder moved aside is removed once :func:`check_replaceable` (checked again on it
+    after the move, when nothing can be added to it) says the product wrote it; otherwise it is put back and the
+    command refuses."""
+    olds: list[Path] = []
+    try:
+        for _ in range(SWAP_TRIES):
+            try:
+                os.replace(tmp, dest)  # a missing or empty dest is replaced in one step
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not replace:
+                    raise OutputPathError(f"{dest} already exists and is not empty (use --force to replace it)") from None
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest.name + ".old"), dir=dest.parent))
+            olds.append(old)
+            try:
+                os.replace(dest, old / dest.name)
+            except FileNotFoundError:  # another writer moved it aside first
+                continue
+            try:  # as it was when moved: nothing can be added to it now (check_replaceable's rule, once more)
+                check_replaceable(old / dest.name, replace=True)
+            except BaseException:
+                os.replace(old / dest.name, dest)  # not ours to delete: put back as it was
+                olds.remove(old)
+                os.rmdir(old)
+                raise
+        raise OutputPathError(f"cannot replace {dest}: other writers replaced it {SWAP_TRIES} times meanwhile")
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

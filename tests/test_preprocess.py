@@ -3,6 +3,8 @@ one list of image formats, a warning where integer class folders are ambiguous; 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,26 +14,24 @@ from edge_inception.data.images import IMAGE_EXTENSIONS, find_images, load_image
 from edge_inception.evaluate.predict import folder_labels, folder_order_warning
 from edge_inception.vocab import FolderOrder, PreprocessMode
 
-SIZES = [(640, 427), (427, 640), (259, 300), (1000, 667), (500, 375), (375, 500), (224, 224), (256, 256), (4032, 3024), (3024, 4032),
-         (1920, 1080), (1080, 1920), (301, 299), (333, 251), (1200, 801), (799, 533), (225, 400), (600, 257)]
+# torchvision's own answers, generated once by tests/fixtures/make_torchvision_fixture.py (torchvision 0.28.0, torch 2.13.0):
+# the geometry of Resize(256) + CenterCrop(224) read back from torchvision's code, and the normalised tensors it gives
+TORCHVISION = np.load(Path(__file__).parent / "fixtures" / "torchvision_preprocess.npz")
+GEOMETRY_CASES = [(int(w), int(h), tuple(map(int, r)), tuple(map(int, b)))
+                  for (w, h), r, b in zip(TORCHVISION["sizes"], TORCHVISION["resized"], TORCHVISION["box"])]
 
 
-def torchvision_formula(w: int, h: int, size: int = 256, crop: int = 224) -> tuple[tuple[int, int], tuple[int, int]]:
-    """torchvision.transforms.functional: _compute_resized_output_size (an int size) and center_crop, as written there."""
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    crop_top = int(round((new_h - crop) / 2.0))
-    crop_left = int(round((new_w - crop) / 2.0))
-    return (new_w, new_h), (crop_left, crop_top)
+def test_the_fixture_says_where_it_came_from():
+    versions = list(TORCHVISION["versions"])
+    assert versions[0].startswith("torchvision 0.28.0") and versions[1].startswith("torch 2.13.0")
+    assert len(GEOMETRY_CASES) >= 153 and TORCHVISION["tensors"].shape == (8, 3, 28, 28)
 
 
-@pytest.mark.parametrize("w,h", SIZES + [(w, h) for w in range(224, 1200, 37) for h in (224, 300, 427, 511, 768)])
-def test_geometry_is_torchvisions_formula(w, h):
+@pytest.mark.parametrize("w,h,resized,box", GEOMETRY_CASES, ids=[f"{c[0]}x{c[1]}" for c in GEOMETRY_CASES])
+def test_geometry_is_torchvisions(w, h, resized, box):
     g = reference_geometry(w, h)
-    resized, (left, top) = torchvision_formula(w, h)
     assert g.resized == resized
-    assert g.box == (left, top, left + 224, top + 224)
+    assert g.box == box
 
 
 def test_the_reported_sizes_truncate_and_round():
@@ -41,23 +41,23 @@ def test_the_reported_sizes_truncate_and_round():
     assert reference_geometry(640, 427).box[0] == 80  # (383 - 224) / 2 = 79.5 rounds to 80 (floor division gave 79)
 
 
-@pytest.mark.parametrize("w,h", SIZES[:8])
-def test_preprocess_feeds_the_reference_tensor(w, h):
-    rng = np.random.default_rng(w * h)
-    im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    (nw, nh), (left, top) = torchvision_formula(w, h)
-    expected = normalize(im.resize((nw, nh), Image.Resampling.BILINEAR).crop((left, top, left + 224, top + 224)))
-    np.testing.assert_array_equal(preprocess(im), expected)
+@pytest.mark.parametrize("i", range(len(TORCHVISION["tensor_sizes"])))
+def test_preprocess_gives_torchvisions_tensor(i):
+    w, h = (int(v) for v in TORCHVISION["tensor_sizes"][i])
+    im = Image.fromarray(np.random.default_rng(w + h).integers(0, 256, (h, w, 3), dtype=np.uint8))  # as the fixture script drew it
+    ours = preprocess(im)
+    assert ours.shape == (3, 224, 224) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours[:, ::8, ::8], TORCHVISION["tensors"][i], atol=1e-6)
+    np.testing.assert_allclose(ours.astype(np.float64).mean(axis=(1, 2)), TORCHVISION["channel_means"][i], atol=1e-6)
 
 
-@pytest.mark.parametrize("w,h", SIZES[:6])
-def test_against_torchvision_where_installed(w, h):
-    transforms = pytest.importorskip("torchvision.transforms")
-    rng = np.random.default_rng(w + h)
-    im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    ref = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                              transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(im).numpy()
-    np.testing.assert_allclose(preprocess(im), ref, atol=1e-6)
+def test_normalize_against_torchvisions_constants():
+    """ToTensor + Normalize by hand: (v / 255 - mean) / std, with ImageNet's mean and std as torchvision documents them."""
+    im = Image.fromarray(np.array([[[0, 128, 255], [255, 0, 64]]], dtype=np.uint8))  # 1 x 2 pixels
+    out = normalize(im)
+    assert out.shape == (3, 1, 2)
+    np.testing.assert_allclose(out[:, 0, 0], [(0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225], atol=1e-6)
+    np.testing.assert_allclose(out[:, 0, 1], [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (64 / 255 - 0.406) / 0.225], atol=1e-6)
 
 
 def _hidden_pixel_is_white(path):
