@@ -285,7 +285,30 @@ def foreign_entries(folder: Path, index: dict[str, Any]) -> list[str]:
     return sorted(foreign)
 
 
+CHECK_TRIES = 20  # another writer replacing the same folder meanwhile: the check is made again on what is there now
+
+
 def check_replaceable(path: Path, *, replace: bool) -> bool:
+    """See :func:`_check_replaceable`; made again when the folder was swapped for another during the check (two runs
+    writing the same output), so that a refusal is about one folder as it stood, never about a half-seen swap."""
+    for _ in range(CHECK_TRIES - 1):
+        try:
+            before = os.lstat(path)
+        except OSError:
+            before = None
+        try:
+            return _check_replaceable(path, replace=replace)
+        except (EdgeInceptionError, OSError):
+            try:
+                after = os.lstat(path)
+            except OSError:
+                after = None
+            if before is not None and after is not None and (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev):
+                raise
+    return _check_replaceable(path, replace=replace)
+
+
+def _check_replaceable(path: Path, *, replace: bool) -> bool:
     """The one rule for an output folder (``--force`` included), for every command that writes one: True when ``path``
     exists and is to be replaced, False when it is missing or an empty folder; otherwise :class:`OutputPathError` in
     one line.

@@ -481,18 +481,25 @@ def test_atomic_writes_leave_nothing_on_failure_and_refuse_non_empty_folders(tmp
     d = tmp_path / "d"
     d.mkdir()
     (d / "x").write_text("1")
+    for replace in (False, True):  # a folder the product did not write is never replaced, --force or not
+        with pytest.raises(OutputPathError, match=r"it holds files edge-inception did not write"), fileio.atomic_dir(d, replace=replace):
+            pass
+    assert [p.name for p in d.iterdir()] == ["x"]
+    (d / "x").unlink()
+    with fileio.atomic_dir(d, replace=False) as tmp:  # an empty folder is taken
+        (tmp / "x").write_text("1")
     with pytest.raises(OutputPathError, match=r"already exists and is not empty \(use --force to replace it\)$"), \
             fileio.atomic_dir(d, replace=False):
         pass
-    with fileio.atomic_dir(d, replace=True) as tmp:
+    with fileio.atomic_dir(d, replace=True) as tmp:  # one the product wrote is replaced with --force
         (tmp / "y").write_text("2")
-    assert [p.name for p in d.iterdir()] == ["y"]
+    assert sorted(p.name for p in d.iterdir()) == [fileio.OUTPUT_INDEX, "y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out.txt"]  # the old folder is gone too
     empty = tmp_path / "empty"
     empty.mkdir()
     with fileio.atomic_dir(empty, replace=False) as tmp:  # an empty folder is not refused
         (tmp / "z").write_text("3")
-    assert [p.name for p in empty.iterdir()] == ["z"]
+    assert sorted(p.name for p in empty.iterdir()) == [fileio.OUTPUT_INDEX, "z"]
     with pytest.raises(RuntimeError), fileio.atomic_dir(tmp_path / "new", replace=False) as tmp:
         raise RuntimeError("interrupted")
     # another run filled the folder while this one built: without replace it is refused at the end too, and kept

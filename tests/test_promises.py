@@ -25,6 +25,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
+from edge_inception.fileio import OUTPUT_INDEX
 
 from .stream_media import tiny_classifier
 
@@ -346,5 +347,5 @@ def test_two_writers_in_one_folder_both_finish_and_leave_a_whole_result(tmp_path
     art = tmp_path / "artifact"
     who = (art / "manifest.json").read_text()
     assert who in ("a", "b", "c") and (art / "model.bin").read_text() == who * 10000  # the folder is one writer's, not a mix
-    assert sorted(p.name for p in art.iterdir()) == ["manifest.json", "model.bin"]
+    assert sorted(p.name for p in art.iterdir()) == sorted([OUTPUT_INDEX, "manifest.json", "model.bin"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "report.json"]  # no temporary file or folder left
