@@ -491,6 +491,8 @@ def pipeline(
     iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 30,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
+    ship_unproven: Annotated[bool, typer.Option("--ship-unproven", help="Also ship a candidate whose claim the evidence cannot carry "
+                                                "(INT8 agreement whose 95% lower bound is below --min-agreement); the ship line says so.")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
 ) -> None:
     """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
@@ -498,7 +500,7 @@ def pipeline(
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=_choices(precisions, Precision, "--precisions"),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         bench_rounds=rounds, batches=_int_list(batch, "--batch"))
+                         bench_rounds=rounds, batches=_int_list(batch, "--batch"), ship_unproven=ship_unproven)
     if weights is None:
         note(SEEDED_NOTE)
     started: dict[str, float] = {}

@@ -24,10 +24,11 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     assert set(report["artifacts"]) == {f"{b}-{p}" for b in ("ort", "openvino") for p in ("fp32", "fp16", "int8")}
     for rel in report["artifacts"].values():
         assert (out / rel).is_file() and (out / (rel + ".manifest.json")).is_file()
-    p50 = report["latency_p50_ms_batch1"]
-    eligible = {p: v for p, v in p50.items() if report["verification_vs_pytorch"][p]["top1_agreement"] >= 0.99}
-    assert "ort-int8" in eligible  # the default guard (0.99) holds for INT8 against PyTorch too
-    assert report["ship"]["candidate"] in eligible  # which of them: tests/test_candidates.py
+    # one judge (tests/test_candidates.py): what shipped passed it; INT8 on the demo's 10 held-out photos cannot be proven
+    # at 99 % (its 95 % bound is at most 10 / 12.7 = 79 %), so it is unproven or failed and not shipped without --ship-unproven
+    judged = {c["name"]: c["judged"] for c in report["candidates"]}
+    assert judged[report["ship"]["candidate"]] == "passed" and not report["ship"]["unproven"]
+    assert report["verification_photos"] == 10 and {judged["ort-int8"], judged["openvino-int8"]} <= {"unproven", "failed"}
     assert report["verification_vs_pytorch"]["ort-fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
     assert "ship:" in md and "Compute budget" in md and (out / "bench.png").is_file()

@@ -147,6 +147,7 @@ class AccuracyReport:
     fp32_size_bytes: int
     size_bytes: int
     labelled: dict[str, float] | None = None  # top-1/top-5 accuracy of both, with --eval
+    max_rel_error: float = 0.0  # max |a - b| / max |a| of the logits
 
     @property
     def size_ratio(self) -> float:
@@ -452,7 +453,7 @@ def quantize_model(
         accuracy = AccuracyReport(
             holdout_images=vparity.samples, top1_agreement=vparity.top1_agreement, top5_overlap=vparity.top5_overlap,
             mean_cosine=vparity.mean_cosine, max_abs_error=vparity.max_abs_error, fp32_size_bytes=src.stat().st_size,
-            size_bytes=qmodel.ByteSize(),
+            size_bytes=qmodel.ByteSize(), max_rel_error=vparity.max_rel_error,
         )
         if judge.labelled is not None and judge.fp32 is not None:
             top1, top5 = labelled_accuracy(qmodel.SerializeToString(), judge.labelled)
