@@ -233,6 +233,10 @@ def quantize(
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     echo_table(rows, ["metric", "vs fp32"])
+    if result.photo_use:
+        typer.echo(f"photos: {result.photo_use}")
+    if result.bias_correction:
+        typer.echo(result.bias_correction)
     for v in result.verdicts:
         typer.echo(f"verdict: {v['explanation']}")
     if result.off_calibration:

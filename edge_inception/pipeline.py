@@ -149,7 +149,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                         detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
                                       + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
                         if reduced is Precision.int8:  # what the INT8 model was made for and from, on the console and in the report
-                            detail.append(f"{q.scheme}; calibrated on {q.calibration_source}")
+                            detail.append(f"{q.scheme}; calibrated on {q.calibration_source}; {q.bias_correction}")
                         for warning in q.warnings:
                             log.warning("%s: %s", label, warning)
 
@@ -285,6 +285,7 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         "verification_photos": run.verification_photos,
         "quantization": {label: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
                                  "float_weights": q.float_weights, "calibration_source": q.calibration_source, "claim": q.claim,
+                                 "photo_use": q.photo_use, "bias_correction": q.bias_correction,
                                  "warnings": q.warnings} for label, q in run.quantization.items()},
         "flops": {k: run.flops[k] for k in ("total_macs", "budget_macs", "total_params")},
         "latency_p50_ms_batch1": {n: v["1"] for n, v in p50s.items() if "1" in v},
@@ -345,6 +346,7 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles
         for label, q in summary["quantization"].items():
             lines.append(f"- {label}: {q['scheme']}" + (f"; calibrated on {q['calibration_source']}" if q.get("calibration_source") else "")
                          + (f"; claim: {q['claim']}" if q.get("claim") else ""))
+            lines += [f"  - {k.replace('_', ' ')}: {q[k]}" for k in ("photo_use", "bias_correction") if q.get(k)]
             lines += [f"  - warning: {w}" for w in q.get("warnings", [])]
     f = summary["flops"]
     lines += ["", "## Compute budget", "", f"{f['total_macs']:,} multiply-adds per image ({f['total_macs'] / f['budget_macs']:.1%} of the "
