@@ -1,17 +1,17 @@
-"""Bias correction of a Q/DQ model: what quantization shifts in each convolution's output mean, folded back into its bias.
+"""Bias correction of a Q/DQ model: what quantization shifts in each layer's output mean, folded back into its bias.
 
 Rounding weights and activations to INT8 moves the expected output of a layer: E[y_q] - E[y] = E[(W_q - W) x] + ... is
 not zero per channel (Nagel et al., *Data-Free Quantization Through Weight Equalization and Bias Correction*, ICCV
 2019, section 4.2), and the shift compounds through the network. OpenVINO's NNCF corrects it by default after
-post-training quantization ("fast bias correction"). Here, empirically on the calibration images: for every Conv (and
-Gemm) with a bias, the per-channel mean of its output in the Q/DQ model is compared with the FP32 model's on the same
-images, and the difference is subtracted from the bias (an INT32 bias behind a DequantizeLinear is re-quantized at its
-own scale). Layers are corrected in a few passes in topological order, each pass measuring the Q/DQ model as the earlier
-passes left it, so a later layer does not correct a shift an earlier one has already removed (correcting every layer
-from one measurement over-corrects: the shift measured downstream includes what upstream passes remove).
+post-training quantization ("fast bias correction"), measuring each layer alone. So does :func:`correct_biases`, on the
+calibration images: every Conv (and Gemm) with a bias is run as the Q/DQ model computes it beside the FP32 layer, both
+fed the FP32 model's input to it; the per-channel difference of their output means that the images support
+(:func:`significant_shift`) is subtracted from the bias (an INT32 bias behind a DequantizeLinear is re-quantized at its
+own scale).
 
-Pure ONNX graph work with onnx and ONNX Runtime (no torch). Nodes are matched by name: the Q/DQ model is made from the
-FP32 model by ONNX Runtime's quantizer, which keeps node and output names.
+Pure ONNX graph work with onnx and ONNX Runtime (no torch). Layers are matched by tensor name: the Q/DQ model is made
+from the FP32 model by ONNX Runtime's quantizer, which keeps node and output names (where it drops a Relu after a layer,
+the layer's output takes the Relu's name: :func:`_fp32_output`).
 """
 
 from __future__ import annotations
@@ -31,18 +31,17 @@ CORRECTED_OPS = ("Conv", "Gemm")
 
 @dataclass
 class BiasCorrection:
-    """What was corrected: per layer, the largest per-channel shift removed (|delta|, logit units of that layer's output)."""
+    """What was corrected: per layer, the largest per-channel shift removed (|delta|, in units of that layer's output)."""
 
     layers: dict[str, float] = field(default_factory=dict)
     images: int = 0
-    passes: int = 0
 
     def summary(self) -> str:
         if not self.layers:
             return "bias correction: no layer with a bias"
         worst = max(self.layers, key=lambda k: self.layers[k])
         return (f"bias correction: {len(self.layers)} layers' per-channel output means matched to FP32 on {self.images} calibration "
-                f"images ({self.passes} passes; largest shift {self.layers[worst]:.3g} at {worst})")
+                f"images (largest shift {self.layers[worst]:.3g}, at {worst})")
 
 
 def sample_means(model, batches: list[np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
@@ -214,7 +213,7 @@ def correct_biases(fp32: Path | bytes, qdq: Path, dst: Path, batches: list[np.nd
     stat = [images[i : i + 8] for i in range(0, len(images), 8)]
     ref_model = load_onnx(fp32) if isinstance(fp32, Path) else onnx.load_from_string(fp32)
     model = onnx.load(str(qdq))
-    result = BiasCorrection(images=len(images), passes=1)
+    result = BiasCorrection(images=len(images))
     for n, means in _own_means(ref_model, model, stat):
         delta = significant_shift(means[1], means[0], z)
         if _shift_bias(model, n, delta):

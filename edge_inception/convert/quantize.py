@@ -8,11 +8,13 @@ and TensorRT 10/11 consume. The scheme follows the target:
 * ``cpu`` with VNNI (or Arm): the same, full range;
 * ``gpu``/``tensorrt``: symmetric signed INT8 for both (TensorRT only takes symmetric scales).
 
-The accuracy guard compares the quantized model with FP32 on the selection images (calibration, selection and
-verdict never share a source photo: see :mod:`.calibration`); when INT8 falls below ``min_agreement`` the stages that
-hurt most (measured by quantizing one stage at a time) keep float activations until the guard holds, or the run fails
-and nothing is written. The report's figures come from the verdict images, with a 95 % lower bound over distinct
-photos (:mod:`..evaluate.verdict`); the criterion is claimed only when the bound clears it. On an AVX2-only CPU the
+The accuracy guard compares the quantized model with FP32 on the selection images (no model is judged on a photo it
+was calibrated or chose on: see :mod:`.calibration`); when INT8 falls below ``min_agreement`` the stages that hurt most
+(measured by quantizing one stage at a time) keep float activations until the guard holds, or the run fails and
+nothing is written. Every INT8 model built gets per-channel bias correction (:mod:`.bias_correction`). The written
+model is calibrated on every photo; the report's figures come from the cross-fitted verdict (each photo judged by the
+recipe calibrated without it), with a 95 % lower bound over distinct photos (:mod:`..evaluate.verdict`); the criterion
+is claimed only when the bound clears it. On an AVX2-only CPU the
 optimised kernels match the Q/DQ arithmetic done in float (reduced range avoids ``vpmaddubsw`` saturation; full range
 does not): INT8's lost answers there come from calibration. On the demo net the damage comes from activation rounding
 compounding through 57 convolutions (weights alone in INT8 keep cosine > 0.9999), so a kept stage keeps INT8 weights
