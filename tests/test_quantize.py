@@ -315,8 +315,10 @@ def test_fp16_that_cannot_keep_the_answers_writes_nothing(tmp_path):
 def test_guard_falls_back_to_float_weights(tmp_path, target):
     # the classes' weights differ by 1e-4 in one element, below INT8's resolution: INT8 weights alone tie the classes,
     # so float activations cannot help; only float weights keep the answers
+    # (bias correction off: on this two-class net it moves fc's bias by the mean shift and so keeps the answers with INT8
+    # weights, which is not what is tested here)
     src = tiny_classifier(tmp_path / "w.onnx", [[1.0, 1.0], [0.5, 0.5], [0.25, 0.2501]], [0.0, 0.0])
-    result = quantize_model(src, "int8", output=tmp_path / "w.int8.onnx", target=target, calib_size=20)
+    result = quantize_model(src, "int8", output=tmp_path / "w.int8.onnx", target=target, calib_size=20, bias_correction=False)
     assert "fc" in result.float_weights and "fc" in result.kept_float
     model = onnx.load(str(result.path))
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
@@ -410,7 +412,7 @@ def test_bias_correction_reduces_the_mean_shift_on_other_photos(trained, tmp_pat
     result = correct_biases(prepared, plain, corrected, cal)
     ref, q, qb = (onnx.load(str(p)) for p in (prepared, plain, corrected))
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
-    assert len(result.layers) >= len(convs) == 57 and result.images == 36  # every convolution had its bias corrected
+    assert len(result.layers) >= len(convs) == 57 and result.images == 32  # every convolution corrected; STAT_IMAGES of the 36
 
     def mean_shift(model, batches):
         pairs = [(n.output[0], _fp32_output(ref, n)) for n in convs]
