@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engines.candidates import Candidate, Decision, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .engines.candidates import Candidate, Decision, Evidence, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
 from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
 from .fileio import staging_dir, write_json_atomic, write_text_atomic
@@ -67,26 +67,30 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     out = Path(output_dir)
     sources: dict[tuple[Precision, QuantTarget | None], Path] = {}
-    agreement: dict[tuple[Precision, QuantTarget | None], float] = {}
+    agreement: dict[tuple[Precision, QuantTarget | None], Evidence | None] = {}  # None for the source: its build's parity
     for c in plan.candidates:  # the quantized models are the user's files too: written beside the artifact, atomically
         key = (c.precision, None if c.precision is found else quant_target(target, c))
         if key in sources:
             continue
         if c.precision is found:
-            sources[key], agreement[key] = src, 1.0
+            sources[key], agreement[key] = src, None
             continue
         qt = quant_target(target, c)
         q = quantize_model(src, c.precision, output=out / f"{src.stem}.{c.precision.value}" f"{'' if qt is QuantTarget.cpu else '-' + qt.value}.onnx",
                            calib=calib, target=qt, min_agreement=min_agreement, progress=progress)
-        sources[key], agreement[key] = q.path, q.accuracy.top1_agreement
+        a = q.accuracy
+        sources[key] = q.path
+        agreement[key] = Evidence(a.top1_agreement, a.holdout_images, int(q.verdicts[0]["distinct_images"]), a.mean_cosine, a.max_rel_error,
+                                  "the FP32 model")
 
-    def source_of(c: Candidate) -> tuple[Path, float]:
+    def source_of(c: Candidate) -> tuple[Path, Evidence | None]:
         key = (c.precision, None if c.precision is found else quant_target(target, c))
         return sources[key], agreement[key]
 
     measured: list[Measured] = []
     p50s: dict[str, dict[int, float]] = {}
     agreements: dict[str, float] = {}
+    evidence: dict[str, Evidence] = {}
     with staging_dir(out, "candidates") as work:
         built: dict[str, Path] = {}
         failures: dict[str, str] = {}
@@ -96,8 +100,14 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
                 fixed = work / f"{path.stem}.b{c.fixed_batch}.onnx"
                 path = fixed if fixed.exists() else with_fixed_batch(path, fixed, c.fixed_batch)
             try:
-                built[c.name] = build(path, target, backend=c.backend, output_dir=work, allow_tf32=c.tf32, name=_stem(src, c)).artifact
-                agreements[c.name] = agree
+                b = build(path, target, backend=c.backend, output_dir=work, allow_tf32=c.tf32, name=_stem(src, c))
+                built[c.name] = b.artifact
+                # a quantized model: quantize's verdict against FP32; the source precision: its build's parity with the source
+                # (an INT8 graph given as is has no agreement with FP32 on known photos: 0 photos, so never proven)
+                as_is = c.precision is Precision.int8
+                evidence[c.name] = agree or Evidence(b.parity.top1_agreement, b.parity.samples, 0 if as_is else b.parity.samples,
+                                                     b.parity.mean_cosine, b.parity.max_rel_error, "its own ONNX" if as_is else "the FP32 model")
+                agreements[c.name] = evidence[c.name].agreement
             except (VerificationError, BackendUnavailableError) as exc:
                 failures[c.name] = str(exc)
                 log.warning("candidate %s not built: %s", c.name, exc)
@@ -109,7 +119,7 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
         for r in report.results:
             p50s.setdefault(names[str(r.path)], {})[r.batch] = r.latency_ms["p50"]
         batch = min(batches)
-        measured = [Measured(c, p50s.get(c.name, {}).get(batch), agreements.get(c.name), failures.get(c.name)) for c in plan.candidates]
+        measured = [Measured(c, p50s.get(c.name, {}).get(batch), evidence.get(c.name), failures.get(c.name)) for c in plan.candidates]
         decision = choose_ship(measured, min_agreement, batch=batch)
     artifact = None
     if decision.ship:
@@ -133,7 +143,8 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
         v = r.decision.verdict(c.name)
         rows.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
                      "runtime": c.runtime, "p50_ms": {str(b): t for b, t in r.p50_ms.get(c.name, {}).items()},
-                     "agreement_vs_fp32": r.agreement.get(c.name), "status": v.status, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+                     "agreement_vs_fp32": r.agreement.get(c.name), "status": v.status, "judged": v.judged,
+                     "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
     data: dict[str, Any] = {"ship": {"candidate": r.decision.ship, "artifact": r.artifact.name if r.artifact else None, "why": r.decision.why},
             "decision_batch": min(batches), "min_agreement": min_agreement, "candidates": rows,
             "skipped": [{"name": s.name, "why": s.why} for s in r.plan.skipped]}

@@ -233,6 +233,10 @@ def quantize(
             rows.append(["float weights (guard)", ", ".join(result.float_weights)])
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     echo_table(rows, ["metric", "vs fp32"])
+    if result.photo_use:
+        typer.echo(f"photos: {result.photo_use}")
+    if result.bias_correction:
+        typer.echo(result.bias_correction)
     for v in result.verdicts:
         typer.echo(f"verdict: {v['explanation']}")
     if result.off_calibration:
@@ -508,6 +512,8 @@ def pipeline(
     iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 30,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
+    ship_unproven: Annotated[bool, typer.Option("--ship-unproven", help="Also ship a candidate whose claim the evidence cannot carry "
+                                                "(INT8 agreement whose 95% lower bound is below --min-agreement); the ship line says so.")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
 ) -> None:
     """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
@@ -515,7 +521,7 @@ def pipeline(
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=_choices(precisions, Precision, "--precisions"),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         bench_rounds=rounds, batches=_int_list(batch, "--batch"))
+                         bench_rounds=rounds, batches=_int_list(batch, "--batch"), ship_unproven=ship_unproven)
     if weights is None:
         note(SEEDED_NOTE)
     started: dict[str, float] = {}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines.candidates import Candidate, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .engines.candidates import Candidate, Evidence, Measured, Plan, choose_ship, judge_candidate, missing_backends, plan_candidates, quant_target
 from .errors import BackendUnavailableError, EdgeInceptionError, OutputPathError, VerificationError, require_modules
 from .fileio import atomic_dir, write_json_atomic, write_text_atomic
 from .vocab import Precision, QuantTarget
@@ -45,6 +45,7 @@ class PipelineConfig:
     bench_iterations: int = 30
     bench_rounds: int = 3
     batches: tuple[int, ...] = (1,)  # the edge case; add 8, 32 ... for throughput
+    ship_unproven: bool = False  # ship a candidate whose claim the evidence cannot carry (INT8 on too few photos), saying so
 
     def __post_init__(self) -> None:
         self.precisions = tuple(Precision(p) for p in self.precisions)  # ("fp32", "int8") from Python callers too
@@ -74,6 +75,7 @@ class PipelineRun:
     failures: dict[str, str] = field(default_factory=dict)  # candidates not built: why (their judge, or their runtime)
     quantization: dict[str, QuantizeResult] = field(default_factory=dict)  # by the quantized model's label (int8, int8-tensorrt)
     verification: dict[str, Parity] = field(default_factory=dict)  # each artifact against PyTorch
+    verification_photos: int = 0  # distinct source photos among the verification images
     flops: dict[str, Any] = field(default_factory=dict)
     stages: list[StageLog] = field(default_factory=list)
     current: str = "setup"
@@ -147,7 +149,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                         detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
                                       + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
                         if reduced is Precision.int8:  # what the INT8 model was made for and from, on the console and in the report
-                            detail.append(f"{q.scheme}; calibrated on {q.calibration_source}")
+                            detail.append(f"{q.scheme}; calibrated on {q.calibration_source}; {q.bias_correction}")
                         for warning in q.warnings:
                             log.warning("%s: %s", label, warning)
 
@@ -170,8 +172,10 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                               + (f"; not built: {', '.join(run.failures)}" if run.failures else ""))
 
             with run.stage("verify", on_stage) as detail:
-                run.verification = verify_against_torch(run.artifacts, loaded.model, run.model["image_size"])
-                detail.append(", ".join(f"{k} {v.top1_agreement:.1%}" for k, v in run.verification.items()))
+                run.verification, run.verification_photos = verify_against_torch(run.artifacts, loaded.model, run.model["image_size"])
+                judged = {m.name: judge_candidate(m.candidate, m.evidence, cfg.min_agreement) for m in measured_candidates(run, None, 0)}
+                detail.append(", ".join(f"{k} {v.top1_agreement:.1%} ({judged[k].status})" for k, v in run.verification.items())
+                              + f" on {run.verification_photos} photos")
 
             with run.stage("flops", on_stage) as detail:
                 run.flops = count_graph(fp32).as_json()
@@ -217,8 +221,9 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     return PipelineResult(out, summary, run.stages)
 
 
-def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> dict[str, Parity]:
-    """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split)."""
+def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> tuple[dict[str, Parity], int]:
+    """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split), and how many distinct
+    source photos those crops come from (the demo set has one photo per class folder: its confidence counts photos)."""
     import torch
 
     from .data.demo_data import default_demo_dir, make_demo_dataset
@@ -227,6 +232,7 @@ def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> 
     from .evaluate.verify import compare
 
     held = find_images([make_demo_dataset(default_demo_dir()) / "val"]).images
+    photos = len({p.parent for p in held})
     batches = [load_batch(held[i : i + 20], image_size) for i in range(0, len(held), 20)]
     model = model.eval()
     with torch.inference_mode():
@@ -236,25 +242,27 @@ def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> 
         with open_runner(art) as runner:
             got = np.concatenate([runner.run(b) for b in batches])
         out[name] = compare(ref, got)
-    return out
+    return out, photos
 
 
-def measured_candidates(run: PipelineRun, bench: BenchReport, batch: int) -> list[Measured]:
-    """Each planned candidate with its p50 at ``batch`` from ``bench`` (matched by artifact path), its agreement with
-    PyTorch and, if it was not built, why."""
-    p50 = {str(r.path): r.latency_ms["p50"] for r in bench.results if not r.baseline and r.batch == batch}
+def measured_candidates(run: PipelineRun, bench: BenchReport | None, batch: int) -> list[Measured]:
+    """Each planned candidate with its p50 at ``batch`` from ``bench`` (matched by artifact path; None: not yet
+    measured), its logits against PyTorch (the judge's evidence) and, if it was not built, why."""
+    p50 = {str(r.path): r.latency_ms["p50"] for r in bench.results if not r.baseline and r.batch == batch} if bench else {}
     out = []
     for c in run.plan.candidates:
         art = run.artifacts.get(c.name)
         parity = run.verification.get(c.name)
-        out.append(Measured(c, p50.get(str(art)) if art else None, parity.top1_agreement if parity else None, run.failures.get(c.name)))
+        evidence = (Evidence(parity.top1_agreement, parity.samples, run.verification_photos, parity.mean_cosine, parity.max_rel_error)
+                    if parity else None)
+        out.append(Measured(c, p50.get(str(art)) if art else None, evidence, run.failures.get(c.name)))
     return out
 
 
 def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict[str, Any]:
     batch = min(cfg.batches)  # the decision is made where the edge case is: the smallest batch benchmarked
     measured = measured_candidates(run, bench, batch)
-    decision = choose_ship(measured, cfg.min_agreement, batch=batch)
+    decision = choose_ship(measured, cfg.min_agreement, ship_unproven=cfg.ship_unproven, batch=batch)
     rel = {n: str(Path("artifacts") / a.name) for n, a in run.artifacts.items()}
     p50s: dict[str, dict[str, float]] = {}
     for r in bench.results:
@@ -266,7 +274,7 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         c, v = m.candidate, decision.verdict(m.name)
         candidates.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
                            "runtime": c.runtime, "artifact": rel.get(c.name), "p50_ms": p50s.get(c.name, {}), "agreement": m.agreement,
-                           "status": v.status, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+                           "status": v.status, "judged": v.judged, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
     shipped = next((m.candidate for m in measured if m.name == decision.ship), None)
     return {
         "model": run.model,
@@ -277,14 +285,17 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         "skipped": [{"name": s.name, "why": s.why} for s in run.plan.skipped],
         "artifacts": rel,
         "verification_vs_pytorch": {n: v.as_dict() for n, v in run.verification.items()},
+        "verification_photos": run.verification_photos,
         "quantization": {label: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
                                  "float_weights": q.float_weights, "calibration_source": q.calibration_source, "claim": q.claim,
+                                 "photo_use": q.photo_use, "bias_correction": q.bias_correction,
                                  "warnings": q.warnings} for label, q in run.quantization.items()},
         "flops": {k: run.flops[k] for k in ("total_macs", "budget_macs", "total_params")},
         "latency_p50_ms_batch1": {n: v["1"] for n, v in p50s.items() if "1" in v},
         "ship": {"candidate": decision.ship, "backend": shipped.backend.value if shipped else None,
                  "precision": shipped.precision.value if shipped else None, "artifact": rel.get(decision.ship or ""), "batch": batch,
-                 "fastest": decision.fastest, "why": decision.why},
+                 "fastest": decision.fastest, "why": decision.why, "unproven": decision.unproven,
+                 "ship_unproven_asked": cfg.ship_unproven},
         "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "detail": s.detail} for s in run.stages],
         "output": str(cfg.output),
     }
@@ -293,7 +304,7 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
 def _verdict_text(c: dict[str, Any]) -> str:
     status = c["status"]
     if status == "shipped":
-        return "**shipped**"
+        return "**shipped, UNPROVEN** (--ship-unproven)" if c.get("judged") == "unproven" else "**shipped**"
     return f"{status}: {c['note']}" if c["note"] else status
 
 
@@ -302,12 +313,15 @@ def candidates_markdown(summary: dict[str, Any]) -> list[str]:
     batches = sorted({int(b) for c in summary["candidates"] for b in c["p50_ms"]}) or [summary["decision_batch"]]
     lines = [f"Each candidate was built, verified against its ONNX and against PyTorch, and measured in one benchmark run; the "
              f"decision is made at batch {summary['decision_batch']}.", "",
-             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs PyTorch | verdict |",
-             "|---|---|" + "---:|" * len(batches) + "---:|---|"]
+             "Judge: float candidates by their logits' numbers against PyTorch (cosine, max relative error); INT8 by top-1 agreement "
+             "whose one-sided 95% lower bound over distinct photos must clear the criterion (else `unproven`, shipped only with "
+             "`--ship-unproven`).", "",
+             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs PyTorch | judge | verdict |",
+             "|---|---|" + "---:|" * len(batches) + "---:|---|---|"]
     for c in summary["candidates"]:
         p50 = [f"{c['p50_ms'][str(b)]:.2f}" if str(b) in c["p50_ms"] else "-" for b in batches]
         agree = "-" if c["agreement"] is None else f"{c['agreement']:.1%}"
-        lines.append(f"| {c['name']} | {c['runtime']} | " + " | ".join(p50) + f" | {agree} | {_verdict_text(c)} |")
+        lines.append(f"| {c['name']} | {c['runtime']} | " + " | ".join(p50) + f" | {agree} | {c.get('judged') or '-'} | {_verdict_text(c)} |")
     lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in summary["skipped"]]
     return lines + [""]
 
@@ -335,6 +349,7 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles
         for label, q in summary["quantization"].items():
             lines.append(f"- {label}: {q['scheme']}" + (f"; calibrated on {q['calibration_source']}" if q.get("calibration_source") else "")
                          + (f"; claim: {q['claim']}" if q.get("claim") else ""))
+            lines += [f"  - {k.replace('_', ' ')}: {q[k]}" for k in ("photo_use", "bias_correction") if q.get(k)]
             lines += [f"  - warning: {w}" for w in q.get("warnings", [])]
     f = summary["flops"]
     lines += ["", "## Compute budget", "", f"{f['total_macs']:,} multiply-adds per image ({f['total_macs'] / f['budget_macs']:.1%} of the "

@@ -9,8 +9,10 @@ import pytest
 from edge_inception.engines.candidates import (
     NOISE,
     Candidate,
+    Evidence,
     Measured,
     choose_ship,
+    judge_candidate,
     missing_backends,
     plan_candidates,
     quant_target,
@@ -25,8 +27,66 @@ CPU_HERE = Availability(None, None, None)
 NO_TRT = "TensorRT is not installed"
 
 
-def m(backend: str, precision: str, p50: float | None, agreement: float | None = 1.0, failure: str | None = None, **kw) -> Measured:
-    return Measured(Candidate(Backend(backend), Precision(precision), **kw), p50, agreement, failure)
+def m(backend: str, precision: str, p50: float | None, agreement: float | None = 1.0, failure: str | None = None, *, photos: int = 1000,
+      cosine: float = 1.0, rel: float = 0.0, **kw) -> Measured:
+    """A measured candidate; by default its evidence is ample (1000 photos) and its logits exact."""
+    evidence = None if agreement is None else Evidence(agreement, photos, photos, cosine, rel)
+    return Measured(Candidate(Backend(backend), Precision(precision), **kw), p50, evidence, failure)
+
+
+def judged(precision: str, agreement: float = 1.0, photos: int = 1000, cosine: float = 1.0, rel: float = 0.0, samples: int | None = None,
+           **kw) -> tuple[str, str]:
+    j = judge_candidate(Candidate(Backend.ort, Precision(precision), **kw), Evidence(agreement, samples or photos, photos, cosine, rel), 0.99)
+    return j.status, j.reason
+
+
+# ---- the judge ---------------------------------------------------------------------------------------------------------
+
+def test_int8_is_judged_by_agreement_at_95_percent_confidence_over_photos():
+    # the issue's case: 99 of 100 photos agree. Wilson, z = 1.6449, z^2 = 2.7055: centre 0.99 + 2.7055/200 = 1.003528;
+    # half-width 1.6449 * sqrt(0.99 * 0.01 / 100 + 2.7055 / 40000) = 1.6449 * 0.012909 = 0.021233;
+    # (1.003528 - 0.021233) / 1.027055 = 0.95642: the figure meets 99 %, the evidence cannot carry it
+    status, reason = judged("int8", 0.99, photos=100)
+    assert status == "unproven" and "95.6%" in reason and "cannot carry" in reason
+    # 300 of 300 photos agree: bound 300 / 302.7055 = 0.99106 >= 0.99: passed
+    assert judged("int8", 1.0, photos=300)[0] == "passed"
+    # 300 crops of 10 photos, all agreeing: photos count, not crops: 10 / 12.7055 = 0.787
+    status, reason = judged("int8", 1.0, photos=10, samples=300)
+    assert status == "unproven" and "78.7%" in reason
+    # the figure itself below the criterion: failed, however many photos
+    assert judged("int8", 0.98, photos=5000)[0] == "failed"
+    # never verified: failed
+    assert judge_candidate(Candidate(Backend.ort, Precision.int8), None, 0.99).status == "failed"
+
+
+def test_float_candidates_are_judged_by_their_numbers_not_agreement():
+    # FP16 whose near-tied classes flipped (agreement 90 %) but whose logits are close: passed
+    assert judged("fp16", 0.90, photos=10, cosine=0.9995, rel=0.01)[0] == "passed"
+    assert judged("fp16", 1.0, cosine=0.998)[0] == "failed"  # cosine 0.998 < 0.999
+    assert judged("fp16", 1.0, rel=0.06)[0] == "failed"  # 6 % of the largest logit > 5 %
+    # strict FP32 must reproduce PyTorch: 1e-4 relative passes, 3e-4 does not (> 2e-4), whatever its agreement
+    assert judged("fp32", 0.5, rel=1e-4)[0] == "passed"
+    status, reason = judged("fp32", 1.0, rel=3e-4)
+    assert status == "failed" and "3.0e-04" in reason
+    assert judged("fp32", 1.0, rel=1e-3, cosine=0.99999, tf32=True)[0] == "passed"  # TF32 is judged as reduced float
+
+
+def test_unproven_ships_only_when_asked_and_the_ship_line_says_so():
+    unproven_int8 = m("openvino", "int8", 5.0, 0.99, photos=100)
+    measured = [m("ort", "fp16", 8.5), unproven_int8, m("ort", "int8", 4.0, 0.95, photos=100)]
+    d = choose_ship(measured, 0.99)
+    assert d.ship == "ort-fp16" and not d.unproven
+    held = d.verdict("openvino-int8")
+    assert held.status == "unproven" and held.judged == "unproven" and "--ship-unproven" in held.note and held.behind_ms == pytest.approx(-3.5)
+    assert d.verdict("ort-int8").status == "failed"  # 95 % is below 99 %: never shipped, asked or not
+    asked = choose_ship(measured, 0.99, ship_unproven=True)
+    assert asked.ship == "openvino-int8" and asked.unproven and asked.why.startswith("UNPROVEN, shipped because --ship-unproven")
+    assert asked.verdict("openvino-int8").status == "shipped" and asked.verdict("ort-int8").status == "failed"
+    # asked, but a proven candidate within noise of an unproven one ships first
+    assert choose_ship([m("ort", "int8", 4.95, 0.99, photos=100), m("ort", "fp16", 5.0)], 0.99, ship_unproven=True).ship == "ort-fp16"
+    # only unproven candidates and not asked: nothing ships, and the reason names the option
+    none = choose_ship([unproven_int8], 0.99)
+    assert none.ship is None and "unproven: openvino-int8" in none.why and "--ship-unproven" in none.why
 
 
 # ---- the decision ----------------------------------------------------------------------------------------------------
@@ -52,8 +112,9 @@ def test_a_faster_candidate_failing_its_judge_does_not_ship():
     failed = d.verdict("openvino-int8")
     assert failed.status == "failed" and "97.0%" in failed.note and failed.behind_ms == pytest.approx(-2.0)  # faster, yet not shipped
     assert d.verdict("ort-fp16").status == "failed" and "cosine 0.91" in d.verdict("ort-fp16").note
-    # the guard is inclusive: exactly the minimum agreement passes
-    assert choose_ship([m("ort", "fp32", 15.0), m("openvino", "int8", 4.0, agreement=0.99)], 0.99).ship == "openvino-int8"
+    # the guard is inclusive on the bound: 268 of 268 photos clear 99 % (268 / 270.7055 = 0.99001), 267 of 267 do not
+    assert choose_ship([m("ort", "fp32", 15.0), m("openvino", "int8", 4.0, photos=268)], 0.99).ship == "openvino-int8"
+    assert choose_ship([m("ort", "fp32", 15.0), m("openvino", "int8", 4.0, photos=267)], 0.99).ship == "ort-fp32"
 
 
 def test_ties_within_noise_go_to_the_more_faithful_candidate():
@@ -74,7 +135,7 @@ def test_ties_within_noise_go_to_the_more_faithful_candidate():
 
 
 def test_nothing_passes_nothing_ships():
-    d = choose_ship([m("ort", "fp32", 15.0, agreement=0.5), m("ort", "int8", None, None, failure="not built")], 0.99)
+    d = choose_ship([m("ort", "fp32", 15.0, rel=1e-3), m("ort", "int8", None, None, failure="not built")], 0.99)
     assert d.ship is None and d.fastest is None and "no candidate passed its judge" in d.why
     assert {v.status for v in d.verdicts} == {"failed"}
     assert choose_ship([], 0.99).ship is None
@@ -177,7 +238,10 @@ def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_p
         assert c["agreement"] == report["verification_vs_pytorch"][c["name"]]["top1_agreement"]
 
     # the shipped artifact is the decision on those measurements, and every other candidate says how it lost
-    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement"])
+    ver = report["verification_vs_pytorch"]
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"],
+                         Evidence(c["agreement"], ver[c["name"]]["samples"], report["verification_photos"], ver[c["name"]]["mean_cosine"],
+                                  ver[c["name"]]["max_rel_error"]))
                 for c in report["candidates"]]
     decision = choose_ship(measured, 0.99)
     assert decision.ship is not None
@@ -238,10 +302,12 @@ def test_build_backend_auto_keeps_the_fastest_judged_candidate(small_onnx, tmp_p
     assert r.exit_code == 0, r.output
     data = json.loads((out / "candidates.json").read_text())
     assert [c["name"] for c in data["candidates"]] == ["ort-fp32", "openvino-fp32"]
-    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"], c["agreement_vs_fp32"])
-                for c in data["candidates"]]
-    decision = choose_ship(measured, 0.99)
-    assert data["ship"]["candidate"] == decision.ship is not None
+    assert data["ship"]["candidate"] is not None
+    shipped_row = next(c for c in data["candidates"] if c["name"] == data["ship"]["candidate"])
+    assert shipped_row["status"] == "shipped" and shipped_row["judged"] == "passed"  # what shipped passed its judge
+    assert all(c["judged"] == "passed" or c["status"] != "shipped" for c in data["candidates"])
+    decision = choose_ship([Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"],
+                                     Evidence(1.0, 1, 1, 1.0, 0.0)) for c in data["candidates"]], 0.99)  # both FP32 and exact: time decides
     shipped = resolve_artifact(out)  # the folder holds exactly one artifact: the shipped one
     assert shipped.name == data["ship"]["artifact"] and artifact_info(shipped).backend == decision.ship.split("-")[0]
     loser = next(v for v in decision.verdicts if v.status != "shipped")

@@ -57,22 +57,33 @@ def test_small_folder_roles_are_disjoint_by_photo(tmp_path):
     mine = _folder(tmp_path, "six", photos[:6])
     shutil.copyfile(photos[0], mine / "copy-of-the-first.png")  # the same photo twice is one source image
     sets = select_images(mine, None, calib_size=40, off_calibration_below=268)
-    roles = [sets.calibration, sets.selection, sets.verdict]
     assert sets.disjoint()
-    by_role = [{s.path.read_bytes() for s in r.samples} for r in roles]
-    assert not (by_role[0] & by_role[1] or by_role[0] & by_role[2] or by_role[1] & by_role[2])  # by content, not only by name
-    assert sum(r.images for r in roles) == 6 and all(r.images >= 1 for r in roles)
-    assert len(sets.calibration.samples) == 40 and len(sets.selection.samples) == 100 and len(sets.verdict.samples) == 100
+
+    def content(role):
+        return {s.path.read_bytes() for s in role.samples}  # by content, not only by name
+
+    # every photo calibrates the written model; selection photos are not judged and not calibrated on while choosing
+    assert sets.final is not None and sets.final.images == 6 and len(sets.final.samples) == 40
+    assert not content(sets.calibration) & content(sets.selection) and not content(sets.selection) & content(sets.verdict)
+    assert sets.selection.images == 1 and sets.calibration.images == 5 and sets.verdict.images == 5  # 6 photos: 1 selects, 5 judged
+    # cross-fitting: 3 folds partition the 5 judged photos; each fold's calibration is every other photo, selection included
+    assert len(sets.folds) == 3 and sorted(f.verdict.images for f in sets.folds) == [1, 2, 2]
+    assert set().union(*(content(f.verdict) for f in sets.folds)) == content(sets.verdict)
+    for f in sets.folds:
+        assert not content(f.calibration) & content(f.verdict) and f.calibration.images == 6 - f.verdict.images
+        assert content(sets.selection) <= content(f.calibration)
+    assert len(sets.selection.samples) == 100 and len(sets.verdict.samples) == 100 and "cross-fitted" in sets.verdict.source
+    assert "3 fold(s)" in sets.photo_use() and "6 photo(s) calibrate the written model" in sets.photo_use()
     # a folder this small cannot support a claim: the verdict is repeated on the bundled photos that were not calibrated on
     off = sets.off_calibration
-    assert off is not None and off.images == len(photos) - sets.calibration.images
-    calibrated = {s.path.read_bytes() for s in sets.calibration.samples}
-    assert not calibrated & {s.path.read_bytes() for s in off.samples}
+    assert off is not None and off.images == len(photos) - 6
+    assert not content(sets.final) & content(off)
 
     # --holdout DIR: the verdict is that folder alone; the calibration folder gives calibration and selection
     held = _folder(tmp_path, "held", photos[6:9])
     sets = select_images(_folder(tmp_path, "cal", photos[:5] + photos[6:7]), held, calib_size=20)
     assert sets.disjoint() and sets.verdict.images == 3 and sets.calibration.images + sets.selection.images == 5
+    assert not sets.folds and sets.final is not None and sets.final.images == 5 and "--holdout" in sets.photo_use()
 
     with pytest.raises(ImageError, match="3 or more different images"):
         select_images(_folder(tmp_path, "two", photos[:2]), None, calib_size=10)
@@ -87,7 +98,10 @@ def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, t
     assert r.exit_code == 0, r.output
     report = json.loads(out.with_suffix(".report.json").read_text())
     roles = report["roles"]
-    assert sum(roles[k]["distinct_images"] for k in ("calibration", "selection", "verdict")) == 6
+    assert roles["selection"]["distinct_images"] + roles["verdict"]["distinct_images"] == 6  # every photo judged or chose
+    assert roles["final_calibration"]["distinct_images"] == 6 and report["calibration_images"] == 20  # every photo calibrated on
+    assert "cross-fitting" in report["photo_use"] and "photos: " in r.stdout
+    assert report["bias_correction"].startswith("bias correction: ")
     verdict = report["verdicts"][0]
     assert verdict["distinct_images"] == roles["verdict"]["distinct_images"] and verdict["samples"] == report["accuracy"]["holdout_images"]
     assert verdict["lower_bound"] == pytest.approx(wilson_lower_bound(verdict["value"] * verdict["distinct_images"], verdict["distinct_images"]))
@@ -97,5 +111,5 @@ def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, t
         assert report["claim"] == "missed"
     assert "claim: " + report["claim"] in r.stdout
     off = report["off_calibration"]
-    assert off is not None and off["distinct_images"] == len(bundled_photos()) - roles["calibration"]["distinct_images"]
+    assert off is not None and off["distinct_images"] == len(bundled_photos()) - 6
     assert "bundled photos" in off["source"] and "off-calibration check:" in r.stdout

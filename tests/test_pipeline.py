@@ -24,22 +24,11 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     assert set(report["artifacts"]) == {f"{b}-{p}" for b in ("ort", "openvino") for p in ("fp32", "fp16", "int8")}
     for rel in report["artifacts"].values():
         assert (out / rel).is_file() and (out / (rel + ".manifest.json")).is_file()
-    # the product's rule, not this machine's figures: whatever shipped passed its judge (top-1 agreement with PyTorch
-    # >= the guard, 0.99 by default); a candidate below it is marked failed, saying so. INT8's agreement on this brief
-    # net moves with the CPU (0.973 to 0.990 across the three CPU kinds seen), so whether ort-int8 passes is not asserted.
-    guard = 0.99
-    verdicts = {c["name"]: c for c in report["candidates"]}
-    assert set(report["artifacts"]) <= set(verdicts) and set(report["latency_p50_ms_batch1"]) == set(report["artifacts"])
-    for name in report["artifacts"]:
-        c = verdicts[name]
-        assert c["agreement"] == report["verification_vs_pytorch"][name]["top1_agreement"]
-        if c["agreement"] < guard:
-            assert c["status"] == "failed" and c["note"], c  # saying why (the agreement, or the failed check)
-        else:
-            assert c["status"] in ("shipped", "slower", "tie"), c
-    shipped = verdicts[report["ship"]["candidate"]]
-    assert shipped["status"] == "shipped" and shipped["agreement"] >= guard  # which of them: tests/test_candidates.py
-    assert verdicts["ort-int8"]["status"] in ("shipped", "slower", "tie", "failed")
+    # one judge (tests/test_candidates.py): what shipped passed it; INT8 on the demo's 10 held-out photos cannot be proven
+    # at 99 % (its 95 % bound is at most 10 / 12.7 = 79 %), so it is unproven or failed and not shipped without --ship-unproven
+    judged = {c["name"]: c["judged"] for c in report["candidates"]}
+    assert judged[report["ship"]["candidate"]] == "passed" and not report["ship"]["unproven"]
+    assert report["verification_photos"] == 10 and {judged["ort-int8"], judged["openvino-int8"]} <= {"unproven", "failed"}
     assert report["verification_vs_pytorch"]["ort-fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
     assert "ship:" in md and "Compute budget" in md and (out / "bench.png").is_file()

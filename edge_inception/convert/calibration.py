@@ -1,9 +1,15 @@
-"""Images for INT8 calibration and for judging the result, in three roles that never share a source image, preprocessed
-exactly as at inference, and the reader ONNX Runtime's calibrators pull batches from.
+"""Images for INT8 calibration and for judging the result, preprocessed exactly as at inference, and the reader ONNX
+Runtime's calibrators pull batches from. Every photo the user gave calibrates the written model; every photo is judged
+only by a model that was not calibrated on it (cross-fitting by photo).
 
-* calibration: the images whose activations set the INT8 ranges;
-* selection: the images the calibration method and the guard's float stages are chosen on;
-* verdict: images untouched by any choice, on which the reported figures (and their confidence bound) are measured.
+* selection: photos (2 in 10) the calibration method and the guard's float stages are chosen on, by models calibrated
+  on the other photos (the *calibration* role);
+* verdict: every other photo, in up to :data:`CROSS_FOLDS` folds; fold k's photos are judged by the chosen recipe
+  calibrated on every photo outside fold k (selection photos included), and the folds' answers are pooled, so the
+  verdict counts all of them as distinct photos no model judging them was calibrated on or chose anything on;
+* final: the written model is calibrated on every photo.
+
+With ``--holdout DIR`` that folder is the verdict, judged by the final model (calibrated on every ``--calib`` photo).
 
 Roles are split by distinct source image, not by crops: crops of one photo are near-copies for a quantizer, so a verdict
 on crops of the calibration photos says little about new photos. A role with fewer images than it needs samples uses
@@ -31,7 +37,10 @@ log = logging.getLogger(__name__)
 
 HOLDOUT_SIZE = 100  # samples the selection (and a crop-based verdict) uses at least
 VERDICT_SIZE = 300  # the most whole images the verdict judges on
-SELECTION_SHARE, VERDICT_SHARE = 0.2, 0.3  # of the user's distinct images; the rest calibrates
+SELECTION_SHARE, VERDICT_SHARE = 0.2, 0.3  # of the user's distinct images (VERDICT_SHARE: --holdout's split, unused now)
+# Folds of the verdict photos: each costs one more calibration with the chosen method (the peers' k-fold practice:
+# leave-one-out would cost one calibration per photo; 3 folds keep the run within ~2x a single calibration of each method)
+CROSS_FOLDS = 3
 
 Box = tuple[int, int, int, int]
 
@@ -60,20 +69,46 @@ class Role:
 
 
 @dataclass
-class ImageSets:
-    calibration: Role
-    selection: Role
+class Fold:
+    """Photos judged together (``verdict``) by a model calibrated on every other photo (``calibration``)."""
+
     verdict: Role
+    calibration: Role
+
+
+@dataclass
+class ImageSets:
+    calibration: Role  # the choice stage's calibration: every photo but the selection photos
+    selection: Role
+    verdict: Role  # the folds' verdict samples pooled, or the --holdout folder
     skipped: int
     warnings: list[str] = field(default_factory=list)
     users_data: bool = True
     off_calibration: Role | None = None  # bundled photos that are not calibration images, for a small user folder
+    folds: list[Fold] = field(default_factory=list)  # empty with --holdout
+    final: Role | None = None  # the written model's calibration: every photo
 
     def disjoint(self) -> bool:
-        """No source image in two roles (the off-calibration check included, against calibration)."""
-        cal, sel, ver = ({s.path.resolve() for s in r.samples} for r in (self.calibration, self.selection, self.verdict))
-        off = {s.path.resolve() for s in self.off_calibration.samples} if self.off_calibration else set()
-        return not (cal & sel or cal & ver or sel & ver or off & cal)
+        """No model judges a photo it was calibrated on or chose on: calibration and selection share no photo, selection
+        and verdict none, each fold's calibration and verdict none; the final calibration and --holdout's verdict none;
+        the off-calibration check shares none with the final calibration."""
+        def paths(r: Role | None) -> set[Path]:
+            return {s.path.resolve() for s in r.samples} if r else set()
+
+        cal, sel, ver, final = paths(self.calibration), paths(self.selection), paths(self.verdict), paths(self.final)
+        folds_ok = all(not (paths(f.calibration) & paths(f.verdict)) for f in self.folds)
+        holdout_ok = bool(self.folds) or not (final & ver)
+        return not (cal & sel or sel & ver or paths(self.off_calibration) & final) and folds_ok and holdout_ok
+
+    def photo_use(self) -> str:
+        """One line for the report: how the photos were used."""
+        final = self.final.images if self.final else self.calibration.images
+        if self.folds:
+            return (f"{final} photo(s) calibrate the written model; the method and any float stages were chosen on {self.selection.images} "
+                    f"selection photo(s) (calibrated on the other {self.calibration.images}); the verdict pools {self.verdict.images} photo(s) "
+                    f"in {len(self.folds)} fold(s), each judged by the same recipe calibrated on every photo outside its fold (cross-fitting)")
+        return (f"{final} photo(s) calibrate the written model; the method and any float stages were chosen on {self.selection.images} "
+                f"selection photo(s) (calibrated on the other {self.calibration.images}); the verdict is --holdout's {self.verdict.images} photo(s)")
 
 
 def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = HOLDOUT_SIZE, seed: int = 0,
@@ -110,20 +145,40 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
             raise ImageError(f"{where}: fewer than 2 images that are not also in --holdout; calibration and selection need one each")
         cal_imgs, sel_imgs = _split(images, False, rng)
         verdict = _role(held, max(holdout_size, min(VERDICT_SIZE, len(held))), rng, str(holdout))
+        folds: list[Fold] = []
     else:
         images = _distinct(images)
         if len(images) < 3:
             raise ImageError(f"{where}: {len(images)} distinct image(s); calibration, selection and verdict need 3 or more different "
                              "images (or pass --holdout DIR for the verdict)")
-        cal_imgs, sel_imgs, ver_imgs = _split(images, True, rng)
-        verdict = _role(ver_imgs, max(holdout_size, min(VERDICT_SIZE, len(ver_imgs))), rng, where)
-    sets = ImageSets(_role(cal_imgs, calib_size, rng, where), _role(sel_imgs, holdout_size, rng, where), verdict, skipped, users_data=users)
+        cal_imgs, sel_imgs = _split(images, False, rng)
+        folds = _folds(images, cal_imgs, max(holdout_size, min(VERDICT_SIZE, len(cal_imgs))), calib_size, rng, where)
+        verdict = Role([s for f in folds for s in f.verdict.samples],
+                       f"{sum(len(f.verdict.samples) for f in folds)} samples of {len(cal_imgs)} image(s) from {where}, in {len(folds)} "
+                       "cross-fitted fold(s)")
+    sets = ImageSets(_role(cal_imgs, calib_size, rng, where), _role(sel_imgs, holdout_size, rng, where), verdict, skipped, users_data=users,
+                     folds=folds, final=_role(images, calib_size, rng, where))
     if not users:
         sets.warnings.append("calibrating on the bundled demo photos, not your data: INT8 scales fit the images they were calibrated on "
                              "(pass --calib DIR with your own images)")
     elif verdict.images < off_calibration_below:
-        sets.off_calibration = _off_calibration(cal_imgs, holdout_size, rng, sets.warnings)
+        sets.off_calibration = _off_calibration(images, holdout_size, rng, sets.warnings)
     return sets
+
+
+def _folds(images: list[Path], judged: list[Path], wanted: int, calib_size: int, rng: random.Random, where: str) -> list[Fold]:
+    """``judged`` in up to :data:`CROSS_FOLDS` folds of near-equal size; each fold's ``wanted`` share of verdict samples, and
+    its calibration samples from every photo of ``images`` outside it."""
+    order = sorted(judged)
+    rng.shuffle(order)
+    k = min(CROSS_FOLDS, len(order))
+    parts = [order[i::k] for i in range(k)]
+    out = []
+    for part in parts:
+        share = max(1, round(wanted * len(part) / len(order)))
+        rest = [p for p in images if p not in set(part)]
+        out.append(Fold(_role(part, share, rng, where), _role(rest, calib_size, rng, where)))
+    return out
 
 
 def _distinct(images: list[Path]) -> list[Path]:

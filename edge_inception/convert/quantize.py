@@ -8,11 +8,13 @@ and TensorRT 10/11 consume. The scheme follows the target:
 * ``cpu`` with VNNI (or Arm): the same, full range;
 * ``gpu``/``tensorrt``: symmetric signed INT8 for both (TensorRT only takes symmetric scales).
 
-The accuracy guard compares the quantized model with FP32 on the selection images (calibration, selection and
-verdict never share a source photo: see :mod:`.calibration`); when INT8 falls below ``min_agreement`` the stages that
-hurt most (measured by quantizing one stage at a time) keep float activations until the guard holds, or the run fails
-and nothing is written. The report's figures come from the verdict images, with a 95 % lower bound over distinct
-photos (:mod:`..evaluate.verdict`); the criterion is claimed only when the bound clears it. On an AVX2-only CPU the
+The accuracy guard compares the quantized model with FP32 on the selection images (no model is judged on a photo it
+was calibrated or chose on: see :mod:`.calibration`); when INT8 falls below ``min_agreement`` the stages that hurt most
+(measured by quantizing one stage at a time) keep float activations until the guard holds, or the run fails and
+nothing is written. Every INT8 model built gets per-channel bias correction (:mod:`.bias_correction`). The written
+model is calibrated on every photo; the report's figures come from the cross-fitted verdict (each photo judged by the
+recipe calibrated without it), with a 95 % lower bound over distinct photos (:mod:`..evaluate.verdict`); the criterion
+is claimed only when the bound clears it. On an AVX2-only CPU the
 optimised kernels match the Q/DQ arithmetic done in float (reduced range avoids ``vpmaddubsw`` saturation; full range
 does not): INT8's lost answers there come from calibration. On the demo net the damage comes from activation rounding
 compounding through 57 convolutions (weights alone in INT8 keep cosine > 0.9999), so a kept stage keeps INT8 weights
@@ -39,6 +41,7 @@ from ..evaluate.verify import Parity, compare, topk_hits
 from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_json_atomic
 from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 from ..vocab import CalibMethod, Criterion, Precision, QuantTarget
+from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import GuardResult, run_guard
@@ -147,6 +150,7 @@ class AccuracyReport:
     fp32_size_bytes: int
     size_bytes: int
     labelled: dict[str, float] | None = None  # top-1/top-5 accuracy of both, with --eval
+    max_rel_error: float = 0.0  # max |a - b| / max |a| of the logits
 
     @property
     def size_ratio(self) -> float:
@@ -179,6 +183,8 @@ class QuantizeResult:
     verdicts: list[dict[str, Any]] = field(default_factory=list)  # evaluate.verdict.Verdict.as_dict(): agreement (and accuracy)
     off_calibration: dict[str, Any] | None = None  # the same agreement on bundled photos that are not calibration images
     selection: dict[str, Any] = field(default_factory=dict)  # the kept model's parity on the selection images (what the guard met)
+    photo_use: str = ""  # how the photos were used: calibration, choice, cross-fitted verdict
+    bias_correction: str = ""  # what the bias correction did (INT8), or "off"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -213,10 +219,12 @@ class _Mixer:
     scheme: Int8Scheme
     method: CalibMethod
     cache: Path
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         from ..evaluate.flops import count_graph_model
 
+        self.corrected: BiasCorrection | None = None
         self.stages = node_stages(self.source)
         per_node = {n.name: n.params for n in count_graph_model(self.source).nodes}
         self.stage_params = {stage: sum(per_node.get(name, 0) for name in names) for stage, names in self.stages.items()}
@@ -232,6 +240,8 @@ class _Mixer:
             quantize_int8(self.src, dst, self.calib_batches, self.scheme, self.method, exclude=full_float, weight_only=rest, cache=self.cache)
         else:
             quantize_int8(self.src, dst, self.calib_batches, self.scheme, self.method, exclude=full_float + rest, cache=self.cache)
+        if self.bias_correction and not name.startswith("only_"):  # the guard's one-stage probes rank damage: uncorrected
+            self.corrected = correct_biases(self.src, dst, dst, self.calib_batches)
         return dst
 
 
@@ -331,6 +341,28 @@ def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int) -> L
     return Labelled(batches, np.concatenate(labels), source, photos or len(folder.samples))
 
 
+def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work: Path, recipe: tuple[Any, ...] | None,
+                          bias_correction: bool) -> Parity:
+    """The verdict's parity with FP32 (pooled). INT8 with folds: fold k's photos judged by the recipe (method, kept and
+    float stages) calibrated on every photo outside fold k; FP16 (``recipe`` None, nothing calibrated) or --holdout:
+    ``candidate`` on the verdict photos."""
+    if recipe is None or not sets.folds:
+        batches = image_batches(sets.verdict.samples, size)
+        return compare(_logits(src, batches), _logits(candidate, batches))
+    prepared, source, scheme, method, kept, float_stages = recipe
+    refs, gots = [], []
+    for i, fold in enumerate(sets.folds):
+        mixer = _Mixer(prepared, work, source, image_batches(fold.calibration.samples, size, batch=1), scheme, method,
+                       work / f"calibration.fold{i}.json", bias_correction)
+        path = mixer.build(f"fold{i}", kept, float_stages)
+        batches = image_batches(fold.verdict.samples, size)
+        refs.append(_logits(src, batches))
+        gots.append(_logits(path, batches))
+        log.info("cross-fitting fold %d of %d: %d photo(s) judged by a model calibrated on %d other(s)", i + 1, len(sets.folds),
+                 fold.verdict.images, fold.calibration.images)
+    return compare(np.concatenate(refs), np.concatenate(gots))
+
+
 def quantize_model(
     model: str | Path,
     precision: Precision | str,
@@ -346,6 +378,7 @@ def quantize_model(
     criterion: Criterion | str = Criterion.auto,
     progress: Callable[[int, str], Any] | None = None,
     cpu: CpuInfo | None = None,
+    bias_correction: bool = True,
 ) -> QuantizeResult:
     """Quantize an FP32 ONNX model; writes ``output`` and ``<output>.report.json`` only if the criterion holds.
 
@@ -354,6 +387,9 @@ def quantize_model(
     stages are chosen on the selection images; the reported figures, and whether the criterion is claimed (its 95 % lower
     bound clears it), come from the verdict images (see :mod:`.calibration` for the three roles). ``cpu``: the CPU whose
     INT8 scheme the ``cpu`` target gets (default: this machine's; tests force the AVX2 scheme with a CPU without VNNI).
+    ``bias_correction``: correct each Conv/Gemm's per-channel output shift (:mod:`.bias_correction`) in every INT8 model
+    built (trials, folds, the written one). The written INT8 model is calibrated on every photo; the verdict is
+    cross-fitted by photo (see :mod:`.calibration`).
     """
     import onnx
 
@@ -388,6 +424,8 @@ def quantize_model(
     # the work folder sits beside the output: a killed run's leftovers are removed by the next run writing there
     with staging_dir(out.parent, f"{out.name}.quantize") as work:
         guard: GuardResult | None = None
+        recipe: tuple[Any, ...] | None = None
+        bias_text = ""
         if precision is Precision.fp16:
             candidate = work / "fp16.onnx"
             convert_fp16(src, candidate)
@@ -405,6 +443,8 @@ def quantize_model(
                 path = work / f"int8.{method.value}.onnx"
                 quantize_int8(prepared, path, calib_batches, scheme, method, cache=work / f"calibration.{method.value}.json",
                               on_batch=(lambda: bar.update(1)) if bar else None)
+                if bias_correction:
+                    correct_biases(prepared, path, path, calib_batches)
                 ok, p, got = judge.assess(path)
                 worst = worst_image_cosine(judge.reference, got, groups)
                 results[method] = path, ok, p
@@ -420,10 +460,20 @@ def quantize_model(
             candidate, met, parity = results[chosen_method]
             pure = candidate
             if not met:
-                mixer = _Mixer(prepared, work, source, calib_batches, scheme, chosen_method, work / f"calibration.{chosen_method.value}.json")
+                mixer = _Mixer(prepared, work, source, calib_batches, scheme, chosen_method, work / f"calibration.{chosen_method.value}.json",
+                               bias_correction)
                 guard = run_guard(mixer, _logits, hold_batches, judge.reference, judge)
                 candidate, parity = guard.candidate, guard.parity
                 met = judge(candidate)[0]
+            if met:  # the chosen recipe (method, kept stages), calibrated on every photo: the model written
+                kept_now, floats_now = (guard.kept, guard.float_weights) if guard else ([], [])
+                float_stages = floats_now if scheme.weight_only_fallback else []
+                final_batches = image_batches((sets.final or sets.calibration).samples, size, batch=1)
+                final_mixer = _Mixer(prepared, work, source, final_batches, scheme, chosen_method, work / "calibration.final.json",
+                                     bias_correction)
+                candidate = final_mixer.build("final", kept_now, float_stages)
+                bias_text = final_mixer.corrected.summary() if final_mixer.corrected else "off"
+                recipe = (prepared, source, scheme, chosen_method, kept_now, float_stages)
             if target is QuantTarget.cpu:
                 x = hold_batches[0][:1]
                 latency = {"fp32": _median_latency_ms(src, x), "int8": _median_latency_ms(candidate, x)}
@@ -444,15 +494,14 @@ def quantize_model(
         set_metadata(qmodel, {**get_metadata(source), "precision": precision.value, "quantization": scheme_text, "quant_target": target.value,
                               "kept_float": kept, "float_weights": float_weights, "fp32_source": link_path(src, out.parent),
                               "calibration_method": chosen_method.value if chosen_method else "none"})
-        # the verdict: images no choice was made on; the reported figures are measured here
-        verdict_batches = image_batches(sets.verdict.samples, size)
-        vparity = compare(_logits(src, verdict_batches), _logits(candidate, verdict_batches))
+        # the verdict: photos no choice was made on, each judged by a model not calibrated on it; the figures are measured here
+        vparity = _cross_fitted_verdict(src, candidate, sets, size, work, recipe, bias_correction)
         verdicts = [Verdict("top-1 agreement with FP32", vparity.top1_agreement, vparity.samples, sets.verdict.images, min_agreement,
                             sets.verdict.source)]
         accuracy = AccuracyReport(
             holdout_images=vparity.samples, top1_agreement=vparity.top1_agreement, top5_overlap=vparity.top5_overlap,
             mean_cosine=vparity.mean_cosine, max_abs_error=vparity.max_abs_error, fp32_size_bytes=src.stat().st_size,
-            size_bytes=qmodel.ByteSize(),
+            size_bytes=qmodel.ByteSize(), max_rel_error=vparity.max_rel_error,
         )
         if judge.labelled is not None and judge.fp32 is not None:
             top1, top5 = labelled_accuracy(qmodel.SerializeToString(), judge.labelled)
@@ -480,13 +529,15 @@ def quantize_model(
         accuracy.size_bytes = out.stat().st_size
     result = QuantizeResult(
         path=out, report_path=out.with_suffix(".report.json"), precision=precision, target=target, scheme=scheme_text,
-        accuracy=accuracy, calibration_images=len(sets.calibration.samples) if precision is Precision.int8 else 0,
-        skipped_files=sets.skipped, calibration_source=sets.calibration.source if precision is Precision.int8 else "",
+        accuracy=accuracy, calibration_images=len((sets.final or sets.calibration).samples) if precision is Precision.int8 else 0,
+        skipped_files=sets.skipped, calibration_source=(sets.final or sets.calibration).source if precision is Precision.int8 else "",
         holdout_source=sets.verdict.source, criterion=judge.rule, calibration_method=chosen_method.value if chosen_method else "",
         calibration_trials=trials, kept_float=kept, float_weights=float_weights, sensitivity=guard.sensitivity if guard else {},
         latency_ms=latency, warnings=result_warnings,
         latency_device=f"this host's CPU ({cpu_info().model}), ONNX Runtime" if latency else "",
-        roles={"calibration": sets.calibration.as_dict(), "selection": sets.selection.as_dict(), "verdict": sets.verdict.as_dict()},
+        roles={"calibration": sets.calibration.as_dict(), "selection": sets.selection.as_dict(), "verdict": sets.verdict.as_dict(),
+               "final_calibration": (sets.final or sets.calibration).as_dict()},
+        photo_use=sets.photo_use() if precision is Precision.int8 else "", bias_correction=bias_text,
         claim=claim, verdicts=[v.as_dict() for v in verdicts], off_calibration=off.as_dict() if off else None,
         selection={"top1_agreement": parity.top1_agreement, "mean_cosine": parity.mean_cosine, "samples": parity.samples},
     )

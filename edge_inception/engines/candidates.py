@@ -4,8 +4,9 @@ A candidate is one backend x one precision x one variant (on a GPU: FP32 with TF
 at a fixed batch of 1 so that ONNX Runtime replays a captured CUDA graph). :func:`plan_candidates` enumerates them
 from the target's preset and what this machine has (each backend's ``available()``, the GPU probes of
 :mod:`~edge_inception.engines.choose`); :func:`choose_ship` picks the one to ship from their measurements: the fastest
-that passed its judge, where a tie within :data:`NOISE` goes to the more faithful candidate (Olive's auto-optimisation
-and ``trtexec --best`` make the same trade; the rule here is ours). Neither function touches a runtime, so both are
+that passed its judge (:func:`judge_candidate`: float by its logits' numbers, INT8 by agreement at 95 % confidence),
+where a tie within :data:`NOISE` goes to the more faithful candidate (Olive's auto-optimisation and ``trtexec --best``
+make the same trade; the rule here is ours). Neither function touches a runtime, so both are
 tested on hand-made inputs.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import BackendUnavailableError
+from ..evaluate.verdict import Verdict as Bound
 from ..vocab import Backend, Precision, QuantTarget
 from .choose import TENSORRT, Availability, choose
 from .targets import Target
@@ -121,26 +123,99 @@ def quant_target(target: Target, candidate: Candidate) -> QuantTarget:
     return QuantTarget.gpu
 
 
+# The float judge (FP32, TF32, FP16): the logits' numbers, which every sample measures exactly (no sampling claim).
+# Strict FP32 must reproduce PyTorch to the export's tolerance plus a GPU build's (1e-4 + 1e-4 relative to the largest
+# logit, by the triangle inequality over PyTorch -> ONNX -> artifact: convert/export.py, engines/build.py); reduced
+# float (FP16's 11-bit significand, TF32's 10-bit products) keeps the logits' direction (cosine) and their size
+# within a few % of the largest logit. Measured on the demo net: FP16 cosine 1.00000, max error 0.008 of logits ~10.
+FP32_REL_TOL = 2e-4
+FLOAT_MIN_COSINE = 0.999
+FLOAT_REL_TOL = 0.05
+
+PASSED, UNPROVEN, FAILED = "passed", "unproven", "failed"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A candidate's logits against the reference (PyTorch in the pipeline, the FP32 model in ``build --backend auto``)
+    on ``samples`` images (or crops) of ``photos`` distinct source photos: the figures its judge reads."""
+
+    agreement: float  # top-1 agreement, 0..1
+    samples: int
+    photos: int
+    mean_cosine: float
+    max_rel_error: float  # max |a - b| / max |a|
+    reference: str = "PyTorch"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """``passed``, ``unproven`` (the figure meets the criterion, its 95 % lower bound does not: the evidence cannot carry
+    the claim) or ``failed``; ``reason`` is one line with the figures against the rule."""
+
+    status: str
+    reason: str
+
+
+def judge_candidate(candidate: Candidate, evidence: Evidence | None, min_agreement: float) -> Judgement:
+    """One judge for every candidate, by precision (pure; no runtime).
+
+    Float candidates (strict FP32; TF32 and FP16) by their numbers: strict FP32 ``max_rel_error <= FP32_REL_TOL``;
+    reduced float ``mean_cosine >= FLOAT_MIN_COSINE`` and ``max_rel_error <= FLOAT_REL_TOL``: a near-tie of two classes
+    (a seeded net has many) may flip top-1 under any rounding, so float fidelity is not judged by agreement. INT8 by
+    top-1 agreement with the reference, claimed only when its one-sided 95 % Wilson lower bound over distinct photos
+    clears ``min_agreement`` (the rule ``quantize``'s verdict uses: :class:`~edge_inception.evaluate.verdict.Verdict`):
+    ``passed`` when the bound clears it, ``failed`` when the figure itself is below, ``unproven`` between.
+    """
+    if evidence is None:
+        return Judgement(FAILED, "not verified against the reference")
+    if candidate.precision is Precision.int8:
+        v = Bound(f"top-1 agreement with {evidence.reference}", evidence.agreement, evidence.samples, evidence.photos, min_agreement,
+                  "the held-out photos")
+        head = (f"top-1 agreement {evidence.agreement:.1%} on {evidence.samples} image(s) of {evidence.photos} photo(s), "
+                f"95% lower bound {v.lower_bound:.1%}")
+        if v.met:
+            return Judgement(PASSED, f"{head} >= {min_agreement:.1%}")
+        if v.missed:
+            return Judgement(FAILED, f"{head}: below {min_agreement:.1%}")
+        return Judgement(UNPROVEN, f"{head} < {min_agreement:.1%}: the evidence cannot carry the claim")
+    if candidate.precision is Precision.fp32 and not candidate.tf32:
+        head = f"max relative error {evidence.max_rel_error:.1e} vs {evidence.reference}"
+        if evidence.max_rel_error <= FP32_REL_TOL:
+            return Judgement(PASSED, f"{head} <= {FP32_REL_TOL:g}")
+        return Judgement(FAILED, f"{head} > {FP32_REL_TOL:g}")
+    head = f"mean cosine {evidence.mean_cosine:.5f}, max relative error {evidence.max_rel_error:.1e} vs {evidence.reference}"
+    if evidence.mean_cosine >= FLOAT_MIN_COSINE and evidence.max_rel_error <= FLOAT_REL_TOL:
+        return Judgement(PASSED, f"{head} (>= {FLOAT_MIN_COSINE}, <= {FLOAT_REL_TOL:g})")
+    return Judgement(FAILED, f"{head}: needs cosine >= {FLOAT_MIN_COSINE} and error <= {FLOAT_REL_TOL:g}")
+
+
 @dataclass(frozen=True)
 class Measured:
-    """A candidate as the pipeline found it: its p50 at the deciding batch size (None: not measured), its top-1
-    agreement with the reference (PyTorch) and why it failed its judge (None: it passed)."""
+    """A candidate as the pipeline found it: its p50 at the deciding batch size (None: not measured), its logits against
+    the reference (None: not verified) and why it was not built (None: it was)."""
 
     candidate: Candidate
     p50_ms: float | None
-    agreement: float | None = None
+    evidence: Evidence | None = None
     failure: str | None = None
 
     @property
     def name(self) -> str:
         return self.candidate.name
 
+    @property
+    def agreement(self) -> float | None:
+        return self.evidence.agreement if self.evidence else None
+
 
 @dataclass(frozen=True)
 class Verdict:
     """What became of one candidate: ``shipped``, ``slower`` (lost on time), ``tie`` (within noise of the shipped one,
-    less faithful), ``failed`` (missed its judge) or ``not measured``; ``behind_ms``/``behind`` against the shipped
-    candidate (milliseconds, and that as a fraction of the shipped p50); negative when it ran faster."""
+    less faithful), ``unproven`` (its claim not carried by the evidence, and not asked to ship such), ``failed``
+    (missed its judge) or ``not measured``; ``judged`` is its judge's answer (passed, unproven, failed);
+    ``behind_ms``/``behind`` against the shipped candidate (milliseconds, and that as a fraction of the shipped p50);
+    negative when it ran faster."""
 
     name: str
     status: str
@@ -149,35 +224,44 @@ class Verdict:
     behind_ms: float | None = None
     behind: float | None = None
     note: str = ""
+    judged: str = ""
 
 
 @dataclass(frozen=True)
 class Decision:
     ship: str | None  # the shipped candidate's name, None when none passed its judge
     why: str
-    fastest: str | None  # the fastest judged candidate (the shipped one unless a more faithful one tied it)
+    fastest: str | None  # the fastest eligible candidate (the shipped one unless a more faithful one tied it)
     verdicts: tuple[Verdict, ...]
+    unproven: bool = False  # the shipped candidate's claim is not carried by the evidence (shipped as asked)
 
     def verdict(self, name: str) -> Verdict:
         return next(v for v in self.verdicts if v.name == name)
 
 
-def choose_ship(measured: Sequence[Measured], min_agreement: float, *, noise: float = NOISE, batch: int = 1) -> Decision:
+def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unproven: bool = False, noise: float = NOISE,
+                batch: int = 1) -> Decision:
     """The candidate to ship: the lowest p50 at ``batch`` among those that passed their judge (built and verified
-    against their source, and top-1 agreement with the reference >= ``min_agreement``). Candidates within ``noise``
-    (relative) of the fastest tie; the tie goes to the most faithful (:attr:`Candidate.fidelity`), then to the earlier
-    in ``measured`` (the preset's backend order). Every candidate gets a :class:`Verdict` saying how it lost."""
-    def passed(m: Measured) -> bool:
-        return m.failure is None and m.p50_ms is not None and m.agreement is not None and m.agreement >= min_agreement
-
-    eligible = [m for m in measured if passed(m)]
+    against their source, then :func:`judge_candidate`); with ``ship_unproven`` (the user's ``--ship-unproven``) also
+    those whose judge answered ``unproven``, and the reason says so. Candidates within ``noise`` (relative) of the
+    fastest tie; the tie goes to a proven one before an unproven one, then the most faithful
+    (:attr:`Candidate.fidelity`), then the earlier in ``measured`` (the preset's backend order). Every candidate gets a
+    :class:`Verdict` saying how it lost."""
+    judged = {m.name: _judgement(m, min_agreement) for m in measured}
+    allowed = (PASSED, UNPROVEN) if ship_unproven else (PASSED,)
+    eligible = [m for m in measured if judged[m.name].status in allowed and m.p50_ms is not None]
+    rule = (f"judge: built and verified against its source; float by its logits' numbers, INT8 by top-1 agreement >= {min_agreement:.0%} "
+            "at 95% confidence")
     if not eligible:
-        why = f"no candidate passed its judge (built, verified, top-1 agreement >= {min_agreement:.0%} against PyTorch)"
-        return Decision(None, why, None, tuple(_verdict(m, None, set(), min_agreement) for m in measured))
+        why = f"no candidate passed its judge ({rule})"
+        held = [m.name for m in measured if judged[m.name].status == UNPROVEN]
+        if held:
+            why += f"; unproven: {', '.join(held)} (--ship-unproven ships the fastest of those)"
+        return Decision(None, why, None, tuple(_verdict(m, judged[m.name], None, set(), ship_unproven) for m in measured))
     fastest = min(eligible, key=lambda m: m.p50_ms or 0.0)
     best = fastest.p50_ms or 0.0
     tied = [m for m in eligible if (m.p50_ms or 0.0) <= best * (1 + noise)]
-    ship = min(tied, key=lambda m: (m.candidate.fidelity, eligible.index(m)))
+    ship = min(tied, key=lambda m: (judged[m.name].status == UNPROVEN, m.candidate.fidelity, eligible.index(m)))
     if ship is fastest:
         why = f"fastest candidate that passed its judge: p50 {best:.2f} ms at batch {batch}"
     else:
@@ -186,26 +270,38 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, noise: fl
     others = [m.name for m in tied if m is not ship]
     if others and ship is fastest:
         why += f"; tied within {noise:.0%} with less faithful {', '.join(others)}"
-    why += f"; judge: built and verified against its source, top-1 agreement >= {min_agreement:.0%} against PyTorch"
+    unproven = judged[ship.name].status == UNPROVEN
+    if unproven:
+        why = f"UNPROVEN, shipped because --ship-unproven was given: {judged[ship.name].reason}; {why}"
+    why += f"; {rule}"
     tie_names = {m.name for m in tied}
-    return Decision(ship.name, why, fastest.name, tuple(_verdict(m, ship, tie_names, min_agreement, noise) for m in measured))
+    return Decision(ship.name, why, fastest.name, tuple(_verdict(m, judged[m.name], ship, tie_names, ship_unproven, noise) for m in measured),
+                    unproven)
 
 
-def _verdict(m: Measured, ship: Measured | None, tied: set[str], min_agreement: float, noise: float = NOISE) -> Verdict:
+def _judgement(m: Measured, min_agreement: float) -> Judgement:
+    if m.failure is not None:
+        return Judgement(FAILED, m.failure)
+    return judge_candidate(m.candidate, m.evidence, min_agreement)
+
+
+def _verdict(m: Measured, j: Judgement, ship: Measured | None, tied: set[str], ship_unproven: bool, noise: float = NOISE) -> Verdict:
     behind_ms = behind = None
     if ship is not None and m.p50_ms is not None and ship.p50_ms:
         behind_ms = m.p50_ms - ship.p50_ms
         behind = behind_ms / ship.p50_ms
     if ship is not None and m is ship:
-        return Verdict(m.name, "shipped", m.p50_ms, m.agreement, 0.0, 0.0)
-    if m.failure is not None:
-        return Verdict(m.name, "failed", m.p50_ms, m.agreement, behind_ms, behind, m.failure)
+        return Verdict(m.name, "shipped", m.p50_ms, m.agreement, 0.0, 0.0, j.reason if j.status == UNPROVEN else "", j.status)
+    if j.status == FAILED:
+        return Verdict(m.name, "failed", m.p50_ms, m.agreement, behind_ms, behind, j.reason, j.status)
     if m.p50_ms is None:
-        return Verdict(m.name, "not measured", None, m.agreement, note="no latency at the deciding batch size")
-    if m.agreement is None or m.agreement < min_agreement:
-        seen = "not verified" if m.agreement is None else f"top-1 agreement {m.agreement:.1%}"
-        return Verdict(m.name, "failed", m.p50_ms, m.agreement, behind_ms, behind, f"{seen} < {min_agreement:.0%} against PyTorch")
+        return Verdict(m.name, "not measured", None, m.agreement, note="no latency at the deciding batch size", judged=j.status)
+    if j.status == UNPROVEN and not ship_unproven:
+        return Verdict(m.name, "unproven", m.p50_ms, m.agreement, behind_ms, behind, f"{j.reason} (not shipped without --ship-unproven)",
+                       j.status)
     against = f"{behind_ms:+.2f} ms ({behind:+.1%}) against {ship.name}" if ship and behind_ms is not None and behind is not None else ""
+    flag = " (unproven)" if j.status == UNPROVEN else ""
     if m.name in tied:
-        return Verdict(m.name, "tie", m.p50_ms, m.agreement, behind_ms, behind, f"{against}: within {noise:.0%} of the fastest, less faithful")
-    return Verdict(m.name, "slower", m.p50_ms, m.agreement, behind_ms, behind, against)
+        return Verdict(m.name, "tie", m.p50_ms, m.agreement, behind_ms, behind,
+                       f"{against}: within {noise:.0%} of the fastest, less faithful{flag}", j.status)
+    return Verdict(m.name, "slower", m.p50_ms, m.agreement, behind_ms, behind, against + flag, j.status)

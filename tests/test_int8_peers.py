@@ -1,0 +1,38 @@
+"""benchmarks/int8_peers.py's mechanism on a tiny run (the trained demo net at 64 px, three calibration photos, a few
+held-out crops): every quantizer calibrates on the same photos and is judged on photos none of them saw, with the CPU's
+ISA flags recorded. The figures themselves are the benchmark's, not this test's."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_inception.data.images import bundled_photos
+from edge_inception.evaluate.cpu import cpu_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_peers_are_judged_on_the_same_unseen_photos(trained, tmp_path):
+    pytest.importorskip("nncf")
+    import int8_peers
+
+    calib = tmp_path / "three"
+    calib.mkdir()
+    for p in bundled_photos()[:3]:
+        shutil.copyfile(p, calib / p.name)
+    doc = int8_peers.run(trained.onnx, calib, held_crops=12, calib_samples=6, iterations=2,
+                         ours={"calib_method": "minmax", "min_agreement": 0.5, "calib_size": 12})
+    assert doc["calibration_photos"] == sorted(p.name for p in bundled_photos()[:3])
+    assert not set(doc["held_photos"]) & set(doc["calibration_photos"]) and len(doc["held_photos"]) == len(bundled_photos()) - 3
+    assert doc["isa"] == cpu_info().simd and doc["vnni"] == cpu_info().vnni and doc["held_crops"] == 12
+    names = [r["quantizer"] for r in doc["rows"]]
+    assert names[0].startswith("fp32") and names[1].startswith("ours") and "quantize_static" in names[2] and "NNCF" in names[3]
+    assert doc["rows"][0]["agreement"] == 1.0  # FP32 against itself: the comparison is wired to the same reference
+    for r in doc["rows"]:
+        assert "error" not in r, r
+        assert 0.0 <= r["agreement"] <= 1.0 and -1.0 <= r["mean_cosine"] <= 1.0 + 1e-6 and r["p50_ms"] > 0
+    assert doc["rows"][1]["claim"] in ("met", "evidence too thin", "missed") and "cross-fitting" in doc["rows"][1]["photo_use"]
+    md = int8_peers.markdown(doc)
+    assert all(f"| {n} |" in md for n in names) and ", ".join(cpu_info().simd) in md
