@@ -47,17 +47,17 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def kill_session(sid: int, grace_s: float = 5.0) -> None:
-    """SIGTERM every process in session ``sid`` (and every marked one), wait up to ``grace_s``, SIGKILL what is left."""
+    """SIGTERM every process in session ``sid``, wait up to ``grace_s``, SIGKILL what is left."""
 
     def members() -> list[int]:
-        return sorted({pid for pid, s, _ in _procs() if s == sid} | set(marked()) - {os.getpid()})
+        return sorted({pid for pid, s, _ in _procs() if s == sid} - {os.getpid()})
 
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
         for pid in members():
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(p in marked() for p in members()):
+        while time.monotonic() < deadline and any(p in marked() for p in members()):  # zombies do not count
             time.sleep(0.2)
 
 
@@ -79,3 +79,12 @@ def run(args: list[str], timeout: float, **extra: str) -> subprocess.CompletedPr
     finally:
         kill_session(proc.pid, grace_s=2.0)
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def kill_marked() -> list[int]:
+    """SIGKILL every live process carrying the marker (those that escaped their session); return their PIDs."""
+    left = marked()
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return left

@@ -21,9 +21,7 @@ RUN_TIMEOUT_S = 400  # hang detection only: a private cluster is up in ~10 s, Ra
 @pytest.fixture(scope="module", autouse=True)
 def _no_ray_process_outlives_the_module():
     yield
-    left = ray_procs.marked()
-    for pid in left:
-        ray_procs.kill_session(pid, grace_s=1.0)
+    left = ray_procs.kill_marked()
     assert not left, f"processes left running: {left}"
 
 
