@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,12 @@ def _reachable(host: str, port: int) -> None:
         raise ClusterError(f"no Ray head answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s ({exc.strerror or exc})") from None
 
 
+def quiet_ray_loggers() -> None:
+    """Ray's and Ray Data's Python loggers to errors only: their notes and progress lines are not the command's output."""
+    for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
     """Connect this process to the cluster at ``address`` (``HOST:PORT``, token from the environment or Ray's token
@@ -93,8 +101,10 @@ def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
     if address == LOCAL:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray keeps 127.0.0.1 as the node's address (see the module's notes)
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        init_args: dict = {"num_cpus": num_cpus, "object_store_memory": LOCAL_OBJECT_STORE_BYTES, "include_dashboard": False,
-                           "_node_ip_address": "127.0.0.1"}
+        # address="local": always a new cluster (None would join one a `ray start` left on this machine); its own temp folder
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: Ray's socket paths
+        init_args: dict = {"address": "local", "num_cpus": num_cpus, "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
+                           "include_dashboard": False, "_node_ip_address": "127.0.0.1", "_temp_dir": temp_dir}
     else:
         host, port = parse_address(address)
         if token_source() is None:
@@ -104,6 +114,7 @@ def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
         init_args = {"address": f"{host}:{port}"}
     import ray
 
+    quiet_ray_loggers()
     try:
         try:
             ray.init(**init_args, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
@@ -113,6 +124,8 @@ def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
+        if address == LOCAL:
+            shutil.rmtree(init_args["_temp_dir"], ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

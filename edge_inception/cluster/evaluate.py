@@ -27,7 +27,7 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..vocab import FolderOrder, PreprocessMode
-from .connect import MAX_WORKERS, ClusterError, connect
+from .connect import MAX_WORKERS, ClusterError, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
         import ray
         import ray.data
 
+        quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -111,7 +112,8 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
         blocks = max(1, min(len(paths) // batch_size, workers * 8))
         items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         ds = items.map_batches(Classifier, fn_constructor_args=(str(art), info.image_size, mode.value, k, threads), batch_size=batch_size,
-                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                               max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
         t0 = time.perf_counter()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
