@@ -113,7 +113,7 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
         items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         ds = items.map_batches(Classifier, fn_constructor_args=(str(art), info.image_size, mode.value, k, threads), batch_size=batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-                               max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
+                            max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
         t0 = time.perf_counter()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
