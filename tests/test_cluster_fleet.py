@@ -25,10 +25,11 @@ RAY = str(Path(sys.executable).with_name("ray"))
 TOKEN = secrets.token_hex(32)
 NODE_ARGS = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
 BOARDS = {"board-a": "cpu", "board-b": "cpu", "board-c": "cpu"}
-UP_TIMEOUT_S = 180  # hang detection: nodes join in ~10 s on an idle machine
+UP_TIMEOUT_S = 400  # hang detection: a node joins in ~10 s on an idle machine, minutes on a loaded one
 RUN_TIMEOUT_S = 500
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN,
-           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}  # a killed board is seen dead in ~3 s
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",  # a killed board is seen dead in ~3 s
+           "RAY_raylet_start_wait_time_s": "300"}  # a loaded machine: the default 60 s timed a node's start-up out
 
 
 def _free_port() -> int:
@@ -56,13 +57,14 @@ def fleet(tmp_path_factory):
                                 logs / f"{name}.log", TMPDIR=str(tmpdir), **RAY_ENV)
             procs.append(p)
             boards[name] = (p, tmpdir)
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while True:
-            r = ray_procs.run([sys.executable, "-m", "edge_inception", "fleet", "status", address], 120, **RAY_ENV)
-            if r.returncode == 0 and sum(" alive " in line for line in r.stdout.splitlines()) == len(BOARDS):
-                break
-            assert time.monotonic() < deadline, f"boards not up: {r.stdout} {r.stderr[-2000:]}"
-            time.sleep(3)
+            deadline = time.monotonic() + UP_TIMEOUT_S  # one board at a time: three raylets starting at once overload 2 cores
+            while True:
+                r = ray_procs.run([sys.executable, "-m", "edge_inception", "fleet", "status", address], 120, **RAY_ENV)
+                if r.returncode == 0 and sum(" alive " in line for line in r.stdout.splitlines()) == len(boards):
+                    break
+                assert p.poll() is None, f"{name} did not start: {(logs / f'{name}.log').read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"boards not up: {r.stdout} {r.stderr[-2000:]}"
+                time.sleep(3)
         yield address, boards, r.stdout
     finally:
         for p in reversed(procs):

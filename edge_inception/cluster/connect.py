@@ -67,6 +67,15 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_address(address: str) -> None:
+    """Refuse a bad address, or a remote one without a token, before any work (:class:`ClusterError`)."""
+    if address == LOCAL:
+        return
+    parse_address(address)
+    if token_source() is None:
+        raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
+
+
 def _reachable(host: str, port: int) -> None:
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):

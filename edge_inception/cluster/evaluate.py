@@ -27,7 +27,7 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..vocab import FolderOrder, PreprocessMode
-from .connect import MAX_WORKERS, ClusterError, connect, quiet_ray_loggers
+from .connect import MAX_WORKERS, ClusterError, check_address, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
     worker fails."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
+    check_address(address)
     art = Path(artifact).resolve()
     info = artifact_info(art)
     folder = scan_image_folder(data, min_classes=1, check=False)

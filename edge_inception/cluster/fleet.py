@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import EdgeInceptionError
 from ..names import UnsafeNameError, check_name
 from .board import BOARD_LABEL, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES, TARGET_LABEL
-from .connect import ClusterError, connect
+from .connect import ClusterError, check_address, connect
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def fleet_bench(bundle: str | Path, address: str, *, selector: str | None = None
     one whose node died "lost". Raises :class:`ClusterError` when no board is selected."""
     from .board import run_board
 
+    check_address(address)
     files = pack_bundle(bundle)
     t0 = time.monotonic()
     with connect(address):
