@@ -10,10 +10,10 @@ OUT ?= runs/demo
 .PHONY: setup run test pytest lint typecheck bench mutate clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt requirements-triton.txt
-	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, tritonserver, ...): 1-5 minutes"
+	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, tritonserver, ray, ...): 1-5 minutes"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[export,dev,openvino,stream,serve]' | awk '/^(Collecting|Successfully)/ { print; fflush() }'
+	$(PY) -m pip install --progress-bar off -c constraints.txt -e '.[export,dev,openvino,stream,serve,cluster]' | awk '/^(Collecting|Successfully)/ { print; fflush() }'
 	$(PY) -m pip install -q --no-deps -r requirements-typecheck.txt
 	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/triton-site -r requirements-triton.txt
 	@echo "setup: done"

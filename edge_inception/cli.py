@@ -364,11 +364,20 @@ def eval_cmd(
     preprocess: PreprocessOpt = PreprocessMode.fast,
     folder_order: Annotated[FolderOrder, typer.Option("--folder-order", help="Integer class folders without class names: numeric (folder 10 "
                                                       "is output 10) or imagefolder (torchvision's string order).")] = FolderOrder.numeric,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Spread over a Ray cluster: its head's HOST:PORT (token in RAY_AUTH_TOKEN), "
+                                                "or local (a private one for this run, 127.0.0.1, token auth). Needs [cluster].")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the artifact once.")] = 1,
 ) -> None:
-    """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate."""
+    """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate; on a Ray cluster with --cluster."""
     from .evaluate.predict import evaluate
 
-    r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
+    if cluster is None:
+        r = evaluate(artifact, data, batch_size, progress=_progress, mode=preprocess, order=folder_order)
+    else:
+        from .cluster.evaluate import evaluate_on_cluster
+
+        r = c = evaluate_on_cluster(artifact, data, cluster, workers=workers, batch_size=batch_size, mode=preprocess, order=folder_order)
+        note(f"cluster {cluster}: {c.workers} worker(s), ready after {c.startup_s:.1f} s (not in the rate below)")
     for warning in r.warnings:
         note(f"warning: {warning}")
     note_seeded(r.seeded)
@@ -742,6 +751,9 @@ class _LevelFormatter(logging.Formatter):
 from .serve.cli import app as serve_app  # noqa: E402 - the root app registers each area's sub-app (Triton's here)
 
 app.add_typer(serve_app, name="serve")
+from .cluster.cli import app as fleet_app  # noqa: E402
+
+app.add_typer(fleet_app, name="fleet")
 
 
 def main() -> None:

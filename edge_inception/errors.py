@@ -81,3 +81,4 @@ class ServeError(EdgeInceptionError):
 
 
 EXTRAS.update({"tritonclient": "serve", "mlperf_loadgen": "serve"})  # serving: Triton's client and MLPerf's LoadGen
+EXTRAS.update({"ray": "cluster"})  # eval --cluster, fleet: Ray (Core and Data)

@@ -17,7 +17,7 @@ import edge_inception
 
 PACKAGE = Path(edge_inception.__file__).parent
 ROOT = PACKAGE.parent
-HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2"}
+HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2", "ray"}
 BACKEND_MODULES = {"ort", "openvino", "tensorrt", "pytorch"}
 PRESETS = {"cpu", "gpu", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
 
@@ -150,7 +150,7 @@ def test_no_import_cycles():
             visit(name, [name])
 
 
-COMMAND_MODULES = {"edge_inception.cli", "edge_inception.serve.cli"}
+COMMAND_MODULES = {"edge_inception.cli", "edge_inception.serve.cli", "edge_inception.cluster.cli"}
 ROOT_COMMAND = "edge_inception.cli"  # the root app: it registers each area's sub-app, and imports nothing else of them
 
 

@@ -1,0 +1,90 @@
+"""``eval --cluster``: a real Ray cluster (a private one, ``local``: token auth, 127.0.0.1) gives plain eval's report
+image by image. Every run is a subprocess in a session of its own, bounded in time and killed by PID afterwards; the
+module ends by checking that no process it started (marked in its environment) is still alive."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests import ray_procs
+
+pytest.importorskip("ray")
+
+RUN_TIMEOUT_S = 400  # hang detection only: a private cluster is up in ~10 s, Ray Data's first batch ~20 s on 2 loaded cores
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_process_outlives_the_module():
+    yield
+    left = ray_procs.kill_marked()
+    assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def big_val(tmp_path_factory) -> Path:
+    """>= 500 labelled 64 px crops (the demo photos, cropped afresh), plus an unreadable image and a non-image file."""
+    from edge_inception.data.demo_data import make_demo_dataset
+
+    root = make_demo_dataset(tmp_path_factory.mktemp("big"), train_per_class=0, val_per_class=52, crop_px=64, seed=7) / "val"
+    (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val, tmp_path):
+    from edge_inception.evaluate.predict import evaluate, predict
+
+    plain = evaluate(built_fp32, big_val, 16)
+    assert plain.images == 520 and plain.skipped == 2
+    per_image = {p.image: [i for i, _, _ in p.top] for p in predict(built_fp32, [big_val], top_k=5, batch_size=16).predictions}
+
+    script = textwrap.dedent("""
+        import json, sys
+        from edge_inception.cluster.evaluate import evaluate_on_cluster
+        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=2, batch_size=16)
+        import ray
+        assert not ray.is_initialized()
+        json.dump({"images": r.images, "top1": r.top1, "top5": r.top5, "skipped": r.skipped, "top": r.top, "failed": r.failed,
+                   "startup_s": r.startup_s, "seconds": r.seconds}, open(sys.argv[3], "w"))
+    """)
+    out = tmp_path / "cluster.json"
+    r = ray_procs.run([sys.executable, "-c", script, str(built_fp32), str(big_val), str(out)], RUN_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert (got["images"], got["skipped"]) == (plain.images, plain.skipped)
+    assert (got["top1"], got["top5"]) == (plain.top1, plain.top5)
+    assert list(got["failed"]) == [str((big_val / "cat" / "broken.png").resolve())]
+    assert len(got["top"]) == len(per_image) == 520
+    assert {str(Path(p).resolve()): t for p, t in per_image.items()} == got["top"]
+    assert not ray_procs.marked()
+
+
+def test_eval_cluster_command_prints_plain_evals_report(built_fp32, big_val):
+    cli = [sys.executable, "-m", "edge_inception", "eval", str(built_fp32), "--data", str(big_val)]
+    plain = ray_procs.run(cli, RUN_TIMEOUT_S)
+    assert plain.returncode == 0, plain.stderr
+    cluster = ray_procs.run([*cli, "--cluster", "local", "--workers", "1"], RUN_TIMEOUT_S)
+    assert cluster.returncode == 0, cluster.stderr[-3000:]
+    assert "Traceback" not in cluster.stderr and "cluster local: 1 worker(s), ready after" in cluster.stderr
+
+    def report(text: str) -> str:  # "520 images: top-1 ..., top-5 ... (2 files skipped); N images/s end to end": the rate differs
+        return text.strip().splitlines()[-1].split(";")[0]
+
+    assert report(cluster.stdout) == report(plain.stdout)
+    assert "520 images" in report(plain.stdout) and "(2 files skipped)" in report(plain.stdout)
+    assert not ray_procs.marked()
+
+
+def test_eval_cluster_refuses_a_bad_address_and_a_missing_token(built_fp32, big_val):
+    cli = [sys.executable, "-m", "edge_inception", "eval", str(built_fp32), "--data", str(big_val)]
+    r = ray_procs.run([*cli, "--cluster", "no-port"], 120)
+    assert r.returncode == 1 and r.stderr.strip().startswith("error: cluster address must be 'local' or HOST:PORT"), r.stderr
+    r = ray_procs.run([*cli, "--cluster", "127.0.0.1:9"], 120, RAY_AUTH_TOKEN="", HOME="/nonexistent")
+    assert r.returncode == 1 and "error: no Ray token" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = ray_procs.run([*cli, "--cluster", "127.0.0.1:9"], 120, RAY_AUTH_TOKEN="x" * 32)  # port 9 (discard): nothing listens
+    assert r.returncode == 1 and "error: no Ray head answers at 127.0.0.1:9" in r.stderr, r.stderr

@@ -1,0 +1,152 @@
+"""``fleet``: a real Ray cluster of a head and three "boards" (worker nodes labelled with a board name and a target
+preset), all started here on loopback with token auth, each in a session of its own and killed by PID at the end (also
+on failure); the module ends by checking that nothing it started is alive.
+
+Ray swaps 127.0.0.1 for the machine's routable address in a multi-node cluster (its GCS then listens on every interface),
+so the nodes use 127.0.0.2: still the loopback interface, but an address Ray keeps as given."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import ray_procs
+
+pytest.importorskip("ray")
+
+HOST = "127.0.0.2"
+RAY = str(Path(sys.executable).with_name("ray"))
+TOKEN = secrets.token_hex(32)
+NODE_ARGS = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+BOARDS = {"board-a": "cpu", "board-b": "cpu", "board-c": "cpu"}
+UP_TIMEOUT_S = 400  # hang detection: a node joins in ~10 s on an idle machine, minutes on a loaded one
+RUN_TIMEOUT_S = 500
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN,
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",  # a killed board is seen dead in ~3 s
+           "RAY_raylet_start_wait_time_s": "300"}  # a loaded machine: the default 60 s timed a node's start-up out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """(address, {board: (process, its TMPDIR)}): a head and three boards; every process killed by PID afterwards."""
+    logs = tmp_path_factory.mktemp("ray-logs")
+    port = _free_port()
+    address = f"{HOST}:{port}"
+    procs = []
+    boards = {}
+    try:
+        head = ray_procs.start([RAY, "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(port), "--include-dashboard=false",
+                                *NODE_ARGS[:1], "0", *NODE_ARGS[2:]], logs / "head.log", **RAY_ENV)
+        procs.append(head)
+        for name, target in BOARDS.items():
+            tmpdir = tmp_path_factory.mktemp(name)
+            p = ray_procs.start([RAY, "start", "--block", "--address", address, "--node-ip-address", HOST, *NODE_ARGS,
+                                 "--labels", f"edge-inception-board={name},edge-inception-target={target}"],
+                                logs / f"{name}.log", TMPDIR=str(tmpdir), **RAY_ENV)
+            procs.append(p)
+            boards[name] = (p, tmpdir)
+            deadline = time.monotonic() + UP_TIMEOUT_S  # one board at a time: three raylets starting at once overload 2 cores
+            while True:
+                r = ray_procs.run([sys.executable, "-m", "edge_inception", "fleet", "status", address], 120, **RAY_ENV)
+                if r.returncode == 0 and sum(" alive " in line for line in r.stdout.splitlines()) == len(boards):
+                    break
+                assert p.poll() is None, f"{name} did not start: {(logs / f'{name}.log').read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"boards not up: {r.stdout} {r.stderr[-2000:]}"
+                time.sleep(3)
+        yield address, boards, r.stdout
+    finally:
+        for p in reversed(procs):
+            ray_procs.kill_session(p.pid)
+        for p in procs:
+            p.wait(timeout=30)
+        left = ray_procs.kill_marked()
+        assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory) -> Path:
+    from edge_inception.deploy.bundle import make_bundle
+
+    return make_bundle(trained.onnx, "cpu", tmp_path_factory.mktemp("bundle") / "demo.cpu.bundle", references=4).folder
+
+
+def _bench(address: str, bundle: Path, out: Path, *extra: str) -> tuple[ray_procs.subprocess.CompletedProcess, dict]:
+    r = ray_procs.run([sys.executable, "-m", "edge_inception", "fleet", "bench", str(bundle), "--cluster", address, "--iterations", "5",
+                       "--rounds", "1", "--json", str(out / "fleet.json"), "--markdown", str(out / "fleet.md"), *extra], RUN_TIMEOUT_S, **RAY_ENV)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r, json.loads((out / "fleet.json").read_text())
+
+
+def test_fleet_status_lists_the_three_boards_with_their_facts(fleet):
+    _, _, status = fleet
+    lines = [line for line in status.splitlines() if line.startswith("board-")]
+    assert [line.split()[:3] for line in lines] == [[name, "alive", "cpu"] for name in BOARDS]
+    from edge_inception.evaluate.cpu import cpu_info
+
+    assert all(cpu_info().model[:20] in line for line in lines)
+
+
+def test_fleet_bench_gives_one_ranked_row_per_board(fleet, bundle, tmp_path):
+    address, _, _ = fleet
+    r, report = _bench(address, bundle, tmp_path, "--batch", "1,2", "--plot", str(tmp_path / "fleet.png"))
+    rows = report["boards"]
+    assert sorted(row["board"] for row in rows) == sorted(BOARDS)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["check"]["passed"] and row["manifest"]["target"] == "cpu" and row["manifest"]["backend"] == "ort"
+        assert [b["batch"] for b in row["bench"]] == [1, 2] and all(b["latency_ms"]["p50"] > 0 for b in row["bench"])
+        assert row["facts"]["simd"] and row["facts"]["memory_mib"] > 0
+    p50 = [row["bench"][0]["latency_ms"]["p50"] for row in rows]
+    assert p50 == sorted(p50)  # ranked
+    md = (tmp_path / "fleet.md").read_text()
+    assert all(name in md for name in BOARDS) and (tmp_path / "fleet.png").stat().st_size > 1000
+    assert "board-a" in r.stdout
+
+
+def test_a_bundle_edited_after_bundle_is_refused_on_the_board(fleet, bundle, tmp_path):
+    import shutil
+
+    address, _, _ = fleet
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    (edited / "labels.txt").write_text((edited / "labels.txt").read_text().replace("cat", "dog", 1))
+    _, report = _bench(address, edited, tmp_path, "--boards", "board-a")
+    [row] = report["boards"]
+    assert row["board"] == "board-a" and row["status"] == "refused"
+    assert "labels.txt: does not match bundle.json" in row["error"] and "manifest" not in row
+
+
+def test_a_board_killed_mid_run_is_reported_and_the_others_finish(fleet, bundle, tmp_path):
+    """Board b's node is killed once its task has started (its temporary folder appeared in the node's own TMPDIR)."""
+    address, boards, _ = fleet
+    proc, tmpdir = boards["board-b"]
+    timeout_s = 240
+    t0 = time.monotonic()
+    run = ray_procs.start([sys.executable, "-m", "edge_inception", "fleet", "bench", str(bundle), "--cluster", address, "--iterations", "5",
+                           "--rounds", "1", "--timeout", str(timeout_s), "--json", str(tmp_path / "fleet.json")], tmp_path / "bench.log", **RAY_ENV)
+    try:
+        while not list(Path(tmpdir).glob("edge-inception-board-*")):
+            assert run.poll() is None, (tmp_path / "bench.log").read_text()[-3000:]
+            assert time.monotonic() - t0 < RUN_TIMEOUT_S, "board-b's task never started"
+            time.sleep(0.2)
+        ray_procs.kill_session(proc.pid, grace_s=0.0)  # SIGTERM then SIGKILL at once: the board drops off
+        assert run.wait(timeout=timeout_s + 120) == 0, (tmp_path / "bench.log").read_text()[-3000:]
+    finally:
+        ray_procs.kill_session(run.pid)
+    elapsed = time.monotonic() - t0
+    rows = {row["board"]: row for row in json.loads((tmp_path / "fleet.json").read_text())["boards"]}
+    assert rows["board-a"]["status"] == rows["board-c"]["status"] == "ok"
+    assert rows["board-b"]["status"] in ("lost", "timed out", "failed") and rows["board-b"]["error"], rows["board-b"]
+    assert elapsed < timeout_s + 120
