@@ -12,12 +12,21 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+# from .cli_common import SEEDED_NOTE, Output, echo_table, handle_errors, note, note_seeded, shown
 from .errors import EXTRAS, EdgeInceptionError, Terminated
+from .limits import MAX_BATCH, MAX_IMAGE_SIZE
 from .names import printable
+from .vocab import (
+    MIN_IMAGE_SIZE,
+    PreprocessMode,
+    parse_list,
+)
 
 MAX_SHOWN_CHARS = 4000  # an error line or note: long enough for a list of choices, short enough to read
 
@@ -106,3 +115,43 @@ def echo_table(rows: list[list[str]], header: list[str]) -> None:
     typer.echo("  ".join("-" * w for w in widths))
     for row in rows:
         typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+E = TypeVar("E", bound=Enum)
+
+
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (.pth/.pt/.safetensors). Default: seeded random weights.")]
+
+
+ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE,
+                                                  help="Input height and width (default: the checkpoint's, else 224).")]
+
+
+PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fast: JPEGs decoded at reduced scale (DCT) and only the "
+                                                    "crop resampled; exact: the reference transform on the full image.")]
+
+
+def choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
+    """A comma-separated option of enum values; a wrong word is a usage error (exit 2) naming the choices."""
+    try:
+        return parse_list(text, enum, option)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+
+
+def int_list(text: str, what: str, hi: int = MAX_BATCH) -> tuple[int, ...]:
+    """Comma-separated integers in [1, hi]; anything else is a usage error (exit 2) giving the range."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'") from None
+    if not values or min(values) < 1 or max(values) > hi:
+        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'")
+    return values
+
+
+def progress(total: int, desc: str):  # -> tqdm
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=Output.quiet or None)
+

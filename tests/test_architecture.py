@@ -150,24 +150,42 @@ def test_no_import_cycles():
             visit(name, [name])
 
 
-COMMAND_MODULES = {"edge_inception.cli", "edge_inception.serve.cli", "edge_inception.cluster.cli"}
-ROOT_COMMAND = "edge_inception.cli"  # the root app: it registers each area's sub-app, and imports nothing else of them
+def _command_modules() -> set[str]:
+    return {name for name in modules() if name.startswith("edge_inception.cli.") or name == "edge_inception.cli"}
+
+
+ROOT_COMMAND = "edge_inception.cli"  # the root app: it registers each area's module, and imports nothing else of them
+AREAS = {"convert", "engines", "evaluate", "deploy", "pipeline", "model", "stream", "serve", "fleet"}
 
 
 def test_command_modules_import_no_command_module_and_libraries_none():
-    """Commands sit on top: no library module imports a command module, no command module imports another (the root
-    only takes each sub-app's ``app`` to register it); what they share lives in cli_common, below them."""
+    """Commands sit on top, one module per area in edge_inception/cli/: no library module imports a command module, no
+    command module imports another (only the root, at module level, to register each area's ``app``); what they share
+    lives in cli_common, below them."""
+    commands = _command_modules()
+    assert commands == {ROOT_COMMAND} | {f"{ROOT_COMMAND}.{a}" for a in AREAS}, commands
     for name, tree in modules().items():
         if name == "edge_inception.__main__":  # the entry point runs the root app
             continue
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            used = {i for i in resolve(name, node) if i in COMMAND_MODULES and i != name}
-            if not used:
-                continue
-            registers = name == ROOT_COMMAND and isinstance(node, ast.ImportFrom) and [a.name for a in node.names] == ["app"]
-            assert registers, f"{name} imports the command module(s) {used}"
+            used = {i for i in resolve(name, node) if i in commands and i != name}
+            if used:
+                assert name == ROOT_COMMAND and node in tree.body, f"{name} imports the command module(s) {used}"
+    library = [n for n in modules() if n not in commands and n != "edge_inception.__main__"]
+    assert "edge_inception.cli_common" in library  # the shared layer is below the commands
+
+
+def test_each_area_module_registers_its_commands_with_the_root():
+    import typer
+
+    from edge_inception.cli import app
+
+    group = typer.main.get_command(app)
+    expected = {"export", "simplify", "info", "flops", "quantize", "targets", "build", "predict", "eval", "bench", "profile", "bundle",
+                "check", "pipeline", "train", "demo-data", "stream", "serve", "fleet"}
+    assert set(group.commands) == expected, set(group.commands) ^ expected
 
 
 def _run(args: list[str], *, env_extra: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

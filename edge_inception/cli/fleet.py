@@ -31,7 +31,7 @@ def status_cmd(
 ) -> None:
     """List the boards (nodes labelled edge-inception-board=NAME): alive, target, CPU and ISA flags, memory, GPU."""
     from ..cli_common import echo_table, handle_errors
-    from .fleet import fleet_status
+    from ..cluster.fleet import fleet_status
 
     @handle_errors
     def run() -> None:
@@ -68,8 +68,8 @@ def bench_cmd(
     """On every selected board: verify the bundle (its own hashes), build it for the board's target, check, bench; one
     report with a row per board, ranked by p50."""
     from ..cli_common import handle_errors
+    from ..cluster.fleet import fleet_bench, markdown, plot
     from ..fileio import check_outputs, write_json_atomic, write_text_atomic
-    from .fleet import fleet_bench, markdown, plot
 
     @handle_errors
     def run() -> None:

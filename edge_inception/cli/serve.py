@@ -9,7 +9,7 @@ import typer
 
 from ..cli_format import PlainTyper
 from ..limits import MAX_BATCH
-from .config import InstanceKind, ServeKind
+from ..serve.config import InstanceKind, ServeKind
 
 app = PlainTyper(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -47,7 +47,7 @@ def export_cmd(
 ) -> None:
     """Write a Triton model repository for an artifact, validated with Triton's model_config schema against its manifest."""
     from ..cli_common import handle_errors, shown
-    from .repository import ExportOptions, export_repository
+    from ..serve.repository import ExportOptions, export_repository
 
     @handle_errors
     def run() -> None:
@@ -82,7 +82,7 @@ def run_cmd(
     from ..cli_common import handle_errors, shown
     from ..errors import ServeError
     from ..names import printable
-    from .server import TritonServer, exposure_warning, find_tritonserver, is_loopback
+    from ..serve.server import TritonServer, exposure_warning, find_tritonserver, is_loopback
 
     @handle_errors
     def run() -> None:

@@ -1,0 +1,240 @@
+"""Answers and numbers: ``predict``, ``eval``, ``bench``, ``profile``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..cli_common import (
+    PreprocessOpt,
+    choices,
+    echo_table,
+    handle_errors,
+    int_list,
+    note,
+    note_seeded,
+    progress,
+    shown,
+)
+from ..cli_format import PlainTyper
+from ..errors import EdgeInceptionError
+from ..limits import MAX_BATCH, max_threads
+from ..vocab import (
+    Baseline,
+    FolderOrder,
+    PreprocessMode,
+)
+
+if TYPE_CHECKING:
+    from ..evaluate.bench import BenchReport
+    from ..serve.loadgen import ScenarioConfig
+
+app = PlainTyper()  # merged into the root app (no group of its own)
+
+
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, max=max_threads(), help="Threads per engine (0: each runtime's default).")]
+
+
+@app.command()
+@handle_errors
+def predict(
+    artifact: Annotated[str, typer.Argument(help="Built artifact or ONNX model, or a served model: grpc://HOST:PORT/MODEL.")],
+    images: Annotated[list[str], typer.Argument(help="Images, folders or globs.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="grpc://: seconds one request may take (a server "
+                                           "that does not answer within it is an error; an unavailable one is retried 3 times).")] = 10.0,
+) -> None:
+    """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference). Against a
+    served model (grpc://) each image is printed as its batch completes, so a server failing midway leaves the results
+    before it on screen and the error line says how many of the images were done."""
+    from ..evaluate.predict import Prediction
+    from ..evaluate.predict import predict as run_predict
+    from ..serve.client import is_remote, predict_remote
+
+    def show(p: Prediction) -> None:
+        if as_json:
+            typer.echo(json.dumps(p.as_dict()))  # JSON escapes control characters itself
+            return
+        typer.echo(shown(p.image))
+        for index, label, score in p.top:
+            typer.echo(f"  {score:7.2%}  {shown(label, 300)} ({index})")
+
+    if is_remote(artifact):
+        run = predict_remote(artifact, images, top_k=top_k, mode=PreprocessMode(preprocess), timeout_s=timeout, on_prediction=show)
+    else:
+        run = run_predict(Path(artifact), images, top_k=top_k, mode=preprocess)
+        for p in run.predictions:
+            show(p)
+    for _path, why in run.failed:
+        note(f"skipped: {why}")
+    n = len(run.predictions)
+    note(f"{n} image{'' if n == 1 else 's'} in {run.seconds:.2f} s: {run.images_per_s:.1f} images/s end to end "
+          f"(decode + preprocess {PreprocessMode(preprocess).value} + inference)")
+    note_seeded(getattr(run, "seeded", False))
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder: class folders named by synset id, class index or class name.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH)] = 16,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    folder_order: Annotated[FolderOrder, typer.Option("--folder-order", help="Integer class folders without class names: numeric (folder 10 "
+                                                      "is output 10) or imagefolder (torchvision's string order).")] = FolderOrder.numeric,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Spread over a Ray cluster: its head's HOST:PORT (token in RAY_AUTH_TOKEN), "
+                                                "or local (a private one for this run, 127.0.0.1, token auth). Needs [cluster].")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the artifact once.")] = 1,
+) -> None:
+    """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate; on a Ray cluster with --cluster."""
+    from ..evaluate.predict import evaluate
+
+    if cluster is None:
+        r = evaluate(artifact, data, batch_size, progress=progress, mode=preprocess, order=folder_order)
+    else:
+        from ..cluster.evaluate import evaluate_on_cluster
+
+        r = c = evaluate_on_cluster(artifact, data, cluster, workers=workers, batch_size=batch_size, mode=preprocess, order=folder_order)
+        note(f"cluster {cluster}: {c.workers} worker(s), ready after {c.startup_s:.1f} s (not in the rate below)")
+    for warning in r.warnings:
+        note(f"warning: {warning}")
+    note_seeded(r.seeded)
+    typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
+               + f"; {r.images_per_s:.1f} images/s end to end")
+
+
+@app.command()
+@handle_errors
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Built artifacts and/or ONNX models (with --scenario: one, or grpc://HOST:PORT/MODEL).")],
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=100_000, help="Warm-up inferences.")] = 10,
+    warmup_s: Annotated[float, typer.Option("--warmup-s", min=0, max=3600, help="Warm-up seconds (added to --warmup).")] = 0.0,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 50,
+    duration: Annotated[float, typer.Option("--duration", min=0, max=3600, help="Timed seconds per engine per round (instead).")] = 0.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Rounds; engines are measured in turn in each.")] = 3,
+    rerun_disturbed: Annotated[int, typer.Option("--rerun-disturbed", min=0, max=100,
+                                                 help="Measure a round again when other processes used CPU during it, up to N times.")] = 0,
+    threads: ThreadsOpt = 0,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Baselines, comma-separated: torch, ort-default, or none "
+                                                 "(default: both, torch only where PyTorch is installed).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    scenario: Annotated[str | None, typer.Option("--scenario", help="MLPerf scenarios through LoadGen, comma-separated: single-stream, "
+                                                 "multi-stream, offline, server (--batch: most samples per inference).")] = None,
+    short: Annotated[bool, typer.Option("--short", help="--scenario: a short run (not MLPerf-compliant), for tests and quick looks.")] = False,
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="--scenario: also LoadGen's accuracy mode, top-1 on --data (labelled).")] = False,
+    data: Annotated[Path | None, typer.Option("--data", help="--scenario: images (an ImageFolder for --accuracy); default bundled photos.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="--scenario: inferences in flight, 1-64.")] = 1,
+    target_qps: Annotated[float | None, typer.Option("--target-qps", help="--scenario: Server's target / Offline's expected QPS.")] = None,
+    target_latency_ms: Annotated[float | None, typer.Option("--target-latency-ms", help="--scenario server: latency bound.")] = None,
+    samples_per_query: Annotated[int, typer.Option("--samples-per-query", help="--scenario multi-stream: samples per query (MLPerf: 8).")] = 8,
+    min_duration_ms: Annotated[int | None, typer.Option("--min-duration-ms", help="--scenario: LoadGen's min_duration_ms (default: "
+                                                        "LoadGen's, 1000 with --short).")] = None,
+    min_query_count: Annotated[int | None, typer.Option("--min-query-count", help="--scenario: LoadGen's min_query_count.")] = None,
+    watchdog_s: Annotated[float | None, typer.Option("--watchdog-s", help="--scenario: stop a LoadGen run after this many seconds "
+                                                     "(default: 4 x what its settings should take + 70 s).")] = None,
+    loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
+) -> None:
+    """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
+    scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
+    from ..evaluate.bench import BenchConfig, run_bench, write_outputs
+    from ..fileio import check_outputs
+
+    check_outputs(json_out, markdown_out, plot_out)  # refuse an unwritable output now, not after the benchmark
+    if scenario is not None:
+        from ..serve.loadgen import Scenario, ScenarioConfig
+
+        cfg_s = ScenarioConfig(choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
+                               batch=max(int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
+                               target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
+                               min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s)
+        _bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
+        return
+    if any(a.startswith("grpc://") for a in artifacts):
+        raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
+
+    bases = None if baseline is None else () if baseline.strip() == "none" else choices(baseline, Baseline, "--baseline")
+    cfg = BenchConfig(batches=int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
+                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed)
+    report = run_bench([str(a) for a in artifacts], cfg, progress=progress)
+    _print_bench(report)
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
+        if path:
+            typer.echo(f"wrote {shown(path)}")
+
+
+def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
+    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
+    from ..serve.loadgen import run_scenarios, write_outputs
+
+    if len(targets) != 1:
+        raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
+    report = run_scenarios(targets[0], cfg, progress=lambda text: typer.echo(shown(text), err=True))
+    for text in report.notes:
+        typer.echo(f"note: {shown(text)}", err=True)
+    rows = [[r.scenario, "VALID" if r.valid else "INVALID", f"{r.metric} {r.metric_value:.2f}", f"{r.samples_per_s:.1f}",
+             f"{r.latency_ms.get('p90', float('nan')):.2f}", f"{r.latency_ms.get('p99', float('nan')):.2f}", str(r.query_count),
+             "-" if r.top1 is None else f"{r.top1:.1%}"] for r in report.results]
+    typer.echo(f"{shown(report.results[0].engine)}: {shown(targets[0])}")
+    echo_table(rows, ["scenario", "result", "MLPerf metric", "samples/s", "p90 ms", "p99 ms", "queries", "top-1"])
+    for r in report.results:
+        if not r.valid:
+            typer.echo(f"{r.scenario} INVALID: {shown('; '.join(r.invalid_reasons) or 'see LoadGen log')}")
+    write_outputs(report, json_out, markdown_out, plot_out)
+    for path in (json_out, markdown_out, plot_out):
+        if path:
+            typer.echo(f"wrote {shown(path)}")
+
+
+def _print_bench(report: BenchReport) -> None:
+    from ..evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_text
+
+    m = report.machine
+    typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
+    for text in report.notes:
+        note(f"note: {text}")
+    rows = []
+    for r in report.results:
+        lat, sp = r.latency_ms, r.speedup_vs
+        rows.append([r.engine, r.device, str(r.batch), f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
+                     f"{r.throughput_ips:.1f}", f"{r.macs_per_s / 1e9:.1f}", peak_text(r.peak_fraction),
+                     f"{sp[TORCH_ENGINE]:.2f}x" if TORCH_ENGINE in sp else "-", f"{sp[ORT_DEFAULT_ENGINE]:.2f}x" if ORT_DEFAULT_ENGINE in sp else "-",
+                     "-" if r.agreement is None else f"{r.agreement:.1%}"])
+    echo_table(rows, ["engine", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "std", "img/s", "GMAC/s", "% CPU peak", "vs torch", "vs ort",
+                       "agree"])
+
+
+@app.command()
+@handle_errors
+def profile(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact, build folder, or ONNX model.")],
+    batch: Annotated[int, typer.Option("--batch", min=1, max=MAX_BATCH)] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=10_000, help="Profiled inferences.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write the table here.")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: share of time against share of multiply-adds.")] = None,
+) -> None:
+    """Time per Table 1 stage, from the backend's own profiler, beside the stage's multiply-adds (ours and the paper's)."""
+    from ..evaluate.profile import markdown, plot, profile_artifact
+    from ..fileio import check_outputs, write_text_atomic
+
+    check_outputs(markdown_out, plot_out)
+    report = profile_artifact(artifact, batch=batch, iterations=iterations)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
+    if markdown_out:
+        write_text_atomic(markdown_out, markdown(report))
+        typer.echo(f"wrote {shown(markdown_out)}", err=as_json)
+    if plot_out:
+        plot([report], plot_out)
+        typer.echo(f"wrote {shown(plot_out)}", err=as_json)

@@ -1,0 +1,65 @@
+"""The whole job in one command: ``pipeline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..cli_common import (
+    SEEDED_NOTE,
+    ImageSizeOpt,
+    WeightsOpt,
+    choices,
+    echo_table,
+    handle_errors,
+    int_list,
+    note,
+    progress,
+    shown,
+)
+from ..cli_format import PlainTyper
+from ..vocab import Precision
+
+app = PlainTyper()  # merged into the root app (no group of its own)
+
+
+@app.command()
+@handle_errors
+def pipeline(
+    weights: WeightsOpt = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target preset.")] = "cpu",
+    precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32,fp16,int8.")] = "fp32,fp16,int8",
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for INT8 (default: bundled photos).")] = None,
+    image_size: ImageSizeOpt = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard for quantized artifacts.")] = 0.99,
+    batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes (e.g. 1,8,32).")] = "1",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 30,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder (atomically).")] = False,
+    ship_unproven: Annotated[bool, typer.Option("--ship-unproven", help="Also ship a candidate whose claim the evidence cannot carry "
+                                                "(INT8 agreement whose 95% lower bound is below --min-agreement); the ship line says so.")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
+) -> None:
+    """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
+    from ..pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=choices(precisions, Precision, "--precisions"),
+                         calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
+                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven)
+    if weights is None:
+        note(SEEDED_NOTE)
+    started: dict[str, float] = {}
+
+    def on_stage(name: str) -> None:
+        import time
+
+        started[name] = time.perf_counter()
+        note(f"[{len(started)}] {name} ...")
+
+    result = run_pipeline(cfg, on_stage=on_stage, progress=progress)
+    echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
+    ship = result.report["ship"]
+    typer.echo(f"ship: {shown(ship['artifact'])} ({shown(ship['candidate'])}): {shown(ship['why'])}")
+    typer.echo(f"wrote {shown(result.output)}/report.md, report.json, bench.png and artifacts/")

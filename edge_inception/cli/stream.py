@@ -1,0 +1,89 @@
+"""``stream``: a video, camera, network stream or image folder, frame by frame."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..cli_common import (
+    PreprocessOpt,
+    handle_errors,
+    progress,
+    shown,
+)
+from ..cli_format import PlainTyper
+from ..errors import EdgeInceptionError
+from ..limits import max_threads
+from ..vocab import PreprocessMode
+
+app = PlainTyper()  # merged into the root app (no group of its own)
+
+
+@app.command()
+@handle_errors
+def stream(
+    artifact: Annotated[Path, typer.Argument(help="Built artifact or ONNX model.")],
+    source: Annotated[str, typer.Argument(help="Video file, image folder or glob, /dev/videoN or a camera index, csi://N, rtsp:// or http:// URL.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    save: Annotated[Path | None, typer.Option("--save", help="Write an MP4 with the top-1 label drawn on each frame.")] = None,
+    json_lines: Annotated[str | None, typer.Option("--json-lines", help="One JSON line per frame: a file, or - for stdout.")] = None,
+    preprocess: PreprocessOpt = PreprocessMode.fast,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
+    reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
+                                             help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
+) -> None:
+    """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
+    import signal
+
+    from ..fileio import atomic_path, check_outputs
+    from ..stream.run import run_stream
+    from ..stream.writer import JsonLinesWriter
+
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines))
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a failed write to report, not a signal that kills
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sink: JsonLinesWriter | None = None
+    with contextlib.ExitStack() as stack:
+        # a JSON-lines file is written as the frames come (a camera runs for hours) into a temporary file beside it,
+        # moved into place when the stream ends, also after Ctrl-C / SIGTERM and after a failed write (its whole lines)
+        if json_lines not in (None, "-"):
+            sink = JsonLinesWriter(stack.enter_context(open(stack.enter_context(atomic_path(Path(json_lines))), "wb")), json_lines)
+
+        def on_frame(r: Any) -> None:
+            if json_lines == "-":
+                typer.echo(json.dumps(r.as_dict()))
+            elif sink is not None:
+                sink.write(r.as_dict())
+
+        summary = run_stream(artifact, source, top_k=top_k, mode=preprocess, save=save, max_frames=max_frames, on_frame=on_frame,
+                             progress=progress, threads=threads, reconnect_s=reconnect)
+    to_err = json_lines == "-"  # stdout carries the JSON lines
+    st = summary.stages
+    typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
+               f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
+               + (", input truncated" if summary.truncated else "")
+               + (f", reconnected {summary.reconnects} time{'s' if summary.reconnects != 1 else ''}" if summary.reconnects else "")
+               + (", source lost" if summary.lost else ""), err=to_err)
+    if summary.inference_fps > 0:
+        typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
+                   err=to_err)
+    for stage, s in st.items():
+        typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
+    typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
+    for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
+        if written:
+            typer.echo(f"wrote {shown(written)}", err=to_err)
+    if summary.output_error:
+        kept = ([f"{summary.saved} ({summary.saved_frames} frames, to its last whole fragment)"] if summary.saved else []) \
+            + ([f"{json_lines} ({sink.lines} whole lines)"] if sink is not None else [])
+        raise EdgeInceptionError(f"cannot write {summary.output_error}; the stream stopped after {summary.frames} frames"
+                                 + (f"; kept: {', '.join(kept)}" if kept else "; nothing was kept"))
+    if summary.interrupted:
+        typer.echo(f"{'terminated' if summary.interrupted == 'SIGTERM' else 'interrupted'}: the summary above covers the frames "
+                   f"classified so far" + (", the video is closed and playable" if summary.saved else ""), err=True)
+        raise typer.Exit(code=143 if summary.interrupted == "SIGTERM" else 130)
