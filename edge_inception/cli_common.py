@@ -10,6 +10,7 @@ outside field they print (labels, file names) through :func:`shown` too."""
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -136,17 +137,17 @@ def choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
     try:
         return parse_list(text, enum, option)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+        raise typer.BadParameter(shown(str(exc).split(": ", 1)[1]), param_hint=f"'{option}'") from None
 
 
-def int_list(text: str, what: str, hi: int = MAX_BATCH) -> tuple[int, ...]:
-    """Comma-separated integers in [1, hi]; anything else is a usage error (exit 2) giving the range."""
+def int_list(text: str, what: str, hi: int = MAX_BATCH, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """Comma-separated integers in [1, hi]; anything else is a usage error (exit 2) giving the range, the value escaped."""
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'") from None
-    if not values or min(values) < 1 or max(values) > hi:
-        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{text}'", param_hint=f"'{what}'")
+        values = (0,)  # refused below
+    if (not values and not allow_empty) or any(not 1 <= v <= hi for v in values):
+        raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{shown(text)}'", param_hint=f"'{what}'")
     return values
 
 
@@ -155,3 +156,18 @@ def progress(total: int, desc: str):  # -> tqdm
 
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True, disable=Output.quiet or None)
 
+
+class LevelFormatter(logging.Formatter):
+    """``warning: ...``, ``debug: ...``: the level in lower case, like the CLI's own ``error:`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        record.msg, record.args = shown(record.getMessage()), None  # log messages quote files and servers: escaped as notes are
+        return super().format(record)
+
+
+def log_to_stderr(level: int = logging.WARNING) -> None:
+    """The log on stderr as ``warning: ...`` lines, escaped: for the CLI and the processes it starts (LoadGen's child)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LevelFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])

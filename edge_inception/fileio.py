@@ -19,7 +19,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,22 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+PRIVATE_PREFIX = "edge-inception-"
+
+
+def private_tempdir(label: str) -> Path:
+    """A folder only this user can enter (mode 0700, ``mkdtemp``) in the system's temporary folder, named
+    ``edge-inception-<label>-<pid>-XXXX``; those of the same label left by a process that is gone (killed by SIGKILL,
+    say) are removed first. For what a child program writes by itself (tritonserver's repository copy, LoadGen's logs)."""
+    tmp_root = Path(tempfile.gettempdir())
+    for old in tmp_root.glob(f"{PRIVATE_PREFIX}{label}-*-*"):
+        pid = old.name[len(PRIVATE_PREFIX) + len(label) + 1:].split("-", 1)[0]
+        if pid.isascii() and pid.isdigit() and not _pid_alive(int(pid)) and old.is_dir() and not old.is_symlink() \
+                and old.stat().st_uid == os.getuid():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{label}-{os.getpid()}-"))
 
 
 def sweep_stale(folder: Path) -> int:
@@ -186,11 +202,44 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return ensure_parent(Path(path))
 
 
-def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
-    """:func:`check_writable` for each output a command was given (None: not asked for)."""
-    for path in paths:
-        if path is not None:
-            check_writable(path)
+MAX_INPUT_FILES = 1000  # files of an input folder (a build folder) compared with the outputs
+
+
+def _identity(path: Path) -> set[object]:
+    """What makes two names one file: the resolved path, and (device, inode) where it exists (a hard link)."""
+    keys: set[object] = {os.path.realpath(path)}
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
+def check_outputs(*paths: str | os.PathLike[str] | None, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """:func:`check_writable` for each output a command was given (None: not asked for), after refusing an output
+    named twice, or one that is a command's input: a file in ``inputs``, an artifact's ``.manifest.json`` beside it, a
+    file in an input folder (a link or hard link to one counts), so that no run overwrites what it reads."""
+    given = [Path(p) for p in paths if p is not None]
+    seen: dict[object, Path] = {}
+    for p in given:
+        for key in _identity(p):
+            if key in seen:
+                raise OutputPathError(f"{p} is named as two outputs ({seen[key]} and {p}): name a file for each")
+            seen[key] = p
+    protected: dict[object, Path] = {}
+    for entry in inputs:
+        src = Path(entry)
+        files = [src, src.with_name(src.name + ".manifest.json")]
+        if src.is_dir():
+            files += [p for _, p in zip(range(MAX_INPUT_FILES), src.rglob("*"))]
+        for f in files:
+            for key in _identity(f):
+                protected.setdefault(key, f)
+    for p in given:
+        hit = next((protected[k] for k in _identity(p) if k in protected), None)
+        if hit is not None:
+            raise OutputPathError(f"refusing to write {p}: it is {hit}, an input of this command; name another file")
+    for p in given:
+        check_writable(p)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -92,9 +92,11 @@ def test_small_folder_roles_are_disjoint_by_photo(tmp_path):
 def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, tmp_path):
     mine = _folder(tmp_path, "six", bundled_photos()[:6])
     out = tmp_path / "m.int8.onnx"
-    # min-max at a 50 % criterion keeps the run short; 2 verdict photos cannot show even that at 95 % confidence
+    # min-max keeps the run short; cross-fitting judges 5 of the 6 photos, and 5 photos cannot show 70 % at 95 % confidence
+    # even if all agree (their bound is 64.9 %): the claim is not made, and the bundled photos are judged beside them
+    assert images_needed(0.7) > 5
     r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(mine), "--calib-size", "20",
-                            "--calib-method", "minmax", "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(out)])
+                            "--calib-method", "minmax", "--criterion", "agreement", "--min-agreement", "0.7", "-o", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads(out.with_suffix(".report.json").read_text())
     roles = report["roles"]
@@ -105,7 +107,7 @@ def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, t
     verdict = report["verdicts"][0]
     assert verdict["distinct_images"] == roles["verdict"]["distinct_images"] and verdict["samples"] == report["accuracy"]["holdout_images"]
     assert verdict["lower_bound"] == pytest.approx(wilson_lower_bound(verdict["value"] * verdict["distinct_images"], verdict["distinct_images"]))
-    if verdict["value"] >= 0.5:
+    if verdict["value"] >= 0.7:
         assert report["claim"] == "evidence too thin" and "too thin" in r.stderr
     else:
         assert report["claim"] == "missed"

@@ -365,7 +365,8 @@ def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, 
         server.start()
         code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGSTOP)
         assert code == 1 and "Traceback" not in err
-        assert one_error_line(err) == f"error: {server.endpoints.grpc} did not answer within 10 s (is a Triton gRPC endpoint there?)"
+        assert one_error_line(err) == (f"error: the server at {server.endpoints.grpc} did not answer within 10 s "
+                                       "(is a Triton gRPC endpoint there, and alive?)")
         assert took < 10 + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"  # the request's deadline + stopping the child, under load
         assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(pgid) == []
 

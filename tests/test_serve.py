@@ -378,7 +378,15 @@ def _kill_group(proc: subprocess.Popen[str], repo: Path | None = None) -> None:
 
 
 @needs_server
-def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path, sig):
+    """SIGTERM: serve run stops tritonserver and its stubs, exit 143. SIGKILL (the OOM killer): serve run cannot act, but
+    tritonserver was started to get SIGTERM when its parent dies (PR_SET_PDEATHSIG), so nothing serves on; the private
+    copy it served from is removed by the next run that makes one."""
+    import tempfile
+
+    from edge_inception.fileio import private_tempdir
+
     python_repo = Path(shutil.copytree(python_repo, tmp_path / "repo"))  # its own copy: the module's server runs on the other
     proc = _start_cli(["serve", "run", str(python_repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout",
                        str(READY_S)])
@@ -394,12 +402,17 @@ def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path):
                 break
         assert any("gRPC     127.0.0.1:" in ln for ln in lines), (lines, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
         assert processes_of(python_repo)  # tritonserver and its Python stubs run
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 143
+        copies = sorted(Path(tempfile.gettempdir()).glob(f"edge-inception-triton-{proc.pid}-*"))
+        assert len(copies) == 1, copies
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
         assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+        assert_none_left(python_repo, within_s=20)  # before the clean-up below could kill anything
     finally:
         _kill_group(proc, python_repo)
     assert_none_left(python_repo, within_s=5)
+    shutil.rmtree(private_tempdir("triton"))  # a new run's folder: making it sweeps the dead run's
+    assert not copies[0].exists()
 
 
 @needs_server

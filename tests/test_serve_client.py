@@ -349,3 +349,18 @@ def test_32_concurrent_clients_in_loadgen_server_scenario(server, tiny, tmp_path
     assert row["scenario"] == "Server" and row["settings"]["concurrency"] == 32
     assert row["query_count"] >= 128 and row["latency_ms"]["p99"] > 0 and row["metric_value"] == row["latency_ms"]["p99"]
     assert failures() == failed_before
+
+
+@pytest.mark.parametrize("args", [["bench", "x.onnx", "--scenario", "offline\nError: forged\x1b[2J"],
+                                  ["bench", "x.onnx", "--batch", "1\x1b[2J\nError: forged"],
+                                  ["serve", "export", "x.onnx", "-o", "r", "--preferred-batch", "4\nError: forged"]])
+def test_usage_errors_escape_the_value_they_quote(args):
+    """Click quotes a refused value in its usage error: the value is escaped like every other printed field, so no second
+    line can be forged and no escape sequence reaches the terminal."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "\x1b" not in r.output and not any(line.startswith("Error: forged") for line in r.output.splitlines()), r.output

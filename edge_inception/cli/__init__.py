@@ -4,7 +4,6 @@ evaluate, deploy, pipeline, model, stream, serve); what they share is ``edge_inc
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, TypeVar
@@ -12,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .. import __version__
-from ..cli_common import Output, shown
+from ..cli_common import Output, log_to_stderr
 from ..cli_format import PlainTyper
 from . import convert, deploy, engines, evaluate, model, pipeline, stream
 from .fleet import app as fleet_app
@@ -54,15 +53,6 @@ def _root(
     logging.getLogger("PIL").setLevel(logging.INFO)  # Pillow's per-chunk PNG debug lines are not ours to show
 
 
-class _LevelFormatter(logging.Formatter):
-    """``warning: ...``, ``debug: ...``: the level in lower case, like the CLI's own ``error:`` lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.levelname = record.levelname.lower()
-        record.msg, record.args = shown(record.getMessage()), None  # log messages quote files and servers: escaped as notes are
-        return super().format(record)
-
-
 # each area's commands (an unnamed sub-app merges its commands into the root); serve is a group of its own
 app.add_typer(convert.app)
 app.add_typer(engines.app)
@@ -77,7 +67,5 @@ app.add_typer(fleet_app, name="fleet")
 
 def main() -> None:
     """Run the CLI (``edge_inception.__main__.main`` installs the signal handlers first, then calls this)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LevelFormatter("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    log_to_stderr()
     app()

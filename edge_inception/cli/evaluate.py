@@ -147,7 +147,8 @@ def bench(
     from ..evaluate.bench import BenchConfig, run_bench, write_outputs
     from ..fileio import check_outputs
 
-    check_outputs(json_out, markdown_out, plot_out)  # refuse an unwritable output now, not after the benchmark
+    # refuse an unwritable output, or one that is an input, now, not after the benchmark
+    check_outputs(json_out, markdown_out, plot_out, inputs=[a for a in artifacts if not a.startswith("grpc://")])
     if scenario is not None:
         from ..serve.loadgen import Scenario, ScenarioConfig
 
@@ -226,7 +227,7 @@ def profile(
     from ..evaluate.profile import markdown, plot, profile_artifact
     from ..fileio import check_outputs, write_text_atomic
 
-    check_outputs(markdown_out, plot_out)
+    check_outputs(markdown_out, plot_out, inputs=[artifact])
     report = profile_artifact(artifact, batch=batch, iterations=iterations)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))

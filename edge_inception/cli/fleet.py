@@ -7,21 +7,11 @@ from typing import Annotated
 
 import typer
 
+from ..cli_common import int_list
 from ..cli_format import PlainTyper
-from ..limits import MAX_BATCH
 
 app = PlainTyper(name="fleet", help="A fleet of boards joined to a Ray cluster (token auth): their facts, one benchmark on all of them.",
                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1 or max(values) > MAX_BATCH:
-        raise typer.BadParameter(f"comma-separated integers in [1, {MAX_BATCH}], got '{text}'", param_hint="'--batch'")
-    return values
 
 
 @app.command("status")
@@ -73,8 +63,9 @@ def bench_cmd(
 
     @handle_errors
     def run() -> None:
-        check_outputs(json_out, markdown_out, plot_out)
-        report = fleet_bench(bundle, cluster, selector=boards, batches=_batches(batch), timeout_s=timeout, iterations=iterations, rounds=rounds)
+        check_outputs(json_out, markdown_out, plot_out, inputs=[bundle])
+        report = fleet_bench(bundle, cluster, selector=boards, batches=int_list(batch, "--batch"), timeout_s=timeout, iterations=iterations,
+                             rounds=rounds)
         table = markdown(report)
         typer.echo(table.split("\n", 2)[2].rstrip())
         if json_out:

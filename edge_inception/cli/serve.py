@@ -7,22 +7,12 @@ from typing import Annotated
 
 import typer
 
+from ..cli_common import int_list
 from ..cli_format import PlainTyper
-from ..limits import MAX_BATCH
 from ..serve.config import InstanceKind, ServeKind
 
 app = PlainTyper(name="serve", help="Triton Inference Server: export a model repository, run a server on it.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"comma-separated integers in [1, {MAX_BATCH}], got '{text}'", param_hint="'--preferred-batch'") from None
-    if any(not 1 <= v <= MAX_BATCH for v in values):
-        raise typer.BadParameter(f"comma-separated integers in [1, {MAX_BATCH}], got '{text}'", param_hint="'--preferred-batch'")
-    return values
 
 
 @app.command("export")
@@ -51,8 +41,9 @@ def export_cmd(
 
     @handle_errors
     def run() -> None:
-        opts = ExportOptions(kind=kind, name=name, preferred_batch_sizes=_sizes(preferred_batch), max_queue_delay_us=max_queue_delay_us,
-                             instances=instances, instance_kind=instance_kind, warmup=warmup, preprocess=preprocess, force=force)
+        opts = ExportOptions(kind=kind, name=name, preferred_batch_sizes=int_list(preferred_batch, "--preferred-batch", allow_empty=True),
+                             max_queue_delay_us=max_queue_delay_us, instances=instances, instance_kind=instance_kind, warmup=warmup,
+                             preprocess=preprocess, force=force)
         result = export_repository(artifact, output, opts)
         for note in result.notes:
             typer.echo(f"note: {shown(note)}", err=True)
@@ -82,7 +73,7 @@ def run_cmd(
     from ..cli_common import handle_errors, shown
     from ..errors import ServeError
     from ..names import printable
-    from ..serve.server import TritonServer, exposure_warning, find_tritonserver, is_loopback
+    from ..serve.server import TritonServer, check_host, exposure_warning, find_tritonserver, is_loopback
 
     @handle_errors
     def run() -> None:
@@ -92,7 +83,7 @@ def run_cmd(
                        "models (model.py) run as code with your permissions", err=True)
         server = TritonServer(repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                               ready_timeout_s=ready_timeout, install=install, trust=trust_repository)
-        if not is_loopback(host):
+        if not is_loopback(check_host(host)):  # a host that is no host is refused before any warning
             typer.echo(f"warning: {exposure_warning(host)}", err=True)
         with server:
             assert server.endpoints is not None

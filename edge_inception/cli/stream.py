@@ -44,7 +44,8 @@ def stream(
     from ..stream.run import run_stream
     from ..stream.writer import JsonLinesWriter
 
-    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines))
+    local = [source] if Path(source).exists() else []  # a file or folder (a URL or camera is not overwritten)
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), inputs=[artifact, *local])
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a failed write to report, not a signal that kills
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sink: JsonLinesWriter | None = None

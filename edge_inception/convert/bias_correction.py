@@ -58,11 +58,18 @@ def sample_means(model, batches: list[np.ndarray], outputs: list[str]) -> dict[s
         if name not in present:
             m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     session = ort_session(m.SerializeToString())
-    input_name = session.get_inputs()[0].name
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    if fixed is not None:  # a model exported with --batch N takes N images a call: chunks of N, the last one padded
+        images = np.concatenate(batches)
+        batches = [images[i:i + fixed] for i in range(0, len(images), fixed)]
     rows: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for batch in batches:
-        for name, t in zip(outputs, session.run(outputs, {input_name: batch})):
-            t = np.asarray(t, dtype=np.float64)
+        n = len(batch)
+        if fixed is not None and n < fixed:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], fixed - n, axis=0)])
+        for name, t in zip(outputs, session.run(outputs, {inp.name: np.ascontiguousarray(batch, dtype=np.float32)})):
+            t = np.asarray(t, dtype=np.float64)[:n]
             rows[name].append(t.reshape(t.shape[0], t.shape[1], -1).mean(axis=2))
     return {name: np.concatenate(r) for name, r in rows.items()}
 

@@ -85,9 +85,12 @@ def main(argv: list[str]) -> None:
     the lifeline, the messages go out on RESULTS_FD."""
     from multiprocessing.connection import Connection
 
+    from ..cli_common import log_to_stderr
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent hears Ctrl-C and stops this process
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while this process started
+    log_to_stderr()  # the client's retries and notes read as the command's own: 'warning: ...'
     conn, lifeline = Connection(int(argv[0]), readable=False), Connection(int(argv[1]), writable=False)
     chan = Channel(conn)
     try:

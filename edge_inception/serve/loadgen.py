@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, EdgeInceptionError, OutputPathError, ServeError
-from ..fileio import ensure_folder, install_files, output_target, staging_dir, write_json_atomic, write_text_atomic
+from ..fileio import ensure_folder, install_files, output_target, private_tempdir, staging_dir, write_json_atomic, write_text_atomic
 from ..limits import MAX_BATCH
 from ..vocab import Choice
 
@@ -638,7 +637,7 @@ def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], No
     check_config(cfg)
     if cfg.log_dir is not None:
         check_log_dir(cfg.log_dir, cfg)
-    private = Path(tempfile.mkdtemp(prefix="edge-inception-loadgen-"))
+    private = private_tempdir("loadgen")
     try:
         results, notes = run_in_child(_child_run, (target, cfg, str(private)), what="LoadGen's process", startup_s=STARTUP_S,
                                       progress=progress)

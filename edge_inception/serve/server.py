@@ -24,13 +24,14 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import ServeError
+from ..fileio import private_tempdir
 from ..names import printable
 from .repository import copy_verified, validate_repository
 from .site import backend_sys_path, triton_site
@@ -42,6 +43,21 @@ REPOSITORY_ENV = "EDGE_INCEPTION_REPOSITORY"  # in tritonserver's environment (a
 WATCH_INTERVAL_S = 0.5  # how often serve run looks at tritonserver and its backend stubs
 EXIT_TIMEOUT_S = 5  # tritonserver's --exit-timeout-secs: in-flight requests get this long at shutdown
 DEFAULT_READY_TIMEOUT_S = 120.0
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: the child gets SIGTERM when ``parent`` dies, even by SIGKILL (Linux's PR_SET_PDEATHSIG),
+    so a killed ``serve run`` leaves no tritonserver serving on (tritonserver stops its backend stubs on SIGTERM)."""
+
+    def arm() -> None:
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return arm
 
 
 @dataclass(frozen=True)
@@ -228,7 +244,7 @@ class TritonServer:
         if len(set(ports.values())) != len(ports):
             raise ServeError(f"the HTTP, gRPC and metrics ports must differ, got {sorted(ports.values())}")
         install = self.install or find_tritonserver()
-        self.workdir = Path(tempfile.mkdtemp(prefix="edge-inception-triton-"))
+        self.workdir = private_tempdir("triton")
         try:
             if self.trust:
                 self.served = self.repo.resolve()
@@ -257,7 +273,8 @@ class TritonServer:
         self.endpoints = Endpoints(self.host, ports["--http-port"], ports["--grpc-port"], ports["--metrics-port"])
         log.info("starting %s (%s)", install.binary, install.source)
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         preexec_fn=_dies_with(os.getpid()))
         try:
             self._wait_ready()
             self.stubs = self.group()  # before anyone is told it is ready: what watch() holds it to

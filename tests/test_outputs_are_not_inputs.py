@@ -1,0 +1,71 @@
+"""No command overwrites what it reads (found by an attack on the finished serve/stream work): an output that is the
+command's input (the same name, a link or a hard link to it, a file of an input folder, an artifact's manifest) or an
+output named twice is refused in one line before anything runs, and the input is left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+
+from .stream_media import make_video, pan_zoom_frames, tiny_classifier
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    pytest.importorskip("av")
+    d = tmp_path_factory.mktemp("inputs")
+    model = tiny_classifier(d / "tiny.onnx")
+    built = d / "build"
+    r = runner.invoke(app, ["build", str(model), "--target", "cpu", "-o", str(built)])
+    assert r.exit_code == 0, r.output
+    artifact = next(p for p in built.iterdir() if p.suffix == ".onnx")
+    return {"model": model, "video": make_video(d / "clip.mp4", list(pan_zoom_frames(96, 64, 6)), fps=10), "build": built,
+            "artifact": artifact, "dir": d}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _refused(args: list[str], keep: Path, says: str) -> None:
+    before = _digest(keep)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and says in lines[0], r.output
+    assert _digest(keep) == before
+
+
+def test_stream_never_writes_over_its_source_or_one_output_over_the_other(files, tmp_path):
+    video, model = files["video"], str(files["model"])
+    _refused(["stream", model, str(video), "--save", str(video)], video, "an input of this command")
+    _refused(["stream", model, str(video), "--json-lines", str(video)], video, "an input of this command")
+    link = tmp_path / "link.mp4"
+    link.symlink_to(video)
+    _refused(["stream", model, str(video), "--save", str(link)], video, "an input of this command")
+    hard = tmp_path / "hard.mp4"
+    os.link(video, hard)
+    _refused(["stream", model, str(video), "--json-lines", str(hard)], video, "an input of this command")
+    _refused(["stream", model, str(video), "--save", str(files["model"])], files["model"], "an input of this command")
+    same = tmp_path / "same.out"
+    r = runner.invoke(app, ["stream", model, str(video), "--save", str(same), "--json-lines", str(same)])
+    assert r.exit_code == 1 and "named as two outputs" in r.output and not same.exists(), r.output
+
+
+def test_bench_profile_and_conversions_never_write_over_their_inputs(files):
+    art, manifest = files["artifact"], files["artifact"].with_name(files["artifact"].name + ".manifest.json")
+    assert manifest.is_file()
+    _refused(["bench", str(art), "--iterations", "1", "--rounds", "1", "--json", str(manifest)], manifest, "an input of this command")
+    _refused(["bench", str(files["build"]), "--iterations", "1", "--rounds", "1", "--markdown", str(art)], art, "an input of this command")
+    _refused(["profile", str(art), "--markdown", str(manifest)], manifest, "an input of this command")
+    model = files["model"]
+    _refused(["simplify", str(model), "-o", str(model)], model, "an input of this command")
+    _refused(["quantize", str(model), "--precision", "fp16", "-o", str(model)], model, "an input of this command")
