@@ -122,6 +122,20 @@ def _kind(mode: int) -> str:
     return "neither a file nor a folder"
 
 
+def _lstat_output(path: Path) -> os.stat_result | None:
+    """``lstat`` of an output path: None where nothing is there; :class:`OutputPathError` where it cannot be (a file
+    where a folder on the way should be) or cannot be looked at."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError as exc:  # a folder on the way is a file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise OutputPathError(f"cannot write {path}: {blocker} is a file: a file of that name is in the way") from exc
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def output_target(path: Path, *, folder: bool = False) -> Path:
     """Where an output named ``path`` really goes, or :class:`OutputPathError` if writing there would replace something
     that is not ours to replace.
@@ -131,15 +145,9 @@ def output_target(path: Path, *, folder: bool = False) -> Path:
     the rename that finishes an atomic write. A symbolic link is followed: the new file replaces the link's final target,
     atomically, and the link stays; a link to something that is missing or not a regular file (``/dev/stdout`` is a link
     to ``/proc/self/fd/1``) is refused."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    st = _lstat_output(path)
+    if st is None:
         return path
-    except NotADirectoryError as exc:  # a folder on the way is a file
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
-        raise OutputPathError(f"cannot write {path}: {blocker} is a file: a file of that name is in the way") from exc
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
     target = path
     if stat.S_ISLNK(st.st_mode):
         try:
@@ -366,15 +374,9 @@ def _check_replaceable(path: Path, *, replace: bool) -> bool:
     :data:`OUTPUT_INDEX` lists every file in it and nothing else is there (a file the user added, a link, a FIFO is
     kept, and the command refuses, naming it). A symbolic link is never followed to a folder elsewhere: an output folder
     that is a link is refused, and what it leads to is left as it is."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    st = _lstat_output(path)
+    if st is None:
         return False
-    except NotADirectoryError as exc:  # a folder on the way is a file
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
-        raise OutputPathError(f"cannot write {path}: {blocker} is a file: a file of that name is in the way") from exc
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
     if stat.S_ISLNK(st.st_mode):
         raise OutputPathError(f"refusing to write {path}: it is a symbolic link (to {printable_name(os.readlink(path))}); an output folder is "
                               "never a link, so that nothing it leads to is replaced: name a folder")
