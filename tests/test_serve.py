@@ -391,15 +391,7 @@ def test_serve_run_stops_everything_on_sigterm(python_repo, tmp_path, sig):
     proc = _start_cli(["serve", "run", str(python_repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout",
                        str(READY_S)])
     try:
-        lines = []
-        deadline = time.monotonic() + READY_S + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line:
-                break
-            lines.append(line)
-            if "demo_preprocess" in line:  # the last model line: ready, endpoints printed
-                break
+        lines = _read_until_ready(proc, "demo_preprocess")  # the last model line: ready, endpoints printed
         assert any("gRPC     127.0.0.1:" in ln for ln in lines), (lines, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
         assert processes_of(python_repo)  # tritonserver and its Python stubs run
         copies = sorted(Path(tempfile.gettempdir()).glob(f"edge-inception-triton-{proc.pid}-*"))
