@@ -56,9 +56,19 @@ def test_video_stream_top1_equals_predict_on_the_same_frames(media, tmp_path, mo
     r = runner.invoke(app, ["predict", str(media["model"]), str(tmp_path), "--json", "--top-k", "3", "--preprocess", mode])
     assert r.exit_code == 0, r.output
     predicted = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
-    assert [p["top"][0]["index"] for p in predicted] == [s["top"][0]["index"] for s in streamed]
-    for p, s in zip(predicted, streamed):  # the same tensor: the same scores
-        assert [t["score"] for t in p["top"]] == pytest.approx([t["score"] for t in s["top"]], abs=1e-5)
+    if mode == "exact":  # the same tensor: the same top-1 and scores
+        assert [p["top"][0]["index"] for p in predicted] == [s["top"][0]["index"] for s in streamed]
+        for p, s in zip(predicted, streamed):
+            assert [t["score"] for t in p["top"]] == pytest.approx([t["score"] for t in s["top"]], abs=1e-5)
+    else:  # fast: FFmpeg's scaler cuts the crop from the decoder's YUV (test_stream_decoders checks its pixels); predict
+        # resamples the RGB frame with Pillow. Scores move by what a level of pixel difference moves: where predict's top-1
+        # leads by more than twice the largest move, the stream's top-1 is the same.
+        scores = [({t["index"]: t["score"] for t in p["top"]}, {t["index"]: t["score"] for t in s["top"]}) for p, s in zip(predicted, streamed)]
+        moved = max(abs(a[i] - b[i]) for a, b in scores for i in a.keys() & b.keys())
+        assert moved < 0.1
+        decided = [(p, s) for p, s in zip(predicted, streamed) if p["top"][0]["score"] - p["top"][1]["score"] > 2 * moved]
+        assert len(decided) >= len(streamed) // 2
+        assert all(p["top"][0]["index"] == s["top"][0]["index"] for p, s in decided)
     assert len({s["top"][0]["index"] for s in streamed}) >= 2, "the model must tell frames apart for this check to mean anything"
     assert [s["index"] for s in streamed] == list(range(28))
     assert streamed[1]["timestamp"] == pytest.approx(0.1)

@@ -41,7 +41,7 @@ def stream(
     import signal
 
     from ..fileio import atomic_path, check_outputs
-    from ..stream.run import run_stream
+    from ..stream.run import IN_STREAM, run_stream
     from ..stream.writer import JsonLinesWriter
 
     local = [source] if Path(source).exists() else []  # a file or folder (a URL or camera is not overwritten)
@@ -70,9 +70,13 @@ def stream(
                + (", input truncated" if summary.truncated else "")
                + (f", reconnected {summary.reconnects} time{'s' if summary.reconnects != 1 else ''}" if summary.reconnects else "")
                + (", source lost" if summary.lost else ""), err=to_err)
-    if summary.inference_fps > 0:
-        typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
-                   err=to_err)
+    typer.echo(f"  decoder: {summary.decoder}; threads: {summary.threads.why if summary.threads else 'default'}", err=to_err)
+    alone = summary.engine_alone
+    if alone is not None:
+        typer.echo(f"  the engine alone: {alone.fps:.1f} FPS, {alone.mean_ms:.2f} ms a frame ({alone.how}); end to end is "
+                   f"{summary.of_engine_alone:.0%} of it", err=to_err)
+    if st:
+        typer.echo(f"  per stage, {IN_STREAM}:", err=to_err)
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)

@@ -1,7 +1,11 @@
 """``edge-inception stream``: a source decoded and preprocessed in a producer thread, classified frame by frame.
 
 The producer fills a bounded queue (decode + preprocess); the caller's thread runs inference, reports each frame and
-writes the annotated video. A live source keeps only the latest frame (stale ones dropped and counted); a file or
+writes the annotated video. The decoder is chosen from a table (hardware where the machine has it, the CPU's
+otherwise: :func:`.plan.choose_decoder`), cuts the model's crop in its own pixel format and scales it once (the fast
+path), and the cores are shared between the decode thread and the engine's threads (:func:`.plan.split_threads`).
+After the stream the engine runs alone for a moment on the last frame, so the summary can say what the engine does
+by itself, apart from the figures taken inside the stream. A live source keeps only the latest frame (stale ones dropped and counted); a file or
 folder drops none. Ctrl-C and SIGTERM end the stream cleanly: the summary is returned with ``interrupted`` set and
 the output video is closed, playable, in place (also while a network source is still opening or reading: the signal is
 heard in the caller's thread at once, the reader is left to its timeout). An output that cannot be written (a full disk)
@@ -12,23 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.images import crop_resize, preprocess
+from ..data.images import crop_resize, normalize, preprocess
 from ..engines.registry import artifact_info, open_runner
-from ..errors import Terminated
+from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
 from ..vocab import PreprocessMode
-from .sources import RECONNECT_S, FolderSource, Frame, LiveAvSource, VideoSource, open_source
+from .decoders import probe
+from .plan import ThreadSplit, choose_decoder, split_threads
+from .sources import RECONNECT_S, AvSource, FolderSource, Frame, LiveAvSource, VideoSource, Wanted, open_source
 from .writer import OutputError, video_writer
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,9 @@ STAGES = ("decode", "preprocess", "inference", "end_to_end")
 FILE_QUEUE = 4  # frames decoded ahead of inference for files and folders
 JOIN_S = 2.0  # after a live stream ends, how long its reader may take to leave a blocking read before it is left behind
 FILE_JOIN_S = 60.0  # a file's or folder's reader: it leaves after the frame it is decoding (bounded; never left behind)
+ENGINE_ALONE_RUNS = 30  # after the stream: bare runs of the engine on the last frame (2 more to warm up, not counted)
+ENGINE_ALONE_MAX_S = 3.0  # ... or fewer, where these take longer (at least 3)
+IN_STREAM = "inside the stream: decode, preprocess and inference overlap on the same cores"
 
 
 @dataclass
@@ -75,9 +85,41 @@ class StageStats:
 
 
 @dataclass
+class EngineAlone:
+    """The engine by itself: ``runs`` bare runs at batch ``batch`` (ms per run: ``mean_ms``, ``p50_ms``), and ``how``
+    the figure was taken."""
+
+    fps: float
+    mean_ms: float
+    p50_ms: float
+    runs: int
+    batch: int
+    how: str
+
+
+def measure_engine_alone(runner: Any, tensor: np.ndarray, runs: int = ENGINE_ALONE_RUNS, max_s: float = ENGINE_ALONE_MAX_S) -> EngineAlone:
+    """``runs`` bare runs of ``runner`` on ``tensor`` (3 x S x S, run at batch 1), after 2 to warm up, stopping early
+    after ``max_s`` seconds (at least 3 runs): nothing else of the stream runs meanwhile."""
+    batch = tensor[None]
+    for _ in range(2):
+        runner.run(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + max_s
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        runner.run(batch)
+        times.append((time.perf_counter() - t0) * 1e3)
+    a = np.asarray(times)
+    return EngineAlone(round(1e3 / float(a.mean()), 3), round(float(a.mean()), 3), round(float(np.percentile(a, 50)), 3), len(times), 1,
+                       f"measured alone after the stream: {len(times)} bare runs at batch 1 on its last frame, decoding stopped")
+
+
+@dataclass
 class StreamSummary:
-    """What a stream did: frames classified over ``seconds`` of wall time, per-stage latency percentiles (ms), frames
-    dropped (live sources), frames or files skipped (did not decode), and how it ended."""
+    """What a stream did: frames classified over ``seconds`` of wall time, per-stage latency percentiles (ms, taken
+    inside the stream: :data:`IN_STREAM`), frames dropped (live sources), frames or files skipped (did not decode), how
+    it ended, the decoder and the thread split used, and the engine measured alone after the stream (``engine_alone``;
+    None where the stream was cut short by a signal or a failed write, or classified nothing)."""
 
     source: str
     kind: str
@@ -94,6 +136,9 @@ class StreamSummary:
     reconnects: int = 0  # a network source that stopped and was reopened
     lost: bool = False  # a network source that stopped and did not come back within its reconnect time
     output_error: str | None = None  # an output that could not be written (the stream stopped there)
+    decoder: str = ""  # the decoder that read the source (plan.DECODERS' description)
+    threads: ThreadSplit | None = None  # decoder threads / engine threads
+    engine_alone: EngineAlone | None = None
 
     @property
     def fps(self) -> float:
@@ -101,15 +146,25 @@ class StreamSummary:
 
     @property
     def inference_fps(self) -> float:
-        """The rate the engine alone would allow: 1000 / the mean inference ms measured in this stream."""
+        """1000 / the mean inference ms measured inside this stream (under the decoder's load: not the engine alone)."""
         s = self.stages.get("inference")
         return 1e3 / s.mean if s and s.mean > 0 else 0.0
 
+    @property
+    def of_engine_alone(self) -> float | None:
+        """End to end FPS / the engine alone's FPS (None where the engine was not measured alone)."""
+        return self.fps / self.engine_alone.fps if self.engine_alone and self.engine_alone.fps > 0 else None
+
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in vars(self).items() if k != "stages"}
+        d = {k: v for k, v in vars(self).items() if k not in ("stages", "threads", "engine_alone")}
         d["fps"] = round(self.fps, 3)
-        d["inference_only_fps"] = round(self.inference_fps, 3)
         d["seconds"] = round(self.seconds, 3)
+        d["threads"] = asdict(self.threads) if self.threads else None
+        d["engine_alone"] = asdict(self.engine_alone) if self.engine_alone else None
+        ratio = self.of_engine_alone
+        d["end_to_end_of_engine_alone"] = None if ratio is None else round(ratio, 4)
+        d["ms_measured"] = IN_STREAM
+        d["inference_in_stream_fps"] = round(self.inference_fps, 3)
         d["ms"] = {k: {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "mean": round(s.mean, 3)} for k, s in self.stages.items()}
         return d
 
@@ -140,7 +195,11 @@ class _Producer(threading.Thread):
                     break
                 started = time.perf_counter() - frame.decode_ms / 1e3
                 t0 = time.perf_counter()
-                if self.mode == PreprocessMode.exact:
+                if frame.model_rgb is not None and self.mode == PreprocessMode.fast:  # the decoder cut and scaled the crop
+                    tensor = normalize(frame.model_rgb)
+                elif frame.rgb is None:
+                    raise StreamError(f"{self.source.uri}: the decoder gave no picture for frame {frame.index}")
+                elif self.mode == PreprocessMode.exact:
                     tensor = preprocess(Image.fromarray(frame.rgb), self.image_size)
                 else:
                     tensor = crop_resize(Image.fromarray(frame.rgb), frame.full_size, self.image_size)
@@ -216,15 +275,23 @@ def _stats(values: list[float]) -> StageStats:
     return StageStats(float(np.percentile(a, 50)), float(np.percentile(a, 90)), float(a.mean()))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset limits it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
-               reconnect_s: float = RECONNECT_S) -> StreamSummary:
+               reconnect_s: float = RECONNECT_S, split: ThreadSplit | None = None, engine_alone: bool = True) -> StreamSummary:
     """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
     caller, not yet opened) with ``artifact``.
 
     ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
     for sources of known length. ``reconnect_s``: how long a camera or network source that breaks is reopened for (0: not).
+    ``threads``: the engine's threads (the decoder gets the cores left); ``split``: decoder and engine threads as given
+    (default :func:`.plan.split_threads` of the cores here). ``engine_alone``: run the engine alone after the stream
+    (:func:`measure_engine_alone`).
     Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
     (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
     :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
@@ -237,14 +304,28 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         source.draft = mode == PreprocessMode.fast
     if isinstance(source, LiveAvSource):
         source.reconnect_s = reconnect_s
+    # the decoder cuts the model's crop where it can (the fast path); the whole picture only where it is needed
+    source.want = Wanted(info.image_size, model=mode == PreprocessMode.fast and isinstance(source, AvSource),
+                         full=save is not None or mode == PreprocessMode.exact)
     summary = StreamSummary(source.uri, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     source.open()
     producer: _Producer | None = None
     try:
-        with open_runner(artifact, threads=threads) as runner, video_writer(save, source.fps) as writer:
+        if source.media is not None:
+            importable, present = probe()
+            spec = choose_decoder(source.media, source.codec, importable, present)
+        else:
+            spec = None
+        summary.threads = split or split_threads(usable_cores(), info.device, bool(spec and spec.hardware), threads)
+        source.use_decoder(spec, summary.threads.decoder)
+        summary.decoder = spec.what if spec is not None else source.own_decoder
+        log.info("%s: decoder %s; threads: %s", source.uri, summary.decoder, summary.threads.why)
+        with open_runner(artifact, threads=summary.threads.engine) as runner, video_writer(save, source.fps) as writer:
             producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
-            _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress)
+            last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress)
+            if engine_alone and last is not None and summary.interrupted is None and summary.output_error is None:
+                summary.engine_alone = measure_engine_alone(runner, last)
     finally:
         # the source is closed once its reader is out of it; a reader still blocked in a network read (bounded by
         # the read timeout) is left behind, a daemon thread that closes nothing more
@@ -256,9 +337,10 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
 
 
 def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
-             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None) -> None:
+             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None) -> np.ndarray | None:
     """The caller's side of :func:`run_stream`: classify what the producer queues, until the source ends, ``max_frames``,
-    a signal, or an output that fails."""
+    a signal, or an output that fails. Returns the last tensor classified (None: none was)."""
+    last: np.ndarray | None = None
     source, q, stop = producer.source, producer.q, producer.stop
     total = min(source.total, max_frames) if source.total and max_frames else (max_frames or source.total)
     bar = progress(total, "stream") if progress and total and not source.live else None
@@ -281,8 +363,9 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
             f = item.frame
             result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
                                  StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
+            last = item.tensor
             with gate.held():  # a frame is in every output and counted, or in none
-                if writer is not None:
+                if writer is not None and f.rgb is not None:
                     i0, _, p0 = result.top[0]
                     writer.write(f.rgb, f"{names[i0]} {p0:.0%}")
                 if on_frame is not None:
@@ -316,3 +399,4 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     if isinstance(source, LiveAvSource):
         summary.reconnects, summary.lost = source.reconnects, source.lost
     summary.stages = {s: _stats(v) for s, v in times.items()}
+    return last

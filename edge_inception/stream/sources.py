@@ -40,6 +40,7 @@ import numpy as np
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
 from ..names import is_number
+from .plan import DecoderSpec
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,29 @@ PROTOCOLS = {"http": "http,tcp", "https": "https,tls,tcp", "rtsp": "rtsp,rtp,udp
 
 @dataclass
 class Frame:
-    """One decoded picture: ``rgb`` H x W x 3 uint8 (upright; a JPEG may be decoded at a reduced scale), ``full_size``
-    the (width, height) its geometry is computed for, ``decode_ms`` the time the source took to produce it."""
+    """One decoded picture: ``rgb`` H x W x 3 uint8 (upright; a JPEG may be decoded at a reduced scale; None where
+    the source was asked for the model's crop only), ``full_size`` the (width, height) its geometry is computed for,
+    ``decode_ms`` the time the source took to produce it (for video: decode, and crop + scale where asked),
+    ``model_rgb`` S x S x 3 uint8, the model's crop already cut and scaled by the decoder (None where not asked)."""
 
     index: int  # position among the frames the source produced, 0-based
     timestamp_s: float | None  # presentation time in the video, seconds (None for images)
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     full_size: tuple[int, int]
     decode_ms: float
     name: str | None = None  # the file, for folder sources
+    model_rgb: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the stream needs of each frame: ``model`` (the decoder cuts and scales the model's ``image_size`` crop:
+    the fast path) and ``full`` (the whole picture in RGB: the exact path, an annotated video). Sources that cannot cut
+    on the decoder's side give ``full`` always."""
+
+    image_size: int = 224
+    model: bool = False
+    full: bool = True
 
 
 class VideoSource(abc.ABC):
@@ -79,9 +94,15 @@ class VideoSource(abc.ABC):
 
     kind = "source"
     live = False
+    media: str | None = None  # what DECODERS rows it reads through ("video", "live", "photos"); None: its own reader
+    own_decoder = "the source's own"  # how a source with no media decodes, as the summary names it
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.want = Wanted()
+        self.decoder: DecoderSpec | None = None  # chosen by the stream (plan.choose_decoder); None: the CPU's
+        self.decoder_threads = 0  # FFmpeg's decoder thread_count (0: FFmpeg's own choice)
+        self.codec: str | None = None  # the codec FFmpeg names, once open
         self.stopped_by: str | None = None  # why the input stopped early, where it did
         self.corrupt = 0  # frames or files skipped because they did not decode
         self.truncated = False  # the input ended before its container said it would
@@ -106,12 +127,18 @@ class VideoSource(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def use_decoder(self, spec: DecoderSpec | None, threads: int) -> None:
+        """Read through ``spec`` (a row of :data:`~.plan.DECODERS` for this source's media; None: the source's own)
+        with ``threads`` decoder threads; before :meth:`frames`."""
+        self.decoder, self.decoder_threads = spec, threads
+
 
 class AvSource(VideoSource):
     """A local video file, demuxed and decoded by FFmpeg through PyAV (frame threads on). The file is opened here and
     given to FFmpeg as bytes: FFmpeg reads that file and nothing else (see the module's notes)."""
 
     kind = "file"
+    media = "video"
 
     def __init__(self, uri: str, *, fmt: str | None = None, options: dict[str, str] | None = None) -> None:
         super().__init__(uri)
@@ -157,9 +184,20 @@ class AvSource(VideoSource):
             self.close()
             raise StreamError(f"{self.uri}: has no video stream")
         stream = self.container.streams.video[0]
-        stream.thread_type = "AUTO"
+        self._configure(stream)
+        self.codec = stream.codec_context.name
         self.total = stream.frames or None
         self.fps = float(stream.average_rate) if stream.average_rate else None
+
+    def use_decoder(self, spec: DecoderSpec | None, threads: int) -> None:
+        super().use_decoder(spec, threads)
+        if self.container is not None and self.container.streams.video:
+            self._configure(self.container.streams.video[0])
+
+    def _configure(self, stream: Any) -> None:
+        """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes)."""
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = self.decoder_threads
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -172,6 +210,26 @@ class AvSource(VideoSource):
         return why
 
     def frames(self) -> Iterator[Frame]:
+        """Frames through the chosen decoder (:data:`VIDEO_READERS`; FFmpeg on the CPU where none was chosen)."""
+        return VIDEO_READERS[self.decoder.name if self.decoder is not None else "ffmpeg"](self)
+
+    def _picture(self, vf: Any, ts: float | None, t0: float) -> Frame:
+        """A decoded PyAV frame as :class:`Frame`: the model's crop cut and scaled in the frame's own pixel format by
+        FFmpeg's scaler (:class:`~.decoders.ModelScaler`) and/or the whole picture in RGB, as :attr:`want` asks."""
+        model = self._scaler()(vf) if self.want.model else None
+        rgb = vf.to_ndarray(format="rgb24") if self.want.full or model is None else None
+        frame = Frame(self._next_index, ts, rgb, (vf.width, vf.height), (time.perf_counter() - t0) * 1e3, model_rgb=model)
+        self._next_index += 1
+        return frame
+
+    def _scaler(self) -> Any:
+        if getattr(self, "_model_scaler", None) is None:
+            from .decoders import ModelScaler
+
+            self._model_scaler = ModelScaler(self.want.image_size)
+        return self._model_scaler
+
+    def _ffmpeg_frames(self) -> Iterator[Frame]:
         import av
 
         assert self.container is not None, "open() first"
@@ -201,13 +259,8 @@ class AvSource(VideoSource):
                 if vf.is_corrupt:
                     self.corrupt += 1
                     continue
-                # Full-size RGB, then only the crop resampled (the fast path) or the reference transform. Measured: FFmpeg's
-                # scaler straight from YUV to the resize's size was barely faster and moved pixels by up to 12 levels
-                # (top-1 agreement 98.7 % on a 1080p clip, below the 99.5 % goal); this path is within one level.
-                rgb = vf.to_ndarray(format="rgb24")
                 ts = last_ts = float(vf.time) if vf.time is not None else None
-                yield Frame(self._next_index, ts, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
-                self._next_index += 1
+                yield self._picture(vf, ts, t0)
                 t0 = time.perf_counter()
 
     def _ends_early(self, last_ts: float | None) -> bool:
@@ -240,6 +293,7 @@ class LiveAvSource(AvSource):
     reopenings, ``lost`` says it did not come back."""
 
     live = True
+    media = "live"
 
     def __init__(self, uri: str, *, fmt: str | None = None, options: dict[str, str] | None = None, reconnect_s: float = RECONNECT_S) -> None:
         super().__init__(uri, fmt=fmt, options=options)
@@ -283,8 +337,7 @@ class LiveAvSource(AvSource):
             tries += 1
             try:
                 self.container = self._open_container()
-                stream = self.container.streams.video[0]
-                stream.thread_type = "AUTO"
+                self._configure(self.container.streams.video[0])
             except (av.error.FFmpegError, OSError, IndexError) as exc:
                 last_error = _why(exc) if not isinstance(exc, IndexError) else "no video stream"
                 if self.container is not None:
@@ -366,6 +419,7 @@ class CsiSource(VideoSource):
 
     kind = "csi"
     live = True
+    own_decoder = "nvarguscamerasrc (GStreamer through OpenCV)"
     PIPELINE = ("nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1 ! "
                 "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1")
 
@@ -405,6 +459,7 @@ class FolderSource(VideoSource):
     an unreadable file is skipped and counted."""
 
     kind = "folder"
+    media = "photos"
 
     def __init__(self, uri: str, image_size: int = 224) -> None:
         super().__init__(uri)
@@ -420,24 +475,35 @@ class FolderSource(VideoSource):
         if not self.paths:
             raise StreamError(f"{self.uri}: no images")
         self.total = len(self.paths)
+        self.codec = "jpeg"  # what a photo decoder is chosen for (other formats go through Pillow file by file)
 
     def frames(self) -> Iterator[Frame]:
+        """Each readable file, decoded by the chosen decoder (:data:`PHOTO_READERS`; Pillow where none was chosen)."""
+        decode = PHOTO_READERS[self.decoder.name if self.decoder is not None else "pillow"](self)
         index = 0
         for path in self.paths:
             t0 = time.perf_counter()
             try:
-                if self.draft:
-                    image, full = decode_for(path, self.image_size)
-                else:
-                    image = load_image(path)
-                    full = image.size
+                rgb, full = decode(path)
             except ImageError as exc:
                 log.info("%s", exc)
                 self.corrupt += 1
                 continue
-            rgb = np.asarray(image)
             yield Frame(index, None, rgb, full, (time.perf_counter() - t0) * 1e3, name=str(path))
             index += 1
+
+    def _pillow(self) -> Callable[[Path], tuple[np.ndarray, tuple[int, int]]]:
+        """Pillow: a JPEG decoded at the scale the model needs (``draft``), or fully (the exact path)."""
+
+        def decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+            if self.draft:
+                image, full = decode_for(path, self.image_size)
+            else:
+                image = load_image(path)
+                full = image.size
+            return np.asarray(image), full
+
+        return decode
 
 
 def _why(exc: Exception) -> str:
@@ -469,6 +535,11 @@ class _Input:
         self._f = f
         suffix = Path(path).suffix[1:]
         self.name = "input." + suffix.lower() if suffix.isascii() and suffix.isalnum() and len(suffix) <= 8 else "input"
+
+    @property
+    def descriptor(self) -> int:
+        """The file's descriptor, for a hardware decoder's reader (not ``fileno``: FFmpeg gets bytes, never the fd)."""
+        return int(self._f.fileno())
 
     def read(self, n: int = -1) -> bytes:
         return self._f.read(n)
@@ -581,3 +652,121 @@ def open_source(uri: str, image_size: int = 224) -> VideoSource:
             return kind.make(uri, image_size)
     raise StreamError(f"{uri}: no such file, folder or camera (a source is a video file, an image folder or glob, /dev/videoN, "
                       f"a camera index, csi://N, or an rtsp:// or http:// URL)")
+
+
+def _nvdec_frames(src: AvSource) -> Iterator[Frame]:
+    """A video file through NVDEC (PyNvVideoCodec): its demuxer reads, by a callback, the file this source opened and
+    checked (the same descriptor, read with ``pread``: nothing else is opened), the decoder hands NV12 pictures to host
+    memory, and FFmpeg's scaler cuts the model's crop out of them as on the CPU path. Not run on NVIDIA hardware in this
+    project's tests (none was lent); the choice and the CPU fallback are (tests/test_stream_decoders.py)."""
+    import ctypes
+
+    import av
+    import PyNvVideoCodec as nvc
+
+    if src.file is None or src.container is None:
+        raise StreamError(f"{src.uri}: open() first")
+    fd = src.file.descriptor
+    codec = src.container.streams.video[0].codec_context
+    width, height, rate = codec.width, codec.height, src.fps or 30.0
+    offset = 0
+
+    def feed(buffer: Any) -> int:
+        nonlocal offset
+        data = os.pread(fd, len(buffer), offset)
+        buffer[: len(data)] = data
+        offset += len(data)
+        return len(data)
+
+    demuxer = nvc.CreateDemuxer(feed)
+    decoder = nvc.CreateDecoder(gpuid=0, codec=demuxer.GetNvCodecId(), cudacontext=0, cudastream=0, usedevicememory=False)
+    t0 = time.perf_counter()
+    for packet in demuxer:
+        for decoded in decoder.Decode(packet):
+            size = decoded.framesize()
+            if size != width * height * 3 // 2:
+                raise StreamError(f"{src.uri}: NVDEC gave a {size}-byte picture, not {width} x {height} NV12")
+            pointer = ctypes.cast(decoded.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
+            nv12 = np.ctypeslib.as_array(pointer, shape=(size,)).reshape(height * 3 // 2, width).copy()
+            yield src._picture(av.VideoFrame.from_ndarray(nv12, format="nv12"), src._next_index / rate, t0)
+            t0 = time.perf_counter()
+
+
+def _gstreamer_frames(src: AvSource) -> Iterator[Frame]:
+    """A video file through a Jetson's hardware decoder: GStreamer's ``decodebin`` (which picks ``nvv4l2decoder`` on
+    JetPack) through OpenCV, reading the descriptor this source opened and checked (``fdsrc``: nothing else is
+    opened); BGR frames, the model's crop cut by the stream's preprocessing. Not run on a Jetson here."""
+    import cv2
+
+    if src.file is None:
+        raise StreamError(f"{src.uri}: open() first")
+    fd = src.file.descriptor
+    os.lseek(fd, 0, os.SEEK_SET)
+    pipeline = (f"fdsrc fd={fd} ! decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+                "appsink sync=false")
+    cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    if not cap.isOpened():
+        raise StreamError(f"{src.uri}: GStreamer could not decode it (nvv4l2decoder)")
+    rate = src.fps or 30.0
+    try:
+        t0 = time.perf_counter()
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield Frame(src._next_index, src._next_index / rate, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
+            src._next_index += 1
+            t0 = time.perf_counter()
+    finally:
+        cap.release()
+
+
+def _nvjpeg(src: FolderSource) -> Callable[[Path], tuple[np.ndarray, tuple[int, int]]]:
+    """JPEGs through nvJPEG (DALI's ``decoders.image`` on the GPU, EXIF orientation applied), one file a batch; other
+    formats through Pillow. The header is checked first, as :func:`~edge_inception.data.images.load_image` does. Not
+    run on NVIDIA hardware in this project's tests (none was lent)."""
+    from nvidia.dali import fn, pipeline_def, types
+    from PIL import Image
+
+    from ..data.images import check_header
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0, prefetch_queue_depth=1)
+    def jpeg_pipeline() -> Any:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        return fn.decoders.image(encoded, device="mixed", output_type=types.RGB)
+
+    pipe = jpeg_pipeline()
+    pipe.build()
+    pillow = src._pillow()
+
+    def decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        try:
+            with Image.open(path) as opened:
+                check_header(opened.size, path)
+                is_jpeg = opened.format == "JPEG"
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"not a readable image: {path}") from exc
+        if not is_jpeg:
+            return pillow(path)
+        pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8)])
+        try:
+            (out,) = pipe.run()
+        except RuntimeError as exc:
+            raise ImageError(f"not a readable image: {path} (nvJPEG: {str(exc).splitlines()[0][:200]})") from exc
+        rgb = np.asarray(out.as_cpu().at(0))
+        return rgb, (rgb.shape[1], rgb.shape[0])
+
+    return decode
+
+
+# Decoder name (plan.DECODERS) -> how a source reads through it.
+VIDEO_READERS: dict[str, Callable[[AvSource], Iterator[Frame]]] = {
+    "ffmpeg": AvSource._ffmpeg_frames,
+    "nvdec": _nvdec_frames,
+    "nvv4l2decoder": _gstreamer_frames,
+}
+PHOTO_READERS: dict[str, Callable[[FolderSource], Callable[[Path], tuple[np.ndarray, tuple[int, int]]]]] = {
+    "pillow": FolderSource._pillow,
+    "nvjpeg": _nvjpeg,
+}

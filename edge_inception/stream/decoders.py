@@ -1,0 +1,94 @@
+"""What the decoders of :data:`~edge_inception.stream.plan.DECODERS` need at run time: probing what imports and which
+devices exist here (:func:`probe`), and FFmpeg's scaler cutting the model's crop out of a decoded frame in the
+decoder's own pixel format and scaling it once to the model's size in RGB (:class:`ModelScaler`).
+
+The sources (:mod:`.sources`) read through the decoder :func:`~edge_inception.stream.plan.choose_decoder` picks, each
+source kind keeping a table from decoder name to its reading method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .plan import DECODERS, SCALE_FLAGS, CropScale, DecoderSpec, decoder_crop
+
+log = logging.getLogger(__name__)
+
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a module that is present but cannot load here (no driver) is not usable
+        log.info("%s does not import here: %s", module, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+
+
+def _cv2_gstreamer() -> bool:
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return "GStreamer:                   YES" in cv2.getBuildInformation()
+
+
+# What each name in a DecoderSpec's ``needs`` means here (a module to import, or a capability to look for).
+CAPABILITIES: dict[str, Callable[[], bool]] = {
+    "PyNvVideoCodec": lambda: _imports("PyNvVideoCodec"),
+    "nvidia.dali": lambda: _imports("nvidia.dali.fn"),
+    "cv2-gstreamer": _cv2_gstreamer,
+}
+
+
+def probe(table: tuple[DecoderSpec, ...] = DECODERS, exists: Callable[[str], bool] = os.path.exists) -> tuple[frozenset[str], frozenset[str]]:
+    """(importable, present) for :func:`~edge_inception.stream.plan.choose_decoder`: the device paths of ``table`` that
+    exist, and the needs that load here, probed only for rows whose device exists (so a machine without the hardware
+    imports nothing)."""
+    present = frozenset(d for spec in table for d in spec.devices if exists(d))
+    wanted = {n for spec in table if present.intersection(spec.devices) for n in spec.needs}
+    importable = frozenset(n for n in sorted(wanted) if CAPABILITIES.get(n, lambda: False)())
+    return importable, present
+
+
+class ModelScaler:
+    """FFmpeg's filter graph ``crop`` (in the frame's own pixel format: a 4:2:0 frame is cut, never converted) then
+    ``scale`` to the model's size with :data:`~edge_inception.stream.plan.SCALE_FLAGS` then ``format=rgb24``: one
+    conversion, of the pixels the model sees. ``__call__(frame)``: a PyAV ``VideoFrame`` -> size x size x 3 uint8 RGB.
+    The graph is rebuilt when the frames change size or pixel format. ``threads``: the scaler's threads (FFmpeg's
+    slice threads; 1 keeps the decode stage on its share of the cores)."""
+
+    def __init__(self, image_size: int, threads: int = 1) -> None:
+        self.image_size, self.threads = image_size, threads
+        self.key: tuple[int, int, str] | None = None
+        self.graph: Any = None
+        self.crop: CropScale | None = None
+
+    def _build(self, width: int, height: int, fmt: Any, time_base: Any) -> None:
+        import av
+
+        self.crop = c = decoder_crop(width, height, self.image_size)
+        graph = av.filter.Graph()
+        graph.threads = self.threads
+        src = graph.add_buffer(width=width, height=height, format=fmt, time_base=time_base)
+        crop = graph.add("crop", f"{c.width}:{c.height}:{c.x}:{c.y}:exact=1")
+        scale = graph.add("scale", f"{c.size}:{c.size}:flags={SCALE_FLAGS}")
+        rgb = graph.add("format", "rgb24")
+        sink = graph.add("buffersink")
+        graph.link_nodes(src, crop, scale, rgb, sink).configure()
+        self.graph, self.key = graph, (width, height, fmt.name)
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        from fractions import Fraction
+
+        key = (frame.width, frame.height, frame.format.name)
+        if key != self.key:
+            self._build(frame.width, frame.height, frame.format, frame.time_base or Fraction(1, 1000))
+        self.graph.push(frame)
+        out: np.ndarray = self.graph.pull().to_ndarray()
+        return out
