@@ -100,8 +100,9 @@ def test_decoder_crop_puts_a_marker_where_the_exact_path_does(tmp_path, width, h
 
 def test_decoder_crop_agrees_with_the_exact_path_on_real_photos(tmp_path):
     """A clip of the bundled photos (pans and zooms, crf 23): the decoder's crop against the exact path on every frame.
-    Pixels: both are bilinear resamplings of the same picture, so they differ by the chroma interpolation (4:2:0 cut,
-    not converted first) and rounding: on average within 2 levels of 255. Answers: scores move by at most what that
+    Pixels: both are bilinear resamplings of the same picture from crops at most a source pixel apart, differing by
+    FFmpeg's and Pillow's filter weights, the chroma upsampling (4:2:0 scaled, not converted first) and rounding: they
+    differ on edges, within 1 % of the range on average. Answers: scores move by at most what that
     moves them (``moved``); wherever the exact path's top-1 leads by more than twice that, the fast top-1 is the same."""
     from PIL import Image
 
@@ -118,7 +119,7 @@ def test_decoder_crop_agrees_with_the_exact_path_on_real_photos(tmp_path):
         ours.append(scaler(vf))
         exact.append(preprocess(Image.fromarray(vf.to_ndarray(format="rgb24")), size))
     exact_pixels = np.stack([(e.transpose(1, 2, 0) * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255 for e in exact])
-    assert np.abs(np.stack(ours).astype(float) - exact_pixels).mean() < 2.0
+    assert np.abs(np.stack(ours).astype(float) - exact_pixels).mean() < 0.01 * 255
     with open_runner(model) as r:
         p_fast = softmax(r.run(np.stack([normalize(o) for o in ours])))
         p_exact = softmax(r.run(np.stack(exact)))

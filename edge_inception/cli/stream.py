@@ -33,7 +33,8 @@ def stream(
     json_lines: Annotated[str | None, typer.Option("--json-lines", help="One JSON line per frame: a file, or - for stdout.")] = None,
     preprocess: PreprocessOpt = PreprocessMode.fast,
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(),
+                                                help="Engine threads (default: the cores the decoder leaves, see README).")] = None,
     reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
                                              help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
 ) -> None:

@@ -1,10 +1,13 @@
 """One source interface over a video file, a camera, a network stream and a folder of images (jetson-inference's
 ``videoSource``): ``with open_source(uri) as src: for frame in src.frames(): ...``.
 
-Which class reads a URI is a table (:data:`SOURCE_KINDS`), tried in order; the base class knows no kind. Video is
-decoded with PyAV (FFmpeg); a Jetson CSI camera (``csi://N``) is read through OpenCV's GStreamer backend where the
-installed OpenCV has one. Frames that do not decode are skipped and counted in ``corrupt``; a file that ends early
-sets ``truncated``; neither stops the stream. A network stream that drops is reopened with backoff for a bounded time
+Which class reads a URI is a table (:data:`SOURCE_KINDS`), tried in order; the base class knows no kind. Which decoder
+reads it is :func:`.plan.choose_decoder`'s answer (hardware where present), each reader a row of :data:`VIDEO_READERS` /
+:data:`PHOTO_READERS`; a stream asks for the model's crop (:class:`Wanted`), cut and scaled by FFmpeg in the decoded
+frame's own pixel format, and for the whole picture only where it needs it. Video is decoded with PyAV (FFmpeg); a
+Jetson CSI camera (``csi://N``) is read through OpenCV's GStreamer backend where the installed OpenCV has one. Frames
+that do not decode are skipped and counted in ``corrupt``; a file that ends early sets ``truncated``; neither stops the
+stream. A network stream that drops is reopened with backoff for a bounded time
 (``reconnect_s``), said on stderr; one that does not come back ends the stream (``lost``).
 
 What FFmpeg may open (issue 38, kind 5): a local file is opened here, by Python, as a regular file, and handed to FFmpeg
