@@ -242,3 +242,26 @@ def test_a_split_given_is_used(clip):
 
     s = run_stream(clip["model"], str(clip["video"]), split=ThreadSplit(2, 1, "given"), engine_alone=False, max_frames=3)
     assert s.threads == ThreadSplit(2, 1, "given") and s.frames == 3
+
+
+def test_a_hardware_decoder_that_fails_at_its_start_hands_over_to_the_cpu(clip, monkeypatch, caplog):
+    """A decoder row whose reader fails before its first frame (as NVDEC with a driver too old would): the stream
+    reads every frame through FFmpeg on the CPU, says so, and the summary names the decoder that did the work."""
+    from edge_inception.errors import StreamError
+    from edge_inception.stream import sources
+    from edge_inception.stream.plan import DecoderSpec
+    from edge_inception.stream.run import run_stream
+
+    def broken(src):
+        raise StreamError("no NVDEC session")
+        yield  # a generator, as the readers are
+
+    spec = DecoderSpec("broken-hw", "a broken hardware decoder", frozenset({"video"}), None, (), ("/dev/x",))
+    monkeypatch.setitem(sources.VIDEO_READERS, "broken-hw", broken)
+    source = sources.open_source(str(clip["video"]))
+    real_use = source.use_decoder
+    monkeypatch.setattr(source, "use_decoder", lambda _spec, threads: real_use(spec, threads))
+    with caplog.at_level("WARNING"):
+        s = run_stream(clip["model"], source, engine_alone=False)
+    assert s.frames == 20 and s.decoder == "FFmpeg (PyAV) on the CPU"
+    assert any("a broken hardware decoder failed (no NVDEC session); decoding on the CPU" in r.getMessage() for r in caplog.records)

@@ -331,6 +331,8 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         # the read timeout) is left behind, a daemon thread that closes nothing more
         if producer is None or not producer.is_alive():
             source.close()
+    if source.decoder is not None:  # a hardware decoder that failed at its start fell back to the CPU's
+        summary.decoder = source.decoder.what
     if writer is not None and writer.kept and save is not None:
         summary.saved, summary.saved_frames = str(save), writer.kept
     return summary

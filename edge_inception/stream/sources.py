@@ -43,7 +43,9 @@ import numpy as np
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
 from ..names import is_number
-from .plan import DecoderSpec
+from .plan import DECODERS, DecoderSpec
+
+CPU_DECODER = "ffmpeg"  # the video row of plan.DECODERS every source falls back to
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,25 @@ class AvSource(VideoSource):
         return why
 
     def frames(self) -> Iterator[Frame]:
-        """Frames through the chosen decoder (:data:`VIDEO_READERS`; FFmpeg on the CPU where none was chosen)."""
-        return VIDEO_READERS[self.decoder.name if self.decoder is not None else "ffmpeg"](self)
+        """Frames through the chosen decoder (:data:`VIDEO_READERS`; FFmpeg on the CPU where none was chosen). A
+        hardware decoder that fails before its first frame (a driver too old, a profile it does not take) hands over to
+        FFmpeg on the CPU, said on stderr; :attr:`decoder` then names the CPU's."""
+        chosen = self.decoder.name if self.decoder is not None else CPU_DECODER
+        if chosen == CPU_DECODER:
+            yield from VIDEO_READERS[CPU_DECODER](self)
+            return
+        started = False
+        try:
+            for frame in VIDEO_READERS[chosen](self):
+                started = True
+                yield frame
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional hardware library before a frame: fall back
+            if started:
+                raise
+            log.warning("%s: %s failed (%s); decoding on the CPU", self.uri, self.decoder.what if self.decoder else chosen,
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            self.decoder = next(d for d in DECODERS if d.name == CPU_DECODER)
+            yield from VIDEO_READERS[CPU_DECODER](self)
 
     def _picture(self, vf: Any, ts: float | None, t0: float) -> Frame:
         """A decoded PyAV frame as :class:`Frame`: the model's crop cut and scaled in the frame's own pixel format by
@@ -699,12 +718,20 @@ def _gstreamer_frames(src: AvSource) -> Iterator[Frame]:
     """A video file through a Jetson's hardware decoder: GStreamer's ``decodebin`` (which picks ``nvv4l2decoder`` on
     JetPack) through OpenCV, reading the descriptor this source opened and checked (``fdsrc``: nothing else is
     opened); BGR frames, the model's crop cut by the stream's preprocessing. Not run on a Jetson here."""
-    import cv2
-
     if src.file is None:
         raise StreamError(f"{src.uri}: open() first")
     fd = src.file.descriptor
+    where = os.lseek(fd, 0, os.SEEK_CUR)  # FFmpeg's reading position, put back after (the CPU fallback reads on from it)
     os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        yield from _gstreamer_read(src, fd)
+    finally:
+        os.lseek(fd, where, os.SEEK_SET)
+
+
+def _gstreamer_read(src: AvSource, fd: int) -> Iterator[Frame]:
+    import cv2
+
     pipeline = (f"fdsrc fd={fd} ! decodebin ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
                 "appsink sync=false")
     cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
