@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     from edge_inception.data.demo_data import make_demo_dataset
     from edge_inception.data.images import bundled_photos
     from edge_inception.engines.build import build
-    from edge_inception.evaluate.bench import BenchConfig, markdown, plot, run_bench
+    from edge_inception.evaluate.bench import BenchConfig, markdown, run_bench
     from edge_inception.fileio import write_json_atomic, write_text_atomic
     from edge_inception.model.train import TrainConfig, train
     from edge_inception.pipeline import PipelineConfig, run_pipeline
+    from edge_inception.report import write_report
 
     waited = wait_for_quiet(args.max_load)
     start_load = os.getloadavg()[0]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f", after waiting {waited:.0f} s for quiet" if waited else "") + ")\n")
     write_text_atomic(args.out / "results.md", "# CPU benchmark suite\n\n" + header + "\n## A. GoogLeNet, 224 px\n\n" + markdown(part_a, title=False)
                       + "\n## B. The trained demo net, 64 px\n\n" + markdown(part_b, title=False))
-    plot(part_a, args.out / "results.png")
+    write_report(part_a, png=args.out / "results.png")
     write_text_atomic(args.out / "goals.md", goals(data) + "\n" + header)
     print((args.out / "goals.md").read_text())
     return 0

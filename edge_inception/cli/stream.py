@@ -36,16 +36,21 @@ def stream(
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="Engine threads (default: the artifact's).")] = None,
     reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
                                              help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the summary as JSON here.")] = None,
+    summary_markdown: Annotated[Path | None, typer.Option("--summary-markdown", help="Write the summary as Markdown here.")] = None,
+    summary_plot: Annotated[Path | None, typer.Option("--summary-plot", help="Write a PNG of each stage's p50/p90 ms here.")] = None,
 ) -> None:
     """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
     import signal
 
     from ..fileio import atomic_path, check_outputs
+    from ..report import write_report
     from ..stream.run import run_stream
     from ..stream.writer import JsonLinesWriter
 
     local = [source] if Path(source).exists() else []  # a file or folder (a URL or camera is not overwritten)
-    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), inputs=[artifact, *local])
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), summary_json, summary_markdown, summary_plot,
+                  inputs=[artifact, *local])
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a failed write to report, not a signal that kills
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sink: JsonLinesWriter | None = None
@@ -66,17 +71,15 @@ def stream(
     to_err = json_lines == "-"  # stdout carries the JSON lines
     st = summary.stages
     typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
-               f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
-               + (", input truncated" if summary.truncated else "")
-               + (f", reconnected {summary.reconnects} time{'s' if summary.reconnects != 1 else ''}" if summary.reconnects else "")
-               + (", source lost" if summary.lost else ""), err=to_err)
+               f"{summary.preprocess}); " + ", ".join(summary.ended()), err=to_err)
     if summary.inference_fps > 0:
         typer.echo(f"  the engine alone: {summary.inference_fps:.1f} FPS (end to end is {summary.fps / summary.inference_fps:.0%} of it)",
                    err=to_err)
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
-    for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
+    reports = write_report(summary, json=summary_json, markdown=summary_markdown, png=summary_plot, inputs=[artifact, *local])
+    for written in (summary.saved, None if json_lines in (None, "-") else json_lines, *reports):
         if written:
             typer.echo(f"wrote {shown(written)}", err=to_err)
     if summary.output_error:
