@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_inception.engines.registry import artifact_info
     from edge_inception.evaluate.cpu import cpu_info
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.report import Rendered, write_report
 
     command = "python benchmarks/stream_goals.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     info = artifact_info(args.artifact)
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             report["parts"][name] = result
             print(name, json.dumps(result), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "results.json", report)
-    write_text_atomic(args.out / "results.md", markdown(report))
+    write_report(Rendered(report, markdown(report)), json=args.out / "results.json", markdown=args.out / "results.md")
     print(f"wrote {args.out}/results.json and results.md")
     return 0
 

@@ -163,3 +163,16 @@ def test_a_stream_summary_renders_what_it_holds():
     fig = s.as_figure()
     bars = fig.panels[0]
     assert isinstance(bars, Bars) and list(bars.categories) == ["inference"] and [list(x.values) for x in bars.series] == [[4.0], [5.0]]
+
+
+def test_the_writer_stands_on_the_lowest_floor():
+    """report.py imports fileio, errors and the standard library at module level (matplotlib and numpy only where it
+    draws), so that every floor can hand it a report and importing it costs nothing."""
+    import sys
+
+    tree = ast.parse((PACKAGE / "report.py").read_text(encoding="utf-8"))
+    ours = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.level}
+    assert ours == {"errors", "fileio"}, ours
+    others = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
+    others |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    assert others - {"__future__"} <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)
