@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +18,7 @@ from ..cli_common import (
     note_seeded,
     progress,
     shown,
+    write_outputs,
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
@@ -31,7 +31,6 @@ from ..vocab import (
 
 if TYPE_CHECKING:
     from ..evaluate.bench import BenchReport
-    from ..report import Report
     from ..serve.loadgen import ScenarioConfig, ScenarioReport
 
 app = PlainTyper()  # merged into the root app (no group of its own)
@@ -159,7 +158,7 @@ def bench(
                                batch=max(int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
                                min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s)
-        _write(_bench_scenarios(artifacts, cfg_s), json_out, markdown_out, plot_out, inputs=inputs)
+        write_outputs(_bench_scenarios(artifacts, cfg_s), json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
         return
     if any(a.startswith("grpc://") for a in artifacts):
         raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
@@ -169,16 +168,7 @@ def bench(
                       duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed)
     report = run_bench([str(a) for a in artifacts], cfg, progress=progress)
     _print_bench(report)
-    _write(report, json_out, markdown_out, plot_out, inputs=inputs)
-
-
-def _write(report: Report, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None, *, inputs: Sequence[str | Path],
-           err: bool = False) -> None:
-    """The report's renderings asked for, each written atomically by the one writer, and a line for each."""
-    from ..report import write_report
-
-    for path in write_report(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs):
-        typer.echo(f"wrote {shown(path)}", err=err)
+    write_outputs(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
 
 
 def _bench_scenarios(targets: list[str], cfg: ScenarioConfig) -> ScenarioReport:
@@ -239,4 +229,4 @@ def profile(
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
-    _write(report, None, markdown_out, plot_out, inputs=[artifact], err=as_json)
+    write_outputs(report, markdown=markdown_out, png=plot_out, inputs=[artifact], err=as_json)

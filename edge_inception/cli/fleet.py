@@ -57,10 +57,9 @@ def bench_cmd(
 ) -> None:
     """On every selected board: verify the bundle (its own hashes), build it for the board's target, check, bench; one
     report with a row per board, ranked by p50."""
-    from ..cli_common import handle_errors
+    from ..cli_common import handle_errors, write_outputs
     from ..cluster.fleet import fleet_bench
     from ..fileio import check_outputs
-    from ..report import write_report
 
     @handle_errors
     def run() -> None:
@@ -68,7 +67,6 @@ def bench_cmd(
         report = fleet_bench(bundle, cluster, selector=boards, batches=int_list(batch, "--batch"), timeout_s=timeout, iterations=iterations,
                              rounds=rounds)
         typer.echo(report.as_markdown().split("\n", 2)[2].rstrip())
-        for path in write_report(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=[bundle]):
-            typer.echo(f"wrote {path}")
+        write_outputs(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=[bundle])
 
     run()

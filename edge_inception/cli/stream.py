@@ -14,6 +14,7 @@ from ..cli_common import (
     handle_errors,
     progress,
     shown,
+    write_outputs,
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
@@ -44,7 +45,6 @@ def stream(
     import signal
 
     from ..fileio import atomic_path, check_outputs
-    from ..report import write_report
     from ..stream.run import run_stream
     from ..stream.writer import JsonLinesWriter
 
@@ -78,10 +78,10 @@ def stream(
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
     typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
-    reports = write_report(summary, json=summary_json, markdown=summary_markdown, png=summary_plot, inputs=[artifact, *local])
-    for written in (summary.saved, None if json_lines in (None, "-") else json_lines, *reports):
+    for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
         if written:
             typer.echo(f"wrote {shown(written)}", err=to_err)
+    write_outputs(summary, json=summary_json, markdown=summary_markdown, png=summary_plot, inputs=[artifact, *local], err=to_err)
     if summary.output_error:
         kept = ([f"{summary.saved} ({summary.saved_frames} frames, to its last whole fragment)"] if summary.saved else []) \
             + ([f"{json_lines} ({sink.lines} whole lines)"] if sink is not None else [])
