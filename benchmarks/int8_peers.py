@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(args.model, args.calib, args.held_crops, args.calib_samples, args.iterations)
     doc["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.report import Rendered, write_report
 
-    write_json_atomic(args.out / "results.json", doc)
-    write_text_atomic(args.out / "results.md", markdown(doc))
+    write_report(Rendered(doc, markdown(doc)), json=args.out / "results.json", markdown=args.out / "results.md")
     print(markdown(doc))
     return 0
 

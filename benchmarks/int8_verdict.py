@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge_inception.convert.quantize import int8_scheme, quantize_model
     from edge_inception.data.images import bundled_photos
     from edge_inception.evaluate.cpu import cpu_info
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
     from edge_inception.onnx_file import load_onnx, model_facts, ort_session, run_session
+    from edge_inception.report import Rendered, write_report
     from edge_inception.vocab import QuantTarget
 
     command = "python benchmarks/int8_verdict.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "subsets": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "results.json", doc)
-    write_text_atomic(args.out / "results.md", markdown(doc))
+    write_report(Rendered(doc, markdown(doc)), json=args.out / "results.json", markdown=args.out / "results.md")
     print(f"goal 1 (>= 99 % on other photos, or no claim): {doc['goal1_met']}; goal 2 (bound <= other-photo agreement): "
           f"{doc['bound_honest_in']} -> {doc['goal2_met']}")
     return 0 if doc["goal1_met"] and doc["goal2_met"] else 1

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from edge_inception.data.demo_data import make_demo_dataset
     from edge_inception.data.images import bundled_photos
     from edge_inception.engines.build import build
-    from edge_inception.evaluate.bench import BenchConfig, markdown, plot, run_bench
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.evaluate.bench import BenchConfig, markdown, run_bench
     from edge_inception.model.train import TrainConfig, train
     from edge_inception.pipeline import PipelineConfig, run_pipeline
+    from edge_inception.report import Rendered, write_report
 
     waited = wait_for_quiet(args.max_load)
     start_load = os.getloadavg()[0]
@@ -88,13 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             "demo_net_64": part_b.as_dict(), "demo_net_int8": _quant(demo_int8), "demo_net_val_accuracy": trained.best_val_acc,
             "pipeline": {"ship": pipeline.report["ship"], "latency_p50_ms_batch1": pipeline.report["latency_p50_ms_batch1"],
                          "quantization": pipeline.report["quantization"], "calibration_folder": "six bundled photos (scikit-image)"}}
-    write_json_atomic(args.out / "results.json", data)
     header = (f"Command: `{command}` ({data['seconds']:.0f} s; 1-minute load average {start_load:.2f} at the start"
               + (f", after waiting {waited:.0f} s for quiet" if waited else "") + ")\n")
-    write_text_atomic(args.out / "results.md", "# CPU benchmark suite\n\n" + header + "\n## A. GoogLeNet, 224 px\n\n" + markdown(part_a, title=False)
-                      + "\n## B. The trained demo net, 64 px\n\n" + markdown(part_b, title=False))
-    plot(part_a, args.out / "results.png")
-    write_text_atomic(args.out / "goals.md", goals(data) + "\n" + header)
+    write_report(Rendered(data, "# CPU benchmark suite\n\n" + header + "\n## A. GoogLeNet, 224 px\n\n" + markdown(part_a, title=False)
+                          + "\n## B. The trained demo net, 64 px\n\n" + markdown(part_b, title=False), part_a.as_figure()),
+                 json=args.out / "results.json", markdown=args.out / "results.md", png=args.out / "results.png")
+    write_report(Rendered(None, goals(data) + "\n" + header), markdown=args.out / "goals.md")
     print((args.out / "goals.md").read_text())
     return 0
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_inception.data.images import bundled_photos, load_batch
     from edge_inception.engines.registry import artifact_info, open_runner
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.report import Rendered, write_report
     from edge_inception.serve.client import TritonClient, TritonRunner
     from edge_inception.serve.config import ServeKind
     from edge_inception.serve.loadgen import Scenario, ScenarioConfig, ScenarioReport, markdown, run_scenarios
@@ -110,14 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             "artifact": str(args.artifact or "GoogLeNet 224 px INT8 (seeded)"), "precision": info.precision, "goals": goals,
             "reports": {k: v.as_dict() for k, v in reports.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "results.json", data)
     lines = ["# Serving goals (issue 25)", "", f"- command: `{command}`", f"- load before: `{load_before}`", f"- load after: `{load_after}`",
              f"- artifact: {data['artifact']} ({info.precision}, {info.image_size} px, {info.backend})", "",
              "| goal | value | target | met |", "|---|---:|---|---|"]
     lines += [f"| {k} | {v['value']:.3g} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
     for name, rep in reports.items():
         lines += ["", f"## {name}", "", markdown(rep).split("\n", 2)[2]]
-    write_text_atomic(args.out / "results.md", "\n".join(lines) + "\n")
+    write_report(Rendered(data, "\n".join(lines) + "\n"), json=args.out / "results.json", markdown=args.out / "results.md")
     print("\n".join(lines))
     return 0
 

@@ -304,11 +304,10 @@ def main(argv: list[str] | None = None) -> int:
 def record(out: Path, report: dict) -> None:
     """The one place results are written (results.json, results.md into ``out``): to be swapped for the shared
     recording of benchmark rounds when there is one."""
-    from edge_inception.fileio import write_json_atomic, write_text_atomic
+    from edge_inception.report import Rendered, write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", report)
-    write_text_atomic(out / "results.md", markdown(report))
+    write_report(Rendered(report, markdown(report)), json=out / "results.json", markdown=out / "results.md")
     print(f"wrote {out}/results.json and results.md")
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from .engines.candidates import Candidate, Decision, Evidence, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
 from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
-from .fileio import staging_dir, write_json_atomic, write_text_atomic
+from .fileio import staging_dir
+from .report import Rendered, write_report
 from .vocab import Backend, Precision, QuantTarget
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,6 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
     data: dict[str, Any] = {"ship": {"candidate": r.decision.ship, "artifact": r.artifact.name if r.artifact else None, "why": r.decision.why},
             "decision_batch": min(batches), "min_agreement": min_agreement, "candidates": rows,
             "skipped": [{"name": s.name, "why": s.why} for s in r.plan.skipped]}
-    write_json_atomic(out / "candidates.json", data)
     lines = ["# edge-inception build: candidates", "", f"- **ship: `{data['ship']['artifact']}`** ({r.decision.ship}): {r.decision.why}", "",
              "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs FP32 | verdict |",
              "|---|---|" + "---:|" * len(batches) + "---:|---|"]
@@ -158,4 +158,4 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
         verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {row['note']}" if row["note"] else row["status"]
         lines.append(f"| {row['name']} | {row['runtime']} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
     lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
-    return write_text_atomic(out / "candidates.md", "\n".join(lines) + "\n")
+    return write_report(Rendered(data, "\n".join(lines) + "\n"), json=out / "candidates.json", markdown=out / "candidates.md")[-1]

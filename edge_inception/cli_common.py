@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -28,6 +28,9 @@ from .vocab import (
     PreprocessMode,
     parse_list,
 )
+
+if TYPE_CHECKING:
+    from .report import Report
 
 MAX_SHOWN_CHARS = 4000  # an error line or note: long enough for a list of choices, short enough to read
 
@@ -116,6 +119,16 @@ def echo_table(rows: list[list[str]], header: list[str]) -> None:
     typer.echo("  ".join("-" * w for w in widths))
     for row in rows:
         typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def write_outputs(report: Report, *, json: Path | None = None, markdown: Path | None = None, png: Path | None = None,
+                  inputs: Iterable[str | Path] = (), err: bool = False) -> None:
+    """A report's renderings asked for (None: not asked), written by the one writer (:func:`..report.write_report`:
+    each atomically, none an input), and a ``wrote PATH`` line for each."""
+    from .report import write_report
+
+    for path in write_report(report, json=json, markdown=markdown, png=png, inputs=inputs):
+        typer.echo(f"wrote {shown(path)}", err=err)
 
 
 E = TypeVar("E", bound=Enum)

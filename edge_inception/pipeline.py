@@ -20,7 +20,8 @@ import numpy as np
 
 from .engines.candidates import Candidate, Evidence, Measured, Plan, choose_ship, judge_candidate, missing_backends, plan_candidates, quant_target
 from .errors import BackendUnavailableError, EdgeInceptionError, OutputPathError, VerificationError, require_modules
-from .fileio import atomic_dir, write_json_atomic, write_text_atomic
+from .fileio import atomic_dir
+from .report import Rendered, write_report
 from .vocab import Precision, QuantTarget
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     from .engines.build import build
     from .engines.choose import probe
     from .engines.targets import get_target
-    from .evaluate.bench import BenchConfig, markdown, plot, run_bench
+    from .evaluate.bench import BenchConfig, run_bench
     from .evaluate.flops import count_graph
 
     require_modules("the pipeline (it starts from a PyTorch checkpoint)", "torch", "onnxsim")
@@ -188,25 +189,20 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 for r in report.results:  # agreement of our artifacts measured against PyTorch, not only vs FP32 ONNX
                     if not r.baseline and names.get(str(r.path)) in run.verification:
                         r.agreement = run.verification[names[str(r.path)]].top1_agreement
-                write_json_atomic(work / "bench.json", report.as_dict())
-                write_text_atomic(work / "bench.md", markdown(report))
-                plot(report, work / "bench.png")
+                write_report(report, json=work / "bench.json", markdown=work / "bench.md", png=work / "bench.png")
                 detail.append(f"{len(report.results)} results, {len(run.artifacts)} candidates in one run")
 
             with run.stage("profile", on_stage) as detail:
-                from .evaluate.profile import plot as plot_profile
-                from .evaluate.profile import profile_artifact
+                from .evaluate.profile import Profiles, profile_artifact
 
                 profiles = [profile_artifact(a, iterations=10) for a in run.artifacts.values()]
-                write_json_atomic(work / "profile.json", [{"candidate": n, **pr.as_dict()} for n, pr in zip(run.artifacts, profiles)])
-                plot_profile(profiles, work / "profile.png")
+                write_report(Profiles(dict(zip(run.artifacts, profiles))), json=work / "profile.json", png=work / "profile.png")
                 detail.append(", ".join(f"{n} {pr.end_to_end_ms:.2f} ms ({pr.unassigned_share:.0%} unassigned)"
                                         for n, pr in zip(run.artifacts, profiles)))
 
             with run.stage("report", on_stage) as detail:
                 summary = summarise(cfg, run, report)
-                write_json_atomic(work / "report.json", summary)
-                write_text_atomic(work / "report.md", report_markdown(summary, report, profiles))
+                write_report(Rendered(summary, report_markdown(summary, report, profiles)), json=work / "report.json", markdown=work / "report.md")
                 detail.append("report.md, report.json")
         except EdgeInceptionError as exc:
             if not any(work.iterdir()):  # failed before any stage wrote a file: nothing to keep

@@ -150,6 +150,34 @@ def test_no_import_cycles():
             visit(name, [name])
 
 
+# The floors, lowest first (the README's layout draws them): a package or top-level module imports only from its own
+# floor or those below it, never from a floor above. Within a floor the packages may use each other (without a circle
+# between modules: test_no_import_cycles).
+FLOORS = (
+    {"edge_inception", "errors", "names", "vocab", "limits", "fileio", "report"},  # the foundation: no ML library
+    {"model", "data", "onnx_file"},
+    {"convert", "engines", "evaluate"},
+    {"deploy", "serve", "stream", "cluster", "pipeline", "autobuild", "cli_common", "cli_format"},
+    {"cli", "__main__"},  # the commands, on top
+)
+
+
+def _unit(module: str) -> str:
+    """The package or top-level module a module belongs to: edge_inception.serve.child -> serve, edge_inception.report -> report."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_every_package_imports_only_its_floor_or_below():
+    floor = {unit: level for level, units in enumerate(FLOORS) for unit in units}
+    mods = modules()
+    for name, tree in mods.items():
+        here = _unit(name)
+        assert here in floor, f"{name}: {here} stands on no floor: add it to FLOORS and to the README's layout"
+        up = {i for i in imports(name, tree, top_level_only=False) if i in mods and floor.get(_unit(i), -1) > floor[here]}
+        assert not up, f"{name} (floor {floor[here]}) imports {sorted(up)} from a floor above"
+
+
 def _command_modules() -> set[str]:
     return {name for name in modules() if name.startswith("edge_inception.cli.") or name == "edge_inception.cli"}
 

@@ -18,6 +18,7 @@ from ..cli_common import (
     note_seeded,
     progress,
     shown,
+    write_outputs,
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
@@ -30,7 +31,7 @@ from ..vocab import (
 
 if TYPE_CHECKING:
     from ..evaluate.bench import BenchReport
-    from ..serve.loadgen import ScenarioConfig
+    from ..serve.loadgen import ScenarioConfig, ScenarioReport
 
 app = PlainTyper()  # merged into the root app (no group of its own)
 
@@ -144,11 +145,12 @@ def bench(
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
     scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
-    from ..evaluate.bench import BenchConfig, run_bench, write_outputs
+    from ..evaluate.bench import BenchConfig, run_bench
     from ..fileio import check_outputs
 
     # refuse an unwritable output, or one that is an input, now, not after the benchmark
-    check_outputs(json_out, markdown_out, plot_out, inputs=[a for a in artifacts if not a.startswith("grpc://")])
+    inputs = [a for a in artifacts if not a.startswith("grpc://")]
+    check_outputs(json_out, markdown_out, plot_out, inputs=inputs)
     if scenario is not None:
         from ..serve.loadgen import Scenario, ScenarioConfig
 
@@ -156,7 +158,7 @@ def bench(
                                batch=max(int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
                                min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s)
-        _bench_scenarios(artifacts, cfg_s, json_out, markdown_out, plot_out)
+        write_outputs(_bench_scenarios(artifacts, cfg_s), json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
         return
     if any(a.startswith("grpc://") for a in artifacts):
         raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
@@ -166,15 +168,12 @@ def bench(
                       duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed)
     report = run_bench([str(a) for a in artifacts], cfg, progress=progress)
     _print_bench(report)
-    write_outputs(report, json_out, markdown_out, plot_out)
-    for path in (json_out, markdown_out, plot_out):
-        if path:
-            typer.echo(f"wrote {shown(path)}")
+    write_outputs(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
 
 
-def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | None, markdown_out: Path | None, plot_out: Path | None = None) -> None:
-    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed and written."""
-    from ..serve.loadgen import run_scenarios, write_outputs
+def _bench_scenarios(targets: list[str], cfg: ScenarioConfig) -> ScenarioReport:
+    """``bench TARGET --scenario ...``: LoadGen's verdict and MLPerf's metric per scenario, printed; the report returned."""
+    from ..serve.loadgen import run_scenarios
 
     if len(targets) != 1:
         raise EdgeInceptionError(f"--scenario measures one target (an artifact or grpc://HOST:PORT/MODEL), got {len(targets)}")
@@ -189,10 +188,7 @@ def _bench_scenarios(targets: list[str], cfg: ScenarioConfig, json_out: Path | N
     for r in report.results:
         if not r.valid:
             typer.echo(f"{r.scenario} INVALID: {shown('; '.join(r.invalid_reasons) or 'see LoadGen log')}")
-    write_outputs(report, json_out, markdown_out, plot_out)
-    for path in (json_out, markdown_out, plot_out):
-        if path:
-            typer.echo(f"wrote {shown(path)}")
+    return report
 
 
 def _print_bench(report: BenchReport) -> None:
@@ -224,8 +220,8 @@ def profile(
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: share of time against share of multiply-adds.")] = None,
 ) -> None:
     """Time per Table 1 stage, from the backend's own profiler, beside the stage's multiply-adds (ours and the paper's)."""
-    from ..evaluate.profile import markdown, plot, profile_artifact
-    from ..fileio import check_outputs, write_text_atomic
+    from ..evaluate.profile import markdown, profile_artifact
+    from ..fileio import check_outputs
 
     check_outputs(markdown_out, plot_out, inputs=[artifact])
     report = profile_artifact(artifact, batch=batch, iterations=iterations)
@@ -233,9 +229,4 @@ def profile(
         typer.echo(json.dumps(report.as_dict(), indent=2))
     else:
         typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
-    if markdown_out:
-        write_text_atomic(markdown_out, markdown(report))
-        typer.echo(f"wrote {shown(markdown_out)}", err=as_json)
-    if plot_out:
-        plot([report], plot_out)
-        typer.echo(f"wrote {shown(plot_out)}", err=as_json)
+    write_outputs(report, markdown=markdown_out, png=plot_out, inputs=[artifact], err=as_json)

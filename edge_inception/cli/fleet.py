@@ -57,25 +57,16 @@ def bench_cmd(
 ) -> None:
     """On every selected board: verify the bundle (its own hashes), build it for the board's target, check, bench; one
     report with a row per board, ranked by p50."""
-    from ..cli_common import handle_errors
-    from ..cluster.fleet import fleet_bench, markdown, plot
-    from ..fileio import check_outputs, write_json_atomic, write_text_atomic
+    from ..cli_common import handle_errors, write_outputs
+    from ..cluster.fleet import fleet_bench
+    from ..fileio import check_outputs
 
     @handle_errors
     def run() -> None:
         check_outputs(json_out, markdown_out, plot_out, inputs=[bundle])
         report = fleet_bench(bundle, cluster, selector=boards, batches=int_list(batch, "--batch"), timeout_s=timeout, iterations=iterations,
                              rounds=rounds)
-        table = markdown(report)
-        typer.echo(table.split("\n", 2)[2].rstrip())
-        if json_out:
-            write_json_atomic(json_out, report.as_dict())
-        if markdown_out:
-            write_text_atomic(markdown_out, table)
-        if plot_out:
-            plot(report, plot_out)
-        for path in (json_out, markdown_out, plot_out):
-            if path:
-                typer.echo(f"wrote {path}")
+        typer.echo(report.as_markdown().split("\n", 2)[2].rstrip())
+        write_outputs(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=[bundle])
 
     run()

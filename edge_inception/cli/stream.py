@@ -14,6 +14,7 @@ from ..cli_common import (
     handle_errors,
     progress,
     shown,
+    write_outputs,
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
@@ -37,6 +38,9 @@ def stream(
                                                 help="Engine threads (default: the cores the decoder leaves, see README).")] = None,
     reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
                                              help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the summary as JSON here.")] = None,
+    summary_markdown: Annotated[Path | None, typer.Option("--summary-markdown", help="Write the summary as Markdown here.")] = None,
+    summary_plot: Annotated[Path | None, typer.Option("--summary-plot", help="Write a PNG of each stage's p50/p90 ms here.")] = None,
 ) -> None:
     """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
     import signal
@@ -46,7 +50,8 @@ def stream(
     from ..stream.writer import JsonLinesWriter
 
     local = [source] if Path(source).exists() else []  # a file or folder (a URL or camera is not overwritten)
-    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), inputs=[artifact, *local])
+    check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), summary_json, summary_markdown, summary_plot,
+                  inputs=[artifact, *local])
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a failed write to report, not a signal that kills
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     sink: JsonLinesWriter | None = None
@@ -66,16 +71,10 @@ def stream(
                              progress=progress, threads=threads, reconnect_s=reconnect)
     to_err = json_lines == "-"  # stdout carries the JSON lines
     st = summary.stages
-    typer.echo(f"{summary.frames} frames in {summary.seconds:.2f} s: {summary.fps:.1f} FPS end to end ({summary.kind}, preprocess "
-               f"{summary.preprocess}); dropped {summary.dropped}, skipped corrupt {summary.corrupt}"
-               + (", input truncated" if summary.truncated else "")
-               + (f", reconnected {summary.reconnects} time{'s' if summary.reconnects != 1 else ''}" if summary.reconnects else "")
-               + (", source lost" if summary.lost else ""), err=to_err)
-    typer.echo(f"  decoder: {summary.decoder}; threads: {summary.threads.why if summary.threads else 'default'}", err=to_err)
-    alone = summary.engine_alone
-    if alone is not None:
-        typer.echo(f"  the engine alone: {alone.fps:.1f} FPS, {alone.mean_ms:.2f} ms a frame ({alone.how}); end to end is "
-                   f"{summary.of_engine_alone:.0%} of it", err=to_err)
+    head, *rest = summary.headline()
+    typer.echo(head, err=to_err)
+    for line in rest:
+        typer.echo(f"  {line}", err=to_err)
     if st:
         typer.echo(f"  per stage, {IN_STREAM}:", err=to_err)
     for stage, s in st.items():
@@ -84,6 +83,7 @@ def stream(
     for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
         if written:
             typer.echo(f"wrote {shown(written)}", err=to_err)
+    write_outputs(summary, json=summary_json, markdown=summary_markdown, png=summary_plot, inputs=[artifact, *local], err=to_err)
     if summary.output_error:
         kept = ([f"{summary.saved} ({summary.saved_frames} frames, to its last whole fragment)"] if summary.saved else []) \
             + ([f"{json_lines} ({sink.lines} whole lines)"] if sink is not None else [])

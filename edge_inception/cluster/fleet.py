@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import EdgeInceptionError
 from ..names import UnsafeNameError, check_name
+from ..report import Axis, Bars, Figure, Series
 from .board import BOARD_LABEL, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES, TARGET_LABEL
 from .connect import ClusterError, check_address, connect
 
@@ -127,6 +128,12 @@ class FleetReport:
     def as_dict(self) -> dict[str, Any]:
         return {"bundle": self.bundle, "seconds": round(self.seconds, 2), "boards": self.ranked()}
 
+    def as_markdown(self) -> str:
+        return markdown(self)
+
+    def as_figure(self) -> Figure:
+        return figure(self)
+
 
 def fleet_bench(bundle: str | Path, address: str, *, selector: str | None = None, batches: tuple[int, ...] = (1,),
                 timeout_s: float = 600.0, iterations: int = 30, rounds: int = 2) -> FleetReport:
@@ -207,21 +214,9 @@ def markdown(report: FleetReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: FleetReport, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
-
+def figure(report: FleetReport) -> Figure:
+    """The plot: each board that finished, its p50 at the smallest batch, fastest on top."""
     rows = [r for r in report.ranked() if r.get("status") == "ok"]
-    fig, ax = plt.subplots(figsize=(7, 1 + 0.5 * max(1, len(rows))))
-    names = [r["board"] for r in rows]
-    ax.barh(names, [r["bench"][0]["latency_ms"].get("p50", 0) for r in rows])
-    ax.set_xlabel("p50 latency, smallest batch (ms)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    bars = Bars("", [r["board"] for r in rows], [Series("p50", [r["bench"][0]["latency_ms"].get("p50", 0) for r in rows])],
+                Axis("p50 latency, smallest batch", "ms"), horizontal=True)
+    return Figure([bars], width=7, height=1 + 0.5 * max(1, len(rows)))

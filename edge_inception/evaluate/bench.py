@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import EdgeInceptionError, ModelFileError
-from ..fileio import resolve_link, write_json_atomic, write_text_atomic
+from ..fileio import resolve_link
 from ..limits import check_batch, check_batch_memory, check_threads
+from ..report import Axis, Boxes, Figure, Panel, Point, Points
 from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
 from .load import DISTURBED_CORES, LoadMeter, RoundLoad
@@ -131,6 +132,12 @@ class BenchReport:
         cfg["baselines"] = None if self.config.baselines is None else [b.value for b in self.config.baselines]
         return {"machine": asdict(self.machine), "config": cfg, "results": [asdict(r) for r in self.results],
                 "scenarios": self.scenarios(), "notes": self.notes, "rounds": [asdict(r) for r in self.rounds]}
+
+    def as_markdown(self) -> str:
+        return markdown(self)
+
+    def as_figure(self) -> Figure:
+        return figure(self)
 
 
 MAX_REPORT_BYTES = 1 << 20
@@ -396,49 +403,21 @@ def _speedup(speedups: dict[str, float], base: str) -> str:
     return f"{speedups[base]:.2f}x" if base in speedups else "-"
 
 
-def plot(report: BenchReport, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
-
+def figure(report: BenchReport) -> Figure:
+    """The plot: one panel of latency distributions per batch size (a batch of 8 takes longer than one image), and p50
+    latency against top-1 agreement at the smallest batch where agreement was measured."""
     results = report.results
     batches = sorted({r.batch for r in results})
-    smallest = batches[0]
-    agreed = [r for r in results if r.agreement is not None and r.batch == smallest]
-    panels = len(batches) + (1 if agreed else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(max(6.5, 5.5 * panels), 4.8), squeeze=False)
-    for ax, batch in zip(axes[0], batches):  # one panel per batch size: a batch of 8 takes longer than one image
+    panels: list[Panel] = []
+    for batch in batches:
         rows = [r for r in results if r.batch == batch]
-        ax.boxplot([r.samples_ms for r in rows], showfliers=False)
-        ax.set_xticks(range(1, len(rows) + 1), [r.engine for r in rows], fontsize=8, rotation=30, ha="right")
-        ax.set_ylabel(f"latency per batch of {batch} (ms)")
-        ax.set_title(f"latency distribution, batch {batch}")
-        ax.set_ylim(bottom=0)
+        panels.append(Boxes(f"latency distribution, batch {batch}", [r.engine for r in rows], [r.samples_ms for r in rows],
+                            Axis(f"latency per batch of {batch}", "ms", low=0)))
+    agreed = [r for r in results if r.agreement is not None and r.batch == batches[0]] if batches else []
     if agreed:
-        ax2 = axes[0][-1]
-        for r in agreed:  # a legend, not annotations: engines of equal agreement would print over each other
-            ax2.scatter(r.latency_ms["p50"], (r.agreement or 0.0) * 100, label=f"{r.engine} ({r.latency_ms['p50']:.2f} ms)", s=40,
-                        clip_on=False)  # a point at 100 % sits on the axis, whole
         low = min((r.agreement or 0.0) * 100 for r in agreed)
-        ax2.set_ylim(max(0.0, min(low, 99.0) - 1.0), 100.0)  # agreement cannot pass 100 %
-        ax2.set_xlim(left=0)
-        ax2.set_xlabel(f"p50 latency, batch {smallest} (ms)")
-        ax2.set_ylabel("top-1 agreement with FP32 (%)")
-        ax2.set_title("latency vs agreement")
-        ax2.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(report: BenchReport, json_path: str | Path | None, md_path: str | Path | None, png_path: str | Path | None) -> None:
-    if json_path:
-        write_json_atomic(json_path, report.as_dict())
-    if md_path:
-        write_text_atomic(md_path, markdown(report))
-    if png_path:
-        plot(report, png_path)
+        panels.append(Points("latency vs agreement",
+                             [Point(r.latency_ms["p50"], (r.agreement or 0.0) * 100, f"{r.engine} ({r.latency_ms['p50']:.2f} ms)") for r in agreed],
+                             Axis(f"p50 latency, batch {batches[0]}", "ms", low=0),
+                             Axis("top-1 agreement with FP32", "%", low=max(0.0, min(low, 99.0) - 1.0), high=100.0)))  # at most 100 %
+    return Figure(panels, width=max(6.5, 5.5 * len(panels)))

@@ -20,8 +20,8 @@ import numpy as np
 from ..engines.registry import PLAIN_ONNX_BACKEND, artifact_info, get_backend, is_plain_onnx, resolve_artifact
 from ..engines.runner import NodeTime, Timings
 from ..errors import EdgeInceptionError
-from ..fileio import atomic_path
 from ..limits import check_batch, check_batch_memory
+from ..report import Axis, Bars, Figure, Series
 from .flops import count_graph, stage_of
 
 OTHER = "other"
@@ -61,6 +61,12 @@ class ProfileReport:
         d = asdict(self)
         d["unassigned_share"] = self.unassigned_share
         return d
+
+    def as_markdown(self) -> str:
+        return markdown(self)
+
+    def as_figure(self) -> Figure:
+        return figure([self])
 
 
 def profile_artifact(artifact: str | Path, *, batch: int = 1, iterations: int = 20, warmup: int = 5) -> ProfileReport:
@@ -153,25 +159,27 @@ def markdown(report: ProfileReport, *, title: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(reports: list[ProfileReport], path: str | Path) -> None:
-    """Share of time against share of multiply-adds, per stage: one panel per report (FP32 beside INT8 shows where INT8
-    gains and where quantize/dequantize costs)."""
-    import matplotlib
+def figure(reports: list[ProfileReport]) -> Figure:
+    """The plot: share of time against share of multiply-adds, per stage, one panel per report (FP32 beside INT8 shows
+    where INT8 gains and where quantize/dequantize costs)."""
+    return Figure([Bars(f"{r.precision} ({r.backend}, {r.device}): {r.end_to_end_ms:.2f} ms", [s.stage.replace("inception_", "") for s in r.stages],
+                        [Series("% of time", [s.time_share * 100 for s in r.stages]),
+                         Series("% of multiply-adds", [s.macs_share * 100 for s in r.stages])],
+                        Axis("share of the stage, of total time or multiply-adds", "%"), rotation=60) for r in reports],
+                  width=6.5 * max(1, len(reports)))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 4.8), squeeze=False)
-    for ax, r in zip(axes[0], reports):
-        stages = [s for s in r.stages]
-        xs = np.arange(len(stages))
-        ax.bar(xs - 0.2, [s.time_share * 100 for s in stages], 0.4, label="% of time")
-        ax.bar(xs + 0.2, [s.macs_share * 100 for s in stages], 0.4, label="% of multiply-adds")
-        ax.set_xticks(xs, [s.stage.replace("inception_", "") for s in stages], rotation=60, fontsize=8)
-        ax.set_title(f"{r.precision} ({r.backend}, {r.device}): {r.end_to_end_ms:.2f} ms", fontsize=10)
-        ax.set_ylabel("share of the stage (% of total time or multiply-adds)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+@dataclass
+class Profiles:
+    """Profiles side by side, by name (a pipeline's candidates): one report, one panel each."""
+
+    named: dict[str, ProfileReport]
+
+    def as_dict(self) -> list[dict[str, Any]]:
+        return [{"candidate": name, **r.as_dict()} for name, r in self.named.items()]
+
+    def as_markdown(self) -> str:
+        return "\n".join(markdown(r) for r in self.named.values())
+
+    def as_figure(self) -> Figure:
+        return figure(list(self.named.values()))

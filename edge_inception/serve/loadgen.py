@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, EdgeInceptionError, OutputPathError, ServeError
-from ..fileio import ensure_folder, install_files, output_target, private_tempdir, staging_dir, write_json_atomic, write_text_atomic
+from ..fileio import ensure_folder, install_files, output_target, private_tempdir, staging_dir
 from ..limits import MAX_BATCH
+from ..report import Axis, Bars, Figure, Series
 from ..vocab import Choice
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,12 @@ class ScenarioReport:
         cfg["data"] = None if self.config.data is None else str(self.config.data)
         cfg["log_dir"] = None if self.config.log_dir is None else str(self.config.log_dir)
         return {"machine": asdict(self.machine), "config": cfg, "loadgen": [asdict(r) for r in self.results], "notes": self.notes}
+
+    def as_markdown(self) -> str:
+        return markdown(self)
+
+    def as_figure(self) -> Figure:
+        return figure(self)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -732,39 +739,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def plot(report: ScenarioReport, path: str | Path) -> None:
-    """PNG: each scenario's p50/p90/p99 latency (ms), and its samples/s, with LoadGen's verdict in the label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_path
-
+def figure(report: ScenarioReport) -> Figure:
+    """The plot: each scenario's p50/p90/p99 latency (ms), and its samples/s, with LoadGen's verdict in the label."""
     results = report.results
     labels = [f"{r.scenario}\n{'VALID' if r.valid else 'INVALID'}" for r in results]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    xs = np.arange(len(results))
-    for i, key in enumerate(("p50", "p90", "p99")):
-        ax.bar(xs + (i - 1) * 0.27, [r.latency_ms.get(key, 0.0) for r in results], width=0.27, label=key)
-    ax.set_xticks(xs, labels, fontsize=8)
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(f"LoadGen latency: {results[0].engine if results else ''}", fontsize=9)
-    ax.legend()
-    ax2.bar(xs, [r.samples_per_s for r in results])
-    ax2.set_xticks(xs, labels, fontsize=8)
-    ax2.set_ylabel("samples/s")
-    ax2.set_title("throughput" + (" (short mode: not MLPerf-compliant)" if any(r.short for r in results) else ""), fontsize=9)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(report: ScenarioReport, json_path: str | Path | None, md_path: str | Path | None, png_path: str | Path | None = None) -> None:
-    if json_path:
-        write_json_atomic(json_path, report.as_dict())
-    if md_path:
-        write_text_atomic(md_path, markdown(report))
-    if png_path:
-        plot(report, png_path)
+    latency = Bars(f"LoadGen latency: {results[0].engine if results else ''}", labels,
+                   [Series(key, [r.latency_ms.get(key, 0.0) for r in results]) for key in ("p50", "p90", "p99")], Axis("latency", "ms"))
+    throughput = Bars("throughput" + (" (short mode: not MLPerf-compliant)" if any(r.short for r in results) else ""), labels,
+                      [Series("samples/s", [r.samples_per_s for r in results])], Axis("throughput", "samples/s"))
+    return Figure([latency, throughput], width=12, height=4.5)

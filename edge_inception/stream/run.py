@@ -32,6 +32,7 @@ from ..data.images import crop_resize, normalize, preprocess
 from ..engines.registry import artifact_info, open_runner
 from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
+from ..report import Axis, Bars, Figure, Series
 from ..vocab import PreprocessMode
 from .decoders import probe
 from .plan import ThreadSplit, choose_decoder, split_threads
@@ -167,6 +168,38 @@ class StreamSummary:
         d["inference_in_stream_fps"] = round(self.inference_fps, 3)
         d["ms"] = {k: {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "mean": round(s.mean, 3)} for k, s in self.stages.items()}
         return d
+
+    def ended(self) -> list[str]:
+        """What else happened, in words: drops, skips, a truncated input, reconnects, a lost source."""
+        return ([f"dropped {self.dropped}", f"skipped corrupt {self.corrupt}"] + (["input truncated"] if self.truncated else [])
+                + ([f"reconnected {self.reconnects} time{'s' if self.reconnects != 1 else ''}"] if self.reconnects else [])
+                + (["source lost"] if self.lost else []))
+
+    def headline(self) -> list[str]:
+        """The summary's first lines, in words (the CLI prints them, the Markdown rendering lists them): frames and FPS
+        end to end with what else happened, the decoder and the thread split, the engine measured alone."""
+        lines = [f"{self.frames} frames in {self.seconds:.2f} s: {self.fps:.1f} FPS end to end ({self.kind}, preprocess {self.preprocess}); "
+                 + ", ".join(self.ended()),
+                 f"decoder: {self.decoder or 'unknown'}; threads: {self.threads.why if self.threads else 'default'}"]
+        alone, ratio = self.engine_alone, self.of_engine_alone
+        if alone is not None and ratio is not None:
+            lines.append(f"the engine alone: {alone.fps:.1f} FPS, {alone.mean_ms:.2f} ms a frame ({alone.how}); end to end is {ratio:.0%} of it")
+        return lines
+
+    def as_markdown(self) -> str:
+        lines = [f"# edge-inception stream: {self.source}", ""] + [f"- {line}" for line in self.headline()]
+        lines += [f"- saved: {self.saved} ({self.saved_frames} frames)"] if self.saved else []
+        lines += [f"- ended by {self.interrupted}: the summary covers the frames classified so far"] if self.interrupted else []
+        lines += [f"- output error: {self.output_error}"] if self.output_error else []
+        lines += ["", f"Per stage, {IN_STREAM}:", "", "| stage | p50 ms | p90 ms | mean ms |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {s.p50:.2f} | {s.p90:.2f} | {s.mean:.2f} |" for k, s in self.stages.items()]
+        return "\n".join(lines) + "\n"
+
+    def as_figure(self) -> Figure:
+        """Each stage's p50 and p90 latency per frame (ms)."""
+        return Figure([Bars(f"{self.kind}: {self.fps:.1f} FPS end to end", list(self.stages),
+                            [Series(q, [getattr(s, q) for s in self.stages.values()]) for q in ("p50", "p90")], Axis("latency per frame", "ms"))],
+                      width=6.5)
 
 
 @dataclass
