@@ -49,8 +49,8 @@ class PreprocessAgreement:
         """One sentence for the console and the reports."""
         if self.images == 0:
             return "fast vs exact preprocessing: no image compared"
-        return (f"fast vs exact preprocessing on {self.images} of {self.population} images ({self.reduced} JPEGs decoded at reduced "
-                f"scale, the rest identical tensors): top-1 agreement {self.top1_agreement:.2%}, max |dp| {self.max_abs_dp:.2g}")
+        return (f"fast vs exact preprocessing on {self.images} of {self.population} images ({self.reduced} JPEG{'' if self.reduced == 1 else 's'} "
+                f"decoded at reduced scale, the rest identical tensors): top-1 agreement {self.top1_agreement:.2%}, max |dp| {self.max_abs_dp:.2g}")
 
 
 def spread_sample(paths: Sequence[Path], k: int) -> list[Path]:
