@@ -249,3 +249,53 @@ def test_fast_path_keeps_exif_orientation(tmp_path):
     rotated = load_tensor(tmp_path / "r.jpg", 224, PreprocessMode.fast)
     upright = load_tensor(tmp_path / "u.jpg", 224, PreprocessMode.fast)
     assert np.abs(rotated - upright).mean() < 0.05
+
+
+def test_eval_states_fast_against_exact_on_a_bounded_sample(tmp_path):
+    """eval --preprocess fast runs a stated number of its images through exact too: identical tensors for full-size
+    images, measured top-1 agreement and largest |dp| for JPEGs decoded at reduced scale; none with exact or 0."""
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+    from edge_inception.data.images import bundled_photos
+    from edge_inception.engines.registry import open_runner
+    from edge_inception.evaluate.predict import evaluate
+    from edge_inception.evaluate.preprocess_agreement import fast_exact_agreement, photo_jpegs, spread_sample
+
+    from .stream_media import tiny_classifier  # a small real ONNX classifier (64 px, classes class0 ... class9)
+
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    photos = {p.name: p for p in bundled_photos()}
+    data = tmp_path / "data"
+    (data / "class0").mkdir(parents=True)
+    (data / "class1").mkdir()
+    for i, size in enumerate([(640, 480), (480, 720)]):  # the 64-pixel model decodes these at reduced scale (short side > 146)
+        _big_jpeg(data / "class0", photos["chelsea.png"], size, f"c{i}.jpg")
+    for i, size in enumerate([(384, 303), (300, 500)]):
+        load_image(photos["coins.png"]).resize(size).save(data / "class1" / f"k{i}.png")
+    r = evaluate(model, data, agreement_sample=3)
+    a = r.preprocess_agreement
+    assert a is not None and (a.images, a.population) == (3, 4) and 1 <= a.reduced <= 2
+    assert 0.0 <= a.top1_agreement <= 1.0 and 0.0 < a.max_abs_input and 0.0 <= a.max_abs_dp < 1.0
+    assert set(a.as_dict()) == {"images", "of", "decoded_at_reduced_scale", "top1_agreement", "max_abs_dp", "max_abs_input"}
+    assert evaluate(model, data, mode=PreprocessMode.exact).preprocess_agreement is None
+    assert evaluate(model, data, agreement_sample=0).preprocess_agreement is None
+    assert spread_sample(list(range(10)), 3) == [0, 4, 9] and spread_sample([1, 2], 5) == [1, 2]
+
+    with open_runner(model) as runner:  # PNGs only: the reference exactly, no model run needed
+        pngs = fast_exact_agreement(runner, sorted((data / "class1").glob("*.png")), 64)
+        assert (pngs.images, pngs.reduced, pngs.top1_agreement, pngs.max_abs_dp, pngs.max_abs_input) == (2, 0, 1.0, 0.0, 0.0)
+        jpegs = fast_exact_agreement(runner, photo_jpegs(tmp_path, 3), 64)
+        assert (jpegs.images, jpegs.reduced) == (3, 3) and jpegs.max_abs_input > 0
+    # the pipeline report's statement: the shipped artifact on 12 JPEG crops of the bundled photos, all decoded at reduced scale
+    from edge_inception.pipeline import preprocessing_agreement
+
+    stated = preprocessing_agreement(model.parent, {"ship": {"artifact": model.name}, "artifacts": {}}, 64)
+    assert stated is not None and (stated["images"], stated["of"], stated["decoded_at_reduced_scale"]) == (12, 12, 12)
+    assert preprocessing_agreement(model.parent, {"ship": {"artifact": None}, "artifacts": {}}, 64) is None
+
+    out = CliRunner().invoke(app, ["eval", str(model), "--data", str(data), "--agreement-sample", "2"])
+    assert out.exit_code == 0, out.output
+    assert "4 images: top-1" in out.stdout and "fast vs exact preprocessing on 2 of 4 images" in out.stdout and "max |dp|" in out.stdout
+    out = CliRunner().invoke(app, ["eval", str(model), "--data", str(data), "--preprocess", "exact"])
+    assert out.exit_code == 0 and "fast vs exact" not in out.stdout
