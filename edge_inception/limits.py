@@ -17,6 +17,9 @@ MAX_CLASSES = 32_768  # ImageNet-21k has 21,841
 MAX_BATCH = 1024
 MAX_DECODED_PIXELS = 64_000_000  # an image file's width x height, read from its header before decoding
 MAX_ASPECT_RATIO = 20.0  # longer / shorter side: resizing the short side to 256 must not blow up the long one
+# eval --preprocess fast compares this many of its images with the exact path (a second decode each, full size for a
+# reduced JPEG, and two batch-1 inferences where the tensors differ): bounded, and stated in the report
+DEFAULT_AGREEMENT_SAMPLE = 32
 MAX_OPSET, MIN_OPSET = 21, 13  # what the exporter and our graph code support
 MEMORY_FRACTION = 0.5  # a benchmark batch (input, activations) may take at most this share of available memory
 

@@ -16,7 +16,7 @@ import edge_inception
 from edge_inception.cli import app
 from edge_inception.errors import OutputPathError
 from edge_inception.report import Axis, Bars, Boxes, Figure, Point, Points, Rendered, Report, Series, write_report
-from edge_inception.stream.run import StageStats, StreamSummary
+from edge_inception.stream.run import EngineAlone, StageStats, StreamSummary
 
 PACKAGE = Path(edge_inception.__file__).parent
 runner = CliRunner()
@@ -156,10 +156,12 @@ def test_stream_writes_its_summary_through_the_one_writer(tmp_path):
 
 def test_a_stream_summary_renders_what_it_holds():
     s = StreamSummary("cam", "live", "fast", frames=30, seconds=2.0, stages={"inference": StageStats(4.0, 5.0, 4.0)}, dropped=3, reconnects=1,
-                      lost=True, interrupted="SIGINT")
+                      lost=True, interrupted="SIGINT", engine_alone=EngineAlone(500.0, 2.0, 2.0, 30, 1, "measured alone after the stream"))
     md = s.as_markdown()
     assert "30 frames in 2.00 s: 15.0 FPS end to end (live, preprocess fast); dropped 3, skipped corrupt 0, reconnected 1 time, source lost" in md
-    assert "the engine alone: 250.0 FPS (end to end is 6% of it)" in md and "ended by SIGINT" in md and "| inference | 4.00 | 5.00 | 4.00 |" in md
+    # the engine alone is the figure measured alone (500 FPS), not the 250 FPS its inference took inside the stream
+    assert "the engine alone: 500.0 FPS, 2.00 ms a frame (measured alone after the stream); end to end is 3% of it" in md
+    assert "ended by SIGINT" in md and "| inference | 4.00 | 5.00 | 4.00 |" in md
     fig = s.as_figure()
     bars = fig.panels[0]
     assert isinstance(bars, Bars) and list(bars.categories) == ["inference"] and [list(x.values) for x in bars.series] == [[4.0], [5.0]]

@@ -22,7 +22,7 @@ from ..cli_common import (
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
-from ..limits import MAX_BATCH, max_threads
+from ..limits import DEFAULT_AGREEMENT_SAMPLE, MAX_BATCH, max_threads
 from ..vocab import (
     Baseline,
     FolderOrder,
@@ -91,12 +91,15 @@ def eval_cmd(
     cluster: Annotated[str | None, typer.Option("--cluster", help="Spread over a Ray cluster: its head's HOST:PORT (token in RAY_AUTH_TOKEN), "
                                                 "or local (a private one for this run, 127.0.0.1, token auth). Needs [cluster].")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the artifact once.")] = 1,
+    agreement_sample: Annotated[int, typer.Option("--agreement-sample", min=0, max=100_000,
+                                                  help="--preprocess fast: also run this many images (evenly spread) through exact "
+                                                  "preprocessing and report the agreement; 0: none.")] = DEFAULT_AGREEMENT_SAMPLE,
 ) -> None:
     """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate; on a Ray cluster with --cluster."""
     from ..evaluate.predict import evaluate
 
     if cluster is None:
-        r = evaluate(artifact, data, batch_size, progress=progress, mode=preprocess, order=folder_order)
+        r = evaluate(artifact, data, batch_size, progress=progress, mode=preprocess, order=folder_order, agreement_sample=agreement_sample)
     else:
         from ..cluster.evaluate import evaluate_on_cluster
 
@@ -105,8 +108,9 @@ def eval_cmd(
     for warning in r.warnings:
         note(f"warning: {warning}")
     note_seeded(r.seeded)
+    agreement = getattr(r, "preprocess_agreement", None)  # a cluster run does not compare
     typer.echo(f"{r.images} images: top-1 {r.top1:.2%}, top-5 {r.top5:.2%}" + (f" ({r.skipped} files skipped)" if r.skipped else "")
-               + f"; {r.images_per_s:.1f} images/s end to end")
+               + f"; {r.images_per_s:.1f} images/s end to end" + (f"; {agreement.line()}" if agreement is not None else ""))
 
 
 @app.command()

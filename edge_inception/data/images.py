@@ -151,14 +151,21 @@ DRAFT_MARGIN = 2.0
 def load_tensor(path: str | Path, image_size: int = 224, mode: PreprocessMode = PreprocessMode.fast) -> np.ndarray:
     """An image file -> 3 x S x S float32, normalised, as the model takes it.
 
-    ``exact`` is :func:`load_image` then :func:`preprocess`. ``fast`` is :func:`decode_for` (a JPEG decoded at a
-    reduced scale) then :func:`crop_resize` (only the centre crop's pixels resampled); both use
-    :func:`reference_geometry` of the full-size, upright image. Raises :class:`ImageError` for anything unreadable.
+    ``exact`` is :func:`load_image` then :func:`preprocess`. ``fast`` decodes a large JPEG at 1/2, 1/4 or 1/8 scale in the
+    DCT domain (:func:`decode_for`) and resamples only the centre crop's pixels from it (:func:`crop_resize`, with the
+    reference geometry of the full-size upright image); every image decoded at full size (PNG, TIFF, BMP, WebP, GIF,
+    a JPEG too small to reduce) goes through :func:`preprocess` itself, so its tensor is the reference's, bit for bit.
+    Raises :class:`ImageError` for anything unreadable.
     """
     if mode == PreprocessMode.exact:
         return preprocess(load_image(path), image_size)
-    image, full = decode_for(path, image_size)
-    return crop_resize(image, full, image_size)
+    image, full, scale = _decode_reduced(path, image_size)
+    if scale is None:
+        # Decoded at full size: the reference transform itself. Resampling only the crop (Pillow's resize(box=...)) is
+        # not the same arithmetic: Pillow takes the box as 32-bit floats and picks its own pass order, which moved
+        # pixels by one level; the full resize costs little beside the decode (measured in the README).
+        return preprocess(image, image_size)
+    return crop_resize(image, full, image_size, scale=scale)
 
 
 def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.Image, tuple[int, int]]
@@ -167,6 +174,14 @@ def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.I
     A JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``) while its short side stays
     at least ``DRAFT_MARGIN`` x the resize's; other formats are decoded fully. Checks as :func:`load_image`.
     """
+    image, full, _ = _decode_reduced(path, image_size)
+    return image, full
+
+
+def _decode_reduced(path: str | Path, image_size: int):  # -> tuple[PIL.Image.Image, tuple[int, int], tuple[float, float] | None]
+    """:func:`decode_for`, plus the DCT scale the image was decoded at (pixels per full-size pixel, x and y), None when
+    it was decoded at full size. libjpeg's 1/s output is ``ceil(side / s)`` pixels wide, its last one partly outside
+    the picture, so the scale is 1/s exactly, not the ratio of the sizes."""
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -176,14 +191,19 @@ def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.I
         with Image.open(p) as opened:
             full = opened.size
             check_header(full, p)
+            scale: tuple[float, float] | None = None
             if opened.format == "JPEG":
                 k = DRAFT_MARGIN * resize_size_for(image_size) / min(full)
                 if k < 1.0:
-                    opened.draft("RGB", (int(full[0] * k) + 1, int(full[1] * k) + 1))
+                    drafted = opened.draft("RGB", (int(full[0] * k) + 1, int(full[1] * k) + 1))
+                    if drafted is not None and opened.size != full:
+                        box = drafted[1]  # (0, 0, width / s, height / s): the full picture in decoded pixels
+                        scale = (box[2] / full[0], box[3] / full[1])
             if opened.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
                 full = (full[1], full[0])
+                scale = (scale[1], scale[0]) if scale else None
             opened.load()
-            return to_rgb(opened), full
+            return to_rgb(opened), full, scale
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -193,22 +213,29 @@ def decode_for(path: str | Path, image_size: int = 224):  # -> tuple[PIL.Image.I
 
 
 def crop_resize(image, full_size: tuple[int, int] | None = None, image_size: int = 224,
-                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, *,
+                scale: tuple[float, float] | None = None) -> np.ndarray:
     """An upright RGB PIL image -> 3 x S x S float32: the reference resize + centre crop, resampling only the crop.
 
     ``full_size`` is the upright (width, height) the geometry is computed for (default the image's own): a JPEG
-    decoded at a reduced scale keeps the geometry of its full size. Pillow's ``resize(box=...)``
-    places each output pixel where the full resize would, with the same filter support, so at full scale the result
-    equals :func:`preprocess` (to float rounding of the box).
+    decoded at a reduced scale keeps the geometry of its full size. ``scale``: the image's pixels per full-size pixel
+    (x, y); default the ratio of the sizes (a JPEG decoded at 1/s passes exactly 1/s, see :func:`decode_for`).
+    Pillow's ``resize(box=...)`` places each output pixel where the full resize would, with the same filter support,
+    but not with the same arithmetic (the box is rounded to 32-bit floats): at full scale the result is within one
+    level of :func:`preprocess`, not equal to it (:func:`load_tensor` calls :func:`preprocess` there).
     """
     from PIL import Image
 
     w, h = image.size
     fw, fh = full_size or (w, h)
     g = reference_geometry(fw, fh, image_size)
-    sx, sy = w / g.resized[0], h / g.resized[1]
+    if scale is None:
+        sx, sy = w / g.resized[0], h / g.resized[1]  # image pixels per resized pixel
+    else:
+        sx, sy = scale[0] * fw / g.resized[0], scale[1] * fh / g.resized[1]
     left, top, right, bottom = g.box
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR,
+                         box=(left * sx, top * sy, min(right * sx, w), min(bottom * sy, h)))
     return normalize(image, mean, std)
 
 

@@ -18,6 +18,7 @@ from ..errors import DatasetError, ImageError
 from ..model.labels import imagenet_folder_index
 from ..names import is_number
 from ..vocab import FolderOrder, PreprocessMode
+from .preprocess_agreement import DEFAULT_AGREEMENT_SAMPLE, PreprocessAgreement, fast_exact_agreement, spread_sample
 from .verify import topk_hits
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class EvalResult:
     seconds: float = 0.0  # wall time of decode + preprocess + inference
     warnings: list[str] = field(default_factory=list)
     seeded: bool = False  # the model came from seeded random weights: its labels mean nothing
+    preprocess_agreement: PreprocessAgreement | None = None  # fast vs exact on a sample (fast runs only)
 
     @property
     def images_per_s(self) -> float:
@@ -137,9 +139,12 @@ def folder_labels(classes: list[str], class_names: list[str] | None, num_classes
 
 
 def evaluate(artifact: str | Path, data: str | Path, batch_size: int = 16, progress: Callable[[int, str], Any] | None = None,
-             mode: PreprocessMode = PreprocessMode.fast, order: FolderOrder = FolderOrder.numeric) -> EvalResult:
+             mode: PreprocessMode = PreprocessMode.fast, order: FolderOrder = FolderOrder.numeric,
+             agreement_sample: int = DEFAULT_AGREEMENT_SAMPLE) -> EvalResult:
     """Top-1 / top-5 accuracy of an artifact on an ImageFolder tree; unreadable images are skipped and counted.
 
+    With ``fast`` preprocessing, ``agreement_sample`` images (evenly spread; 0: none) also go through ``exact`` and the
+    same model afterwards, outside the timed rate: the result's ``preprocess_agreement``.
     Raises :class:`DatasetError` for a tree without images or a class folder that matches no output."""
     info = artifact_info(artifact)
     folder = scan_image_folder(data, min_classes=1, check=False)
@@ -161,8 +166,13 @@ def evaluate(artifact: str | Path, data: str | Path, batch_size: int = 16, progr
             if bar is not None:
                 bar.update(len(batch.paths) + len(batch.failed))
         seconds = time.perf_counter() - t0
+        agreement = None
+        if mode == PreprocessMode.fast and agreement_sample > 0 and n:
+            paths = [p for p, _ in folder.samples]
+            agreement = fast_exact_agreement(runner, spread_sample(paths, agreement_sample), info.image_size, population=len(paths))
     if bar is not None:
         bar.close()
     if n == 0:
         raise DatasetError(f"{data}: no readable images")
-    return EvalResult(n, top1 / n, top5 / n, skipped, seconds, [warning] if warning else [], seeded=info.seeded)
+    return EvalResult(n, top1 / n, top5 / n, skipped, seconds, [warning] if warning else [], seeded=info.seeded,
+                      preprocess_agreement=agreement)
