@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
 
 PHONE_SIZES = [(4032, 3024), (3024, 4032), (4000, 3000), (3264, 2448), (2448, 3264), (1920, 1080), (1080, 1920), (2048, 1536),
                (1600, 1200), (1280, 960), (1000, 667), (640, 427), (427, 640), (3000, 2000)]
@@ -164,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-frames", type=int, default=150)
     parser.add_argument("--parts", default="agreement,jpeg,video")
     parser.add_argument("--update", action="store_true", help="keep the other parts of an existing results.json in --out")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
+    rec = Record()
+    if not args.no_wait:
+        rec.wait_for_quiet()
 
     from edge_inception.engines.registry import artifact_info
     from edge_inception.evaluate.cpu import cpu_info
@@ -185,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.parts.split(","):
             before = load()
             t0 = time.monotonic()
-            result = parts[name](Path(tmp))
+            with rec.round(name):
+                result = parts[name](Path(tmp))
             result["load_1min_before"], result["load_1min_after"], result["seconds"] = before, load(), round(time.monotonic() - t0, 1)
             report["parts"][name] = result
             print(name, json.dumps(result), flush=True)
+    report["record"] = rec.as_dict()
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "results.json", report)
-    write_text_atomic(args.out / "results.md", markdown(report))
+    write_text_atomic(args.out / "results.md", markdown(report) + "\n".join(rec.header()) + "\n")
     print(f"wrote {args.out}/results.json and results.md")
     return 0
 

@@ -45,8 +45,10 @@ def targets(
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX model (fp32, or fp16/int8 from quantize).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
-    backend: Annotated[BackendOption | None, typer.Option("--backend", help="Runtime (default: the target's first); auto: every one "
-                                                          "of the target's that runs here, measured, the fastest judged kept.")] = None,
+    backend: Annotated[BackendOption | None, typer.Option("--backend", help="Runtime (default on a CPU: the fastest installed for this "
+                                                          "model on this CPU, measured once and remembered; on a GPU: the "
+                                                          "target's preference); auto: every one of the target's that runs "
+                                                          "here and every precision, measured, the fastest judged kept.")] = None,
     precision: Annotated[PrecisionOption | None, typer.Option("--precision", help="Expected precision of the graph; auto: every one the "
                                                               "target runs (quantized from FP32), measured, the fastest judged kept.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="CPU threads (default: the target's).")] = None,
@@ -83,7 +85,14 @@ def build(
         typer.echo(f"ship: {shown(auto.artifact.name)} ({shown(auto.decision.ship)}): {shown(auto.decision.why)}")
         typer.echo(f"wrote {shown(auto.artifact)}, its manifest and {shown(auto.report)}")
         return
-    result = build_artifact(model, tgt, backend=backend.value if backend else None, precision=precision.value if precision else None,
+    chosen = backend.value if backend else None
+    if chosen is None and tgt.device == "cpu" and not allow_tf32:  # the fastest backend here, as the pipeline would ship it
+        from ..autobuild import pick_backend
+
+        pick = pick_backend(model, tgt, threads=threads, expect=precision.value if precision else None, progress=progress)
+        chosen = pick.choice.backend.value
+        typer.echo(f"backend: {shown(pick.choice.line)}", err=True)
+    result = build_artifact(model, tgt, backend=chosen, precision=precision.value if precision else None,
                             output_dir=output_dir, threads=threads, allow_tf32=allow_tf32)
     m, p = result.manifest, result.parity
     typer.echo(f"runtime: {result.note}")
