@@ -209,7 +209,10 @@ def read_pick_record(path: Path, key: str) -> dict[str, Any] | None:
         log.warning("ignoring %s: %s", path, exc)
         return None
     ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc) and isinstance(doc.get("times"), list)
-          and all(isinstance(t, dict) and t.get("backend") in {b.value for b in Backend} for t in doc["times"]))
+          and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool)
+          and all(isinstance(t, dict) and t.get("backend") in {b.value for b in Backend}
+                  and (t.get("p50_ms") is None or (isinstance(t.get("p50_ms"), (int, float)) and t["p50_ms"] > 0))
+                  and (t.get("failure") is None or isinstance(t.get("failure"), str)) for t in doc["times"]))
     if not ok:
         log.warning("ignoring %s: not a record for this model and CPU, or its hash does not match", path)
         return None
@@ -221,7 +224,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     """The backend ``build`` uses when none is asked for: on a CPU target with two or more backends installed, the fastest
     for this model on this CPU (:func:`~edge_inception.engines.choose.fastest_backend`, the pipeline's tie rule), from a
     short measurement (each backend built and verified in a scratch folder, then one benchmark run: 2 rounds of 20
-    inferences at batch 1, each engine in its own process) remembered in ``cache`` (default: the user's cache folder,
+    inferences at batch 1, or the model's one batch size, each engine in its own process) remembered in ``cache`` (default: the user's cache folder,
     ``backend-choice/<key>.json``, written atomically with its own sha256; keyed by :func:`pick_key`). A remembered
     record taken under load is measured again when the machine is quiet. GPU targets and a single backend measure nothing.
     ``expect``: the precision the caller expects (``--precision``), refused before anything is measured when the graph
@@ -237,7 +240,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     from .evaluate.bench import BenchConfig, run_bench
     from .evaluate.cpu import cpu_info
     from .fileio import cache_dir, sha256_file
-    from .onnx_file import graph_precision, load_onnx
+    from .onnx_file import graph_precision, load_onnx, onnx_facts
 
     src = Path(model)
     precision = Precision(graph_precision(load_onnx(src, with_weights=False)))
@@ -254,6 +257,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     if not to_measure:
         return BackendPick(fastest_backend(target, precision, None, missing, (), source="", noise=NOISE))
     n_threads = target.threads if threads is None else threads
+    batch = onnx_facts(src).fixed_batch or PICK_BATCH  # a model exported at one batch size is measured at that one
     libraries = {}
     for dist in ("onnxruntime", "openvino", "onnxruntime-gpu", "onnxruntime-openvino"):
         try:
@@ -272,7 +276,8 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     if record is not None and not (record.get("disturbed") and quiet_now):
         times = [BackendTime(Backend(t["backend"]), t.get("p50_ms"), t.get("failure")) for t in record["times"]]
         source = f"remembered from {path}, measured {record.get('measured_at', '?')}" + (" under load" if record.get("disturbed") else "")
-        return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE), path, False)
+        return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE,
+                                           batch=int(record["batch"])), path, False)
     times = []
     built: dict[str, Backend] = {}
     with tempfile.TemporaryDirectory(prefix="edge-inception-pick-") as tmp:
@@ -283,12 +288,12 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
                 times.append(BackendTime(b, None, str(exc)))
         report = None
         if built:
-            report = run_bench(list(built), BenchConfig(batches=(PICK_BATCH,), warmup=5, iterations=20, rounds=2, threads=n_threads,
+            report = run_bench(list(built), BenchConfig(batches=(batch,), warmup=5, iterations=20, rounds=2, threads=n_threads,
                                                         baselines=(), rerun_disturbed=1, peak=False), progress=progress)
             times += [BackendTime(built[str(r.path)], r.latency_ms["p50"]) for r in report.results]
     disturbed = bool(report and any(r.disturbed and r.counted for r in report.rounds))
     doc: dict[str, Any] = {"key": key, "cpu": cpu.model, "isa": cpu.simd, "model_sha256": model_sha256, "target": target.name,
-                           "precision": precision.value, "threads": n_threads, "libraries": libraries, "batch": PICK_BATCH,
+                           "precision": precision.value, "threads": n_threads, "libraries": libraries, "batch": batch,
                            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "disturbed": disturbed,
                            "times": [{"backend": t.backend.value, "p50_ms": t.p50_ms, "failure": t.failure} for t in times]}
     doc["sha256"] = _record_digest(doc)
@@ -300,4 +305,4 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
         log.warning("cannot remember the backend measurement: %s", exc)
         written, remembered = None, "not remembered: the cache folder is not writable"
     source = "measured now" + (", under load" if disturbed else "") + f"; {remembered}"
-    return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE), written, True)
+    return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE, batch=batch), written, True)
