@@ -69,8 +69,8 @@ def build(
         from ..onnx_file import graph_precision, load_onnx
 
         out = output_dir if output_dir is not None else model.parent / f"{model.stem}.{tgt.name}"
-        # auto on one axis only: the other is the target's first backend, or the graph's own precision
-        backends = None if backend is BackendOption.auto else [Backend(backend.value if backend else tgt.backend)]
+        # --precision auto without --backend: every backend too (what the pipeline ships); --backend auto alone: the graph's precision
+        backends = None if backend in (BackendOption.auto, None) else [Backend(backend.value)]
         precisions = None if precision is PrecisionOption.auto else [
             Precision(precision.value if precision else graph_precision(load_onnx(model, with_weights=False)))]
         auto = auto_build(model, tgt, backends=backends, precisions=precisions, output_dir=out, calib=calib, iterations=iterations,
