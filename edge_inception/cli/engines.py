@@ -86,14 +86,16 @@ def build(
         typer.echo(f"wrote {shown(auto.artifact)}, its manifest and {shown(auto.report)}")
         return
     chosen = backend.value if backend else None
+    pick = None
     if chosen is None and tgt.device == "cpu" and not allow_tf32:  # the fastest backend here, as the pipeline would ship it
         from ..autobuild import pick_backend
 
         pick = pick_backend(model, tgt, threads=threads, expect=precision.value if precision else None, progress=progress)
         chosen = pick.choice.backend.value
-        typer.echo(f"backend: {shown(pick.choice.line)}", err=True)
     result = build_artifact(model, tgt, backend=chosen, precision=precision.value if precision else None,
                             output_dir=output_dir, threads=threads, allow_tf32=allow_tf32)
+    if pick is not None:  # said once the build succeeded: a refused build stays one error line
+        typer.echo(f"backend: {shown(pick.choice.line)}", err=True)
     m, p = result.manifest, result.parity
     typer.echo(f"runtime: {result.note}")
     typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "
