@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
 WITHIN = 0.05  # the shipped artifact's p50 may exceed the fastest candidate's by this much
 
 
@@ -114,6 +118,9 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
     from edge_inception.pipeline import PipelineConfig, run_pipeline
     from edge_inception.vocab import Baseline
 
+    rec = Record()
+    if not args.no_wait:
+        rec.wait_for_quiet()
     loads = {"start": load_text()}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edge-inception-candidates-") as tmp:
@@ -130,7 +137,9 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
         ship_agree_fp32 = agreement_with_fp32(ship, fp32)
         loads["before_nncf_bench"] = load_text()
         vs = run_bench([str(ship), str(nncf_xml)], BenchConfig(batches=(1, 8), iterations=args.iterations, rounds=args.rounds,
-                                                              baselines=(Baseline.ort_default,)))
+                                                              baselines=(Baseline.ort_default,), rerun_disturbed=2))
+        rec.add_rounds("pipeline", json.loads((work / "run" / "bench.json").read_text()).get("rounds", []))
+        rec.add_rounds("vs NNCF", vs.rounds)
         loads["end"] = load_text()
         for name in ("report.md", "bench.md"):
             (args.out / f"pipeline-{name}").write_text((work / "run" / name).read_text())
@@ -142,13 +151,13 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
         versus.append({"batch": b, "ship_p50_ms": s, "nncf_int8_p50_ms": n, "ratio": s / n, "met": s <= n and ship_agree >= 0.99})
     return {"report": report, "within": [within_goal(report, b) for b in (1, 8)], "versus_nncf": versus, "nncf_agreement_vs_fp32": nncf_agree,
             "ship_agreement_vs_fp32": ship_agree_fp32, "ship_agreement_vs_pytorch": ship_agree,
-            "nncf_bench": vs.as_dict(), "loads": loads, "minutes": round((time.monotonic() - t0) / 60, 1)}
+            "nncf_bench": vs.as_dict(), "loads": loads, "minutes": round((time.monotonic() - t0) / 60, 1), "record": rec.as_dict()}
 
 
 def cpu_markdown(data: dict[str, Any], command: str) -> str:
     rep = data["report"]
     lines = ["# Candidates goals, CPU (GoogLeNet 224 px, p50)", "", f"- command: `{command}`",
-             "- load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in data["loads"].items()),
+             "- load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in data["loads"].items()), *data["record_header"],
              f"- run took {data['minutes']} min; the pipeline ships `{rep['ship']['artifact']}` ({rep['ship']['candidate']}): {rep['ship']['why']}",
              "", "| goal | measured | met |", "|---|---|---|"]
     for w in data["within"]:
@@ -169,6 +178,14 @@ def cpu_markdown(data: dict[str, Any], command: str) -> str:
         lines.append(f"| {c['name']} | {agree} | {c['status']}{': ' + c['note'] if c['note'] else ''} |")
     lines += [f"- not a candidate: {s['name']}: {s['why']}" for s in rep["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def record_header(record: dict[str, Any] | None) -> list[str]:
+    """The CPU + ISA line and whether these figures may be quoted (benchmarks/_record.py)."""
+    if not record:
+        return []
+    verdict = "quiet" if record["quotable"] else f"**{record['verdict']}**"
+    return [f"- CPU: {record['cpu']}, {record['cores']} cores; ISA: {', '.join(record['isa'])}", f"- record: {verdict}"]
 
 
 def gpu(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cpu.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "candidates")
     p_cpu.add_argument("--iterations", type=int, default=30)
     p_cpu.add_argument("--rounds", type=int, default=3)
+    p_cpu.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     p_gpu = sub.add_parser("gpu")
     p_gpu.add_argument("run_dir", type=Path)
     p_gpu.add_argument("--out", type=Path, required=True)
@@ -229,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/candidates_goals.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     data = cpu(args) if args.mode == "cpu" else gpu(args)
+    data["record_header"] = record_header(data.get("record"))
     data["command"] = command
     text = cpu_markdown(data, command) if args.mode == "cpu" else gpu_markdown(data, command)
     (args.out / "goals.json").write_text(json.dumps(data, indent=1, default=str) + "\n")

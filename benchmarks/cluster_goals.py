@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
@@ -157,7 +161,10 @@ def main() -> None:
     for p in (e, f):
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster"))
     args = ap.parse_args()
-    record = eval_goals(args) if args.what == "eval" else fleet_goals(args)
+    rec = Record()
+    with rec.round(args.what):  # the CPU's name and ISA flags, and whether anything else ran meanwhile
+        record = eval_goals(args) if args.what == "eval" else fleet_goals(args)
+    record["record"] = rec.as_dict()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"cluster_goals_{args.what}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

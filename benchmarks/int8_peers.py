@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
 HELD_CROPS = 300
 CALIB_SAMPLES = 100  # crops of the calibration photos every peer calibrates on (ours draws its own 100)
 
@@ -58,6 +62,7 @@ def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: 
     from edge_inception.onnx_file import load_onnx, model_facts
 
     load_before = os.getloadavg()
+    rec = Record()
     t0 = time.monotonic()
     bundled = bundled_photos()
     with tempfile.TemporaryDirectory(prefix="edge-inception-peers-") as tmp:
@@ -89,10 +94,11 @@ def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: 
                 rows.append({"quantizer": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
                 continue
             seconds = time.monotonic() - started
-            if path.suffix == ".xml":
-                got, p50 = _ov_logits(path, held_batches), _ov_p50(path, size, iterations)
-            else:
-                got, p50 = _ort_logits(path, held_batches), _ort_p50(path, size, iterations)
+            with rec.round(name):
+                if path.suffix == ".xml":
+                    got, p50 = _ov_logits(path, held_batches), _ov_p50(path, size, iterations)
+                else:
+                    got, p50 = _ort_logits(path, held_batches), _ort_p50(path, size, iterations)
             rows.append({**_row(name, reference, got, p50, seconds), **extra})
         cpu = cpu_info()
         return {
@@ -100,7 +106,7 @@ def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: 
             "minutes": round((time.monotonic() - t0) / 60, 1), "calibration_photos": [p.name for p in photos],
             "held_photos": [p.name for p in others], "held_crops": len(held), "image_size": size, "rows": rows,
             "best_peer": max((r["agreement"] for r in rows[2:] if "agreement" in r), default=None),
-            "ours": rows[1].get("agreement"),
+            "ours": rows[1].get("agreement"), "record": rec.as_dict(), "record_header": rec.header(),
         }
 
 
@@ -207,7 +213,7 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Calibration photos: {', '.join(doc['calibration_photos'])}. Judged on {doc['held_crops']} crops of the other "
              f"{len(doc['held_photos'])} bundled photos at {doc['image_size']} px. Load (1/5/15 min) before "
              f"{tuple(round(x, 2) for x in doc['load_before'])}, after {tuple(round(x, 2) for x in doc['load_after'])}: "
-             f"p50s are under that load. {doc['minutes']} min.", "",
+             f"p50s are under that load. {doc['minutes']} min.", "", *doc.get("record_header", []), "",
              "| quantizer | top-1 agreement with FP32 (held-out photos) | mean cosine | p50 ms, batch 1 | seconds to quantize | note |",
              "|---|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:

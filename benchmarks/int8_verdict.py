@@ -27,6 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
 OTHER_CROPS = 300
 
 
@@ -36,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsets", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8-verdict")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
+    rec = Record()
+    if not args.no_wait:
+        rec.wait_for_quiet()
 
     import numpy as np
 
@@ -73,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             other = crops(others, 0.0, 1.0, -(-OTHER_CROPS // len(others)), random.Random(1000 + i))[:OTHER_CROPS]
             batches = image_batches(other, size)
             started = time.monotonic()
-            result = quantize_model(model, "int8", calib=folder, output=work / f"six{i}.int8.onnx")
+            with rec.round(f"subset {i}"):
+                result = quantize_model(model, "int8", calib=folder, output=work / f"six{i}.int8.onnx")
             agree = float((logits(model, batches).argmax(1) == logits(result.path, batches).argmax(1)).mean())
             verdict = result.verdicts[0]
             rows.append({
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command, "cpu": cpu_info().model, "scheme": int8_scheme(QuantTarget.cpu).reason,
         "load_before": load_before, "load_after": os.getloadavg(), "minutes": round((time.monotonic() - t0) / 60, 1),
         "goal1_met": all(r["goal1"] for r in rows), "bound_honest_in": f"{honest} of {len(rows)}", "goal2_met": honest >= 0.8 * len(rows),
-        "subsets": rows,
+        "subsets": rows, "record": rec.as_dict(), "record_header": rec.header(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_report(Rendered(doc, markdown(doc)), json=args.out / "results.json", markdown=args.out / "results.md")
@@ -118,7 +127,7 @@ def train_demo_net(work: Path) -> Path:
 def markdown(doc: dict) -> str:
     lines = [f"# INT8 verdict on new photos ({doc['cpu']})", "", f"`{doc['command']}`", "",
              f"Scheme: {doc['scheme']}. Load (1/5/15 min) before {tuple(round(x, 2) for x in doc['load_before'])}, after "
-             f"{tuple(round(x, 2) for x in doc['load_after'])}; {doc['minutes']} min.", "",
+             f"{tuple(round(x, 2) for x in doc['load_after'])}; {doc['minutes']} min.", "", *doc["record_header"], "",
              "| subset | claim | method | float stages | verdict agreement (photos) | 95 % lower bound | off-calibration | "
              "other 8 photos, 300 crops | bound <= other |", "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["subsets"]:

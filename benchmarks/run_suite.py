@@ -11,20 +11,24 @@ B. The demo net, briefly trained on the bundled photos' crops (64 px, 10 classes
    (judged by accuracy on labelled held-out crops), against FP32.
 C. The pipeline on that trained net with a folder of six photos as the user's calibration set: what it ships.
 
-Writes results.json, results.md, results.png and goals.md into --out, with the command and the load before the start.
-A round in which other processes used more than a tenth of a core is measured again (--rerun-disturbed times).
+Writes results.json, results.md, results.png and goals.md into --out, with the command, the CPU's name and ISA flags,
+and every round's load (benchmarks/_record.py): a round in which other processes used more than a tenth of a core is
+measured again (--rerun-disturbed times); a file whose counted rounds were disturbed says it is not to be quoted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--rerun-disturbed", type=int, default=3)
     parser.add_argument("--max-load", type=float, default=0.5, help="wait (up to 10 min) for the 1-minute load average to fall below this")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
 
     from edge_inception.convert.export import export_model
@@ -48,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from edge_inception.pipeline import PipelineConfig, run_pipeline
     from edge_inception.report import Rendered, write_report
 
-    waited = wait_for_quiet(args.max_load)
-    start_load = os.getloadavg()[0]
+    rec = Record(max_load=args.max_load)
+    waited = 0.0 if args.no_wait else rec.wait_for_quiet()
+    start_load = rec.load_at_start or 0.0
     command = "python benchmarks/run_suite.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     batches = tuple(int(b) for b in args.batch.split(","))
     cfg = BenchConfig(batches=batches, iterations=args.iterations, rounds=args.rounds, rerun_disturbed=args.rerun_disturbed)
@@ -82,18 +88,23 @@ def main(argv: list[str] | None = None) -> int:
             (photos / p.name).write_bytes(p.read_bytes())
         pipeline = run_pipeline(PipelineConfig(output=work / "pipeline", weights=trained.checkpoint, calib=photos, bench_iterations=args.iterations,
                                                bench_rounds=args.rounds))
+        pipeline_bench = work / "pipeline" / "bench.json"
+        rec.add_rounds("C pipeline", json.loads(pipeline_bench.read_text()).get("rounds", []) if pipeline_bench.is_file() else [])
+    rec.add_rounds("A googlenet 224", part_a.rounds)
+    rec.add_rounds("B demo net 64", part_b.rounds)
 
     data = {"command": command, "seconds": round(time.monotonic() - t0, 1), "load_at_start": start_load, "waited_for_quiet_s": waited,
             "googlenet_224": part_a.as_dict(), "googlenet_224_int8": _quant(int8),
             "demo_net_64": part_b.as_dict(), "demo_net_int8": _quant(demo_int8), "demo_net_val_accuracy": trained.best_val_acc,
             "pipeline": {"ship": pipeline.report["ship"], "latency_p50_ms_batch1": pipeline.report["latency_p50_ms_batch1"],
-                         "quantization": pipeline.report["quantization"], "calibration_folder": "six bundled photos (scikit-image)"}}
+                         "quantization": pipeline.report["quantization"], "calibration_folder": "six bundled photos (scikit-image)"},
+            "record": rec.as_dict()}
     header = (f"Command: `{command}` ({data['seconds']:.0f} s; 1-minute load average {start_load:.2f} at the start"
-              + (f", after waiting {waited:.0f} s for quiet" if waited else "") + ")\n")
+              + (f", after waiting {waited:.0f} s for quiet" if waited else "") + ")\n\n" + "\n".join(rec.header()) + "\n")
     write_report(Rendered(data, "# CPU benchmark suite\n\n" + header + "\n## A. GoogLeNet, 224 px\n\n" + markdown(part_a, title=False)
                           + "\n## B. The trained demo net, 64 px\n\n" + markdown(part_b, title=False), part_a.as_figure()),
                  json=args.out / "results.json", markdown=args.out / "results.md", png=args.out / "results.png")
-    write_report(Rendered(None, goals(data) + "\n" + header), markdown=args.out / "goals.md")
+    write_report(Rendered(None, goals(data, rec) + "\n" + header), markdown=args.out / "goals.md")
     print((args.out / "goals.md").read_text())
     return 0
 
@@ -104,15 +115,7 @@ def _quant(result) -> dict:
                               "float_weights", "latency_ms", "warnings", "accuracy")}
 
 
-def wait_for_quiet(max_load: float, limit_s: float = 600.0) -> float:
-    """Wait until the 1-minute load average is below ``max_load``; returns the seconds waited."""
-    t0 = time.monotonic()
-    while os.getloadavg()[0] >= max_load and time.monotonic() - t0 < limit_s:
-        time.sleep(10)
-    return round(time.monotonic() - t0, 1)
-
-
-def goals(data: dict) -> str:
+def goals(data: dict, rec: Record) -> str:
     """Where each performance goal stands (batch 1, p50, measured side by side in one run)."""
     a = {x["engine"]: x for x in data["googlenet_224"]["results"] if x["batch"] == 1}
     p50 = {k: v["latency_ms"]["p50"] for k, v in a.items()}
@@ -136,7 +139,7 @@ def goals(data: dict) -> str:
          ship["precision"] == "int8"),
     ]
     lines = ["# Performance goals (batch 1, p50, one run)", "", "| goal | measured | met |", "|---|---|---|"]
-    lines += [f"| {g} | {m} | {'yes' if ok else '**no**'} |" for g, m, ok in rows]
+    lines += [f"| {g} | {m} | {rec.met(ok)} |" for g, m, ok in rows]
     return "\n".join(lines) + "\n\n" + json.dumps({"p50_ms_224": p50, "p50_ms_demo_64": b}, indent=1) + "\n"
 
 

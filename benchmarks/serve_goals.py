@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -52,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--clients", type=int, default=32, help="requests in flight for the many-clients Server scenario")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
+    rec = Record()
+    if not args.no_wait:
+        rec.wait_for_quiet()
 
     from edge_inception.data.images import bundled_photos, load_batch
     from edge_inception.engines.registry import artifact_info, open_runner
@@ -79,16 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             reports: dict[str, ScenarioReport] = {}
             for name, tgt, conc in (("in-process", str(artifact), 1), ("server", target, args.concurrency)):
                 scenarios = (Scenario.offline, Scenario.single_stream)
-                reports[name] = run_scenarios(tgt, ScenarioConfig(scenarios, short=False, batch=args.batch, concurrency=conc,
-                                                                  min_duration_ms=args.min_duration_ms))
+                with rec.round(name):  # the server is ours: its CPU time is not 'other processes'
+                    reports[name] = run_scenarios(tgt, ScenarioConfig(scenarios, short=False, batch=args.batch, concurrency=conc,
+                                                                      min_duration_ms=args.min_duration_ms))
 
             def failures() -> int:  # Triton's count of failed inferences of the model
                 with TritonClient(target, timeout_s=60) as client:
                     return client.failures()
 
             failed_before = failures()
-            reports["many-clients"] = run_scenarios(target, ScenarioConfig((Scenario.server,), short=False, batch=1, concurrency=args.clients,
-                                                                           min_duration_ms=args.min_duration_ms))
+            with rec.round("many-clients"):
+                reports["many-clients"] = run_scenarios(target, ScenarioConfig((Scenario.server,), short=False, batch=1,
+                                                                               concurrency=args.clients, min_duration_ms=args.min_duration_ms))
             failed = failures() - failed_before
     load_after = uptime()
 
@@ -108,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     data = {"command": command, "load_before": load_before, "load_after": load_after,
             "artifact": str(args.artifact or "GoogLeNet 224 px INT8 (seeded)"), "precision": info.precision, "goals": goals,
-            "reports": {k: v.as_dict() for k, v in reports.items()}}
+            "reports": {k: v.as_dict() for k, v in reports.items()}, "record": rec.as_dict()}
     args.out.mkdir(parents=True, exist_ok=True)
     lines = ["# Serving goals (issue 25)", "", f"- command: `{command}`", f"- load before: `{load_before}`", f"- load after: `{load_after}`",
-             f"- artifact: {data['artifact']} ({info.precision}, {info.image_size} px, {info.backend})", "",
+             f"- artifact: {data['artifact']} ({info.precision}, {info.image_size} px, {info.backend})", *rec.header(), "",
              "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {k} | {v['value']:.3g} | {v['goal']} | {'yes' if v['met'] else 'NO'} |" for k, v in goals.items()]
+    lines += [f"| {k} | {v['value']:.3g} | {v['goal']} | {rec.met(v['met'])} |" for k, v in goals.items()]
     for name, rep in reports.items():
         lines += ["", f"## {name}", "", markdown(rep).split("\n", 2)[2]]
     write_report(Rendered(data, "\n".join(lines) + "\n"), json=args.out / "results.json", markdown=args.out / "results.md")

@@ -42,6 +42,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
 
 PHONE_SIZES = [(4032, 3024), (3024, 4032), (4000, 3000), (3264, 2448), (2448, 3264), (1920, 1080), (1080, 1920), (2048, 1536),
                (1600, 1200), (1280, 960), (1000, 667), (640, 427), (427, 640), (3000, 2000)]
@@ -271,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="agreement,jpeg,video,threads")
     parser.add_argument("--engine-seconds", type=float, default=8.0, help="each engine-alone measurement")
     parser.add_argument("--update", action="store_true", help="keep the other parts of an existing results.json in --out")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
     ENGINE_SECONDS = args.engine_seconds
+    rec = Record()
+    if not args.no_wait:
+        rec.wait_for_quiet()
 
     from edge_inception.engines.registry import artifact_info
     from edge_inception.evaluate.cpu import cpu_info
@@ -293,21 +300,23 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.parts.split(","):
             before = load()
             t0 = time.monotonic()
-            result = parts[name](Path(tmp))
+            with rec.round(name):
+                result = parts[name](Path(tmp))
             result["load_1min_before"], result["load_1min_after"], result["seconds"] = before, load(), round(time.monotonic() - t0, 1)
             report["parts"][name] = result
             print(name, json.dumps(result), flush=True)
-    record(args.out, report)
+    report["record"] = rec.as_dict()
+    record(args.out, report, rec.header())
     return 0
 
 
-def record(out: Path, report: dict) -> None:
-    """The one place results are written (results.json, results.md into ``out``): to be swapped for the shared
-    recording of benchmark rounds when there is one."""
+def record(out: Path, report: dict, header: list[str]) -> None:
+    """The one place results are written (results.json, results.md into ``out``), with the record's header lines (CPU,
+    ISA flags, load and disturbance of the rounds: benchmarks/_record.py)."""
     from edge_inception.report import Rendered, write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    write_report(Rendered(report, markdown(report)), json=out / "results.json", markdown=out / "results.md")
+    write_report(Rendered(report, markdown(report) + "\n".join(header) + "\n"), json=out / "results.json", markdown=out / "results.md")
     print(f"wrote {out}/results.json and results.md")
 
 

@@ -7,17 +7,24 @@ own process), and :func:`~edge_inception.engines.candidates.choose_ship` picks t
 that one is built into the output folder (verified again there), beside ``candidates.json`` and ``candidates.md``
 saying what every candidate measured and how it lost. The judge here is the model's own FP32 (no PyTorch needed): the
 build's comparison with its source, and the quantized model's top-1 agreement with FP32 on held-out images.
+
+``edge-inception build MODEL --target cpu`` (no ``--backend``): :func:`pick_backend`, the same idea on one axis: the
+model's own precision, every CPU backend installed, measured briefly once per CPU kind and model, and remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .engines.candidates import Candidate, Decision, Evidence, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .engines.choose import Choice
 from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
 from .fileio import staging_dir
@@ -159,3 +166,143 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
         lines.append(f"| {row['name']} | {row['runtime']} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
     lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
     return write_report(Rendered(data, "\n".join(lines) + "\n"), json=out / "candidates.json", markdown=out / "candidates.md")[-1]
+
+
+# ---------------------------------------------------------------- build without --backend: the fastest backend on this CPU
+
+PICK_BATCH = 1
+PICK_RECORD_VERSION = 1
+MAX_PICK_RECORD_BYTES = 64 << 10
+
+
+@dataclass
+class BackendPick:
+    """What ``build --target T`` (no ``--backend``) builds with, and the line that says why."""
+
+    choice: Choice
+    record: Path | None = None  # the remembered measurement (written now, or read)
+    measured: bool = False  # measured in this call (False: remembered, or nothing to measure)
+
+
+def pick_key(cpu_model: str, cpu_flags: frozenset[str], model_sha256: str, target: Target, threads: int, libraries: dict[str, str]) -> str:
+    """What a remembered backend measurement is valid for: this CPU kind (model name and ISA flags), this model's bytes,
+    the target, the threads, and the runtimes' versions; a sha256 (pure)."""
+    doc = {"v": PICK_RECORD_VERSION, "cpu": cpu_model, "flags": sorted(cpu_flags), "model": model_sha256, "target": target.name,
+           "backends": list(target.backends), "threads": threads, "libraries": dict(sorted(libraries.items()))}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _record_digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
+
+
+def read_pick_record(path: Path, key: str) -> dict[str, Any] | None:
+    """A remembered measurement, or None when there is none or it does not check out (wrong key, hash, or shape: it is
+    then measured again and rewritten)."""
+    from .fileio import read_json
+
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path, MAX_PICK_RECORD_BYTES, "backend record")
+    except EdgeInceptionError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc) and isinstance(doc.get("times"), list)
+          and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool)
+          and all(isinstance(t, dict) and t.get("backend") in {b.value for b in Backend}
+                  and (t.get("p50_ms") is None or (isinstance(t.get("p50_ms"), (int, float)) and t["p50_ms"] > 0))
+                  and (t.get("failure") is None or isinstance(t.get("failure"), str)) for t in doc["times"]))
+    if not ok:
+        log.warning("ignoring %s: not a record for this model and CPU, or its hash does not match", path)
+        return None
+    return dict(doc)
+
+
+def pick_backend(model: str | Path, target: Target, *, threads: int | None = None, expect: Precision | str | None = None,
+                 cache: Path | None = None, progress: Callable[[int, str], Any] | None = None) -> BackendPick:
+    """The backend ``build`` uses when none is asked for: on a CPU target with two or more backends installed, the fastest
+    for this model on this CPU (:func:`~edge_inception.engines.choose.fastest_backend`, the pipeline's tie rule), from a
+    short measurement (each backend built and verified in a scratch folder, then one benchmark run: 2 rounds of 20
+    inferences at batch 1, or the model's one batch size, each engine in its own process) remembered in ``cache`` (default: the user's cache folder,
+    ``backend-choice/<key>.json``, written atomically with its own sha256; keyed by :func:`pick_key`). A remembered
+    record taken under load is measured again when the machine is quiet. GPU targets and a single backend measure nothing.
+    ``expect``: the precision the caller expects (``--precision``), refused before anything is measured when the graph
+    has another, as :func:`~edge_inception.engines.build.build` refuses it.
+    """
+    import os
+    import tempfile
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .engines.build import build
+    from .engines.candidates import NOISE
+    from .engines.choose import BackendTime, backends_to_measure, fastest_backend
+    from .evaluate.bench import BenchConfig, run_bench
+    from .evaluate.cpu import cpu_info
+    from .fileio import cache_dir, sha256_file, write_json_atomic
+    from .onnx_file import graph_precision, load_onnx, onnx_facts
+
+    src = Path(model)
+    precision = Precision(graph_precision(load_onnx(src, with_weights=False)))
+    if expect is not None and Precision(expect) is not precision:
+        raise EdgeInceptionError(f"{src} is a {precision.value} graph; precision comes from the graph "
+                                 f"(run 'edge-inception quantize --precision {Precision(expect).value}' first)")
+    target.check_precision(precision)
+    if target.device != "cpu":
+        from .engines.choose import choose, probe
+
+        return BackendPick(choose(target, precision, None, probe(target)))
+    missing = missing_backends(target)
+    to_measure = backends_to_measure(target, None, missing)
+    if not to_measure:
+        return BackendPick(fastest_backend(target, precision, None, missing, (), source="", noise=NOISE))
+    n_threads = target.threads if threads is None else threads
+    batch = onnx_facts(src).fixed_batch or PICK_BATCH  # a model exported at one batch size is measured at that one
+    libraries = {}
+    for dist in ("onnxruntime", "openvino", "onnxruntime-gpu", "onnxruntime-openvino"):
+        try:
+            libraries[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    cpu = cpu_info()
+    model_sha256 = sha256_file(src)
+    key = pick_key(cpu.model, cpu.flags, model_sha256, target, n_threads, libraries)
+    path = (cache or cache_dir() / "backend-choice") / f"{key}.json"
+    record = read_pick_record(path, key)
+    try:
+        quiet_now = os.getloadavg()[0] < 0.5
+    except OSError:
+        quiet_now = False
+    if record is not None and not (record.get("disturbed") and quiet_now):
+        times = [BackendTime(Backend(t["backend"]), t.get("p50_ms"), t.get("failure")) for t in record["times"]]
+        source = f"remembered from {path}, measured {record.get('measured_at', '?')}" + (" under load" if record.get("disturbed") else "")
+        return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE,
+                                           batch=int(record["batch"])), path, False)
+    times = []
+    built: dict[str, Backend] = {}
+    with tempfile.TemporaryDirectory(prefix="edge-inception-pick-") as tmp:
+        for b in to_measure:
+            try:
+                built[str(build(src, target, backend=b, output_dir=Path(tmp) / b.value, threads=n_threads).artifact)] = b
+            except (VerificationError, BackendUnavailableError) as exc:
+                times.append(BackendTime(b, None, str(exc)))
+        report = None
+        if built:
+            report = run_bench(list(built), BenchConfig(batches=(batch,), warmup=5, iterations=20, rounds=2, threads=n_threads,
+                                                        baselines=(), rerun_disturbed=1, peak=False), progress=progress)
+            times += [BackendTime(built[str(r.path)], r.latency_ms["p50"]) for r in report.results]
+    disturbed = bool(report and any(r.disturbed and r.counted for r in report.rounds))
+    doc: dict[str, Any] = {"key": key, "cpu": cpu.model, "isa": cpu.simd, "model_sha256": model_sha256, "target": target.name,
+                           "precision": precision.value, "threads": n_threads, "libraries": libraries, "batch": batch,
+                           "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "disturbed": disturbed,
+                           "times": [{"backend": t.backend.value, "p50_ms": t.p50_ms, "failure": t.failure} for t in times]}
+    doc["sha256"] = _record_digest(doc)
+    written: Path | None = path
+    try:
+        write_json_atomic(path, doc)
+        remembered = f"remembered in {path}"
+    except EdgeInceptionError as exc:  # an unwritable cache costs a measurement next time, not this build
+        log.warning("cannot remember the backend measurement: %s", exc)
+        written, remembered = None, "not remembered: the cache folder is not writable"
+    source = "measured now" + (", under load" if disturbed else "") + f"; {remembered}"
+    return BackendPick(fastest_backend(target, precision, None, missing, times, source=source, noise=NOISE, batch=batch), written, True)

@@ -195,6 +195,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def cache_dir() -> Path:
+    """The user's cache folder: ``$EDGE_INCEPTION_CACHE``, else ``~/.cache/edge-inception`` (not created here)."""
+    return Path(os.environ.get("EDGE_INCEPTION_CACHE") or Path.home() / ".cache" / "edge-inception")
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -266,7 +266,7 @@ def test_runtime_commands_work_without_pytorch(trained, tmp_path, no_torch):
     assert PRESETS <= {line.split()[0] for line in ok("targets").splitlines()[2:]}
     assert "opset 17" in ok("info", str(trained.onnx))
     assert json.loads(ok("flops", str(trained.onnx), "--json"))["total_macs"] > 0
-    ok("build", str(trained.onnx), "--target", "cpu", "-o", str(tmp_path / "cpu"))
+    ok("build", str(trained.onnx), "--target", "cpu", "--backend", "ort", "-o", str(tmp_path / "cpu"))
     artifact = tmp_path / "cpu" / "demo.ort.onnx"
     assert "cat" in ok("predict", str(artifact), str(photo), "--top-k", "1")
     ok("eval", str(artifact), "--data", str(trained.data / "val"))

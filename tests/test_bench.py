@@ -76,24 +76,66 @@ def test_bench_duration_and_like_with_like(trained, tmp_path):
     assert r.exit_code == 1 and "different input sizes ([64, 96])" in r.stderr
 
 
-def test_a_round_under_load_is_marked_disturbed():
+SPIN = "import time\nt = time.time()\nwhile time.time() - t < 30: pass"
+
+
+def _outsider() -> int:
+    """A spinning process that is not ours: started by a child that exits at once (so it is re-parented away from us)."""
     import subprocess
     import sys
+
+    code = (f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {SPIN!r}], stdin=subprocess.DEVNULL, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint(p.pid)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return int(out.stdout.strip())
+
+
+def test_a_round_under_load_is_marked_disturbed():
+    import os
+    import signal
     import time
 
     from edge_inception.evaluate.load import LoadMeter
 
-    hog = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])
+    hog = _outsider()
     try:
         time.sleep(0.3)
         with LoadMeter(0) as meter:
             time.sleep(1.5)  # we idle; the other process spins
     finally:
-        hog.kill()
-        hog.wait()
+        os.kill(hog, signal.SIGKILL)
     r = meter.result
     assert r.others_cores is not None and r.others_cores > 0.5 and r.disturbed
     assert r.loadavg_before is not None and r.seconds >= 1.5
+
+
+def test_the_cpu_time_of_processes_we_started_is_ours():
+    """A server or worker we started, alive across the round, is not 'other processes': its CPU time counts as our own
+    (before, only reaped children did, so a running tritonserver or Ray worker marked every round disturbed)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from edge_inception.evaluate.load import _own_cpu
+
+    def cpu_of(pid: int) -> float:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    child = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        own0, child0 = _own_cpu(), cpu_of(child.pid)
+        t_end = time.monotonic() + 60
+        while cpu_of(child.pid) - child0 < 0.3 and time.monotonic() < t_end:  # until the child itself has spun 0.3 s of CPU
+            time.sleep(0.05)
+        child_used = cpu_of(child.pid) - child0
+        own_used = _own_cpu() - own0
+    finally:
+        child.kill()
+        child.wait()
+    assert child_used >= 0.3
+    assert own_used >= child_used - 0.05  # the child's time is in ours (a tick of slack between the two reads)
 
 
 def test_a_worker_that_crashes_is_named(tmp_path, monkeypatch):

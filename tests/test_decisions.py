@@ -22,7 +22,7 @@ import pytest
 from edge_inception import fileio
 from edge_inception.convert.guard import GuardResult, rank, run_guard, smallest
 from edge_inception.data.images import reference_geometry, resize_size_for
-from edge_inception.engines.choose import Availability, Choice, choose
+from edge_inception.engines.choose import Availability, BackendTime, Choice, backends_to_measure, choose, fastest_backend
 from edge_inception.engines.targets import Target, get_target
 from edge_inception.errors import BackendUnavailableError, ModelFileError, OutputPathError
 from edge_inception.evaluate.verdict import Verdict, images_needed, wilson_lower_bound
@@ -115,6 +115,60 @@ def test_choose_nothing_usable_names_every_reason():
     with pytest.raises(BackendUnavailableError) as e:
         choose(gpu_target(("ort",)), Precision.fp16, None, NOTHING)
     assert str(e.value) == f"target 'jet' needs a GPU runtime and none is usable here: ONNX Runtime's CUDA provider: {NO_CUDA}"
+
+
+CPU_BOTH = {Backend.ort: None, Backend.openvino: None}
+NO_OV = "OpenVINO is not installed: pip install 'edge-inception[openvino]'"
+
+
+def test_backends_to_measure_only_when_two_run_and_none_was_asked():
+    cpu = get_target("cpu")  # backends ort, openvino
+    assert backends_to_measure(cpu, None, CPU_BOTH) == (Backend.ort, Backend.openvino)
+    assert backends_to_measure(cpu, Backend.ort, CPU_BOTH) == ()  # --backend: nothing to measure
+    assert backends_to_measure(cpu, None, {Backend.ort: None, Backend.openvino: NO_OV}) == ()  # one runs here
+    assert backends_to_measure(cpu, None, {Backend.ort: None}) == ()  # a backend not probed counts as missing
+    assert backends_to_measure(gpu_target(), None, {Backend.tensorrt: None, Backend.ort: None}) == ()  # GPUs: the preference order
+
+
+def test_fastest_backend_by_hand():
+    cpu = get_target("cpu")
+    src = "measured now"
+    # the issue's figures: ONNX Runtime 4.60 ms, OpenVINO 2.61 ms on the same INT8 model: OpenVINO, both figures stated
+    times = [BackendTime(Backend.ort, 4.6), BackendTime(Backend.openvino, 2.61)]
+    assert fastest_backend(cpu, Precision.int8, None, CPU_BOTH, times, source=src, noise=0.03) == Choice(
+        Backend.openvino, (), "openvino on the CPU: the fastest for int8 on this CPU (p50 at batch 1: openvino 2.61 ms, ort 4.60 ms; measured now)")
+    # 2.60 vs 2.53: 2.60 <= 2.53 * 1.03 = 2.6059, a tie: the target's first (ort) keeps it
+    tie = [BackendTime(Backend.ort, 2.60), BackendTime(Backend.openvino, 2.53)]
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, tie, source=src, noise=0.03).line == (
+        "ort on the CPU: within 3% of the fastest (a tie) and first in the target's list for fp32 on this CPU "
+        "(p50 at batch 1: openvino 2.53 ms, ort 2.60 ms; measured now)")
+    # 2.61 > 2.6059: no longer a tie
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, [BackendTime(Backend.ort, 2.61), BackendTime(Backend.openvino, 2.53)],
+                           source=src, noise=0.03).backend is Backend.openvino
+    # with no noise allowance the strictly faster one
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, tie, source=src, noise=0.0).backend is Backend.openvino
+    # a backend that failed its build's judge is not a candidate, however fast
+    failed = [BackendTime(Backend.ort, 4.6), BackendTime(Backend.openvino, None, "logits differ")]
+    assert fastest_backend(cpu, Precision.int8, None, CPU_BOTH, failed, source=src, noise=0.03) == Choice(
+        Backend.ort, (), "ort on the CPU: the fastest for int8 on this CPU (p50 at batch 1: ort 4.60 ms; measured now); "
+                         "openvino not judged: logits differ")
+    # --backend wins over any figure
+    assert fastest_backend(cpu, Precision.int8, Backend.ort, CPU_BOTH, times, source=src, noise=0.03) == Choice(
+        Backend.ort, (), "ort on the CPU (as asked: --backend ort)")
+
+
+def test_fastest_backend_with_one_or_no_backend_here():
+    cpu = get_target("cpu")
+    one = {Backend.ort: None, Backend.openvino: NO_OV}
+    assert fastest_backend(cpu, Precision.int8, None, one, [], source="", noise=0.03) == Choice(
+        Backend.ort, (), f"ort on the CPU: the only one of target 'cpu''s backends that runs here (not openvino: {NO_OV})")
+    # times for a backend that is not installed do not count
+    assert fastest_backend(cpu, Precision.int8, None, one, [BackendTime(Backend.openvino, 1.0)], source="", noise=0.03).backend is Backend.ort
+    assert fastest_backend(cpu, Precision.int8, None, CPU_BOTH, [], source="", noise=0.03) == Choice(
+        Backend.ort, (), "ort on the CPU: the target's first; no backend could be measured")
+    with pytest.raises(BackendUnavailableError) as e:
+        fastest_backend(cpu, Precision.int8, None, {Backend.ort: "no onnxruntime", Backend.openvino: NO_OV}, [], source="", noise=0.03)
+    assert str(e.value) == f"target 'cpu': none of its backends runs here (not ort: no onnxruntime; not openvino: {NO_OV})"
 
 
 # --- evaluate/verdict.py -----------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_on_the_device_without_pytorch_or_scikit_image(bundle, trained, tmp_path
     assert cli("--version").returncode == 0
     probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
     assert probe.returncode == 1
-    r = cli("build", str(bundle / "demo.onnx"), "--target", "cpu", "-o", str(bundle / "build"))
+    r = cli("build", str(bundle / "demo.onnx"), "--target", "cpu", "--backend", "ort", "-o", str(bundle / "build"))
     assert r.returncode == 0, r.stderr
     r = cli("check", str(bundle / "build"), "--reference", str(bundle / "reference"))
     assert r.returncode == 0, r.stderr

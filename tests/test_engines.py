@@ -242,3 +242,52 @@ def test_torch_runner_on_cuda_matches_cpu(trained):
     d = compare(outputs["cpu"], outputs["cuda"])
     # cuDNN's convolution algorithms round differently from the CPU's (TF32 is off by default for convolutions)
     assert d.top1_agreement == 1.0 and d.max_rel_error < 1e-3
+
+
+def test_build_without_backend_picks_the_fastest_measured_and_remembers(tmp_path, monkeypatch):
+    """`build --target cpu` without --backend on a real INT8 model: every CPU backend installed is measured on this
+    machine, the fastest (by the pure rule, on the recorded figures) is built, and stderr says which and why; the
+    record is remembered (hash-checked: a tampered one is measured again); --backend forces one."""
+    from edge_inception.autobuild import _record_digest
+    from edge_inception.engines.candidates import NOISE
+    from edge_inception.engines.candidates import missing_backends as missing_of
+    from edge_inception.engines.choose import BackendTime, fastest_backend
+    from edge_inception.vocab import Backend, Precision
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("one CPU backend only: nothing to choose between")
+    from edge_inception.convert.export import export_model
+    from edge_inception.data.images import bundled_photos_dir
+
+    monkeypatch.setenv("EDGE_INCEPTION_CACHE", str(tmp_path / "cache"))
+    fp32 = export_model(None, tmp_path / "m.onnx", num_classes=10, image_size=64).path  # timings do not depend on the weights
+    src = quantize_model(fp32, "int8", output=tmp_path / "m.int8.onnx", calib=bundled_photos_dir(), calib_size=14, calib_method="minmax",
+                         criterion="agreement", min_agreement=0.01).path  # a real Q/DQ INT8 graph from our quantizer
+    r = runner.invoke(app, ["build", str(src), "--target", "cpu", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    records = list((tmp_path / "cache" / "backend-choice").glob("*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert rec["sha256"] == _record_digest(rec) and rec["precision"] == "int8" and {t["backend"] for t in rec["times"]} == {"ort", "openvino"}
+    assert all(t["p50_ms"] > 0 for t in rec["times"])
+    cpu = get_target("cpu")
+    expected = fastest_backend(cpu, Precision.int8, None, missing_of(cpu),
+                               [BackendTime(Backend(t["backend"]), t["p50_ms"], t["failure"]) for t in rec["times"]], source="", noise=NOISE)
+    line = next(x for x in r.stderr.splitlines() if x.startswith("backend: "))
+    assert line.startswith(f"backend: {expected.backend.value} on the CPU: ") and "measured now" in line and "ms" in line
+    made = next((tmp_path / "a").glob("*.manifest.json"))
+    assert json.loads(made.read_text())["backend"] == expected.backend.value
+
+    again = runner.invoke(app, ["build", str(src), "--target", "cpu", "-o", str(tmp_path / "b")])
+    assert again.exit_code == 0 and f"backend: {expected.backend.value} on the CPU: " in again.stderr and "remembered from" in again.stderr
+
+    rec["times"] = [{**t, "p50_ms": 1e-3 if t["backend"] != expected.backend.value else 1e3} for t in rec["times"]]  # hash not updated
+    records[0].write_text(json.dumps(rec))
+    tampered = runner.invoke(app, ["build", str(src), "--target", "cpu", "-o", str(tmp_path / "c")])
+    assert tampered.exit_code == 0 and "measured now" in tampered.stderr  # the forged figures were not believed
+
+    for forced in ("ort", "openvino"):
+        f = runner.invoke(app, ["build", str(src), "--target", "cpu", "--backend", forced, "-o", str(tmp_path / forced)])
+        assert f.exit_code == 0, f.output
+        assert "backend: " not in f.stderr  # nothing measured, nothing to explain
+        assert json.loads(next((tmp_path / forced).glob("*.manifest.json")).read_text())["backend"] == forced

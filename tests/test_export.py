@@ -174,7 +174,7 @@ def test_a_fixed_batch_model_goes_through_every_command(trained, tmp_path):
                                 "--calib", str(trained.data / "train"), "--holdout", str(trained.data / "val"), "--min-agreement", "0.5",
                                 "--calib-method", "percentile", "--calib-size", "32"])
         assert q.exit_code == 0, q.output
-    built = runner.invoke(app, ["build", str(tmp_path / "b1.int8.onnx"), "--target", "cpu", "-o", str(tmp_path / "cpu")])
+    built = runner.invoke(app, ["build", str(tmp_path / "b1.int8.onnx"), "--target", "cpu", "--backend", "ort", "-o", str(tmp_path / "cpu")])
     assert built.exit_code == 0, built.output
     art = next((tmp_path / "cpu").glob("*.ort.onnx"))
     r = runner.invoke(app, ["predict", str(art), *images, "--json"])

@@ -24,7 +24,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     model = tiny_classifier(d / "tiny.onnx")
     built = d / "build"
-    r = runner.invoke(app, ["build", str(model), "--target", "cpu", "-o", str(built)])
+    r = runner.invoke(app, ["build", str(model), "--target", "cpu", "--backend", "ort", "-o", str(built)])
     assert r.exit_code == 0, r.output
     artifact = next(p for p in built.iterdir() if p.suffix == ".onnx")
     return {"model": model, "video": make_video(d / "clip.mp4", list(pan_zoom_frames(96, 64, 6)), fps=10), "build": built,

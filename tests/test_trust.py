@@ -130,7 +130,7 @@ def photo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("built")
-    r = invoke("build", model, "--target", "cpu", "-o", out)
+    r = invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", out)
     assert r.exit_code == 0, r.output
     return out / "tiny.ort.onnx"
 

@@ -45,8 +45,10 @@ def targets(
 def build(
     model: Annotated[Path, typer.Argument(help="ONNX model (fp32, or fp16/int8 from quantize).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see 'targets') or a TOML file.")],
-    backend: Annotated[BackendOption | None, typer.Option("--backend", help="Runtime (default: the target's first); auto: every one "
-                                                          "of the target's that runs here, measured, the fastest judged kept.")] = None,
+    backend: Annotated[BackendOption | None, typer.Option("--backend", help="Runtime (default on a CPU: the fastest installed for this "
+                                                          "model on this CPU, measured once and remembered; on a GPU: the "
+                                                          "target's preference); auto: every one of the target's that runs "
+                                                          "here and every precision, measured, the fastest judged kept.")] = None,
     precision: Annotated[PrecisionOption | None, typer.Option("--precision", help="Expected precision of the graph; auto: every one the "
                                                               "target runs (quantized from FP32), measured, the fastest judged kept.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(), help="CPU threads (default: the target's).")] = None,
@@ -67,8 +69,8 @@ def build(
         from ..onnx_file import graph_precision, load_onnx
 
         out = output_dir if output_dir is not None else model.parent / f"{model.stem}.{tgt.name}"
-        # auto on one axis only: the other is the target's first backend, or the graph's own precision
-        backends = None if backend is BackendOption.auto else [Backend(backend.value if backend else tgt.backend)]
+        # --precision auto without --backend: every backend too (what the pipeline ships); --backend auto alone: the graph's precision
+        backends = None if backend in (BackendOption.auto, None) else [Backend(backend.value)]
         precisions = None if precision is PrecisionOption.auto else [
             Precision(precision.value if precision else graph_precision(load_onnx(model, with_weights=False)))]
         auto = auto_build(model, tgt, backends=backends, precisions=precisions, output_dir=out, calib=calib, iterations=iterations,
@@ -83,8 +85,17 @@ def build(
         typer.echo(f"ship: {shown(auto.artifact.name)} ({shown(auto.decision.ship)}): {shown(auto.decision.why)}")
         typer.echo(f"wrote {shown(auto.artifact)}, its manifest and {shown(auto.report)}")
         return
-    result = build_artifact(model, tgt, backend=backend.value if backend else None, precision=precision.value if precision else None,
+    chosen = backend.value if backend else None
+    pick = None
+    if chosen is None and tgt.device == "cpu" and not allow_tf32:  # the fastest backend here, as the pipeline would ship it
+        from ..autobuild import pick_backend
+
+        pick = pick_backend(model, tgt, threads=threads, expect=precision.value if precision else None, progress=progress)
+        chosen = pick.choice.backend.value
+    result = build_artifact(model, tgt, backend=chosen, precision=precision.value if precision else None,
                             output_dir=output_dir, threads=threads, allow_tf32=allow_tf32)
+    if pick is not None:  # said once the build succeeded: a refused build stays one error line
+        typer.echo(f"backend: {shown(pick.choice.line)}", err=True)
     m, p = result.manifest, result.parity
     typer.echo(f"runtime: {result.note}")
     typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "

@@ -78,7 +78,6 @@ def make_demo_dataset(
 
 
 def default_demo_dir() -> Path:
-    import os
+    from ..fileio import cache_dir
 
-    root = Path(os.environ.get("EDGE_INCEPTION_CACHE", Path.home() / ".cache" / "edge-inception"))
-    return root / f"demo-v{DEMO_VERSION}"
+    return cache_dir() / f"demo-v{DEMO_VERSION}"

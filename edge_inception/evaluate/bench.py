@@ -100,6 +100,7 @@ class BenchConfig:
     baselines: tuple[Baseline, ...] | None = None  # None: PyTorch where it is installed, and default ONNX Runtime
     rerun_disturbed: int = 0  # rounds taken under load measured again, at most this many times
     fixed_at_own_batch: bool = False  # an artifact that takes one batch size is measured at that size only (else refused)
+    peak: bool = True  # probe the FP32 matmul peak first (for the '% CPU FP32 peak' column)
 
 
 @dataclass
@@ -284,7 +285,8 @@ def run_bench(artifacts: Sequence[str | Path], cfg: BenchConfig, progress: Calla
         check_batch_memory(batch, engines[0].image_size)
     check_threads(cfg.threads)
     machine = machine_info(cfg.threads)
-    machine.matmul_peak_macs_per_s = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
+    if cfg.peak:
+        machine.matmul_peak_macs_per_s = _worker({"kind": "peak", "threads": cfg.threads})["macs_per_s"]
     samples: dict[tuple[str, int], list[float]] = {(e.name, b): [] for e in engines for b in cfg.batches if measured_at(e, b)}
     per_round = len(samples)
     total = cfg.rounds * per_round

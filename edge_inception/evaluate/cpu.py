@@ -22,7 +22,8 @@ class CpuInfo:
 
     @property
     def simd(self) -> list[str]:
-        return sorted(self.flags & {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})
+        return sorted(self.flags & {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                                    "amx_int8", "asimd"})
 
 
 @functools.cache

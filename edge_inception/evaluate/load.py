@@ -2,7 +2,8 @@
 
 A benchmark on a shared machine is only as good as the quiet it ran in. Each round records the 1-minute load average
 before and after, the CPU time the rest of the machine used during it (all CPU time from /proc/stat, less our own and
-our children's), and the time a hypervisor stole; a round in which others used more than a tenth of a core is marked
+that of every process we started, running or finished: a server or a worker pool that lives across rounds is ours,
+not a disturbance), and the time a hypervisor stole; a round in which others used more than a tenth of a core is marked
 disturbed (and rerun, where the caller allows).
 """
 
@@ -32,14 +33,50 @@ def _proc_stat() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
+def _descendants_cpu() -> float:
+    """CPU seconds of our live descendants (children, grandchildren, ...): each one's own time and that of the children
+    it has reaped. A descendant reaped by us moves into RUSAGE_CHILDREN, one reaped by another descendant into that
+    one's reaped time, so the sum with :func:`_own_cpu`'s rusage stays continuous as processes come and go."""
+    me = os.getpid()
+    parent: dict[int, int] = {}
+    times: dict[int, float] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0.0
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        try:  # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), counted from state as 0
+            parent[int(name)] = int(fields[1])
+            times[int(name)] = float(sum(int(x) for x in fields[11:15]))
+        except (ValueError, IndexError):
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, list(children.get(me, []))
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _own_cpu() -> float:
+    """CPU seconds of this process, its reaped children, and its live descendants."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _descendants_cpu()
 
 
 def _loadavg() -> float | None:
     try:
-        return os.getloadavg()[0]
+        return round(os.getloadavg()[0], 2)
     except OSError:
         return None
 

@@ -1,0 +1,154 @@
+"""`make bench`: re-record every results file in one command, sized to finish in under 20 minutes on 2 cores.
+
+    python benchmarks/record_all.py [--out benchmarks/results] [--only suite,stream,...] [--smoke] [--max-load 0.5]
+
+Each script runs in its own process, in turn, after waiting (up to 10 min) for the 1-minute load average to fall below
+--max-load; each writes its own results with the CPU's name and ISA flags and every round's load (benchmarks/_record.py),
+and says whether it may be quoted. The budget below is each script's share of the 20 minutes on a quiet 2-core machine
+(its settings are chosen to fit it); a script still running at twice its budget is stopped and reported as such. Shared
+inputs (the demo net trained briefly, its INT8 CPU artifact) are made once, first.
+
+--smoke: tiny settings, no waiting, results into a scratch folder (never benchmarks/results): a check that every script
+still runs, not figures. Writes record_all.md (each script: seconds, exit status, quotable) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import Record  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    budget_s: int  # its share of the 20 minutes on a quiet 2-core machine
+    args: tuple[str, ...]  # the full settings
+    smoke: tuple[str, ...]  # tiny settings: does it still run
+    results: str  # the folder under --out it writes
+
+
+# {model}: the demo net's FP32 ONNX; {artifact}: its INT8 CPU artifact; {out}: the step's results folder
+STEPS = (
+    Step("prepare", 90, (), (), ""),  # the demo net (200 steps at 64 px) and its INT8 artifact, for stream and int8-verdict
+    Step("suite", 220, ("run_suite.py", "--iterations", "20", "--rounds", "2", "--out", "{out}"),
+         ("run_suite.py", "--iterations", "2", "--rounds", "1", "--batch", "1", "--rerun-disturbed", "0", "--no-wait", "--out", "{out}"), ""),
+    Step("candidates", 240, ("candidates_goals.py", "cpu", "--iterations", "20", "--rounds", "2", "--out", "{out}"),
+         ("candidates_goals.py", "cpu", "--iterations", "2", "--rounds", "1", "--no-wait", "--out", "{out}"), "candidates"),
+    Step("bench-agreement", 150, ("bench_agreement.py", "--rounds", "2", "--iterations", "20", "--out", "{out}"),
+         ("bench_agreement.py", "--image-size", "64", "--num-classes", "10", "--rounds", "1", "--iterations", "2", "--warmup", "1",
+          "--batch", "1,2", "--rerun-disturbed", "0", "--no-wait", "--out", "{out}"), "bench-agreement"),
+    Step("stream", 120, ("stream_goals.py", "{artifact}", "--agreement-images", "300", "--jpegs", "24", "--video-frames", "150", "--out", "{out}"),
+         ("stream_goals.py", "{artifact}", "--agreement-images", "4", "--jpegs", "2", "--video-frames", "8", "--no-wait", "--out", "{out}"),
+         "stream"),
+    Step("serve", 100, ("serve_goals.py", "--min-duration-ms", "5000", "--out", "{out}"),
+         ("serve_goals.py", "--min-duration-ms", "500", "--clients", "4", "--no-wait", "--out", "{out}"), "serve"),
+    Step("int8-verdict", 240, ("int8_verdict.py", "--model", "{model}", "--subsets", "5", "--out", "{out}"),
+         ("int8_verdict.py", "--model", "{model}", "--subsets", "1", "--no-wait", "--out", "{out}"), "int8-verdict"),
+)
+# Shares estimated from earlier records: run_suite took 272 s at its defaults (30 x 3) at load 0.48; int8_verdict 26.8
+# min, stream_goals 9.3 min at a load of 13-14 on 2 cores (about 7 x slower than quiet); the quiet run's record_all.md
+# gives the real times.
+BUDGET_S = sum(s.budget_s for s in STEPS)  # 1160 s: 19.3 min, the quiet-machine waits not counted; see the README
+
+
+def prepare(work: Path, smoke: bool) -> dict[str, str]:
+    """The demo net trained briefly (as the tests and int8_verdict do), exported, quantized to INT8 on its training crops,
+    and built for the cpu target: what stream_goals and int8_verdict take."""
+    cli = [PY, "-m", "edge_inception"]
+    steps = "30" if smoke else "200"
+    run = [cli + ["demo-data", "-o", str(work / "demo")],
+           cli + ["train", "--data", str(work / "demo" / "train"), "--val", str(work / "demo" / "val"), "--image-size", "64", "--max-steps", steps,
+                  "--batch-size", "16", "--lr", "0.03", "-o", str(work / "demo.pth")],
+           cli + ["export", "-w", str(work / "demo.pth"), "-o", str(work / "demo.onnx")],
+           cli + ["quantize", str(work / "demo.onnx"), "--precision", "int8", "--calib", str(work / "demo" / "train"), "--calib-method", "minmax",
+                  "-o", str(work / "demo.int8.onnx")],
+           cli + ["build", str(work / "demo.int8.onnx"), "--target", "cpu", "-o", str(work / "cpu")]]
+    for cmd in run:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    artifact = next(p for p in sorted((work / "cpu").iterdir()) if p.suffix in (".onnx", ".xml") and not p.name.endswith(".manifest.json"))
+    return {"model": str(work / "demo.onnx"), "artifact": str(artifact)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--only", help="comma-separated steps (" + ", ".join(s.name for s in STEPS[1:]) + ")")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings into a scratch folder: does every script still run")
+    parser.add_argument("--max-load", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(",")) if args.only else {s.name for s in STEPS}
+    unknown = wanted - {s.name for s in STEPS}
+    if unknown:
+        parser.error(f"unknown step(s): {', '.join(sorted(unknown))}")
+    out = Path(tempfile.mkdtemp(prefix="record-all-smoke-")) if args.smoke else args.out
+    rows = []
+    t_all = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="record-all-") as tmp:
+        work = Path(tmp)
+        shared: dict[str, str] = {}
+        for step in STEPS:
+            if step.name == "prepare":
+                if wanted & {"stream", "int8-verdict"}:
+                    t0 = time.monotonic()
+                    shared = prepare(work, args.smoke)
+                    rows.append({"step": "prepare", "seconds": round(time.monotonic() - t0, 1), "rc": 0, "budget_s": step.budget_s})
+                continue
+            if step.name not in wanted:
+                continue
+            waited = 0.0
+            if not args.smoke:
+                waited = Record(max_load=args.max_load).wait_for_quiet()
+            folder = out / step.results if step.results else out
+            settings = [a.format(out=folder, **shared) for a in (step.smoke if args.smoke else step.args)]
+            cmd = [PY, str(HERE / settings[0]), *settings[1:]]
+            print(f"== {step.name} (budget {step.budget_s} s): {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+            t0 = time.monotonic()
+            try:
+                rc = subprocess.run(cmd, timeout=2 * step.budget_s if not args.smoke else None).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timed out"
+            seconds = round(time.monotonic() - t0, 1)
+            rows.append({"step": step.name, "seconds": seconds, "waited_s": waited, "rc": rc, "budget_s": step.budget_s,
+                         "quotable": _quotable(folder)})
+            print(f"== {step.name}: {seconds} s, exit {rc}", flush=True)
+    total = round(time.monotonic() - t_all, 1)
+    lines = ["# make bench", "", f"`python benchmarks/record_all.py {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`: {total:.0f} s "
+             f"in all (budget {BUDGET_S} s)" + (" (smoke: tiny settings, figures not meaningful)" if args.smoke else ""), "",
+             "| step | seconds | budget s | waited for quiet s | exit | quotable |", "|---|---:|---:|---:|---|---|"]
+    lines += [f"| {r['step']} | {r['seconds']} | {r['budget_s']} | {r.get('waited_s', '-')} | {r['rc']} | {r.get('quotable', '-')} |" for r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "record_all.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out / 'record_all.md'}")
+    return 0 if all(r["rc"] in (0, 1) for r in rows) else 1  # 1: a script ran and reported a goal missed
+
+
+def _quotable(folder: Path) -> str:
+    """What the step's newest results file says of itself (record.quotable), or '-' when it wrote none."""
+    files = sorted((p for p in folder.glob("*.json") if p.is_file()), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    for f in reversed(files):
+        try:
+            doc = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("record"), dict):
+            return "yes" if doc["record"].get("quotable") else "no"
+    return "-"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
