@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 OUT ?= runs/demo
 
-.PHONY: setup run test pytest lint typecheck bench mutate clean
+.PHONY: setup run test pytest quick lint typecheck bench mutate clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-typecheck.txt requirements-triton.txt
 	@echo "setup: creating $(VENV) and installing the pinned packages (torch, onnxruntime, openvino, tritonserver, ray, ...): 1-5 minutes"
@@ -28,6 +28,17 @@ test: lint typecheck pytest
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: the tests of what an edit most often breaks (layout and import rules, the pure decision functions,
+# preprocessing against torchvision's fixture, the model, checkpoints, verification, bundles' and repositories' trust
+# checks), none of which trains, serves, streams or runs the pipeline (QUICK_SKIP: the measured slow ones of these files).
+# `make test` still runs everything (README, "Testing").
+QUICK_TESTS := tests/test_architecture.py tests/test_decisions.py tests/test_preprocess.py tests/test_candidates.py tests/test_model.py \
+	tests/test_verify.py tests/test_weights.py tests/test_reference.py tests/test_review.py tests/test_torchvision_layout.py \
+	tests/test_trust.py tests/test_build_cache.py
+QUICK_SKIP := runtime_commands_work_without_pytorch or pipeline_builds_measures or auto_keeps_the_fastest or fixed_batch_variant
+quick: $(STAMP)
+	$(PY) -m pytest -q $(QUICK_TESTS) -k "not ($(QUICK_SKIP))"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edge_inception tests benchmarks

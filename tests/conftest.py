@@ -36,27 +36,84 @@ class Trained:
     result: object
 
 
-@pytest.fixture(scope="session")
-def trained(demo_data, tmp_path_factory) -> Trained:
-    """A GoogLeNet briefly trained on the demo crops (once per session), and its verified ONNX export.
+TRAIN_CONFIG = {"max_steps": TRAIN_STEPS, "batch_size": 16, "image_size": TRAIN_IMAGE_SIZE, "lr": 0.03, "threads": 2}
 
-    A randomly initialised net gives every image the same class, so fidelity checks need this one.
-    """
+
+def _train_and_export(folder: Path, data: Path) -> dict:
+    """Train on ``data`` and export into ``folder``: demo.pth (+ its .json sidecar) and demo.onnx; the TrainResult as JSON."""
+    import dataclasses
+
     from edge_inception.convert.export import export_model
     from edge_inception.model.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("trained")
-    torch.set_num_threads(2)
-    result = train(TrainConfig(data=demo_data / "train", val=demo_data / "val", output=out / "demo.pth", max_steps=TRAIN_STEPS,
-                               batch_size=16, image_size=TRAIN_IMAGE_SIZE, lr=0.03))
+    torch.set_num_threads(TRAIN_CONFIG["threads"])
+    cfg = {k: v for k, v in TRAIN_CONFIG.items() if k != "threads"}
+    result = train(TrainConfig(data=data / "train", val=data / "val", output=folder / "demo.pth", **cfg))
     assert result.checkpoint is not None
-    exported = export_model(result.checkpoint, out / "demo.onnx")
-    return Trained(result.checkpoint, exported.path, demo_data, result)
+    export_model(result.checkpoint, folder / "demo.onnx")
+    return {**dataclasses.asdict(result), "checkpoint": result.checkpoint.name}
 
 
 @pytest.fixture(scope="session")
-def built_fp32(trained, tmp_path_factory) -> Path:
-    """The trained net built for the CPU target (ONNX Runtime)."""
+def trained(demo_data, tmp_path_factory) -> Trained:
+    """A GoogLeNet briefly trained on the demo crops, and its verified ONNX export.
+
+    A randomly initialised net gives every image the same class, so fidelity checks need this one. Built once and kept
+    between runs while nothing that determines it changes (tests/build_cache.py: training's and export's source, the
+    demo crops, the settings, the library versions, the CPU's instruction set); any edit to them trains afresh.
+    """
+    from edge_inception.model.train import EpochStats, TrainResult
+
+    from .build_cache import cached_build, source_digest, tree_digest, versions
+
+    out = tmp_path_factory.mktemp("trained")
+    fields = {"config": TRAIN_CONFIG, "sources": source_digest("edge_inception.model.train", "edge_inception.convert.export"),
+              "data": tree_digest([demo_data / "train", demo_data / "val"], demo_data),
+              "versions": versions("numpy", "pillow", "onnx", "onnxruntime", "onnxsim")}
+    got = cached_build("trained", fields, lambda folder: _train_and_export(folder, demo_data), out, code=(_train_and_export,))
+    result = TrainResult(**{**got, "checkpoint": out / got["checkpoint"], "history": [EpochStats(**e) for e in got["history"]]})
+    return Trained(out / "demo.pth", out / "demo.onnx", demo_data, result)
+
+
+@pytest.fixture(scope="session")
+def built_fp32_result(trained, tmp_path_factory):
+    """The trained net built for the CPU target (ONNX Runtime): the BuildResult."""
     from edge_inception.engines.build import build
 
-    return build(trained.onnx, "cpu", output_dir=tmp_path_factory.mktemp("built_fp32")).artifact
+    return build(trained.onnx, "cpu", output_dir=tmp_path_factory.mktemp("built_fp32"))
+
+
+@pytest.fixture(scope="session")
+def built_fp32(built_fp32_result) -> Path:
+    """The trained net built for the CPU target (ONNX Runtime)."""
+    return built_fp32_result.artifact
+
+
+@pytest.fixture(scope="session")
+def fp16_quantized(trained, tmp_path_factory):
+    """The trained net in FP16 (QuantizeResult), judged on the demo crops."""
+    from edge_inception.convert.quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("fp16") / "demo.fp16.onnx"
+    return quantize_model(trained.onnx, "fp16", output=out, calib=trained.data / "train", holdout=trained.data / "val")
+
+
+@pytest.fixture(scope="session")
+def int8_relaxed(trained, tmp_path_factory):
+    """The trained net in INT8 with the guard relaxed to 50 % top-1 agreement (QuantizeResult): an INT8 model to build,
+    run and profile, not a test of the guard (tests/test_quantize.py has those)."""
+    from edge_inception.convert.quantize import quantize_model
+
+    out = tmp_path_factory.mktemp("int8") / "demo.int8.onnx"
+    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5,
+                          criterion="agreement")
+
+
+@pytest.fixture(scope="session")
+def cpu_builds(trained, built_fp32_result, fp16_quantized, int8_relaxed, tmp_path_factory) -> dict:
+    """{precision: (source ONNX, BuildResult for the cpu target)} for fp32, fp16 and int8, built once per session."""
+    from edge_inception.engines.build import build
+
+    out = tmp_path_factory.mktemp("cpu_builds")
+    return {"fp32": (trained.onnx, built_fp32_result),
+            **{p: (q.path, build(q.path, "cpu", output_dir=out)) for p, q in (("fp16", fp16_quantized), ("int8", int8_relaxed))}}

@@ -6,9 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.convert.quantize import quantize_model
 from edge_inception.data.images import bundled_photos, load_batch
-from edge_inception.engines.build import build
+from edge_inception.engines.build import MIN_COSINE, build
 from edge_inception.engines.manifest import Manifest, read_manifest
 from edge_inception.engines.registry import open_runner
 from edge_inception.engines.targets import get_target, list_targets
@@ -22,13 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def built(trained, tmp_path_factory):
-    out = tmp_path_factory.mktemp("built")
-    fp16 = quantize_model(trained.onnx, "fp16", output=out / "demo.fp16.onnx", calib=trained.data / "train", holdout=trained.data / "val")
-    int8 = quantize_model(trained.onnx, "int8", output=out / "demo.int8.onnx", calib=trained.data / "train", holdout=trained.data / "val",
-                          min_agreement=0.5)
-    sources = {"fp32": trained.onnx, "fp16": fp16.path, "int8": int8.path}
-    return {p: (src, build(src, "cpu", output_dir=out / "cpu")) for p, src in sources.items()}
+def built(cpu_builds):
+    return cpu_builds
 
 
 def test_cpu_builds_match_their_source(built):
@@ -218,14 +212,16 @@ def _tensorrt_skip_reason() -> str | None:
 def test_tensorrt_engine_build_and_run(built, tmp_path):  # pragma: no cover - needs TensorRT and a GPU
     src, _ = built["fp16"]
     result = build(src, "gpu", output_dir=tmp_path)
-    assert result.parity.top1_agreement >= 0.99
+    assert result.parity.mean_cosine >= MIN_COSINE  # the build's rule for a reduced-precision artifact, as above
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO (optional extra) is not installed")
 def test_openvino_build_matches(built, tmp_path):
     src, _ = built["int8"]
     result = build(src, "cpu", backend="openvino", output_dir=tmp_path)
-    assert result.artifact.suffix == ".xml" and result.parity.top1_agreement >= 0.99
+    # the build's own rule for a reduced-precision artifact (what was kept passed it); top-1 agreement between two INT8
+    # kernels depends on the CPU (VNNI or not) and the trained net's near-ties, so it is no promise
+    assert result.artifact.suffix == ".xml" and result.parity.mean_cosine >= MIN_COSINE and result.parity.samples > 0
 
 
 

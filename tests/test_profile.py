@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.convert.quantize import quantize_model
 from edge_inception.engines.build import build
 from edge_inception.engines.runner import NodeTime, Timings
 from edge_inception.evaluate.flops import count_graph, stage_of
@@ -22,13 +21,8 @@ MAC_OPS = {"Conv", "QLinearConv", "FusedConv", "NchwcConv", "Gemm", "QGemm", "Ma
 
 
 @pytest.fixture(scope="module")
-def artifacts(trained, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prof")
-    fp16 = quantize_model(trained.onnx, "fp16", output=out / "demo.fp16.onnx", calib=trained.data / "train", holdout=trained.data / "val")
-    int8 = quantize_model(trained.onnx, "int8", output=out / "demo.int8.onnx", calib=trained.data / "train", holdout=trained.data / "val",
-                          min_agreement=0.5, criterion="agreement")
-    sources = {"fp32": trained.onnx, "fp16": fp16.path, "int8": int8.path}
-    return sources, {p: build(s, "cpu", output_dir=out / "cpu").artifact for p, s in sources.items()}
+def artifacts(cpu_builds):
+    return {p: src for p, (src, _) in cpu_builds.items()}, {p: result.artifact for p, (_, result) in cpu_builds.items()}
 
 
 def test_every_multiply_add_node_maps_to_a_stage(artifacts):

@@ -350,6 +350,8 @@ def test_bad_targets_get_one_line(server, tmp_path):
         t0 = time.monotonic()
         with pytest.raises(ServeError, match="did not answer within 1 s"):
             TritonClient(f"grpc://127.0.0.1:{silent.getsockname()[1]}/demo", timeout_s=1).connect()
+        # not a speed figure: a client that ignored its 1 s deadline would wait on the silent socket for ever; 20 x the
+        # deadline leaves room for a loaded machine and still tells the two apart
         assert time.monotonic() - t0 < 20
 
 
@@ -415,13 +417,15 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path):
     (repo / "slow" / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 1\ninput [{ name: "x" data_type: TYPE_FP32 dims: [1] }]\n'
                                                 'output [{ name: "y" data_type: TYPE_FP32 dims: [1] }]\n')
     model = ("import os, sys, time\nsys.path[:0] = os.environ['EDGE_INCEPTION_SYS_PATH'].split(os.pathsep)  # NumPy for the stub\n\n"
-             "class TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(120)\n")
+             "class TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(600)\n")
     (repo / "slow" / "1" / "model.py").write_text(model)
     t0 = time.monotonic()
     code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3",
                        "--trust-repository")
     assert code == 1 and "was not ready within 3 s" in one_error_line(err)
-    assert time.monotonic() - t0 < 60
+    # the model takes 600 s to load: an answer well before that means --ready-timeout stopped the wait (not a speed figure;
+    # the margin is for a loaded machine)
+    assert time.monotonic() - t0 < 300
     assert_none_left(repo, within_s=5)
 
 
@@ -504,7 +508,9 @@ def test_serve_run_refuses_what_serve_export_did_not_write(plain_repo, tmp_path)
         code, out, err = cli("serve", "run", str(repo), *ports)
         line = one_error_line(err)
         assert code == 1 and needle in line and len(err.strip().splitlines()) == 1, err
-        assert time.monotonic() - t0 < 30  # no FIFO read, no server waited for
+        # no FIFO read (that would block for ever) and no server waited for (--ready-timeout's default, 120 s): a bound that
+        # tells those apart from a refusal on a loaded machine, not a speed figure
+        assert time.monotonic() - t0 < 100
         assert not marker.exists() and processes_of(repo) == []
         return line
 
@@ -631,9 +637,9 @@ def test_serve_run_exits_when_a_stub_or_its_server_dies(plain_repo, tmp_path, vi
         pick = [pid for pid, cmd in running.items() if ("triton_python_backend_stub" in cmd) == (victim == "stub")]
         assert len(pick) == 1, running
         os.kill(pick[0], signal.SIGKILL)
-        t0 = time.monotonic()
-        code = proc.wait(timeout=60)
-        assert code == 1 and time.monotonic() - t0 < 30
+        # a serve run that missed the death would serve on until signalled: wait's timeout only guards against that hang
+        code = proc.wait(timeout=120)
+        assert code == 1
         err = proc.stderr.read() if proc.stderr else ""
         line = one_error_line(err)
         assert len(err.strip().splitlines()) == 1, err
