@@ -139,7 +139,7 @@ def probe_head(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> No
     Raises :class:`ClusterError` (one line: closed port, not a Ray head, the token refused, no answer)."""
     speaks_grpc(host, port, timeout_s)
     import ray.exceptions
-    from ray._raylet import InnerGcsClient
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]  # Ray's GCS client (Cython, no stubs)
 
     address = f"{host}:{port}"
     try:
@@ -158,6 +158,22 @@ def quiet_ray_loggers() -> None:
     """Ray's and Ray Data's Python loggers to errors only: their notes and progress lines are not the command's output."""
     for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_head(address: str) -> tuple[str, int]:
+    """Before joining the head at ``HOST:PORT``: the address's form, a token at hand, and :func:`probe_head` (bounded);
+    a loopback host switches this process to Ray's single-node mode first (Ray must not be imported yet, then).
+    Returns (host, port); raises :class:`ClusterError` (one line)."""
+    host, port = parse_address(address)
+    if token_source() is None:
+        raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
+    if host in LOOPBACK_HOSTS:  # Ray would dial the routable address instead (see the module's notes)
+        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            raise ClusterError(f"Ray was imported before joining {host}: join a loopback head in a fresh process")
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"  # the probe's GCS client sends the token only in this mode
+    probe_head(host, port)
+    return host, port
 
 
 @contextlib.contextmanager
@@ -188,15 +204,7 @@ def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
             init_args: dict = {"address": "local", "num_cpus": num_cpus, "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
                                "include_dashboard": False, "_node_ip_address": "127.0.0.1", "_temp_dir": temp_dir}
         else:
-            host, port = parse_address(address)
-            if token_source() is None:
-                raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token "
-                                   "(on the head: ray get-auth-token)")
-            if host in LOOPBACK_HOSTS:  # Ray would dial the routable address instead (see the module's notes)
-                if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-                    raise ClusterError(f"Ray was imported before joining {host}: join a loopback head in a fresh process")
-                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-            probe_head(host, port)
+            host, port = check_head(address)
             os.environ["RAY_gcs_server_port_wait_time_s"] = str(int(CONNECT_TIMEOUT_S))  # ray.init's own GCS retries, bounded
             init_args = {"address": f"{host}:{port}"}
         import ray
