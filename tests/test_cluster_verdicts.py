@@ -1,4 +1,6 @@
-"""Every way of joining a cluster (eval, quantize and pipeline --cluster, fleet) refuses, in one line and within seconds,
+"""``quantize --eval DIR --cluster``: the accuracy verdict's models run on a real Ray cluster and give the figures the
+in-process path gives. Every way of joining a cluster (eval, quantize and pipeline --cluster, fleet) refuses, in one
+line and within seconds,
 an address that is not a Ray head (closed port, a listener that says nothing, one that speaks something else, a gRPC
 server that is not Ray's GCS) or a head that refuses the token.
 
@@ -9,6 +11,7 @@ alive."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import socket
 import sys
@@ -19,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from edge_inception.cli import app
 from tests import ray_procs
 
 pytest.importorskip("ray")
@@ -71,6 +76,23 @@ def head(tmp_path_factory) -> Iterator[str]:
 
 def _cli(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "edge_inception", *map(str, args)]
+
+
+def test_quantize_eval_on_a_cluster_gives_the_in_process_verdict(trained, head, tmp_path):
+    """FP16 judged by accuracy on the labelled demo crops: FP32's and FP16's top-1 / top-5, the verdicts and the claim
+    are the in-process run's, and the cluster ran the three models (FP32, the candidate, the model written)."""
+    base = ["quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "--eval", str(trained.data / "val")]
+    plain = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "plain.fp16.onnx")])
+    assert plain.exit_code == 0, plain.output
+    r = ray_procs.run(_cli(*base, "-o", tmp_path / "cluster.fp16.onnx", "--cluster", head, "--workers", "2"), RUN_TIMEOUT_S, **RAY_ENV)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"note: cluster {head}: 2 worker(s), 3 accuracy pass(es)" in r.stderr
+    want = json.loads((tmp_path / "plain.fp16.report.json").read_text())
+    got = json.loads((tmp_path / "cluster.fp16.report.json").read_text())
+    assert want["accuracy"]["labelled"] and got["accuracy"]["labelled"] == want["accuracy"]["labelled"]
+    accuracy = [v for v in want["verdicts"] if v["measure"] == "top-1 accuracy"]
+    assert accuracy and [v for v in got["verdicts"] if v["measure"] == "top-1 accuracy"] == accuracy
+    assert got["claim"] == want["claim"] and got["criterion"] == want["criterion"]
 
 
 @contextlib.contextmanager
