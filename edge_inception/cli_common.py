@@ -9,10 +9,11 @@ outside field they print (labels, file names) through :func:`shown` too."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -30,6 +31,7 @@ from .vocab import (
 )
 
 if TYPE_CHECKING:
+    from .evaluate.topk import TopKOnFiles
     from .report import Report
 
 MAX_SHOWN_CHARS = 4000  # an error line or note: long enough for a list of choices, short enough to read
@@ -143,6 +145,31 @@ ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=MIN_IMAGE_
 
 PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fast: JPEGs decoded at reduced scale (DCT) and only the "
                                                     "crop resampled; exact: the reference transform on the full image.")]
+
+
+ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Run the accuracy evaluation on a Ray cluster: its head's HOST:PORT "
+                                               "(token in RAY_AUTH_TOKEN), or local (a private one for this run, 127.0.0.1, token "
+                                               "auth). Same figures as without. Needs [cluster].")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the model once.")]
+
+
+@contextlib.contextmanager
+def cluster_top_k(cluster: str | None, workers: int) -> Iterator[TopKOnFiles | None]:
+    """``--cluster`` for a command whose accuracy verdict runs models on a labelled folder: a
+    :class:`~edge_inception.cluster.evaluate.ClusterTopK` (the address checked now, the cluster joined at its first use,
+    left and a private one stopped at the end), or None without ``--cluster`` (Ray is then never imported)."""
+    if cluster is None:
+        yield None
+        return
+    from .cluster.evaluate import ClusterTopK
+
+    with ClusterTopK(cluster, workers=workers) as top_k:
+        yield top_k
+        if top_k.passes == 0:
+            typer.echo(f"note: --cluster {shown(cluster)}: no labelled images to evaluate, the cluster was not used", err=True)
+        else:
+            typer.echo(f"note: cluster {shown(cluster)}: {top_k.workers} worker(s), {top_k.passes} accuracy pass(es), ready after "
+                       f"{top_k.startup_s:.1f} s", err=True)
 
 
 def choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .convert.quantize import QuantizeResult
     from .evaluate.bench import BenchReport
     from .evaluate.profile import ProfileReport
+    from .evaluate.topk import TopKOnFiles
     from .evaluate.verify import Parity
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class PipelineConfig:
     bench_rounds: int = 3
     batches: tuple[int, ...] = (1,)  # the edge case; add 8, 32 ... for throughput
     ship_unproven: bool = False  # ship a candidate whose claim the evidence cannot carry (INT8 on too few photos), saying so
+    eval_dir: Path | None = None  # labelled ImageFolder for the quantized models' accuracy verdict (quantize --eval)
+    top_k: TopKOnFiles | None = None  # where that verdict's models run (--cluster); None: in this process
 
     def __post_init__(self) -> None:
         self.precisions = tuple(Precision(p) for p in self.precisions)  # ("fp32", "int8") from Python callers too
@@ -145,7 +148,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                     label = reduced.value if len(qts) == 1 else f"{reduced.value}-{qt.value}"
                     with run.stage(f"quantize {label}", on_stage) as detail:
                         q = quantize_model(fp32, reduced, output=work / f"model.{label}.onnx", calib=cfg.calib, target=qt,
-                                           min_agreement=cfg.min_agreement, progress=progress)
+                                           min_agreement=cfg.min_agreement, progress=progress, eval_dir=cfg.eval_dir, top_k=cfg.top_k)
                         models[(reduced, qt)], run.quantization[label] = q.path, q
                         detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
                                       + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))

@@ -253,6 +253,7 @@ def test_build_without_backend_picks_the_fastest_measured_and_remembers(tmp_path
     if importlib.util.find_spec("openvino") is None:
         pytest.skip("one CPU backend only: nothing to choose between")
     from edge_inception.convert.export import export_model
+    from edge_inception.convert.quantize import quantize_model
     from edge_inception.data.images import bundled_photos_dir
 
     monkeypatch.setenv("EDGE_INCEPTION_CACHE", str(tmp_path / "cache"))

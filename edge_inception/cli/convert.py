@@ -9,8 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from ..cli_common import (
+    ClusterOpt,
     ImageSizeOpt,
     WeightsOpt,
+    WorkersOpt,
+    cluster_top_k,
     echo_table,
     handle_errors,
     note,
@@ -164,13 +167,17 @@ def quantize(
     criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "
                                                  "agreement, and accuracy too where labels are at hand.")] = Criterion.auto,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,
+    cluster: ClusterOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
     from ..convert.quantize import quantize_model
 
     check_outputs(output, inputs=[model])
-    result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
-                            holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, criterion=criterion, progress=progress)
+    with cluster_top_k(cluster, workers) as top_k:
+        result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,
+                                holdout=holdout, eval_dir=eval_dir, min_agreement=min_agreement, criterion=criterion, progress=progress,
+                                top_k=top_k)
     for warning in result.warnings:
         note(f"warning: {warning}")
     if result.skipped_files:

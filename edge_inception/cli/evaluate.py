@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..cli_common import (
+    ClusterOpt,
     PreprocessOpt,
+    WorkersOpt,
     choices,
     echo_table,
     handle_errors,
@@ -88,9 +90,8 @@ def eval_cmd(
     preprocess: PreprocessOpt = PreprocessMode.fast,
     folder_order: Annotated[FolderOrder, typer.Option("--folder-order", help="Integer class folders without class names: numeric (folder 10 "
                                                       "is output 10) or imagefolder (torchvision's string order).")] = FolderOrder.numeric,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="Spread over a Ray cluster: its head's HOST:PORT (token in RAY_AUTH_TOKEN), "
-                                                "or local (a private one for this run, 127.0.0.1, token auth). Needs [cluster].")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the artifact once.")] = 1,
+    cluster: ClusterOpt = None,
+    workers: WorkersOpt = 1,
     agreement_sample: Annotated[int, typer.Option("--agreement-sample", min=0, max=100_000,
                                                   help="--preprocess fast: also run this many images (evenly spread) through exact "
                                                   "preprocessing and report the agreement; 0: none.")] = DEFAULT_AGREEMENT_SAMPLE,

@@ -9,9 +9,12 @@ import typer
 
 from ..cli_common import (
     SEEDED_NOTE,
+    ClusterOpt,
     ImageSizeOpt,
     WeightsOpt,
+    WorkersOpt,
     choices,
+    cluster_top_k,
     echo_table,
     handle_errors,
     int_list,
@@ -41,13 +44,17 @@ def pipeline(
     ship_unproven: Annotated[bool, typer.Option("--ship-unproven", help="Also ship a candidate whose claim the evidence cannot carry "
                                                 "(INT8 agreement whose 95% lower bound is below --min-agreement); the ship line says so.")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: the quantized models' accuracy verdict "
+                                                  "(as quantize --eval; default: the demo crops for a demo-trained model).")] = None,
+    cluster: ClusterOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Export, quantize, build, verify and benchmark in one step; writes a report folder."""
     from ..pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=choices(precisions, Precision, "--precisions"),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven)
+                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven, eval_dir=eval_dir)
     if weights is None:
         note(SEEDED_NOTE)
     started: dict[str, float] = {}
@@ -58,7 +65,8 @@ def pipeline(
         started[name] = time.perf_counter()
         note(f"[{len(started)}] {name} ...")
 
-    result = run_pipeline(cfg, on_stage=on_stage, progress=progress)
+    with cluster_top_k(cluster, workers) as cfg.top_k:
+        result = run_pipeline(cfg, on_stage=on_stage, progress=progress)
     echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
     typer.echo(f"ship: {shown(ship['artifact'])} ({shown(ship['candidate'])}): {shown(ship['why'])}")

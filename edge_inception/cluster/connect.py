@@ -9,6 +9,13 @@ can run code there, so this module never connects or starts a cluster without it
 as single-node (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; otherwise Ray swaps 127.0.0.1 for the routable address and its
 GCS listens on every interface): with it, the GCS server listens on 127.0.0.1 alone (checked with ``ss -ltn``). The token
 is fresh per run (32 random bytes) and lives only in this process's environment.
+
+Joining a head (``HOST:PORT``): ``ray.init`` retries an address that is not a Ray head for many minutes (its GCS client
+tries each address for ~35 s, twenty times), and swaps a loopback host (``127.0.0.1``, ``localhost``, ``::1``) for the
+machine's routable address before it dials. So :func:`probe_head` checks the address first, each step bounded by
+``CONNECT_TIMEOUT_S``: a TCP connection; the HTTP/2 handshake every gRPC server answers (a listener that says nothing,
+or something else, is refused here); then one GCS request through Ray's own GCS client with the token (a head that
+refuses the token is said so). A loopback host is joined in Ray's single-node mode, which keeps the address as given.
 """
 
 from __future__ import annotations
@@ -76,18 +83,97 @@ def check_address(address: str) -> None:
         raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
 
 
-def _reachable(host: str, port: int) -> None:
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the hosts Ray swaps for the routable address (services.resolve_ip_for_localhost)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # RFC 9113 3.4: the preface, an empty SETTINGS
+H2_SETTINGS = 4  # frame type of the server's first frame (RFC 9113 3.4)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def speaks_grpc(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Whether a gRPC (HTTP/2) server answers at ``host:port`` within ``timeout_s`` for each step: a TCP connection, then
+    the server's SETTINGS frame in answer to the client's preface. Raises :class:`ClusterError` saying which step failed."""
+    where = f"{host}:{port}"
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
-            pass
+        sock = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as exc:
-        raise ClusterError(f"no Ray head answers at {host}:{port} within {CONNECT_TIMEOUT_S:g} s ({exc.strerror or exc})") from None
+        raise ClusterError(f"no Ray head answers at {where} within {timeout_s:g} s ({exc.strerror or exc})") from None
+    with sock:
+        try:
+            sock.settimeout(timeout_s)
+            sock.sendall(H2_PREFACE)
+            header = _recv_exactly(sock, 9)
+        except TimeoutError:
+            raise ClusterError(f"{where} accepts connections but says nothing within {timeout_s:g} s: not a Ray head (its GCS port)") from None
+        except OSError as exc:
+            raise ClusterError(f"{where} closed the connection ({exc.strerror or exc}): not a Ray head (its GCS port)") from None
+    if len(header) < 9 or header[3] != H2_SETTINGS:
+        raise ClusterError(f"{where} answers, but not as a gRPC server: not a Ray head (its GCS port)")
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (native libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def probe_head(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Check, each step within ``timeout_s``, that a Ray head's GCS answers at ``host:port`` and takes this process's token
+    (``RAY_AUTH_MODE=token`` and the token set): :func:`speaks_grpc`, then one GCS request through Ray's GCS client.
+    Raises :class:`ClusterError` (one line: closed port, not a Ray head, the token refused, no answer)."""
+    speaks_grpc(host, port, timeout_s)
+    import ray.exceptions
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]  # Ray's GCS client (Cython, no stubs)
+
+    address = f"{host}:{port}"
+    try:
+        with _stderr_silenced():  # Ray's C++ client logs each failed try to fd 2: the error below says it once
+            client = InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
+            client.internal_kv_get(b"edge-inception-probe", None, timeout=timeout_s)
+    except ray.exceptions.AuthenticationError:
+        raise ClusterError(f"the Ray head at {address} refused the token (set RAY_AUTH_TOKEN to the head's: on the head, "
+                           "ray get-auth-token)") from None
+    except (ray.exceptions.RayError, ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise ClusterError(f"{address} speaks gRPC but is not a Ray head that answers within {timeout_s:g} s "
+                           f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
 
 
 def quiet_ray_loggers() -> None:
     """Ray's and Ray Data's Python loggers to errors only: their notes and progress lines are not the command's output."""
     for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor", "ray.data._internal.progress"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_head(address: str) -> tuple[str, int]:
+    """Before joining the head at ``HOST:PORT``: the address's form, a token at hand, and :func:`probe_head` (bounded);
+    a loopback host switches this process to Ray's single-node mode first (Ray must not be imported yet, then).
+    Returns (host, port); raises :class:`ClusterError` (one line)."""
+    host, port = parse_address(address)
+    if token_source() is None:
+        raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
+    if host in LOOPBACK_HOSTS:  # Ray would dial the routable address instead (see the module's notes)
+        if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+            raise ClusterError(f"Ray was imported before joining {host}: join a loopback head in a fresh process")
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"  # the probe's GCS client sends the token only in this mode
+    probe_head(host, port)
+    return host, port
 
 
 @contextlib.contextmanager
@@ -104,37 +190,37 @@ def connect(address: str, *, num_cpus: int = 1) -> Iterator[Cluster]:
     if "ray" in sys.modules and address == LOCAL and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
         raise ClusterError("Ray was imported before the private cluster's settings were made: start 'local' in a fresh process")
     t0 = time.perf_counter()
-    os.environ["RAY_AUTH_MODE"] = "token"
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED")}
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
-    if address == LOCAL:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray keeps 127.0.0.1 as the node's address (see the module's notes)
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        # address="local": always a new cluster (None would join one a `ray start` left on this machine); its own temp folder
-        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: Ray's socket paths
-        init_args: dict = {"address": "local", "num_cpus": num_cpus, "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
-                           "include_dashboard": False, "_node_ip_address": "127.0.0.1", "_temp_dir": temp_dir}
-    else:
-        host, port = parse_address(address)
-        if token_source() is None:
-            raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token "
-                               "(on the head: ray get-auth-token)")
-        _reachable(host, port)
-        init_args = {"address": f"{host}:{port}"}
-    import ray
-
-    quiet_ray_loggers()
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_USAGE_STATS_ENABLED",
+                                            "RAY_gcs_server_port_wait_time_s")}
+    temp_dir: str | None = None
     try:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage report leaves the machine
+        if address == LOCAL:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray keeps 127.0.0.1 as the node's address (see the module's notes)
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            # address="local": always a new cluster (None would join one a `ray start` left on this machine); its own temp folder
+            temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: Ray's socket paths
+            init_args: dict = {"address": "local", "num_cpus": num_cpus, "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
+                               "include_dashboard": False, "_node_ip_address": "127.0.0.1", "_temp_dir": temp_dir}
+        else:
+            host, port = check_head(address)
+            os.environ["RAY_gcs_server_port_wait_time_s"] = str(int(CONNECT_TIMEOUT_S))  # ray.init's own GCS retries, bounded
+            init_args = {"address": f"{host}:{port}"}
+        import ray
+
+        quiet_ray_loggers()
         try:
             ray.init(**init_args, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0][:300]}") from None
         yield Cluster(address, address == LOCAL, time.perf_counter() - t0)
     finally:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        if address == LOCAL:
-            shutil.rmtree(init_args["_temp_dir"], ignore_errors=True)
+        if "ray" in sys.modules:
+            with contextlib.suppress(Exception):
+                sys.modules["ray"].shutdown()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

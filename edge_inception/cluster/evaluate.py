@@ -13,8 +13,10 @@ across machines it needs a shared file system.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..vocab import FolderOrder, PreprocessMode
-from .connect import MAX_WORKERS, ClusterError, check_address, connect, quiet_ray_loggers
+from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +78,43 @@ class ClusterEvalResult(EvalResult):
     address: str = "local"
 
 
-def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *, workers: int = 1, batch_size: int = 16,
-                        mode: PreprocessMode = PreprocessMode.fast, order: FolderOrder = FolderOrder.numeric,
-                        threads: int | None = None) -> ClusterEvalResult:
-    """Top-1 / top-5 of ``artifact`` on the ImageFolder ``data`` over the Ray cluster at ``address`` (``local``: a
-    private one with ``workers`` CPUs), ``workers`` actors, ``batch_size`` images per call.
+class ClusterTopK:
+    """A :class:`~edge_inception.evaluate.topk.TopKOnFiles` on the Ray cluster at ``address`` (``local``: a private one
+    with ``workers`` CPUs): ``workers`` actors, ``batch_size`` images per call. Joined (Ray imported) at the first call,
+    kept for the next ones (``quantize`` judges several models), left, and a private cluster stopped, on exit.
 
-    ``seconds`` covers the data set's pass (decode + preprocess + inference + transfers), not the cluster's start-up
-    (``startup_s``). Unreadable files are counted in ``skipped`` and listed in ``failed``.
+    ``startup_s``: seconds until the cluster was usable; ``seconds``: the last pass (decode + preprocess + inference +
+    transfers). Raises :class:`ClusterError` for a bad address or worker count (at construction), a cluster that cannot
+    be used, a worker that fails or an answer that does not match what was sent."""
 
-    Raises :class:`DatasetError` as plain eval does, :class:`ClusterError` when the cluster cannot be used or a
-    worker fails."""
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
-    check_address(address)
-    art = Path(artifact).resolve()
-    info = artifact_info(art)
-    folder = scan_image_folder(data, min_classes=1, check=False)
-    mapping = folder_labels(folder.classes, info.class_names, info.num_classes, order)
-    warning = folder_order_warning(folder.classes, info.class_names, order)
-    label_of = {str(p.resolve()): mapping[label] for p, label in folder.samples}
-    k = min(TOP_K, info.num_classes)
-    if threads is None and address == "local":
-        import os
+    def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
+        check_address(address)
+        if address != "local":
+            check_head(address)  # a wrong address is said now, before the work that leads to the first pass
+        if threads is None and address == "local":
+            import os
 
-        threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the machine's cores, as plain eval's one runner does
-    with connect(address, num_cpus=workers) as cluster:
+            threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the machine's cores, as plain eval's one runner does
+        self.address, self.workers, self.batch_size, self.threads = address, workers, batch_size, threads
+        self.startup_s = self.seconds = 0.0
+        self.passes = 0
+        self._stack = contextlib.ExitStack()
+        self._joined = False
+
+    def __enter__(self) -> ClusterTopK:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self._joined = False
+
+    def __call__(self, model: Path, paths: Sequence[Path], *, image_size: int, mode: PreprocessMode, k: int
+                 ) -> tuple[dict[str, list[int]], dict[str, str]]:
+        if not self._joined:
+            self.startup_s = self._stack.enter_context(connect(self.address, num_cpus=self.workers)).startup_s
+            self._joined = True
         import ray
         import ray.data
 
@@ -109,34 +122,59 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        paths = sorted(label_of)
-        blocks = max(1, min(len(paths) // batch_size, workers * 8))
-        items = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        ds = items.map_batches(Classifier, fn_constructor_args=(str(art), info.image_size, mode.value, k, threads), batch_size=batch_size,
-                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-                            max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
+        sent = sorted({str(Path(p).resolve()) for p in paths})
+        blocks = max(1, min(len(sent) // self.batch_size, self.workers * 8))
+        items = ray.data.from_items([{"path": p} for p in sent], override_num_blocks=blocks)
+        ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k, self.threads),
+                               batch_size=self.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+                               num_cpus=1, max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
         t0 = time.perf_counter()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
         except ray.exceptions.RayError as exc:
             raise ClusterError(f"the evaluation failed on the cluster: {str(exc).splitlines()[0][:300]}") from None
-        seconds = time.perf_counter() - t0
-    top: dict[str, list[int]] = {}
-    failed: dict[str, str] = {}
-    for row in rows:
-        path = str(row["path"])
-        if path not in label_of:
-            raise ClusterError(f"a worker answered for a file it was not sent: {path[:200]!r}")
-        if row["error"]:
-            failed[path] = str(row["error"])
-        else:
-            top[path] = [int(i) for i in row["top"]]
-    if len(top) + len(failed) != len(paths):
-        raise ClusterError(f"the cluster answered for {len(top) + len(failed)} of {len(paths)} images")
+        self.seconds = time.perf_counter() - t0
+        self.passes += 1
+        top: dict[str, list[int]] = {}
+        failed: dict[str, str] = {}
+        expected = set(sent)
+        for row in rows:
+            path = str(row["path"])
+            if path not in expected:
+                raise ClusterError(f"a worker answered for a file it was not sent: {path[:200]!r}")
+            if row["error"]:
+                failed[path] = str(row["error"])
+            else:
+                top[path] = [int(i) for i in row["top"]]
+        if len(top) + len(failed) != len(sent):
+            raise ClusterError(f"the cluster answered for {len(top) + len(failed)} of {len(sent)} images")
+        return top, failed
+
+
+def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *, workers: int = 1, batch_size: int = 16,
+                        mode: PreprocessMode = PreprocessMode.fast, order: FolderOrder = FolderOrder.numeric,
+                        threads: int | None = None) -> ClusterEvalResult:
+    """Top-1 / top-5 of ``artifact`` on the ImageFolder ``data`` over the Ray cluster at ``address`` (``local``: a
+    private one with ``workers`` CPUs), ``workers`` actors, ``batch_size`` images per call (:class:`ClusterTopK`).
+
+    ``seconds`` covers the data set's pass (decode + preprocess + inference + transfers), not the cluster's start-up
+    (``startup_s``). Unreadable files are counted in ``skipped`` and listed in ``failed``.
+
+    Raises :class:`DatasetError` as plain eval does, :class:`ClusterError` when the cluster cannot be used or a
+    worker fails."""
+    run = ClusterTopK(address, workers=workers, batch_size=batch_size, threads=threads)
+    art = Path(artifact).resolve()
+    info = artifact_info(art)
+    folder = scan_image_folder(data, min_classes=1, check=False)
+    mapping = folder_labels(folder.classes, info.class_names, info.num_classes, order)
+    warning = folder_order_warning(folder.classes, info.class_names, order)
+    label_of = {str(p.resolve()): mapping[label] for p, label in folder.samples}
+    with run:
+        top, failed = run(art, [p for p, _ in folder.samples], image_size=info.image_size, mode=mode, k=min(TOP_K, info.num_classes))
     n = len(top)
     if n == 0:
         raise DatasetError(f"{data}: no readable images")
     top1 = sum(1 for p, t in top.items() if t[0] == label_of[p])
     top5 = sum(1 for p, t in top.items() if label_of[p] in t)
-    return ClusterEvalResult(n, top1 / n, top5 / n, len(folder.skipped) + len(failed), seconds, [warning] if warning else [],
-                             seeded=info.seeded, top=top, failed=failed, startup_s=cluster.startup_s, workers=workers, address=address)
+    return ClusterEvalResult(n, top1 / n, top5 / n, len(folder.skipped) + len(failed), run.seconds, [warning] if warning else [],
+                             seeded=info.seeded, top=top, failed=failed, startup_s=run.startup_s, workers=workers, address=address)

@@ -36,11 +36,12 @@ import numpy as np
 
 from ..errors import EdgeInceptionError, VerificationError
 from ..evaluate.cpu import CpuInfo, cpu_info
+from ..evaluate.topk import TopKOnFiles, hits
 from ..evaluate.verdict import Verdict, images_needed
 from ..evaluate.verify import Parity, compare, topk_hits
 from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_json_atomic
 from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
-from ..vocab import CalibMethod, Criterion, Precision, QuantTarget
+from ..vocab import CalibMethod, Criterion, Precision, PreprocessMode, QuantTarget
 from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
@@ -253,6 +254,10 @@ class Labelled:
     labels: np.ndarray
     source: str
     images: int  # distinct source photos (the demo crops come from one photo per class)
+    paths: list[Path] = field(default_factory=list)  # the files, in the order of ``labels`` (for a TopKOnFiles)
+    image_size: int = 224
+    top_k: TopKOnFiles | None = None  # where the models run on ``paths`` (a Ray cluster); None: here, on ``batches``
+    scratch: Path | None = None  # where a model held in memory is written for ``top_k``
 
 
 @dataclass
@@ -304,7 +309,24 @@ def worst_image_cosine(reference: np.ndarray, candidate: np.ndarray, groups: Seq
 
 
 def labelled_accuracy(model: Path | bytes, labelled: Labelled) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy of ``model`` on ``labelled``."""
+    """Top-1 and top-5 accuracy of ``model`` on ``labelled``: here on its decoded batches, or on its files through its
+    ``top_k`` (a Ray cluster: the same preprocessing, ``exact``, and the same ONNX Runtime answers)."""
+    if labelled.top_k is not None:
+        if isinstance(model, bytes):
+            if labelled.scratch is None:
+                raise EdgeInceptionError("internal: a model in memory and no scratch folder to write it for the cluster")
+            path = labelled.scratch / "labelled-accuracy.onnx"
+            path.write_bytes(model)
+        else:
+            path = Path(model)
+        top, failed = labelled.top_k(path, labelled.paths, image_size=labelled.image_size, mode=PreprocessMode.exact, k=5)
+        if failed:
+            raise EdgeInceptionError(f"{len(failed)} labelled image(s) did not decode on the cluster (first: {next(iter(failed.values()))[:200]})")
+        try:
+            top1, top5 = hits(top, labelled.paths, labelled.labels)
+        except ValueError as exc:
+            raise EdgeInceptionError(f"the cluster's answers: {exc}") from None
+        return top1 / len(labelled.labels), top5 / len(labelled.labels)
     session = ort_session(model)
     top1 = top5 = 0
     for i, batch in enumerate(labelled.batches):
@@ -313,7 +335,7 @@ def labelled_accuracy(model: Path | bytes, labelled: Labelled) -> tuple[float, f
     return top1 / len(labelled.labels), top5 / len(labelled.labels)
 
 
-def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int) -> Labelled | None:
+def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int, top_k: TopKOnFiles | None = None) -> Labelled | None:
     """``--eval DIR``; or, for a model trained on the demo classes, the demo set's held-out crops; else None."""
     from ..data.datasets import eval_batches, scan_image_folder
     from ..data.demo_data import DEMO_CLASSES, default_demo_dir, make_demo_dataset
@@ -338,7 +360,7 @@ def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int) -> L
     for batch, lab in eval_batches(folder, size, 32):
         batches.append(batch)
         labels.append(mapping[lab])
-    return Labelled(batches, np.concatenate(labels), source, photos or len(folder.samples))
+    return Labelled(batches, np.concatenate(labels), source, photos or len(folder.samples), [p for p, _ in folder.samples], size, top_k)
 
 
 def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work: Path, recipe: tuple[Any, ...] | None,
@@ -379,6 +401,7 @@ def quantize_model(
     progress: Callable[[int, str], Any] | None = None,
     cpu: CpuInfo | None = None,
     bias_correction: bool = True,
+    top_k: TopKOnFiles | None = None,
 ) -> QuantizeResult:
     """Quantize an FP32 ONNX model; writes ``output`` and ``<output>.report.json`` only if the criterion holds.
 
@@ -389,7 +412,8 @@ def quantize_model(
     INT8 scheme the ``cpu`` target gets (default: this machine's; tests force the AVX2 scheme with a CPU without VNNI).
     ``bias_correction``: correct each Conv/Gemm's per-channel output shift (:mod:`.bias_correction`) in every INT8 model
     built (trials, folds, the written one). The written INT8 model is calibrated on every photo; the verdict is
-    cross-fitted by photo (see :mod:`.calibration`).
+    cross-fitted by photo (see :mod:`.calibration`). ``top_k``: where the labelled accuracy's models run (``--cluster``: a
+    Ray cluster, on the labelled files); default here, on tensors decoded once. The figures are the same either way.
     """
     import onnx
 
@@ -409,7 +433,7 @@ def quantize_model(
                          off_calibration_below=images_needed(min_agreement) or VERDICT_SIZE)
     hold_batches = image_batches(sets.selection.samples, size)
     criterion = Criterion(criterion)
-    labelled = None if criterion is Criterion.agreement else _labelled_set(Path(eval_dir) if eval_dir else None, facts.class_names, size)
+    labelled = None if criterion is Criterion.agreement else _labelled_set(Path(eval_dir) if eval_dir else None, facts.class_names, size, top_k)
     if criterion is Criterion.accuracy and labelled is None:
         raise EdgeInceptionError("--criterion accuracy needs labelled images: --eval DIR (an ImageFolder of your classes)")
     judge = Judge(_logits(src, hold_batches), hold_batches, min_agreement, labelled, by_agreement=criterion is not Criterion.accuracy)
@@ -423,6 +447,8 @@ def quantize_model(
 
     # the work folder sits beside the output: a killed run's leftovers are removed by the next run writing there
     with staging_dir(out.parent, f"{out.name}.quantize") as work:
+        if judge.labelled is not None:
+            judge.labelled.scratch = work
         guard: GuardResult | None = None
         recipe: tuple[Any, ...] | None = None
         bias_text = ""

@@ -1,0 +1,173 @@
+"""``quantize --eval DIR --cluster``: the accuracy verdict's models run on a real Ray cluster and give the figures the
+in-process path gives. Every way of joining a cluster (eval, quantize and pipeline --cluster, fleet) refuses, in one
+line and within seconds,
+an address that is not a Ray head (closed port, a listener that says nothing, one that speaks something else, a gRPC
+server that is not Ray's GCS) or a head that refuses the token.
+
+One head for the module (token auth, 127.0.0.1: joined in Ray's single-node mode, which keeps a loopback address), in a
+session of its own, killed by PID at the end also on failure; the module ends by checking that nothing it started is
+alive."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_inception.cli import app
+from tests import ray_procs
+
+pytest.importorskip("ray")
+
+HOST = "127.0.0.1"
+RAY = str(Path(sys.executable).with_name("ray"))
+TOKEN = secrets.token_hex(32)
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+UP_TIMEOUT_S = 400  # hang detection only: a head is up in ~10 s on an idle machine
+RUN_TIMEOUT_S = 600
+REFUSE_TIMEOUT_S = 120  # hang detection: each refusal takes seconds (the product's own bound is 5 s per step)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory) -> Iterator[str]:
+    """HOST:PORT of a Ray head with 2 CPUs, token auth, listening on 127.0.0.1 only."""
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-t-", dir="/tmp")  # short: Ray's socket paths; not the shared /tmp/ray
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    proc = ray_procs.start([RAY, "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(port), "--include-dashboard=false",
+                            "--num-cpus", "2", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--temp-dir", temp_dir],
+                           log, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **RAY_ENV)
+    try:
+        address = f"{HOST}:{port}"
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while True:
+            r = ray_procs.run([sys.executable, "-m", "edge_inception", "fleet", "status", address], 120, **RAY_ENV)
+            if r.returncode == 0:
+                break
+            assert proc.poll() is None, f"the head did not start: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"head not up: {r.stderr[-2000:]}"
+            time.sleep(3)
+        yield address
+    finally:
+        ray_procs.kill_session(proc.pid)
+        proc.wait(timeout=30)
+        left = ray_procs.kill_marked()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes left running: {left}"
+
+
+def _cli(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "edge_inception", *map(str, args)]
+
+
+def test_quantize_eval_on_a_cluster_gives_the_in_process_verdict(trained, head, tmp_path):
+    """FP16 judged by accuracy on the labelled demo crops: FP32's and FP16's top-1 / top-5, the verdicts and the claim
+    are the in-process run's, and the cluster ran the three models (FP32, the candidate, the model written)."""
+    base = ["quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "--eval", str(trained.data / "val")]
+    plain = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "plain.fp16.onnx")])
+    assert plain.exit_code == 0, plain.output
+    r = ray_procs.run(_cli(*base, "-o", tmp_path / "cluster.fp16.onnx", "--cluster", head, "--workers", "2"), RUN_TIMEOUT_S, **RAY_ENV)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"note: cluster {head}: 2 worker(s), 3 accuracy pass(es)" in r.stderr
+    want = json.loads((tmp_path / "plain.fp16.report.json").read_text())
+    got = json.loads((tmp_path / "cluster.fp16.report.json").read_text())
+    assert want["accuracy"]["labelled"] and got["accuracy"]["labelled"] == want["accuracy"]["labelled"]
+    accuracy = [v for v in want["verdicts"] if v["measure"] == "top-1 accuracy"]
+    assert accuracy and [v for v in got["verdicts"] if v["measure"] == "top-1 accuracy"] == accuracy
+    assert got["claim"] == want["claim"] and got["criterion"] == want["criterion"]
+
+
+@contextlib.contextmanager
+def _listener(answer: bytes | None) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts and then says nothing (``answer`` None) or sends ``answer``."""
+    server = socket.create_server((HOST, 0))
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                conns.append(conn)
+                if answer is not None:
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+
+
+@contextlib.contextmanager
+def _grpc_server() -> Iterator[int]:
+    """A gRPC server with no service at all: it speaks HTTP/2 as Ray's GCS does, but is not one."""
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port(f"{HOST}:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+def _closed_port() -> int:
+    return _free_port()  # bound and released: nothing listens there
+
+
+def _refused(args: list[str], port: int, **env: str) -> str:
+    r = ray_procs.run(_cli(*args, "--cluster", f"{HOST}:{port}") if args[0] != "fleet" else _cli(*args, f"{HOST}:{port}"),
+                      REFUSE_TIMEOUT_S, **{**RAY_ENV, **env})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return lines[0]
+
+
+def test_an_address_that_is_not_a_ray_head_is_refused_in_one_line(tmp_path):
+    """Each way the product joins a cluster (eval, quantize --eval, fleet status, fleet bench, pipeline) goes through the
+    same check (cluster.connect.check_head), made before any other work: the model and the folder named here do not even
+    exist. Each kind of wrong address is tried on one of them."""
+    val = str(tmp_path / "val")
+    eval_args = ["eval", str(tmp_path / "model.onnx"), "--data", val]
+    port = _closed_port()
+    assert "no Ray head answers at" in _refused(eval_args, port) and "Connection refused" in _refused(["fleet", "status"], port)
+    with _listener(None) as port:
+        assert "accepts connections but says nothing" in _refused(eval_args, port)
+    with _listener(b"SSH-2.0-OpenSSH_9.6\r\n") as port:
+        assert "answers, but not as a gRPC server" in _refused(eval_args, port)
+        # checked before any quantization work: nothing written
+        assert "answers, but not as a gRPC server" in _refused(["quantize", str(tmp_path / "model.onnx"), "--precision", "fp16",
+                                                                 "--eval", val, "-o", str(tmp_path / "x.onnx")], port)
+        assert not list(tmp_path.iterdir())
+    with _grpc_server() as port:
+        assert "speaks gRPC but is not a Ray head" in _refused(eval_args, port)
+
+
+def test_a_head_that_refuses_the_token_is_said_so(head, tmp_path):
+    port = int(head.rsplit(":", 1)[1])
+    line = _refused(["eval", str(tmp_path / "model.onnx"), "--data", str(tmp_path)], port, RAY_AUTH_TOKEN="0" * 64)
+    assert line.startswith(f"error: the Ray head at {head} refused the token")
+    line = _refused(["fleet", "status"], port, RAY_AUTH_TOKEN="0" * 64)
+    assert "refused the token" in line
