@@ -45,12 +45,20 @@ def load_text() -> str:
 
 
 def decide_at(report: dict[str, Any], batch: int, min_agreement: float = 0.99):  # -> Decision
-    """The pipeline's own decision function on the report's candidates, at ``batch``."""
-    from edge_inception.engines.candidates import Candidate, Measured, choose_ship
+    """The pipeline's own decision function on the report's candidates, at ``batch``, with the evidence the pipeline's
+    judge read (each artifact against PyTorch on the verification photos)."""
+    from edge_inception.engines.candidates import Candidate, Evidence, Measured, choose_ship
     from edge_inception.vocab import Backend, Precision
 
-    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"]), bool(c["tf32"]), c["fixed_batch"]),
-                         c["p50_ms"].get(str(batch)), c["agreement"], None if c["artifact"] else c["note"] or "not built")
+    ver = report["verification_vs_pytorch"]
+
+    def evidence(name: str) -> Evidence | None:
+        v = ver.get(name)
+        return Evidence(v["top1_agreement"], v["samples"], report["verification_photos"], v["mean_cosine"], v["max_rel_error"]) if v else None
+
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"]), bool(c["tf32"]), c["fixed_batch"],
+                                   inference_precision=c.get("inference_precision") or "", quantizer=c.get("quantizer", "ours").replace("ours", "")),
+                         c["p50_ms"].get(str(batch)), evidence(c["name"]), None if c["artifact"] else c["note"] or "not built")
                 for c in report["candidates"]]
     return choose_ship(measured, min_agreement, batch=batch)
 

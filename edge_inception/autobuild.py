@@ -23,7 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engines.candidates import Candidate, Decision, Evidence, Measured, Plan, choose_ship, missing_backends, plan_candidates, quant_target
+from .engines.candidates import (
+    Candidate,
+    Decision,
+    Evidence,
+    Measured,
+    Plan,
+    backend_extras,
+    choose_ship,
+    isa_used,
+    missing_backends,
+    plan_candidates,
+    quant_target,
+)
 from .engines.choose import Choice
 from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
@@ -41,6 +53,7 @@ class AutoBuildResult:
     plan: Plan
     p50_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # candidate -> batch -> p50 (ms)
     agreement: dict[str, float] = field(default_factory=dict)  # candidate -> top-1 agreement with the FP32 model
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate -> its artifact's manifest options (runtime precision)
     report: Path | None = None  # candidates.md
 
 
@@ -58,7 +71,9 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
     from .convert.quantize import quantize_model
     from .engines.build import build
     from .engines.choose import probe
+    from .engines.peers import crossfit_evidence
     from .evaluate.bench import BenchConfig, run_bench
+    from .evaluate.cpu import cpu_info
     from .onnx_file import graph_precision, load_onnx
 
     src = Path(model)
@@ -70,13 +85,20 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
         wanted = (found,)
     for p in wanted:
         target.check_precision(p)
-    plan = plan_candidates(target, wanted, missing_backends(target), probe(target), backends=backends)
+    # peers (NNCF) and reduced inference precisions (bf16) start from an FP32 model
+    extras = backend_extras(target, cpu_info().flags) if found is Precision.fp32 else None
+    plan = plan_candidates(target, wanted, missing_backends(target), probe(target), backends=backends, extras=extras)
     if not plan.candidates:
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     out = Path(output_dir)
     sources: dict[tuple[Precision, QuantTarget | None], Path] = {}
     agreement: dict[tuple[Precision, QuantTarget | None], Evidence | None] = {}  # None for the source: its build's parity
+    peer_evidence: dict[str, Evidence] = {}  # a peer quantizer's candidate: its cross-fitted agreement with the FP32 model
     for c in plan.candidates:  # the quantized models are the user's files too: written beside the artifact, atomically
+        if c.quantizer:
+            with staging_dir(out, f"{c.quantizer}.folds") as folds:
+                peer_evidence[c.name] = crossfit_evidence(src, c.backend, c.quantizer, calib, 100, folds)
+            continue
         key = (c.precision, None if c.precision is found else quant_target(target, c))
         if key in sources:
             continue
@@ -92,6 +114,8 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
                                   "the FP32 model")
 
     def source_of(c: Candidate) -> tuple[Path, Evidence | None]:
+        if c.quantizer:
+            return src, peer_evidence[c.name]
         key = (c.precision, None if c.precision is found else quant_target(target, c))
         return sources[key], agreement[key]
 
@@ -99,6 +123,7 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
     p50s: dict[str, dict[int, float]] = {}
     agreements: dict[str, float] = {}
     evidence: dict[str, Evidence] = {}
+    options: dict[str, dict[str, Any]] = {}
     with staging_dir(out, "candidates") as work:
         built: dict[str, Path] = {}
         failures: dict[str, str] = {}
@@ -108,8 +133,10 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
                 fixed = work / f"{path.stem}.b{c.fixed_batch}.onnx"
                 path = fixed if fixed.exists() else with_fixed_batch(path, fixed, c.fixed_batch)
             try:
-                b = build(path, target, backend=c.backend, output_dir=work, allow_tf32=c.tf32, name=_stem(src, c))
+                b = build(path, target, backend=c.backend, output_dir=work, allow_tf32=c.tf32, name=_stem(src, c),
+                          inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=calib)
                 built[c.name] = b.artifact
+                options[c.name] = dict(b.manifest.options)
                 # a quantized model: quantize's verdict against FP32; the source precision: its build's parity with the source
                 # (an INT8 graph given as is has no agreement with FP32 on known photos: 0 photos, so never proven)
                 as_is = c.precision is Precision.int8
@@ -135,8 +162,9 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
         path, _ = source_of(c)
         if c.fixed_batch is not None:
             path = with_fixed_batch(path, out / f"{path.stem}.b{c.fixed_batch}.onnx", c.fixed_batch)
-        artifact = build(path, target, backend=c.backend, output_dir=out, allow_tf32=c.tf32, name=_stem(src, c)).artifact
-    result = AutoBuildResult(artifact, decision, plan, p50s, agreements)
+        artifact = build(path, target, backend=c.backend, output_dir=out, allow_tf32=c.tf32, name=_stem(src, c),
+                         inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=calib).artifact
+    result = AutoBuildResult(artifact, decision, plan, p50s, agreements, options)
     result.report = _write_report(out, result, batches, min_agreement)
     return result
 
@@ -146,24 +174,32 @@ def _stem(src: Path, c: Candidate) -> str:
 
 
 def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_agreement: float) -> Path:
+    from .evaluate.cpu import cpu_info
+
     rows: list[dict[str, Any]] = []
+    flags = cpu_info().flags
     for c in r.plan.candidates:
         v = r.decision.verdict(c.name)
         rows.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
                      "runtime": c.runtime, "p50_ms": {str(b): t for b, t in r.p50_ms.get(c.name, {}).items()},
                      "agreement_vs_fp32": r.agreement.get(c.name), "status": v.status, "judged": v.judged,
-                     "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+                     "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note, "inference_precision": c.inference_precision or None,
+                     "quantizer": c.quantizer or "ours", "isa": isa_used(c, flags),
+                     "runtime_precision": r.options.get(c.name, {}).get("runtime_inference_precision")})
     data: dict[str, Any] = {"ship": {"candidate": r.decision.ship, "artifact": r.artifact.name if r.artifact else None, "why": r.decision.why},
             "decision_batch": min(batches), "min_agreement": min_agreement, "candidates": rows,
             "skipped": [{"name": s.name, "why": s.why} for s in r.plan.skipped]}
     lines = ["# edge-inception build: candidates", "", f"- **ship: `{data['ship']['artifact']}`** ({r.decision.ship}): {r.decision.why}", "",
-             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs FP32 | verdict |",
-             "|---|---|" + "---:|" * len(batches) + "---:|---|"]
+             "| candidate | runtime | ISA (CPU flags it can use) | " + " | ".join(f"p50 ms (batch {b})" for b in batches)
+             + " | top-1 agreement vs FP32 | verdict |",
+             "|---|---|---|" + "---:|" * len(batches) + "---:|---|"]
     for row in rows:
         p50 = [f"{row['p50_ms'][str(b)]:.2f}" if str(b) in row["p50_ms"] else "-" for b in batches]
         agree = "-" if row["agreement_vs_fp32"] is None else f"{row['agreement_vs_fp32']:.1%}"
         verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {row['note']}" if row["note"] else row["status"]
-        lines.append(f"| {row['name']} | {row['runtime']} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
+        isa = ", ".join(row["isa"]) or "-"
+        isa += f"; OpenVINO computes {row['runtime_precision']}" if row["runtime_precision"] else ""
+        lines.append(f"| {row['name']} | {row['runtime']} | {isa} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
     lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
     return write_report(Rendered(data, "\n".join(lines) + "\n"), json=out / "candidates.json", markdown=out / "candidates.md")[-1]
 

@@ -18,7 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engines.candidates import Candidate, Evidence, Measured, Plan, choose_ship, judge_candidate, missing_backends, plan_candidates, quant_target
+from .engines.candidates import (
+    Candidate,
+    Evidence,
+    Measured,
+    Plan,
+    backend_extras,
+    choose_ship,
+    isa_used,
+    judge_candidate,
+    missing_backends,
+    plan_candidates,
+    quant_target,
+)
 from .errors import BackendUnavailableError, EdgeInceptionError, OutputPathError, VerificationError, require_modules
 from .fileio import atomic_dir
 from .report import Rendered, write_report
@@ -80,6 +92,7 @@ class PipelineRun:
     quantization: dict[str, QuantizeResult] = field(default_factory=dict)  # by the quantized model's label (int8, int8-tensorrt)
     verification: dict[str, Parity] = field(default_factory=dict)  # each artifact against PyTorch
     verification_photos: int = 0  # distinct source photos among the verification images
+    build_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # each artifact's manifest options (runtime precision)
     flops: dict[str, Any] = field(default_factory=dict)
     stages: list[StageLog] = field(default_factory=list)
     current: str = "setup"
@@ -114,6 +127,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     from .engines.choose import probe
     from .engines.targets import get_target
     from .evaluate.bench import BenchConfig, run_bench
+    from .evaluate.cpu import cpu_info
     from .evaluate.flops import count_graph
 
     require_modules("the pipeline (it starts from a PyTorch checkpoint)", "torch", "onnxsim")
@@ -122,7 +136,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     target = get_target(cfg.target)
     for p in cfg.precisions:
         target.check_precision(p)
-    plan = plan_candidates(target, cfg.precisions, missing_backends(target), probe(target))
+    plan = plan_candidates(target, cfg.precisions, missing_backends(target), probe(target), extras=backend_extras(target, cpu_info().flags))
     if not plan.candidates:
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     run = PipelineRun(plan=plan)
@@ -138,9 +152,9 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
 
             # one quantized model per precision and INT8 scheme the candidates' runtimes take
             schemes: dict[Precision, list[QuantTarget]] = {}
-            for c in plan.candidates:
+            for c in plan.candidates:  # (a peer quantizer's candidate is made from the FP32 model by its backend)
                 qt = quant_target(target, c)
-                if c.precision is not Precision.fp32 and qt not in schemes.setdefault(c.precision, []):
+                if c.precision is not Precision.fp32 and not c.quantizer and qt not in schemes.setdefault(c.precision, []):
                     schemes[c.precision].append(qt)
             models: dict[tuple[Precision, QuantTarget | None], Path] = {}
             for reduced, qts in schemes.items():
@@ -159,17 +173,19 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
 
             with run.stage("build", on_stage) as detail:
                 for c in plan.candidates:
-                    src = fp32 if c.precision is Precision.fp32 else models[(c.precision, quant_target(target, c))]
+                    src = fp32 if c.precision is Precision.fp32 or c.quantizer else models[(c.precision, quant_target(target, c))]
                     if c.fixed_batch is not None:
                         fixed = src.with_name(f"{src.stem}.b{c.fixed_batch}.onnx")
                         src = fixed if fixed.exists() else with_fixed_batch(src, fixed, c.fixed_batch)
                     try:
-                        b = build(src, target, backend=c.backend, output_dir=work / "artifacts", allow_tf32=c.tf32, name=artifact_stem(c))
+                        b = build(src, target, backend=c.backend, output_dir=work / "artifacts", allow_tf32=c.tf32, name=artifact_stem(c),
+                                  inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=cfg.calib)
                     except (VerificationError, BackendUnavailableError) as exc:  # this candidate fails its judge or its runtime
                         run.failures[c.name] = str(exc)
                         log.warning("candidate %s not built: %s", c.name, exc)
                         continue
                     run.artifacts[c.name] = b.artifact
+                    run.build_options[c.name] = dict(b.manifest.options)
                 if not run.artifacts:
                     raise EdgeInceptionError("no candidate was built: " + "; ".join(f"{k}: {v}" for k, v in run.failures.items()))
                 detail.append(f"{len(run.artifacts)} of {len(plan.candidates)} candidates built and verified against their ONNX"
@@ -281,11 +297,18 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
             name = next((n for n, a in run.artifacts.items() if str(a) == str(r.path)), r.engine)
             p50s.setdefault(name, {})[str(r.batch)] = r.latency_ms["p50"]
     candidates = []
+    from .evaluate.cpu import cpu_info
+
+    flags = cpu_info().flags if summary_device(cfg) == "cpu" else frozenset()
     for m in measured:
         c, v = m.candidate, decision.verdict(m.name)
+        options = run.build_options.get(c.name, {})
         candidates.append({"name": c.name, "backend": c.backend.value, "precision": c.precision.value, "tf32": c.tf32, "fixed_batch": c.fixed_batch,
+                           "inference_precision": c.inference_precision or None, "quantizer": c.quantizer or "ours",
                            "runtime": c.runtime, "artifact": rel.get(c.name), "p50_ms": p50s.get(c.name, {}), "agreement": m.agreement,
-                           "status": v.status, "judged": v.judged, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note})
+                           "status": v.status, "judged": v.judged, "behind_ms": v.behind_ms, "behind": v.behind, "note": v.note,
+                           "isa": isa_used(c, flags), "runtime_precision": options.get("runtime_inference_precision"),
+                           "calibration": options.get("calibration")})
     shipped = next((m.candidate for m in measured if m.name == decision.ship), None)
     return {
         "model": run.model,
@@ -312,6 +335,19 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
     }
 
 
+def summary_device(cfg: PipelineConfig) -> str:
+    """The target's device (``cpu`` or ``cuda``): whose ISA flags the report shows beside each candidate."""
+    from .engines.targets import get_target
+
+    return get_target(cfg.target).device
+
+
+def isa_text(c: dict[str, Any]) -> str:
+    """A candidate's ISA cell: the CPU flags its arithmetic can use, and what OpenVINO reports computing it in."""
+    flags = ", ".join(c.get("isa") or []) or "-"
+    return flags + (f"; OpenVINO computes {c['runtime_precision']}" if c.get("runtime_precision") else "")
+
+
 def _verdict_text(c: dict[str, Any]) -> str:
     status = c["status"]
     if status == "shipped":
@@ -327,12 +363,14 @@ def candidates_markdown(summary: dict[str, Any]) -> list[str]:
              "Judge: float candidates by their logits' numbers against PyTorch (cosine, max relative error); INT8 by top-1 agreement "
              "whose one-sided 95% lower bound over distinct photos must clear the criterion (else `unproven`, shipped only with "
              "`--ship-unproven`).", "",
-             "| candidate | runtime | " + " | ".join(f"p50 ms (batch {b})" for b in batches) + " | top-1 agreement vs PyTorch | judge | verdict |",
-             "|---|---|" + "---:|" * len(batches) + "---:|---|---|"]
+             "| candidate | runtime | ISA (CPU flags it can use) | " + " | ".join(f"p50 ms (batch {b})" for b in batches)
+             + " | top-1 agreement vs PyTorch | judge | verdict |",
+             "|---|---|---|" + "---:|" * len(batches) + "---:|---|---|"]
     for c in summary["candidates"]:
         p50 = [f"{c['p50_ms'][str(b)]:.2f}" if str(b) in c["p50_ms"] else "-" for b in batches]
         agree = "-" if c["agreement"] is None else f"{c['agreement']:.1%}"
-        lines.append(f"| {c['name']} | {c['runtime']} | " + " | ".join(p50) + f" | {agree} | {c.get('judged') or '-'} | {_verdict_text(c)} |")
+        lines.append(f"| {c['name']} | {c['runtime']} | {isa_text(c)} | " + " | ".join(p50)
+                      + f" | {agree} | {c.get('judged') or '-'} | {_verdict_text(c)} |")
     lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in summary["skipped"]]
     return lines + [""]
 

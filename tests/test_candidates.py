@@ -8,10 +8,14 @@ import pytest
 
 from edge_inception.engines.candidates import (
     NOISE,
+    BackendExtras,
     Candidate,
     Evidence,
     Measured,
+    backend_extras,
     choose_ship,
+    cpu_float_precisions,
+    isa_used,
     judge_candidate,
     missing_backends,
     plan_candidates,
@@ -87,6 +91,30 @@ def test_unproven_ships_only_when_asked_and_the_ship_line_says_so():
     # only unproven candidates and not asked: nothing ships, and the reason names the option
     none = choose_ship([unproven_int8], 0.99)
     assert none.ship is None and "unproven: openvino-int8" in none.why and "--ship-unproven" in none.why
+
+
+def test_bf16_is_judged_as_reduced_float_and_ranks_between_fp16_and_int8():
+    # an FP32 model computed in bf16: its logits' numbers, not strict FP32's tolerance (1e-3 relative passes as bf16 only)
+    assert judged("fp32", 1.0, rel=1e-3, cosine=0.99999, inference_precision="bf16")[0] == "passed"
+    assert judged("fp32", 1.0, rel=1e-3, cosine=0.99999)[0] == "failed"
+    assert judged("fp32", 1.0, rel=0.06, inference_precision="bf16")[0] == "failed"
+    # fidelity: FP16's 11-bit significand before bf16's 8, bf16 before INT8; a tie within noise goes that way
+    assert choose_ship([m("openvino", "fp32", 5.0, inference_precision="bf16"), m("openvino", "fp16", 5.05)], 0.99).ship == "openvino-fp16"
+    assert choose_ship([m("openvino", "int8", 4.95), m("openvino", "fp32", 5.0, inference_precision="bf16")], 0.99).ship == "openvino-fp32-bf16"
+    # a peer quantizer's INT8 is INT8 to the judge: the same bound over photos
+    assert judged("int8", 1.0, photos=10, quantizer="nncf")[0] == "unproven" and judged("int8", 1.0, quantizer="nncf")[0] == "passed"
+
+
+def test_the_ship_line_says_why_a_faster_int8_was_not_shipped():
+    # make run's case: INT8 ran faster, agreed on every one of 10 photos, but 10 photos cannot carry 99 %
+    d = choose_ship([m("ort", "fp32", 9.0), m("openvino", "int8", 5.0, photos=10), m("openvino", "int8", 4.0, 0.95, photos=10, quantizer="nncf")],
+                    0.99)
+    assert d.ship == "ort-fp32"
+    faster = d.why.split("faster but not shipped: ")[1]
+    assert faster.startswith("openvino-int8-nncf at 4.00 ms (failed: ") and "openvino-int8 at 5.00 ms (unproven: " in faster
+    assert "95% lower bound 78.7% < 99.0%: the evidence cannot carry the claim" in faster
+    # nothing faster was held back: no such clause
+    assert "faster but not shipped" not in choose_ship([m("ort", "fp32", 3.0), m("ort", "int8", 5.0, photos=10)], 0.99).why
 
 
 # ---- the decision ----------------------------------------------------------------------------------------------------
@@ -165,6 +193,42 @@ def test_cpu_plan_is_each_installed_backend_times_each_precision():
     assert missing_backends(cpu) == {Backend.ort: None, Backend.openvino: None}
 
 
+AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # an older EPYC (Zen 2)
+VNNI = AVX2_ONLY | {"avx512f", "avx512_vnni"}  # Cascade Lake
+VNNI_BF16 = VNNI | {"avx512_bf16"}  # Cooper Lake, Zen 4 (this project's EPYC)
+AMX = VNNI_BF16 | {"amx_tile", "amx_int8", "amx_bf16"}  # Sapphire Rapids
+
+
+def test_which_candidates_apply_to_which_cpu_flags():
+    """Hand-worked flag sets: bf16 only where the CPU computes it natively; the ISA column names the flags each candidate's
+    arithmetic can use."""
+    assert cpu_float_precisions(AVX2_ONLY) == () and cpu_float_precisions(VNNI) == ()
+    assert cpu_float_precisions(VNNI_BF16) == ("bf16",) and cpu_float_precisions(AMX) == ("bf16",)
+    assert cpu_float_precisions({"amx_bf16"}) == ("bf16",)  # AMX alone is enough
+    int8, bf16, fp32 = Candidate(Backend.ort, Precision.int8), Candidate(Backend.openvino, Precision.fp32, inference_precision="bf16"), Candidate(
+        Backend.ort, Precision.fp32)
+    assert isa_used(int8, AVX2_ONLY) == ["avx2"] and isa_used(int8, AMX) == ["amx_int8", "avx2", "avx512_vnni", "avx512f"]
+    assert isa_used(bf16, VNNI_BF16) == ["avx512_bf16"] and isa_used(bf16, AMX) == ["amx_bf16", "avx512_bf16"] and isa_used(bf16, VNNI) == []
+    assert isa_used(fp32, AVX2_ONLY) == ["avx2", "fma"]
+    cpu, gpu = get_target("cpu"), get_target("gpu")
+    here = {Backend.ort: None, Backend.openvino: None}
+    # the extras per backend, from the registry: OpenVINO takes bf16 (on such a CPU) and NNCF; ONNX Runtime neither
+    assert backend_extras(cpu, AVX2_ONLY)[Backend.openvino].inference_precisions == ()
+    assert backend_extras(cpu, AMX)[Backend.openvino].inference_precisions == ("bf16",)
+    assert backend_extras(cpu, AMX)[Backend.ort] == BackendExtras()
+    assert backend_extras(cpu, AVX2_ONLY)[Backend.openvino].quantizers == ("nncf",)  # NNCF is in the [openvino] extra, installed here
+    assert all(e.inference_precisions == () for e in backend_extras(gpu, AMX).values())  # a GPU target: the host CPU's bf16 is not it
+    # the plan: the extras beside their backend's own candidates, only at the precisions asked for
+    plan = plan_candidates(cpu, ALL, here, CPU_HERE, extras=backend_extras(cpu, AMX))
+    assert [c.name for c in plan.candidates] == ["ort-fp32", "ort-fp16", "ort-int8", "openvino-fp32", "openvino-fp32-bf16", "openvino-fp16",
+                                                 "openvino-int8", "openvino-int8-nncf"]
+    assert [c.name for c in plan_candidates(cpu, ALL, here, CPU_HERE, extras=backend_extras(cpu, AVX2_ONLY)).candidates][3:] == [
+        "openvino-fp32", "openvino-fp16", "openvino-int8", "openvino-int8-nncf"]  # an AVX2-only CPU: no bf16, everything else as before
+    fp32_only = plan_candidates(cpu, (Precision.fp32,), here, CPU_HERE, extras=backend_extras(cpu, AMX))
+    assert [c.name for c in fp32_only.candidates] == ["ort-fp32", "openvino-fp32", "openvino-fp32-bf16"]
+    assert "inference precision bf16" in fp32_only.candidates[2].runtime and all(quant_target(cpu, c) is QuantTarget.cpu for c in plan.candidates)
+
+
 def test_gpu_plan_adds_tf32_and_cuda_graph_variants_and_respects_the_runtime_choice():
     gpu = get_target("gpu")
     no_trt = Availability(NO_TRT, "no TensorRT libraries", None)
@@ -223,13 +287,24 @@ def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_p
                                  "--rounds", "1", "-o", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
-    assert [c["name"] for c in report["candidates"]] == ["ort-fp32", "ort-fp16", "openvino-fp32", "openvino-fp16"]
+    from edge_inception.evaluate.cpu import cpu_info
+
+    flags = cpu_info().flags  # OpenVINO's bf16 inference precision is a candidate on a CPU with AVX-512 BF16 or AMX only
+    bf16 = ["openvino-fp32-bf16"] if cpu_float_precisions(flags) else []
+    assert [c["name"] for c in report["candidates"]] == ["ort-fp32", "ort-fp16", "openvino-fp32", *bf16, "openvino-fp16"]
     assert report["decision_batch"] == 1 and not report["skipped"]
+    # which ISA each candidate could use (CPU flags by its arithmetic), and what OpenVINO says it computes in
+    rows = {c["name"]: c for c in report["candidates"]}
+    assert all(c["isa"] == isa_used(Candidate(Backend(c["backend"]), Precision(c["precision"]), inference_precision=c["inference_precision"] or ""),
+                                     flags) for c in report["candidates"])
+    assert rows["openvino-fp32"]["runtime_precision"] == "f32" and rows["ort-fp32"]["runtime_precision"] is None
+    if bf16:
+        assert rows["openvino-fp32-bf16"]["runtime_precision"] == "bf16" and rows["openvino-fp32-bf16"]["isa"]
 
     # every candidate was built for its backend, verified against PyTorch, and measured in the one benchmark run
     bench = json.loads((out / "bench.json").read_text())
     p50 = {Path(row["path"]).name: row["latency_ms"]["p50"] for row in bench["results"] if not row["baseline"]}
-    assert len(p50) == 4
+    assert len(p50) == len(report["candidates"])
     for c in report["candidates"]:
         art = out / c["artifact"]
         manifest = Path(str(art) + ".manifest.json")
@@ -239,9 +314,9 @@ def test_pipeline_builds_measures_and_ships_the_decision_over_two_backends(tmp_p
 
     # the shipped artifact is the decision on those measurements, and every other candidate says how it lost
     ver = report["verification_vs_pytorch"]
-    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"],
-                         Evidence(c["agreement"], ver[c["name"]]["samples"], report["verification_photos"], ver[c["name"]]["mean_cosine"],
-                                  ver[c["name"]]["max_rel_error"]))
+    measured = [Measured(Candidate(Backend(c["backend"]), Precision(c["precision"]), inference_precision=c["inference_precision"] or ""),
+                         c["p50_ms"]["1"], Evidence(c["agreement"], ver[c["name"]]["samples"], report["verification_photos"],
+                                                    ver[c["name"]]["mean_cosine"], ver[c["name"]]["max_rel_error"]))
                 for c in report["candidates"]]
     decision = choose_ship(measured, 0.99)
     assert decision.ship is not None
@@ -301,15 +376,75 @@ def test_build_backend_auto_keeps_the_fastest_judged_candidate(small_onnx, tmp_p
                                  "-o", str(out)])
     assert r.exit_code == 0, r.output
     data = json.loads((out / "candidates.json").read_text())
-    assert [c["name"] for c in data["candidates"]] == ["ort-fp32", "openvino-fp32"]
+    from edge_inception.evaluate.cpu import cpu_info
+
+    bf16 = ["openvino-fp32-bf16"] if cpu_float_precisions(cpu_info().flags) else []
+    assert [c["name"] for c in data["candidates"]] == ["ort-fp32", "openvino-fp32", *bf16]
     assert data["ship"]["candidate"] is not None
     shipped_row = next(c for c in data["candidates"] if c["name"] == data["ship"]["candidate"])
     assert shipped_row["status"] == "shipped" and shipped_row["judged"] == "passed"  # what shipped passed its judge
     assert all(c["judged"] == "passed" or c["status"] != "shipped" for c in data["candidates"])
-    decision = choose_ship([Measured(Candidate(Backend(c["backend"]), Precision(c["precision"])), c["p50_ms"]["1"],
-                                     Evidence(1.0, 1, 1, 1.0, 0.0)) for c in data["candidates"]], 0.99)  # both FP32 and exact: time decides
+    decision = choose_ship([Measured(Candidate(Backend(c["backend"]), Precision(c["precision"]), inference_precision=c["inference_precision"] or ""),
+                                     c["p50_ms"]["1"], Evidence(1.0, 1, 1, 1.0, 0.0)) for c in data["candidates"]], 0.99)  # exact: time decides
     shipped = resolve_artifact(out)  # the folder holds exactly one artifact: the shipped one
     assert shipped.name == data["ship"]["artifact"] and artifact_info(shipped).backend == decision.ship.split("-")[0]
     loser = next(v for v in decision.verdicts if v.status != "shipped")
     assert f"| {loser.name} |" in (out / "candidates.md").read_text() and f"ship: {shipped.name} ({decision.ship})" in r.output
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the candidates' staging folder is gone
+
+
+@pytest.fixture(scope="module")
+def three_photos(tmp_path_factory) -> Path:
+    import shutil
+
+    from edge_inception.data.images import bundled_photos
+
+    out = tmp_path_factory.mktemp("three")
+    for p in bundled_photos()[:3]:
+        shutil.copyfile(p, out / p.name)
+    return out
+
+
+def test_bf16_and_nncf_candidates_are_real_openvino_artifacts(small_onnx, three_photos, tmp_path):
+    """OpenVINO really computes the bf16 candidate in bf16 where the CPU has it (it says so when asked), and NNCF really
+    makes the INT8 IR from the FP32 model on the calibration photos; both verified against the FP32 ONNX like any build."""
+    pytest.importorskip("nncf")
+    from edge_inception.engines.build import build
+    from edge_inception.errors import BackendUnavailableError, EdgeInceptionError
+    from edge_inception.evaluate.bench import describe
+    from edge_inception.evaluate.cpu import cpu_info
+
+    native = cpu_float_precisions(cpu_info().flags)
+    b = build(small_onnx, "cpu", backend="openvino", output_dir=tmp_path, name="m.fp32-bf16", inference_precision="bf16")
+    assert b.manifest.precision == "fp32" and b.manifest.options["inference_precision"] == "bf16"
+    assert b.manifest.options["runtime_inference_precision"] == ("bf16" if native else b.manifest.options["runtime_inference_precision"])
+    assert ("BF16" in b.manifest.options["cpu_capabilities"].split(",")) == bool(native)  # OpenVINO's own view agrees with the flags
+    assert b.parity.mean_cosine >= 0.999 and describe(b.artifact).name == "openvino-fp32-bf16"
+    strict = build(small_onnx, "cpu", backend="openvino", output_dir=tmp_path, name="m.fp32")
+    assert strict.manifest.options["runtime_inference_precision"] == "f32" and strict.parity.max_rel_error <= 1e-5
+
+    q = build(small_onnx, "cpu", backend="openvino", output_dir=tmp_path, name="m.int8-nncf", quantizer="nncf", calib=three_photos, calib_size=6)
+    assert q.manifest.precision == "int8" and q.manifest.options["quantizer"] == "nncf" and "nncf" in q.manifest.libraries
+    assert str(three_photos) in q.manifest.options["calibration"] and describe(q.artifact).name == "openvino-int8-nncf"
+    assert q.parity.mean_cosine >= 0.99  # INT8's build check against its FP32 source (the judge proper is agreement over photos)
+    # what a backend does not offer is refused in one line, before anything is written
+    with pytest.raises(BackendUnavailableError, match="ort has no quantizer 'nncf'"):
+        build(small_onnx, "cpu", backend="ort", output_dir=tmp_path / "x", quantizer="nncf")
+    with pytest.raises(EdgeInceptionError, match="ort does not take inference precision 'bf16'"):
+        build(small_onnx, "cpu", backend="ort", output_dir=tmp_path / "x", inference_precision="bf16")
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+
+
+def test_nncf_evidence_is_cross_fitted_by_photo(small_onnx, tmp_path):
+    """The NNCF candidate's agreement comes from photos its calibration did not see: each fold's artifact calibrated on the
+    other photos, the judged crops pooled, the bound counting distinct judged photos (the folds quantize uses)."""
+    pytest.importorskip("nncf")
+    from edge_inception.convert.calibration import select_images
+    from edge_inception.engines.peers import crossfit_evidence
+
+    sets = select_images(None, None, 6)
+    assert sets.folds and all(not ({s.path for s in f.calibration.samples} & {s.path for s in f.verdict.samples}) for f in sets.folds)
+    e = crossfit_evidence(small_onnx, Backend.openvino, "nncf", None, 6, tmp_path)
+    assert e.samples == len(sets.verdict.samples) and e.photos == sets.verdict.images and "cross-fitted" in e.reference
+    assert 0.0 <= e.agreement <= 1.0 and e.mean_cosine > 0.9
+    assert sorted(p.name for p in tmp_path.glob("nncf.fold*.xml")) == [f"nncf.fold{i}.xml" for i in range(len(sets.folds))]

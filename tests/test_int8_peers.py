@@ -1,6 +1,7 @@
 """benchmarks/int8_peers.py's mechanism on a tiny run (the trained demo net at 64 px, three calibration photos, a few
-held-out crops): every quantizer calibrates on the same photos and is judged on photos none of them saw, with the CPU's
-ISA flags recorded. The figures themselves are the benchmark's, not this test's."""
+held-out crops): every quantizer calibrates on the same crops and is judged on photos none of them saw, with the CPU's
+ISA flags recorded; every model's latency is taken by bench's machinery (one process per model and round, the rounds'
+load recorded), never in the process that quantized. The figures themselves are the benchmark's, not this test's."""
 
 import shutil
 import sys
@@ -22,7 +23,7 @@ def test_peers_are_judged_on_the_same_unseen_photos(trained, tmp_path):
     calib.mkdir()
     for p in bundled_photos()[:3]:
         shutil.copyfile(p, calib / p.name)
-    doc = int8_peers.run(trained.onnx, calib, held_crops=12, calib_samples=6, iterations=2,
+    doc = int8_peers.run(trained.onnx, calib, held_crops=12, calib_samples=6, iterations=2, rounds=1,
                          ours={"calib_method": "minmax", "min_agreement": 0.5, "calib_size": 12})
     assert doc["calibration_photos"] == sorted(p.name for p in bundled_photos()[:3])
     assert not set(doc["held_photos"]) & set(doc["calibration_photos"]) and len(doc["held_photos"]) == len(bundled_photos()) - 3
@@ -30,9 +31,16 @@ def test_peers_are_judged_on_the_same_unseen_photos(trained, tmp_path):
     names = [r["quantizer"] for r in doc["rows"]]
     assert names[0].startswith("fp32") and names[1].startswith("ours") and "quantize_static" in names[2] and "NNCF" in names[3]
     assert doc["rows"][0]["agreement"] == 1.0  # FP32 against itself: the comparison is wired to the same reference
+    counted = [r for r in doc["rounds"] if r["counted"]]
+    assert len(counted) == 1 and all("loadavg_before" in r and "disturbed" in r for r in doc["rounds"])
+    assert doc["disturbed"] == counted[0]["disturbed"] and doc["calibration_crops"] == 6
     for r in doc["rows"]:
         assert "error" not in r, r
-        assert 0.0 <= r["agreement"] <= 1.0 and -1.0 <= r["mean_cosine"] <= 1.0 + 1e-6 and r["p50_ms"] > 0
+        assert 0.0 <= r["agreement"] <= 1.0 and -1.0 <= r["mean_cosine"] <= 1.0 + 1e-6 and 0 < r["min_ms"] <= r["p50_ms"]
+        assert r["timed"] == 2  # batch-1 inferences of the counted round: the same count for every model, no warm-up among them
+    # each model measured as what it is: the ONNX models with ONNX Runtime's defaults, NNCF's IR as the pipeline's candidate
+    assert [r["engine"] for r in doc["rows"]] == ["onnx-fp32", "onnx-int8", "onnx-int8-2", "openvino-int8-nncf"]
     assert doc["rows"][1]["claim"] in ("met", "evidence too thin", "missed") and "cross-fitting" in doc["rows"][1]["photo_use"]
     md = int8_peers.markdown(doc)
     assert all(f"| {n} |" in md for n in names) and ", ".join(cpu_info().simd) in md
+    assert ("not to be quoted" in md) == doc["disturbed"]

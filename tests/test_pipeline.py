@@ -21,14 +21,26 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
-    assert set(report["artifacts"]) == {f"{b}-{p}" for b in ("ort", "openvino") for p in ("fp32", "fp16", "int8")}
+    from edge_inception.engines.candidates import cpu_float_precisions
+    from edge_inception.evaluate.cpu import cpu_info
+
+    # every backend x precision, NNCF's INT8 (the [openvino] extra) and, on a CPU with AVX-512 BF16 or AMX, OpenVINO in bf16
+    extras = {"openvino-int8-nncf"} | ({"openvino-fp32-bf16"} if cpu_float_precisions(cpu_info().flags) else set())
+    assert set(report["artifacts"]) == {f"{b}-{p}" for b in ("ort", "openvino") for p in ("fp32", "fp16", "int8")} | extras
     for rel in report["artifacts"].values():
         assert (out / rel).is_file() and (out / (rel + ".manifest.json")).is_file()
     # one judge (tests/test_candidates.py): what shipped passed it; INT8 on the demo's 10 held-out photos cannot be proven
     # at 99 % (its 95 % bound is at most 10 / 12.7 = 79 %), so it is unproven or failed and not shipped without --ship-unproven
     judged = {c["name"]: c["judged"] for c in report["candidates"]}
     assert judged[report["ship"]["candidate"]] == "passed" and not report["ship"]["unproven"]
-    assert report["verification_photos"] == 10 and {judged["ort-int8"], judged["openvino-int8"]} <= {"unproven", "failed"}
+    assert report["verification_photos"] == 10
+    assert {judged["ort-int8"], judged["openvino-int8"], judged["openvino-int8-nncf"]} <= {"unproven", "failed"}
+    # the ship line says why a faster INT8 did not ship (its bound on 10 photos), where one ran faster
+    p50 = {c["name"]: c["p50_ms"]["1"] for c in report["candidates"]}
+    faster = [n for n in judged if "int8" in n and p50[n] < p50[report["ship"]["candidate"]]]
+    assert all(f"{n} at {p50[n]:.2f} ms (" in report["ship"]["why"] for n in faster)
+    nncf = next(c for c in report["candidates"] if c["name"] == "openvino-int8-nncf")
+    assert nncf["quantizer"] == "nncf" and "bundled photos" in nncf["calibration"] and nncf["isa"] and nncf["runtime_precision"]
     assert report["verification_vs_pytorch"]["ort-fp32"]["max_rel_error"] < 1e-4
     md = (out / "report.md").read_text()
     assert "ship:" in md and "Compute budget" in md and (out / "bench.png").is_file()

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EdgeInceptionError, VerificationError
+from ..errors import BackendUnavailableError, EdgeInceptionError, VerificationError
 from ..evaluate.verify import Parity, parity_over, verification_inputs
 from ..fileio import install_files, link_path, sha256_file, staging_dir
 from ..onnx_file import graph_precision, load_onnx, model_facts, ort_session, run_session
@@ -38,20 +38,32 @@ class BuildResult:
 
 
 def build(model: str | Path, target: str | Target, *, backend: Backend | str | None = None, precision: Precision | str | None = None,
-          output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False, name: str | None = None) -> BuildResult:
+          output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False, name: str | None = None,
+          inference_precision: str | None = None, quantizer: str | None = None, calib: Path | None = None, calib_size: int = 100) -> BuildResult:
     """Build ``model`` for ``target``; the artifact's outputs are checked against the source ONNX before it is kept.
 
     ``allow_tf32`` lets an FP32 artifact run its convolutions in TF32 on a GPU; it is then judged like FP16. ``name``
     is the artifact's file name before the backend's suffix (default: the model's stem), so that variants built from
-    one model (TF32 beside strict FP32) do not replace each other.
+    one model (TF32 beside strict FP32) do not replace each other. ``inference_precision`` (``"bf16"``): an FP32 model
+    the backend computes in that reduced float (one of its ``inference_precisions``), judged like FP16. ``quantizer``
+    (``"nncf"``): an INT8 artifact the backend's peer quantizer makes from the FP32 ``model``, calibrated on ``calib_size``
+    crops of every photo of ``calib`` (None: the bundled photos; the crops ``quantize`` calibrates its written model on),
+    judged against the FP32 model like any INT8. Raises EdgeInceptionError (BackendUnavailableError for a quantizer)
+    when the backend offers neither.
     """
     src = Path(model)
     onnx_model = load_onnx(src)
     facts = model_facts(onnx_model, str(src))
     tgt = target if isinstance(target, Target) else get_target(target)
     found = Precision(graph_precision(onnx_model))
-    prec = Precision(precision or found)
-    if prec is not found:
+    prec = Precision(precision or (Precision.int8 if quantizer else found))
+    if (quantizer or inference_precision) and found is not Precision.fp32:
+        raise EdgeInceptionError(f"{src} is a {found.value} graph: {'a quantizer' if quantizer else 'an inference precision'} needs the FP32 model")
+    if quantizer and prec is not Precision.int8:
+        raise EdgeInceptionError(f"a quantizer ({quantizer}) makes INT8, not {prec.value}")
+    if inference_precision and prec is not Precision.fp32:
+        raise EdgeInceptionError(f"an inference precision ({inference_precision}) is for FP32 models, not {prec.value}")
+    if prec is not found and not quantizer:
         raise EdgeInceptionError(f"{src} is a {found.value} graph; precision comes from the graph "
                                  f"(run 'edge-inception quantize --precision {prec.value}' first)")
     if allow_tf32 and tgt.device == "cpu":
@@ -63,6 +75,14 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     choice = choose(tgt, prec, requested, probe(tgt), allow_tf32=allow_tf32)
     tgt.check(choice.backend, prec)
     engine = require_backend(choice.backend)
+    if inference_precision and inference_precision not in engine.inference_precisions:
+        raise EdgeInceptionError(f"{engine.name.value} does not take inference precision '{inference_precision}' "
+                                 f"(it takes: {', '.join(engine.inference_precisions) or 'none'})")
+    if quantizer:
+        offered = engine.quantizers()
+        why = offered.get(quantizer, f"{engine.name.value} has no quantizer '{quantizer}' (it has: {', '.join(offered) or 'none'})")
+        if why:
+            raise BackendUnavailableError(why)
     out_dir = Path(output_dir) if output_dir is not None else src.parent / f"{src.stem}.{tgt.name}"
     n_threads = tgt.threads if threads is None else threads
     size, fixed = facts.image_size, facts.fixed_batch
@@ -74,7 +94,8 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
         raise EdgeInceptionError(f"artifact name '{stem}': a plain file name is needed")
     with staging_dir(out_dir, f"{stem}.build") as work:
         job = BuildJob(source=src, target=tgt, precision=prec, image_size=size, fixed_batch=fixed, threads=n_threads, work_dir=work,
-                       cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32, name=stem)
+                       cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32, name=stem, inference_precision=inference_precision or "",
+                       quantizer=quantizer or "", calib=calib, calib_size=calib_size)
         out = engine.build(job)
         lo, opt, hi = (fixed,) * 3 if fixed else (tgt.batch_min, tgt.batch_opt, tgt.batch_max)
         manifest = Manifest(
@@ -86,14 +107,14 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
         )
         write_manifest(out.artifact, manifest)
         parity = verify_artifact(out.artifact, src, size, fixed)
-        judge(parity, prec, out.artifact.name, src.name, device=tgt.device, tf32=tf32)
+        judge(parity, prec, out.artifact.name, src.name, device=tgt.device, tf32=tf32 or bool(inference_precision))
         install_files([*out.companions, out.artifact, manifest_path(out.artifact)], out_dir)
     return BuildResult(out_dir / out.artifact.name, manifest, parity, out.note or choice.line)
 
 
 def judge(parity: Parity, precision: Precision, artifact: str, source: str, *, device: str = "cpu", tf32: bool = False) -> None:
     """FP32 must reproduce its source: to 1e-5 relative on a CPU, 1e-4 on a GPU (cuDNN picks other summation orders,
-    never TF32's 1e-3). Reduced precision, and FP32 with TF32 allowed, run other arithmetic (another INT8
+    never TF32's 1e-3). Reduced precision, and FP32 with TF32 allowed (``tf32``; also a bf16 inference precision), run other arithmetic (another INT8
     requantisation, FP16 or TF32 products), so they are judged by the logits' cosine, which near-tied classes (a seeded
     model has many) cannot flip the way they flip top-1."""
     tolerance = FP32_REL_TOL if device == "cpu" else FP32_REL_TOL_GPU

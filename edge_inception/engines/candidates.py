@@ -39,19 +39,30 @@ class Candidate:
     fixed_batch: int | None = None  # exported at this one batch size (ONNX Runtime on a GPU replays a CUDA graph)
     providers: tuple[str, ...] = ()  # ONNX Runtime's GPU execution providers, in priority order (engines.choose)
     runtime: str = ""  # which runtime and why, in one line
+    # an FP32 model the runtime computes in this reduced float ("bf16": OpenVINO's INFERENCE_PRECISION_HINT on a CPU with
+    # AVX-512 BF16 or AMX); judged by the logits' numbers, like TF32 and FP16
+    inference_precision: str = ""
+    quantizer: str = ""  # INT8 made by this peer quantizer from the FP32 model ("nncf": OpenVINO's NNCF); "" is ours (quantize)
 
     @property
     def name(self) -> str:
-        """``ort-int8``, ``openvino-fp32``, ``ort-fp32-tf32-b1``: backend, precision, then the variant."""
+        """``ort-int8``, ``openvino-fp32``, ``ort-fp32-tf32-b1``, ``openvino-fp32-bf16``, ``openvino-int8-nncf``: backend,
+        precision, then the variant."""
         parts = [self.backend.value, self.precision.value] + (["tf32"] if self.tf32 else []) + (
+            [self.inference_precision] if self.inference_precision else []) + ([self.quantizer] if self.quantizer else []) + (
             [f"b{self.fixed_batch}"] if self.fixed_batch else [])
         return "-".join(parts)
 
     @property
+    def strict_fp32(self) -> bool:
+        """FP32 computed as FP32 (no TF32 products, no bf16 inference precision): judged against its reference's tolerance."""
+        return self.precision is Precision.fp32 and not self.tf32 and not self.inference_precision
+
+    @property
     def fidelity(self) -> tuple[int, int]:
-        """Lower is more faithful to FP32: strict FP32, TF32, FP16, INT8; a dynamic-batch artifact before a fixed one
-        (it serves every batch size)."""
-        order = {Precision.fp32: 1 if self.tf32 else 0, Precision.fp16: 2, Precision.int8: 3}
+        """Lower is more faithful to FP32: strict FP32, TF32 (10-bit products), FP16 (11-bit significand), BF16 (8-bit),
+        INT8; a dynamic-batch artifact before a fixed one (it serves every batch size)."""
+        order = {Precision.fp32: 3 if self.inference_precision else 1 if self.tf32 else 0, Precision.fp16: 2, Precision.int8: 4}
         return order[self.precision], 0 if self.fixed_batch is None else 1
 
 
@@ -69,15 +80,52 @@ class Plan:
     skipped: tuple[Skipped, ...] = ()
 
 
+# The CPU flags (/proc/cpuinfo) each kind of arithmetic runs faster with: what a report shows beside a candidate, since
+# neither ONNX Runtime nor OpenVINO says which kernels it chose. INT8: VNNI's u8 x s8 dot products (AVX-512 or AVX) and
+# AMX's tiles; bf16: AVX-512 BF16's dot products and AMX's bf16 tiles; float: AVX2/FMA, AVX-512, AVX-512 FP16, AMX FP16.
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "int8": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"),
+    "bf16": ("avx512_bf16", "amx_bf16"),
+    "fp16": ("avx2", "f16c", "avx512f", "avx512_fp16", "amx_fp16"),
+    "fp32": ("avx2", "fma", "avx512f"),
+}
+# The reduced float inference precisions a CPU with these flags computes natively (OpenVINO's CPU plugin runs bf16 with
+# AVX-512 BF16 or AMX BF16; without them it would emulate or fall back to f32, so no such candidate there).
+CPU_FLOAT_PRECISIONS: dict[str, frozenset[str]] = {"bf16": frozenset({"avx512_bf16", "amx_bf16"})}
+
+
+def cpu_float_precisions(flags: frozenset[str] | set[str]) -> tuple[str, ...]:
+    """The reduced float inference precisions (``"bf16"``) that ``flags`` (a CPU's /proc/cpuinfo flags) run natively: ``()``
+    on an AVX2-only or AVX-512 VNNI CPU, ``("bf16",)`` with ``avx512_bf16`` or ``amx_bf16``. Pure."""
+    return tuple(p for p, needs in CPU_FLOAT_PRECISIONS.items() if needs & set(flags))
+
+
+def isa_used(candidate: Candidate, flags: frozenset[str] | set[str]) -> list[str]:
+    """The flags of ``flags`` that the candidate's arithmetic can use (:data:`ISA_FLAGS` by its compute precision: bf16
+    for a bf16 inference precision, else its precision), sorted. Pure."""
+    kind = candidate.inference_precision or candidate.precision.value
+    return sorted(set(ISA_FLAGS.get(kind, ())) & set(flags))
+
+
+@dataclass(frozen=True)
+class BackendExtras:
+    """What a backend offers beyond its own precisions on this machine: peer INT8 quantizers installed for it
+    (``("nncf",)``) and reduced float inference precisions this CPU runs natively for it (``("bf16",)``)."""
+
+    quantizers: tuple[str, ...] = ()
+    inference_precisions: tuple[str, ...] = ()
+
+
 def plan_candidates(target: Target, precisions: Sequence[Precision], missing: Mapping[Backend, str | None], gpu: Availability, *,
-                    backends: Sequence[Backend] | None = None) -> Plan:
+                    backends: Sequence[Backend] | None = None, extras: Mapping[Backend, BackendExtras] | None = None) -> Plan:
     """Every candidate of ``target`` at ``precisions`` that this machine can build, in the preset's backend order.
 
     ``missing`` maps each backend to why it cannot run here (None: it can; a backend absent from the mapping counts as
     missing); ``gpu`` is :func:`~edge_inception.engines.choose.probe`'s answer (all None for a CPU target);
     ``backends`` narrows the preset's list (``build --backend X``). On a GPU each precision also gets a fixed-shape
-    batch-1 variant for ONNX Runtime (its CUDA graph), and FP32 a TF32 variant. Raises nothing: what cannot be built
-    is in :attr:`Plan.skipped` with its reason.
+    batch-1 variant for ONNX Runtime (its CUDA graph), and FP32 a TF32 variant. ``extras`` (:func:`backend_extras`) adds,
+    per backend, an FP32 candidate per reduced inference precision (``openvino-fp32-bf16``) and an INT8 candidate per peer
+    quantizer (``openvino-int8-nncf``). Raises nothing: what cannot be built is in :attr:`Plan.skipped` with its reason.
     """
     out: list[Candidate] = []
     skipped: list[Skipped] = []
@@ -103,7 +151,28 @@ def plan_candidates(target: Target, precisions: Sequence[Precision], missing: Ma
                     continue
                 variants = (None, GRAPH_BATCH) if gpu_target and backend is Backend.ort else (None,)
                 out += [Candidate(backend, precision, tf32, fixed, choice.providers, choice.line) for fixed in variants]
+                more = (extras or {}).get(backend, BackendExtras())
+                if precision is Precision.fp32 and not tf32:
+                    out += [Candidate(backend, precision, providers=choice.providers, inference_precision=p,
+                                      runtime=f"{choice.line}; inference precision {p}") for p in more.inference_precisions]
+                if precision is Precision.int8:
+                    out += [Candidate(backend, precision, providers=choice.providers, quantizer=q,
+                                      runtime=f"{choice.line}; INT8 by {q} from the FP32 model") for q in more.quantizers]
     return Plan(tuple(out), tuple(skipped))
+
+
+def backend_extras(target: Target, flags: frozenset[str] | set[str]) -> dict[Backend, BackendExtras]:
+    """Each of ``target``'s backends' peer quantizers installed here (the registry's ``quantizers``: name -> why missing)
+    and, on a CPU target, the inference precisions it takes (``inference_precisions``) that ``flags`` run natively."""
+    from .registry import get_backend
+
+    out = {}
+    for b in target.backends:
+        engine = get_backend(b)
+        quantizers = tuple(q for q, why in engine.quantizers().items() if why is None)
+        hints = tuple(p for p in cpu_float_precisions(flags) if p in engine.inference_precisions) if target.device == "cpu" else ()
+        out[Backend(b)] = BackendExtras(quantizers, hints)
+    return out
 
 
 def missing_backends(target: Target) -> dict[Backend, str | None]:
@@ -123,11 +192,12 @@ def quant_target(target: Target, candidate: Candidate) -> QuantTarget:
     return QuantTarget.gpu
 
 
-# The float judge (FP32, TF32, FP16): the logits' numbers, which every sample measures exactly (no sampling claim).
+# The float judge (FP32, TF32, FP16, BF16): the logits' numbers, which every sample measures exactly (no sampling claim).
 # Strict FP32 must reproduce PyTorch to the export's tolerance plus a GPU build's (1e-4 + 1e-4 relative to the largest
 # logit, by the triangle inequality over PyTorch -> ONNX -> artifact: convert/export.py, engines/build.py); reduced
 # float (FP16's 11-bit significand, TF32's 10-bit products) keeps the logits' direction (cosine) and their size
-# within a few % of the largest logit. Measured on the demo net: FP16 cosine 1.00000, max error 0.008 of logits ~10.
+# within a few % of the largest logit. Measured on the demo net: FP16 cosine 1.00000, max error 0.008 of logits ~10;
+# OpenVINO's bf16 (8-bit significand) on GoogLeNet at 64 px: cosine 0.99998, max error 0.0076 of the largest logit.
 FP32_REL_TOL = 2e-4
 FLOAT_MIN_COSINE = 0.999
 FLOAT_REL_TOL = 0.05
@@ -160,7 +230,7 @@ class Judgement:
 def judge_candidate(candidate: Candidate, evidence: Evidence | None, min_agreement: float) -> Judgement:
     """One judge for every candidate, by precision (pure; no runtime).
 
-    Float candidates (strict FP32; TF32 and FP16) by their numbers: strict FP32 ``max_rel_error <= FP32_REL_TOL``;
+    Float candidates (strict FP32; TF32, FP16 and BF16) by their numbers: strict FP32 ``max_rel_error <= FP32_REL_TOL``;
     reduced float ``mean_cosine >= FLOAT_MIN_COSINE`` and ``max_rel_error <= FLOAT_REL_TOL``: a near-tie of two classes
     (a seeded net has many) may flip top-1 under any rounding, so float fidelity is not judged by agreement. INT8 by
     top-1 agreement with the reference, claimed only when its one-sided 95 % Wilson lower bound over distinct photos
@@ -179,7 +249,7 @@ def judge_candidate(candidate: Candidate, evidence: Evidence | None, min_agreeme
         if v.missed:
             return Judgement(FAILED, f"{head}: below {min_agreement:.1%}")
         return Judgement(UNPROVEN, f"{head} < {min_agreement:.1%}: the evidence cannot carry the claim")
-    if candidate.precision is Precision.fp32 and not candidate.tf32:
+    if candidate.strict_fp32:
         head = f"max relative error {evidence.max_rel_error:.1e} vs {evidence.reference}"
         if evidence.max_rel_error <= FP32_REL_TOL:
             return Judgement(PASSED, f"{head} <= {FP32_REL_TOL:g}")
@@ -250,7 +320,8 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
     judged = {m.name: _judgement(m, min_agreement) for m in measured}
     allowed = (PASSED, UNPROVEN) if ship_unproven else (PASSED,)
     eligible = [m for m in measured if judged[m.name].status in allowed and m.p50_ms is not None]
-    rule = (f"judge: built and verified against its source; float by its logits' numbers, INT8 by top-1 agreement >= {min_agreement:.0%} "
+    rule = (f"judge: built and verified against its source; float (FP32, TF32, FP16, BF16) by its logits' numbers, INT8 (ours or a peer "
+            f"quantizer's) by top-1 agreement >= {min_agreement:.0%} "
             "at 95% confidence")
     if not eligible:
         why = f"no candidate passed its judge ({rule})"
@@ -273,6 +344,10 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
     unproven = judged[ship.name].status == UNPROVEN
     if unproven:
         why = f"UNPROVEN, shipped because --ship-unproven was given: {judged[ship.name].reason}; {why}"
+    faster = [m for m in measured if m.p50_ms is not None and m.p50_ms < best and m not in eligible]
+    if faster:  # what the user loses to the judge, and why: an INT8 that ran faster but whose claim the evidence cannot carry
+        why += "; faster but not shipped: " + "; ".join(f"{m.name} at {m.p50_ms:.2f} ms ({judged[m.name].status}: {judged[m.name].reason})"
+                                                        for m in sorted(faster, key=lambda m: m.p50_ms or 0.0))
     why += f"; {rule}"
     tie_names = {m.name for m in tied}
     return Decision(ship.name, why, fastest.name, tuple(_verdict(m, judged[m.name], ship, tie_names, ship_unproven, noise) for m in measured),

@@ -16,6 +16,7 @@ from .registry import BuildJob, BuildOutput
 from .runner import NodeTime, Runner, Timings
 
 INSTALL_HINT = "OpenVINO is not installed: pip install 'edge-inception[openvino]'"
+NNCF_HINT = "NNCF is not installed: pip install 'edge-inception[openvino]'"
 
 
 def _ov():  # -> module
@@ -35,6 +36,36 @@ def build_ir(source: Path, artifact: Path) -> None:
     ov = _ov()
     model = ov.convert_model(str(source))
     ov.save_model(model, str(artifact), compress_to_fp16=False)
+
+
+def nncf_quantize_ir(source: Path, artifact: Path, batches: list[np.ndarray]) -> str:
+    """FP32 ONNX -> OpenVINO IR quantized to INT8 by NNCF's ``nncf.quantize`` with its defaults (mixed preset's
+    performance default, symmetric per-channel weights, min-max ranges, fast bias correction) on ``batches`` (1 x 3 x S x S
+    float32 each, the calibration crops our quantizer takes). Returns NNCF's version. Raises BackendUnavailableError
+    without NNCF or OpenVINO."""
+    ov = _ov()
+    try:
+        import nncf
+    except ImportError as exc:
+        raise BackendUnavailableError(NNCF_HINT) from exc
+    quantized = nncf.quantize(ov.convert_model(str(source)), nncf.Dataset(batches), subset_size=len(batches))
+    ov.save_model(quantized, str(artifact), compress_to_fp16=False)
+    return str(nncf.__version__)
+
+
+def runtime_precision(artifact: Path, inference_precision: str | None) -> dict[str, str]:
+    """What OpenVINO's CPU plugin says it computes ``artifact`` in (``INFERENCE_PRECISION_HINT`` read back from the compiled
+    model: ``bf16`` or ``f32``) and the CPU's ``OPTIMIZATION_CAPABILITIES`` (``BF16``, ``INT8``, ...): its chosen kernels are
+    not readable, these are."""
+    ov = _ov()
+    core = ov.Core()
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = inference_precision
+    compiled = core.compile_model(str(artifact), "CPU", config)
+    reported = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return {"runtime_inference_precision": str(getattr(reported, "to_string", lambda: reported)()),
+            "cpu_capabilities": ",".join(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
 
 
 class OpenVinoRunner(Runner):
@@ -70,17 +101,42 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend:
     name = Backend.openvino
     suffix = ".xml"
+    inference_precisions: tuple[str, ...] = ("bf16",)
 
     def available(self) -> str | None:
         return None if importlib.util.find_spec("openvino") else INSTALL_HINT
 
+    def quantizers(self) -> dict[str, str | None]:
+        return {"nncf": None if importlib.util.find_spec("nncf") else NNCF_HINT}
+
+    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
+        """``nncf``: :func:`nncf_quantize_ir`. Raises BackendUnavailableError for another name or without NNCF."""
+        why = self.quantizers().get(quantizer, f"openvino has no peer quantizer '{quantizer}'")
+        if why:
+            raise BackendUnavailableError(why)
+        return nncf_quantize_ir(source, artifact, batches)
+
     def build(self, job: BuildJob) -> BuildOutput:
         artifact = job.work_dir / f"{job.stem}{self.suffix}"
-        build_ir(job.source, artifact)
+        libraries = {"openvino": openvino_version()}
+        options: dict[str, Any] = {}
+        if job.quantizer:  # INT8 by NNCF from the FP32 source, calibrated on the crops our quantizer calibrates on
+            from ..convert.calibration import image_batches, select_images
+
+            sets = select_images(job.calib, None, job.calib_size)
+            final = sets.final or sets.calibration
+            libraries[job.quantizer] = self.quantize_peer(job.quantizer, job.source, artifact, image_batches(final.samples, job.image_size, batch=1))
+            options |= {"quantizer": job.quantizer, "calibration": final.source}
+        else:
+            build_ir(job.source, artifact)
         # OpenVINO's CPU plugin computes float layers in bf16 where the CPU has it (AVX512_BF16, AMX): an FP32 artifact
-        # asks for f32, so that it computes what its source computes; reduced-precision artifacts keep the plugin's choice
-        options = {"inference_precision": "f32"} if job.precision is Precision.fp32 else {}
-        return BuildOutput(artifact, {"openvino": openvino_version()}, options, companions=[artifact.with_suffix(".bin")])
+        # asks for f32, so that it computes what its source computes (or for the reduced float it was built for);
+        # reduced-precision artifacts keep the plugin's choice
+        if job.precision is Precision.fp32 and not job.quantizer:
+            options["inference_precision"] = job.inference_precision or "f32"
+        if job.target.device == "cpu":
+            options |= runtime_precision(artifact, options.get("inference_precision"))
+        return BuildOutput(artifact, libraries, options, companions=[artifact.with_suffix(".bin")])
 
     def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None, perf_counters: bool = False) -> Runner:
         n = threads if threads is not None else (manifest.threads if manifest else 0)

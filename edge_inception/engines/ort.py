@@ -228,6 +228,13 @@ class OrtBackend:
 
     name = Backend.ort
     suffix = ".ort.onnx"
+    inference_precisions: tuple[str, ...] = ()
+
+    def quantizers(self) -> dict[str, str | None]:
+        return {}
+
+    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
+        raise BackendUnavailableError(f"{self.name.value} has no peer quantizer '{quantizer}'")
 
     def available(self) -> str | None:
         return None if importlib.util.find_spec("onnxruntime") else "ONNX Runtime is not installed: pip install onnxruntime"

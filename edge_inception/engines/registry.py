@@ -7,7 +7,11 @@ A backend is a module of this package that defines ``BACKEND``, an object with:
   what to install (probed without side effects, cached where the probe is costly);
 - ``build(job: BuildJob) -> BuildOutput``: write the artifact (and any companion files) into ``job.work_dir``;
 - ``open(artifact, manifest, threads=None) -> Runner``; ``manifest=None`` (only for :data:`PLAIN_ONNX_BACKEND`) runs a
-  plain ONNX file with the runtime's defaults.
+  plain ONNX file with the runtime's defaults;
+- ``inference_precisions``: the reduced float precisions it can compute an FP32 model in (``("bf16",)``: OpenVINO);
+- ``quantizers() -> {name: why missing or None}``: the peer INT8 quantizers it can build an artifact with from an FP32
+  model and calibration photos (``{"nncf": None}``: OpenVINO with NNCF installed); ``quantize_peer(quantizer, source,
+  artifact, batches) -> version`` writes such an artifact calibrated on ``batches`` (1 x 3 x S x S float32 each).
 
 Adding a backend is one module plus one line in :data:`MODULES`; neither :func:`build` nor :func:`open_runner`
 names a backend. Backend modules are imported only when used, so a missing runtime costs nothing.
@@ -52,6 +56,10 @@ class BuildJob:
     providers: tuple[str, ...] = ()  # ONNX Runtime's GPU execution providers, in priority order (engines.choose)
     allow_tf32: bool = False  # FP32 may run as TF32 on the GPU (judged then like FP16)
     name: str = ""  # the artifact's file name before the backend's suffix (default: the source's stem)
+    inference_precision: str = ""  # an FP32 model computed in this reduced float ("bf16"); one of the backend's inference_precisions
+    quantizer: str = ""  # INT8 made from the FP32 source by this peer quantizer (one of the backend's quantizers())
+    calib: Path | None = None  # the quantizer's calibration photos (None: the bundled photos), as `quantize --calib` takes them
+    calib_size: int = 100  # calibration samples (crops) drawn from them, as `quantize --calib-size`
 
     @property
     def stem(self) -> str:
@@ -71,8 +79,13 @@ class BuildOutput:
 class EngineBackend(Protocol):
     name: Backend
     suffix: str
+    inference_precisions: tuple[str, ...]
 
     def available(self) -> str | None: ...
+
+    def quantizers(self) -> dict[str, str | None]: ...
+
+    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str: ...
 
     def build(self, job: BuildJob) -> BuildOutput: ...
 
@@ -149,6 +162,7 @@ class ArtifactInfo:
     fixed_batch: int | None = None  # the one batch size it takes, if it takes one only
     tf32: bool = False  # an FP32 artifact allowed to run its convolutions as TF32 on a GPU
     seeded: bool = False  # exported from seeded random weights (no --weights): its labels mean nothing
+    variant: str = ""  # "bf16" (an FP32 model computed in bf16), "nncf" (INT8 made by NNCF): what its name adds
 
 
 def artifact_info(artifact: str | Path) -> ArtifactInfo:
@@ -161,8 +175,10 @@ def artifact_info(artifact: str | Path) -> ArtifactInfo:
         from ..model.labels import class_names
 
         source = resolve_link(m.source_onnx, art.parent)
+        hint, quantizer = m.options.get("inference_precision"), m.options.get("quantizer")
+        variant = "-".join(str(v) for v in (hint if hint not in (None, "", "f32") else None, quantizer) if v)
         return ArtifactInfo(m.image_size, m.num_classes, class_names(m.num_classes, m.class_names), m.precision, m.backend, m.target,
-                            str(source), m.device, m.fixed_batch, bool(m.options.get("tf32", False)), seeded=_seeded(source))
+                            str(source), m.device, m.fixed_batch, bool(m.options.get("tf32", False)), seeded=_seeded(source), variant=variant)
     facts = onnx_facts(art)
     return ArtifactInfo(facts.image_size, facts.num_classes, facts.class_names, facts.precision, PLAIN_ONNX_BACKEND.value, "plain", str(art),
                         fixed_batch=facts.fixed_batch, seeded=facts.metadata.get("checkpoint", "").startswith("seed:"))

@@ -277,6 +277,13 @@ class TensorRTBackend:
 
     name = Backend.tensorrt
     suffix = ".engine"
+    inference_precisions: tuple[str, ...] = ()
+
+    def quantizers(self) -> dict[str, str | None]:
+        return {}
+
+    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
+        raise BackendUnavailableError(f"{self.name.value} has no peer quantizer '{quantizer}'")
 
     def available(self) -> str | None:
         return tensorrt_missing()

@@ -171,7 +171,8 @@ def describe(artifact: str | Path) -> Engine:
     fp32_path = resolve_link(meta["fp32_source"], Path(info.source_onnx).parent) if meta.get("fp32_source") else Path(info.source_onnx)
     fp32 = str(fp32_path) if fp32_path.is_file() else None
     prefix = "onnx" if info.target == "plain" else info.backend  # a plain ONNX file runs with ONNX Runtime's defaults
-    variant = ("-tf32" if info.tf32 else "") + (f"-b{info.fixed_batch}" if info.fixed_batch and info.target != "plain" else "")
+    variant = ("-tf32" if info.tf32 else "") + (f"-{info.variant}" if info.variant else "")
+    variant += (f"-b{info.fixed_batch}" if info.fixed_batch and info.target != "plain" else "")
     name = f"{prefix}-{info.precision}{variant}" + ("" if info.target in ("plain", "cpu") else f"-{info.target}")
     return Engine(name=name, kind="artifact", backend=info.backend, precision=info.precision, path=str(art), image_size=info.image_size,
                   macs_per_image=macs, source_onnx=fp32, agreement=agreement, device=info.device, fixed_batch=info.fixed_batch)
