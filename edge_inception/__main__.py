@@ -16,6 +16,28 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _exit_past_native_threads(code: object) -> None:
+    """Exit at once (``os._exit``, after flushing stdout and stderr) when a daemon thread is still alive: one abandoned
+    inside a native call (FFmpeg's open of a silent stream after Ctrl-C, a decode) would otherwise run on into a finalising
+    interpreter and crash it (SIGSEGV instead of 130/143). Everything of ours was cleaned up while unwinding to here;
+    with no such thread the normal exit runs."""
+    import threading
+
+    if not any(t.daemon and t.is_alive() for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    import os
+
+    if code is not None and not isinstance(code, int):  # SystemExit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code or 0)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: unwind, so temporary files are removed on the way out
     try:
@@ -25,7 +47,12 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         terminated = type(exc).__name__ == "Terminated"
         print(f"{'terminated' if terminated else 'interrupted'} while starting: nothing was written", file=sys.stderr)
+        _exit_past_native_threads(143 if terminated else 130)
         raise SystemExit(143 if terminated else 130) from None
+    except SystemExit as exc:
+        _exit_past_native_threads(exc.code)
+        raise
+    _exit_past_native_threads(0)
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     from .onnx_file import graph_precision, load_onnx, onnx_facts
 
     src = Path(model)
-    precision = Precision(graph_precision(load_onnx(src, with_weights=False)))
+    precision = Precision(graph_precision(load_onnx(src)))  # with its weights: external data is checked (inside the folder) first, as build does
     if expect is not None and Precision(expect) is not precision:
         raise EdgeInceptionError(f"{src} is a {precision.value} graph; precision comes from the graph "
                                  f"(run 'edge-inception quantize --precision {Precision(expect).value}' first)")
