@@ -89,7 +89,7 @@ def nncf_int8(fp32_onnx: Path, out_dir: Path, calib_size: int = 100) -> Path:
     facts = onnx_facts(fp32_onnx)
     sets = select_images(None, None, calib_size)
     calib = sets.final or sets.calibration  # every photo, as our written INT8 model is calibrated
-    images = [b[i : i + 1] for b in image_batches(calib.images, facts.image_size) for i in range(len(b))]
+    images = [b[i : i + 1] for b in image_batches(calib.samples, facts.image_size) for i in range(len(b))]
     model = ov.convert_model(str(fp32_onnx))
     quantized = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images))
     out_dir.mkdir(parents=True, exist_ok=True)
