@@ -171,3 +171,20 @@ def test_a_head_that_refuses_the_token_is_said_so(head, tmp_path):
     assert line.startswith(f"error: the Ray head at {head} refused the token")
     line = _refused(["fleet", "status"], port, RAY_AUTH_TOKEN="0" * 64)
     assert "refused the token" in line
+
+
+def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_path):
+    """``pipeline --eval DIR --cluster``: the pipeline's FP16 accuracy verdict runs its models on the cluster and equals
+    the one ``quantize --eval`` computes in this process for the FP32 model the pipeline exported."""
+    out = tmp_path / "run"
+    r = ray_procs.run(_cli("pipeline", "--weights", trained.checkpoint, "--precisions", "fp32,fp16", "--eval", trained.data / "val",
+                           "--batch", "1", "--iterations", "2", "--rounds", "1", "-o", out, "--cluster", head), RUN_TIMEOUT_S, **RAY_ENV)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"note: cluster {head}: 1 worker(s), " in r.stderr and "accuracy pass(es)" in r.stderr
+    got = json.loads((out / "report.json").read_text())["quantization"]["fp16"]
+    plain = CliRunner().invoke(app, ["quantize", str(out / "model.fp32.onnx"), "--precision", "fp16", "--eval", str(trained.data / "val"),
+                                     "-o", str(tmp_path / "plain.fp16.onnx")])
+    assert plain.exit_code == 0, plain.output
+    want = json.loads((tmp_path / "plain.fp16.report.json").read_text())
+    assert want["accuracy"]["labelled"] and got["accuracy"]["labelled"] == want["accuracy"]["labelled"]
+    assert got["claim"] == want["claim"]
