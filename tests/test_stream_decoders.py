@@ -395,3 +395,12 @@ def test_a_hardware_decoder_that_fails_at_its_start_hands_over_to_the_cpu(clip, 
         s = run_stream(clip["model"], source, engine_alone=False)
     assert s.frames == 20 and s.decoder == "FFmpeg (PyAV) on the CPU"
     assert any("a broken hardware decoder failed (no NVDEC session); decoding on the CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_max_seconds_bounds_a_stream(clip):
+    """What bounds each calibration run: ``max_seconds`` 0 classifies nothing; a bound the clip fits in classifies it all."""
+    from edge_inception.stream.run import run_stream
+
+    given = {"split": split_threads(2), "engine_alone": False}
+    assert run_stream(clip["model"], str(clip["video"]), max_seconds=0.0, **given).frames == 0
+    assert run_stream(clip["model"], str(clip["video"]), max_seconds=3600.0, **given).frames == 20

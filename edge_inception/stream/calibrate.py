@@ -29,6 +29,7 @@ SPLIT_RECORD_VERSION = 1
 MAX_SPLIT_RECORD_BYTES = 16 << 10
 CALIBRATION_FRAMES = 40  # frames streamed per candidate split (the first CALIBRATION_WARMUP not timed)
 CALIBRATION_WARMUP = 5
+CALIBRATION_MAX_S = 3.0  # ... or fewer where they take longer (12 MP photos through the exact path)
 
 
 @dataclass(frozen=True)

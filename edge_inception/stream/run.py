@@ -36,7 +36,7 @@ from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
 from ..report import Axis, Bars, Figure, Series
 from ..vocab import PreprocessMode
-from .calibrate import CALIBRATION_FRAMES, CALIBRATION_WARMUP, SplitKey, calibrated_split
+from .calibrate import CALIBRATION_FRAMES, CALIBRATION_MAX_S, CALIBRATION_WARMUP, SplitKey, calibrated_split
 from .decoders import probe
 from .plan import ThreadSplit, choose_decoder, split_candidates, split_threads
 from .sources import RECONNECT_S, AvSource, FolderSource, Frame, LiveAvSource, VideoSource, Wanted, open_source
@@ -320,7 +320,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
                reconnect_s: float = RECONNECT_S, split: ThreadSplit | None = None, engine_alone: bool = True,
-               calibrate: bool = True, split_cache: Path | None = None) -> StreamSummary:
+               calibrate: bool = True, split_cache: Path | None = None, max_seconds: float | None = None) -> StreamSummary:
     """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
     caller, not yet opened) with ``artifact``.
 
@@ -331,6 +331,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     kind (each of :func:`.plan.split_candidates` streamed on the first frames of a file or folder, the fastest kept,
     remembered in ``split_cache``, default the cache folder's ``stream-split/``: :func:`.calibrate.calibrated_split`);
     else :func:`.plan.split_threads`. ``engine_alone``: run the engine alone after the stream (:func:`measure_engine_alone`).
+    ``max_seconds``: stop after this many seconds of streaming (what bounds each calibration run).
     Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
     (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
     :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
@@ -369,7 +370,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         log.info("%s: decoder %s; threads: %s", source.uri, summary.decoder, summary.threads.why)
         with open_runner(artifact, threads=summary.threads.engine) as runner, video_writer(save, source.fps) as writer:
             producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
-            last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress)
+            last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress, max_seconds)
             if engine_alone and last is not None and summary.interrupted is None and summary.output_error is None:
                 summary.engine_alone = measure_engine_alone(runner, last)
     finally:
@@ -410,7 +411,8 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
 
     def rate(pair: tuple[int, int | None]) -> float:
         stamps: list[float] = []
-        s = run_stream(artifact, str(again), top_k=1, mode=mode, max_frames=CALIBRATION_FRAMES, split=ThreadSplit(pair[0], pair[1], "calibrating"),
+        s = run_stream(artifact, str(again), top_k=1, mode=mode, max_frames=CALIBRATION_FRAMES, max_seconds=CALIBRATION_MAX_S,
+                       split=ThreadSplit(pair[0], pair[1], "calibrating"),
                        engine_alone=False, calibrate=False, on_frame=lambda r: stamps.append(time.perf_counter()))
         if s.interrupted:
             raise Terminated() if s.interrupted == "SIGTERM" else KeyboardInterrupt()
@@ -421,8 +423,10 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
 
 
 def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
-             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None) -> np.ndarray | None:
+             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None,
+             max_seconds: float | None = None) -> np.ndarray | None:
     """The caller's side of :func:`run_stream`: classify what the producer queues, until the source ends, ``max_frames``,
+    ``max_seconds`` of streaming,
     a signal, or an output that fails. Returns the last tensor classified (None: none was)."""
     last: np.ndarray | None = None
     source, q, stop = producer.source, producer.q, producer.stop
@@ -433,7 +437,7 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     gate = _SignalGate()
     try:
         gate.__enter__()
-        while max_frames is None or summary.frames < max_frames:
+        while (max_frames is None or summary.frames < max_frames) and (max_seconds is None or time.perf_counter() - t_start < max_seconds):
             try:
                 item = q.get(timeout=0.5)
             except queue.Empty:
