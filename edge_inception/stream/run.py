@@ -396,6 +396,10 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
     from ..evaluate.cpu import cpu_info
     from ..fileio import cache_dir, sha256_file
 
+    folder = cache or cache_dir() / "stream-split"
+    again = uri if isinstance(uri, str) and not source.live else None
+    if again is None and not (folder.is_dir() and any(folder.glob("*.json"))):  # nothing to look up: not worth hashing the model
+        return calibrated_split(SplitKey("", (), 0, "", "", None, None, "", ()), (), None, folder)
     art = resolve_artifact(artifact)
     manifest = manifest_path(art)
     libraries = []
@@ -407,7 +411,6 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
     cpu = cpu_info()
     key = SplitKey(cpu.model, tuple(sorted(cpu.flags)), usable_cores(), sha256_file(manifest if manifest.is_file() else art),
                    source.media or source.kind, source.codec, source.frame_size, mode.value, tuple(libraries))
-    again = uri if isinstance(uri, str) and not source.live else None
 
     def rate(pair: tuple[int, int | None]) -> float:
         stamps: list[float] = []
@@ -419,7 +422,7 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
         timed = stamps[CALIBRATION_WARMUP:] if len(stamps) >= CALIBRATION_WARMUP + 3 else stamps
         return (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) >= 2 and timed[-1] > timed[0] else s.fps
 
-    return calibrated_split(key, split_candidates(usable_cores()), rate if again is not None else None, cache or cache_dir() / "stream-split")
+    return calibrated_split(key, split_candidates(usable_cores()), rate if again is not None else None, folder)
 
 
 def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
