@@ -244,8 +244,9 @@ def part_video(artifact: str, work: Path, frames: int) -> dict:
     s = run_stream(artifact, str(video), split_cache=SPLIT_CACHE)
     fast_top1: list[int] = []
     exact_top1: list[int] = []
-    run_stream(artifact, str(video), top_k=1, on_frame=lambda r: fast_top1.append(r.top[0][0]), engine_alone=False)
-    run_stream(artifact, str(video), top_k=1, mode=PreprocessMode.exact, on_frame=lambda r: exact_top1.append(r.top[0][0]), engine_alone=False)
+    run_stream(artifact, str(video), top_k=1, on_frame=lambda r: fast_top1.append(r.top[0][0]), engine_alone=False, split_cache=SPLIT_CACHE)
+    run_stream(artifact, str(video), top_k=1, mode=PreprocessMode.exact, on_frame=lambda r: exact_top1.append(r.top[0][0]), engine_alone=False,
+               split_cache=SPLIT_CACHE)
     agree = float(np.mean([a == b for a, b in zip(fast_top1, exact_top1)]))
     serial_fps = 1e3 / serial_ms
     decode_ms = s.stages["decode"].mean
