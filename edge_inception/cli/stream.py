@@ -35,7 +35,7 @@ def stream(
     preprocess: PreprocessOpt = PreprocessMode.fast,
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(),
-                                                help="Engine threads (default: the cores the decoder leaves, see README).")] = None,
+                                                help="Engine threads, forced (default: the split measured on this CPU, see README).")] = None,
     reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
                                              help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the summary as JSON here.")] = None,

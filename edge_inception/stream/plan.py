@@ -4,13 +4,21 @@ shared between decoding and the engine, and which decoder reads a source.
 - :func:`decoder_crop`: the fast path's geometry (torchvision's resize of the short side to ``size * 256 / 224``, then
   the centre crop) expressed as one crop of the source, on even pixels so that 4:2:0 chroma is cut where its luma is,
   then one scale to ``size x size`` by FFmpeg's scaler (:data:`SCALE_FLAGS`).
-- :func:`split_threads`: (cores, where the engine runs, a hardware decoder) -> decoder threads and engine threads.
+- :func:`decoder_region`: the exact path's own geometry for the fast path: the region of the source that the reference
+  resize reads for the model's crop (its taps included), on even pixels, and the crop box inside it, so that the
+  decoder converts only that region (the exact path's conversion) and Pillow resamples only the crop.
+- :func:`split_threads`: (cores, where the engine runs, a hardware decoder) -> decoder threads and engine threads
+  where nothing is measured (an engine on a GPU, a hardware decoder, the user's ``--threads``).
+- :func:`split_candidates` and :func:`choose_split`: the splits worth measuring on a CPU, and the fastest of those
+  measured (the measurement itself is :mod:`.calibrate`'s).
 - :func:`choose_decoder`: (what a source holds, its codec, what imports here, what devices exist) -> a row of
   :data:`DECODERS`, hardware first where it can run, the CPU's decoder as the fallback.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..data.images import reference_geometry
@@ -62,15 +70,64 @@ def decoder_crop(width: int, height: int, image_size: int = 224, align: int = CR
     return CropScale(x0, y0, w, h, image_size)
 
 
+# Pillow's BILINEAR (the exact path's resize) is a triangle of support 1 source pixel, widened by the downscale factor:
+# the taps of an output pixel reach int(centre +- support + 0.5).
+RESAMPLE_SUPPORT = 1.0
+
+
+@dataclass(frozen=True)
+class DecoderRegion:
+    """The fast path's cut of a frame: the region ``x``, ``y``, ``width``, ``height`` (source pixels, even offsets) that
+    the decoder converts to RGB, and ``box`` (left, top, right, bottom), the reference crop in that region's pixels,
+    which Pillow's ``resize(box=...)`` scales to ``size`` x ``size``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    box: tuple[float, float, float, float]
+    size: int
+
+
+def decoder_region(width: int, height: int, image_size: int = 224, align: int = CROP_ALIGN) -> DecoderRegion:
+    """Where the fast path cuts a ``width`` x ``height`` frame so that resampling the cut gives the exact path's crop.
+
+    The reference (``--preprocess exact``) resizes the whole frame with Pillow's antialiased bilinear filter and crops
+    :func:`~edge_inception.data.images.reference_geometry`'s box. The crop's output pixels read only the source pixels
+    under their taps: the box mapped to source pixels, widened by the filter's support (:data:`RESAMPLE_SUPPORT` x the
+    downscale factor) and one pixel, each edge moved out to a multiple of ``align`` (4:2:0 chroma is cut where its luma
+    is) and kept inside the frame. Pillow clips its taps at the picture's edges, so a region that stops short of an
+    edge must hold every tap (it does: the margin), and one that reaches it clips where the whole frame does. Raises
+    ValueError for a frame with no pixels.
+    """
+    if width < 1 or height < 1 or image_size < 1 or align < 1:
+        raise ValueError(f"no crop of a {width} x {height} frame to {image_size} px (align {align})")
+    g = reference_geometry(width, height, image_size)
+    sx, sy = width / g.resized[0], height / g.resized[1]
+    left, top, right, bottom = g.box
+    mx, my = math.ceil(RESAMPLE_SUPPORT * max(sx, 1.0)) + 1, math.ceil(RESAMPLE_SUPPORT * max(sy, 1.0)) + 1
+    x0, y0 = max(0, math.floor((left * sx - mx) / align) * align), max(0, math.floor((top * sy - my) / align) * align)
+    x1, y1 = min(width, math.ceil((right * sx + mx) / align) * align), min(height, math.ceil((bottom * sy + my) / align) * align)
+    return DecoderRegion(x0, y0, x1 - x0, y1 - y0, (left * sx - x0, top * sy - y0, right * sx - x0, bottom * sy - y0), image_size)
+
+
 @dataclass(frozen=True)
 class ThreadSplit:
     """Threads per stage: ``decoder`` (FFmpeg's ``thread_count`` for the decoder, 1 for a decoder that uses none),
     ``engine`` (the engine's intra-op threads: ONNX Runtime's ``intra_op_num_threads``, OpenVINO's
-    ``INFERENCE_NUM_THREADS``; None: the artifact's own setting), and ``why``, one line."""
+    ``INFERENCE_NUM_THREADS``; None: the artifact's own setting), and ``why``, one line. ``decoder`` 0 with ``engine``
+    None are the runtimes' own defaults (FFmpeg picks its threads, the engine takes every core)."""
 
     decoder: int
     engine: int | None
     why: str
+
+    @property
+    def label(self) -> str:
+        """The split in a few words: ``runtimes' defaults`` or ``1 decoder + 1 engine thread(s)``."""
+        if self.decoder == 0 and self.engine is None:
+            return "runtimes' defaults"
+        return f"{self.decoder or 'auto'} decoder + {self.engine or 'default'} engine thread{'s' if (self.engine or 2) > 1 else ''}"
 
 
 def split_threads(cores: int, engine_device: str = "cpu", hardware_decoder: bool = False, engine_threads: int | None = None) -> ThreadSplit:
@@ -99,6 +156,44 @@ def split_threads(cores: int, engine_device: str = "cpu", hardware_decoder: bool
         return ThreadSplit(1, cores - 1, f"hardware decoding: 1 core demuxes, {cores - 1} for the engine")
     decoder = max(1, cores // 4)
     return ThreadSplit(decoder, cores - decoder, f"{cores} cores: {decoder} for decoding, {cores - decoder} for the engine")
+
+
+RUNTIME_DEFAULTS = (0, None)  # FFmpeg's own thread count, the engine's own (every core)
+SPLIT_NOISE = 0.03  # measured rates closer than this fraction of the fastest are a tie (run-to-run noise)
+
+
+def split_candidates(cores: int) -> tuple[tuple[int, int | None], ...]:
+    """The (decoder threads, engine threads) pairs worth measuring for a CPU engine and a CPU decoder on ``cores``: the
+    runtimes' defaults first, then one decoder thread per four cores, one per two, and one, the engine the rest (no pair
+    twice; one core: the defaults only, there is nothing to share)."""
+    cores = max(1, int(cores))
+    pairs: list[tuple[int, int | None]] = [RUNTIME_DEFAULTS]
+    for d in (max(1, cores // 4), max(1, cores // 2), 1):
+        if cores - d >= 1 and (d, cores - d) not in pairs:
+            pairs.append((d, cores - d))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class SplitRate:
+    """One measured split: ``decoder`` / ``engine`` threads (0 / None: the runtimes' own) and the ``fps`` it streamed
+    at (frames per second end to end)."""
+
+    decoder: int
+    engine: int | None
+    fps: float
+
+
+def choose_split(rates: Sequence[SplitRate], noise: float = SPLIT_NOISE) -> SplitRate:
+    """The split to stream with, from measured rates: the fastest, except that a split measured earlier in ``rates``
+    (the order of :func:`split_candidates`: the runtimes' defaults first) within ``noise`` of the fastest is kept, so
+    that run-to-run noise does not flip the choice away from the simpler split. Rates that are not positive finite
+    numbers (a split that failed) never win. Raises ValueError when none is usable."""
+    usable_rates = [r for r in rates if math.isfinite(r.fps) and r.fps > 0]
+    if not usable_rates:
+        raise ValueError("no thread split was measured")
+    best = max(r.fps for r in usable_rates)
+    return next(r for r in usable_rates if r.fps >= best * (1.0 - noise))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The producer fills a bounded queue (decode + preprocess); the caller's thread runs inference, reports each frame and
 writes the annotated video. The decoder is chosen from a table (hardware where the machine has it, the CPU's
-otherwise: :func:`.plan.choose_decoder`), cuts the model's crop in its own pixel format and scales it once (the fast
-path), and the cores are shared between the decode thread and the engine's threads (:func:`.plan.split_threads`).
+otherwise: :func:`.plan.choose_decoder`), cuts the region the model's crop reads in its own pixel format and resamples
+it as the exact path does (the fast path), and the cores are shared between the decode thread and the engine's threads:
+on a CPU the split is measured on the source's first frames and remembered (:mod:`.calibrate`), elsewhere or with
+``--threads`` it follows :func:`.plan.split_threads`.
 After the stream the engine runs alone for a moment on the last frame, so the summary can say what the engine does
 by itself, apart from the figures taken inside the stream. A live source keeps only the latest frame (stale ones dropped and counted); a file or
 folder drops none. Ctrl-C and SIGTERM end the stream cleanly: the summary is returned with ``interrupted`` set and
@@ -34,8 +36,9 @@ from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
 from ..report import Axis, Bars, Figure, Series
 from ..vocab import PreprocessMode
+from .calibrate import CALIBRATION_FRAMES, CALIBRATION_MAX_S, CALIBRATION_WARMUP, SplitKey, calibrated_split
 from .decoders import probe
-from .plan import ThreadSplit, choose_decoder, split_threads
+from .plan import ThreadSplit, choose_decoder, split_candidates, split_threads
 from .sources import RECONNECT_S, AvSource, FolderSource, Frame, LiveAvSource, VideoSource, Wanted, open_source
 from .writer import OutputError, video_writer
 
@@ -316,15 +319,19 @@ def usable_cores() -> int:
 def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
-               reconnect_s: float = RECONNECT_S, split: ThreadSplit | None = None, engine_alone: bool = True) -> StreamSummary:
+               reconnect_s: float = RECONNECT_S, split: ThreadSplit | None = None, engine_alone: bool = True,
+               calibrate: bool = True, split_cache: Path | None = None, max_seconds: float | None = None) -> StreamSummary:
     """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
     caller, not yet opened) with ``artifact``.
 
     ``on_frame`` gets each :class:`FrameResult` as it is classified; ``progress(total, desc)`` (a tqdm-like bar) is used
     for sources of known length. ``reconnect_s``: how long a camera or network source that breaks is reopened for (0: not).
-    ``threads``: the engine's threads (the decoder gets the cores left); ``split``: decoder and engine threads as given
-    (default :func:`.plan.split_threads` of the cores here). ``engine_alone``: run the engine alone after the stream
-    (:func:`measure_engine_alone`).
+    ``threads``: the engine's threads (the decoder gets the cores left); ``split``: decoder and engine threads as given.
+    Otherwise, for an engine and a decoder on the CPU (``calibrate``), the split measured for this CPU, model and source
+    kind (each of :func:`.plan.split_candidates` streamed on the first frames of a file or folder, the fastest kept,
+    remembered in ``split_cache``, default the cache folder's ``stream-split/``: :func:`.calibrate.calibrated_split`);
+    else :func:`.plan.split_threads`. ``engine_alone``: run the engine alone after the stream (:func:`measure_engine_alone`).
+    ``max_seconds``: stop after this many seconds of streaming (what bounds each calibration run).
     Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
     (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
     :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
@@ -350,13 +357,20 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
             spec = choose_decoder(source.media, source.codec, importable, present)
         else:
             spec = None
-        summary.threads = split or split_threads(usable_cores(), info.device, bool(spec and spec.hardware), threads)
+        hardware = bool(spec and spec.hardware)
+        if split is None and not threads and calibrate and info.device == "cpu" and not hardware and usable_cores() > 1:
+            try:
+                split = _measured_split(artifact, uri, source, mode, split_cache)
+            except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM while measuring: a summary of no frames, as at any other time
+                summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+                return summary
+        summary.threads = split or split_threads(usable_cores(), info.device, hardware, threads)
         source.use_decoder(spec, summary.threads.decoder)
         summary.decoder = spec.what if spec is not None else source.own_decoder
         log.info("%s: decoder %s; threads: %s", source.uri, summary.decoder, summary.threads.why)
         with open_runner(artifact, threads=summary.threads.engine) as runner, video_writer(save, source.fps) as writer:
             producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
-            last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress)
+            last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress, max_seconds)
             if engine_alone and last is not None and summary.interrupted is None and summary.output_error is None:
                 summary.engine_alone = measure_engine_alone(runner, last)
     finally:
@@ -371,9 +385,51 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     return summary
 
 
+def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoSource, mode: PreprocessMode,
+                    cache: Path | None) -> ThreadSplit:
+    """The split for this CPU, model and source kind: remembered, or measured now on the first frames of the file or
+    folder ``uri`` (read again from its start for each candidate; a live source or a source object is not re-read)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..engines.manifest import manifest_path
+    from ..engines.registry import resolve_artifact
+    from ..evaluate.cpu import cpu_info
+    from ..fileio import cache_dir, sha256_file
+
+    folder = cache or cache_dir() / "stream-split"
+    again = uri if isinstance(uri, str) and not source.live else None
+    if again is None and not (folder.is_dir() and any(folder.glob("*.json"))):  # nothing to look up: not worth hashing the model
+        return calibrated_split(SplitKey("", (), 0, "", "", None, None, "", ()), (), None, folder)
+    art = resolve_artifact(artifact)
+    manifest = manifest_path(art)
+    libraries = []
+    for dist in ("onnxruntime", "openvino", "av", "pillow"):
+        try:
+            libraries.append((dist, version(dist)))
+        except PackageNotFoundError:
+            continue
+    cpu = cpu_info()
+    key = SplitKey(cpu.model, tuple(sorted(cpu.flags)), usable_cores(), sha256_file(manifest if manifest.is_file() else art),
+                   source.media or source.kind, source.codec, source.frame_size, mode.value, tuple(libraries))
+
+    def rate(pair: tuple[int, int | None]) -> float:
+        stamps: list[float] = []
+        s = run_stream(artifact, str(again), top_k=1, mode=mode, max_frames=CALIBRATION_FRAMES, max_seconds=CALIBRATION_MAX_S,
+                       split=ThreadSplit(pair[0], pair[1], "calibrating"),
+                       engine_alone=False, calibrate=False, on_frame=lambda r: stamps.append(time.perf_counter()))
+        if s.interrupted:
+            raise Terminated() if s.interrupted == "SIGTERM" else KeyboardInterrupt()
+        timed = stamps[CALIBRATION_WARMUP:] if len(stamps) >= CALIBRATION_WARMUP + 3 else stamps
+        return (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) >= 2 and timed[-1] > timed[0] else s.fps
+
+    return calibrated_split(key, split_candidates(usable_cores()), rate if again is not None else None, folder)
+
+
 def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
-             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None) -> np.ndarray | None:
+             max_frames: int | None, on_frame: Callable[[FrameResult], None] | None, progress: Callable[[int, str], Any] | None,
+             max_seconds: float | None = None) -> np.ndarray | None:
     """The caller's side of :func:`run_stream`: classify what the producer queues, until the source ends, ``max_frames``,
+    ``max_seconds`` of streaming,
     a signal, or an output that fails. Returns the last tensor classified (None: none was)."""
     last: np.ndarray | None = None
     source, q, stop = producer.source, producer.q, producer.stop
@@ -384,7 +440,7 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
     gate = _SignalGate()
     try:
         gate.__enter__()
-        while max_frames is None or summary.frames < max_frames:
+        while (max_frames is None or summary.frames < max_frames) and (max_seconds is None or time.perf_counter() - t_start < max_seconds):
             try:
                 item = q.get(timeout=0.5)
             except queue.Empty:

@@ -113,6 +113,7 @@ class VideoSource(abc.ABC):
         self.truncated = False  # the input ended before its container said it would
         self.total: int | None = None  # frames expected, where the container says
         self.fps: float | None = None  # the source's frame rate, where known
+        self.frame_size: tuple[int, int] | None = None  # (width, height) of a video's frames, once open
 
     def __enter__(self) -> VideoSource:
         self.open()
@@ -203,6 +204,7 @@ class AvSource(VideoSource):
         """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes)."""
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = self.decoder_threads
+        self.frame_size = (int(stream.codec_context.width), int(stream.codec_context.height))
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -236,8 +238,9 @@ class AvSource(VideoSource):
             yield from VIDEO_READERS[CPU_DECODER](self)
 
     def _picture(self, vf: Any, ts: float | None, t0: float) -> Frame:
-        """A decoded PyAV frame as :class:`Frame`: the model's crop cut and scaled in the frame's own pixel format by
-        FFmpeg's scaler (:class:`~.decoders.ModelScaler`) and/or the whole picture in RGB, as :attr:`want` asks."""
+        """A decoded PyAV frame as :class:`Frame`: the model's crop (the region it reads cut in the frame's own pixel
+        format, converted and resampled as the exact path does: :class:`~.decoders.ModelCrop`) and/or the whole picture
+        in RGB, as :attr:`want` asks."""
         model = self._scaler()(vf) if self.want.model else None
         rgb = vf.to_ndarray(format="rgb24") if self.want.full or model is None else None
         frame = Frame(self._next_index, ts, rgb, (vf.width, vf.height), (time.perf_counter() - t0) * 1e3, model_rgb=model)
@@ -246,9 +249,9 @@ class AvSource(VideoSource):
 
     def _scaler(self) -> Any:
         if getattr(self, "_model_scaler", None) is None:
-            from .decoders import ModelScaler
+            from .decoders import ModelCrop
 
-            self._model_scaler = ModelScaler(self.want.image_size)
+            self._model_scaler = ModelCrop(self.want.image_size)
         return self._model_scaler
 
     def _ffmpeg_frames(self) -> Iterator[Frame]:
