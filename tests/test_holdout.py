@@ -145,8 +145,9 @@ def test_pipeline_judges_every_candidate_on_the_holdout(trained, tmp_path):
         bound = wilson_lower_bound(c["agreement"] * 8, 8)
         expected = "passed" if bound >= 0.5 else "failed" if c["agreement"] < 0.5 else "unproven"
         assert c["judged"] == expected, c
-        if c["note"]:
+        if expected != "passed":  # the reason gives the figure and its bound over the 8 photos
             assert f"of 8 photo(s), 95% lower bound {bound:.1%}" in c["note"]
+    assert not report["ship"]["unproven"]  # a passed INT8 ships as proven; an unproven one never ships without --ship-unproven
     ship_line = next(line for line in r.stdout.splitlines() if line.startswith("ship: "))
     assert f"judged on --holdout {held}: 8 distinct photo(s), sha256 {hold['sha256'][:16]}" in ship_line
     assert f"- judged on: --holdout {held}: 8 distinct photo(s)" in (out / "report.md").read_text()
