@@ -1,7 +1,7 @@
 """INT8 against its peers on the same photos and FP32 model: ours, ONNX Runtime's ``quantize_static`` defaults, NNCF's
 ``nncf.quantize`` defaults (issue 39).
 
-    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300] [--out benchmarks/results/int8-peers]
+    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300 | --holdout DIR] [--out benchmarks/results/int8-peers]
 
 ``--model``: the FP32 ONNX of a net trained on the demo classes (without it the demo net is trained here first, 200 steps
 at 64 px, as the tests do). ``--calib``: the calibration photos every quantizer gets (default: the first six bundled
@@ -9,7 +9,10 @@ photos, the issue's folder). Every quantizer calibrates on the same crops of tho
 calibrates its written model on: every photo); each INT8 model is then compared with FP32 on ``--held-crops`` crops of
 the *other* bundled photos, which no quantizer saw: top-1 agreement, mean cosine, and the batch-1 latency on this CPU
 (ONNX Runtime's defaults for the ONNX models, OpenVINO's LATENCY hint for NNCF's IR, which is the pipeline's
-``openvino-int8-nncf`` candidate built by ``build --quantizer``'s code path).
+``openvino-int8-nncf`` candidate built by ``build --quantizer``'s code path). ``--holdout DIR``: judge on every distinct
+photo of that folder instead (whole, as ``pipeline --holdout`` does; none of them calibrated on by any quantizer). Each
+row gives the agreement's one-sided 95 % Wilson lower bound over the distinct held-out photos (crops of one photo answer
+alike): the figure the pipeline's judge would compare with 99 %.
 
 Latency is measured by ``edge-inception bench``'s machinery, never in this process: each model in its own process, the
 models' rounds interleaved, every round's load measured, a round taken under load measured again (``--rounds``). The
@@ -45,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="FP32 ONNX of a demo-trained net (default: train one here)")
     parser.add_argument("--calib", type=Path, help="calibration photos (default: the first six bundled photos)")
     parser.add_argument("--held-crops", type=int, default=HELD_CROPS)
+    parser.add_argument("--holdout", type=Path, help="judge on every photo of this folder (whole) instead of crops of the other bundled photos")
     parser.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES)
     parser.add_argument("--iterations", type=int, default=30, help="timed batch-1 inferences per model and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each model in its own process per round)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8-peers")
     args = parser.parse_args(argv)
     command = "python benchmarks/int8_peers.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    doc = run(args.model, args.calib, args.held_crops, args.calib_samples, args.iterations, rounds=args.rounds)
+    doc = run(args.model, args.calib, args.held_crops, args.calib_samples, args.iterations, rounds=args.rounds, holdout=args.holdout)
     doc["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
     from edge_inception.report import Rendered, write_report
@@ -62,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: int, iterations: int, *, rounds: int = 3,
-        ours: dict[str, Any] | None = None) -> dict[str, Any]:
+        ours: dict[str, Any] | None = None, holdout: Path | None = None) -> dict[str, Any]:
     """The comparison; returns the document written as results.json. ``ours``: extra options for our quantize_model (the
-    test's tiny run: one calibration method, a low criterion)."""
-    from edge_inception.convert.calibration import crops, image_batches, select_images
+    test's tiny run: one calibration method, a low criterion). ``holdout``: judge on that folder's distinct photos, whole."""
+    from edge_inception.convert.calibration import Sample, crops, image_batches, scan_holdout, select_images
     from edge_inception.data.images import bundled_photos, find_images
     from edge_inception.evaluate.cpu import cpu_info
+    from edge_inception.evaluate.verdict import wilson_lower_bound
     from edge_inception.onnx_file import load_onnx, model_facts
 
     load_before = os.getloadavg()
@@ -83,21 +88,26 @@ def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: 
                 shutil.copyfile(p, calib / p.name)
         photos = sorted(find_images([calib]).images)
         seen = {p.read_bytes() for p in photos}
-        others = [p for p in bundled if p.read_bytes() not in seen]  # by content: no quantizer saw these
+        if holdout is not None:  # the user's photos kept apart: each judged once, whole (a calib photo among them is not calibrated on)
+            others = scan_holdout(holdout).photos
+            photos = [p for p in photos if p.read_bytes() not in {o.read_bytes() for o in others}]
+        else:
+            others = [p for p in bundled if p.read_bytes() not in seen]  # by content: no quantizer saw these
         if not others:
             raise SystemExit("error: every bundled photo is among the calibration photos; nothing is held out")
         model = model or train_demo_net(work)
         size = model_facts(load_onnx(model), str(model)).image_size
-        held = crops(others, 0.0, 1.0, -(-held_crops // len(others)), random.Random(1))[:held_crops]
+        held = ([Sample(p) for p in others] if holdout is not None
+                else crops(others, 0.0, 1.0, -(-held_crops // len(others)), random.Random(1))[:held_crops])
         held_batches = image_batches(held, size)
-        # the crops our quantizer calibrates its written model on (every photo), for every peer
-        final = select_images(calib, None, calib_samples).final
+        # the crops our quantizer calibrates its written model on (every photo but the held-out ones), for every peer
+        final = select_images(calib, holdout, calib_samples).final
         calib_batches = image_batches(final.samples if final else [], size, batch=1)
         reference = _logits(model, held_batches)
         rows = [{**_row("fp32 (ONNX Runtime)", reference, reference, 0.0), "path": str(model)}]
-        for name, make in (("ours: quantize --precision int8", lambda: _ours(model, calib, work, ours or {})),
+        for name, make in (("ours: quantize --precision int8", lambda: _ours(model, calib, work, {**(ours or {}), "holdout": holdout})),
                            ("ONNX Runtime quantize_static defaults (QDQ, per-channel, min-max)", lambda: _ort_defaults(model, calib_batches, work)),
-                           ("NNCF nncf.quantize defaults (OpenVINO IR)", lambda: _nncf(model, calib, calib_samples, work))):
+                           ("NNCF nncf.quantize defaults (OpenVINO IR)", lambda: _nncf(model, calib, calib_samples, work, holdout))):
             started = time.monotonic()
             try:
                 path, extra = make()
@@ -110,11 +120,14 @@ def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: 
         for r in rows:
             if "path" in r:
                 r |= bench["by_path"][r.pop("path")]
+            if "agreement" in r:  # over distinct photos, not crops: what the pipeline's judge compares with its criterion
+                r["lower_bound"] = wilson_lower_bound(r["agreement"] * len(others), len(others))
         cpu = cpu_info()
         return {
             "cpu": cpu.model, "isa": cpu.simd, "vnni": cpu.vnni, "cores": cpu.cores, "load_before": load_before, "load_after": os.getloadavg(),
             "minutes": round((time.monotonic() - t0) / 60, 1), "calibration_photos": [p.name for p in photos],
-            "held_photos": [p.name for p in others], "held_crops": len(held), "calibration_crops": len(calib_batches), "image_size": size,
+            "held_photos": [p.name for p in others], "held_crops": len(held),
+            "holdout": str(holdout) if holdout else None, "calibration_crops": len(calib_batches), "image_size": size,
             "rows": rows, "rounds": bench["rounds"], "disturbed": bench["disturbed"], "iterations": iterations,
             "best_peer": max((r["agreement"] for r in rows[2:] if "agreement" in r), default=None),
             "ours": rows[1].get("agreement"), "record": rec.as_dict(), "record_header": rec.header(),
@@ -169,12 +182,12 @@ def _ort_defaults(model: Path, calib_batches: list, work: Path) -> tuple[Path, d
     return out, {}
 
 
-def _nncf(model: Path, calib: Path, calib_samples: int, work: Path) -> tuple[Path, dict[str, Any]]:
+def _nncf(model: Path, calib: Path, calib_samples: int, work: Path, holdout: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The pipeline's ``openvino-int8-nncf`` candidate: NNCF's defaults on the FP32 model, our calibration crops."""
     from edge_inception.engines.build import build
 
     b = build(model, "cpu", backend="openvino", output_dir=work / "nncf", name="nncf.int8", quantizer="nncf", calib=calib,
-              calib_size=calib_samples)
+              calib_size=calib_samples, holdout=holdout)
     return b.artifact, {"nncf": b.manifest.libraries.get("nncf"), "runtime_precision": b.manifest.options.get("runtime_inference_precision")}
 
 
@@ -207,23 +220,27 @@ def train_demo_net(work: Path) -> Path:
 def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# INT8 against its peers ({doc['cpu']}, {doc['cores']} cores; {', '.join(doc['isa'])})", "",
              f"`{doc.get('command', '')}`", "",
-             f"Calibration photos: {', '.join(doc['calibration_photos'])}. Judged on {doc['held_crops']} crops of the other "
-             f"{len(doc['held_photos'])} bundled photos at {doc['image_size']} px; every quantizer calibrated on the same "
+             f"Calibration photos: {', '.join(doc['calibration_photos'])}. Judged on {doc['held_crops']} "
+             + (f"photos of --holdout {doc['holdout']}, whole" if doc.get("holdout") else
+                f"crops of the other {len(doc['held_photos'])} bundled photos")
+             + f" at {doc['image_size']} px; every quantizer calibrated on the same "
              f"{doc['calibration_crops']} crops. Load (1/5/15 min) before {tuple(round(x, 2) for x in doc['load_before'])}, after "
              f"{tuple(round(x, 2) for x in doc['load_after'])}. {doc['minutes']} min.", "", *doc.get("record_header", []), "",
              f"Latency: `edge-inception bench`'s machinery, each model in its own process, {len(doc['rounds'])} interleaved round(s) of "
              f"{doc['iterations']} batch-1 inferences; "
              + ("**some counted rounds were disturbed by other processes: the latencies are not to be quoted.**" if doc["disturbed"]
                 else "no counted round was disturbed."), "",
-             "| quantizer | top-1 agreement with FP32 (held-out photos) | mean cosine | p50 ms, batch 1 | min ms | seconds to quantize | note |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| quantizer | top-1 agreement with FP32 (held-out photos) | its 95 % lower bound (n = photos) | mean cosine | p50 ms, batch 1 "
+             "| min ms | seconds to quantize | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["rows"]:
         if "error" in r:
-            lines.append(f"| {r['quantizer']} | - | - | - | - | - | {r['error']} |")
+            lines.append(f"| {r['quantizer']} | - | - | - | - | - | - | {r['error']} |")
             continue
         note = "; ".join(f"{k}: {v}" for k, v in r.items()
                          if k in ("engine", "claim", "method", "kept_float", "bias_correction", "nncf", "runtime_precision") and v)
-        lines.append(f"| {r['quantizer']} | {r['agreement']:.1%} | {r['mean_cosine']:.5f} | {r['p50_ms']:.2f} | {r['min_ms']:.2f} | {r['seconds']} "
+        lines.append(f"| {r['quantizer']} | {r['agreement']:.1%} | {r['lower_bound']:.1%} "
+                     f"| {r['mean_cosine']:.5f} | {r['p50_ms']:.2f} | {r['min_ms']:.2f} | {r['seconds']} "
                      f"| {note} |")
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,9 @@ MAX_CLASSES = 32_768  # ImageNet-21k has 21,841
 MAX_BATCH = 1024
 MAX_DECODED_PIXELS = 64_000_000  # an image file's width x height, read from its header before decoding
 MAX_ASPECT_RATIO = 20.0  # longer / shorter side: resizing the short side to 256 must not blow up the long one
+# image files in a --holdout folder (every one is judged, by every candidate): a 99.5 % claim needs ~540 photos that all
+# agree; 5000 keep a run's judging within minutes per candidate at 224 px on a few cores
+MAX_HOLDOUT_IMAGES = 5000
 # eval --preprocess fast compares this many of its images with the exact path (a second decode each, full size for a
 # reduced JPEG, and two batch-1 inferences where the tensors differ): bounded, and stated in the report
 DEFAULT_AGREEMENT_SAMPLE = 32

@@ -37,6 +37,7 @@ from .report import Rendered, write_report
 from .vocab import Precision, QuantTarget
 
 if TYPE_CHECKING:
+    from .convert.calibration import Holdout
     from .convert.quantize import QuantizeResult
     from .evaluate.bench import BenchReport
     from .evaluate.profile import ProfileReport
@@ -62,6 +63,8 @@ class PipelineConfig:
     ship_unproven: bool = False  # ship a candidate whose claim the evidence cannot carry (INT8 on too few photos), saying so
     eval_dir: Path | None = None  # labelled ImageFolder for the quantized models' accuracy verdict (quantize --eval)
     top_k: TopKOnFiles | None = None  # where that verdict's models run (--cluster); None: in this process
+    # photos the user keeps apart (--holdout): never calibrated or chosen on; every candidate is judged on every distinct one
+    holdout: Path | None = None
 
     def __post_init__(self) -> None:
         self.precisions = tuple(Precision(p) for p in self.precisions)  # ("fp32", "int8") from Python callers too
@@ -92,6 +95,8 @@ class PipelineRun:
     quantization: dict[str, QuantizeResult] = field(default_factory=dict)  # by the quantized model's label (int8, int8-tensorrt)
     verification: dict[str, Parity] = field(default_factory=dict)  # each artifact against PyTorch
     verification_photos: int = 0  # distinct source photos among the verification images
+    verification_source: str = ""  # what those images are: what the judge saw
+    holdout: Holdout | None = None  # the --holdout folder, scanned before the first stage
     build_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # each artifact's manifest options (runtime precision)
     flops: dict[str, Any] = field(default_factory=dict)
     stages: list[StageLog] = field(default_factory=list)
@@ -140,6 +145,10 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     if not plan.candidates:
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     run = PipelineRun(plan=plan)
+    if cfg.holdout is not None:  # checked before any stage: a bad folder costs one line, not an export and a calibration
+        from .convert.calibration import scan_holdout
+
+        run.holdout = scan_holdout(cfg.holdout)
     out = cfg.output
     with atomic_dir(out, replace=cfg.force, index={"what": "pipeline report"}) as work:
         try:
@@ -162,7 +171,8 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                     label = reduced.value if len(qts) == 1 else f"{reduced.value}-{qt.value}"
                     with run.stage(f"quantize {label}", on_stage) as detail:
                         q = quantize_model(fp32, reduced, output=work / f"model.{label}.onnx", calib=cfg.calib, target=qt,
-                                           min_agreement=cfg.min_agreement, progress=progress, eval_dir=cfg.eval_dir, top_k=cfg.top_k)
+                                           min_agreement=cfg.min_agreement, progress=progress, eval_dir=cfg.eval_dir, top_k=cfg.top_k,
+                                           holdout=cfg.holdout)
                         models[(reduced, qt)], run.quantization[label] = q.path, q
                         detail.append(f"top-1 agreement {q.accuracy.top1_agreement:.1%}, {q.accuracy.size_bytes / 1e6:.1f} MB"
                                       + (f", float activations kept for: {', '.join(q.kept_float)}" if q.kept_float else ""))
@@ -179,7 +189,8 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                         src = fixed if fixed.exists() else with_fixed_batch(src, fixed, c.fixed_batch)
                     try:
                         b = build(src, target, backend=c.backend, output_dir=work / "artifacts", allow_tf32=c.tf32, name=artifact_stem(c),
-                                  inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=cfg.calib)
+                                  inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=cfg.calib,
+                                  holdout=cfg.holdout)
                     except (VerificationError, BackendUnavailableError) as exc:  # this candidate fails its judge or its runtime
                         run.failures[c.name] = str(exc)
                         log.warning("candidate %s not built: %s", c.name, exc)
@@ -192,10 +203,11 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                               + (f"; not built: {', '.join(run.failures)}" if run.failures else ""))
 
             with run.stage("verify", on_stage) as detail:
-                run.verification, run.verification_photos = verify_against_torch(run.artifacts, loaded.model, run.model["image_size"])
+                run.verification, run.verification_photos, run.verification_source = verify_against_torch(
+                    run.artifacts, loaded.model, run.model["image_size"], run.holdout, calibrated_on_bundled=cfg.calib is None)
                 judged = {m.name: judge_candidate(m.candidate, m.evidence, cfg.min_agreement) for m in measured_candidates(run, None, 0)}
                 detail.append(", ".join(f"{k} {v.top1_agreement:.1%} ({judged[k].status})" for k, v in run.verification.items())
-                              + f" on {run.verification_photos} photos")
+                              + f" on {run.verification_source}")
 
             with run.stage("flops", on_stage) as detail:
                 run.flops = count_graph(fp32).as_json()
@@ -248,9 +260,20 @@ def preprocessing_agreement(work: Path, summary: dict[str, Any], image_size: int
     return photo_agreement(work / rel, image_size).as_dict()
 
 
-def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> tuple[dict[str, Parity], int]:
-    """Every artifact against the PyTorch model, on held-out photos (the demo crops' held-out split), and how many distinct
-    source photos those crops come from (the demo set has one photo per class folder: its confidence counts photos)."""
+VERIFY_BATCH = 20  # images per verification batch: memory stays one batch whatever the --holdout folder holds
+
+
+def verify_against_torch(artifacts: dict[str, Path], model, image_size: int, holdout: Holdout | None = None, *,
+                         calibrated_on_bundled: bool = True) -> tuple[dict[str, Parity], int, str]:
+    """Every artifact against the PyTorch model; returns each one's :class:`Parity`, the number of distinct source photos
+    judged on (the judge's n) and one line saying what they were.
+
+    With ``holdout`` (``--holdout``): every distinct photo of that folder, whole, preprocessed as at inference, none of
+    them calibrated or chosen on. Without: the demo set's held-out crops, 10 per class folder, each folder one bundled
+    photo (so n counts folders, not crops); with ``calibrated_on_bundled`` the INT8 models were calibrated on those same
+    photos (their other crops), which the line says. Every artifact is opened once and each batch decoded once."""
+    import contextlib
+
     import torch
 
     from .data.demo_data import default_demo_dir, make_demo_dataset
@@ -258,18 +281,26 @@ def verify_against_torch(artifacts: dict[str, Path], model, image_size: int) -> 
     from .engines.registry import open_runner
     from .evaluate.verify import compare
 
-    held = find_images([make_demo_dataset(default_demo_dir()) / "val"]).images
-    photos = len({p.parent for p in held})
-    batches = [load_batch(held[i : i + 20], image_size) for i in range(0, len(held), 20)]
+    if holdout is not None:
+        held, photos = holdout.photos, len(holdout.photos)
+        source = holdout.describe() + ", none calibrated or chosen on"
+    else:
+        held = find_images([make_demo_dataset(default_demo_dir()) / "val"]).images
+        photos = len({p.parent for p in held})
+        source = (f"{len(held)} held-out crops of {photos} bundled photos (the demo set's val split)"
+                  + ("; the INT8 models were calibrated on crops of the same photos" if calibrated_on_bundled else ""))
     model = model.eval()
-    with torch.inference_mode():
-        ref = np.concatenate([model(torch.from_numpy(b)).numpy() for b in batches])
-    out = {}
-    for name, art in artifacts.items():
-        with open_runner(art) as runner:
-            got = np.concatenate([runner.run(b) for b in batches])
-        out[name] = compare(ref, got)
-    return out, photos
+    refs: list[np.ndarray] = []
+    gots: dict[str, list[np.ndarray]] = {name: [] for name in artifacts}
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        runners = {name: stack.enter_context(open_runner(art)) for name, art in artifacts.items()}
+        for i in range(0, len(held), VERIFY_BATCH):
+            b = load_batch(held[i : i + VERIFY_BATCH], image_size)
+            refs.append(model(torch.from_numpy(b)).numpy())
+            for name, runner in runners.items():
+                gots[name].append(runner.run(b))
+    ref = np.concatenate(refs)
+    return {name: compare(ref, np.concatenate(got)) for name, got in gots.items()}, photos, source
 
 
 def measured_candidates(run: PipelineRun, bench: BenchReport | None, batch: int) -> list[Measured]:
@@ -280,8 +311,8 @@ def measured_candidates(run: PipelineRun, bench: BenchReport | None, batch: int)
     for c in run.plan.candidates:
         art = run.artifacts.get(c.name)
         parity = run.verification.get(c.name)
-        evidence = (Evidence(parity.top1_agreement, parity.samples, run.verification_photos, parity.mean_cosine, parity.max_rel_error)
-                    if parity else None)
+        evidence = (Evidence(parity.top1_agreement, parity.samples, run.verification_photos, parity.mean_cosine, parity.max_rel_error,
+                             photos_source=run.verification_source) if parity else None)
         out.append(Measured(c, p50.get(str(art)) if art else None, evidence, run.failures.get(c.name)))
     return out
 
@@ -320,6 +351,10 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         "artifacts": rel,
         "verification_vs_pytorch": {n: v.as_dict() for n, v in run.verification.items()},
         "verification_photos": run.verification_photos,
+        "verification_source": run.verification_source,  # what every candidate's judge saw
+        "holdout": ({**run.holdout.as_dict(), "use": "every candidate judged on every distinct photo against PyTorch; the INT8 verdict of "
+                     "quantize on the same photos; none of them calibrated on (ours or NNCF) or used to choose a method or stage"}
+                    if run.holdout else None),
         "quantization": {label: {"accuracy": q.as_dict()["accuracy"], "scheme": q.scheme, "kept_float": q.kept_float,
                                  "float_weights": q.float_weights, "calibration_source": q.calibration_source, "claim": q.claim,
                                  "photo_use": q.photo_use, "bias_correction": q.bias_correction,
@@ -329,7 +364,7 @@ def summarise(cfg: PipelineConfig, run: PipelineRun, bench: BenchReport) -> dict
         "ship": {"candidate": decision.ship, "backend": shipped.backend.value if shipped else None,
                  "precision": shipped.precision.value if shipped else None, "artifact": rel.get(decision.ship or ""), "batch": batch,
                  "fastest": decision.fastest, "why": decision.why, "unproven": decision.unproven,
-                 "ship_unproven_asked": cfg.ship_unproven},
+                 "ship_unproven_asked": cfg.ship_unproven, "judged_on": run.verification_source},
         "stages": [{"name": s.name, "seconds": round(s.seconds, 2), "detail": s.detail} for s in run.stages],
         "output": str(cfg.output),
     }
@@ -387,7 +422,8 @@ def report_markdown(summary: dict[str, Any], bench_report: BenchReport, profiles
     ship = summary["ship"]
     lines += [f"- model: {m['variant']} layout, {m['num_classes']} classes, {m['image_size']}x{m['image_size']} input, from `{m['source']}`",
               f"- target: `{summary['target']}`, runtimes: {summary['runtime']}",
-              f"- **ship: `{ship['artifact']}`** ({ship['candidate']}): {ship['why']}", "",
+              f"- **ship: `{ship['artifact']}`** ({ship['candidate']}): {ship['why']}",
+              f"- judged on: {summary['verification_source']}", "",
               "## Candidates", "", *candidates_markdown(summary),
               "## Accuracy against PyTorch (held-out photos)", "",
               "| candidate | top-1 agreement | top-5 overlap | mean cosine | max abs error |", "|---|---:|---:|---:|---:|"]

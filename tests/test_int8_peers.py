@@ -11,6 +11,7 @@ import pytest
 
 from edge_inception.data.images import bundled_photos
 from edge_inception.evaluate.cpu import cpu_info
+from edge_inception.evaluate.verdict import wilson_lower_bound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -38,6 +39,8 @@ def test_peers_are_judged_on_the_same_unseen_photos(trained, tmp_path):
         assert "error" not in r, r
         assert 0.0 <= r["agreement"] <= 1.0 and -1.0 <= r["mean_cosine"] <= 1.0 + 1e-6 and 0 < r["min_ms"] <= r["p50_ms"]
         assert r["timed"] == 2  # batch-1 inferences of the counted round: the same count for every model, no warm-up among them
+        # the bound counts the distinct held-out photos, not the crops (crops of one photo answer alike)
+        assert r["lower_bound"] == pytest.approx(wilson_lower_bound(r["agreement"] * len(doc["held_photos"]), len(doc["held_photos"])))
     # each model measured as what it is: the ONNX models with ONNX Runtime's defaults, NNCF's IR as the pipeline's candidate
     assert [r["engine"] for r in doc["rows"]] == ["onnx-fp32", "onnx-int8", "onnx-int8-2", "openvino-int8-nncf"]
     assert doc["rows"][1]["claim"] in ("met", "evidence too thin", "missed") and "cross-fitting" in doc["rows"][1]["photo_use"]

@@ -160,8 +160,9 @@ def quantize(
     calib_method: Annotated[CalibMethod, typer.Option("--calib-method", help="How activation ranges are calibrated (auto: try each, keep "
                                                       "the one closest to FP32 on the worst selection photo).")] = CalibMethod.auto,
     target: Annotated[QuantTarget, typer.Option("--target", help="What the INT8 graph is for: picks the scheme.")] = QuantTarget.cpu,
-    holdout: Annotated[Path | None, typer.Option("--holdout", help="Verdict images: the report's figures and its claim (default: 3 in 10 of "
-                                                                      "--calib's photos, never calibrated or chosen on).")] = None,
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="Photos kept apart (a folder, flat or one sub-folder per class): the "
+                                                 "verdict, every distinct photo judged, none calibrated or chosen on (default: --calib's "
+                                                 "photos, cross-fitted).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: judge by accuracy (INT8 >= 99% of FP32's).")] = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
     criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "

@@ -68,12 +68,13 @@ def train(
 @app.command()
 @handle_errors
 def demo_data(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train/ and val/ (ImageFolder layout).")] = Path(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for train/ and val/ (ImageFolder layout) and holdout/.")] = Path(
         "export/output/demo-data"
     ),
 ) -> None:
     """Write the built-in demo data set: crops of real photos bundled with scikit-image, one class per photo."""
-    from ..data.demo_data import DEMO_CLASSES, make_demo_dataset
+    from ..data.demo_data import DEMO_CLASSES, HOLDOUT_PHOTOS, make_demo_dataset
 
     out = make_demo_dataset(output)
-    typer.echo(f"wrote {shown(out)}/train and {shown(out)}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)})")
+    typer.echo(f"wrote {shown(out)}/train and {shown(out)}/val ({len(DEMO_CLASSES)} classes: {', '.join(DEMO_CLASSES)}) and "
+               f"{shown(out)}/holdout ({len(HOLDOUT_PHOTOS)} other photos, for pipeline --holdout)")

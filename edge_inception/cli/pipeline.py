@@ -46,6 +46,9 @@ def pipeline(
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/pipeline"),
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: the quantized models' accuracy verdict "
                                                   "(as quantize --eval; default: the demo crops for a demo-trained model).")] = None,
+    holdout: Annotated[Path | None, typer.Option("--holdout", help="Photos you keep apart (a folder, flat or one sub-folder per class): "
+                                                 "every candidate is judged on every distinct photo (INT8 by its agreement's 95% lower bound), "
+                                                 "none is calibrated or chosen on. Default: the demo set's held-out crops.")] = None,
     cluster: ClusterOpt = None,
     workers: WorkersOpt = 1,
 ) -> None:
@@ -54,7 +57,8 @@ def pipeline(
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=choices(precisions, Precision, "--precisions"),
                          calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven, eval_dir=eval_dir)
+                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven, eval_dir=eval_dir,
+                         holdout=holdout)
     if weights is None:
         note(SEEDED_NOTE)
     started: dict[str, float] = {}
@@ -69,5 +73,5 @@ def pipeline(
         result = run_pipeline(cfg, on_stage=on_stage, progress=progress)
     echo_table([[s.name, f"{s.seconds:.1f}", s.detail] for s in result.stages], ["stage", "seconds", "result"])
     ship = result.report["ship"]
-    typer.echo(f"ship: {shown(ship['artifact'])} ({shown(ship['candidate'])}): {shown(ship['why'])}")
+    typer.echo(f"ship: {shown(ship['artifact'])} ({shown(ship['candidate'])}): {shown(ship['why'])}; judged on {shown(ship['judged_on'])}")
     typer.echo(f"wrote {shown(result.output)}/report.md, report.json, bench.png and artifacts/")

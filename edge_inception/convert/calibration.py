@@ -9,7 +9,9 @@ only by a model that was not calibrated on it (cross-fitting by photo).
   verdict counts all of them as distinct photos no model judging them was calibrated on or chose anything on;
 * final: the written model is calibrated on every photo.
 
-With ``--holdout DIR`` that folder is the verdict, judged by the final model (calibrated on every ``--calib`` photo).
+With ``--holdout DIR`` that folder is the verdict, judged by the final model (calibrated on every ``--calib`` photo): every
+distinct photo in it (:func:`scan_holdout`), none of them calibrated on or chosen on (a ``--calib`` photo also in it is left
+out of calibration, and the report says so).
 
 Roles are split by distinct source image, not by crops: crops of one photo are near-copies for a quantizer, so a verdict
 on crops of the calibration photos says little about new photos. A role with fewer images than it needs samples uses
@@ -24,14 +26,15 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..data.images import find_images, load_image, preprocess
+from ..data.images import find_images, load_image, preprocess, scan_photo_folder
 from ..errors import ImageError
+from ..limits import MAX_HOLDOUT_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,55 @@ class Role:
     def images(self) -> int:
         return len({s.path for s in self.samples})
 
+    def photos_sha256(self) -> list[str]:
+        """The sha256 of each distinct source image's file, sorted: what the role used, comparable across roles and runs."""
+        return sorted({_content_key(s.path) for s in self.samples})
+
     def as_dict(self) -> dict[str, object]:
-        return {"samples": len(self.samples), "distinct_images": self.images, "source": self.source}
+        hashes = self.photos_sha256()
+        return {"samples": len(self.samples), "distinct_images": self.images, "source": self.source, "sha256": set_digest(hashes),
+                "photos_sha256": hashes}
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A ``--holdout`` folder as judged: one path per distinct photo (by content, sorted), each photo's sha256, and the
+    files left out (``skipped``: unreadable or not images; ``duplicates``: a copy of a photo already counted)."""
+
+    folder: Path
+    photos: list[Path]
+    photos_sha256: list[str]
+    skipped: int
+    duplicates: int
+
+    @property
+    def sha256(self) -> str:
+        """One digest over the photos' contents (their sorted sha256s): changes with any photo, not with names or order."""
+        return set_digest(self.photos_sha256)
+
+    def describe(self) -> str:
+        extra = [f"{self.skipped} unreadable or non-image file(s) skipped"] if self.skipped else []
+        extra += [f"{self.duplicates} duplicate(s) counted once"] if self.duplicates else []
+        return (f"--holdout {self.folder}: {len(self.photos)} distinct photo(s), sha256 {self.sha256[:16]}"
+                + (f" ({'; '.join(extra)})" if extra else ""))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"folder": str(self.folder), "photos": len(self.photos), "skipped": self.skipped, "duplicates": self.duplicates,
+                "sha256": self.sha256, "photos_sha256": self.photos_sha256}
+
+
+def scan_holdout(folder: Path) -> Holdout:
+    """A ``--holdout`` folder (flat or ImageFolder; :func:`~edge_inception.data.images.scan_photo_folder`'s checks: no link
+    leaving it, at most :data:`~edge_inception.limits.MAX_HOLDOUT_IMAGES` image files, at least one readable image),
+    reduced to distinct photos. Raises ImageError or LimitError."""
+    scan = scan_photo_folder(folder, "--holdout", MAX_HOLDOUT_IMAGES)
+    photos = _distinct(scan.images)
+    return Holdout(Path(folder), photos, sorted(_content_key(p) for p in photos), len(scan.skipped), len(scan.images) - len(photos))
+
+
+def set_digest(hashes: list[str]) -> str:
+    """sha256 over sorted per-file sha256s, one per line: a set of photos' fingerprint."""
+    return hashlib.sha256("".join(h + "\n" for h in sorted(hashes)).encode()).hexdigest()
 
 
 @dataclass
@@ -87,6 +137,7 @@ class ImageSets:
     off_calibration: Role | None = None  # bundled photos that are not calibration images, for a small user folder
     folds: list[Fold] = field(default_factory=list)  # empty with --holdout
     final: Role | None = None  # the written model's calibration: every photo
+    holdout: Holdout | None = None  # the --holdout folder the verdict is (None: the verdict is cross-fitted)
 
     def disjoint(self) -> bool:
         """No model judges a photo it was calibrated on or chose on: calibration and selection share no photo, selection
@@ -133,18 +184,19 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
         if not scan.images:
             raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
         images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True
+    kept_apart: Holdout | None = None
+    overlap = 0
     if holdout is not None:
-        scan = find_images([holdout], check=True)
-        if not scan.images:
-            raise ImageError(f"{holdout}: no readable images for --holdout")
-        skipped += len(scan.skipped)
-        held = _distinct(scan.images)
-        held_keys = {_content_key(p) for p in held}
-        images = [p for p in _distinct(images) if _content_key(p) not in held_keys]
+        kept_apart = scan_holdout(holdout)
+        held_keys = set(kept_apart.photos_sha256)
+        distinct = _distinct(images)
+        images = [p for p in distinct if _content_key(p) not in held_keys]
+        overlap = len(distinct) - len(images)
         if len(images) < 2:
             raise ImageError(f"{where}: fewer than 2 images that are not also in --holdout; calibration and selection need one each")
         cal_imgs, sel_imgs = _split(images, False, rng)
-        verdict = _role(held, max(holdout_size, min(VERDICT_SIZE, len(held))), rng, str(holdout))
+        # every held-out photo is judged (whole; crops of each when there are fewer photos than the selection's samples)
+        verdict = _role(kept_apart.photos, max(holdout_size, len(kept_apart.photos)), rng, kept_apart.describe())
         folds: list[Fold] = []
     else:
         images = _distinct(images)
@@ -157,7 +209,12 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
                        f"{sum(len(f.verdict.samples) for f in folds)} samples of {len(cal_imgs)} image(s) from {where}, in {len(folds)} "
                        "cross-fitted fold(s)")
     sets = ImageSets(_role(cal_imgs, calib_size, rng, where), _role(sel_imgs, holdout_size, rng, where), verdict, skipped, users_data=users,
-                     folds=folds, final=_role(images, calib_size, rng, where))
+                     folds=folds, final=_role(images, calib_size, rng, where), holdout=kept_apart)
+    if kept_apart is not None:
+        sets.skipped += kept_apart.skipped
+    if overlap:
+        sets.warnings.append(f"{overlap} photo(s) of the calibration photos are also in --holdout: left out of calibration and selection, "
+                             "judged only")
     if not users:
         sets.warnings.append("calibrating on the bundled demo photos, not your data: INT8 scales fit the images they were calibrated on "
                              "(pass --calib DIR with your own images)")
@@ -189,8 +246,20 @@ def _distinct(images: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
+_KEYS: dict[tuple[str, int, int], str] = {}
+
+
 def _content_key(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256 (remembered by path, size and modification time: roles and reports ask for it repeatedly)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _KEYS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _KEYS[key] = h.hexdigest()
+    return _KEYS[key]
 
 
 def _split(images: list[Path], with_verdict: bool, rng: random.Random) -> list[list[Path]]:
@@ -256,15 +325,21 @@ def spread(items: list[Sample], n: int) -> list[Sample]:
 
 def image_batches(samples: list[Sample], size: int, batch: int = 16) -> list[np.ndarray]:
     """``samples`` preprocessed as at inference (a crop first, if any), in batches of ``batch``."""
-    cache: dict[Path, object] = {}
+    return list(iter_batches(samples, size, batch))
 
-    def load(s: Sample) -> np.ndarray:
-        if s.path not in cache:
-            cache[s.path] = load_image(s.path)
-        im = cache[s.path]
-        return preprocess(im.crop(s.box) if s.box else im, size)  # type: ignore[attr-defined]
 
-    return [np.stack([load(s) for s in samples[i : i + batch]]) for i in range(0, len(samples), batch)]
+def iter_batches(samples: list[Sample], size: int, batch: int = 16) -> Iterator[np.ndarray]:
+    """:func:`image_batches` one batch at a time, holding one decoded image (a role's crops of one photo are adjacent):
+    memory stays one batch however many photos a --holdout folder has."""
+    current: tuple[Path | None, object] = (None, None)
+    for i in range(0, len(samples), batch):
+        out = []
+        for s in samples[i : i + batch]:
+            if current[0] != s.path:
+                current = (s.path, load_image(s.path))
+            im = current[1]
+            out.append(preprocess(im.crop(s.box) if s.box else im, size))  # type: ignore[attr-defined]
+        yield np.stack(out)
 
 
 def rebatch(batches: list[np.ndarray], size: int) -> list[np.ndarray]:

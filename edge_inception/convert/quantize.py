@@ -43,7 +43,7 @@ from ..fileio import atomic_path, check_writable, link_path, staging_dir, write_
 from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 from ..vocab import CalibMethod, Criterion, Precision, PreprocessMode, QuantTarget
 from .bias_correction import BiasCorrection, correct_biases
-from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, rebatch, select_images
+from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import GuardResult, run_guard
 
@@ -186,6 +186,7 @@ class QuantizeResult:
     selection: dict[str, Any] = field(default_factory=dict)  # the kept model's parity on the selection images (what the guard met)
     photo_use: str = ""  # how the photos were used: calibration, choice, cross-fitted verdict
     bias_correction: str = ""  # what the bias correction did (INT8), or "off"
+    holdout: dict[str, Any] | None = None  # the --holdout folder judged: photos, sha256 (calibration.Holdout.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -368,9 +369,13 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
     """The verdict's parity with FP32 (pooled). INT8 with folds: fold k's photos judged by the recipe (method, kept and
     float stages) calibrated on every photo outside fold k; FP16 (``recipe`` None, nothing calibrated) or --holdout:
     ``candidate`` on the verdict photos."""
-    if recipe is None or not sets.folds:
-        batches = image_batches(sets.verdict.samples, size)
-        return compare(_logits(src, batches), _logits(candidate, batches))
+    if recipe is None or not sets.folds:  # one pass, one batch decoded at a time: a --holdout folder may hold thousands of photos
+        ref_session, got_session = ort_session(src), ort_session(candidate)
+        refs, gots = [], []
+        for b in iter_batches(sets.verdict.samples, size):
+            refs.append(run_session(ref_session, b))
+            gots.append(run_session(got_session, b))
+        return compare(np.concatenate(refs), np.concatenate(gots))
     prepared, source, scheme, method, kept, float_stages = recipe
     refs, gots = [], []
     for i, fold in enumerate(sets.folds):
@@ -565,6 +570,7 @@ def quantize_model(
                "final_calibration": (sets.final or sets.calibration).as_dict()},
         photo_use=sets.photo_use() if precision is Precision.int8 else "", bias_correction=bias_text,
         claim=claim, verdicts=[v.as_dict() for v in verdicts], off_calibration=off.as_dict() if off else None,
+        holdout=sets.holdout.as_dict() if sets.holdout else None,
         selection={"top1_agreement": parity.top1_agreement, "mean_cosine": parity.mean_cosine, "samples": parity.samples},
     )
     write_json_atomic(result.report_path, result.as_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError, require_modules
-from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS
+from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS, LimitError
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD, PreprocessMode
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,51 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
                 skipped.append(f)
         images = good
     return ImageScan(images, skipped)
+
+
+def scan_photo_folder(root: str | Path, what: str, max_images: int) -> ImageScan:
+    """The images of a folder of photos the user gives (flat, or an ImageFolder tree: one sub-folder per class; the class
+    names are not used), each decoded once: unreadable files and files of another kind are counted in ``skipped``.
+    Hidden files and folders are left out, as everywhere. A link may point inside ``root`` (its target is read there, or
+    skipped if it is a folder: the walk reaches it by its own path) but never outside it: a folder of photos kept apart
+    must not quietly read other files. ``what`` names the option in messages (``--holdout``).
+
+    Raises ImageError for a missing folder, a file given instead, a link leaving ``root``, or no readable image;
+    LimitError for more than ``max_images`` image files (counted before any is decoded).
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise ImageError(f"{what} {base}: " + ("not a folder (give a folder of images)" if base.exists() else "no such folder"))
+    real = base.resolve()
+    images: list[Path] = []
+    skipped: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        here = Path(dirpath)
+        for name in [*dirnames, *filenames]:
+            entry = here / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(real):
+                raise ImageError(f"{what} {base}: {entry} is a link to {entry.resolve()}, outside the folder (copy the photo in instead)")
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and not (here / n).is_symlink())
+        for name in sorted(filenames):
+            f = here / name
+            if name.startswith("."):
+                continue
+            if not f.is_file() or not is_image_name(f):  # a FIFO or device is never opened; another kind of file is counted
+                skipped.append(f)
+                continue
+            images.append(f)
+            if len(images) > max_images:
+                raise LimitError(f"{what} {base}: more than {max_images} image files, the most one run judges")
+    good = []
+    for f in images:
+        try:
+            load_image(f)
+            good.append(f)
+        except ImageError:
+            skipped.append(f)
+    if not good:
+        raise ImageError(f"{what} {base}: no readable images (jpg/png/bmp/webp/tiff); {len(skipped)} other file(s) skipped")
+    return ImageScan(good, skipped)
 
 
 def bundled_photos_dir() -> Path:

@@ -39,7 +39,8 @@ class BuildResult:
 
 def build(model: str | Path, target: str | Target, *, backend: Backend | str | None = None, precision: Precision | str | None = None,
           output_dir: str | Path | None = None, threads: int | None = None, allow_tf32: bool = False, name: str | None = None,
-          inference_precision: str | None = None, quantizer: str | None = None, calib: Path | None = None, calib_size: int = 100) -> BuildResult:
+          inference_precision: str | None = None, quantizer: str | None = None, calib: Path | None = None, calib_size: int = 100,
+          holdout: Path | None = None) -> BuildResult:
     """Build ``model`` for ``target``; the artifact's outputs are checked against the source ONNX before it is kept.
 
     ``allow_tf32`` lets an FP32 artifact run its convolutions in TF32 on a GPU; it is then judged like FP16. ``name``
@@ -48,7 +49,8 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     the backend computes in that reduced float (one of its ``inference_precisions``), judged like FP16. ``quantizer``
     (``"nncf"``): an INT8 artifact the backend's peer quantizer makes from the FP32 ``model``, calibrated on ``calib_size``
     crops of every photo of ``calib`` (None: the bundled photos; the crops ``quantize`` calibrates its written model on),
-    judged against the FP32 model like any INT8. Raises EdgeInceptionError (BackendUnavailableError for a quantizer)
+    judged against the FP32 model like any INT8; ``holdout``: photos kept apart, left out of that calibration.
+    Raises EdgeInceptionError (BackendUnavailableError for a quantizer)
     when the backend offers neither.
     """
     src = Path(model)
@@ -95,7 +97,7 @@ def build(model: str | Path, target: str | Target, *, backend: Backend | str | N
     with staging_dir(out_dir, f"{stem}.build") as work:
         job = BuildJob(source=src, target=tgt, precision=prec, image_size=size, fixed_batch=fixed, threads=n_threads, work_dir=work,
                        cache_dir=out_dir, providers=choice.providers, allow_tf32=tf32, name=stem, inference_precision=inference_precision or "",
-                       quantizer=quantizer or "", calib=calib, calib_size=calib_size)
+                       quantizer=quantizer or "", calib=calib, calib_size=calib_size, holdout=holdout)
         out = engine.build(job)
         lo, opt, hi = (fixed,) * 3 if fixed else (tgt.batch_min, tgt.batch_opt, tgt.batch_max)
         manifest = Manifest(

@@ -216,6 +216,7 @@ class Evidence:
     mean_cosine: float
     max_rel_error: float  # max |a - b| / max |a|
     reference: str = "PyTorch"
+    photos_source: str = ""  # what the photos were (the pipeline's --holdout folder and its sha256, or the demo crops)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def judge_candidate(candidate: Candidate, evidence: Evidence | None, min_agreeme
         return Judgement(FAILED, "not verified against the reference")
     if candidate.precision is Precision.int8:
         v = Bound(f"top-1 agreement with {evidence.reference}", evidence.agreement, evidence.samples, evidence.photos, min_agreement,
-                  "the held-out photos")
+                  evidence.photos_source or "the held-out photos")
         head = (f"top-1 agreement {evidence.agreement:.1%} on {evidence.samples} image(s) of {evidence.photos} photo(s), "
                 f"95% lower bound {v.lower_bound:.1%}")
         if v.met:

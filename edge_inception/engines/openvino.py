@@ -123,10 +123,10 @@ class OpenVinoBackend:
         if job.quantizer:  # INT8 by NNCF from the FP32 source, calibrated on the crops our quantizer calibrates on
             from ..convert.calibration import image_batches, select_images
 
-            sets = select_images(job.calib, None, job.calib_size)
+            sets = select_images(job.calib, job.holdout, job.calib_size)  # a --holdout photo is never calibrated on
             final = sets.final or sets.calibration
             libraries[job.quantizer] = self.quantize_peer(job.quantizer, job.source, artifact, image_batches(final.samples, job.image_size, batch=1))
-            options |= {"quantizer": job.quantizer, "calibration": final.source}
+            options |= {"quantizer": job.quantizer, "calibration": final.source, "calibration_sha256": final.as_dict()["sha256"]}
         else:
             build_ir(job.source, artifact)
         # OpenVINO's CPU plugin computes float layers in bf16 where the CPU has it (AVX512_BF16, AMX): an FP32 artifact

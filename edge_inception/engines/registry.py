@@ -60,6 +60,7 @@ class BuildJob:
     quantizer: str = ""  # INT8 made from the FP32 source by this peer quantizer (one of the backend's quantizers())
     calib: Path | None = None  # the quantizer's calibration photos (None: the bundled photos), as `quantize --calib` takes them
     calib_size: int = 100  # calibration samples (crops) drawn from them, as `quantize --calib-size`
+    holdout: Path | None = None  # photos kept apart (`--holdout`): never among the quantizer's calibration photos
 
     @property
     def stem(self) -> str:
