@@ -12,6 +12,19 @@ TRAIN_IMAGE_SIZE = 64
 TRAIN_STEPS = 200
 
 
+# pytest-xdist (`make pytest` runs `-n 2 --dist loadgroup`): each test file runs whole on one worker, so a file's module
+# fixtures (a tritonserver, a Ray cluster, a build) start once and stop in that worker; the files that start Ray
+# clusters share one group (one worker), so two clusters never run side by side. Serial runs ignore the marks.
+XDIST_GROUPS = {"test_cluster_eval.py": "ray", "test_cluster_fleet.py": "ray", "test_cluster_verdicts.py": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            name = item.path.name
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(name, name)))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(2)
