@@ -41,7 +41,7 @@ from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
 from .fileio import staging_dir
 from .limits import MAX_BATCH
-from .report import Rendered, write_report
+from .report import Rendered, md_text, write_report
 from .vocab import Backend, Precision, QuantTarget
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,11 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
     for row in rows:
         p50 = [f"{row['p50_ms'][str(b)]:.2f}" if str(b) in row["p50_ms"] else "-" for b in batches]
         agree = "-" if row["agreement_vs_fp32"] is None else f"{row['agreement_vs_fp32']:.1%}"
-        verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {row['note']}" if row["note"] else row["status"]
+        verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {md_text(row['note'], 2000)}" if row["note"] else row["status"]
         isa = ", ".join(row["isa"]) or "-"
         isa += f"; OpenVINO computes {row['runtime_precision']}" if row["runtime_precision"] else ""
         lines.append(f"| {row['name']} | {row['runtime']} | {isa} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
-    lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
+    lines += [f"- not a candidate here: {s['name']}: {md_text(s['why'], 2000)}" for s in data["skipped"]]
     return write_report(Rendered(data, "\n".join(lines) + "\n"), json=out / "candidates.json", markdown=out / "candidates.md")[-1]
 
 
