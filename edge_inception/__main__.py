@@ -38,7 +38,26 @@ def _exit_past_native_threads(code: object) -> None:
     os._exit(code or 0)
 
 
+_CODE_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)  # about a library's API: for developers
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: object = None,
+                  line: str | None = None) -> None:
+    """Python's warnings as the CLI prints everything else: one escaped ``warning:`` line on stderr, never the two lines
+    (a library's file name and source line) Python's default shows. A library's deprecation of its own API (Ray
+    Data's ``ray_remote_args``, say) is a note to developers, not to the user of a command: not shown."""
+    if issubclass(category, _CODE_WARNINGS):
+        return
+    from .names import printable
+
+    text = str(message).strip().splitlines()
+    print(f"warning: {printable(text[0] if text else category.__name__, 300)} ({category.__name__})", file=sys.stderr)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _warning_line  # every warning shown, by whichever filter, goes through here
     signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: unwind, so temporary files are removed on the way out
     try:
         from .cli import main as cli_main

@@ -40,7 +40,8 @@ from .engines.choose import Choice
 from .engines.targets import Target
 from .errors import BackendUnavailableError, EdgeInceptionError, VerificationError
 from .fileio import staging_dir
-from .report import Rendered, write_report
+from .limits import MAX_BATCH
+from .report import Rendered, md_text, write_report
 from .vocab import Backend, Precision, QuantTarget
 
 log = logging.getLogger(__name__)
@@ -196,11 +197,11 @@ def _write_report(out: Path, r: AutoBuildResult, batches: tuple[int, ...], min_a
     for row in rows:
         p50 = [f"{row['p50_ms'][str(b)]:.2f}" if str(b) in row["p50_ms"] else "-" for b in batches]
         agree = "-" if row["agreement_vs_fp32"] is None else f"{row['agreement_vs_fp32']:.1%}"
-        verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {row['note']}" if row["note"] else row["status"]
+        verdict = "**shipped**" if row["status"] == "shipped" else f"{row['status']}: {md_text(row['note'], 2000)}" if row["note"] else row["status"]
         isa = ", ".join(row["isa"]) or "-"
         isa += f"; OpenVINO computes {row['runtime_precision']}" if row["runtime_precision"] else ""
         lines.append(f"| {row['name']} | {row['runtime']} | {isa} | " + " | ".join(p50) + f" | {agree} | {verdict} |")
-    lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in data["skipped"]]
+    lines += [f"- not a candidate here: {s['name']}: {md_text(s['why'], 2000)}" for s in data["skipped"]]
     return write_report(Rendered(data, "\n".join(lines) + "\n"), json=out / "candidates.json", markdown=out / "candidates.md")[-1]
 
 
@@ -232,9 +233,26 @@ def _record_digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
 
 
-def read_pick_record(path: Path, key: str) -> dict[str, Any] | None:
-    """A remembered measurement, or None when there is none or it does not check out (wrong key, hash, or shape: it is
-    then measured again and rewritten)."""
+MAX_RECORD_TEXT = 2000  # characters of a record's text field (a failure's one line, a date)
+MAX_RECORD_MS = 3.6e6  # a p50 above an hour is not a measurement of one inference
+
+
+def _record_time_ok(t: object, seen: set[str]) -> bool:
+    if not isinstance(t, dict) or t.get("backend") not in {b.value for b in Backend} or t["backend"] in seen:
+        return False
+    seen.add(t["backend"])
+    p50, failure = t.get("p50_ms"), t.get("failure")
+    p50_ok = p50 is None or (isinstance(p50, (int, float)) and not isinstance(p50, bool) and 0 < p50 <= MAX_RECORD_MS)
+    failure_ok = failure is None or (isinstance(failure, str) and len(failure) <= MAX_RECORD_TEXT)
+    return p50_ok and failure_ok and (p50 is None) != (failure is None)  # a time or the reason there is none
+
+
+def read_pick_record(path: Path, key: str, batch: int | None = None) -> dict[str, Any] | None:
+    """A remembered measurement, or None when there is none or it does not check out (it is then measured again and
+    rewritten): the key, the record's own sha256, and each field typed and bounded as :func:`pick_backend` writes it
+    (one entry per backend, each a p50 in (0, 1 h] ms or the reason there is none; ``batch`` the one measured for this
+    model when given; ``disturbed`` a bool; text fields at most :data:`MAX_RECORD_TEXT` characters). The sha256 catches
+    an edit, a truncation or a mix-up, not a forgery: whoever can write the cache folder can rewrite it."""
     from .fileio import read_json
 
     if not path.is_file():
@@ -244,11 +262,13 @@ def read_pick_record(path: Path, key: str) -> dict[str, Any] | None:
     except EdgeInceptionError as exc:
         log.warning("ignoring %s: %s", path, exc)
         return None
-    ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc) and isinstance(doc.get("times"), list)
-          and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool)
-          and all(isinstance(t, dict) and t.get("backend") in {b.value for b in Backend}
-                  and (t.get("p50_ms") is None or (isinstance(t.get("p50_ms"), (int, float)) and t["p50_ms"] > 0))
-                  and (t.get("failure") is None or isinstance(t.get("failure"), str)) for t in doc["times"]))
+    seen: set[str] = set()
+    ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc)
+          and isinstance(doc.get("times"), list) and 0 < len(doc["times"]) <= len(Backend)
+          and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool) and 1 <= doc["batch"] <= MAX_BATCH
+          and (batch is None or doc["batch"] == batch) and isinstance(doc.get("disturbed", False), bool)
+          and isinstance(doc.get("measured_at", ""), str) and len(doc.get("measured_at", "")) <= MAX_RECORD_TEXT
+          and all(_record_time_ok(t, seen) for t in doc["times"]))
     if not ok:
         log.warning("ignoring %s: not a record for this model and CPU, or its hash does not match", path)
         return None
@@ -304,7 +324,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     model_sha256 = sha256_file(src)
     key = pick_key(cpu.model, cpu.flags, model_sha256, target, n_threads, libraries)
     path = (cache or cache_dir() / "backend-choice") / f"{key}.json"
-    record = read_pick_record(path, key)
+    record = read_pick_record(path, key, batch)
     try:
         quiet_now = os.getloadavg()[0] < 0.5
     except OSError:

@@ -150,6 +150,10 @@ def output_target(path: Path, *, folder: bool = False) -> Path:
         return path
     target = path
     if stat.S_ISLNK(st.st_mode):
+        via_proc = _link_through_proc(path)
+        if via_proc is not None:  # /dev/stdout, /proc/self/fd/N: an open file of this process, whatever it is now
+            raise OutputPathError(f"refusing to replace {path}: it is a link to {via_proc}, an open file of this process (stdout, stderr "
+                                  "or another descriptor), not a file to write: name a file")
         try:
             target = Path(os.path.realpath(path, strict=True))
             st = os.stat(target)
@@ -163,8 +167,29 @@ def output_target(path: Path, *, folder: bool = False) -> Path:
     return target
 
 
+MAX_LINK_HOPS = 40  # as the kernel's own limit on a path's symbolic links
+
+
+def _link_through_proc(path: Path) -> str | None:
+    """The first hop of ``path``'s chain of symbolic links that lies in ``/proc`` or ``/dev/fd`` (a descriptor's magic
+    link: ``/dev/stdout`` -> ``/proc/self/fd/1`` -> whatever stdout is now, a regular file when redirected), else None."""
+    current = os.path.abspath(path)
+    for _ in range(MAX_LINK_HOPS):
+        if current.startswith(("/proc/", "/dev/fd/")):
+            return current
+        try:
+            nxt = os.readlink(current)
+        except OSError:
+            return None
+        current = os.path.abspath(os.path.join(os.path.dirname(current), nxt))
+    return None
+
+
 def ensure_parent(path: Path) -> Path:
-    """The output file ``path`` really names (see :func:`output_target`), its folder created and writable."""
+    """The output file ``path`` really names (see :func:`output_target`), its folder created and writable. ``-`` is
+    refused: a command that writes to stdout says so in its option, and a file named ``-`` is a trap."""
+    if os.fspath(path) == "-":
+        raise OutputPathError("output '-': this output is written to a file, not to stdout; name a file (a path such as ./out.json)")
     ensure_folder(path.parent)
     if path.is_dir() and not path.is_symlink():
         raise OutputPathError(f"output path {path} is a folder, expected a file name")

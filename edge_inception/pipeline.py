@@ -33,7 +33,7 @@ from .engines.candidates import (
 )
 from .errors import BackendUnavailableError, EdgeInceptionError, OutputPathError, VerificationError, require_modules
 from .fileio import atomic_dir
-from .report import Rendered, write_report
+from .report import Rendered, md_text, write_report
 from .vocab import Precision, QuantTarget
 
 if TYPE_CHECKING:
@@ -387,7 +387,7 @@ def _verdict_text(c: dict[str, Any]) -> str:
     status = c["status"]
     if status == "shipped":
         return "**shipped, UNPROVEN** (--ship-unproven)" if c.get("judged") == "unproven" else "**shipped**"
-    return f"{status}: {c['note']}" if c["note"] else status
+    return f"{status}: {md_text(c['note'], 2000)}" if c["note"] else status
 
 
 def candidates_markdown(summary: dict[str, Any]) -> list[str]:
@@ -406,7 +406,7 @@ def candidates_markdown(summary: dict[str, Any]) -> list[str]:
         agree = "-" if c["agreement"] is None else f"{c['agreement']:.1%}"
         lines.append(f"| {c['name']} | {c['runtime']} | {isa_text(c)} | " + " | ".join(p50)
                       + f" | {agree} | {c.get('judged') or '-'} | {_verdict_text(c)} |")
-    lines += [f"- not a candidate here: {s['name']}: {s['why']}" for s in summary["skipped"]]
+    lines += [f"- not a candidate here: {s['name']}: {md_text(s['why'], 2000)}" for s in summary["skipped"]]
     return lines + [""]
 
 

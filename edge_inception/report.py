@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import OutputPathError
 from .fileio import atomic_path, check_outputs
+from .names import printable
 
 DPI = 110
 TICK_FONT = 8
@@ -134,6 +135,23 @@ class Rendered:
         return self.figure
 
 
+MAX_MD_TEXT = 300  # characters of one outside text in a Markdown line
+
+
+def md_text(value: object, max_chars: int = MAX_MD_TEXT) -> str:
+    """Text from outside (a file or source name, a board's name, an error, a CPU string) as it goes into a Markdown
+    rendering: one line (a newline shown as ``\\n``, never a forged heading, list item or table row), control and
+    format characters shown as escapes (no escape sequence reaches a terminal that ``cat``s the file), ``|`` escaped
+    (no forged table cell), cut at ``max_chars``."""
+    return printable(str(value), max_chars).replace("|", "\\|")
+
+
+def _md_controls_shown(markdown: str) -> str:
+    """The last guard of every Markdown rendering (:func:`write_report`): any control or format character but the
+    line breaks the renderer wrote shown as an escape, whatever a renderer forgot to pass through :func:`md_text`."""
+    return "\n".join(printable(line, len(line)) for line in markdown.split("\n"))
+
+
 def json_text(data: Any) -> str:
     """The JSON rendering: indented by 2, keys in the report's order, one trailing newline."""
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
@@ -208,7 +226,7 @@ def write_report(report: Report, *, json: PathArg = None, markdown: PathArg = No
     if json is not None:
         rendered.append((Path(json), json_text(report.as_dict()).encode("utf-8")))
     if markdown is not None:
-        rendered.append((Path(markdown), report.as_markdown().encode("utf-8")))
+        rendered.append((Path(markdown), _md_controls_shown(report.as_markdown()).encode("utf-8")))
     if png is not None:
         figure = report.as_figure()
         if figure is None:

@@ -88,3 +88,23 @@ def test_eval_cluster_refuses_a_bad_address_and_a_missing_token(built_fp32, big_
     assert r.returncode == 1 and "error: no Ray token" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = ray_procs.run([*cli, "--cluster", "127.0.0.1:9"], 120, RAY_AUTH_TOKEN="x" * 32)  # port 9 (discard): nothing listens
     assert r.returncode == 1 and "error: no Ray head answers at 127.0.0.1:9" in r.stderr, r.stderr
+
+
+def test_eval_cluster_prints_one_line_of_its_own_and_no_library_warning(tmp_path):
+    """`eval --cluster local` on a tiny real classifier: stderr is the one cluster note. Ray Data warned (two lines:
+    its deprecation of ``ray_remote_args`` and the product's source line) on every run; Python's warnings now go
+    through the CLI's one-line printer, and a library's deprecation of its own API is not the user's business."""
+    from edge_inception.data.images import bundled_photos, load_image
+    from tests.stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    folder = tmp_path / "val" / "class0"
+    folder.mkdir(parents=True)
+    for i, p in enumerate(bundled_photos()[:4]):
+        load_image(p).resize((80, 64)).save(folder / f"{i}.png")
+    r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(model), "--data", str(tmp_path / "val"),
+                       "--cluster", "local", "--workers", "1"], RUN_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cluster local: 1 worker(s), ready after"), r.stderr[-3000:]
+    assert not ray_procs.marked()

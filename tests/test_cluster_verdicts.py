@@ -188,3 +188,21 @@ def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_pa
     want = json.loads((tmp_path / "plain.fp16.report.json").read_text())
     assert want["accuracy"]["labelled"] and got["accuracy"]["labelled"] == want["accuracy"]["labelled"]
     assert got["claim"] == want["claim"]
+
+
+def test_a_token_ray_cannot_use_is_refused_before_ray_reads_it(tmp_path):
+    """The token is checked as Ray would read it, before Ray's native loader reads it: a token file that is a FIFO
+    (Ray's loader would wait on it for ever), one that is missing (Ray's client exited 1 without a word), one far too
+    big, and a token that holds a newline (not a gRPC header value) are each one line naming the token's source."""
+    import os
+
+    eval_args = ["eval", str(tmp_path / "model.onnx"), "--data", str(tmp_path / "val")]
+    fifo = tmp_path / "token.fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big_token"
+    big.write_text("a" * (1 << 20))
+    with _grpc_server() as port:
+        assert "not found" in _refused(["fleet", "status"], port, RAY_AUTH_TOKEN="", RAY_AUTH_TOKEN_PATH=str(tmp_path / "missing"))
+        assert "is a FIFO, not a regular file" in _refused(eval_args, port, RAY_AUTH_TOKEN="", RAY_AUTH_TOKEN_PATH=str(fifo))
+        assert "more than the" in _refused(eval_args, port, RAY_AUTH_TOKEN="", RAY_AUTH_TOKEN_PATH=str(big))
+        assert "RAY_AUTH_TOKEN: the Ray token holds characters" in _refused(eval_args, port, RAY_AUTH_TOKEN="abc\ndef")

@@ -288,3 +288,28 @@ def test_build_without_backend_picks_the_fastest_measured_and_remembers(tmp_path
         assert f.exit_code == 0, f.output
         assert "backend: " not in f.stderr  # nothing measured, nothing to explain
         assert json.loads(next((tmp_path / forced).glob("*.manifest.json")).read_text())["backend"] == forced
+
+
+def test_a_backend_record_rewritten_with_its_hash_is_still_checked_field_by_field(tmp_path):
+    """The record's sha256 is its own: whoever edits it can recompute it. So each field is still checked as
+    pick_backend writes it before the record may choose a backend: a batch other than the one measured for the model
+    (or absurd), a 'disturbed' that is not a bool, a backend listed twice, no times, a time and a failure both or
+    neither, an unbounded text. Each such record is measured again (None); the record as written is taken."""
+    from edge_inception.autobuild import _record_digest, read_pick_record
+
+    good = {"key": "k", "cpu": "c", "batch": 1, "measured_at": "2026-01-01 00:00:00 UTC", "disturbed": False,
+            "times": [{"backend": "ort", "p50_ms": 0.5, "failure": None}, {"backend": "openvino", "p50_ms": None, "failure": "no"}]}
+    path = tmp_path / "k.json"
+
+    def read(doc: dict, batch: int | None = 1) -> dict | None:
+        path.write_text(json.dumps({**doc, "sha256": _record_digest(doc)}))
+        return read_pick_record(path, "k", batch)
+
+    assert read(good) is not None
+    forged = [{**good, "batch": 10**30}, {**good, "disturbed": "yes"}, {**good, "times": []}, {**good, "measured_at": "x" * 100_000},
+              {**good, "times": [good["times"][0], good["times"][0]]},
+              {**good, "times": [{"backend": "ort", "p50_ms": 0.5, "failure": "both"}]},
+              {**good, "times": [{"backend": "ort", "p50_ms": None, "failure": None}]}]
+    for doc in forged:
+        assert read(doc) is None, doc
+    assert read({**good, "batch": 8}) is None and read({**good, "batch": 8}, batch=8) is not None  # the batch this model is measured at

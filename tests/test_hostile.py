@@ -194,7 +194,7 @@ def test_decompression_bomb_and_extreme_shapes(trained, built, tmp_path):
     Image.new("RGB", (200000, 1)).save(thin)  # a few hundred bytes; resizing its short side to 73 px would need 40 GB
     big = tmp_path / "big.png"
     Image.new("1", (9000, 9000)).save(big)  # under Pillow's own bomb limit, over ours
-    for image, needle in ((bomb, "refusing to decode"), (thin, "more elongated than 20:1"), (big, "81 MP")):
+    for image, needle in ((bomb, "400 MP is more than the 64 MP"), (thin, "more elongated than 20:1"), (big, "81 MP")):
         one_error_line(run("predict", str(built), str(image)), needle)
 
     # in a calibration folder they are skipped and counted, as the README promises
@@ -215,6 +215,30 @@ def test_decompression_bomb_and_extreme_shapes(trained, built, tmp_path):
     (data / bomb.name).write_bytes(bomb.read_bytes())
     r = run("eval", str(built), "--data", str(tmp_path / "eval"))
     assert r.returncode == 0 and "1 images" in r.stdout and "(1 files skipped)" in r.stdout, r.stderr
+
+
+def test_an_image_between_pillows_two_bomb_limits_is_one_line_on_every_path(tmp_path):
+    """Pillow warns (two lines naming its own source file) on a header over 89 MP and raises over 179 MP; ours refuses
+    over 64 MP. Every reader (predict fast and exact, a stream over a folder) goes through data.images.opened_image:
+    exactly one stderr line for each, whatever the claim, and in a stream folder the image is skipped without a word."""
+    from tests.stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    warned = tmp_path / "warned.png"
+    Image.new("1", (10000, 10000)).save(warned)  # 100 MP: over Pillow's warning limit, under its error limit
+    refused = tmp_path / "refused.png"
+    Image.new("1", (14000, 14000)).save(refused)  # 196 MP: over Pillow's error limit
+    for image, claim in ((warned, "100 MP"), (refused, "196 MP")):
+        for mode in ("fast", "exact"):
+            r = run("predict", str(model), str(image), "--preprocess", mode)
+            assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+            assert claim in r.stderr and "is more than the 64 MP this toolkit decodes" in r.stderr, r.stderr
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for image in (warned, refused):
+        (folder / image.name).write_bytes(image.read_bytes())
+    r = run("stream", str(model), str(folder))
+    assert r.returncode == 0 and r.stderr == "" and "skipped corrupt 2" in r.stdout, r.stderr
 
 
 def test_sixteen_bit_and_exif_orientation(tmp_path):

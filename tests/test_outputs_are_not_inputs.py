@@ -69,3 +69,23 @@ def test_bench_profile_and_conversions_never_write_over_their_inputs(files):
     model = files["model"]
     _refused(["simplify", str(model), "-o", str(model)], model, "an input of this command")
     _refused(["quantize", str(model), "--precision", "fp16", "-o", str(model)], model, "an input of this command")
+
+
+def test_stdout_by_name_and_a_dash_are_refused_as_output_files(tmp_path):
+    """`--summary-json /dev/stdout > log` made the atomic write rename the JSON over log (the link leads, through
+    /proc/self/fd/1, to the regular file stdout was redirected to): the rest of stdout went to a deleted file. And
+    `--summary-json -` wrote a file named '-'. Both are one line and exit 1 now, before the stream runs, and the
+    redirected stdout keeps nothing but what the command printed."""
+    import subprocess
+    import sys
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    video = make_video(tmp_path / "v.mp4", list(pan_zoom_frames(96, 64, 4)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for name in ("/dev/stdout", "/proc/self/fd/1", "-"):
+        log = tmp_path / "log.txt"
+        with open(log, "wb") as out:
+            r = subprocess.run([sys.executable, "-m", "edge_inception", "stream", str(model), str(video), "--summary-json", name],
+                               stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (name, r.stderr)
+        assert log.read_bytes() == b"" and not (tmp_path / "-").exists(), name

@@ -168,14 +168,28 @@ def test_a_stream_summary_renders_what_it_holds():
     assert isinstance(bars, Bars) and list(bars.categories) == ["inference"] and [list(x.values) for x in bars.series] == [[4.0], [5.0]]
 
 
+def test_outside_text_cannot_forge_a_line_or_send_an_escape_through_a_markdown_rendering(tmp_path):
+    """A stream's source, a bench engine's file name, a board, an error: text from outside goes into Markdown through
+    md_text (one line, controls shown, '|' escaped), and write_report shows any control character a renderer let
+    through; `cat report.md` sends no escape sequence and the file holds no line the report did not write."""
+    hostile = "clip\n# forged heading\x1b[2J\u202e| x |.mp4"
+    s = StreamSummary(hostile, "file", "fast", frames=1, seconds=1.0, stages={"inference": StageStats(1.0, 1.0, 1.0)},
+                      saved=hostile, output_error=hostile)
+    md = s.as_markdown()
+    assert "\x1b" not in md and "\u202e" not in md and "\n# forged" not in md
+    assert md.splitlines()[0] == "# edge-inception stream: clip\\n# forged heading\\x1b[2J\\u202e\\| x \\|.mp4"
+    out = write_report(Rendered({}, "# ok\n- \x1b]0;title\x07 \u202e\n"), markdown=tmp_path / "r.md")[0]
+    assert out.read_text() == "# ok\n- \\x1b]0;title\\x07 \\u202e\n"
+
+
 def test_the_writer_stands_on_the_lowest_floor():
-    """report.py imports fileio, errors and the standard library at module level (matplotlib and numpy only where it
-    draws), so that every floor can hand it a report and importing it costs nothing."""
+    """report.py imports fileio, errors, names (the escaping of outside text) and the standard library at module level
+    (matplotlib and numpy only where it draws), so that every floor can hand it a report and importing it costs nothing."""
     import sys
 
     tree = ast.parse((PACKAGE / "report.py").read_text(encoding="utf-8"))
     ours = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.level}
-    assert ours == {"errors", "fileio"}, ours
+    assert ours == {"errors", "fileio", "names"}, ours
     others = {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
     others |= {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     assert others - {"__future__"} <= set(sys.stdlib_module_names), others - set(sys.stdlib_module_names)

@@ -53,15 +53,47 @@ class Cluster:
     startup_s: float  # seconds from the call to a usable cluster
 
 
+MAX_TOKEN_CHARS = 4096  # Ray's tokens are 64 hex digits; a gRPC header value past a few KB is refused by the server
+MAX_TOKEN_FILE_BYTES = 64 << 10
+NO_TOKEN = "no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)"
+
+
+def _check_token_text(token: str, where: str) -> None:
+    """A token Ray can send: one word of printable ASCII (a gRPC header value), at most :data:`MAX_TOKEN_CHARS`."""
+    word = token.strip()
+    if not word:
+        raise ClusterError(f"{where}: the Ray token is empty")
+    if len(word) > MAX_TOKEN_CHARS:
+        raise ClusterError(f"{where}: a Ray token of {len(word):,} characters is not one (Ray's are 64 hex digits; at most "
+                           f"{MAX_TOKEN_CHARS:,} taken)")
+    if not all("!" <= c <= "~" for c in word):
+        raise ClusterError(f"{where}: the Ray token holds characters a token cannot (spaces, control or non-ASCII characters)")
+
+
 def token_source() -> str | None:
-    """Where Ray will read the token from (the environment, a file), or None when there is none."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
+    """Where Ray will read the token from (the environment, a file), or None when there is none. The token is checked
+    here as Ray would read it, so that Ray never reads what it cannot use: a token file must be a regular file of at
+    most :data:`MAX_TOKEN_FILE_BYTES` (a FIFO or ``/dev/zero`` would block or fill memory inside Ray's loader, a missing
+    one makes Ray's native client exit without a word), and the token one word of printable ASCII of at most
+    :data:`MAX_TOKEN_CHARS`. Raises :class:`ClusterError` (one line) for a token that is there but unusable."""
+    from ..fileio import read_regular
+
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if token:
+        _check_token_text(token, "RAY_AUTH_TOKEN")
         return "RAY_AUTH_TOKEN"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path:
-        return f"RAY_AUTH_TOKEN_PATH ({path})"
     default = Path.home() / ".ray" / "auth_token"
-    return str(default) if default.is_file() else None
+    if not path and not default.is_file():
+        return None
+    where = f"RAY_AUTH_TOKEN_PATH ({path})" if path else str(default)
+    raw = read_regular(path or default, MAX_TOKEN_FILE_BYTES, "Ray token file", error=ClusterError)
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ClusterError(f"{where}: the Ray token holds characters a token cannot (spaces, control or non-ASCII characters)") from None
+    _check_token_text(text, where)
+    return where
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -80,7 +112,7 @@ def check_address(address: str) -> None:
         return
     parse_address(address)
     if token_source() is None:
-        raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
+        raise ClusterError(NO_TOKEN)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the hosts Ray swaps for the routable address (services.resolve_ip_for_localhost)
@@ -166,7 +198,7 @@ def check_head(address: str) -> tuple[str, int]:
     Returns (host, port); raises :class:`ClusterError` (one line)."""
     host, port = parse_address(address)
     if token_source() is None:
-        raise ClusterError("no Ray token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head's token (on the head: ray get-auth-token)")
+        raise ClusterError(NO_TOKEN)
     if host in LOOPBACK_HOSTS:  # Ray would dial the routable address instead (see the module's notes)
         if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
             raise ClusterError(f"Ray was imported before joining {host}: join a loopback head in a fresh process")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import EdgeInceptionError
 from ..names import UnsafeNameError, check_name
-from ..report import Axis, Bars, Figure, Series
+from ..report import Axis, Bars, Figure, Series, md_text
 from .board import BOARD_LABEL, MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES, TARGET_LABEL
 from .connect import ClusterError, check_address, connect
 
@@ -185,7 +185,7 @@ def fleet_bench(bundle: str | Path, address: str, *, selector: str | None = None
 
 
 def markdown(report: FleetReport) -> str:
-    lines = [f"# fleet bench: {Path(report.bundle).name}", "", "| rank | board | status | target | batch | p50 ms | p99 ms | images/s | "
+    lines = [f"# fleet bench: {md_text(Path(report.bundle).name)}", "", "| rank | board | status | target | batch | p50 ms | p99 ms | images/s | "
              "check | CPU | ISA | memory | GPU | L4T | marked |", "|" + "---|" * 15]
     for rank, row in enumerate(report.ranked(), 1):
         f = row.get("facts") or {}
@@ -210,7 +210,7 @@ def markdown(report: FleetReport) -> str:
             else:
                 cells += ["-", "-", "-", "-"]
             cells.append(f"passed (top-1 agreement {check['top1_agreement']:.0%})" if check.get("passed") else "-")
-            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells + common) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in cells + common) + " |")
     return "\n".join(lines) + "\n"
 
 

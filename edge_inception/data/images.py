@@ -6,12 +6,17 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import logging
 import os
+import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -70,23 +75,49 @@ def load_image(path: str | Path):  # -> PIL.Image.Image
     20000 x 20000 pixels). The EXIF orientation is applied (phones store photos sideways with a rotation tag),
     16-bit and 32-bit greyscale are scaled to 8 bits rather than clipped, and transparency goes over white.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"image not found: {p}")
     try:
-        with Image.open(p) as opened:
-            check_header(opened.size, p)
+        with opened_image(p, p) as opened:
             opened.load()
             return to_rgb(opened)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:  # Pillow's own check, in open(), for claims far beyond ours
-        raise ImageError(f"{p}: refusing to decode, {str(exc).split(',')[0].lower()} (the limit here is "
-                         f"{MAX_DECODED_PIXELS / 1e6:.0f} MP)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"not a readable image: {p}") from exc
+
+
+@functools.cache
+def _pillow_bomb_warning_off() -> None:
+    """Pillow's DecompressionBombWarning (images over 89 MP) is not printed: :func:`check_header` refuses every image
+    over :data:`MAX_DECODED_PIXELS` (64 MP, lower) in one line of its own. Installed once, for the process."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def opened_image(source: str | Path | IO[bytes], where: Path) -> Iterator[Any]:  # -> PIL.Image.Image
+    """Pillow's ``Image.open(source)`` with its header checked (:func:`check_header`, nothing decoded yet), the one way
+    the toolkit opens an image. A header beyond Pillow's own bomb limit (twice 89 MP) is the same :class:`ImageError`
+    as one beyond ours, and Pillow's warning below it is never printed (:func:`_pillow_bomb_warning_off`). ``where``
+    names the image in errors. Pillow's own errors for an unreadable file pass through (the caller says "not a
+    readable image")."""
+    from PIL import Image
+
+    _pillow_bomb_warning_off()
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError as exc:  # Pillow's check in open(), for claims far beyond ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "its size"
+        raise ImageError(f"{where}: {size} is more than the {MAX_DECODED_PIXELS / 1e6:.0f} MP this toolkit decodes") from None
+    with image:
+        check_header(image.size, where)
+        yield image
 
 
 def check_header(size: tuple[int, int], path: Path) -> None:
@@ -183,15 +214,14 @@ def _decode_reduced(path: str | Path, image_size: int):  # -> tuple[PIL.Image.Im
     """:func:`decode_for`, plus the DCT scale the image was decoded at (pixels per full-size pixel, x and y), None when
     it was decoded at full size. libjpeg's 1/s output is ``ceil(side / s)`` pixels wide, its last one partly outside
     the picture, so the scale is 1/s exactly, not the ratio of the sizes."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"image not found: {p}")
     try:
-        with Image.open(p) as opened:
+        with opened_image(p, p) as opened:
             full = opened.size
-            check_header(full, p)
             scale: tuple[float, float] | None = None
             if opened.format == "JPEG":
                 k = DRAFT_MARGIN * resize_size_for(image_size) / min(full)
@@ -207,8 +237,6 @@ def _decode_reduced(path: str | Path, image_size: int):  # -> tuple[PIL.Image.Im
             return to_rgb(opened), full, scale
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{p}: refusing to decode, {str(exc).split(',')[0].lower()}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"not a readable image: {p}") from exc
 

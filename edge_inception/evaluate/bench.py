@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import EdgeInceptionError, ModelFileError
 from ..fileio import resolve_link
 from ..limits import check_batch, check_batch_memory, check_threads
-from ..report import Axis, Boxes, Figure, Panel, Point, Points
+from ..report import Axis, Boxes, Figure, Panel, Point, Points, md_text
 from ..vocab import BASELINE_ENGINES, Baseline
 from .cpu import cpu_info
 from .load import DISTURBED_CORES, LoadMeter, RoundLoad
@@ -367,10 +367,10 @@ def _gpu_line(gpu: dict[str, str] | None) -> str:
 def markdown(report: BenchReport, *, title: bool = True) -> str:
     m = report.machine
     lines = ["# edge-inception bench", ""] if title else []
-    lines += [f"- CPU: {m.cpu} ({m.arch}, {m.cores} cores; {', '.join(m.simd)}), threads: {m.threads_requested}",
+    lines += [f"- CPU: {md_text(m.cpu)} ({m.arch}, {m.cores} cores; {', '.join(m.simd)}), threads: {m.threads_requested}",
               f"- GPU: {_gpu_line(m.gpu)}", f"- libraries: {', '.join(f'{k} {v}' for k, v in m.libraries.items())}",
               f"- FP32 matmul peak (probe): {m.matmul_peak_macs_per_s / 1e9:.1f} G multiply-adds/s"]
-    lines += [f"- note: {n}" for n in report.notes]
+    lines += [f"- note: {md_text(n, 2000)}" for n in report.notes]
     if report.rounds:
         lines.append("- rounds (load average before -> after; other processes' CPU use; stolen): " + "; ".join(
             f"{r.round + 1}: {_num(r.loadavg_before)} -> {_num(r.loadavg_after)}, others {_num(r.others_cores)} core, "
@@ -384,7 +384,8 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
         lat, sp = r.latency_ms, r.speedup_vs
         agree = "-" if r.agreement is None else f"{r.agreement:.1%}"
         peak = peak_text(r.peak_fraction)
-        lines.append(f"| {r.engine} | {r.device} | {r.batch} | {lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± "
+        lines.append(f"| {md_text(r.engine)} | {md_text(r.device)} | {r.batch} | "
+                     f"{lat['p50']:.2f} | {lat['p90']:.2f} | {lat['p99']:.2f} | {lat['mean']:.2f} ± "
                      f"{lat['std']:.2f} | {r.throughput_ips:.1f} | {r.macs_per_s / 1e9:.1f} | {peak} | "
                      f"{_speedup(sp, TORCH_ENGINE)} | {_speedup(sp, ORT_DEFAULT_ENGINE)} | "
                      + (f"{_speedup(sp, TORCH_GRAPH_ENGINE)} | " if graph else "") + f"{agree} |")

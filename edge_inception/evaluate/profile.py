@@ -21,7 +21,7 @@ from ..engines.registry import PLAIN_ONNX_BACKEND, artifact_info, get_backend, i
 from ..engines.runner import NodeTime, Timings
 from ..errors import EdgeInceptionError
 from ..limits import check_batch, check_batch_memory
-from ..report import Axis, Bars, Figure, Series
+from ..report import Axis, Bars, Figure, Series, md_text
 from .flops import count_graph, stage_of
 
 OTHER = "other"
@@ -146,9 +146,9 @@ def unassigned_text(report: ProfileReport) -> str:
 
 
 def markdown(report: ProfileReport, *, title: bool = True) -> str:
-    lines = [f"# edge-inception profile: {Path(report.artifact).name}", ""] if title else []
-    lines += [f"- {report.backend} / {report.precision} on {report.device}, batch {report.batch}, {report.iterations} profiled runs "
-              f"({report.source})",
+    lines = [f"# edge-inception profile: {md_text(Path(report.artifact).name)}", ""] if title else []
+    lines += [f"- {report.backend} / {report.precision} on {md_text(report.device)}, batch {report.batch}, {report.iterations} profiled runs "
+              f"({md_text(report.source)})",
               f"- end to end {report.end_to_end_ms:.3f} ms (mean of the runs); nodes {report.nodes_ms:.3f} ms; " + unassigned_text(report), "",
               "| stage | ms | % of time | M multiply-adds | paper (M) | % of multiply-adds | G multiply-adds/s | nodes |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]

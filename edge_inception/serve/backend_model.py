@@ -67,21 +67,20 @@ class _Preprocess:
         self.input_name, self.output_name = "IMAGE", params.get("output_name", "input")
 
     def one(self, raw: bytes) -> Any:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
-        from ..data.images import check_header, preprocess, to_rgb
+        from ..data.images import opened_image, preprocess, to_rgb
         from ..errors import ImageError
 
         if len(raw) > MAX_IMAGE_BYTES:
             raise ImageError(f"an image of {len(raw) >> 20} MB is more than the {MAX_IMAGE_BYTES >> 20} MB taken")
         try:
-            with Image.open(io.BytesIO(raw)) as opened:
-                check_header(opened.size, Path("request"))
+            with opened_image(io.BytesIO(raw), Path("request")) as opened:
                 opened.load()
                 rgb = to_rgb(opened)
         except ImageError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise ImageError("not a readable image") from exc
         return preprocess(rgb, self.image_size)
 

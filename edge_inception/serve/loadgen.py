@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import DatasetError, EdgeInceptionError, OutputPathError, ServeError
 from ..fileio import ensure_folder, install_files, output_target, private_tempdir, staging_dir
 from ..limits import MAX_BATCH
-from ..report import Axis, Bars, Figure, Series
+from ..report import Axis, Bars, Figure, Series, md_text
 from ..vocab import Choice
 
 log = logging.getLogger(__name__)
@@ -720,16 +720,17 @@ def markdown(report: ScenarioReport) -> str:
 
     m = report.machine
     lines = ["# edge-inception bench: MLPerf LoadGen scenarios", "",
-             f"- CPU: {m.cpu} ({m.arch}, {m.cores} cores; {', '.join(m.simd)})", f"- GPU: {_gpu_line(m.gpu)}",
+             f"- CPU: {md_text(m.cpu)} ({m.arch}, {m.cores} cores; {', '.join(m.simd)})", f"- GPU: {md_text(_gpu_line(m.gpu))}",
              f"- libraries: {', '.join(f'{k} {v}' for k, v in m.libraries.items())}"]
-    lines += [f"- note: {n}" for n in report.notes]
+    lines += [f"- note: {md_text(n, 2000)}" for n in report.notes]
     lines += ["", "| target | engine | scenario | result | metric | value | samples/s | p50 ms | p90 ms | p99 ms | queries | top-1 | settings |",
               "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report.results:
         lat = r.latency_ms
-        verdict = "VALID" if r.valid else "INVALID: " + "; ".join(r.invalid_reasons)
+        verdict = "VALID" if r.valid else "INVALID: " + md_text("; ".join(r.invalid_reasons), 2000)
         settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.settings.items() if k not in ("scenario", "mode"))
-        lines.append(f"| {r.target} | {r.engine} | {r.scenario} | {verdict} | {r.metric} | {r.metric_value:.2f} | {r.samples_per_s:.1f} | "
+        lines.append(f"| {md_text(r.target)} | {md_text(r.engine)} | {r.scenario} | "
+                     f"{verdict} | {r.metric} | {r.metric_value:.2f} | {r.samples_per_s:.1f} | "
                      f"{_ms(lat.get('p50'))} | {_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {r.query_count} | "
                      f"{'-' if r.top1 is None else f'{r.top1:.2%} ({r.accuracy_samples})'} | {settings} |")
     return "\n".join(lines) + "\n"

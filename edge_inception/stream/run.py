@@ -34,7 +34,7 @@ from ..data.images import crop_resize, normalize, preprocess
 from ..engines.registry import artifact_info, open_runner
 from ..errors import StreamError, Terminated
 from ..evaluate.predict import softmax
-from ..report import Axis, Bars, Figure, Series
+from ..report import Axis, Bars, Figure, Series, md_text
 from ..vocab import PreprocessMode
 from .calibrate import CALIBRATION_FRAMES, CALIBRATION_MAX_S, CALIBRATION_WARMUP, SplitKey, calibrated_split
 from .decoders import probe
@@ -190,10 +190,10 @@ class StreamSummary:
         return lines
 
     def as_markdown(self) -> str:
-        lines = [f"# edge-inception stream: {self.source}", ""] + [f"- {line}" for line in self.headline()]
-        lines += [f"- saved: {self.saved} ({self.saved_frames} frames)"] if self.saved else []
+        lines = [f"# edge-inception stream: {md_text(self.source)}", ""] + [f"- {md_text(line, 2000)}" for line in self.headline()]
+        lines += [f"- saved: {md_text(self.saved)} ({self.saved_frames} frames)"] if self.saved else []
         lines += [f"- ended by {self.interrupted}: the summary covers the frames classified so far"] if self.interrupted else []
-        lines += [f"- output error: {self.output_error}"] if self.output_error else []
+        lines += [f"- output error: {md_text(self.output_error)}"] if self.output_error else []
         lines += ["", f"Per stage, {IN_STREAM}:", "", "| stage | p50 ms | p90 ms | mean ms |", "|---|---:|---:|---:|"]
         lines += [f"| {k} | {s.p50:.2f} | {s.p90:.2f} | {s.mean:.2f} |" for k, s in self.stages.items()]
         return "\n".join(lines) + "\n"

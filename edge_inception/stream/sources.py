@@ -760,9 +760,8 @@ def _nvjpeg(src: FolderSource) -> Callable[[Path], tuple[np.ndarray, tuple[int, 
     formats through Pillow. The header is checked first, as :func:`~edge_inception.data.images.load_image` does. Not
     run on NVIDIA hardware in this project's tests (none was lent)."""
     from nvidia.dali import fn, pipeline_def, types
-    from PIL import Image
 
-    from ..data.images import check_header
+    from ..data.images import opened_image
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=0, prefetch_queue_depth=1)
     def jpeg_pipeline() -> Any:
@@ -775,8 +774,7 @@ def _nvjpeg(src: FolderSource) -> Callable[[Path], tuple[np.ndarray, tuple[int, 
 
     def decode(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
         try:
-            with Image.open(path) as opened:
-                check_header(opened.size, path)
+            with opened_image(path, path) as opened:
                 is_jpeg = opened.format == "JPEG"
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"not a readable image: {path}") from exc
