@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
@@ -112,15 +113,26 @@ def note(text: str) -> None:
         typer.echo(shown(text), err=True)
 
 
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*(\.\d*)?|\.\d+)(e[-+]?\d+)?\s*(%|x|ms|s|MB)?")
+
+
+def numeric_column(cells: Iterable[str]) -> bool:
+    """A column to right-align: every cell a number (an optional unit: %, x, ms, s, MB) or empty / ``-``."""
+    cells = [c.strip() for c in cells]
+    return any(c not in ("", "-") for c in cells) and all(c in ("", "-") or _NUMBER.fullmatch(c) is not None for c in cells)
+
+
 def echo_table(rows: list[list[str]], header: list[str]) -> None:
-    """A plain table on stdout; every cell escaped (:func:`shown`)."""
+    """A plain table on stdout; every cell escaped (:func:`shown`); numeric columns right-aligned, text left-aligned,
+    no trailing spaces (a long text cell in the last column does not pad the others)."""
     header = [shown(h) for h in header]
     rows = [[shown(c) for c in row] for row in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    right = [i > 0 and numeric_column(str(r[i]) for r in rows) for i in range(len(header))]
+    typer.echo("  ".join(h.rjust(w) if r else h.ljust(w) for h, w, r in zip(header, widths, right)).rstrip())
     typer.echo("  ".join("-" * w for w in widths))
     for row in rows:
-        typer.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        typer.echo("  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(row, widths, right)).rstrip())
 
 
 def write_outputs(report: Report, *, json: Path | None = None, markdown: Path | None = None, png: Path | None = None,

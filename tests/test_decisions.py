@@ -714,3 +714,18 @@ def test_preprocess_honours_its_size_mean_and_std():
     assert raw.min() >= 0.0 and raw.max() <= 1.0 and raw.dtype == np.float32
     assert normalize(Image.new("RGB", (1, 1), (255, 0, 51)), (0.5, 0.5, 0.5), (0.5, 0.25, 0.1))[:, 0, 0].tolist() == pytest.approx(
         [1.0, -2.0, -3.0])  # (1 - 0.5) / 0.5, (0 - 0.5) / 0.25, (0.2 - 0.5) / 0.1
+
+
+def test_tables_right_align_numbers_only_and_carry_no_trailing_spaces(capsys):
+    """Numbers line up on the right, text on the left; a long text cell in the last column pads nothing (the pipeline's
+    stage table printed 380-character rows, text right-aligned, before)."""
+    from edge_inception.cli_common import echo_table, numeric_column
+
+    assert numeric_column(["4.5", "59.1", "-", "12 %", "1.03x", "1,426"]) and not numeric_column(["4.5", "ort-fp32"])
+    assert not numeric_column(["", "-"])  # nothing to align
+    echo_table([["export", "4.5", "model.fp32.onnx"], ["quantize int8", "59.1", "x" * 50]], ["stage", "seconds", "result"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "stage          seconds  result"
+    assert lines[2] == "export             4.5  model.fp32.onnx"
+    assert lines[3] == "quantize int8     59.1  " + "x" * 50
+    assert all(line == line.rstrip() for line in lines)
