@@ -229,10 +229,6 @@ def pick_key(cpu_model: str, cpu_flags: frozenset[str], model_sha256: str, targe
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _record_digest(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
-
-
 MAX_RECORD_TEXT = 2000  # characters of a record's text field (a failure's one line, a date)
 MAX_RECORD_MS = 3.6e6  # a p50 above an hour is not a measurement of one inference
 
@@ -253,26 +249,20 @@ def read_pick_record(path: Path, key: str, batch: int | None = None) -> dict[str
     (one entry per backend, each a p50 in (0, 1 h] ms or the reason there is none; ``batch`` the one measured for this
     model when given; ``disturbed`` a bool; text fields at most :data:`MAX_RECORD_TEXT` characters). The sha256 catches
     an edit, a truncation or a mix-up, not a forgery: whoever can write the cache folder can rewrite it."""
-    from .fileio import read_json
+    from .fileio import read_record
 
-    if not path.is_file():
-        return None
-    try:
-        doc = read_json(path, MAX_PICK_RECORD_BYTES, "backend record")
-    except EdgeInceptionError as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return None
     seen: set[str] = set()
-    ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc)
-          and isinstance(doc.get("times"), list) and 0 < len(doc["times"]) <= len(Backend)
-          and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool) and 1 <= doc["batch"] <= MAX_BATCH
-          and (batch is None or doc["batch"] == batch) and isinstance(doc.get("disturbed", False), bool)
-          and isinstance(doc.get("measured_at", ""), str) and len(doc.get("measured_at", "")) <= MAX_RECORD_TEXT
-          and all(_record_time_ok(t, seen) for t in doc["times"]))
-    if not ok:
-        log.warning("ignoring %s: not a record for this model and CPU, or its hash does not match", path)
-        return None
-    return dict(doc)
+
+    def fields_ok(doc: dict[str, Any]) -> bool:
+        return (isinstance(doc.get("times"), list) and 0 < len(doc["times"]) <= len(Backend)
+                and isinstance(doc.get("batch"), int) and not isinstance(doc.get("batch"), bool) and 1 <= doc["batch"] <= MAX_BATCH
+                and (batch is None or doc["batch"] == batch) and isinstance(doc.get("disturbed", False), bool)
+                and isinstance(doc.get("measured_at", ""), str) and len(doc.get("measured_at", "")) <= MAX_RECORD_TEXT
+                and all(_record_time_ok(t, seen) for t in doc["times"]))
+
+    doc = read_record(path, key, MAX_PICK_RECORD_BYTES, "backend record", fields_ok,
+                      "not a record for this model and CPU, or its hash does not match")
+    return None if doc is None else dict(doc)
 
 
 def pick_backend(model: str | Path, target: Target, *, threads: int | None = None, expect: Precision | str | None = None,
@@ -295,7 +285,7 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
     from .engines.choose import BackendTime, backends_to_measure, fastest_backend
     from .evaluate.bench import BenchConfig, run_bench
     from .evaluate.cpu import cpu_info
-    from .fileio import cache_dir, sha256_file, write_json_atomic
+    from .fileio import cache_dir, sha256_file, write_record
     from .onnx_file import graph_precision, load_onnx, onnx_facts
 
     src = Path(model)
@@ -352,10 +342,9 @@ def pick_backend(model: str | Path, target: Target, *, threads: int | None = Non
                            "precision": precision.value, "threads": n_threads, "libraries": libraries, "batch": batch,
                            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "disturbed": disturbed,
                            "times": [{"backend": t.backend.value, "p50_ms": t.p50_ms, "failure": t.failure} for t in times]}
-    doc["sha256"] = _record_digest(doc)
     written: Path | None = path
     try:
-        write_json_atomic(path, doc)
+        write_record(path, doc)
         remembered = f"remembered in {path}"
     except EdgeInceptionError as exc:  # an unwritable cache costs a measurement next time, not this build
         log.warning("cannot remember the backend measurement: %s", exc)

@@ -19,7 +19,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -633,6 +633,36 @@ def read_json(path: str | os.PathLike[str], max_bytes: int, what: str = "file", 
     anything else (a FIFO, a huge file, invalid or deeply nested JSON, NaN) is ``error`` in one line."""
     text = read_text(path, max_bytes, what, error=error)
     return parse_json(text, f"{what} {path}", error=error)
+
+
+def record_digest(doc: dict[str, Any]) -> str:
+    """The sha256 a cache record carries: over its canonical JSON (sorted keys), its own ``sha256`` field left out."""
+    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
+
+
+def write_record(path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
+    """A measured choice remembered in the cache folder: ``doc`` with its :func:`record_digest` added, written atomically.
+    Raises what :func:`write_json_atomic` raises."""
+    return write_json_atomic(path, {**doc, "sha256": record_digest(doc)})
+
+
+def read_record(path: Path, key: str, max_bytes: int, what: str, fields_ok: Callable[[dict[str, Any]], bool],
+                mismatch: str) -> dict[str, Any] | None:
+    """A record :func:`write_record` wrote, or None (with one warning) when there is none or it does not check out: not
+    JSON, more than ``max_bytes``, another ``key``, a sha256 that does not match its content, or fields that
+    ``fields_ok`` refuses (``mismatch`` says so). The sha256 catches an edit, a truncation or a mix-up, not a forgery:
+    whoever can write the cache folder can rewrite it, hence ``fields_ok``."""
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path, max_bytes, what)
+    except EdgeInceptionError as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+    if not (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == record_digest(doc) and fields_ok(doc)):
+        log.warning("ignoring %s: %s", path, mismatch)
+        return None
+    return doc
 
 
 def parse_json(text: str, where: str, *, error: type[EdgeInceptionError] = ModelFileError) -> Any:

@@ -244,10 +244,10 @@ def test_build_without_backend_picks_the_fastest_measured_and_remembers(tmp_path
     """`build --target cpu` without --backend on a real INT8 model: every CPU backend installed is measured on this
     machine, the fastest (by the pure rule, on the recorded figures) is built, and stderr says which and why; the
     record is remembered (hash-checked: a tampered one is measured again); --backend forces one."""
-    from edge_inception.autobuild import _record_digest
     from edge_inception.engines.candidates import NOISE
     from edge_inception.engines.candidates import missing_backends as missing_of
     from edge_inception.engines.choose import BackendTime, fastest_backend
+    from edge_inception.fileio import record_digest
     from edge_inception.vocab import Backend, Precision
 
     if importlib.util.find_spec("openvino") is None:
@@ -265,7 +265,7 @@ def test_build_without_backend_picks_the_fastest_measured_and_remembers(tmp_path
     records = list((tmp_path / "cache" / "backend-choice").glob("*.json"))
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
-    assert rec["sha256"] == _record_digest(rec) and rec["precision"] == "int8" and {t["backend"] for t in rec["times"]} == {"ort", "openvino"}
+    assert rec["sha256"] == record_digest(rec) and rec["precision"] == "int8" and {t["backend"] for t in rec["times"]} == {"ort", "openvino"}
     assert all(t["p50_ms"] > 0 for t in rec["times"])
     cpu = get_target("cpu")
     expected = fastest_backend(cpu, Precision.int8, None, missing_of(cpu),
@@ -295,14 +295,15 @@ def test_a_backend_record_rewritten_with_its_hash_is_still_checked_field_by_fiel
     pick_backend writes it before the record may choose a backend: a batch other than the one measured for the model
     (or absurd), a 'disturbed' that is not a bool, a backend listed twice, no times, a time and a failure both or
     neither, an unbounded text. Each such record is measured again (None); the record as written is taken."""
-    from edge_inception.autobuild import _record_digest, read_pick_record
+    from edge_inception.autobuild import read_pick_record
+    from edge_inception.fileio import record_digest
 
     good = {"key": "k", "cpu": "c", "batch": 1, "measured_at": "2026-01-01 00:00:00 UTC", "disturbed": False,
             "times": [{"backend": "ort", "p50_ms": 0.5, "failure": None}, {"backend": "openvino", "p50_ms": None, "failure": "no"}]}
     path = tmp_path / "k.json"
 
     def read(doc: dict, batch: int | None = 1) -> dict | None:
-        path.write_text(json.dumps({**doc, "sha256": _record_digest(doc)}))
+        path.write_text(json.dumps({**doc, "sha256": record_digest(doc)}))
         return read_pick_record(path, "k", batch)
 
     assert read(good) is not None

@@ -55,10 +55,6 @@ class SplitKey:
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _record_digest(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "sha256"}, sort_keys=True).encode()).hexdigest()
-
-
 def _rate_ok(r: Any) -> bool:
     d, e, fps = (r.get("decoder"), r.get("engine"), r.get("fps")) if isinstance(r, dict) else (None, None, None)
     return (isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 4096
@@ -69,19 +65,12 @@ def _rate_ok(r: Any) -> bool:
 def read_split_record(path: Path, key: str) -> tuple[list[SplitRate], str] | None:
     """The rates remembered in ``path`` and when they were measured, or None when there is no record or it does not
     check out (another key, a hash that does not match its content, a field of the wrong type or range)."""
-    from ..fileio import read_json
+    from ..fileio import read_record
 
-    if not path.is_file():
-        return None
-    try:
-        doc = read_json(path, MAX_SPLIT_RECORD_BYTES, "thread split record")
-    except EdgeInceptionError as exc:
-        log.warning("ignoring %s: %s", path, exc)
-        return None
-    ok = (isinstance(doc, dict) and doc.get("key") == key and doc.get("sha256") == _record_digest(doc)
-          and isinstance(doc.get("rates"), list) and 1 <= len(doc["rates"]) <= 16 and all(_rate_ok(r) for r in doc["rates"]))
-    if not ok:
-        log.warning("ignoring %s: not a thread split record for this CPU, model and source, or its hash does not match", path)
+    doc = read_record(path, key, MAX_SPLIT_RECORD_BYTES, "thread split record",
+                      lambda d: isinstance(d.get("rates"), list) and 1 <= len(d["rates"]) <= 16 and all(_rate_ok(r) for r in d["rates"]),
+                      "not a thread split record for this CPU, model and source, or its hash does not match")
+    if doc is None:
         return None
     return [SplitRate(r["decoder"], r["engine"], float(r["fps"])) for r in doc["rates"]], str(doc.get("measured_at", "?"))
 
@@ -98,7 +87,7 @@ def calibrated_split(key: SplitKey, candidates: Sequence[tuple[int, int | None]]
     """The split to stream with: remembered in ``cache`` for ``key``, else each of ``candidates`` measured with
     ``rate(pair)`` (FPS; an exception or a non-positive rate: the split is not usable here) and remembered. ``rate``
     None (a live source, which is read once): a remembered split, else the runtimes' defaults, said so."""
-    from ..fileio import write_json_atomic
+    from ..fileio import write_record
 
     digest = key.digest()
     path = cache / f"{digest}.json"
@@ -125,10 +114,9 @@ def calibrated_split(key: SplitKey, candidates: Sequence[tuple[int, int | None]]
                            "frame_size": list(key.frame_size) if key.frame_size else None, "preprocess": key.preprocess,
                            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                            "rates": [{"decoder": r.decoder, "engine": r.engine, "fps": round(r.fps, 3)} for r in rates]}
-    doc["sha256"] = _record_digest(doc)
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, doc)
+        write_record(path, doc)
         where = f"measured now on the first frames; remembered in {path}"
     except (EdgeInceptionError, OSError) as exc:  # an unwritable cache costs a measurement next time, not this stream
         log.warning("cannot remember the thread split: %s", exc)
