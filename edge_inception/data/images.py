@@ -304,15 +304,22 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
             images += sub.images
             skipped += sub.skipped
     if check:
-        good = []
-        for f in images:
-            try:
-                load_image(f)
-                good.append(f)
-            except ImageError:
-                skipped.append(f)
-        images = good
+        images, unreadable = _decodable(images)
+        skipped += unreadable
     return ImageScan(images, skipped)
+
+
+def _decodable(images: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``images`` split by one decode each (:func:`load_image`): those that decode, and those that do not."""
+    good: list[Path] = []
+    bad: list[Path] = []
+    for f in images:
+        try:
+            load_image(f)
+            good.append(f)
+        except ImageError:
+            bad.append(f)
+    return good, bad
 
 
 def scan_photo_folder(root: str | Path, what: str, max_images: int) -> ImageScan:
@@ -348,13 +355,8 @@ def scan_photo_folder(root: str | Path, what: str, max_images: int) -> ImageScan
             images.append(f)
             if len(images) > max_images:
                 raise LimitError(f"{what} {base}: more than {max_images} image files, the most one run judges")
-    good = []
-    for f in images:
-        try:
-            load_image(f)
-            good.append(f)
-        except ImageError:
-            skipped.append(f)
+    good, unreadable = _decodable(images)
+    skipped += unreadable
     if not good:
         raise ImageError(f"{what} {base}: no readable images (jpg/png/bmp/webp/tiff); {len(skipped)} other file(s) skipped")
     return ImageScan(good, skipped)
