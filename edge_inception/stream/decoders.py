@@ -58,45 +58,60 @@ def probe(table: tuple[DecoderSpec, ...] = DECODERS, exists: Callable[[str], boo
     return importable, present
 
 
-class ModelScaler:
+class _CropGraph:
+    """A PyAV filter graph from a decoded frame (its own size and pixel format) through :meth:`filters`, built for the
+    first frame and rebuilt when the frames change size or pixel format; :meth:`run` pushes a frame and pulls the result.
+    ``threads``: the graph's threads (FFmpeg's slice threads; 1 keeps the decode stage on its share of the cores)."""
+
+    def __init__(self, image_size: int, threads: int = 1) -> None:
+        self.image_size, self.threads = image_size, threads
+        self.key: tuple[int, int, str] | None = None
+        self.graph: Any = None
+
+    def filters(self, width: int, height: int) -> list[tuple[str, str]]:
+        """The (filter, arguments) chain for frames of ``width`` x ``height``, in order."""
+        raise NotImplementedError
+
+    def run(self, frame: Any) -> Any:
+        """``frame`` (a PyAV ``VideoFrame``) through the graph: the filtered ``VideoFrame``."""
+        key = (frame.width, frame.height, frame.format.name)
+        if key != self.key:
+            from fractions import Fraction
+
+            import av
+
+            graph = av.filter.Graph()
+            graph.threads = self.threads
+            nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                      time_base=frame.time_base or Fraction(1, 1000))]
+            nodes += [graph.add(name, args) for name, args in self.filters(frame.width, frame.height)]
+            nodes.append(graph.add("buffersink"))
+            graph.link_nodes(*nodes).configure()
+            self.graph, self.key = graph, key
+        self.graph.push(frame)
+        return self.graph.pull()
+
+
+class ModelScaler(_CropGraph):
     """FFmpeg's filter graph ``crop`` (in the frame's own pixel format: a 4:2:0 frame is cut, never converted) then
     ``scale`` to the model's size with :data:`~edge_inception.stream.plan.SCALE_FLAGS` then ``format=rgb24``: one
     conversion, of the pixels the model sees. ``__call__(frame)``: a PyAV ``VideoFrame`` -> size x size x 3 uint8 RGB.
     The graph is rebuilt when the frames change size or pixel format. ``threads``: the scaler's threads (FFmpeg's
     slice threads; 1 keeps the decode stage on its share of the cores)."""
 
-    def __init__(self, image_size: int, threads: int = 1) -> None:
-        self.image_size, self.threads = image_size, threads
-        self.key: tuple[int, int, str] | None = None
-        self.graph: Any = None
-        self.crop: CropScale | None = None
+    crop: CropScale | None = None
 
-    def _build(self, width: int, height: int, fmt: Any, time_base: Any) -> None:
-        import av
-
+    def filters(self, width: int, height: int) -> list[tuple[str, str]]:
         self.crop = c = decoder_crop(width, height, self.image_size)
-        graph = av.filter.Graph()
-        graph.threads = self.threads
-        src = graph.add_buffer(width=width, height=height, format=fmt, time_base=time_base)
-        crop = graph.add("crop", f"{c.width}:{c.height}:{c.x}:{c.y}:exact=1")
-        scale = graph.add("scale", f"{c.size}:{c.size}:flags={SCALE_FLAGS}")
-        rgb = graph.add("format", "rgb24")
-        sink = graph.add("buffersink")
-        graph.link_nodes(src, crop, scale, rgb, sink).configure()
-        self.graph, self.key = graph, (width, height, fmt.name)
+        return [("crop", f"{c.width}:{c.height}:{c.x}:{c.y}:exact=1"), ("scale", f"{c.size}:{c.size}:flags={SCALE_FLAGS}"),
+                ("format", "rgb24")]
 
     def __call__(self, frame: Any) -> np.ndarray:
-        from fractions import Fraction
-
-        key = (frame.width, frame.height, frame.format.name)
-        if key != self.key:
-            self._build(frame.width, frame.height, frame.format, frame.time_base or Fraction(1, 1000))
-        self.graph.push(frame)
-        out: np.ndarray = self.graph.pull().to_ndarray()
+        out: np.ndarray = self.run(frame).to_ndarray()
         return out
 
 
-class ModelCrop:
+class ModelCrop(_CropGraph):
     """The fast path's model crop of a decoded frame, the exact path's pixels without its full-frame work: FFmpeg's
     ``crop`` filter cuts :func:`~edge_inception.stream.plan.decoder_region`'s region in the frame's own pixel format (even
     offsets: 4:2:0 chroma is cut, never resampled), PyAV converts that region to RGB with the exact path's own call
@@ -109,35 +124,21 @@ class ModelCrop:
     averages 2 x 2 blocks or more where the crop shrinks 4 x or more, cheaper and further from exact (measured: up to 8
     levels at 224 px, 10 at 64 px, top-1 unchanged on a 150-frame 1080p clip; offered to the benchmark, not the stream)."""
 
+    region: DecoderRegion | None = None
+
     def __init__(self, image_size: int, threads: int = 1, reducing_gap: float | None = None) -> None:
-        self.image_size, self.threads, self.reducing_gap = image_size, threads, reducing_gap
-        self.key: tuple[int, int, str] | None = None
-        self.graph: Any = None
-        self.region: DecoderRegion | None = None
+        super().__init__(image_size, threads)
+        self.reducing_gap = reducing_gap
 
-    def _build(self, width: int, height: int, fmt: Any, time_base: Any) -> None:
-        import av
-
+    def filters(self, width: int, height: int) -> list[tuple[str, str]]:
         self.region = r = decoder_region(width, height, self.image_size)
-        graph = av.filter.Graph()
-        graph.threads = self.threads
-        src = graph.add_buffer(width=width, height=height, format=fmt, time_base=time_base)
-        crop = graph.add("crop", f"{r.width}:{r.height}:{r.x}:{r.y}:exact=1")
-        sink = graph.add("buffersink")
-        graph.link_nodes(src, crop, sink).configure()
-        self.graph, self.key = graph, (width, height, fmt.name)
+        return [("crop", f"{r.width}:{r.height}:{r.x}:{r.y}:exact=1")]
 
     def __call__(self, frame: Any) -> np.ndarray:
-        from fractions import Fraction
-
         from PIL import Image
 
-        key = (frame.width, frame.height, frame.format.name)
-        if key != self.key:
-            self._build(frame.width, frame.height, frame.format, frame.time_base or Fraction(1, 1000))
-        assert self.region is not None
-        self.graph.push(frame)
-        rgb = self.graph.pull().to_ndarray(format="rgb24")
+        rgb = self.run(frame).to_ndarray(format="rgb24")
+        assert self.region is not None  # set by filters() when run() built the graph
         out: np.ndarray = np.asarray(Image.fromarray(rgb).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR,
                                                                   box=self.region.box, reducing_gap=self.reducing_gap))
         return out
