@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, OutputPathError
 from ..vocab import Backend, Precision
 from .manifest import Manifest
 from .registry import BuildJob, BuildOutput
@@ -34,8 +34,20 @@ def openvino_version() -> str:
 def build_ir(source: Path, artifact: Path) -> None:
     """ONNX (including Q/DQ INT8) -> OpenVINO IR; weights go to the .bin beside the .xml."""
     ov = _ov()
-    model = ov.convert_model(str(source))
-    ov.save_model(model, str(artifact), compress_to_fp16=False)
+    _save_ir(ov.convert_model(str(source)), source, artifact)
+
+
+def _save_ir(model: Any, source: Path, artifact: Path) -> None:
+    """``ov.save_model`` (FP32 weights kept), its failure one :class:`OutputPathError`: OpenVINO's C++ streams say
+    "basic_ios::clear: iostream error", not why, so a folder with less room than the source model is named as full."""
+    import shutil
+
+    try:
+        _ov().save_model(model, str(artifact), compress_to_fp16=False)
+    except RuntimeError as exc:
+        free = shutil.disk_usage(artifact.parent).free
+        why = f"No space left on device ({free} bytes free)" if free < source.stat().st_size else f"OpenVINO's save_model: {exc}"
+        raise OutputPathError(f"cannot write {artifact}: {why}") from exc
 
 
 def nncf_quantize_ir(source: Path, artifact: Path, batches: list[np.ndarray]) -> str:
@@ -49,7 +61,7 @@ def nncf_quantize_ir(source: Path, artifact: Path, batches: list[np.ndarray]) ->
     except ImportError as exc:
         raise BackendUnavailableError(NNCF_HINT) from exc
     quantized = nncf.quantize(ov.convert_model(str(source)), nncf.Dataset(batches), subset_size=len(batches))
-    ov.save_model(quantized, str(artifact), compress_to_fp16=False)
+    _save_ir(quantized, source, artifact)
     return str(nncf.__version__)
 
 
