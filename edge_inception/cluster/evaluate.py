@@ -28,36 +28,38 @@ from ..data.images import prefetch_batches
 from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
+from ..evaluate.verify import top_classes
 from ..vocab import FolderOrder, PreprocessMode
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+CHUNKS_PER_CALL = 8  # engine batches per Ray Data batch: decoding overlaps inference within the call, as in plain eval
 
 
 class Classifier:
     """Ray Data's callable class: built once per actor (the artifact opened once), called per batch of paths.
 
     A batch is ``{"path": N str}``; the answer adds ``top`` (N x k int64 class indices, best first, -1 where the image
-    did not decode) and ``error`` (N str, empty where it decoded)."""
+    did not decode) and ``error`` (N str, empty where it decoded). The batch runs through the engine ``batch_size``
+    images at a time, the next chunk decoded in a thread while the engine runs this one (plain eval's overlap: a batch
+    from Ray is :data:`CHUNKS_PER_CALL` chunks, so only its first chunk's decoding is not hidden)."""
 
-    def __init__(self, artifact: str, image_size: int, mode: str, k: int, threads: int | None) -> None:
+    def __init__(self, artifact: str, image_size: int, mode: str, k: int, threads: int | None, batch_size: int = 16) -> None:
         self.runner = open_runner(artifact, threads=threads).__enter__()
-        self.image_size, self.mode, self.k = image_size, PreprocessMode(mode), k
+        self.image_size, self.mode, self.k, self.batch_size = image_size, PreprocessMode(mode), k, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [Path(str(p)) for p in batch["path"]]
         top = np.full((len(paths), self.k), -1, np.int64)
         errors = np.array([""] * len(paths), dtype=object)
         index = {p: i for i, p in enumerate(paths)}
-        for chunk in prefetch_batches(paths, self.image_size, self.mode, batch_size=max(1, len(paths)), ahead=1):
+        for chunk in prefetch_batches(paths, self.image_size, self.mode, batch_size=self.batch_size):
             for p, why in chunk.failed:
                 errors[index[p]] = why or "unreadable"
             if chunk.paths:
-                logits = self.runner.run(chunk.tensors)
-                rows = np.argsort(-logits, axis=1)[:, : self.k]  # the order verify.topk_hits uses
-                top[[index[p] for p in chunk.paths]] = rows
+                top[[index[p] for p in chunk.paths]] = top_classes(self.runner.run(chunk.tensors), self.k)  # the ranking every command uses
         return {"path": batch["path"], "top": top, "error": errors}
 
     def __del__(self) -> None:
@@ -80,7 +82,8 @@ class ClusterEvalResult(EvalResult):
 
 class ClusterTopK:
     """A :class:`~edge_inception.evaluate.topk.TopKOnFiles` on the Ray cluster at ``address`` (``local``: a private one
-    with ``workers`` CPUs): ``workers`` actors, ``batch_size`` images per call. Joined (Ray imported) at the first call,
+    with ``workers`` CPUs): ``workers`` actors, ``batch_size`` images per engine call (:data:`CHUNKS_PER_CALL` of them per Ray
+    Data batch). Joined (Ray imported) at the first call,
     kept for the next ones (``quantize`` judges several models), left, and a private cluster stopped, on exit.
 
     ``startup_s``: seconds until the cluster was usable; ``seconds``: the last pass (decode + preprocess + inference +
@@ -123,10 +126,12 @@ class ClusterTopK:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         sent = sorted({str(Path(p).resolve()) for p in paths})
-        blocks = max(1, min(len(sent) // self.batch_size, self.workers * 8))
+        per_call = self.batch_size * CHUNKS_PER_CALL
+        blocks = max(1, min(-(-len(sent) // per_call), self.workers * 8))
         items = ray.data.from_items([{"path": p} for p in sent], override_num_blocks=blocks)
-        ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k, self.threads),
-                               batch_size=self.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+        ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k, self.threads,
+                                                                self.batch_size),
+                               batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
                                num_cpus=1, max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
         t0 = time.perf_counter()
         try:
@@ -155,7 +160,7 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
                         mode: PreprocessMode = PreprocessMode.fast, order: FolderOrder = FolderOrder.numeric,
                         threads: int | None = None) -> ClusterEvalResult:
     """Top-1 / top-5 of ``artifact`` on the ImageFolder ``data`` over the Ray cluster at ``address`` (``local``: a
-    private one with ``workers`` CPUs), ``workers`` actors, ``batch_size`` images per call (:class:`ClusterTopK`).
+    private one with ``workers`` CPUs), ``workers`` actors, ``batch_size`` images per engine call (:class:`ClusterTopK`).
 
     ``seconds`` covers the data set's pass (decode + preprocess + inference + transfers), not the cluster's start-up
     (``startup_s``). Unreadable files are counted in ``skipped`` and listed in ``failed``.

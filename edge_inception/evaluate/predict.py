@@ -19,15 +19,9 @@ from ..model.labels import imagenet_folder_index
 from ..names import is_number
 from ..vocab import FolderOrder, PreprocessMode
 from .preprocess_agreement import DEFAULT_AGREEMENT_SAMPLE, PreprocessAgreement, fast_exact_agreement, spread_sample
-from .verify import topk_hits
+from .verify import softmax, top_classes, topk_hits
 
 log = logging.getLogger(__name__)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 @dataclass
@@ -73,9 +67,8 @@ def predict(artifact: str | Path, images: Sequence[str | Path], top_k: int = 5, 
             failed += [(str(p), why) for p, why in batch.failed]
             if not batch.paths:
                 continue
-            probs = softmax(runner.run(batch.tensors))
-            for path, p in zip(batch.paths, probs):
-                order = np.argsort(-p)[:k]
+            logits = runner.run(batch.tensors)
+            for path, p, order in zip(batch.paths, softmax(logits), top_classes(logits, k)):
                 results.append(Prediction(str(path), [(int(i), names[i], float(p[i])) for i in order]))
         seconds = time.perf_counter() - t0
     if not results and len(failed) == 1:

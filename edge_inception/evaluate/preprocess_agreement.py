@@ -18,6 +18,7 @@ from ..data.images import load_tensor
 from ..errors import ImageError
 from ..limits import DEFAULT_AGREEMENT_SAMPLE
 from ..vocab import PreprocessMode
+from .verify import softmax, top_classes
 
 __all__ = ["DEFAULT_AGREEMENT_SAMPLE", "PreprocessAgreement", "fast_exact_agreement", "spread_sample"]
 
@@ -62,12 +63,6 @@ def spread_sample(paths: Sequence[Path], k: int) -> list[Path]:
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, k).round().astype(int)]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=-1, keepdims=True))
-
-
 def fast_exact_agreement(runner: Any, paths: Sequence[Path], image_size: int, population: int | None = None) -> PreprocessAgreement:
     """Every path through both preprocessing paths and ``runner`` (an open :class:`engines.runner.Runner`: ``run(N x 3 x S x S)``
     -> logits). Unreadable images are left out of the count. Identical tensors count as agreeing with |dp| = 0 without
@@ -86,8 +81,9 @@ def fast_exact_agreement(runner: Any, paths: Sequence[Path], image_size: int, po
             continue
         reduced += 1
         max_in = max(max_in, float(np.abs(fast - exact).max()))
-        probs = _softmax(np.asarray(runner.run(np.stack([fast, exact]))).reshape(2, -1))
-        agree += int(np.argmax(probs[0]) == np.argmax(probs[1]))
+        logits = np.asarray(runner.run(np.stack([fast, exact]))).reshape(2, -1).astype(np.float64)
+        probs, top = softmax(logits), top_classes(logits, 1)
+        agree += int(top[0, 0] == top[1, 0])
         max_dp = max(max_dp, float(np.abs(probs[0] - probs[1]).max()))
     return PreprocessAgreement(compared, population if population is not None else len(paths), reduced,
                                agree / compared if compared else 1.0, max_dp, max_in)

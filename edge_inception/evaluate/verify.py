@@ -13,6 +13,21 @@ import numpy as np
 from ..errors import VerificationError
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of N x C ``logits`` (row-wise softmax, in the logits' float type). Rank classes with
+    :func:`top_classes` on the logits, not on these: rounding can make distinct logits equal probabilities."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+
+def top_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best classes of each row of ``scores`` (N x C, or one row of C; logits), best first, as int64 indices
+    (N x k, or k). Equal scores rank in class order (the lower index first, as ``np.argmax`` picks), so every command
+    (predict, eval, verify, serve, stream, the cluster) ranks a tie alike: a quantized model's logits often tie."""
+    return np.argsort(-np.asarray(scores), axis=-1, kind="stable")[..., :k]
+
+
 @dataclass
 class Parity:
     """How far ``candidate`` logits are from ``reference`` logits."""
@@ -47,8 +62,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     diff = np.abs(ref - cand)
     scale = max(float(np.abs(ref).max()), 1e-12)
     k = min(5, ref.shape[1])
-    top_ref = np.argsort(-ref, axis=1)[:, :k]
-    top_cand = np.argsort(-cand, axis=1)[:, :k]
+    top_ref = top_classes(ref, k)
+    top_cand = top_classes(cand, k)
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand)])
     cos = np.sum(ref * cand, axis=1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-300)
     return Parity(
@@ -85,7 +100,7 @@ class StepReport:
 
 def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[int, int]:
     """How many rows have their label first, and among the top ``k``."""
-    top = np.argsort(-logits, axis=1)[:, :k]
+    top = top_classes(logits, k)
     return int((top[:, 0] == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
 
 

@@ -435,7 +435,8 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
     A fault (the server dies, stops answering, answers wrongly) is a ServeError saying how many of the images were
     classified before it."""
     from ..data.images import find_images, load_batch
-    from ..evaluate.predict import Prediction, PredictRun, softmax
+    from ..evaluate.predict import Prediction, PredictRun
+    from ..evaluate.verify import softmax, top_classes
 
     results: list[Prediction] = []
     started = time.perf_counter()
@@ -454,9 +455,8 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
             labels = client.class_names(batch_of(scan.images[:1]) if model.takes_images else None)
             for start in range(0, len(scan.images), chunk_size):
                 chunk = scan.images[start:start + chunk_size]
-                probs = softmax(client.logits(batch_of(chunk)))
-                for path, p in zip(chunk, probs):
-                    order = np.argsort(-p)[:k]
+                logits = client.logits(batch_of(chunk))
+                for path, p, order in zip(chunk, softmax(logits), top_classes(logits, k)):
                     results.append(Prediction(str(path), [(int(i), labels[i], float(p[i])) for i in order]))
                     if on_prediction is not None:
                         on_prediction(results[-1])

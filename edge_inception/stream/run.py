@@ -33,7 +33,7 @@ import numpy as np
 from ..data.images import crop_resize, normalize, preprocess
 from ..engines.registry import artifact_info, open_runner
 from ..errors import StreamError, Terminated
-from ..evaluate.predict import softmax
+from ..evaluate.verify import softmax, top_classes
 from ..report import Axis, Bars, Figure, Series, md_text
 from ..vocab import PreprocessMode
 from .calibrate import CALIBRATION_FRAMES, CALIBRATION_MAX_S, CALIBRATION_WARMUP, SplitKey, calibrated_split
@@ -448,9 +448,9 @@ def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSumma
             if item is None:
                 break
             t0 = time.perf_counter()
-            probs = softmax(runner.run(item.tensor[None]))[0]
+            logits = runner.run(item.tensor[None])
             t1 = time.perf_counter()
-            order = np.argsort(-probs)[:k]
+            probs, order = softmax(logits)[0], top_classes(logits[0], k)
             f = item.frame
             result = FrameResult(f.index, f.timestamp_s, f.name, [(int(i), names[i], float(probs[i])) for i in order],
                                  StageTimes(f.decode_ms, item.preprocess_ms, (t1 - t0) * 1e3, (t1 - item.started) * 1e3))
