@@ -58,7 +58,8 @@ mutate: $(STAMP)
 	$(VENV)/bin/mutmut results
 
 # Re-records every results file (suite, candidates, bench agreement, stream, serve, INT8 verdict) in under 20 minutes on a
-# quiet 2-core machine, each script waiting for a 1-minute load average below 0.5 first (benchmarks/record_all.py).
+# quiet 2-core machine: it waits for a 1-minute load average below 0.5, then starts each script once the rest of the machine
+# is idle (benchmarks/record_all.py).
 # BENCH_ARGS=--smoke: tiny settings into a scratch folder, no waiting: does every script still run (not figures).
 bench: $(STAMP)
 	$(PY) benchmarks/record_all.py $(BENCH_ARGS)

@@ -2,11 +2,13 @@
 
     python benchmarks/record_all.py [--out benchmarks/results] [--only suite,stream,...] [--smoke] [--max-load 0.5]
 
-Each script runs in its own process, in turn, after waiting (up to 10 min) for the 1-minute load average to fall below
---max-load; each writes its own results with the CPU's name and ISA flags and every round's load (benchmarks/_record.py),
-and says whether it may be quoted. The budget below is each script's share of the 20 minutes on a quiet 2-core machine
-(its settings are chosen to fit it); a script still running at twice its budget is stopped and reported as such. Shared
-inputs (the demo net trained briefly, its INT8 CPU artifact) are made once, first.
+It first waits (up to 10 min) for the 1-minute load average to fall below --max-load; then each script runs in its own
+process, in turn, and starts once the rest of the machine has used under a tenth of a core for 5 s (the load average
+would mostly remember the previous script: benchmarks/_record.py). Each writes its own results with the CPU's name and
+ISA flags and every round's load, and says whether it may be quoted. The budget below is each script's share of the 20
+minutes on a quiet 2-core machine (its settings are chosen to fit it); a script still running at twice its budget is
+stopped and reported as such. Shared inputs (the demo net trained briefly, its INT8 CPU artifact) are made once,
+first.
 
 --smoke: tiny settings, no waiting, results into a scratch folder (never benchmarks/results): a check that every script
 still runs, not figures. Writes record_all.md (each script: seconds, exit status, quotable) into --out.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import Record  # noqa: E402
+from _record import SEQUENCE_ENV, Record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="record-all-smoke-")) if args.smoke else args.out
     rows = []
     t_all = time.monotonic()
+    if not args.smoke:
+        start = Record(max_load=args.max_load)
+        rows.append({"step": "wait for load < " + f"{args.max_load:g}", "seconds": start.wait_for_quiet(), "rc": 0, "budget_s": "-"})
+        os.environ[SEQUENCE_ENV] = str(start.load_at_start if start.load_at_start is not None else 0.0)  # every later Record reads it
     with tempfile.TemporaryDirectory(prefix="record-all-") as tmp:
         work = Path(tmp)
         shared: dict[str, str] = {}
@@ -109,9 +116,6 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if step.name not in wanted:
                 continue
-            waited = 0.0
-            if not args.smoke:
-                waited = Record(max_load=args.max_load).wait_for_quiet()
             folder = out / step.results if step.results else out
             settings = [a.format(out=folder, **shared) for a in (step.smoke if args.smoke else step.args)]
             cmd = [PY, str(HERE / settings[0]), *settings[1:]]
@@ -122,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 rc = "timed out"
             seconds = round(time.monotonic() - t0, 1)
-            rows.append({"step": step.name, "seconds": seconds, "waited_s": waited, "rc": rc, "budget_s": step.budget_s,
+            rows.append({"step": step.name, "seconds": seconds, "rc": rc, "budget_s": step.budget_s,
                          "quotable": _quotable(folder)})
             print(f"== {step.name}: {seconds} s, exit {rc}", flush=True)
     total = round(time.monotonic() - t_all, 1)
     lines = ["# make bench", "", f"`python benchmarks/record_all.py {' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`: {total:.0f} s "
              f"in all (budget {BUDGET_S} s)" + (" (smoke: tiny settings, figures not meaningful)" if args.smoke else ""), "",
-             "| step | seconds | budget s | waited for quiet s | exit | quotable |", "|---|---:|---:|---:|---|---|"]
-    lines += [f"| {r['step']} | {r['seconds']} | {r['budget_s']} | {r.get('waited_s', '-')} | {r['rc']} | {r.get('quotable', '-')} |" for r in rows]
+             "| step | seconds | budget s | exit | quotable |", "|---|---:|---:|---|---|"]
+    lines += [f"| {r['step']} | {r['seconds']} | {r['budget_s']} | {r['rc']} | {r.get('quotable', '-')} |" for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     (out / "record_all.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

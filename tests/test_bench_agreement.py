@@ -45,6 +45,34 @@ def test_record_verdict_by_hand():
     assert rec.isa == rec.as_dict()["isa"] and rec.cpu and f"ISA: {_record.isa_text(rec.isa)}" in rec.header()[0]
 
 
+def test_inside_make_bench_a_start_is_judged_by_the_others_not_by_our_own_load():
+    """make bench judges its start by the load average; each later script by the rest of the machine, since the load
+    average then mostly remembers make bench's previous script (ours)."""
+    rec = _record.Record(max_load=0.5)
+    rec.sequence_load, rec.others_before, rec.load_at_start = 0.3, 0.03, 2.5
+    assert rec.quotable and "make bench started at load 0.3; other processes used 0.03 core" in rec.why()
+    rec.others_before = 0.4  # someone else was busy before this script
+    assert not rec.quotable and "not quiet at the start" in rec.why() and "0.4 core" in rec.why()
+    rec.sequence_load, rec.others_before = 0.7, 0.0  # make bench itself did not start quiet
+    assert not rec.quotable
+    outside = _record.Record(max_load=0.5)
+    outside.sequence_load, outside.load_at_start = None, 2.5  # a script run alone keeps the load rule
+    assert not outside.quotable and "load average was 2.5 at the start" in outside.why()
+
+
+def test_make_bench_waits_for_the_others_to_be_idle(monkeypatch):
+    """Inside make bench, wait_for_quiet measures the rest of the machine over a window: idle now, so one window."""
+    monkeypatch.setenv(_record.SEQUENCE_ENV, "0.2")
+    monkeypatch.setattr(_record, "IDLE_WINDOW_S", 0.5)
+    rec = _record.Record(max_load=0.5)
+    assert rec.sequence_load == 0.2
+    waited = rec.wait_for_quiet(limit_s=5.0)
+    assert rec.others_before is not None and waited >= 0.5
+    assert rec.as_dict()["bench_start_load"] == 0.2 and rec.as_dict()["others_cores_before"] == rec.others_before
+    monkeypatch.setenv(_record.SEQUENCE_ENV, "not a number")
+    assert _record.Record().sequence_load is None
+
+
 def test_record_measures_again_while_disturbed():
     """A round disturbed by a process that is not ours is measured again; the first stays in the record, not counted."""
     rec = _record.Record()
