@@ -108,3 +108,23 @@ def test_eval_cluster_prints_one_line_of_its_own_and_no_library_warning(tmp_path
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cluster local: 1 worker(s), ready after"), r.stderr[-3000:]
     assert not ray_procs.marked()
+
+
+def test_an_actor_on_a_joined_cluster_runs_one_engine_thread_per_ray_cpu(tmp_path):
+    """Without --threads, an actor's engine runs as many threads as CPUs Ray gave it (assigned_cpus), so that actors
+    sharing a node share its cores instead of each starting one thread per core."""
+    script = textwrap.dedent("""
+        import json, sys
+        from edge_inception.cluster.connect import connect
+        from edge_inception.cluster.evaluate import assigned_cpus
+        with connect("local", num_cpus=3):
+            import ray
+            task = ray.remote(assigned_cpus)
+            cpus = [ray.get(task.options(num_cpus=n).remote(), timeout=120) for n in (1, 3)]
+        json.dump(cpus, open(sys.argv[1], "w"))
+    """)
+    out = tmp_path / "cpus.json"
+    r = ray_procs.run([sys.executable, "-c", script, str(out)], RUN_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(out.read_text()) == [1, 3]
+    assert not ray_procs.marked()

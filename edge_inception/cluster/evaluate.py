@@ -47,7 +47,8 @@ class Classifier:
     from Ray is :data:`CHUNKS_PER_CALL` chunks, so only its first chunk's decoding is not hidden)."""
 
     def __init__(self, artifact: str, image_size: int, mode: str, k: int, threads: int | None, batch_size: int = 16) -> None:
-        self.runner = open_runner(artifact, threads=threads).__enter__()
+        self.threads = threads if threads is not None else assigned_cpus()
+        self.runner = open_runner(artifact, threads=self.threads).__enter__()
         self.image_size, self.mode, self.k, self.batch_size = image_size, PreprocessMode(mode), k, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -66,6 +67,14 @@ class Classifier:
         runner = getattr(self, "runner", None)
         if runner is not None:
             runner.__exit__(None, None, None)
+
+
+def assigned_cpus() -> int:
+    """The CPUs Ray gave this actor (its ``num_cpus``; at least 1): its engine's threads, so that several actors on one
+    node share its cores instead of each starting a thread per core (``workers`` actors x cores threads on a node)."""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
 @dataclass
@@ -100,6 +109,7 @@ class ClusterTopK:
             import os
 
             threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the machine's cores, as plain eval's one runner does
+        # on a joined cluster (threads None) each actor's engine runs as many threads as Ray CPUs it was given (assigned_cpus)
         self.address, self.workers, self.batch_size, self.threads = address, workers, batch_size, threads
         self.startup_s = self.seconds = 0.0
         self.passes = 0
