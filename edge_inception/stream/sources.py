@@ -171,7 +171,7 @@ class AvSource(VideoSource):
         return io.BytesIO(b"")
 
     def open(self) -> None:
-        require_modules("stream (video decoding)", "av")
+        require_modules("stream (video decoding)", "av", *(("scipy",) if self.want.model else ()))  # scipy: ModelCrop's resample
         import av
 
         try:
