@@ -81,8 +81,8 @@ RESAMPLE_SUPPORT = 1.0
 @dataclass(frozen=True)
 class DecoderRegion:
     """The fast path's cut of a frame: the region ``x``, ``y``, ``width``, ``height`` (source pixels, even offsets) that
-    the decoder converts to RGB, and ``box`` (left, top, right, bottom), the reference crop in that region's pixels,
-    which Pillow's ``resize(box=...)`` scales to ``size`` x ``size``."""
+    the decoder cuts, and ``box`` (left, top, right, bottom), the reference crop in that region's pixels, which
+    :func:`resample_weights` scales to ``size`` x ``size`` (Pillow's ``resize(box=...)``, the exact path's filter)."""
 
     x: int
     y: int
