@@ -429,6 +429,20 @@ def test_the_cli_summary_says_which_figures_are_alone_and_which_inside(clip):
     assert s["threads"]["engine"] == 1
 
 
+def test_the_fast_path_without_scipy_is_one_line_naming_the_extra(clip, monkeypatch):
+    """The fast video path resamples with SciPy: where it is not installed, ``stream`` says so in one line naming the
+    ``[stream]`` extra, before any frame; ``--preprocess exact`` needs no SciPy and runs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # not importable here, as on a device without it
+    r = runner.invoke(app, ["stream", str(clip["model"]), str(clip["video"]), "--threads", "1"])
+    assert r.exit_code not in (0, None) and isinstance(r.exception, SystemExit), r.output  # a clean exit, no traceback
+    said = [x for x in r.output.splitlines() if "scipy" in x]
+    assert len(said) == 1 and "stream (video decoding) needs scipy" in said[0] and "edge-inception[stream]" in said[0], r.output
+    r = runner.invoke(app, ["stream", str(clip["model"]), str(clip["video"]), "--threads", "1", "--preprocess", "exact"])
+    assert r.exit_code == 0, r.output
+
+
 def test_a_split_given_is_used(clip):
     from edge_inception.stream.plan import ThreadSplit
     from edge_inception.stream.run import run_stream
