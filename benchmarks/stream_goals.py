@@ -174,15 +174,14 @@ FFMPEG_ROUNDS = 3  # alternating rounds of decode only / FFmpeg's decode+scale /
 def ffmpeg_rates(video: Path, size: int, decoder_threads: int, rounds: int = FFMPEG_ROUNDS) -> dict:
     """FFmpeg (PyAV) by itself on ``video``: decode only, decode + the model's crop scaled to ``size`` in RGB by FFmpeg's
     own scaler in one pass (decoders.ModelScaler: FFmpeg's own rate), and decode + the stream's fast path on the decoder
-    side (decoders.ModelCrop: the region converted as the exact path converts, Pillow's resample of the crop); ms per
+    side (decoders.ModelCrop: the region's planes resampled as the exact path resamples, then converted); ms per
     frame and frames/s, the median of ``rounds`` rounds taken in turn (so that a load that comes and goes falls on each
     alike), with each round's figures and load."""
     import av
 
     from edge_inception.stream.decoders import ModelCrop, ModelScaler
 
-    ways = {"decode_only": None, "decode_scale_rgb": ModelScaler, "decode_model_crop": ModelCrop,
-            "decode_model_crop_reduced": lambda s: ModelCrop(s, reducing_gap=2.0)}
+    ways = {"decode_only": None, "decode_scale_rgb": ModelScaler, "decode_model_crop": ModelCrop}
     runs: dict[str, list[float]] = {k: [] for k in ways}
     frames = 0
     loads = []
@@ -209,7 +208,6 @@ def ffmpeg_rates(video: Path, size: int, decoder_threads: int, rounds: int = FFM
         out[name] = {"ms_per_frame": round(med, 3), "fps": round(1e3 / med, 2), "frames": frames, "rounds_ms": [round(x, 3) for x in ms]}
     out["rounds_load_1min"] = loads
     out["model_crop_vs_ffmpeg_scale"] = round(out["decode_model_crop"]["ms_per_frame"] / out["decode_scale_rgb"]["ms_per_frame"], 3)
-    out["model_crop_reduced_vs_ffmpeg_scale"] = round(out["decode_model_crop_reduced"]["ms_per_frame"] / out["decode_scale_rgb"]["ms_per_frame"], 3)
     return out
 
 
@@ -423,12 +421,9 @@ def markdown(r: dict) -> str:
                   f"| FFmpeg by itself: decode + the model's crop scaled to its size in RGB | {ff['decode_scale_rgb']['ms_per_frame']} ms | "
                   f"{ff['decode_scale_rgb']['fps']} FPS |",
                   f"| FFmpeg decode only | {ff['decode_only']['ms_per_frame']} ms | {ff['decode_only']['fps']} FPS |",
-                  *([f"| decode + the fast path's cut (region in RGB as exact converts it, Pillow's resample of the crop) | "
+                  *([f"| decode + the fast path's cut (the region's planes resampled as exact resamples, then converted) | "
                      f"{ff['decode_model_crop']['ms_per_frame']} ms | {ff['decode_model_crop']['fps']} FPS "
                      f"(**{ff['model_crop_vs_ffmpeg_scale']} x** FFmpeg's decode+scale) |"] if "decode_model_crop" in ff else []),
-                  *([f"| the same with Pillow's reducing_gap 2.0 (a box average first: cheaper, a few levels from exact; not the stream's) | "
-                     f"{ff['decode_model_crop_reduced']['ms_per_frame']} ms | {ff['decode_model_crop_reduced']['fps']} FPS "
-                     f"({ff['model_crop_reduced_vs_ffmpeg_scale']} x) |"] if "decode_model_crop_reduced" in ff else []),
                   f"| the serial bound, 1 / (decode+scale + engine) | {sb['ms_per_frame']} ms | {sb['fps']} FPS |",
                   f"| `stream` (stages measured inside the stream) | decode stage {v['ms_inside_the_stream']['decode']['mean']} ms, "
                   f"inference {v['ms_inside_the_stream']['inference']['mean']} ms | **{v['stream_fps']} FPS** |", "",

@@ -10,7 +10,7 @@ import importlib.util
 
 # The optional parts of the package: which extra brings each library (`pip install 'edge-inception[EXTRA]'`).
 EXTRAS = {"torch": "export", "onnxsim": "export", "safetensors": "export", "skimage": "export", "openvino": "openvino", "tensorrt": "tensorrt",
-          "av": "stream", "cv2": "stream"}
+          "av": "stream", "cv2": "stream", "scipy": "stream"}
 
 
 class EdgeInceptionError(Exception):

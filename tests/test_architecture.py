@@ -17,7 +17,7 @@ import edge_inception
 
 PACKAGE = Path(edge_inception.__file__).parent
 ROOT = PACKAGE.parent
-HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2", "ray"}
+HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2", "ray", "scipy"}
 BACKEND_MODULES = {"ort", "openvino", "tensorrt", "pytorch"}
 PRESETS = {"cpu", "gpu", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
 

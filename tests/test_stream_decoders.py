@@ -129,32 +129,95 @@ def _photo_clip(tmp_path: Path, width: int, height: int, frames: int) -> Path:
                       options={"crf": "23", "preset": "veryfast"})
 
 
-@pytest.mark.parametrize("width,height,size", [(640, 360, 224), (1280, 720, 64), (360, 640, 64)])
-def test_the_fast_video_path_is_the_exact_path_within_one_level(tmp_path, width, height, size):
-    """A clip of the bundled photos (pans and zooms, crf 23): the region the decoder converts is the same region of the
-    exact path's whole-frame conversion, bit for bit; the model's crop resampled from it differs from the exact path's
-    by at most one level (Pillow's box arithmetic), in fewer than 1 pixel value in 100, and the tiny colour-sensitive
-    classifier answers the same top-1 on every frame."""
+def test_resample_weights_hand_worked():
+    """4 pixels to 2 (scale 2, the triangle 2 pixels wide each side): output 0 is centred at 1.0, its taps run from
+    int(1 - 2 + 0.5) = 0 (clipped) to int(1 + 2 + 0.5) = 3, weighted 1 - |j + 0.5 - 1| / 2 = 0.75, 0.75, 0.25, then
+    normalised; output 1 (centre 3.0) mirrors it. Upscaling 2 pixels to 4 (scale 0.5, the triangle 1 pixel wide):
+    output 0 is centred at 0.25, its taps run from 0 to int(1.75) = 1: pixel 0 alone; output 1 (centre 0.75) reads
+    pixels 0 and 1 at 0.75 and 0.25. A box inside a row of 10 (2.5-6.5 to 2, scale 2): output 0 is centred at 3.5, its
+    taps 2-5 weighted 0.5, 1, 0.5, 0 before normalising."""
+    from edge_inception.stream.plan import resample_weights, subsampled
+
+    w = resample_weights(4, 0.0, 4.0, 2)
+    assert w.shape == (2, 4) and w.dtype == np.float32
+    np.testing.assert_allclose(w, [[3 / 7, 3 / 7, 1 / 7, 0], [0, 1 / 7, 3 / 7, 3 / 7]], rtol=1e-6)
+    np.testing.assert_allclose(resample_weights(2, 0.0, 2.0, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], rtol=1e-6)
+    box = resample_weights(10, 2.5, 6.5, 2)
+    np.testing.assert_allclose(box[0], [0, 0, 0.25, 0.5, 0.25, 0, 0, 0, 0, 0], atol=1e-7)
+    # a chroma plane at half the width: the weights of the two luma pixels that share a chroma sample, added
+    np.testing.assert_allclose(subsampled(w, 2), [[6 / 7, 1 / 7], [1 / 7, 6 / 7]], rtol=1e-6)
+    assert subsampled(resample_weights(5, 0.0, 5.0, 2), 2).shape == (2, 3)  # an odd width: the last chroma sample alone
+    with pytest.raises(ValueError):
+        resample_weights(4, 2.0, 2.0, 2)
+
+
+@pytest.mark.parametrize("box,size", [((30.25, 20.5, 471.25, 501.875), 224), ((0.0, 0.0, 512.0, 512.0), 64), ((10.0, 5.0, 60.0, 50.0), 224)])
+def test_resample_weights_are_pillows_resize(box, size):
+    """Applied as Pillow applies its coefficients (across, rounded to 8 bits, then down), the weights give Pillow's own
+    ``resize(box=..., BILINEAR)`` of a bundled photo: at most one level apart (Pillow's weights are fixed-point), on
+    under 2 % of the pixels; downscaled 7.5 x, kept whole, and upscaled 4.5 x."""
+    from PIL import Image
+
+    from edge_inception.data.images import bundled_photos, load_image
+    from edge_inception.stream.plan import resample_weights
+
+    photo = load_image(bundled_photos()[0]).convert("L")
+    plane = np.asarray(photo, dtype=np.float64)
+    rows = resample_weights(plane.shape[0], box[1], box[3], size)
+    columns = resample_weights(plane.shape[1], box[0], box[2], size)
+    across = np.clip(np.rint(plane @ columns.T.astype(np.float64)), 0, 255)
+    ours = np.clip(np.rint(rows.astype(np.float64) @ across), 0, 255)
+    pillow = np.asarray(photo.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.float64)
+    diff = np.abs(ours - pillow)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.02
+
+
+def _bt709(vf):
+    vf.colorspace = 1  # AVCOL_SPC_BT709: the frame says so, and both paths must convert with it
+    return vf
+
+
+@pytest.mark.parametrize("width,height,size,codec,frame", [
+    (640, 360, 224, "libx264", None),   # upscaled (360 rows to 256)
+    (1280, 720, 64, "libx264", None),
+    (360, 640, 64, "libx264", None),    # portrait
+    (640, 360, 64, "mjpeg", None),      # yuvj420p: full range
+    (640, 360, 64, "libx264", _bt709),  # a BT.709 frame
+    (640, 360, 64, "libx264", lambda vf: vf.reformat(format="nv12")),  # not planar YUV: cut in RGB, each colour resampled
+])
+def test_the_fast_video_path_is_the_exact_path_up_to_rounding(tmp_path, width, height, size, codec, frame):
+    """A clip of the bundled photos (pans and zooms): the region the decoder cuts is the same pixels as the exact path's
+    whole frame; the model's crop resampled from its planes
+    and converted after is the exact path's crop up to rounding (under half a level on average, more than 2 levels on
+    under 1 % of the values: where a colour clips, the exact path clips each pixel before the resample), and one
+    level at most where the frame is not planar YUV (then only the resample's rounding differs); the tiny
+    colour-sensitive classifier answers the same top-1 on every frame."""
     from PIL import Image
 
     from edge_inception.engines.registry import open_runner
     from edge_inception.evaluate.predict import softmax
-    from edge_inception.stream.decoders import ModelCrop
+    from edge_inception.stream.decoders import ModelCrop, _plane
 
     model = tiny_classifier(tmp_path / "tiny.onnx", image_size=size)
     cut = ModelCrop(size)
     ours, exact = [], []
-    for vf in _decoded(_photo_clip(tmp_path, width, height, 12)):
+    clip = (_photo_clip(tmp_path, width, height, 12) if codec == "libx264" else
+            make_video(tmp_path / "photos.mkv", pan_zoom_frames(width, height, 12), codec=codec, options={"qscale": "3"}))
+    for vf in _decoded(clip):
+        vf = frame(vf) if frame is not None else vf
         full = vf.to_ndarray(format="rgb24")
         ours.append(cut(vf))
         r = cut.region
         assert r is not None and r.x % 2 == 0 and r.y % 2 == 0
-        cut.graph.push(vf)  # the region as the decoder converts it, against the same pixels of the whole frame
-        assert np.array_equal(cut.graph.pull().to_ndarray(format="rgb24"), full[r.y:r.y + r.height, r.x:r.x + r.width])
+        cut.graph.push(vf)  # the region as the decoder cuts it: the same luma as the whole frame's, bit for bit
+        assert np.array_equal(_plane(cut.graph.pull().planes[0]), _plane(vf.planes[0])[r.y:r.y + r.height, r.x:r.x + r.width])
         exact.append(preprocess(Image.fromarray(full), size))
     exact_pixels = np.rint(np.stack([(e.transpose(1, 2, 0) * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255 for e in exact]))
     diff = np.abs(np.stack(ours).astype(float) - exact_pixels)
-    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    if frame is None or frame is _bt709:
+        assert diff.mean() < 0.5 and (diff > 2).mean() < 0.01
+    else:
+        assert diff.max() <= 1
     with open_runner(model) as runner:
         p_fast = softmax(runner.run(np.stack([normalize(o) for o in ours])))
         p_exact = softmax(runner.run(np.stack(exact)))
@@ -364,6 +427,20 @@ def test_the_cli_summary_says_which_figures_are_alone_and_which_inside(clip):
     assert any("per stage, inside the stream" in x for x in lines)
     assert any(x.strip().startswith("decoder: ") and "threads:" in x for x in lines)
     assert s["threads"]["engine"] == 1
+
+
+def test_the_fast_path_without_scipy_is_one_line_naming_the_extra(clip, monkeypatch):
+    """The fast video path resamples with SciPy: where it is not installed, ``stream`` says so in one line naming the
+    ``[stream]`` extra, before any frame; ``--preprocess exact`` needs no SciPy and runs."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # not importable here, as on a device without it
+    r = runner.invoke(app, ["stream", str(clip["model"]), str(clip["video"]), "--threads", "1"])
+    assert r.exit_code not in (0, None) and isinstance(r.exception, SystemExit), r.output  # a clean exit, no traceback
+    said = [x for x in r.output.splitlines() if "scipy" in x]
+    assert len(said) == 1 and "stream (video decoding) needs scipy" in said[0] and "edge-inception[stream]" in said[0], r.output
+    r = runner.invoke(app, ["stream", str(clip["model"]), str(clip["video"]), "--threads", "1", "--preprocess", "exact"])
+    assert r.exit_code == 0, r.output
 
 
 def test_a_split_given_is_used(clip):

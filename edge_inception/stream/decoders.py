@@ -1,8 +1,8 @@
 """What the decoders of :data:`~edge_inception.stream.plan.DECODERS` need at run time: probing what imports and which
 devices exist here (:func:`probe`), and the fast path's cut of a decoded frame (:class:`ModelCrop`: the region the
-model's crop reads, cut in the decoder's own pixel format, converted as the exact path converts, resampled as the exact
-path resamples). :class:`ModelScaler` (FFmpeg's own crop + scale, one pass) is the yardstick the benchmarks time the
-decode stage against.
+model's crop reads, cut in the decoder's own pixel format, its planes resampled as the exact path resamples, then
+converted as the exact path converts). :class:`ModelScaler` (FFmpeg's own crop + scale, one pass) is the yardstick the
+benchmarks time the decode stage against.
 
 The sources (:mod:`.sources`) read through the decoder :func:`~edge_inception.stream.plan.choose_decoder` picks, each
 source kind keeping a table from decoder name to its reading method.
@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from .plan import DECODERS, SCALE_FLAGS, CropScale, DecoderRegion, DecoderSpec, decoder_crop, decoder_region
+from .plan import (
+    DECODERS,
+    SCALE_FLAGS,
+    CropScale,
+    DecoderRegion,
+    DecoderSpec,
+    decoder_crop,
+    decoder_region,
+    resample_weights,
+    subsampled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,34 +121,86 @@ class ModelScaler(_CropGraph):
         return out
 
 
+# 8-bit planar YUV (what FFmpeg's software decoders give for H.264, HEVC, VP9, AV1, MJPEG): chroma samples per luma pixel
+# across and down. ModelCrop resamples these planes as they are; other formats are cut in RGB (the exact path's
+# conversion of the region) and resampled per colour.
+PLANAR_YUV: dict[str, tuple[int, int]] = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj422p": (2, 1),
+                                          "yuv444p": (1, 1), "yuvj444p": (1, 1)}
+
+
+def _plane(plane: Any) -> np.ndarray:
+    """A PyAV ``VideoPlane`` as a height x width uint8 view (its line padding cut off); writable where the plane is."""
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
 class ModelCrop(_CropGraph):
-    """The fast path's model crop of a decoded frame, the exact path's pixels without its full-frame work: FFmpeg's
-    ``crop`` filter cuts :func:`~edge_inception.stream.plan.decoder_region`'s region in the frame's own pixel format (even
-    offsets: 4:2:0 chroma is cut, never resampled), PyAV converts that region to RGB with the exact path's own call
-    (``to_ndarray(format="rgb24")``: FFmpeg's conversion is per 2 x 2 block, so the region's RGB is the same region of
-    the whole frame's, bit for bit), and Pillow resamples only the crop (``resize(box=...)``, the exact path's filter
-    and taps). What differs from the exact path is Pillow's arithmetic for a box (its corners as 32-bit floats): about
-    one pixel value in 2,000 moves by one level (measured on clips of the bundled photos, README).
-    ``__call__(frame)``: a PyAV ``VideoFrame`` -> size x size x 3 uint8 RGB. The graph is rebuilt when the frames
-    change size or pixel format. ``reducing_gap``: Pillow's (None, the exact path's: no box-average first); 2.0 first
-    averages 2 x 2 blocks or more where the crop shrinks 4 x or more, cheaper and further from exact (measured: up to 8
-    levels at 224 px, 10 at 64 px, top-1 unchanged on a 150-frame 1080p clip; offered to the benchmark, not the stream)."""
+    """The fast path's model crop of a decoded frame: the exact path's filter and geometry on the few pixels it needs.
+
+    FFmpeg's ``crop`` filter cuts :func:`~edge_inception.stream.plan.decoder_region`'s region in the frame's own pixel
+    format (even offsets: 4:2:0 chroma is cut with its luma). Each plane of the region (Y, and U and V at their own
+    size: 1.5 planes of a 4:2:0 frame, not 3 of RGB) is resampled to the model's size by the exact path's resample as
+    two sparse products (:func:`~edge_inception.stream.plan.resample_weights`: Pillow's antialiased bilinear of the
+    crop box, the chroma's weights :func:`~edge_inception.stream.plan.subsampled` as FFmpeg's conversion repeats each
+    chroma sample), rounded to 8 bits, and the small picture is converted to RGB by FFmpeg's own conversion, the exact
+    path's (``to_ndarray(format="rgb24")``: same pixel format, colour matrix and range as the frame; the luma repeated
+    to the chroma's grid, then one pixel per chroma sample kept). Conversion and resample are both linear up to
+    rounding and clipping, so the order is what differs from the exact path: about a third of a level on average, a
+    few levels where a colour clips (measured on clips of the bundled photos, README; bounded in
+    ``tests/test_stream_decoders.py``). A frame in another pixel format (10-bit, NV12, RGB) has its region converted
+    to RGB by the exact path's call and each colour resampled the same way.
+
+    ``__call__(frame)``: a PyAV ``VideoFrame`` -> size x size x 3 uint8 RGB. The graph and the weights are rebuilt when
+    the frames change size or pixel format. Needs SciPy (its sparse products)."""
 
     region: DecoderRegion | None = None
 
-    def __init__(self, image_size: int, threads: int = 1, reducing_gap: float | None = None) -> None:
+    def __init__(self, image_size: int, threads: int = 1) -> None:
         super().__init__(image_size, threads)
-        self.reducing_gap = reducing_gap
+        self._weights: dict[tuple[tuple[int, ...], tuple[int, int]], tuple[Any, Any]] = {}  # (shape, factor) -> (rows, columns)
+        self._reformatter: Any = None
 
     def filters(self, width: int, height: int) -> list[tuple[str, str]]:
         self.region = r = decoder_region(width, height, self.image_size)
+        self._weights = {}
         return [("crop", f"{r.width}:{r.height}:{r.x}:{r.y}:exact=1")]
 
-    def __call__(self, frame: Any) -> np.ndarray:
-        from PIL import Image
+    def _resample(self, plane: np.ndarray, factor: tuple[int, int] = (1, 1)) -> np.ndarray:
+        """A height x width plane of the region (one sample per ``factor`` luma pixels across, down) -> size x size
+        float32, the crop box resampled."""
+        key = (plane.shape, factor)
+        if key not in self._weights:
+            from scipy import sparse
 
-        rgb = self.run(frame).to_ndarray(format="rgb24")
-        assert self.region is not None  # set by filters() when run() built the graph
-        out: np.ndarray = np.asarray(Image.fromarray(rgb).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR,
-                                                                  box=self.region.box, reducing_gap=self.reducing_gap))
+            r, n = self.region, self.image_size
+            assert r is not None  # set by filters() when run() built the graph
+            rows = subsampled(resample_weights(r.height, r.box[1], r.box[3], n), factor[1])
+            columns = subsampled(resample_weights(r.width, r.box[0], r.box[2], n), factor[0])
+            self._weights[key] = (sparse.csr_array(rows), sparse.csr_array(columns))
+        rows, columns = self._weights[key]
+        out: np.ndarray = (columns @ (rows @ plane.astype(np.float32)).T).T  # sparse @ dense: SciPy's fast order
         return out
+
+    def __call__(self, frame: Any) -> np.ndarray:
+        cut = self.run(frame)
+        factor = PLANAR_YUV.get(cut.format.name)
+        if factor is None:  # not planar 8-bit YUV: the region in RGB as the exact path converts it, each colour resampled
+            rgb = cut.to_ndarray(format="rgb24")
+            return np.stack([_to_uint8(self._resample(rgb[:, :, c])) for c in range(3)], axis=2)
+        import av
+
+        n, (fx, fy) = self.image_size, factor
+        y, u, v = (_to_uint8(self._resample(_plane(p), (fx, fy) if i else (1, 1))) for i, p in enumerate(cut.planes[:3]))
+        small = av.VideoFrame(n * fx, n * fy, cut.format.name)  # one chroma sample per output pixel
+        small.colorspace, small.color_range = frame.colorspace, frame.color_range
+        _plane(small.planes[0])[:] = y.repeat(fy, axis=0).repeat(fx, axis=1)
+        _plane(small.planes[1])[:], _plane(small.planes[2])[:] = u, v
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()  # keeps FFmpeg's converter from frame to frame
+        rgb = self._reformatter.reformat(small, format="rgb24").to_ndarray()
+        return np.ascontiguousarray(rgb[::fy, ::fx])
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)

@@ -6,7 +6,8 @@ shared between decoding and the engine, and which decoder reads a source.
   then one scale to ``size x size`` by FFmpeg's scaler (:data:`SCALE_FLAGS`).
 - :func:`decoder_region`: the exact path's own geometry for the fast path: the region of the source that the reference
   resize reads for the model's crop (its taps included), on even pixels, and the crop box inside it, so that the
-  decoder converts only that region (the exact path's conversion) and Pillow resamples only the crop.
+  decoder cuts only that region, and :func:`resample_weights`, the exact path's resample (Pillow's antialiased
+  bilinear) of that box as a matrix per axis, with :func:`subsampled` for a chroma plane.
 - :func:`split_threads`: (cores, where the engine runs, a hardware decoder) -> decoder threads and engine threads
   where nothing is measured (an engine on a GPU, a hardware decoder, the user's ``--threads``).
 - :func:`split_candidates` and :func:`choose_split`: the splits worth measuring on a CPU, and the fastest of those
@@ -20,6 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..data.images import reference_geometry
 
@@ -78,8 +81,8 @@ RESAMPLE_SUPPORT = 1.0
 @dataclass(frozen=True)
 class DecoderRegion:
     """The fast path's cut of a frame: the region ``x``, ``y``, ``width``, ``height`` (source pixels, even offsets) that
-    the decoder converts to RGB, and ``box`` (left, top, right, bottom), the reference crop in that region's pixels,
-    which Pillow's ``resize(box=...)`` scales to ``size`` x ``size``."""
+    the decoder cuts, and ``box`` (left, top, right, bottom), the reference crop in that region's pixels, which
+    :func:`resample_weights` scales to ``size`` x ``size`` (Pillow's ``resize(box=...)``, the exact path's filter)."""
 
     x: int
     y: int
@@ -109,6 +112,39 @@ def decoder_region(width: int, height: int, image_size: int = 224, align: int = 
     x0, y0 = max(0, math.floor((left * sx - mx) / align) * align), max(0, math.floor((top * sy - my) / align) * align)
     x1, y1 = min(width, math.ceil((right * sx + mx) / align) * align), min(height, math.ceil((bottom * sy + my) / align) * align)
     return DecoderRegion(x0, y0, x1 - x0, y1 - y0, (left * sx - x0, top * sy - y0, right * sx - x0, bottom * sy - y0), image_size)
+
+
+def resample_weights(size: int, start: float, stop: float, out: int) -> np.ndarray:
+    """Pillow's ``BILINEAR`` resize (the exact path's) of the span ``start``-``stop`` of a row of ``size`` source pixels
+    to ``out`` pixels, as a matrix: ``out`` x ``size`` float32, row ``i`` the weights of output pixel ``i`` (they sum to
+    1). Pillow's geometry to the tap (``precompute_coeffs`` in its ``Resample.c``): pixel ``j`` is centred at ``j + 0.5``,
+    output ``i`` at ``start + (i + 0.5) * scale`` (``scale = (stop - start) / out``); the triangle's half-width is
+    :data:`RESAMPLE_SUPPORT` x ``max(scale, 1)`` (widened by the downscale factor: antialiased); the taps run from
+    ``int(centre - support + 0.5)`` to ``int(centre + support + 0.5)``, clipped to the row. Applied per axis
+    (``rows @ plane @ columns.T``) it is the exact path's resample in float arithmetic (Pillow rounds to 8 bits between
+    its two passes). Raises ValueError for an empty span or no output."""
+    if size < 1 or out < 1 or not stop > start:
+        raise ValueError(f"no resample of {start}-{stop} of {size} pixels to {out}")
+    scale = (stop - start) / out
+    filterscale = max(scale, 1.0)
+    support = RESAMPLE_SUPPORT * filterscale
+    centre = start + (np.arange(out) + 0.5) * scale
+    first = np.clip(np.trunc(centre - support + 0.5), 0, size)[:, None]  # C's (int): towards zero
+    last = np.clip(np.trunc(centre + support + 0.5), 0, size)[:, None]
+    j = np.arange(size)
+    w = np.maximum(0.0, 1.0 - np.abs((j + 0.5 - centre[:, None]) / filterscale)) * ((j >= first) & (j < last))
+    total = w.sum(axis=1, keepdims=True)
+    return (w / np.where(total > 0, total, 1.0)).astype(np.float32)
+
+
+def subsampled(weights: np.ndarray, factor: int) -> np.ndarray:
+    """``weights`` (out x luma pixels, :func:`resample_weights`) for a chroma plane with one sample per ``factor`` luma
+    pixels: the weights of the luma pixels that share a chroma sample added up (out x ceil(luma / factor)). This is the
+    exact path's chroma: FFmpeg's YUV -> RGB conversion repeats each chroma sample over its ``factor`` luma pixels, and
+    the resample of the repeated plane is the resample of the chroma plane with these weights."""
+    out, size = weights.shape
+    padded = np.pad(weights, ((0, 0), (0, -size % factor)))
+    return padded.reshape(out, -1, factor).sum(axis=2)
 
 
 @dataclass(frozen=True)

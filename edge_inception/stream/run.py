@@ -403,7 +403,7 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
     art = resolve_artifact(artifact)
     manifest = manifest_path(art)
     libraries = []
-    for dist in ("onnxruntime", "openvino", "av", "pillow"):
+    for dist in ("onnxruntime", "openvino", "av", "pillow", "scipy"):
         try:
             libraries.append((dist, version(dist)))
         except PackageNotFoundError:

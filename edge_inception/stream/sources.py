@@ -171,7 +171,7 @@ class AvSource(VideoSource):
         return io.BytesIO(b"")
 
     def open(self) -> None:
-        require_modules("stream (video decoding)", "av")
+        require_modules("stream (video decoding)", "av", *(("scipy",) if self.want.model else ()))  # scipy: ModelCrop's resample
         import av
 
         try:
@@ -239,8 +239,8 @@ class AvSource(VideoSource):
 
     def _picture(self, vf: Any, ts: float | None, t0: float) -> Frame:
         """A decoded PyAV frame as :class:`Frame`: the model's crop (the region it reads cut in the frame's own pixel
-        format, converted and resampled as the exact path does: :class:`~.decoders.ModelCrop`) and/or the whole picture
-        in RGB, as :attr:`want` asks."""
+        format, its planes resampled and converted as the exact path does: :class:`~.decoders.ModelCrop`) and/or the
+        whole picture in RGB, as :attr:`want` asks."""
         model = self._scaler()(vf) if self.want.model else None
         rgb = vf.to_ndarray(format="rgb24") if self.want.full or model is None else None
         frame = Frame(self._next_index, ts, rgb, (vf.width, vf.height), (time.perf_counter() - t0) * 1e3, model_rgb=model)
