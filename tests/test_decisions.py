@@ -410,7 +410,14 @@ def test_limits_are_inclusive_and_named():
                           (check_threads, max_threads() + 1, "--threads"), (check_threads, -1, "--threads")):
         with pytest.raises(LimitError, match=f"^{name} must be in "):
             fn(bad)
-    assert check_threads(max_threads()) == max_threads() == 4 * (os.cpu_count() or 1)
+    assert check_threads(max_threads()) == max_threads()
+
+
+def test_max_threads_is_four_per_core_by_hand(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert max_threads() == 12
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: as one core
+    assert max_threads() == 4
     with pytest.raises(LimitError, match=r"^--size must be in \[1, 1024\]"):
         check_batch(2000, name="--size")
 
