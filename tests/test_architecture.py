@@ -13,62 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import edge_inception
+from .import_walk import PACKAGE, ROOT, imports, modules, resolve
 
-PACKAGE = Path(edge_inception.__file__).parent
-ROOT = PACKAGE.parent
 HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2", "ray", "scipy"}
 BACKEND_MODULES = {"ort", "openvino", "tensorrt", "pytorch"}
 PRESETS = {"cpu", "gpu", "jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-agx-orin"}
-
-
-def modules() -> dict[str, ast.Module]:
-    out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        out[name] = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    return out
-
-
-def resolve(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
-    """Absolute names a statement imports (``from .x import y`` in ``a.b.c`` -> ``a.b.x`` and ``a.b.x.y``)."""
-    if isinstance(node, ast.Import):
-        return [a.name for a in node.names]
-    base = module.split(".")
-    is_package = (PACKAGE.parent / Path(*base) / "__init__.py").exists()
-    parts = base if is_package else base[:-1]
-    if node.level:
-        parts = parts[: len(parts) - (node.level - 1)]
-        target = ".".join([*parts, node.module] if node.module else parts)
-    else:
-        target = node.module or ""
-    return [target] + [f"{target}.{a.name}" for a in node.names]
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING" or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-
-
-def _module_level(node: ast.AST) -> list[ast.AST]:
-    """Every statement that runs when the module is imported: inside module-level ``try``/``with``/``if``/``for`` and class
-    bodies too, not inside functions, and not in ``if TYPE_CHECKING:`` blocks (they never run)."""
-    out: list[ast.AST] = []
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) or _is_type_checking(child):
-            continue
-        out.append(child)
-        out.extend(_module_level(child))
-    return out
-
-
-def imports(module: str, tree: ast.Module, *, top_level_only: bool) -> set[str]:
-    nodes = _module_level(tree) if top_level_only else list(ast.walk(tree))
-    found: set[str] = set()
-    for node in nodes:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.update(resolve(module, node))
-    return found
 
 
 def test_module_level_imports_are_seen_inside_try_with_and_if():
@@ -78,6 +27,37 @@ def test_module_level_imports_are_seen_inside_try_with_and_if():
                      "class C:\n    import tensorrt\n")
     assert imports("edge_inception.x", tree, top_level_only=True) == {"sys", "torch", "av", "cv2", "tensorrt"}
 
+
+
+def _stmt(code: str) -> ast.Import | ast.ImportFrom:
+    node = ast.parse(code).body[0]
+    assert isinstance(node, (ast.Import, ast.ImportFrom))
+    return node
+
+
+def test_walker_resolves_each_import_form_by_hand():
+    quantize, convert = "edge_inception.convert.quantize", "edge_inception.convert"  # a module; a package (__init__.py)
+    assert resolve(quantize, _stmt("import a.b, c")) == ["a.b", "c"]
+    assert resolve(quantize, _stmt("from a.b import c, d")) == ["a.b", "a.b.c", "a.b.d"]
+    assert resolve(quantize, _stmt("from .guard import x")) == ["edge_inception.convert.guard", "edge_inception.convert.guard.x"]
+    assert resolve(quantize, _stmt("from ..vocab import A")) == ["edge_inception.vocab", "edge_inception.vocab.A"]
+    assert resolve(quantize, _stmt("from .. import fileio")) == ["edge_inception", "edge_inception.fileio"]
+    # in a package's __init__ "." is the package itself, ".." its parent
+    assert resolve(convert, _stmt("from . import guard")) == ["edge_inception.convert", "edge_inception.convert.guard"]
+    assert resolve(convert, _stmt("from .guard import x")) == ["edge_inception.convert.guard", "edge_inception.convert.guard.x"]
+    assert resolve(convert, _stmt("from ..fileio import y")) == ["edge_inception.fileio", "edge_inception.fileio.y"]
+
+
+def test_walker_sees_module_level_code_only_when_asked_by_hand():
+    tree = ast.parse("import typing\nfrom .y import z\nif typing.TYPE_CHECKING:\n    import onnx\nelse:\n    import json\n"
+                     "async def g():\n    import av\nf = lambda: __import__('x')\nfor _ in ():\n    import cv2\n"
+                     "class C:\n    def m(self):\n        import ray\n")
+    relative = {"edge_inception.convert.y", "edge_inception.convert.y.z"}
+    assert imports("edge_inception.convert.quantize", tree, top_level_only=True) == {"typing", "json", "cv2"} | relative  # TYPE_CHECKING's else runs
+    assert imports("edge_inception.convert.quantize", tree, top_level_only=False) == {"typing", "onnx", "json", "av", "cv2", "ray"} | relative
+    names = modules()
+    assert "edge_inception" in names and "edge_inception.convert.guard" in names and "edge_inception.convert.__init__" not in names
+    assert all(isinstance(t, ast.Module) for t in names.values()) and len(names) == len(list(PACKAGE.rglob("*.py")))
 
 def test_convert_never_imports_engines():
     for name, tree in modules().items():

@@ -8,6 +8,7 @@ replace and sweep rules. Every expected value below is a literal, with the arith
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -170,6 +171,30 @@ def test_fastest_backend_with_one_or_no_backend_here():
         fastest_backend(cpu, Precision.int8, None, {Backend.ort: "no onnxruntime", Backend.openvino: NO_OV}, [], source="", noise=0.03)
     assert str(e.value) == f"target 'cpu': none of its backends runs here (not ort: no onnxruntime; not openvino: {NO_OV})"
 
+
+
+def test_fastest_backend_messages_by_hand():
+    cpu = get_target("cpu")
+    # a backend the probe never answered for is not usable, and the line says so
+    assert fastest_backend(cpu, Precision.int8, None, {Backend.ort: None}, [], source="", noise=0.03).line == (
+        "ort on the CPU: the only one of target 'cpu''s backends that runs here (not openvino: not probed)")
+    assert backends_to_measure(cpu, None, {Backend.ort: None}) == ()
+    # a target of one backend: nothing else to name, no empty brackets
+    solo = Target(name="solo", description="", device="cpu", backend="ort", backends=("ort",), default_precision="fp32",
+                  precisions=("fp32",))
+    assert fastest_backend(solo, Precision.fp32, None, {Backend.ort: None}, [], source="", noise=0.03).line == (
+        "ort on the CPU: the only one of target 'solo''s backends that runs here")
+    # every measurement failed: the first, with each failure named in the target's order, '; ' between them
+    both_failed = [BackendTime(Backend.ort, None, "no model"), BackendTime(Backend.openvino, None, "logits differ")]
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, both_failed, source="", noise=0.03).line == (
+        "ort on the CPU: the target's first; no backend could be measured (ort not judged: no model; openvino not judged: logits differ)")
+    # figures from the fastest up, not by name (ort before openvino here); a time for a backend that is not usable here
+    # (TensorRT on a CPU target) and one without a figure are not candidates
+    times = [BackendTime(Backend.openvino, 3.0), BackendTime(Backend.ort, 2.0), BackendTime(Backend.tensorrt, 1.0),
+             BackendTime(Backend.ort, None)]
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, times[:3], source="s", noise=0.0, batch=8).line == (
+        "ort on the CPU: the fastest for fp32 on this CPU (p50 at batch 8: ort 2.00 ms, openvino 3.00 ms; s)")
+    assert fastest_backend(cpu, Precision.fp32, None, CPU_BOTH, [times[0], times[3]], source="s", noise=0.0).backend is Backend.openvino
 
 # --- evaluate/verdict.py -----------------------------------------------------------------------------------------------
 
@@ -350,6 +375,24 @@ def test_guard_rank_tie_breaks_by_hand():
     assert rank({"x": 1.0, "y": 1.99995}, {"x": 0, "y": 10_000}, False) == ["x", "y"]
 
 
+def test_best_calibration_by_hand():
+    from edge_inception.convert.guard import CalibrationTrial as T
+    from edge_inception.convert.guard import best_calibration
+    from edge_inception.vocab import CalibMethod as M
+
+    # meeting the criterion comes first: minmax and entropy meet it, percentile (closer on the worst photo) does not;
+    # of the two, minmax's worst photo is closer (0.97 > 0.95), whatever the means say
+    assert best_calibration({M.percentile: T(False, 0.999, 0.999), M.entropy: T(True, 0.95, 0.99), M.minmax: T(True, 0.97, 0.98)}) is M.minmax
+    # none meets it: still the closest on the worst photo
+    assert best_calibration({M.percentile: T(False, 0.90, 0.99), M.entropy: T(False, 0.92, 0.95)}) is M.entropy
+    # the worst photos tie: the higher mean cosine
+    assert best_calibration({M.entropy: T(True, 0.97, 0.990), M.minmax: T(True, 0.97, 0.995)}) is M.minmax
+    # a full tie: the first tried
+    assert best_calibration({M.entropy: T(True, 0.97, 0.99), M.percentile: T(True, 0.97, 0.99)}) is M.entropy
+    assert best_calibration({M.minmax: T(False, 0.5, 0.5)}) is M.minmax
+    with pytest.raises(ValueError, match=r"^no calibration method was tried$"):
+        best_calibration({})
+
 # --- limits.py -----------------------------------------------------------------------------------------------------
 
 def test_limits_are_inclusive_and_named():
@@ -367,7 +410,14 @@ def test_limits_are_inclusive_and_named():
                           (check_threads, max_threads() + 1, "--threads"), (check_threads, -1, "--threads")):
         with pytest.raises(LimitError, match=f"^{name} must be in "):
             fn(bad)
-    assert check_threads(max_threads()) == max_threads() == 4 * (os.cpu_count() or 1)
+    assert check_threads(max_threads()) == max_threads()
+
+
+def test_max_threads_is_four_per_core_by_hand(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert max_threads() == 12
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: as one core
+    assert max_threads() == 4
     with pytest.raises(LimitError, match=r"^--size must be in \[1, 1024\]"):
         check_batch(2000, name="--size")
 
@@ -478,6 +528,219 @@ def test_published_modes_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [file_mode, dir_mode]
 
+
+SHA_1 = "6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b"  # sha256 of b"1" (sha256sum)
+SHA_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256 of b"abc" (FIPS 180-2's example)
+
+
+def test_safe_relative_by_hand():
+    for ok in ("a", "a/b.txt", "x" * 1024, "a b/c"):
+        assert fileio.safe_relative(ok) == ok
+    for bad in ("", "/a", "a/", "a//b", "./a", "a/./b", "a/..", "../a", "a\\b", "a\0b", "x" * 1025, 5, None, b"a"):
+        assert fileio.safe_relative(bad) is None, bad
+
+
+def _index(folder: Path, doc: object) -> None:
+    (folder / fileio.OUTPUT_INDEX).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+
+
+def test_read_output_index_refuses_what_is_not_an_index_of_ours(tmp_path):
+    assert fileio.read_output_index(tmp_path) is None  # none
+    (tmp_path / fileio.OUTPUT_INDEX).symlink_to(tmp_path / "elsewhere.json")
+    assert fileio.read_output_index(tmp_path) is None  # a link is no index
+    (tmp_path / fileio.OUTPUT_INDEX).unlink()
+    good = {"edge_inception_version": "1", "files": {"a/b.txt": SHA_1}, "folders": ["a"]}
+    _index(tmp_path, good)
+    assert fileio.read_output_index(tmp_path) == good
+    where = f"{tmp_path / fileio.OUTPUT_INDEX}: "
+    bad = [
+        ("[1,", r"^output index .*: not valid JSON \("),
+        ([good], re.escape(where) + r"not an index written by edge-inception \(no 'files' map\)$"),
+        ({"files": {}}, "no 'files' map"),  # no version
+        ({"edge_inception_version": "1", "files": []}, "no 'files' map"),
+        ({**good, "files": {"../x": SHA_1}}, re.escape(where) + r"file name '\.\./x' is not a path inside the folder$"),
+        ({**good, "files": {fileio.OUTPUT_INDEX: SHA_1}}, "file name 'edge-inception.json' is not a path inside the folder$"),
+        ({**good, "files": {"a": SHA_1[:63]}}, re.escape(where) + r"the sha256 of 'a' is not 64 hex digits$"),
+        ({**good, "files": {"a": SHA_1.upper()}}, "the sha256 of 'a' is not 64 hex digits$"),
+        ({**good, "files": {"a": "X" * 64}}, "the sha256 of 'a' is not 64 hex digits$"),
+        ({**good, "files": {"a": 5}}, "the sha256 of 'a' is not 64 hex digits$"),
+        ({**good, "files": {"/" + "y" * 99: SHA_1}}, "file name '/" + "y" * 79 + r"\.\.\.' is not a path"),  # 80 characters shown
+    ]
+    for doc, message in bad:
+        _index(tmp_path, doc)
+        with pytest.raises(ModelFileError, match=message):  # the error the caller names
+            fileio.read_output_index(tmp_path, error=ModelFileError)
+        with pytest.raises(OutputPathError):  # and OutputPathError by default
+            fileio.read_output_index(tmp_path)
+
+
+def test_walk_folder_and_index_files_by_hand(tmp_path, monkeypatch):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "c").mkdir()
+    (tmp_path / "b" / "c" / "d.txt").write_text("1")
+    (tmp_path / "a.txt").write_text("abc")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    (tmp_path / "link").symlink_to(outside)  # a link to a folder: listed, never entered
+    _index(tmp_path, {"any": "thing"})
+    walked = list(fileio.walk_folder(tmp_path))
+    assert [rel for rel, _ in walked] == ["a.txt", "b", "edge-inception.json", "link", "b/c", "b/c/d.txt"]
+    kinds = [fileio._kind(st.st_mode) if not stat.S_ISLNK(st.st_mode) else "a link" for _, st in walked]
+    assert kinds == ["a file", "a folder", "a file", "a link", "a folder", "a file"]
+    # regular files only, the index left out, each by its sha256
+    assert fileio.index_files(tmp_path) == {"a.txt": SHA_ABC, "b/c/d.txt": SHA_1}
+    monkeypatch.setattr(fileio, "MAX_TREE_ENTRIES", 6)  # exactly at the bound: walked; one more entry: refused
+    assert len(list(fileio.walk_folder(tmp_path))) == 6
+    (tmp_path / "b" / "e").write_text("")
+    with pytest.raises(OutputPathError, match=r"more than 6 entries; not a folder of ours$"):
+        list(fileio.walk_folder(tmp_path))
+
+
+def test_sha256_file_by_hand(tmp_path, monkeypatch):
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert fileio.sha256_file(tmp_path / "abc") == SHA_ABC
+    assert fileio.sha256_file(tmp_path / "abc", "model") == SHA_ABC
+    big = b"\x5a" * ((1 << 20) + 3)  # more than one 1 MiB chunk
+    (tmp_path / "big").write_bytes(big)
+    import hashlib  # the standard library's own answer for the whole bytes at once
+
+    assert fileio.sha256_file(tmp_path / "big") == hashlib.sha256(big).hexdigest()
+    with pytest.raises(ModelFileError, match=r"^file not found: "):
+        fileio.sha256_file(tmp_path / "missing")
+    with pytest.raises(ModelFileError, match=r"^model .*: is a folder, not a regular file"):
+        fileio.sha256_file(tmp_path, "model")
+    monkeypatch.setattr(fileio, "MAX_HASHED_BYTES", 2)
+    with pytest.raises(ModelFileError, match=r"^file .*abc: 3 bytes, more than the 2 "):
+        fileio.sha256_file(tmp_path / "abc")
+
+
+def test_foreign_entries_by_hand(tmp_path):
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c" / "d.txt").write_text("1")  # its folders a, a/b and a/b/c are ours
+    (tmp_path / "d.txt").write_text("1")
+    (tmp_path / "e").mkdir()  # an empty folder the index lists
+    _index(tmp_path, "{}")
+    index = {"files": {"a/b/c/d.txt": SHA_1, "d.txt": SHA_1}, "folders": ["e", "../x"]}
+    assert fileio.foreign_entries(tmp_path, index) == []
+    (tmp_path / "f").mkdir()  # an empty folder it does not list
+    (tmp_path / "g.txt").write_text("user's")
+    (tmp_path / "link").symlink_to(tmp_path / "d.txt")
+    os.mkfifo(tmp_path / "p")
+    (tmp_path / "a" / "z.txt").write_text("user's, below a listed folder")
+    assert fileio.foreign_entries(tmp_path, index) == ["a/z.txt", "f (a folder)", "g.txt", "link (a link)", "p (a FIFO)"]
+    # without the index's folder list only the folders that hold listed files are ours
+    assert fileio.foreign_entries(tmp_path, {"files": index["files"]}) == [
+        "a/z.txt", "e (a folder)", "f (a folder)", "g.txt", "link (a link)", "p (a FIFO)"]
+    # the index's name below the top is a file like any other
+    (tmp_path / "a" / fileio.OUTPUT_INDEX).write_text("{}")
+    assert "a/edge-inception.json" in fileio.foreign_entries(tmp_path, index)
+
+
+def test_check_replaceable_by_hand(tmp_path, monkeypatch):
+    assert fileio._check_replaceable(tmp_path / "missing", replace=True) is False
+    (tmp_path / "empty").mkdir()
+    assert fileio._check_replaceable(tmp_path / "empty", replace=False) is False
+    ours = tmp_path / "ours"
+    with fileio.atomic_dir(ours, replace=False) as tmp:
+        (tmp / "x").write_text("1")
+    assert fileio._check_replaceable(ours, replace=True) is True
+    (ours / "y").write_text("user's")
+    with pytest.raises(OutputPathError, match=r"it holds 1 entry edge-inception did not write \(y\); move it or choose another folder$"):
+        fileio._check_replaceable(ours, replace=True)
+    # seven entries: five named (80 characters of each), the rest counted
+    for i in range(6):
+        (ours / f"{i}{'n' * 90}").write_text("user's")
+    with pytest.raises(OutputPathError) as e:
+        fileio._check_replaceable(ours, replace=True)
+    first = ", ".join(f"{i}{'n' * 79}..." for i in range(5))
+    assert str(e.value) == (f"refusing to replace {ours}: it holds 7 entries edge-inception did not write ({first} and 2 more); "
+                            "move them or choose another folder")
+    (ours / "y").unlink()
+    (ours / f"5{'n' * 90}").unlink()
+    with pytest.raises(OutputPathError, match=r"it holds 5 entries .*n\.\.\.\); move them"):  # all five named, no "and 0 more"
+        fileio._check_replaceable(ours, replace=True)
+    for i in range(5):
+        (ours / f"{i}{'n' * 90}").unlink()
+
+    # the check is made once on a folder that stays as it is; again while another writer swaps the folder for another
+    # between the looks (it appeared, or was replaced): CHECK_TRIES times in all, the last one's answer standing
+    calls = []
+    real = fileio._check_replaceable
+
+    def counted(path, *, replace):
+        calls.append(path)
+        return real(path, replace=replace)
+
+    monkeypatch.setattr(fileio, "_check_replaceable", counted)
+    (ours / "y").write_text("user's")
+    with pytest.raises(OutputPathError, match=r"\(y\)"):
+        fileio.check_replaceable(ours, replace=True)
+    assert len(calls) == 1
+    (ours / "y").unlink()
+    clean = tmp_path / "clean"
+    shutil.copytree(ours, clean)  # a folder the product wrote, as the last look finds it
+    calls.clear()
+    last_look_clean = [True]
+
+    def swapped(path, *, replace):
+        calls.append(path)
+        other = tmp_path / f"other{len(calls)}"  # made while the old one stands: another inode
+        if len(calls) == fileio.CHECK_TRIES and last_look_clean[0]:
+            shutil.copytree(clean, other)
+        else:
+            other.mkdir()
+            (other / "y").write_text("another writer's")
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(other, path)
+        return real(path, replace=replace)
+
+    monkeypatch.setattr(fileio, "_check_replaceable", swapped)
+    shutil.rmtree(ours)  # missing at the first look: the folder appears during the check
+    assert fileio.check_replaceable(ours, replace=True) is True
+    assert len(calls) == fileio.CHECK_TRIES == 20
+    calls.clear()
+    last_look_clean[0] = False  # a swap at every look: the refusal from the 20th, not a 21st or 22nd
+    with pytest.raises(OutputPathError, match=r"it holds files edge-inception did not write"):
+        fileio.check_replaceable(ours, replace=True)
+    assert len(calls) == 20
+
+
+def test_the_folder_moved_aside_is_a_hidden_temporary_beside_the_output(tmp_path, monkeypatch):
+    """Named as sweep_stale finds it after a killed run (hidden, the writer's pid), in the output's own folder (a rename,
+    never a copy across file systems); checked once more there before it is deleted."""
+    d = tmp_path / "d"
+    with fileio.atomic_dir(d, replace=False) as tmp:
+        (tmp / "x").write_text("1")
+    seen = []
+    real = fileio.check_replaceable
+
+    def recording(path, *, replace):
+        seen.append(path)
+        return real(path, replace=replace)
+
+    monkeypatch.setattr(fileio, "check_replaceable", recording)
+    with fileio.atomic_dir(d, replace=True) as tmp:
+        (tmp / "y").write_text("2")
+    assert seen[0] == d and len(seen) == 2  # before any work, then on the folder moved aside
+    aside = seen[1]
+    assert aside.name == "d" and aside.parent.parent == tmp_path
+    assert re.fullmatch(rf"\.d\.old\.edge-tmp-{os.getpid()}-[a-z0-9_]{{8}}", aside.parent.name), aside.parent.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and sorted(p.name for p in d.iterdir()) == [fileio.OUTPUT_INDEX, "y"]
+
+
+def test_outputs_through_this_process_descriptors_are_refused(tmp_path):
+    """/dev/stdout is a link to /proc/self/fd/1 and /dev/fd/1 lies below the link /dev/fd: an open file of this process,
+    whatever it is now (a file when pytest captures it), never a file to replace."""
+    (tmp_path / "out").symlink_to("/dev/stdout")
+    (tmp_path / "rel").symlink_to("out")  # a relative link, read from its own folder
+    (tmp_path / "fd").symlink_to("/dev/fd/1")
+    for name, to in (("out", "/proc/self/fd/1"), ("rel", "/proc/self/fd/1"), ("fd", "/dev/fd/1")):
+        with pytest.raises(OutputPathError, match=rf"^refusing to replace {re.escape(str(tmp_path / name))}: it is a link to {to}, "
+                                                  r"an open file of this process"):
+            fileio.output_target(tmp_path / name)
+    with pytest.raises(OutputPathError, match=r"^output '-': this output is written to a file, not to stdout"):
+        fileio.ensure_parent(Path("-"))
 
 def test_output_target_rules(tmp_path):
     f = tmp_path / "f.txt"
@@ -692,7 +955,11 @@ def test_more_fileio_rules(tmp_path, monkeypatch):
         fileio.parse_json("[" * 33 + "]" * 33, "w", error=OutputPathError)
     # the depth of brackets, closing ones counted down by one
     assert [fileio._json_depth(t) for t in ("[][][]", "[[]][[]]", "[[][[]]]", "{}", "")] == [1, 2, 3, 1, 0]
-    # a live process that is not ours: alive, and not disturbed by the question (signal 0)
+
+
+def test_a_live_process_is_alive_and_not_disturbed_by_the_question():
+    """A live process that is not ours: alive, and not disturbed by the question (signal 0). Apart from the other fileio
+    rules because it waits half a second: mutmut runs only the tests that reach a mutated function."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert fileio._pid_alive(child.pid)

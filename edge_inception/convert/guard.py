@@ -12,7 +12,7 @@ The search knows nothing of how a mixed model is made: a :class:`Mixer` builds o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -20,10 +20,30 @@ from typing import Protocol
 import numpy as np
 
 from ..evaluate.verify import Parity, compare
+from ..vocab import CalibMethod
 
 log = logging.getLogger(__name__)
 
 Logits = Callable[[Path, list[np.ndarray]], np.ndarray]  # a model file's logits on batches
+
+
+@dataclass(frozen=True)
+class CalibrationTrial:
+    """How the pure INT8 model of one calibration method did on the selection photos."""
+
+    meets: bool  # the criterion (agreement, or accuracy) met
+    worst_image_cosine: float  # the logits' cosine with FP32 on the hardest photo
+    mean_cosine: float  # over every selection photo
+
+
+def best_calibration(trials: Mapping[CalibMethod, CalibrationTrial]) -> CalibMethod:
+    """The calibration kept (``--calib-method auto``): among the methods that meet the criterion (among all when none
+    does), the highest cosine on the worst photo, then the highest mean cosine; a full tie goes to the first tried
+    (agreement ties at 100 % on a few photos say little; the logits' cosine on the hardest photo says more).
+    Raises ValueError when nothing was tried."""
+    if not trials:
+        raise ValueError("no calibration method was tried")
+    return max(trials, key=lambda m: (trials[m].meets, trials[m].worst_image_cosine, trials[m].mean_cosine))
 
 
 class Mixer(Protocol):

@@ -45,7 +45,7 @@ from ..vocab import CalibMethod, Criterion, Precision, PreprocessMode, QuantTarg
 from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
-from .guard import GuardResult, run_guard
+from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
 
 log = logging.getLogger(__name__)
 
@@ -485,9 +485,8 @@ def quantize_model(
                          p.mean_cosine, worst)
             if bar is not None:
                 bar.close()
-            # among the methods that meet the criterion on the selection images, the closest to FP32 on the worst of them
-            # (agreement ties at 100 % on a few photos say little; the logits' cosine on the hardest photo says more)
-            chosen_method = max(results, key=lambda m: (results[m][1], trials[m.value]["worst_image_cosine"], results[m][2].mean_cosine))
+            chosen_method = best_calibration({m: CalibrationTrial(results[m][1], trials[m.value]["worst_image_cosine"], results[m][2].mean_cosine)
+                                              for m in results})
             candidate, met, parity = results[chosen_method]
             pure = candidate
             if not met:
