@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import EdgeInceptionError, ModelFileError
 from .fileio import require_file
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
 from .vocab import MIN_IMAGE_SIZE
@@ -37,11 +38,24 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
     return model
 
 
+SPINNING_ENV = "EDGE_INCEPTION_ORT_SPINNING"  # "0": ONNX Runtime's pool threads sleep when idle instead of spinning
+
+
+def ort_spinning() -> bool:
+    """Whether ONNX Runtime's intra- and inter-op threads spin while they wait for work (ORT's default, the lowest
+    latency on a machine of one's own) or sleep: ``$EDGE_INCEPTION_ORT_SPINNING`` ``1`` (default) or ``0`` (a machine
+    shared with other work: the spin burns cores the others need). Raises EdgeInceptionError on any other value."""
+    value = os.environ.get(SPINNING_ENV, "1").strip()
+    if value not in ("0", "1"):
+        raise EdgeInceptionError(f"{SPINNING_ENV}={value[:20]!r}: give 0 (ONNX Runtime's threads sleep when idle) or 1 (they spin, the default)")
+    return value == "1"
+
+
 def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool = True, save_optimized_to: Path | None = None,
                 providers: list[tuple[str, dict[str, Any]]] | None = None,
                 profile_prefix: Path | None = None):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime session, the same way everywhere: warnings only, ``threads`` intra-op threads (0: ORT's default),
-    one inter-op thread, sequential execution.
+    one inter-op thread, sequential execution, idle threads spinning or not as :func:`ort_spinning` says.
 
     ``optimize=False`` loads a graph that was optimised at build time as it is; ``save_optimized_to`` applies every graph
     optimisation and writes the result there (the CPU build). ``providers`` default to the CPU. ``profile_prefix``
@@ -54,6 +68,9 @@ def ort_session(model: str | Path | bytes, *, threads: int = 0, optimize: bool =
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not ort_spinning():  # ONNX Runtime's session config keys (onnxruntime_session_options_config_keys.h)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if save_optimized_to is not None:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(save_optimized_to)

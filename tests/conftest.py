@@ -1,12 +1,20 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import os
 
-import pytest
-import torch
+# Two pytest-xdist workers share the cores (Makefile): an engine's idle threads sleep instead of spinning, or each
+# worker's spin burns the cores the other one computes on. Set before PyTorch's OpenMP starts; the CLI runs, servers and
+# Ray workers the tests start inherit it. ONNX Runtime through the product's own setting (README, "Testing").
+os.environ.setdefault("EDGE_INCEPTION_ORT_SPINNING", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from edge_inception.model.googlenet import GoogLeNet, init_weights
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from edge_inception.model.googlenet import GoogLeNet, init_weights  # noqa: E402
 
 TRAIN_IMAGE_SIZE = 64
 TRAIN_STEPS = 200

@@ -64,11 +64,13 @@ def pan_zoom_frames(width: int, height: int, count: int, photos: list[Path] | No
         yield np.asarray(im.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)))
 
 
-def make_video(path: Path, frames, fps: int = 10, codec: str = "libx264", options: dict[str, str] | None = None) -> Path:
-    """Encode RGB frames with FFmpeg through PyAV into ``path`` (container from the suffix)."""
+def make_video(path: Path, frames, fps: int = 10, codec: str = "libx264", options: dict[str, str] | None = None,
+               container_options: dict[str, str] | None = None) -> Path:
+    """Encode RGB frames with FFmpeg through PyAV into ``path`` (container from the suffix); ``options`` are the encoder's,
+    ``container_options`` the muxer's (e.g. ``{"movflags": "+faststart"}``: an MP4's index before its data)."""
     import av
 
-    with av.open(str(path), mode="w") as out:
+    with av.open(str(path), mode="w", options=container_options or {}) as out:
         stream = None
         for rgb in frames:
             if stream is None:

@@ -314,3 +314,18 @@ def test_a_backend_record_rewritten_with_its_hash_is_still_checked_field_by_fiel
     for doc in forged:
         assert read(doc) is None, doc
     assert read({**good, "batch": 8}) is None and read({**good, "batch": 8}, batch=8) is not None  # the batch this model is measured at
+
+
+def test_ort_spinning_is_the_users_choice(trained, monkeypatch):
+    """EDGE_INCEPTION_ORT_SPINNING (README): 0 turns ONNX Runtime's idle spin off in the sessions the product opens, 1
+    leaves ONNX Runtime's default (the key unset), any other value is one line naming the variable, no traceback."""
+    monkeypatch.setenv("EDGE_INCEPTION_ORT_SPINNING", "0")
+    opts = ort_session(trained.onnx).get_session_options()
+    assert [opts.get_session_config_entry(f"session.{pool}.allow_spinning") for pool in ("intra_op", "inter_op")] == ["0", "0"]
+    monkeypatch.setenv("EDGE_INCEPTION_ORT_SPINNING", "1")
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # ONNX Runtime's own default: the key is not set
+        ort_session(trained.onnx).get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
+    monkeypatch.setenv("EDGE_INCEPTION_ORT_SPINNING", "off")
+    r = runner.invoke(app, ["predict", str(trained.onnx), str(photo)])
+    assert r.exit_code == 1 and "EDGE_INCEPTION_ORT_SPINNING='off': give 0" in r.stderr and "Traceback" not in r.stderr, r.output

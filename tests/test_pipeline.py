@@ -17,7 +17,7 @@ runner = CliRunner()
 
 def test_pipeline_report_and_reruns(trained, tmp_path):
     out = tmp_path / "run"
-    args = ["pipeline", "--weights", str(trained.checkpoint), "--batch", "1", "--iterations", "5", "--rounds", "2", "-o", str(out)]
+    args = ["pipeline", "--weights", str(trained.checkpoint), "--batch", "1", "--iterations", "5", "--rounds", "1", "-o", str(out)]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())

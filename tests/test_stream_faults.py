@@ -33,8 +33,9 @@ def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("faults")
     frames = list(pan_zoom_frames(160, 112, 40))
     return {
-        "dir": d, "model": tiny_classifier(d / "tiny.onnx"),
-        "short": make_video(d / "short.mp4", frames[:SHORT]), "other": make_video(d / "other.mp4", frames[SHORT:SHORT + OTHER]),
+        "dir": d, "model": tiny_classifier(d / "tiny.onnx"), "short": make_video(d / "short.mp4", frames[:SHORT]),
+        # served over HTTP too (counting_server): its index (moov) before its data, as an MP4 meant for HTTP is written
+        "other": make_video(d / "other.mp4", frames[SHORT:SHORT + OTHER], container_options={"movflags": "+faststart"}),
         # 8 s of 25 FPS MPEG-TS with a key frame every second: a live stream's worth
         "ts": make_video(d / "live.ts", (frames[i % 40] for i in range(200)), fps=25, options={"g": "25"}),
         "long": make_video(d / "long.mkv", (np.roll(frames[i % 40], i, axis=1) for i in range(600)), fps=25, options={"preset": "ultrafast"}),
@@ -172,9 +173,14 @@ def test_an_mp4_external_data_reference_is_not_followed(media, tmp_path):
 
 @pytest.fixture
 def counting_server(media):
-    """An HTTP server on 127.0.0.1 that serves the other clip: whatever asks it for anything is counted."""
+    """An HTTP server on 127.0.0.1 that serves the other clip: whatever asks it for anything is counted.
+
+    The clip arrives in paced pieces, as it does over a network or on a loaded machine, and FFmpeg cannot seek in an
+    HTTP/1.0 body (no ranges): an MP4 with its index after its data (PyAV's default) plays only when the whole file
+    happened to be in FFmpeg's read buffer when the index was reached, so it is written with its index first (media)."""
     data = media["other"].read_bytes()
-    with HttpServer({"/other.mp4": lambda n: (ok("video/mp4", len(data)), data, None)}, max_connections=10) as server:
+    assert 0 < data.find(b"moov") < data.find(b"mdat")  # faststart: playable as it arrives
+    with HttpServer({"/other.mp4": lambda n: (ok("video/mp4", len(data)), data, None)}, pace_s=0.01, max_connections=10) as server:
         yield server
 
 
