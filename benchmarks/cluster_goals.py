@@ -289,6 +289,7 @@ def main() -> None:
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster"))
     args = ap.parse_args()
     rec = Record()
+    rec.wait_for_quiet()  # up to 10 min for a quiet machine (the load rule; inside make bench, the others idle)
     with rec.round(args.what):  # the CPU's name and ISA flags, and whether anything else ran meanwhile
         record = eval_goals(args) if args.what == "eval" else fleet_goals(args)
     record["record"] = rec.as_dict()

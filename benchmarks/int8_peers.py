@@ -1,7 +1,7 @@
 """INT8 against its peers on the same photos and FP32 model: ours, ONNX Runtime's ``quantize_static`` defaults, NNCF's
 ``nncf.quantize`` defaults (issue 39).
 
-    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300 | --holdout DIR] [--out benchmarks/results/int8-peers]
+    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300 | --holdout DIR] [--no-wait] [--out benchmarks/results/int8-peers]
 
 ``--model``: the FP32 ONNX of a net trained on the demo classes (without it the demo net is trained here first, 200 steps
 at 64 px, as the tests do). ``--calib``: the calibration photos every quantizer gets (default: the first six bundled
@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=30, help="timed batch-1 inferences per model and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each model in its own process per round)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "int8-peers")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
     command = "python benchmarks/int8_peers.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    doc = run(args.model, args.calib, args.held_crops, args.calib_samples, args.iterations, rounds=args.rounds, holdout=args.holdout)
+    doc = run(args.model, args.calib, args.held_crops, args.calib_samples, args.iterations, rounds=args.rounds, holdout=args.holdout,
+              wait=not args.no_wait)
     doc["command"] = command
     args.out.mkdir(parents=True, exist_ok=True)
     from edge_inception.report import Rendered, write_report
@@ -66,17 +68,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(model: Path | None, calib: Path | None, held_crops: int, calib_samples: int, iterations: int, *, rounds: int = 3,
-        ours: dict[str, Any] | None = None, holdout: Path | None = None) -> dict[str, Any]:
+        ours: dict[str, Any] | None = None, holdout: Path | None = None, wait: bool = False) -> dict[str, Any]:
     """The comparison; returns the document written as results.json. ``ours``: extra options for our quantize_model (the
-    test's tiny run: one calibration method, a low criterion). ``holdout``: judge on that folder's distinct photos, whole."""
+    test's tiny run: one calibration method, a low criterion). ``holdout``: judge on that folder's distinct photos, whole.
+    ``wait``: first wait for a quiet machine (the script does; the test does not)."""
     from edge_inception.convert.calibration import Sample, crops, image_batches, scan_holdout, select_images
     from edge_inception.data.images import bundled_photos, find_images
     from edge_inception.evaluate.cpu import cpu_info
     from edge_inception.evaluate.verdict import wilson_lower_bound
     from edge_inception.onnx_file import load_onnx, model_facts
 
-    load_before = os.getloadavg()
     rec = Record()
+    if wait:
+        rec.wait_for_quiet()  # up to 10 min for a quiet machine (the load rule; inside make bench, the others idle)
+    load_before = os.getloadavg()
     t0 = time.monotonic()
     bundled = bundled_photos()
     with tempfile.TemporaryDirectory(prefix="edge-inception-peers-") as tmp:
