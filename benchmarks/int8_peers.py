@@ -1,7 +1,8 @@
 """INT8 against its peers on the same photos and FP32 model: ours, ONNX Runtime's ``quantize_static`` defaults, NNCF's
 ``nncf.quantize`` defaults (issue 39).
 
-    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300 | --holdout DIR] [--no-wait] [--out benchmarks/results/int8-peers]
+    python benchmarks/int8_peers.py --model demo.onnx [--calib DIR] [--held-crops 300 | --holdout DIR] [--no-wait]
+        [--out benchmarks/results/int8-peers]
 
 ``--model``: the FP32 ONNX of a net trained on the demo classes (without it the demo net is trained here first, 200 steps
 at 64 px, as the tests do). ``--calib``: the calibration photos every quantizer gets (default: the first six bundled
