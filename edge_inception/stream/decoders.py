@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,7 @@ def probe(table: tuple[DecoderSpec, ...] = DECODERS, exists: Callable[[str], boo
     return importable, present
 
 
-class _CropGraph:
+class _CropGraph(ABC):
     """A PyAV filter graph from a decoded frame (its own size and pixel format) through :meth:`filters`, built for the
     first frame and rebuilt when the frames change size or pixel format; :meth:`run` pushes a frame and pulls the result.
     ``threads``: the graph's threads (FFmpeg's slice threads; 1 keeps the decode stage on its share of the cores)."""
@@ -78,9 +79,9 @@ class _CropGraph:
         self.key: tuple[int, int, str] | None = None
         self.graph: Any = None
 
+    @abstractmethod
     def filters(self, width: int, height: int) -> list[tuple[str, str]]:
-        """The (filter, arguments) chain for frames of ``width`` x ``height``, in order."""
-        raise NotImplementedError
+        """The (filter, arguments) chain for frames of ``width`` x ``height``, in order (each subclass says its own)."""
 
     def run(self, frame: Any) -> Any:
         """``frame`` (a PyAV ``VideoFrame``) through the graph: the filtered ``VideoFrame``."""
