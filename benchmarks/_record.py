@@ -95,14 +95,19 @@ class Record:
         return self.waited_s
 
     @property
+    def judged_in_sequence(self) -> bool:
+        """Whether this script's start was judged by make bench's rule (the others idle), not by the load average."""
+        return self.others_before is not None and self.sequence_load is not None
+
+    @property
     def quiet_start(self) -> bool:
         """The load rule at the start, or (inside a `make bench` that started quiet) the rest of the machine idle before it."""
-        if self.others_before is not None and self.sequence_load is not None:
+        if self.judged_in_sequence:
             return self.sequence_load < self.max_load and self.others_before <= DISTURBED_CORES
         return self.load_at_start is None or self.load_at_start < self.max_load
 
     def _start_text(self) -> str:
-        if self.others_before is not None and self.sequence_load is not None:
+        if self.judged_in_sequence:
             return (f"make bench started at load {self.sequence_load}; other processes used {self.others_before} core in the "
                     f"{IDLE_WINDOW_S:g} s before this script (load average {self.load_at_start}, mostly make bench's previous script)")
         return f"load average {self.load_at_start} at the start"
@@ -151,7 +156,7 @@ class Record:
             return (f"quiet: {self._start_text()} (< {self.max_load}), no counted round in which other "
                     f"processes used more than {DISTURBED_CORES} core ({len(self.rounds)} round(s))")
         parts = []
-        if not self.quiet_start and self.others_before is not None and self.sequence_load is not None:
+        if not self.quiet_start and self.judged_in_sequence:
             parts.append(f"not quiet at the start: {self._start_text()} (quiet: make bench started at load < {self.max_load} and others "
                          f"used at most {DISTURBED_CORES} core before this script)")
         elif not self.quiet_start:
