@@ -329,3 +329,7 @@ def test_ort_spinning_is_the_users_choice(trained, monkeypatch):
     monkeypatch.setenv("EDGE_INCEPTION_ORT_SPINNING", "off")
     r = runner.invoke(app, ["predict", str(trained.onnx), str(photo)])
     assert r.exit_code == 1 and "EDGE_INCEPTION_ORT_SPINNING='off': give 0" in r.stderr and "Traceback" not in r.stderr, r.output
+    # refused before any command runs: where the engines run in other processes (eval --cluster's Ray workers, Triton's
+    # backend) the value would otherwise fail there, as Ray's traceback; `targets` opens no engine at all
+    r = runner.invoke(app, ["targets"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "EDGE_INCEPTION_ORT_SPINNING='off'" in r.stderr, r.output

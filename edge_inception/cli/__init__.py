@@ -11,8 +11,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .. import __version__
-from ..cli_common import Output, log_to_stderr
+from ..cli_common import Output, handle_errors, log_to_stderr
 from ..cli_format import PlainTyper
+from ..onnx_file import ort_spinning
 from . import convert, deploy, engines, evaluate, model, pipeline, stream
 from .fleet import app as fleet_app
 from .serve import app as serve_app
@@ -40,6 +41,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
+@handle_errors
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only results and errors: no progress bars, notes or warnings.")] = False,
@@ -51,6 +53,7 @@ def _root(
     Output.quiet = quiet
     logging.getLogger().setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)  # Pillow's per-chunk PNG debug lines are not ours to show
+    ort_spinning()  # read by every engine process (Ray's workers, Triton's backend too): a bad value is refused here, before any work
 
 
 # each area's commands (an unnamed sub-app merges its commands into the root); serve is a group of its own
