@@ -65,9 +65,10 @@ def pan_zoom_frames(width: int, height: int, count: int, photos: list[Path] | No
 
 
 def make_video(path: Path, frames, fps: int = 10, codec: str = "libx264", options: dict[str, str] | None = None,
-               container_options: dict[str, str] | None = None) -> Path:
+               container_options: dict[str, str] | None = None, pix_fmt: str | None = None) -> Path:
     """Encode RGB frames with FFmpeg through PyAV into ``path`` (container from the suffix); ``options`` are the encoder's,
-    ``container_options`` the muxer's (e.g. ``{"movflags": "+faststart"}``: an MP4's index before its data)."""
+    ``container_options`` the muxer's (e.g. ``{"movflags": "+faststart"}``: an MP4's index before its data); ``pix_fmt``
+    the encoder's pixel format (default yuvj420p for MJPEG, yuv420p otherwise; FFV1 takes any size, odd ones too)."""
     import av
 
     with av.open(str(path), mode="w", options=container_options or {}) as out:
@@ -76,7 +77,7 @@ def make_video(path: Path, frames, fps: int = 10, codec: str = "libx264", option
             if stream is None:
                 stream = out.add_stream(codec, rate=Fraction(fps))
                 stream.width, stream.height = rgb.shape[1], rgb.shape[0]
-                stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+                stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
                 stream.options = options or {}
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 out.mux(packet)

@@ -18,7 +18,9 @@ from edge_inception.stream.plan import (
     JETSON,
     NVIDIA_GPU,
     RUNTIME_DEFAULTS,
+    Conversion,
     CropScale,
+    DecoderRegion,
     SplitRate,
     ThreadSplit,
     choose_decoder,
@@ -177,21 +179,84 @@ def _bt709(vf):
     return vf
 
 
-@pytest.mark.parametrize("width,height,size,codec,frame", [
-    (640, 360, 224, "libx264", None),   # upscaled (360 rows to 256)
-    (1280, 720, 64, "libx264", None),
-    (360, 640, 64, "libx264", None),    # portrait
-    (640, 360, 64, "mjpeg", None),      # yuvj420p: full range
-    (640, 360, 64, "libx264", _bt709),  # a BT.709 frame
-    (640, 360, 64, "libx264", lambda vf: vf.reformat(format="nv12")),  # not planar YUV: cut in RGB, each colour resampled
-])
-def test_the_fast_video_path_is_the_exact_path_up_to_rounding(tmp_path, width, height, size, codec, frame):
+def test_model_crop_conversion_hand_worked():
+    """Where FFmpeg converts a frame pixel by pixel with each chroma sample repeated (4:2:0 / 4:2:2 planar with an even
+    number of rows; 4:4:4 at any size) the planes are resampled; elsewhere a region whose chroma the subsampling tiles
+    is converted alone, and the rest (an odd size in subsampled chroma, a cut between chroma samples) whole."""
+    from edge_inception.stream.plan import model_crop_conversion
+
+    r = decoder_region(640, 360, 224)
+    assert model_crop_conversion("yuv420p", (2, 2), 640, 360, r) is Conversion.PLANES
+    assert model_crop_conversion("yuv420p", (2, 2), 641, 360, decoder_region(641, 360)) is Conversion.PLANES  # odd width
+    for fmt, chroma in (("yuv420p", (2, 2)), ("yuvj420p", (2, 2)), ("yuv422p", (2, 1)), ("yuvj422p", (2, 1))):
+        assert model_crop_conversion(fmt, chroma, 640, 361, decoder_region(640, 361)) is Conversion.FRAME  # odd height
+    assert model_crop_conversion("yuv444p", (1, 1), 63, 47, decoder_region(63, 47, 64)) is Conversion.PLANES
+    assert model_crop_conversion("nv12", (2, 2), 640, 360, r) is Conversion.REGION
+    assert model_crop_conversion("yuv420p10le", (2, 2), 640, 360, r) is Conversion.REGION
+    assert model_crop_conversion("rgb24", (1, 1), 63, 47, decoder_region(63, 47, 64)) is Conversion.REGION
+    assert model_crop_conversion("nv12", (2, 2), 63, 48, decoder_region(63, 48, 64)) is Conversion.FRAME
+    assert model_crop_conversion("nv12", (2, 2), 64, 47, decoder_region(64, 47, 64)) is Conversion.FRAME
+    assert model_crop_conversion("yuv440p", (1, 2), 64, 48, decoder_region(64, 48, 64)) is Conversion.REGION
+    # an odd width: swscale interpolates the full chroma width for the frame, half of it for an even cut
+    assert model_crop_conversion("yuv440p", (1, 2), 63, 48, decoder_region(63, 48, 64)) is Conversion.FRAME
+    # 4:1:1 (NTSC DV, 720 x 480): 4 luma pixels per chroma sample across; at 224 px the region starts at x 146, between
+    # two chroma samples; at 64 px it starts on one (136) but is 442 wide, half a chroma sample over
+    dv224, dv64 = decoder_region(720, 480, 224), decoder_region(720, 480, 64)
+    assert (dv224.x, dv64.x, dv64.width) == (146, 136, 442)
+    assert model_crop_conversion("yuv411p", (4, 1), 720, 480, dv224) is Conversion.FRAME
+    assert model_crop_conversion("yuv411p", (4, 1), 720, 480, dv64) is Conversion.FRAME
+    tiled = DecoderRegion(136, 18, 444, 438, dv64.box, 64)
+    assert model_crop_conversion("yuv411p", (4, 1), 720, 480, tiled) is Conversion.REGION
+
+
+def _as(pixel_format):
+    def convert(vf):
+        return vf.reformat(format=pixel_format)
+
+    convert.__name__ = pixel_format
+    return convert
+
+
+P, R, F = Conversion.PLANES, Conversion.REGION, Conversion.FRAME
+# (width, height, model size, codec, encoder pixel format, the frame as handed to the cut, how the fast path converts):
+# FFV1 takes odd sizes (x264 does not in 4:2:0). R and F convert to RGB before the resample (the region, or the whole
+# frame where FFmpeg's conversion of it is not pixel by pixel): only the resample's rounding differs from the exact path
+VIDEO_CASES = [
+    (640, 360, 224, "libx264", None, None, P),   # upscaled (360 rows to 256)
+    (1280, 720, 64, "libx264", None, None, P),
+    (360, 640, 64, "libx264", None, None, P),    # portrait
+    (640, 360, 64, "mjpeg", None, None, P),      # yuvj420p: full range
+    (640, 360, 64, "libx264", None, _bt709, P),  # a BT.709 frame
+    (640, 360, 64, "libx264", None, _as("nv12"), R),  # not planar YUV: cut in RGB, each colour resampled
+    # odd sizes: FFmpeg converts 4:2:0 / 4:2:2 with an odd number of rows through its generic scaler (chroma
+    # interpolated, not repeated), and NV12 whose chroma does not tile the frame likewise
+    (321, 241, 64, "ffv1", "yuv420p", None, F),
+    (64, 47, 64, "ffv1", "yuv420p", None, F),
+    (63, 48, 64, "ffv1", "yuv420p", None, P),    # an odd width alone: FFmpeg still repeats the chroma
+    (321, 241, 64, "ffv1", "yuv422p", None, F),
+    (64, 47, 64, "ffv1", "yuv422p", None, F),
+    (63, 48, 64, "ffv1", "yuv422p", None, P),
+    (160, 120, 63, "ffv1", "yuv422p", None, P),  # an odd model size: the small 4:2:2 picture has an even number of rows
+    (321, 241, 64, "mjpeg", "yuvj420p", None, F),  # full range
+    (64, 47, 64, "mjpeg", "yuvj422p", None, F),
+    (63, 47, 64, "ffv1", "yuv444p", None, P),    # no chroma subsampling: pixel by pixel at any size
+    (64, 47, 64, "ffv1", "yuv420p", _as("nv12"), F),
+    (63, 48, 64, "ffv1", "yuv420p", _as("nv12"), F),
+    (64, 48, 64, "ffv1", "yuv422p", _as("yuyv422"), F),  # packed: FFmpeg's crop filter cannot cut it as it is
+    (63, 48, 64, "ffv1", "yuv444p", _as("yuv440p"), F),  # odd width: FFmpeg interpolates the frame's chroma in full
+    (720, 480, 64, "ffv1", "yuv444p", _as("yuv411p"), F),  # DV's 4:1:1: the region is not whole chroma samples wide
+]
+
+
+@pytest.mark.parametrize("width,height,size,codec,pix_fmt,frame,conversion", VIDEO_CASES,
+                         ids=[f"{c[0]}x{c[1]}-{c[2]}-{c[4] or c[3]}-{getattr(c[5], '__name__', 'as-is')}" for c in VIDEO_CASES])
+def test_the_fast_video_path_is_the_exact_path_up_to_rounding(tmp_path, width, height, size, codec, pix_fmt, frame, conversion):
     """A clip of the bundled photos (pans and zooms): the region the decoder cuts is the same pixels as the exact path's
-    whole frame; the model's crop resampled from its planes
-    and converted after is the exact path's crop up to rounding (under half a level on average, more than 2 levels on
-    under 1 % of the values: where a colour clips, the exact path clips each pixel before the resample), and one
-    level at most where the frame is not planar YUV (then only the resample's rounding differs); the tiny
-    colour-sensitive classifier answers the same top-1 on every frame."""
+    whole frame; the model's crop resampled from its planes and converted after is the exact path's crop up to
+    rounding (under half a level on average, more than 2 levels on under 1 % of the values: where a colour clips, the
+    exact path clips each pixel before the resample), and one level at most where the frame is converted to RGB first
+    (the region, or the whole frame where FFmpeg's conversion of it is not pixel by pixel: then only the resample's
+    rounding differs); the tiny colour-sensitive classifier answers the same top-1 on every frame."""
     from PIL import Image
 
     from edge_inception.engines.registry import open_runner
@@ -202,22 +267,26 @@ def test_the_fast_video_path_is_the_exact_path_up_to_rounding(tmp_path, width, h
     cut = ModelCrop(size)
     ours, exact = [], []
     clip = (_photo_clip(tmp_path, width, height, 12) if codec == "libx264" else
-            make_video(tmp_path / "photos.mkv", pan_zoom_frames(width, height, 12), codec=codec, options={"qscale": "3"}))
+            make_video(tmp_path / "photos.mkv", pan_zoom_frames(width, height, 12), codec=codec, pix_fmt=pix_fmt,
+                       options={"qscale": "3"} if codec == "mjpeg" else {}))
     for vf in _decoded(clip):
         vf = frame(vf) if frame is not None else vf
+        assert (vf.width, vf.height) == (width, height) and (pix_fmt is None or frame is not None or vf.format.name == pix_fmt)
         full = vf.to_ndarray(format="rgb24")
         ours.append(cut(vf))
         r = cut.region
         assert r is not None and r.x % 2 == 0 and r.y % 2 == 0
-        cut.graph.push(vf)  # the region as the decoder cuts it: the same luma as the whole frame's, bit for bit
-        assert np.array_equal(_plane(cut.graph.pull().planes[0]), _plane(vf.planes[0])[r.y:r.y + r.height, r.x:r.x + r.width])
+        assert cut.conversion is conversion
+        if cut.conversion is Conversion.PLANES:
+            cut.graph.push(vf)  # the region as the decoder cuts it: the same luma as the whole frame's, bit for bit
+            assert np.array_equal(_plane(cut.graph.pull().planes[0]), _plane(vf.planes[0])[r.y:r.y + r.height, r.x:r.x + r.width])
         exact.append(preprocess(Image.fromarray(full), size))
     exact_pixels = np.rint(np.stack([(e.transpose(1, 2, 0) * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255 for e in exact]))
     diff = np.abs(np.stack(ours).astype(float) - exact_pixels)
-    if frame is None or frame is _bt709:
-        assert diff.mean() < 0.5 and (diff > 2).mean() < 0.01
-    else:
+    if conversion is not Conversion.PLANES:
         assert diff.max() <= 1
+    else:
+        assert diff.mean() < 0.5 and (diff > 2).mean() < 0.01
     with open_runner(model) as runner:
         p_fast = softmax(runner.run(np.stack([normalize(o) for o in ours])))
         p_exact = softmax(runner.run(np.stack(exact)))

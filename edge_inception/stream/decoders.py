@@ -21,12 +21,15 @@ import numpy as np
 
 from .plan import (
     DECODERS,
+    PLANAR_YUV,
     SCALE_FLAGS,
+    Conversion,
     CropScale,
     DecoderRegion,
     DecoderSpec,
     decoder_crop,
     decoder_region,
+    model_crop_conversion,
     resample_weights,
     subsampled,
 )
@@ -122,16 +125,15 @@ class ModelScaler(_CropGraph):
         return out
 
 
-# 8-bit planar YUV (what FFmpeg's software decoders give for H.264, HEVC, VP9, AV1, MJPEG): chroma samples per luma pixel
-# across and down. ModelCrop resamples these planes as they are; other formats are cut in RGB (the exact path's
-# conversion of the region) and resampled per colour.
-PLANAR_YUV: dict[str, tuple[int, int]] = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj422p": (2, 1),
-                                          "yuv444p": (1, 1), "yuvj444p": (1, 1)}
-
-
 def _plane(plane: Any) -> np.ndarray:
     """A PyAV ``VideoPlane`` as a height x width uint8 view (its line padding cut off); writable where the plane is."""
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
+def _chroma(pixel_format: Any) -> tuple[int, int]:
+    """A PyAV ``VideoFormat``'s chroma subsampling: luma pixels per chroma sample across and down (1, 1 for RGB)."""
+    side = 1 << 12
+    return side // max(1, pixel_format.chroma_width(side)), side // max(1, pixel_format.chroma_height(side))
 
 
 class ModelCrop(_CropGraph):
@@ -147,22 +149,39 @@ class ModelCrop(_CropGraph):
     to the chroma's grid, then one pixel per chroma sample kept). Conversion and resample are both linear up to
     rounding and clipping, so the order is what differs from the exact path: about a third of a level on average, a
     few levels where a colour clips (measured on clips of the bundled photos, README; bounded in
-    ``tests/test_stream_decoders.py``). A frame in another pixel format (10-bit, NV12, RGB) has its region converted
-    to RGB by the exact path's call and each colour resampled the same way.
+    ``tests/test_stream_decoders.py``).
+
+    That holds only where FFmpeg converts the whole frame pixel by pixel with each chroma sample repeated
+    (:func:`~edge_inception.stream.plan.model_crop_conversion` says where: :attr:`.Conversion.PLANES`). A frame in
+    another pixel format (10-bit, NV12, RGB) whose chroma tiles the frame has its region converted to RGB by the exact
+    path's call and each colour resampled the same way (:attr:`.Conversion.REGION`). A frame that FFmpeg converts
+    through its generic scaler with chroma interpolated at the frame's own ratio (4:2:0 or 4:2:2 with an odd number of
+    rows; NV12 and other non-planar 4:2:0 / 4:2:2 of an odd width or height), or whose format FFmpeg's ``crop`` filter
+    cannot cut as it is (packed 4:2:2 such as YUYV), is converted whole, exactly as the exact path converts it, and the
+    region's colours resampled (:attr:`.Conversion.FRAME`): one level at most from the exact path, at the cost of a
+    full-frame conversion, only on such frames. :attr:`conversion` says which the last frame took.
 
     ``__call__(frame)``: a PyAV ``VideoFrame`` -> size x size x 3 uint8 RGB. The graph and the weights are rebuilt when
     the frames change size or pixel format. Needs SciPy (its sparse products)."""
 
     region: DecoderRegion | None = None
+    conversion: Conversion | None = None
 
     def __init__(self, image_size: int, threads: int = 1) -> None:
         super().__init__(image_size, threads)
         self._weights: dict[tuple[tuple[int, ...], tuple[int, int]], tuple[Any, Any]] = {}  # (shape, factor) -> (rows, columns)
+        self._conversions: dict[tuple[int, int, str], Conversion] = {}  # (width, height, pixel format) -> how
         self._reformatter: Any = None
 
+    def _region(self, width: int, height: int) -> DecoderRegion:
+        """The region of a ``width`` x ``height`` frame (the weights are dropped when it changes)."""
+        r = decoder_region(width, height, self.image_size)
+        if r != self.region:
+            self.region, self._weights = r, {}
+        return r
+
     def filters(self, width: int, height: int) -> list[tuple[str, str]]:
-        self.region = r = decoder_region(width, height, self.image_size)
-        self._weights = {}
+        r = self._region(width, height)
         return [("crop", f"{r.width}:{r.height}:{r.x}:{r.y}:exact=1")]
 
     def _resample(self, plane: np.ndarray, factor: tuple[int, int] = (1, 1)) -> np.ndarray:
@@ -173,7 +192,7 @@ class ModelCrop(_CropGraph):
             from scipy import sparse
 
             r, n = self.region, self.image_size
-            assert r is not None  # set by filters() when run() built the graph
+            assert r is not None  # set by _region() for this frame
             rows = subsampled(resample_weights(r.height, r.box[1], r.box[3], n), factor[1])
             columns = subsampled(resample_weights(r.width, r.box[0], r.box[2], n), factor[0])
             self._weights[key] = (sparse.csr_array(rows), sparse.csr_array(columns))
@@ -181,26 +200,40 @@ class ModelCrop(_CropGraph):
         out: np.ndarray = (columns @ (rows @ plane.astype(np.float32)).T).T  # sparse @ dense: SciPy's fast order
         return out
 
+    def _colours(self, rgb: np.ndarray) -> np.ndarray:
+        """The region in RGB (height x width x 3 uint8) -> the crop, each colour resampled: size x size x 3 uint8."""
+        return np.stack([_to_uint8(self._resample(rgb[:, :, c])) for c in range(3)], axis=2)
+
     def __call__(self, frame: Any) -> np.ndarray:
+        r = self._region(frame.width, frame.height)
+        key = (frame.width, frame.height, frame.format.name)
+        if key not in self._conversions:
+            self._conversions[key] = model_crop_conversion(frame.format.name, _chroma(frame.format), frame.width, frame.height, r)
+        self.conversion = self._conversions[key]
+        if self.conversion is Conversion.FRAME:  # as the exact path converts it, then the region's pixels
+            return self._colours(frame.to_ndarray(format="rgb24")[r.y:r.y + r.height, r.x:r.x + r.width])
         cut = self.run(frame)
-        factor = PLANAR_YUV.get(cut.format.name)
-        if factor is None:  # not planar 8-bit YUV: the region in RGB as the exact path converts it, each colour resampled
-            rgb = cut.to_ndarray(format="rgb24")
-            return np.stack([_to_uint8(self._resample(rgb[:, :, c])) for c in range(3)], axis=2)
+        if cut.format.name != frame.format.name:  # the crop filter does not take this format: FFmpeg converted it first
+            log.info("FFmpeg's crop filter does not cut %s; these frames are converted whole", frame.format.name)
+            self._conversions[key] = Conversion.FRAME
+            return self(frame)
+        if self.conversion is Conversion.REGION:
+            return self._colours(cut.to_ndarray(format="rgb24"))
         import av
 
-        n, (fx, fy) = self.image_size, factor
+        n, (fx, fy) = self.image_size, PLANAR_YUV[cut.format.name]
+        down = 2 if n * fy % 2 else fy  # rows of the small picture per output row: an even count, so FFmpeg repeats its chroma
         y, u, v = (_to_uint8(self._resample(_plane(p), (fx, fy) if i else (1, 1))) for i, p in enumerate(cut.planes[:3]))
-        small = av.VideoFrame(n * fx, n * fy, cut.format.name)  # one chroma sample per output pixel
+        small = av.VideoFrame(n * fx, n * down, cut.format.name)  # one chroma sample per output pixel
         small.colorspace, small.color_range = frame.colorspace, frame.color_range
-        _plane(small.planes[0])[:] = y.repeat(fy, axis=0).repeat(fx, axis=1)
-        _plane(small.planes[1])[:], _plane(small.planes[2])[:] = u, v
+        _plane(small.planes[0])[:] = y.repeat(down, axis=0).repeat(fx, axis=1)
+        _plane(small.planes[1])[:], _plane(small.planes[2])[:] = u.repeat(down // fy, axis=0), v.repeat(down // fy, axis=0)
         if self._reformatter is None:
             from av.video.reformatter import VideoReformatter
 
             self._reformatter = VideoReformatter()  # keeps FFmpeg's converter from frame to frame
         rgb = self._reformatter.reformat(small, format="rgb24").to_ndarray()
-        return np.ascontiguousarray(rgb[::fy, ::fx])
+        return np.ascontiguousarray(rgb[::down, ::fx])
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:

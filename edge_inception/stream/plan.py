@@ -7,7 +7,9 @@ shared between decoding and the engine, and which decoder reads a source.
 - :func:`decoder_region`: the exact path's own geometry for the fast path: the region of the source that the reference
   resize reads for the model's crop (its taps included), on even pixels, and the crop box inside it, so that the
   decoder cuts only that region, and :func:`resample_weights`, the exact path's resample (Pillow's antialiased
-  bilinear) of that box as a matrix per axis, with :func:`subsampled` for a chroma plane.
+  bilinear) of that box as a matrix per axis, with :func:`subsampled` for a chroma plane, and
+  :func:`model_crop_conversion`: where FFmpeg's conversion of the whole frame is local enough for the cut to be
+  converted alone (and where the whole frame must be converted, as the exact path does).
 - :func:`split_threads`: (cores, where the engine runs, a hardware decoder) -> decoder threads and engine threads
   where nothing is measured (an engine on a GPU, a hardware decoder, the user's ``--threads``).
 - :func:`split_candidates` and :func:`choose_split`: the splits worth measuring on a CPU, and the fastest of those
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -145,6 +148,51 @@ def subsampled(weights: np.ndarray, factor: int) -> np.ndarray:
     out, size = weights.shape
     padded = np.pad(weights, ((0, 0), (0, -size % factor)))
     return padded.reshape(out, -1, factor).sum(axis=2)
+
+
+class Conversion(Enum):
+    """How :class:`~edge_inception.stream.decoders.ModelCrop` gets the exact path's colours for the model's crop of a
+    frame (:func:`model_crop_conversion` says which)."""
+
+    PLANES = "the region's YUV planes resampled, the small picture converted"
+    REGION = "the region converted to RGB, each colour resampled"
+    FRAME = "the whole frame converted to RGB (the exact path's call), the region's colours resampled"
+
+
+# 8-bit planar YUV whose planes ModelCrop resamples as they are: chroma samples per luma pixel across and down.
+PLANAR_YUV: dict[str, tuple[int, int]] = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj422p": (2, 1),
+                                          "yuv444p": (1, 1), "yuvj444p": (1, 1)}
+
+
+def model_crop_conversion(pixel_format: str, chroma: tuple[int, int], width: int, height: int, region: DecoderRegion) -> Conversion:
+    """Which :class:`Conversion` gives the exact path's colours for ``region`` of a ``width`` x ``height`` frame in
+    ``pixel_format`` (FFmpeg's name; ``chroma``: its chroma subsampling, luma pixels per chroma sample across and down).
+
+    The exact path converts the whole frame with FFmpeg's swscale (``to_ndarray(format="rgb24")``). The fast path may
+    convert less only where that conversion is local, the same pixels whether the whole frame or a cut is converted:
+
+    - 4:2:0 and 4:2:2 planar (:data:`PLANAR_YUV`) with an even number of rows: swscale's unscaled converter
+      (``ff_get_unscaled_swscale`` in ``libswscale/swscale_unscaled.c``: yuv420p / yuv422p, their yuvj forms being the
+      same with full range, only where ``!(dstH & 1)``) repeats each chroma sample over its luma pixels, which
+      :func:`subsampled` models: :attr:`Conversion.PLANES`. With an odd number of rows swscale takes its generic scaler
+      instead (chroma interpolated by a filter whose phase follows the frame's size, other rounding): measured 1-1.5
+      levels off on average, up to 24-42, for 321 x 241 and 64 x 47 frames: :attr:`Conversion.FRAME`.
+    - 4:4:4 planar: no chroma to interpolate, converted pixel by pixel at any size: :attr:`Conversion.PLANES`.
+    - any other format (NV12, 10-bit, packed, RGB, grey) goes through the generic scaler. Without chroma subsampling
+      it converts pixel by pixel: :attr:`Conversion.REGION`. With it, it interpolates chroma from the chroma plane's
+      size to the picture's (half the width for RGB; the full width, another filter, where the width is odd:
+      "Forcing full internal H chroma due to odd output size"), so a cut converts as the frame does only where the
+      frame's width is even and the subsampling tiles the frame and the region's offsets and sizes:
+      :attr:`Conversion.REGION`; otherwise :attr:`Conversion.FRAME`.
+    """
+    if pixel_format in PLANAR_YUV:
+        return Conversion.PLANES if PLANAR_YUV[pixel_format] == (1, 1) or height % 2 == 0 else Conversion.FRAME
+    cx, cy = max(1, chroma[0]), max(1, chroma[1])
+    if (cx, cy) == (1, 1):
+        return Conversion.REGION
+    tiled = (width % 2 == 0 and all(v % cx == 0 for v in (width, region.x, region.width))
+             and all(v % cy == 0 for v in (height, region.y, region.height)))
+    return Conversion.REGION if tiled else Conversion.FRAME
 
 
 @dataclass(frozen=True)
