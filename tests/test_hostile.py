@@ -237,8 +237,9 @@ def test_an_image_between_pillows_two_bomb_limits_is_one_line_on_every_path(tmp_
     folder.mkdir()
     for image in (warned, refused):
         (folder / image.name).write_bytes(image.read_bytes())
+    Image.new("RGB", (80, 64), (200, 30, 30)).save(folder / "readable.png")  # a stream of nothing but skipped images is an error
     r = run("stream", str(model), str(folder))
-    assert r.returncode == 0 and r.stderr == "" and "skipped corrupt 2" in r.stdout, r.stderr
+    assert r.returncode == 0 and r.stderr == "" and "1 frames" in r.stdout and "skipped corrupt 2" in r.stdout, r.stderr
 
 
 def test_sixteen_bit_and_exif_orientation(tmp_path):

@@ -42,19 +42,29 @@ def media(tmp_path_factory):
     }
 
 
-def _cli(*args: str, cwd: Path | None = None, limit_bytes: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The command as a user runs it (a fresh process: signals, limits and the working folder are its own)."""
+def _cli(*args: str, cwd: Path | None = None, limit_bytes: int | None = None, timeout: float = 120,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The command as a user runs it (a fresh process: signals, limits and the working folder are its own; ``env``:
+    variables set for it)."""
     def limit() -> None:
         if limit_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.run([sys.executable, "-m", "edge_inception", "stream", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, preexec_fn=limit, stdin=subprocess.DEVNULL)
+                          timeout=timeout, preexec_fn=limit, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 def _popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edge_inception", "stream", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _one_error_line(r: subprocess.CompletedProcess, needle: str) -> None:
+    """Exit 1, one ``error:`` line on stderr holding ``needle``, no traceback, no summary on stdout."""
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "summary: " not in r.stdout and "Traceback" not in r.stderr
 
 
 def _summary(text: str) -> dict:
@@ -166,9 +176,9 @@ def test_an_mp4_external_data_reference_is_not_followed(media, tmp_path):
         pass
     assert asked == [str(target)]  # the check can fail: the file does refer to the FIFO
     r = _cli(str(media["model"]), str(crafted), "--json-lines", str(tmp_path / "l.jsonl"), timeout=60)
-    assert r.returncode == 0, r.stderr
-    s = _summary(r.stdout)
-    assert s["frames"] == 0 and s["truncated"] is True  # the track's data is elsewhere: nothing to show, said
+    # the track's data is elsewhere: no frame, where the header counts some: one line, no output left
+    _one_error_line(r, f"{crafted}: no frame decoded: the file ends before its first frame (its header counts some)")
+    assert not (tmp_path / "l.jsonl").exists()
 
 
 @pytest.fixture
@@ -425,3 +435,94 @@ def test_a_fragmented_mp4_cut_anywhere_is_cut_back_to_frames_that_play(media, tm
         assert samples == (len(decoded_frames(part)) if good else 0)
         seen.add(samples)
     assert len(seen) >= 3  # the cuts fell in different fragments
+
+
+# --- a source that gives no frame because every frame failed (issue 40's attack pass) --------------------------------
+
+def _garbled_mjpeg(path: Path, frames: list, every: bool) -> Path:
+    """An MJPEG clip (every frame stands alone) whose packets are garbage of their own length (each of them, or none)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        st = out.add_stream("mjpeg", rate=10)
+        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuvj420p"
+        packets = [pk for rgb in frames for pk in st.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24"))] + list(st.encode())
+        for pk in packets:
+            if every:
+                bad = av.Packet(b"\x12" * len(bytes(pk)))
+                bad.pts, bad.dts, bad.time_base, bad.stream = pk.pts, pk.dts, pk.time_base, st
+                pk = bad
+            out.mux(pk)
+    return path
+
+
+def test_a_clip_whose_every_frame_is_corrupt_is_one_error_line(media, tmp_path):
+    """Every frame of the clip fails to decode: not a summary of 0 frames with exit 0, but one line and exit 1, and no
+    output left behind (the thread split, measured afresh on the same clip, says nothing of its own). The same clip with
+    its frames whole streams them all: the failure is the frames'."""
+    frames = list(pan_zoom_frames(160, 112, 6))
+    bad = _garbled_mjpeg(tmp_path / "all_corrupt.mkv", frames, every=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _cli(str(media["model"]), str(bad), "--save", str(out / "o.mp4"), "--json-lines", str(out / "l.jsonl"),
+             "--summary-json", str(out / "s.json"), timeout=120, env={"EDGE_INCEPTION_CACHE": str(tmp_path / "cache")})  # measured
+    _one_error_line(r, f"{bad}: no frame decoded (6 corrupt); nothing was classified")
+    assert list(out.iterdir()) == []
+    good = _cli(str(media["model"]), str(_garbled_mjpeg(tmp_path / "whole.mkv", frames, every=False)), "--threads", "1", timeout=120)
+    assert good.returncode == 0 and _summary(good.stdout)["frames"] == 6, good.stderr
+
+
+def test_a_folder_whose_every_image_is_unreadable_is_one_error_line(media, tmp_path):
+    """Real photos cut short (JPEG and PNG), garbage named .jpg: no image decodes, so nothing is classified: one line,
+    exit 1. With one whole photo beside them the folder streams it and counts the rest."""
+    import io as _io
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, rgb in enumerate(pan_zoom_frames(160, 112, 2)):
+        for fmt in ("JPEG", "PNG"):
+            buf = _io.BytesIO()
+            Image.fromarray(rgb).save(buf, fmt)
+            (folder / f"{i}.{fmt.lower()}").write_bytes(buf.getvalue()[: buf.tell() // 3])
+    (folder / "9.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    r = _cli(str(media["model"]), str(folder), "--threads", "1", timeout=120)
+    _one_error_line(r, f"{folder}: none of its 5 images decoded; nothing was classified")
+    Image.fromarray(next(pan_zoom_frames(160, 112, 1))).save(folder / "whole.png")
+    r = _cli(str(media["model"]), str(folder), "--threads", "1", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (_summary(r.stdout)["frames"], _summary(r.stdout)["corrupt"]) == (1, 5)
+
+
+def test_a_clip_that_holds_no_frame_is_a_warning_as_in_ffmpeg(media, tmp_path):
+    """An AVI with a video stream and no frame (nothing failed: there is nothing): FFmpeg says "Output file is empty,
+    nothing was encoded" and exits 0; so does the stream, with a 0-frame summary and one warning line."""
+    import av
+
+    empty = tmp_path / "empty.avi"
+    with av.open(str(empty), "w") as out:
+        st = out.add_stream("mjpeg", rate=10)
+        st.width, st.height, st.pix_fmt = 64, 48, "yuvj420p"
+        out.start_encoding()
+    r = _cli(str(media["model"]), str(empty), "--threads", "1", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _summary(r.stdout)["frames"] == 0 and r.stderr.strip() == f"warning: {empty}: holds no frame; nothing was classified"
+
+
+@pytest.mark.parametrize("fields,why", [
+    ({"frames": 3, "corrupt": 2, "truncated": True}, None),  # some frame was classified: the summary says the rest
+    ({"kind": "folder", "corrupt": 1}, "none of its 1 image decoded; nothing was classified"),
+    ({"corrupt": 4}, "no frame decoded (4 corrupt); nothing was classified"),
+    ({"corrupt": 4, "truncated": True}, "no frame decoded (4 corrupt, and the file ends early); nothing was classified"),
+    ({"truncated": True}, "no frame decoded: the file ends before its first frame (its header counts some); nothing was classified"),
+    ({"kind": "network", "lost": True, "reconnects": 1}, "no frame came before the source was lost (reopened 1 time); nothing was classified"),
+    ({}, None),  # a clip that holds no frame: a warning, not an error
+])
+def test_why_nothing_hand_worked(fields, why):
+    from edge_inception.stream.run import StreamSummary
+
+    s = StreamSummary("src", fields.pop("kind", "file"), "fast")
+    for k, v in fields.items():
+        setattr(s, k, v)
+    assert s.why_nothing() == why

@@ -178,6 +178,25 @@ class StreamSummary:
                 + ([f"reconnected {self.reconnects} time{'s' if self.reconnects != 1 else ''}"] if self.reconnects else [])
                 + (["source lost"] if self.lost else []))
 
+    def why_nothing(self) -> str | None:
+        """Why a source that ended with no frame classified is an error, in words: every frame or image failed to
+        decode, the file ends before its first frame where its header counts some, or a live source was lost before its
+        first frame. None where some frame was classified or nothing failed (a clip that holds no frame, as its header
+        says: like FFmpeg's "Output file is empty, nothing was encoded", a warning, not an error)."""
+        if self.frames:
+            return None
+        if self.corrupt:
+            if self.kind == "folder":
+                return f"none of its {self.corrupt} image{'s' if self.corrupt != 1 else ''} decoded; nothing was classified"
+            return (f"no frame decoded ({self.corrupt} corrupt{', and the file ends early' if self.truncated else ''}); "
+                    "nothing was classified")
+        if self.truncated:
+            return "no frame decoded: the file ends before its first frame (its header counts some); nothing was classified"
+        if self.lost:
+            return (f"no frame came before the source was lost (reopened {self.reconnects} time{'s' if self.reconnects != 1 else ''}); "
+                    "nothing was classified")
+        return None
+
     def headline(self) -> list[str]:
         """The summary's first lines, in words (the CLI prints them, the Markdown rendering lists them): frames and FPS
         end to end with what else happened, the decoder and the thread split, the engine measured alone."""
@@ -221,6 +240,7 @@ class _Producer(threading.Thread):
         self.source, self.image_size, self.mode, self.q, self.stop = source, image_size, mode, q, stop
         self.dropped = 0
         self.error: BaseException | None = None
+        self.exhausted = False  # the source ended by itself (not stopped, not failed)
 
     def run(self) -> None:
         from PIL import Image
@@ -240,6 +260,8 @@ class _Producer(threading.Thread):
                 else:
                     tensor = crop_resize(Image.fromarray(frame.rgb), frame.full_size, self.image_size)
                 self._put(_Item(frame, tensor, started, (time.perf_counter() - t0) * 1e3))
+            else:
+                self.exhausted = not self.stop.is_set()
         except BaseException as exc:  # handed to the consumer, which raises it in the caller's thread
             self.error = exc
         finally:
@@ -320,7 +342,8 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
                reconnect_s: float = RECONNECT_S, split: ThreadSplit | None = None, engine_alone: bool = True,
-               calibrate: bool = True, split_cache: Path | None = None, max_seconds: float | None = None) -> StreamSummary:
+               calibrate: bool = True, split_cache: Path | None = None, max_seconds: float | None = None,
+               require_frames: bool = True) -> StreamSummary:
     """Classify every frame of ``uri`` (see :func:`~edge_inception.stream.sources.open_source`; or a source made by the
     caller, not yet opened) with ``artifact``.
 
@@ -334,7 +357,9 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     ``max_seconds``: stop after this many seconds of streaming (what bounds each calibration run).
     Returns the :class:`StreamSummary`, also after Ctrl-C / SIGTERM (``interrupted``) and after an output write failed
     (``output_error``; an :class:`~.writer.OutputError` raised by ``on_frame`` counts as one). Raises
-    :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and what the runner raises.
+    :class:`~edge_inception.errors.StreamError` for a source that cannot be opened, and (``require_frames``) for one that
+    ended having given no frame because every frame failed (:meth:`StreamSummary.why_nothing`; a clip that holds no
+    frame is only logged as a warning, as FFmpeg does), and what the runner raises.
     """
     info = artifact_info(artifact)
     names = info.class_names
@@ -371,6 +396,11 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         with open_runner(artifact, threads=summary.threads.engine) as runner, video_writer(save, source.fps) as writer:
             producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
             last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress, max_seconds)
+            if require_frames and producer.exhausted and summary.frames == 0 and summary.interrupted is None and summary.output_error is None:
+                why = summary.why_nothing()
+                if why is not None:
+                    raise StreamError(f"{source.uri}: {why}")
+                log.warning("%s: holds no frame; nothing was classified", source.uri)
             if engine_alone and last is not None and summary.interrupted is None and summary.output_error is None:
                 summary.engine_alone = measure_engine_alone(runner, last)
     finally:
@@ -416,7 +446,7 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
         stamps: list[float] = []
         s = run_stream(artifact, str(again), top_k=1, mode=mode, max_frames=CALIBRATION_FRAMES, max_seconds=CALIBRATION_MAX_S,
                        split=ThreadSplit(pair[0], pair[1], "calibrating"),
-                       engine_alone=False, calibrate=False, on_frame=lambda r: stamps.append(time.perf_counter()))
+                       engine_alone=False, calibrate=False, require_frames=False, on_frame=lambda r: stamps.append(time.perf_counter()))
         if s.interrupted:
             raise Terminated() if s.interrupted == "SIGTERM" else KeyboardInterrupt()
         timed = stamps[CALIBRATION_WARMUP:] if len(stamps) >= CALIBRATION_WARMUP + 3 else stamps
