@@ -242,7 +242,8 @@ VIDEO_CASES = [
     (63, 47, 64, "ffv1", "yuv444p", None, P),    # no chroma subsampling: pixel by pixel at any size
     (64, 47, 64, "ffv1", "yuv420p", _as("nv12"), F),
     (63, 48, 64, "ffv1", "yuv420p", _as("nv12"), F),
-    (64, 48, 64, "ffv1", "yuv422p", _as("yuyv422"), F),  # packed: FFmpeg's crop filter cannot cut it as it is
+    (64, 48, 64, "ffv1", "yuv422p", _as("yuyv422"), R),  # packed (a USB camera's): FFmpeg's crop filter would convert it
+    (63, 48, 64, "ffv1", "yuv422p", _as("uyvy422"), F),
     (63, 48, 64, "ffv1", "yuv444p", _as("yuv440p"), F),  # odd width: FFmpeg interpolates the frame's chroma in full
     (720, 480, 64, "ffv1", "yuv444p", _as("yuv411p"), F),  # DV's 4:1:1: the region is not whole chroma samples wide
 ]

@@ -154,10 +154,11 @@ class ModelCrop(_CropGraph):
     That holds only where FFmpeg converts the whole frame pixel by pixel with each chroma sample repeated
     (:func:`~edge_inception.stream.plan.model_crop_conversion` says where: :attr:`.Conversion.PLANES`). A frame in
     another pixel format (10-bit, NV12, RGB) whose chroma tiles the frame has its region converted to RGB by the exact
-    path's call and each colour resampled the same way (:attr:`.Conversion.REGION`). A frame that FFmpeg converts
-    through its generic scaler with chroma interpolated at the frame's own ratio (4:2:0 or 4:2:2 with an odd number of
-    rows; NV12 and other non-planar 4:2:0 / 4:2:2 of an odd width or height), or whose format FFmpeg's ``crop`` filter
-    cannot cut as it is (packed 4:2:2 such as YUYV), is converted whole, exactly as the exact path converts it, and the
+    path's call and each colour resampled the same way (:attr:`.Conversion.REGION`; a packed one-plane format that the
+    ``crop`` filter would convert first, such as a USB camera's YUYV, is cut by slicing its plane's rows and bytes). A
+    frame that FFmpeg converts through its generic scaler with chroma interpolated at the frame's own ratio (4:2:0 or
+    4:2:2 with an odd number of rows; NV12, YUYV and other non-planar 4:2:0 / 4:2:2 of an odd width or height), or
+    whose format neither cut takes as it is, is converted whole, exactly as the exact path converts it, and the
     region's colours resampled (:attr:`.Conversion.FRAME`): one level at most from the exact path, at the cost of a
     full-frame conversion, only on such frames. :attr:`conversion` says which the last frame took.
 
@@ -171,6 +172,7 @@ class ModelCrop(_CropGraph):
         super().__init__(image_size, threads)
         self._weights: dict[tuple[tuple[int, ...], tuple[int, int]], tuple[Any, Any]] = {}  # (shape, factor) -> (rows, columns)
         self._conversions: dict[tuple[int, int, str], Conversion] = {}  # (width, height, pixel format) -> how
+        self._packed: set[tuple[int, int, str]] = set()  # frames the crop filter does not cut: sliced here (_packed_cut)
         self._reformatter: Any = None
 
     def _region(self, width: int, height: int) -> DecoderRegion:
@@ -200,6 +202,23 @@ class ModelCrop(_CropGraph):
         out: np.ndarray = (columns @ (rows @ plane.astype(np.float32)).T).T  # sparse @ dense: SciPy's fast order
         return out
 
+    @staticmethod
+    def _packed_cut(frame: Any, r: DecoderRegion) -> Any:
+        """``frame``'s region ``r`` in its own one-plane packed pixel format (YUYV: 2 bytes a pixel, a chroma pair per
+        2 pixels; :func:`~edge_inception.stream.plan.model_crop_conversion` has checked that ``r`` starts and ends on
+        whole chroma samples), its plane's rows and bytes copied, with the frame's colour matrix and range."""
+        import av
+
+        step = frame.format.padded_bits_per_pixel // 8
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        cut = av.VideoFrame(r.width, r.height, frame.format.name)
+        cut.colorspace, cut.color_range = frame.colorspace, frame.color_range
+        out: Any = cut.planes[0]
+        np.frombuffer(out, np.uint8).reshape(out.height, out.line_size)[:, :r.width * step] = \
+            rows[r.y:r.y + r.height, r.x * step:(r.x + r.width) * step]
+        return cut
+
     def _colours(self, rgb: np.ndarray) -> np.ndarray:
         """The region in RGB (height x width x 3 uint8) -> the crop, each colour resampled: size x size x 3 uint8."""
         return np.stack([_to_uint8(self._resample(rgb[:, :, c])) for c in range(3)], axis=2)
@@ -212,11 +231,15 @@ class ModelCrop(_CropGraph):
         self.conversion = self._conversions[key]
         if self.conversion is Conversion.FRAME:  # as the exact path converts it, then the region's pixels
             return self._colours(frame.to_ndarray(format="rgb24")[r.y:r.y + r.height, r.x:r.x + r.width])
-        cut = self.run(frame)
+        cut = self._packed_cut(frame, r) if key in self._packed else self.run(frame)
         if cut.format.name != frame.format.name:  # the crop filter does not take this format: FFmpeg converted it first
-            log.info("FFmpeg's crop filter does not cut %s; these frames are converted whole", frame.format.name)
-            self._conversions[key] = Conversion.FRAME
-            return self(frame)
+            if self.conversion is Conversion.REGION and len(frame.planes) == 1 and frame.format.padded_bits_per_pixel % 8 == 0:
+                self._packed.add(key)  # one plane of whole bytes per pixel (packed YUYV, UYVY): its rows and bytes sliced
+                cut = self._packed_cut(frame, r)
+            else:
+                log.info("FFmpeg's crop filter does not cut %s; these frames are converted whole", frame.format.name)
+                self._conversions[key] = Conversion.FRAME
+                return self(frame)
         if self.conversion is Conversion.REGION:
             return self._colours(cut.to_ndarray(format="rgb24"))
         import av
