@@ -27,6 +27,15 @@ C. A 1080p H.264 video made here (pans and zooms over the bundled photos, libx26
    FFmpeg's own decode+scale in alternating rounds.
 D. The thread split: ``stream`` on the clip with each (decoder threads, engine threads) pair that fits the cores, the
    split the stream measured and chose marked, and the best.
+E. ``spinning`` (not in the default ``--parts``; an ONNX Runtime artifact only): the decode stage inside ``stream`` and
+   its FPS with ONNX Runtime's idle threads spinning (its default) and sleeping (``EDGE_INCEPTION_ORT_SPINNING=0``),
+   against FFmpeg's own decode+scale, in alternating rounds with the split the stream chose: whether the engine's
+   spinning threads are what inflates the decode stage inside the stream (issue 40's 1.43-1.46 x). Measured on a
+   loaded 2-core EPYC (load 6-10, one run each) with the FP32 demo net at 64 px: with the runtimes' default threads
+   (ORT's pool on both cores) the decode stage was 1.43 x FFmpeg's decode+scale spinning, 1.07 x sleeping (45 / 65
+   FPS, medians of 6 rounds); with 1 decoder + 1 engine thread (no pool thread to spin) 1.60 x / 1.64 x, the same
+   FPS, and the engine alone slower sleeping (136 / 175 FPS). Not a default to change on that evidence: to be
+   measured quiet.
 
 Part B's goal (issue 40): the folder >= 0.8 x min(the decoder's rate, the engine's rate), the decoder's rate being
 the stream's own decode + preprocess of each file, timed alone.
@@ -293,6 +302,51 @@ def part_threads(artifact: str, work: Path, frames: int, split_frames: int) -> d
             "best": {"decoder_threads": best["decoder_threads"], "engine_threads": best["engine_threads"], "fps": best["fps"]}}
 
 
+SPIN_ROUNDS = 4  # part E: alternating rounds (the order of spinning / sleeping swapped each round)
+
+
+def part_spinning(artifact: str, work: Path, frames: int, rounds: int = SPIN_ROUNDS) -> dict:
+    """Part E: the decode stage inside ``stream`` (mean ms per frame) and its FPS with ONNX Runtime's idle threads
+    spinning and sleeping, each against FFmpeg's decode+scale of the same round (ModelScaler, the split's decoder
+    threads); medians over ``rounds`` and each round's figures and load."""
+    from edge_inception.engines.registry import artifact_info
+    from edge_inception.onnx_file import SPINNING_ENV
+    from edge_inception.stream.run import run_stream
+
+    backend = artifact_info(artifact).backend
+    if "ort" not in backend.lower() and "onnxruntime" not in backend.lower():
+        return {"skipped": f"the artifact runs on {backend}; idle spinning is ONNX Runtime's setting"}
+    video = work / "pan_zoom_1080p.mp4"
+    if not video.exists():
+        video, _ = make_clip(work, frames)
+    split = split_for(artifact, str(video))
+    size = artifact_info(artifact).image_size
+    ways = {"spinning": "1", "sleeping": "0"}
+    rows: dict[str, list[dict]] = {k: [] for k in ways}
+    ffmpeg_ms: list[float] = []
+    loads = []
+    before = os.environ.get(SPINNING_ENV)
+    try:
+        for i in range(rounds):
+            ffmpeg_ms.append(ffmpeg_rates(video, size, split.decoder, rounds=1)["decode_scale_rgb"]["ms_per_frame"])
+            for name in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
+                os.environ[SPINNING_ENV] = ways[name]
+                st = run_stream(artifact, str(video), split=split, engine_alone=True)
+                rows[name].append({"decode_ms": round(st.stages["decode"].mean, 3), "inference_ms": round(st.stages["inference"].mean, 3),
+                                   "fps": round(st.fps, 2), "engine_alone_fps": st.engine_alone.fps if st.engine_alone else None,
+                                   "decode_vs_ffmpeg": round(st.stages["decode"].mean / ffmpeg_ms[-1], 3)})
+            loads.append(load())
+    finally:
+        if before is None:
+            os.environ.pop(SPINNING_ENV, None)
+        else:
+            os.environ[SPINNING_ENV] = before
+    out: dict = {"split": split.why, "rounds": rounds, "rounds_load_1min": loads, "ffmpeg_decode_scale_ms": ffmpeg_ms}
+    for name, rs in rows.items():
+        out[name] = {k: round(float(np.median([r[k] for r in rs if r[k] is not None] or [0.0])), 3) for k in rs[0]} | {"rounds": rs}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global ENGINE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -333,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = {"agreement": lambda w: part_agreement(args.artifact, w, args.agreement_images),
              "jpeg": lambda w: part_jpeg_folder(args.artifact, w, args.jpegs),
              "video": lambda w: part_video(args.artifact, w, args.video_frames),
-             "threads": lambda w: part_threads(args.artifact, w, args.video_frames, args.split_frames)}
+             "threads": lambda w: part_threads(args.artifact, w, args.video_frames, args.split_frames),
+             "spinning": lambda w: part_spinning(args.artifact, w, args.video_frames)}
     global SPLIT_CACHE
     with tempfile.TemporaryDirectory(prefix="stream-goals-") as tmp:
         SPLIT_CACHE = Path(tmp) / "split-cache"
@@ -439,6 +494,18 @@ def markdown(r: dict) -> str:
         lines += [f"| {r['decoder_threads']} | {r['engine_threads']} | {r['fps']}{' (chosen)' if r['chosen'] else ''} | {r['load_1min']} |"
                   for r in t["splits"]]
         lines += ["", f"Best: {t['best']['decoder_threads']} / {t['best']['engine_threads']} at {t['best']['fps']} FPS.\n"]
+    if "spinning" in p:
+        sp = p["spinning"]
+        lines += ["## E. ONNX Runtime's idle threads: spinning or sleeping, inside the stream\n"]
+        if "skipped" in sp:
+            lines += [f"Skipped: {sp['skipped']}.\n"]
+        else:
+            lines += [f"Threads: {sp['split']}; {sp['rounds']} alternating rounds, medians; load per round {sp['rounds_load_1min']}.\n",
+                      "| ORT idle threads | decode stage ms (inside) | / FFmpeg decode+scale | inference ms (inside) | FPS | engine alone FPS |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {k} | {sp[k]['decode_ms']} | **{sp[k]['decode_vs_ffmpeg']}** | {sp[k]['inference_ms']} | {sp[k]['fps']} | "
+                      f"{sp[k]['engine_alone_fps']} |" for k in ("spinning", "sleeping")]
+            lines += [""]
     return "\n".join(lines) + "\n"
 
 
