@@ -19,9 +19,10 @@ takes minutes to decay (:data:`SEQUENCE_ENV` carries the sequence's starting loa
 
 A round is disturbed when other processes (all the machine's CPU time less ours and that of every process we started,
 those that left our process tree included, such as the GCS, raylet and workers of a Ray session the script started: they
-carry the mark :class:`Record` puts in the environment, :mod:`edge_inception.evaluate.load`) used more than a tenth of a core during it, or a hypervisor stole as much. A results
-file with a disturbed round (one that counts: a round measured again does not) is still written, and says it is not to
-be quoted as a goal met; so does one started at a load average above ``max_load``.
+carry the mark :class:`Record` puts in the environment, :mod:`edge_inception.evaluate.load`) used more than a tenth of
+a core during it, or a hypervisor stole as much. A results file with a disturbed round (one that counts: a round
+measured again does not) is still written, and says it is not to be quoted as a goal met; so does one started at a load
+average above ``max_load``.
 """
 
 from __future__ import annotations

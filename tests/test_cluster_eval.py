@@ -45,8 +45,9 @@ def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val
 
     script = textwrap.dedent("""
         import json, sys
+        from edge_inception.cluster.capacity import local_cpus
         from edge_inception.cluster.evaluate import evaluate_on_cluster
-        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=2, batch_size=16)
+        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=min(2, local_cpus()), batch_size=16)
         import ray
         assert not ray.is_initialized()
         json.dump({"images": r.images, "top1": r.top1, "top5": r.top5, "skipped": r.skipped, "top": r.top, "failed": r.failed,
@@ -88,6 +89,39 @@ def test_eval_cluster_refuses_a_bad_address_and_a_missing_token(built_fp32, big_
     assert r.returncode == 1 and "error: no Ray token" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = ray_procs.run([*cli, "--cluster", "127.0.0.1:9"], 120, RAY_AUTH_TOKEN="x" * 32)  # port 9 (discard): nothing listens
     assert r.returncode == 1 and "error: no Ray head answers at 127.0.0.1:9" in r.stderr, r.stderr
+
+
+def test_workers_beyond_the_cpus_are_refused_with_the_most_that_can_run():
+    """The decision (pure): a count within the CPUs passes; beyond them, local and joined clusters each get a line that
+    says the most that can run; a cluster with no CPU at all says so; a cgroup quota rounds up to whole CPUs."""
+    from edge_inception.cluster.capacity import cgroup_cpus, check_workers
+    from edge_inception.cluster.connect import ClusterError
+
+    check_workers(2, 2, "local")
+    check_workers(4, 4.5, "10.0.0.5:6379")
+    with pytest.raises(ClusterError, match=r"^--workers 3 for --cluster local: this machine gives this process 2 CPU\(s\); at most 2 "):
+        check_workers(3, 2, "local")
+    with pytest.raises(ClusterError, match=r"^--workers 5: the Ray cluster at 10.0.0.5:6379 has 4 CPU\(s\) in all \(ray status\); at most 4 "):
+        check_workers(5, 4.5, "10.0.0.5:6379")
+    with pytest.raises(ClusterError, match=r"has no CPU for a worker"):
+        check_workers(1, 0.0, "10.0.0.5:6379")
+    assert [cgroup_cpus(t) for t in ("max 100000", "150000 100000", "50000 100000", "200000 100000\n", "junk", "-1 100000")] == [
+        None, 2, 1, 2, None, None]
+
+
+def test_eval_cluster_local_refuses_more_workers_than_this_machine_has_cpus(tmp_path):
+    """256 workers on a private cluster were accepted (Ray warned, the run crawled): refused in one line before any work
+    (the model and folder named here do not exist), and no Ray process started."""
+    from edge_inception.cluster.capacity import local_cpus
+
+    cpus = local_cpus()
+    for n in (cpus + 1, 256):
+        r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "val"),
+                           "--cluster", "local", "--workers", str(n)], 120)
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            f"error: --workers {n} for --cluster local: this machine gives this process {cpus} CPU(s); at most {cpus} (each worker "
+            "is a process with an engine of its own)"], r.stderr[-3000:]
+    assert not ray_procs.marked()
 
 
 def test_eval_cluster_prints_one_line_of_its_own_and_no_library_warning(tmp_path):

@@ -30,6 +30,7 @@ from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..evaluate.verify import top_classes
 from ..vocab import FolderOrder, PreprocessMode
+from .capacity import check_workers, local_cpus
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,20 @@ class ClusterTopK:
     kept for the next ones (``quantize`` judges several models), left, and a private cluster stopped, on exit.
 
     ``startup_s``: seconds until the cluster was usable; ``seconds``: the last pass (decode + preprocess + inference +
-    transfers). Raises :class:`ClusterError` for a bad address or worker count (at construction), a cluster that cannot
-    be used, a worker that fails or an answer that does not match what was sent."""
+    transfers). Raises :class:`ClusterError` for a bad address or worker count (at construction; on a joined cluster, more
+    workers than its CPUs once joined: :func:`~edge_inception.cluster.capacity.check_workers`), a cluster that cannot be
+    used, a worker that fails or an answer that does not match what was sent."""
 
     def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
         check_address(address)
-        if address != "local":
+        if address == "local":
+            check_workers(workers, local_cpus(), address)  # more would contend for the cores (the cluster is sized to the workers)
+        else:
             check_head(address)  # a wrong address is said now, before the work that leads to the first pass
         if threads is None and address == "local":
-            import os
-
-            threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the machine's cores, as plain eval's one runner does
+            threads = max(1, local_cpus() // workers)  # the workers share the machine's cores, as plain eval's one runner does
         # on a joined cluster (threads None) each actor's engine runs as many threads as Ray CPUs it was given (assigned_cpus)
         self.address, self.workers, self.batch_size, self.threads = address, workers, batch_size, threads
         self.startup_s = self.seconds = 0.0
@@ -130,6 +132,9 @@ class ClusterTopK:
             self._joined = True
         import ray
         import ray.data
+
+        if self.address != "local":  # Ray Data's actor pool would wait without end for actors that get no CPU
+            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address)
 
         quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
