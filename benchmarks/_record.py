@@ -18,9 +18,11 @@ over :data:`IDLE_WINDOW_S`), because the load average then mostly remembers the 
 takes minutes to decay (:data:`SEQUENCE_ENV` carries the sequence's starting load to the scripts).
 
 A round is disturbed when other processes (all the machine's CPU time less ours and that of every process we started,
-:mod:`edge_inception.evaluate.load`) used more than a tenth of a core during it, or a hypervisor stole as much. A results
-file with a disturbed round (one that counts: a round measured again does not) is still written, and says it is not to
-be quoted as a goal met; so does one started at a load average above ``max_load``.
+those that left our process tree included, such as the GCS, raylet and workers of a Ray session the script started: they
+carry the mark :class:`Record` puts in the environment, :mod:`edge_inception.evaluate.load`) used more than a tenth of
+a core during it, or a hypervisor stole as much. A results file with a disturbed round (one that counts: a round
+measured again does not) is still written, and says it is not to be quoted as a goal met; so does one started at a load
+average above ``max_load``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 from edge_inception.evaluate.cpu import cpu_info
-from edge_inception.evaluate.load import DISTURBED_CORES, LoadMeter, RoundLoad
+from edge_inception.evaluate.load import DISTURBED_CORES, LoadMeter, RoundLoad, mark_ours
 
 T = TypeVar("T")
 MAX_LOAD = 0.5  # the 1-minute load average below which a machine counts as quiet at the start
@@ -66,6 +68,7 @@ class Record:
     """How one benchmark run went: the CPU, the load at the start, and every round's load (see the module's docstring)."""
 
     def __init__(self, *, max_load: float = MAX_LOAD) -> None:
+        mark_ours()  # every process the benchmark starts from here on is ours, also those that leave its tree (Ray's daemons)
         cpu = cpu_info()
         self.cpu, self.cores, self.isa = cpu.model, cpu.cores, cpu.simd
         self.max_load = max_load

@@ -45,12 +45,13 @@ def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val
 
     script = textwrap.dedent("""
         import json, sys
+        from edge_inception.cluster.capacity import local_cpus
         from edge_inception.cluster.evaluate import evaluate_on_cluster
-        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=2, batch_size=16)
+        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=min(2, local_cpus()), batch_size=16)
         import ray
         assert not ray.is_initialized()
         json.dump({"images": r.images, "top1": r.top1, "top5": r.top5, "skipped": r.skipped, "top": r.top, "failed": r.failed,
-                   "startup_s": r.startup_s, "seconds": r.seconds}, open(sys.argv[3], "w"))
+                   "startup_s": r.startup_s, "workers_s": r.workers_s, "seconds": r.seconds}, open(sys.argv[3], "w"))
     """)
     out = tmp_path / "cluster.json"
     r = ray_procs.run([sys.executable, "-c", script, str(built_fp32), str(big_val), str(out)], RUN_TIMEOUT_S)
@@ -61,6 +62,9 @@ def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val
     assert list(got["failed"]) == [str((big_val / "cat" / "broken.png").resolve())]
     assert len(got["top"]) == len(per_image) == 520
     assert {str(Path(p).resolve()): t for p, t in per_image.items()} == got["top"]
+    # the rate is the steady state: the workers' start (actors started, each opening the model) is set apart, as plain
+    # eval's rate leaves out its model load
+    assert got["startup_s"] > 0 and got["workers_s"] > 0 and got["seconds"] > 0
     assert not ray_procs.marked()
 
 
@@ -90,6 +94,39 @@ def test_eval_cluster_refuses_a_bad_address_and_a_missing_token(built_fp32, big_
     assert r.returncode == 1 and "error: no Ray head answers at 127.0.0.1:9" in r.stderr, r.stderr
 
 
+def test_workers_beyond_the_cpus_are_refused_with_the_most_that_can_run():
+    """The decision (pure): a count within the CPUs passes; beyond them, local and joined clusters each get a line that
+    says the most that can run; a cluster with no CPU at all says so; a cgroup quota rounds up to whole CPUs."""
+    from edge_inception.cluster.capacity import cgroup_cpus, check_workers
+    from edge_inception.cluster.connect import ClusterError
+
+    check_workers(2, 2, "local")
+    check_workers(4, 4.5, "10.0.0.5:6379")
+    with pytest.raises(ClusterError, match=r"^--workers 3 for --cluster local: this machine gives this process 2 CPU\(s\); at most 2 "):
+        check_workers(3, 2, "local")
+    with pytest.raises(ClusterError, match=r"^--workers 5: the Ray cluster at 10.0.0.5:6379 has 4 CPU\(s\) in all \(ray status\); at most 4 "):
+        check_workers(5, 4.5, "10.0.0.5:6379")
+    with pytest.raises(ClusterError, match=r"has no CPU for a worker"):
+        check_workers(1, 0.0, "10.0.0.5:6379")
+    assert [cgroup_cpus(t) for t in ("max 100000", "150000 100000", "50000 100000", "200000 100000\n", "junk", "-1 100000")] == [
+        None, 2, 1, 2, None, None]
+
+
+def test_eval_cluster_local_refuses_more_workers_than_this_machine_has_cpus(tmp_path):
+    """256 workers on a private cluster were accepted (Ray warned, the run crawled): refused in one line before any work
+    (the model and folder named here do not exist), and no Ray process started."""
+    from edge_inception.cluster.capacity import local_cpus
+
+    cpus = local_cpus()
+    for n in (cpus + 1, 256):
+        r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "val"),
+                           "--cluster", "local", "--workers", str(n)], 120)
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            f"error: --workers {n} for --cluster local: this machine gives this process {cpus} CPU(s); at most {cpus} (each worker "
+            "is a process with an engine of its own)"], r.stderr[-3000:]
+    assert not ray_procs.marked()
+
+
 def test_eval_cluster_prints_one_line_of_its_own_and_no_library_warning(tmp_path):
     """`eval --cluster local` on a tiny real classifier: stderr is the one cluster note. Ray Data warned (two lines:
     its deprecation of ``ray_remote_args`` and the product's source line) on every run; Python's warnings now go
@@ -107,6 +144,7 @@ def test_eval_cluster_prints_one_line_of_its_own_and_no_library_warning(tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cluster local: 1 worker(s), ready after"), r.stderr[-3000:]
+    assert "s, the workers' engines open after " in lines[0] and lines[0].endswith(" s more (neither in the rate below)")
     assert not ray_procs.marked()
 
 

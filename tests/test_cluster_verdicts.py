@@ -173,6 +173,20 @@ def test_a_head_that_refuses_the_token_is_said_so(head, tmp_path):
     assert "refused the token" in line
 
 
+def test_more_workers_than_the_joined_cluster_has_cpus_are_refused_once_joined(head, tmp_path):
+    """The head has 2 CPUs: a third worker would never get one (Ray Data's actor pool waits for it without end), so the
+    count is checked against the cluster's CPUs once joined, in one line."""
+    from edge_inception.data.images import bundled_photos, load_image
+    from tests.stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    folder = tmp_path / "val" / "class0"
+    folder.mkdir(parents=True)
+    load_image(bundled_photos()[0]).resize((80, 64)).save(folder / "0.png")
+    line = _refused(["eval", str(model), "--data", str(tmp_path / "val"), "--workers", "3"], int(head.rsplit(":", 1)[1]))
+    assert line == f"error: --workers 3: the Ray cluster at {head} has 2 CPU(s) in all (ray status); at most 2 (each worker takes one)"
+
+
 def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_path):
     """``pipeline --eval DIR --cluster``: the pipeline's FP16 accuracy verdict runs its models on the cluster and equals
     the one ``quantize --eval`` computes in this process for the FP32 model the pipeline exported."""

@@ -105,7 +105,8 @@ def eval_cmd(
         from ..cluster.evaluate import evaluate_on_cluster
 
         r = c = evaluate_on_cluster(artifact, data, cluster, workers=workers, batch_size=batch_size, mode=preprocess, order=folder_order)
-        note(f"cluster {cluster}: {c.workers} worker(s), ready after {c.startup_s:.1f} s (not in the rate below)")
+        note(f"cluster {cluster}: {c.workers} worker(s), ready after {c.startup_s:.1f} s, the workers' engines open after "
+             f"{c.workers_s:.1f} s more (neither in the rate below)")
     for warning in r.warnings:
         note(f"warning: {warning}")
     note_seeded(r.seeded)

@@ -30,6 +30,7 @@ from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..evaluate.verify import top_classes
 from ..vocab import FolderOrder, PreprocessMode
+from .capacity import check_workers, local_cpus
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class Classifier:
     """Ray Data's callable class: built once per actor (the artifact opened once), called per batch of paths.
 
     A batch is ``{"path": N str}``; the answer adds ``top`` (N x k int64 class indices, best first, -1 where the image
-    did not decode) and ``error`` (N str, empty where it decoded). The batch runs through the engine ``batch_size``
+    did not decode), ``error`` (N str, empty where it decoded) and ``started`` (N float64: the wall-clock second the
+    call began, the same for the batch: the head times the steady state from the first one). The batch runs through the engine ``batch_size``
     images at a time, the next chunk decoded in a thread while the engine runs this one (plain eval's overlap: a batch
     from Ray is :data:`CHUNKS_PER_CALL` chunks, so only its first chunk's decoding is not hidden)."""
 
@@ -52,6 +54,7 @@ class Classifier:
         self.image_size, self.mode, self.k, self.batch_size = image_size, PreprocessMode(mode), k, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.time()
         paths = [Path(str(p)) for p in batch["path"]]
         top = np.full((len(paths), self.k), -1, np.int64)
         errors = np.array([""] * len(paths), dtype=object)
@@ -61,7 +64,7 @@ class Classifier:
                 errors[index[p]] = why or "unreadable"
             if chunk.paths:
                 top[[index[p] for p in chunk.paths]] = top_classes(self.runner.run(chunk.tensors), self.k)  # the ranking every command uses
-        return {"path": batch["path"], "top": top, "error": errors}
+        return {"path": batch["path"], "top": top, "error": errors, "started": np.full(len(paths), started)}
 
     def __del__(self) -> None:
         runner = getattr(self, "runner", None)
@@ -80,11 +83,14 @@ def assigned_cpus() -> int:
 @dataclass
 class ClusterEvalResult(EvalResult):
     """:class:`EvalResult` plus what the cluster adds: the per-image top-k (path -> class indices, best first), the
-    seconds until the cluster was usable (``startup_s``, not in ``seconds``), and the worker count."""
+    seconds until the cluster was usable (``startup_s``) and then until the first worker began its first batch
+    (``workers_s``: Ray Data's plan, the actors started, each opening the artifact), neither in ``seconds``, and the worker
+    count."""
 
     top: dict[str, list[int]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     startup_s: float = 0.0
+    workers_s: float = 0.0
     workers: int = 1
     address: str = "local"
 
@@ -95,23 +101,29 @@ class ClusterTopK:
     Data batch). Joined (Ray imported) at the first call,
     kept for the next ones (``quantize`` judges several models), left, and a private cluster stopped, on exit.
 
-    ``startup_s``: seconds until the cluster was usable; ``seconds``: the last pass (decode + preprocess + inference +
-    transfers). Raises :class:`ClusterError` for a bad address or worker count (at construction), a cluster that cannot
-    be used, a worker that fails or an answer that does not match what was sent."""
+    ``startup_s``: seconds until the cluster was usable; ``workers_s``: in the last pass, seconds until the first worker
+    began its first batch (Ray Data's plan, actors started, each opening the model: start-up, as plain eval's model
+    load is not in its rate); ``seconds``: the rest of the last pass, to the last answer (decode + preprocess +
+    inference + transfers: the steady state). The workers' start is read from their wall clocks: on a joined cluster
+    they are taken to agree with the head's (NTP); one outside the pass counts the whole pass.
+
+    Raises :class:`ClusterError` for a bad address or worker count (at construction; on a joined cluster, more workers
+    than its CPUs once joined: :func:`~edge_inception.cluster.capacity.check_workers`), a cluster that cannot be used, a
+    worker that fails or an answer that does not match what was sent."""
 
     def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
         check_address(address)
-        if address != "local":
+        if address == "local":
+            check_workers(workers, local_cpus(), address)  # more would contend for the cores (the cluster is sized to the workers)
+        else:
             check_head(address)  # a wrong address is said now, before the work that leads to the first pass
         if threads is None and address == "local":
-            import os
-
-            threads = max(1, (os.cpu_count() or 1) // workers)  # the workers share the machine's cores, as plain eval's one runner does
+            threads = max(1, local_cpus() // workers)  # the workers share the machine's cores, as plain eval's one runner does
         # on a joined cluster (threads None) each actor's engine runs as many threads as Ray CPUs it was given (assigned_cpus)
         self.address, self.workers, self.batch_size, self.threads = address, workers, batch_size, threads
-        self.startup_s = self.seconds = 0.0
+        self.startup_s = self.workers_s = self.seconds = 0.0
         self.passes = 0
         self._stack = contextlib.ExitStack()
         self._joined = False
@@ -131,6 +143,9 @@ class ClusterTopK:
         import ray
         import ray.data
 
+        if self.address != "local":  # Ray Data's actor pool would wait without end for actors that get no CPU
+            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address)
+
         quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -143,12 +158,15 @@ class ClusterTopK:
                                                                 self.batch_size),
                                batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
                                num_cpus=1, max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
-        t0 = time.perf_counter()
+        t0 = time.time()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
         except ray.exceptions.RayError as exc:
             raise ClusterError(f"the evaluation failed on the cluster: {str(exc).splitlines()[0][:300]}") from None
-        self.seconds = time.perf_counter() - t0
+        t1 = time.time()
+        first = min((float(row["started"]) for row in rows), default=t0)
+        first = first if t0 <= first <= t1 else t0  # a worker's clock that disagrees with ours: the whole pass
+        self.workers_s, self.seconds = first - t0, t1 - first
         self.passes += 1
         top: dict[str, list[int]] = {}
         failed: dict[str, str] = {}
@@ -172,8 +190,9 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
     """Top-1 / top-5 of ``artifact`` on the ImageFolder ``data`` over the Ray cluster at ``address`` (``local``: a
     private one with ``workers`` CPUs), ``workers`` actors, ``batch_size`` images per engine call (:class:`ClusterTopK`).
 
-    ``seconds`` covers the data set's pass (decode + preprocess + inference + transfers), not the cluster's start-up
-    (``startup_s``). Unreadable files are counted in ``skipped`` and listed in ``failed``.
+    ``seconds`` covers the data set's pass from the first worker's first batch (decode + preprocess + inference +
+    transfers), not the cluster's start-up (``startup_s``) nor the workers' (``workers_s``), as plain eval's rate leaves
+    out its model load. Unreadable files are counted in ``skipped`` and listed in ``failed``.
 
     Raises :class:`DatasetError` as plain eval does, :class:`ClusterError` when the cluster cannot be used or a
     worker fails."""
@@ -192,4 +211,5 @@ def evaluate_on_cluster(artifact: str | Path, data: str | Path, address: str, *,
     top1 = sum(1 for p, t in top.items() if t[0] == label_of[p])
     top5 = sum(1 for p, t in top.items() if label_of[p] in t)
     return ClusterEvalResult(n, top1 / n, top5 / n, len(folder.skipped) + len(failed), run.seconds, [warning] if warning else [],
-                             seeded=info.seeded, top=top, failed=failed, startup_s=run.startup_s, workers=workers, address=address)
+                             seeded=info.seeded, top=top, failed=failed, startup_s=run.startup_s, workers_s=run.workers_s, workers=workers,
+                             address=address)

@@ -1,20 +1,44 @@
 """How busy the machine was while we measured: the load average, and the CPU time other processes took.
 
 A benchmark on a shared machine is only as good as the quiet it ran in. Each round records the 1-minute load average
-before and after, the CPU time the rest of the machine used during it (all CPU time from /proc/stat, less our own and
-that of every process we started, running or finished: a server or a worker pool that lives across rounds is ours,
-not a disturbance), and the time a hypervisor stole; a round in which others used more than a tenth of a core is marked
+before and after, the CPU time the rest of the machine used during it (all CPU time from /proc/stat, less ours:
+:class:`OwnCpu`), and the time a hypervisor stole; a round in which others used more than a tenth of a core is marked
 disturbed (and rerun, where the caller allows).
+
+Ours is this process, every process it started (running or finished: a server or a worker pool that lives across rounds
+is ours, not a disturbance), and every process that carries this process's mark (:func:`mark_ours`) in the environment
+it started with, with their descendants: a daemon that re-parents itself away from us, such as Ray's GCS, raylet and
+workers started by ``ray start`` or ``ray.init``, inherits the mark, while another user's processes (and this user's
+other Ray sessions) do not.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import secrets
+import threading
 import time
 from dataclasses import dataclass
 
 DISTURBED_CORES = 0.1  # other processes' average CPU use, in cores, above which a round does not count as quiet
+OWNER_ENV = "EDGE_INCEPTION_LOAD_OWNER"  # the mark :func:`mark_ours` puts in the environment our processes inherit
+SAMPLE_S = 0.25  # how often the processes we count as ours are read during a round (the last value of one that exits)
+FULL_SCAN_EVERY = 8  # samples: the processes judged not ours are read again (a PID taken again by a new process)
+
+_mark: str | None = None
+
+
+def mark_ours() -> str:
+    """Mark every process this one starts from now on as ours, including those that leave our process tree (a daemon,
+    Ray's daemons and workers): sets :data:`OWNER_ENV` in ``os.environ`` to a value of this process (the same on every
+    call; an inherited value is replaced, so a meter inside a process a benchmark started judges its own family).
+    Returns the mark."""
+    global _mark
+    if _mark is None:
+        _mark = f"{os.getpid()}-{secrets.token_hex(8)}"
+    os.environ[OWNER_ENV] = _mark
+    return _mark
 
 
 def _proc_stat() -> tuple[float, float] | None:
@@ -33,45 +57,137 @@ def _proc_stat() -> tuple[float, float] | None:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
-def _descendants_cpu() -> float:
-    """CPU seconds of our live descendants (children, grandchildren, ...): each one's own time and that of the children
-    it has reaped. A descendant reaped by us moves into RUSAGE_CHILDREN, one reaped by another descendant into that
-    one's reaped time, so the sum with :func:`_own_cpu`'s rusage stays continuous as processes come and go."""
-    me = os.getpid()
-    parent: dict[int, int] = {}
-    times: dict[int, float] = {}
+@dataclass(frozen=True)
+class _Proc:
+    start: int  # start time since boot, in ticks: a PID taken again is another process
+    ppid: int
+    own: int  # utime + stime, ticks
+    reaped: int  # cutime + cstime: the children it has waited for, ticks
+
+
+def _read_proc(pid: int) -> _Proc | None:
     try:
-        entries = os.listdir("/proc")
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14) ... starttime(19)
+        return _Proc(int(fields[19]), int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _carries(pid: int, needle: bytes) -> bool:
+    """Whether the environment ``pid`` started with holds ``needle`` (False where it cannot be read: another user's)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read().split(b"\0")
     except OSError:
-        return 0.0
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        try:  # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), counted from state as 0
-            parent[int(name)] = int(fields[1])
-            times[int(name)] = float(sum(int(x) for x in fields[11:15]))
-        except (ValueError, IndexError):
-            continue
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, list(children.get(me, []))
-    while todo:
-        pid = todo.pop()
-        total += times.get(pid, 0)
-        todo += children.get(pid, [])
-    return total / os.sysconf("SC_CLK_TCK")
+        return False
+
+
+def _rusage_s(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+class OwnCpu:
+    """CPU seconds used by ours (the module's notes) since :meth:`start`: this process and the children it has reaped
+    (rusage), every live process of ours (its own time and that of the children it reaped, from /proc, read every
+    ``interval_s`` by a thread), and, for those that ended in an interval, the part of their last readings that the
+    reaped counters of ours (ours' ``cutime``, our ``RUSAGE_CHILDREN``) did not take in over that interval: a daemon or a
+    Ray worker reaped by init, or by a parent that ignores SIGCHLD (the kernel then adds its time to no one).
+
+    What it cannot see errs towards "others" (a disturbed round), never towards "ours": what a process of ours used
+    after its last reading, and one that lives less than ``interval_s`` and is reaped outside ours."""
+
+    def __init__(self, interval_s: float = SAMPLE_S) -> None:
+        self.interval_s = interval_s
+        self.me = os.getpid()
+        self.needle = f"{OWNER_ENV}={_mark}".encode() if _mark is not None else None
+        self.live: dict[int, _Proc] = {}  # ours, as last read
+        self.others: dict[int, int] = {}  # PID -> start time of processes judged not ours
+        self.counted: set[int] = set()  # every PID counted as ours (for tests and reports)
+        self.ended_s = 0.0  # the last values of ours that ended unreaped by ours
+        self.children_s = _rusage_s(resource.RUSAGE_CHILDREN)
+        self.samples = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.t0 = 0.0
+
+    def _ours(self, pid: int, proc: _Proc, table: dict[int, _Proc], seen: dict[int, bool]) -> bool:
+        """Ours: the PID already counted (same start), a child of this process or of one of ours, or marked."""
+        if pid in seen:
+            return seen[pid]
+        seen[pid] = False  # a cycle (PIDs read at different moments) ends here
+        last = self.live.get(pid)
+        if self.others.get(pid) == proc.start:
+            pass
+        elif last is not None and last.start == proc.start:
+            seen[pid] = True
+        elif proc.ppid == self.me or (self.needle is not None and _carries(pid, self.needle)):
+            seen[pid] = True
+        elif proc.ppid in table:
+            seen[pid] = self._ours(proc.ppid, table[proc.ppid], table, seen)
+        return seen[pid]
+
+    def sample(self) -> float:
+        """Read the processes now; the CPU seconds of ours so far (since boot for the live ones, not since :meth:`start`)."""
+        with self._lock:
+            full = self.samples % FULL_SCAN_EVERY == 0
+            self.samples += 1
+            table: dict[int, _Proc] = {}
+            try:
+                names = os.listdir("/proc")
+            except OSError:
+                names = []
+            for name in names:
+                if not name.isdigit() or int(name) == self.me or (not full and int(name) in self.others and int(name) not in self.live):
+                    continue
+                proc = _read_proc(int(name))
+                if proc is not None:
+                    table[int(name)] = proc
+            seen: dict[int, bool] = {}
+            now = {pid: p for pid, p in table.items() if self._ours(pid, p, table, seen)}
+            for pid, p in table.items():
+                if pid not in now:
+                    self.others[pid] = p.start
+            children = _rusage_s(resource.RUSAGE_CHILDREN)
+            tick = os.sysconf("SC_CLK_TCK")
+            # what the reapers of ours took in since the last read: our reaped children, and the live ones' reaped time
+            gained = (children - self.children_s) + sum(max(0, p.reaped - self.live[pid].reaped) for pid, p in now.items()
+                                                        if pid in self.live and self.live[pid].start == p.start) / tick
+            ended = [p for pid, p in self.live.items() if pid not in now or now[pid].start != p.start]
+            # an ended process's time reached us only as far as the reapers' counters rose (a parent that ignores SIGCHLD,
+            # as Ray's raylet does, or init, adds nothing): the rest of its last reading is counted here
+            self.ended_s += max(0.0, sum(p.own + p.reaped for p in ended) / tick - gained)
+            self.live, self.children_s = now, children
+            self.counted |= set(now)
+            return (_rusage_s(resource.RUSAGE_SELF) + children + self.ended_s
+                    + sum(p.own + p.reaped for p in now.values()) / tick)
+
+    def start(self) -> OwnCpu:
+        """Take the first reading and start the thread that reads every ``interval_s``."""
+        self.t0 = self.sample()
+        self._thread = threading.Thread(target=self._run, name="own-cpu", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def stop(self) -> float:
+        """Stop reading; the CPU seconds ours used since :meth:`start`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return self.sample() - self.t0
 
 
 def _own_cpu() -> float:
-    """CPU seconds of this process, its reaped children, and its live descendants."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _descendants_cpu()
+    """CPU seconds of this process, its reaped children, and its live processes of ours (one reading: differences of two
+    calls are what ours used between them, as long as none of ours ended unreaped meanwhile; :class:`OwnCpu` follows those)."""
+    return OwnCpu().sample()
 
 
 def _loadavg() -> float | None:
@@ -94,21 +210,23 @@ class RoundLoad:
 
 
 class LoadMeter:
-    """``with LoadMeter(i) as m: ...`` then ``m.result``."""
+    """``with LoadMeter(i) as m: ...`` then ``m.result``: ours (:class:`OwnCpu`) read every ``interval_s`` meanwhile."""
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self, index: int, interval_s: float = SAMPLE_S) -> None:
+        self.index, self.interval_s = index, interval_s
 
     def __enter__(self) -> LoadMeter:
-        self.t0, self.load0, self.stat0, self.own0 = time.monotonic(), _loadavg(), _proc_stat(), _own_cpu()
+        self.t0, self.load0, self.stat0 = time.monotonic(), _loadavg(), _proc_stat()
+        self.own = OwnCpu(self.interval_s).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        own_used = self.own.stop()
         wall = max(time.monotonic() - self.t0, 1e-9)
         stat1 = _proc_stat()
         others = steal = None
         if self.stat0 is not None and stat1 is not None:
-            others = max(0.0, (stat1[0] - self.stat0[0]) - (_own_cpu() - self.own0)) / wall
+            others = max(0.0, (stat1[0] - self.stat0[0]) - own_used) / wall
             steal = (stat1[1] - self.stat0[1]) / wall
         disturbed = (others or 0.0) > DISTURBED_CORES or (steal or 0.0) > DISTURBED_CORES
         self.result = RoundLoad(self.index, round(wall, 2), self.load0, _loadavg(), None if others is None else round(others, 3),

@@ -1,0 +1,60 @@
+"""How many ``--workers`` a cluster can run: one Ray CPU per worker, at most as many workers as the cluster has CPUs.
+
+Refused, not capped: each worker is an actor with an engine of its own, and Ray Data's actor pool waits, without end,
+for actors that get no CPU on a joined cluster; on ``local`` (a private cluster sized to the workers) Ray would start
+them all on the machine's cores, where they contend and each takes its memory. A count lowered in silence would make
+the report's "N worker(s)" (and a benchmark's comparison at the same worker count) say something that did not run, so
+the line says the most that can run and the user chooses (as ``ray start --num-cpus`` or ``torchrun --nproc-per-node``
+take a count as given, and leave no room for a second guess of ours in between).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .connect import ClusterError
+
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+
+
+def cgroup_cpus(text: str) -> int | None:
+    """The CPUs a cgroup v2 ``cpu.max`` line allows (the quota over the period, rounded up), None for no limit or a line
+    that is not one."""
+    fields = text.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def local_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, lowered to its cgroup's CPU quota where there is one (the
+    count Ray itself would give a private cluster)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
+            quota = cgroup_cpus(f.read(100))
+    except OSError:
+        quota = None
+    return max(1, min(cpus, quota or cpus))
+
+
+def check_workers(workers: int, cpus: float, where: str) -> None:
+    """Refuse ``workers`` actors (one CPU each) on ``where`` (``local``, or a head's address) with ``cpus`` CPUs in all:
+    :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's (:func:`local_cpus`) or the
+    joined cluster's total (Ray's ``cluster_resources()["CPU"]``, fractional where nodes advertise so)."""
+    most = int(cpus)
+    if workers <= most:
+        return
+    if where == "local":
+        raise ClusterError(f"--workers {workers} for --cluster local: this machine gives this process {most} CPU(s); at most {most} "
+                           "(each worker is a process with an engine of its own)")
+    if most < 1:
+        raise ClusterError(f"the Ray cluster at {where} has no CPU for a worker (a head started with --num-cpus 0 and no node "
+                           "joined?)")
+    raise ClusterError(f"--workers {workers}: the Ray cluster at {where} has {most} CPU(s) in all (ray status); at most {most} "
+                       "(each worker takes one)")
