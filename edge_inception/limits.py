@@ -7,7 +7,9 @@ cannot exhaust memory, threads or disk before it is refused.
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 from .errors import EdgeInceptionError
 from .vocab import MIN_IMAGE_SIZE
@@ -29,6 +31,78 @@ MEMORY_FRACTION = 0.5  # a benchmark batch (input, activations) may take at most
 
 class LimitError(EdgeInceptionError):
     """A number outside the range this toolkit accepts."""
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpus(text: str) -> int | None:
+    """The CPUs a cgroup v2 ``cpu.max`` line ("QUOTA PERIOD" or "max PERIOD") allows, the quota over the period rounded
+    up; None for no limit or a line that is not one."""
+    fields = text.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def cgroup_quota(root: Path, self_cgroup: str) -> int | None:
+    """The fewest CPUs any cgroup of this process allows (None: no quota found), from the cgroup file system at ``root``
+    and ``self_cgroup``, the text of ``/proc/self/cgroup`` (``ID:CONTROLLERS:PATH`` lines).
+
+    A quota set on the process's own cgroup or on any above it limits it: v2 (``0::PATH``, ``cpu.max`` in each folder
+    from ``root/PATH`` up to ``root``) and v1 (the ``cpu`` controller's line, ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` from ``root/cpu/PATH`` up, where a quota of -1 is none). A path that is not under ``root``
+    (a container that sees the host's path) is read from ``root``'s own level only. Unreadable files count as no quota."""
+    found: list[int] = []
+
+    def read(path: Path) -> str | None:
+        try:
+            with open(path, encoding="ascii", errors="replace") as f:
+                return f.read(200)
+        except OSError:
+            return None
+
+    def levels(base: Path, rel: str) -> list[Path]:
+        folder = (base / rel.strip("/")).resolve() if rel.strip("/") else base
+        chain = [folder, *folder.parents]
+        return [p for p in chain if p == base or base in p.parents] or [base]
+
+    for line in self_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":  # v2
+            for folder in levels(root, rel):
+                text = read(folder / "cpu.max")
+                cpus = cgroup_cpus(text) if text is not None else None
+                if cpus is not None:
+                    found.append(cpus)
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own mount
+            base = next((b for b in (root / "cpu", root / controllers) if b.is_dir()), None)
+            for folder in levels(base, rel) if base is not None else []:
+                quota, period = read(folder / "cpu.cfs_quota_us"), read(folder / "cpu.cfs_period_us")
+                cpus = cgroup_cpus(f"{quota} {period}") if quota is not None and period is not None else None
+                if cpus is not None:
+                    found.append(cpus)
+    return min(found) if found else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (a container's cpuset, ``taskset``), lowered to the CPU quota of
+    its cgroups (``docker --cpus``, a systemd ``CPUQuota``; v1 and v2) where there is one, rounded up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/proc/self/cgroup", encoding="ascii", errors="replace") as f:
+            self_cgroup = f.read(10_000)
+    except OSError:
+        self_cgroup = "0::/"
+    quota = cgroup_quota(CGROUP_ROOT, self_cgroup)
+    return max(1, min(cpus, quota or cpus))
 
 
 def max_threads() -> int:

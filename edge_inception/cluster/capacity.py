@@ -10,37 +10,16 @@ take a count as given, and leave no room for a second guess of ours in between).
 
 from __future__ import annotations
 
-import math
-import os
-
+from ..limits import cgroup_cpus, usable_cpus
 from .connect import ClusterError
 
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
-
-
-def cgroup_cpus(text: str) -> int | None:
-    """The CPUs a cgroup v2 ``cpu.max`` line allows (the quota over the period, rounded up), None for no limit or a line
-    that is not one."""
-    fields = text.split()
-    if len(fields) != 2 or fields[0] == "max":
-        return None
-    try:
-        quota, period = int(fields[0]), int(fields[1])
-    except ValueError:
-        return None
-    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+__all__ = ["cgroup_cpus", "check_workers", "local_cpus"]
 
 
 def local_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask, lowered to its cgroup's CPU quota where there is one (the
-    count Ray itself would give a private cluster)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
-            quota = cgroup_cpus(f.read(100))
-    except OSError:
-        quota = None
-    return max(1, min(cpus, quota or cpus))
+    """The CPUs this process may run on: its affinity mask, lowered to its cgroups' CPU quota where there is one (v1 or
+    v2, on its own cgroup or one above it: :func:`~edge_inception.limits.usable_cpus`)."""
+    return usable_cpus()
 
 
 def check_workers(workers: int, cpus: float, where: str) -> None:

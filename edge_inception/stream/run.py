@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import signal
 import threading
@@ -34,6 +33,7 @@ from ..data.images import crop_resize, normalize, preprocess
 from ..engines.registry import artifact_info, open_runner
 from ..errors import StreamError, Terminated
 from ..evaluate.verify import softmax, top_classes
+from ..limits import usable_cpus
 from ..report import Axis, Bars, Figure, Series, md_text
 from ..vocab import PreprocessMode
 from .calibrate import CALIBRATION_FRAMES, CALIBRATION_MAX_S, CALIBRATION_WARMUP, SplitKey, calibrated_split
@@ -334,8 +334,9 @@ def _stats(values: list[float]) -> StageStats:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, as a container's cpuset limits it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """The cores this process may run on: its CPU affinity (a container's cpuset), lowered to its cgroups' CPU quota
+    (``docker --cpus``: :func:`~edge_inception.limits.usable_cpus`)."""
+    return usable_cpus()
 
 
 def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
