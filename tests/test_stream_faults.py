@@ -526,3 +526,30 @@ def test_why_nothing_hand_worked(fields, why):
     for k, v in fields.items():
         setattr(s, k, v)
     assert s.why_nothing() == why
+
+
+def test_a_cameras_password_in_its_url_is_never_shown_nor_written(media, tmp_path):
+    """An IP camera's address carries its credentials (rtsp://admin:PASSWORD@host/). The stream named its source as given
+    in every error and warning line, the summary on stdout and the --summary-json file: the password is now shown as
+    ``***`` everywhere, for a stream that plays, one that is lost before its first frame, and one that cannot be opened."""
+    data = media["ts"].read_bytes()
+    routes = {"/live.ts": lambda n: (ok(), data[:len(data) // 4 // 188 * 188], None) if n == 0 else ("HTTP/1.0 404 Not Found\r\n", b"", None),
+              "/garbage.ts": lambda n: (ok(), bytes(range(256)) * 64, None)}
+    server = HttpServer(routes).start()
+    try:
+        played = _cli(str(media["model"]), f"http://admin:s3cret@127.0.0.1:{server.port}/live.ts", "--reconnect", "1", "--threads", "1",
+                      "--summary-json", str(tmp_path / "s.json"), "--json-lines", str(tmp_path / "f.jsonl"))
+        garbage = _cli(str(media["model"]), f"http://admin:s3cret@127.0.0.1:{server.port}/garbage.ts", "--reconnect", "0",
+                       "--threads", "1")
+    finally:
+        server.stop()
+    closed = _cli(str(media["model"]), f"rtsp://admin:s3cret@127.0.0.1:{server.port}/live", "--reconnect", "0", "--threads", "1")
+    assert played.returncode == 0, played.stderr
+    shown = f"http://***@127.0.0.1:{server.port}/live.ts"
+    assert _summary(played.stdout)["source"] == shown and json.loads((tmp_path / "s.json").read_text())["source"] == shown
+    assert any(line.startswith(f"warning: {shown}: ") for line in played.stderr.splitlines()), played.stderr  # the source was lost
+    _one_error_line(garbage, f"http://***@127.0.0.1:{server.port}/garbage.ts: ")
+    _one_error_line(closed, f"rtsp://***@127.0.0.1:{server.port}/live: ")
+    for r in (played, garbage, closed):
+        assert "s3cret" not in r.stdout + r.stderr
+    assert not any("s3cret" in p.read_text() for p in tmp_path.iterdir())

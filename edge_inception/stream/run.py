@@ -254,7 +254,7 @@ class _Producer(threading.Thread):
                 if frame.model_rgb is not None and self.mode == PreprocessMode.fast:  # the decoder cut and scaled the crop
                     tensor = normalize(frame.model_rgb)
                 elif frame.rgb is None:
-                    raise StreamError(f"{self.source.uri}: the decoder gave no picture for frame {frame.index}")
+                    raise StreamError(f"{self.source.name}: the decoder gave no picture for frame {frame.index}")
                 elif self.mode == PreprocessMode.exact:
                     tensor = preprocess(Image.fromarray(frame.rgb), self.image_size)
                 else:
@@ -373,7 +373,7 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
     # the decoder cuts the model's crop where it can (the fast path); the whole picture only where it is needed
     source.want = Wanted(info.image_size, model=mode == PreprocessMode.fast and isinstance(source, AvSource),
                          full=save is not None or mode == PreprocessMode.exact)
-    summary = StreamSummary(source.uri, source.kind, mode.value)
+    summary = StreamSummary(source.name, source.kind, mode.value)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     source.open()
     producer: _Producer | None = None
@@ -393,15 +393,15 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         summary.threads = split or split_threads(usable_cores(), info.device, hardware, threads)
         source.use_decoder(spec, summary.threads.decoder)
         summary.decoder = spec.what if spec is not None else source.own_decoder
-        log.info("%s: decoder %s; threads: %s", source.uri, summary.decoder, summary.threads.why)
+        log.info("%s: decoder %s; threads: %s", source.name, summary.decoder, summary.threads.why)
         with open_runner(artifact, threads=summary.threads.engine) as runner, video_writer(save, source.fps) as writer:
             producer = _Producer(source, info.image_size, mode, queue.Queue(maxsize=1 if source.live else FILE_QUEUE), threading.Event())
             last = _consume(producer, runner, writer, summary, times, names, k, max_frames, on_frame, progress, max_seconds)
             if require_frames and producer.exhausted and summary.frames == 0 and summary.interrupted is None and summary.output_error is None:
                 why = summary.why_nothing()
                 if why is not None:
-                    raise StreamError(f"{source.uri}: {why}")
-                log.warning("%s: holds no frame; nothing was classified", source.uri)
+                    raise StreamError(f"{source.name}: {why}")
+                log.warning("%s: holds no frame; nothing was classified", source.name)
             if engine_alone and last is not None and summary.interrupted is None and summary.output_error is None:
                 summary.engine_alone = measure_engine_alone(runner, last)
     finally:

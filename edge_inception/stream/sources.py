@@ -104,6 +104,7 @@ class VideoSource(abc.ABC):
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self.name = shown_uri(uri)  # what messages and the summary say: the URI without its credentials
         self.want = Wanted()
         self.decoder: DecoderSpec | None = None  # chosen by the stream (plan.choose_decoder); None: the CPU's
         self.decoder_threads = 0  # FFmpeg's decoder thread_count (0: FFmpeg's own choice)
@@ -178,17 +179,17 @@ class AvSource(VideoSource):
             self.container = self._open_container()
         except av.error.FFmpegError as exc:
             self.close()
-            raise StreamError(f"{self.uri}: cannot open as video ({self._why_not(exc)})") from exc
+            raise StreamError(f"{self.name}: cannot open as video ({self._why_not(exc)})") from exc
         except OSError as exc:  # the file itself: gone, a FIFO or device, unreadable
             self.close()
-            raise StreamError(f"{self.uri}: cannot read ({exc.strerror or exc})") from exc
+            raise StreamError(f"{self.name}: cannot read ({exc.strerror or exc})") from exc
         if self.refused:
             asked = self.refused[0]
             self.close()
-            raise StreamError(f"{self.uri}: refers to another file or URL ({asked[:200]}); a local source is read alone: give the video itself")
+            raise StreamError(f"{self.name}: refers to another file or URL ({asked[:200]}); a local source is read alone: give the video itself")
         if not self.container.streams.video:
             self.close()
-            raise StreamError(f"{self.uri}: has no video stream")
+            raise StreamError(f"{self.name}: has no video stream")
         stream = self.container.streams.video[0]
         self._configure(stream)
         self.codec = stream.codec_context.name
@@ -232,7 +233,7 @@ class AvSource(VideoSource):
         except Exception as exc:  # noqa: BLE001 - any failure of an optional hardware library before a frame: fall back
             if started:
                 raise
-            log.warning("%s: %s failed (%s); decoding on the CPU", self.uri, self.decoder.what if self.decoder else chosen,
+            log.warning("%s: %s failed (%s); decoding on the CPU", self.name, self.decoder.what if self.decoder else chosen,
                         str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             self.decoder = next(d for d in DECODERS if d.name == CPU_DECODER)
             yield from VIDEO_READERS[CPU_DECODER](self)
@@ -269,14 +270,14 @@ class AvSource(VideoSource):
                 self.truncated = self.truncated or self._ends_early(last_ts)
                 return
             except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
-                log.info("%s: demuxing stopped: %s", self.uri, _why(exc))
+                log.info("%s: demuxing stopped: %s", self.name, _why(exc))
                 self.stopped_by = _why(exc)
                 self.truncated = not self.live  # a live source that stops is reconnected and said so, not "truncated"
                 return
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
-                log.info("%s: a packet did not decode: %s", self.uri, _why(exc))
+                log.info("%s: a packet did not decode: %s", self.name, _why(exc))
                 self.corrupt += 1
                 t0 = time.perf_counter()
                 continue
@@ -349,12 +350,12 @@ class LiveAvSource(AvSource):
             self.container.close()
             self.container = None
         if self.reconnect_s <= 0:
-            log.warning("%s: the stream stopped (%s); not reconnecting (--reconnect 0)", self.uri, why)
+            log.warning("%s: the stream stopped (%s); not reconnecting (--reconnect 0)", self.name, why)
             self.lost = True
             return False
         start = outage
         deadline = start + self.reconnect_s
-        log.warning("%s: the stream stopped (%s); reconnecting for up to %.0f s", self.uri, why, max(0.0, deadline - time.monotonic()))
+        log.warning("%s: the stream stopped (%s); reconnecting for up to %.0f s", self.name, why, max(0.0, deadline - time.monotonic()))
         delay, tries, last_error = RECONNECT_FIRST_S, 0, why
         while (remaining := deadline - time.monotonic()) > 0:
             if self.stopping.wait(min(delay, remaining)):
@@ -370,13 +371,13 @@ class LiveAvSource(AvSource):
                     self.container = None
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 if deadline - time.monotonic() > 0:
-                    log.warning("%s: reconnect try %d failed (%s); next in %.1f s", self.uri, tries, last_error,
+                    log.warning("%s: reconnect try %d failed (%s); next in %.1f s", self.name, tries, last_error,
                                 min(delay, deadline - time.monotonic()))
                 continue
             self.reconnects += 1
-            log.warning("%s: reconnected after %.1f s (try %d)", self.uri, time.monotonic() - start, tries)
+            log.warning("%s: reconnected after %.1f s (try %d)", self.name, time.monotonic() - start, tries)
             return True
-        log.warning("%s: gave up reconnecting after %.0f s (%s); the stream ends here", self.uri, time.monotonic() - start, last_error)
+        log.warning("%s: gave up reconnecting after %.0f s (%s); the stream ends here", self.name, time.monotonic() - start, last_error)
         self.lost = True
         return False
 
@@ -393,7 +394,7 @@ class CameraSource(LiveAvSource):
     def open(self) -> None:
         if sys.platform.startswith("linux") and not Path(self.uri).exists():
             here = sorted(glob.glob("/dev/video*"))
-            raise StreamError(f"camera {self.uri} does not exist (cameras here: {', '.join(here) if here else 'none'})")
+            raise StreamError(f"camera {self.name} does not exist (cameras here: {', '.join(here) if here else 'none'})")
         super().open()
 
     def _open_container(self) -> Any:
@@ -453,11 +454,11 @@ class CsiSource(VideoSource):
         import cv2
 
         if "GStreamer:                   YES" not in cv2.getBuildInformation():
-            raise StreamError(f"{self.uri}: this OpenCV has no GStreamer backend (JetPack's OpenCV has it); "
+            raise StreamError(f"{self.name}: this OpenCV has no GStreamer backend (JetPack's OpenCV has it); "
                               f"read the camera through V4L2 instead: /dev/video0")
         self.cap = cv2.VideoCapture(self.PIPELINE.format(sensor=int(self.uri[len("csi://"):])), cv2.CAP_GSTREAMER)
         if not self.cap.isOpened():
-            raise StreamError(f"{self.uri}: GStreamer could not open the camera")
+            raise StreamError(f"{self.name}: GStreamer could not open the camera")
 
     def frames(self) -> Iterator[Frame]:
         import cv2
@@ -498,7 +499,7 @@ class FolderSource(VideoSource):
         except ImageError as exc:
             raise StreamError(str(exc)) from exc
         if not self.paths:
-            raise StreamError(f"{self.uri}: no images")
+            raise StreamError(f"{self.name}: no images")
         self.total = len(self.paths)
         self.codec = "jpeg"  # what a photo decoder is chosen for (other formats go through Pillow file by file)
 
@@ -669,13 +670,22 @@ SOURCE_KINDS: tuple[SourceKind, ...] = (
 )
 
 
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as messages, logs and the summary name it: a URL's user information (``rtsp://admin:PASSWORD@camera/``,
+    what an IP camera's address usually carries) replaced by ``***``; anything else as given."""
+    return _USERINFO.sub(r"\1***@", uri)
+
+
 def open_source(uri: str, image_size: int = 224) -> VideoSource:
     """The source for ``uri`` (not yet opened): ``csi://N``, ``/dev/videoN`` or ``N``, ``rtsp://...`` / ``http://...``,
     a folder, glob or image, or a video file. Raises :class:`StreamError` naming the forms when none matches."""
     for kind in SOURCE_KINDS:
         if kind.matches(uri):
             return kind.make(uri, image_size)
-    raise StreamError(f"{uri}: no such file, folder or camera (a source is a video file, an image folder or glob, /dev/videoN, "
+    raise StreamError(f"{shown_uri(uri)}: no such file, folder or camera (a source is a video file, an image folder or glob, /dev/videoN, "
                       f"a camera index, csi://N, or an rtsp:// or http:// URL)")
 
 
@@ -690,7 +700,7 @@ def _nvdec_frames(src: AvSource) -> Iterator[Frame]:
     import PyNvVideoCodec as nvc
 
     if src.file is None or src.container is None:
-        raise StreamError(f"{src.uri}: open() first")
+        raise StreamError(f"{src.name}: open() first")
     fd = src.file.descriptor
     codec = src.container.streams.video[0].codec_context
     width, height, rate = codec.width, codec.height, src.fps or 30.0
@@ -710,7 +720,7 @@ def _nvdec_frames(src: AvSource) -> Iterator[Frame]:
         for decoded in decoder.Decode(packet):
             size = decoded.framesize()
             if size != width * height * 3 // 2:
-                raise StreamError(f"{src.uri}: NVDEC gave a {size}-byte picture, not {width} x {height} NV12")
+                raise StreamError(f"{src.name}: NVDEC gave a {size}-byte picture, not {width} x {height} NV12")
             pointer = ctypes.cast(decoded.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8))
             nv12 = np.ctypeslib.as_array(pointer, shape=(size,)).reshape(height * 3 // 2, width).copy()
             yield src._picture(av.VideoFrame.from_ndarray(nv12, format="nv12"), src._next_index / rate, t0)
@@ -722,7 +732,7 @@ def _gstreamer_frames(src: AvSource) -> Iterator[Frame]:
     JetPack) through OpenCV, reading the descriptor this source opened and checked (``fdsrc``: nothing else is
     opened); BGR frames, the model's crop cut by the stream's preprocessing. Not run on a Jetson here."""
     if src.file is None:
-        raise StreamError(f"{src.uri}: open() first")
+        raise StreamError(f"{src.name}: open() first")
     fd = src.file.descriptor
     where = os.lseek(fd, 0, os.SEEK_CUR)  # FFmpeg's reading position, put back after (the CPU fallback reads on from it)
     os.lseek(fd, 0, os.SEEK_SET)
@@ -739,7 +749,7 @@ def _gstreamer_read(src: AvSource, fd: int) -> Iterator[Frame]:
                 "appsink sync=false")
     cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     if not cap.isOpened():
-        raise StreamError(f"{src.uri}: GStreamer could not decode it (nvv4l2decoder)")
+        raise StreamError(f"{src.name}: GStreamer could not decode it (nvv4l2decoder)")
     rate = src.fps or 30.0
     try:
         t0 = time.perf_counter()
