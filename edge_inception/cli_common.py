@@ -166,11 +166,19 @@ WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="--cl
                                                                      "(this machine's for local, the cluster's otherwise).")]
 
 
+def workers_need_cluster(cluster: str | None, workers: int) -> None:
+    """``--workers`` above 1 without ``--cluster`` is a usage error (exit 2): it was ignored, and one process ran."""
+    if cluster is None and workers != 1:
+        raise typer.BadParameter(f"{workers} workers run on a Ray cluster: add --cluster local (this machine) or --cluster HOST:PORT",
+                                 param_hint="'--workers'")
+
+
 @contextlib.contextmanager
 def cluster_top_k(cluster: str | None, workers: int) -> Iterator[TopKOnFiles | None]:
     """``--cluster`` for a command whose accuracy verdict runs models on a labelled folder: a
     :class:`~edge_inception.cluster.evaluate.ClusterTopK` (the address checked now, the cluster joined at its first use,
     left and a private one stopped at the end), or None without ``--cluster`` (Ray is then never imported)."""
+    workers_need_cluster(cluster, workers)
     if cluster is None:
         yield None
         return

@@ -20,6 +20,7 @@ from ..cli_common import (
     note_seeded,
     progress,
     shown,
+    workers_need_cluster,
     write_outputs,
 )
 from ..cli_format import PlainTyper
@@ -99,6 +100,7 @@ def eval_cmd(
     """Top-1 / top-5 accuracy on a labelled folder, and the end-to-end rate; on a Ray cluster with --cluster."""
     from ..evaluate.predict import evaluate
 
+    workers_need_cluster(cluster, workers)
     if cluster is None:
         r = evaluate(artifact, data, batch_size, progress=progress, mode=preprocess, order=folder_order, agreement_sample=agreement_sample)
     else:
