@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edge_inception.evaluate.load import OWNER_ENV, OwnCpu, mark_ours
 
 DAEMON = """
@@ -76,3 +78,41 @@ def test_a_daemon_the_benchmark_started_is_ours_and_one_it_did_not_is_another(tm
     burned = float((tmp_path / "ours").read_text()) + float((tmp_path / "escape").read_text())
     assert ours in meter.counted and escaped in meter.counted and other not in meter.counted
     assert burned - 0.05 <= ours_elsewhere <= burned + 0.3  # the other daemon's 1.0 s is not in it; a tick of slack below
+
+
+BURN = """
+import sys, time
+while time.process_time() < float(sys.argv[1]):
+    pass
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
+sys.stdin.read()  # idle until we close its stdin
+"""
+
+
+def test_a_reading_that_fails_for_want_of_file_descriptors_does_not_count_ours_twice():
+    """A live process of ours whose /proc could not be read once (this process out of file descriptors: a server benchmark
+    with many connections) was taken as ended, its whole CPU time added to ours, and added again when read next: a
+    round that others disturbed passed as quiet. Now a failed reading keeps the last one."""
+    child = subprocess.Popen([sys.executable, "-c", BURN, "0.6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"  # 0.6 s of CPU already used, before the round
+        meter = OwnCpu(interval_s=3600)  # read only when told (no thread)
+        self0 = time.process_time()
+        first = meter.sample()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        free = os.dup(0)  # the lowest free descriptor: a limit of that many leaves none
+        os.close(free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (free, hard))
+        try:
+            with pytest.raises(OSError):
+                os.listdir("/proc")
+            starved = meter.sample()  # /proc cannot be listed now
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        again = meter.sample()
+        self_used = time.process_time() - self0
+        assert child.pid in meter.counted
+        assert starved - first <= self_used + 0.05 and again - first <= self_used + 0.05  # the child idled: nothing of its 0.6 s
+    finally:
+        child.communicate("", timeout=60)

@@ -138,12 +138,15 @@ class OwnCpu:
             table: dict[int, _Proc] = {}
             try:
                 names = os.listdir("/proc")
-            except OSError:
+            except OSError:  # out of file descriptors, say: nothing read now, ours kept as last read (not taken as ended)
                 names = []
+                table.update(self.live)
             for name in names:
                 if not name.isdigit() or int(name) == self.me or (not full and int(name) in self.others and int(name) not in self.live):
                     continue
                 proc = _read_proc(int(name))
+                if proc is None and int(name) in self.live and os.path.exists(f"/proc/{name}"):
+                    proc = self.live[int(name)]  # there but not read this time: as last read, not ended (it would count twice)
                 if proc is not None:
                     table[int(name)] = proc
             seen: dict[int, bool] = {}
