@@ -64,8 +64,8 @@ def import_closure(*roots: str) -> list[str]:
 
 
 def _module_file(name: str) -> Path:
-    base = PACKAGE.parent / Path(*name.split("."))
-    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    base = PACKAGE.parent / Path(*name.split("."))  # a package's __init__.py, else the module (engines/targets.py beside
+    return base / "__init__.py" if (base / "__init__.py").is_file() else base.with_suffix(".py")  # its folder of presets)
 
 
 def tree_digest(paths: Iterable[Path], root: Path) -> str:

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("EDGE_INCEPTION_ORT_SPINNING", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import hashlib  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -123,24 +124,61 @@ def built_fp32(built_fp32_result) -> Path:
     return built_fp32_result.artifact
 
 
+def _quantize_into(folder: Path, src: Path, name: str, precision: str, options: dict) -> dict:
+    """``quantize_model`` of ``src`` into ``folder / name`` (and its report), with ``options`` (JSON: the calibration and
+    holdout folders as paths, a forced CPU as its fields); the QuantizeResult as JSON (``QuantizeResult.as_dict``)."""
+    from edge_inception.convert.quantize import quantize_model
+    from edge_inception.evaluate.cpu import CpuInfo
+
+    cpu = options.get("cpu")
+    kwargs = {**options, "cpu": CpuInfo(cpu["model"], cpu["arch"], cpu["cores"], frozenset(cpu["flags"])) if cpu else None}
+    return quantize_model(src, precision, output=folder / name, **kwargs).as_dict()
+
+
+def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precision: str, cpu=None, **options):
+    """``quantize_model(trained.onnx, precision, output=dest / name, calib=..., holdout=..., cpu=cpu, **options)``, kept
+    between runs as :func:`trained` is (tests/build_cache.py) while nothing that determines it changes: the trained
+    checkpoint's bytes, the source of quantization's import closure, the calibration and holdout folders' files, the
+    options, the forced or this machine's CPU (its INT8 scheme), the library versions. Any edit to quantization's code
+    (or to what it imports) quantizes afresh, so what the tests check is what the code makes now; the tests that call
+    ``quantize_model`` with arguments of their own still run it.
+    ``label`` names the cache entry (one per fixture). Returns the QuantizeResult, its paths in ``dest``, the model's
+    recorded checkpoint this session's."""
+    from edge_inception.convert.quantize import AccuracyReport, Precision, QuantizeResult, QuantTarget
+    from edge_inception.evaluate.cpu import cpu_info
+
+    from .build_cache import cached_build, source_digest, tree_digest, versions
+
+    folders = {k: Path(v) for k, v in options.items() if k in ("calib", "holdout", "eval_dir") and v is not None}
+    forced = None if cpu is None else {"model": cpu.model, "arch": cpu.arch, "cores": cpu.cores, "flags": sorted(cpu.flags)}
+    json_options = {**{k: v for k, v in options.items() if k not in folders}, **{k: str(v) for k, v in folders.items()}, "cpu": forced}
+    fields = {"precision": precision, "name": name, "options": {k: v for k, v in json_options.items() if k not in folders},
+              "cpu": forced or {"flags": sorted(cpu_info().flags)},
+              "checkpoint": hashlib.sha256(trained.checkpoint.read_bytes()).hexdigest(),
+              "sources": source_digest("edge_inception.convert.quantize", "edge_inception.convert.export"),
+              "data": {k: tree_digest([v], v) for k, v in folders.items()},
+              "versions": versions("numpy", "pillow", "onnx", "onnxruntime")}
+    got = cached_build(f"quantize-{label}", fields, lambda folder: _quantize_into(folder, trained.onnx, name, precision, json_options), dest,
+                       code=(_quantize_into,))
+    _point_at_checkpoint(dest / name, trained.checkpoint)
+    accuracy = {k: v for k, v in got["accuracy"].items() if k != "size_ratio"}
+    return QuantizeResult(**{**got, "path": dest / got["path"], "report_path": dest / got["report_path"], "precision": Precision(got["precision"]),
+                             "target": QuantTarget(got["target"]), "accuracy": AccuracyReport(**accuracy)})
+
+
 @pytest.fixture(scope="session")
 def fp16_quantized(trained, tmp_path_factory):
-    """The trained net in FP16 (QuantizeResult), judged on the demo crops."""
-    from edge_inception.convert.quantize import quantize_model
-
-    out = tmp_path_factory.mktemp("fp16") / "demo.fp16.onnx"
-    return quantize_model(trained.onnx, "fp16", output=out, calib=trained.data / "train", holdout=trained.data / "val")
+    """The trained net in FP16 (QuantizeResult), judged on the demo crops (kept between runs: :func:`cached_quantize`)."""
+    return cached_quantize("fp16", trained, tmp_path_factory.mktemp("fp16"), "demo.fp16.onnx", "fp16", calib=trained.data / "train",
+                           holdout=trained.data / "val")
 
 
 @pytest.fixture(scope="session")
 def int8_relaxed(trained, tmp_path_factory):
     """The trained net in INT8 with the guard relaxed to 50 % top-1 agreement (QuantizeResult): an INT8 model to build,
-    run and profile, not a test of the guard (tests/test_quantize.py has those)."""
-    from edge_inception.convert.quantize import quantize_model
-
-    out = tmp_path_factory.mktemp("int8") / "demo.int8.onnx"
-    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5,
-                          criterion="agreement")
+    run and profile, not a test of the guard (tests/test_quantize.py has those; kept between runs: :func:`cached_quantize`)."""
+    return cached_quantize("int8-relaxed", trained, tmp_path_factory.mktemp("int8"), "demo.int8.onnx", "int8", calib=trained.data / "train",
+                           holdout=trained.data / "val", min_agreement=0.5, criterion="agreement")
 
 
 @pytest.fixture(scope="session")

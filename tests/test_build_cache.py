@@ -69,3 +69,16 @@ def test_the_key_follows_the_source_of_what_training_imports():
     assert {"edge_inception.model.train", "edge_inception.model.googlenet", "edge_inception.data.datasets", "edge_inception.convert.export",
             "edge_inception.evaluate.verify", "edge_inception.fileio"} <= set(modules)
     assert not any(m.startswith(("edge_inception.serve", "edge_inception.stream", "edge_inception.cli")) for m in modules)
+
+
+def test_the_key_follows_the_source_of_what_quantization_imports():
+    """The quantized fixtures' key (conftest.cached_quantize): every module quantization can reach, by its file, also a
+    module that has a folder of data beside it (engines/targets.py and engines/targets/*.toml: the module is what runs)."""
+    from .build_cache import _module_file
+
+    modules = set(source_digest("edge_inception.convert.quantize", "edge_inception.convert.export")["modules"].split(","))
+    assert {"edge_inception.convert.quantize", "edge_inception.convert.calibration", "edge_inception.convert.bias_correction",
+            "edge_inception.convert.guard", "edge_inception.data.images", "edge_inception.evaluate.verify"} <= modules
+    assert _module_file("edge_inception.engines.targets").name == "targets.py"
+    assert _module_file("edge_inception.engines").name == "__init__.py"
+    assert all(_module_file(m).is_file() for m in modules)

@@ -20,6 +20,8 @@ from edge_inception.evaluate.verdict import wilson_lower_bound
 from edge_inception.evaluate.verify import compare
 from edge_inception.vocab import QuantTarget
 
+from .conftest import cached_quantize
+
 runner = CliRunner()
 # INT8 tests run with the AVX2 scheme (no VNNI: u8 activations, reduced-range s8 weights) wherever they run, so that a VNNI
 # machine cannot hide what that scheme does; the optimised kernels then run whatever the host has
@@ -28,17 +30,17 @@ AVX2 = CpuInfo("AVX2 without VNNI (forced)", "x86_64", 2, frozenset({"avx2", "fm
 
 @pytest.fixture(scope="module")
 def int8(trained, tmp_path_factory):
-    """INT8 with the default guard (top-1 agreement >= 99%): stages may be kept in float to meet it."""
-    out = tmp_path_factory.mktemp("q") / "demo.int8.onnx"
-    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", cpu=AVX2)
+    """INT8 with the default guard (top-1 agreement >= 99%): stages may be kept in float to meet it (kept between runs while
+    nothing that determines it changes: conftest.cached_quantize)."""
+    return cached_quantize("int8-avx2", trained, tmp_path_factory.mktemp("q"), "demo.int8.onnx", "int8", cpu=AVX2, calib=trained.data / "train",
+                           holdout=trained.data / "val")
 
 
 @pytest.fixture(scope="module")
 def int8_full(trained, tmp_path_factory):
-    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8."""
-    out = tmp_path_factory.mktemp("q") / "demo.int8full.onnx"
-    return quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5,
-                          cpu=AVX2)
+    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8 (conftest.cached_quantize)."""
+    return cached_quantize("int8-avx2-full", trained, tmp_path_factory.mktemp("q"), "demo.int8full.onnx", "int8", cpu=AVX2,
+                           calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5)
 
 
 @pytest.fixture(scope="module")
