@@ -64,6 +64,23 @@ def pan_zoom_frames(width: int, height: int, count: int, photos: list[Path] | No
         yield np.asarray(im.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch)))
 
 
+def unreadable_images(folder: Path, width: int = 96, height: int = 64) -> int:
+    """Into ``folder`` (made here): real photos cut to a third of their bytes (two frames, each as a JPEG and a PNG) and
+    garbage named .jpg, so that no image decodes; how many files (5)."""
+    import io
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(pan_zoom_frames(width, height, 2)):
+        for fmt in ("JPEG", "PNG"):
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, fmt)
+            (folder / f"{i}.{fmt.lower()}").write_bytes(buf.getvalue()[: buf.tell() // 3])
+    (folder / "9.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return 5
+
+
 def make_video(path: Path, frames, fps: int = 10, codec: str = "libx264", options: dict[str, str] | None = None,
                container_options: dict[str, str] | None = None, pix_fmt: str | None = None) -> Path:
     """Encode RGB frames with FFmpeg through PyAV into ``path`` (container from the suffix); ``options`` are the encoder's,

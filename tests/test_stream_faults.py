@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .stream_media import decoded_frames, make_video, pan_zoom_frames, tiny_classifier
+from .stream_media import decoded_frames, make_video, pan_zoom_frames, tiny_classifier, unreadable_images
 from .stream_servers import HttpServer, SilentServer, ok
 
 pytest.importorskip("av")
@@ -475,18 +475,10 @@ def test_a_clip_whose_every_frame_is_corrupt_is_one_error_line(media, tmp_path):
 def test_a_folder_whose_every_image_is_unreadable_is_one_error_line(media, tmp_path):
     """Real photos cut short (JPEG and PNG), garbage named .jpg: no image decodes, so nothing is classified: one line,
     exit 1. With one whole photo beside them the folder streams it and counts the rest."""
-    import io as _io
-
     from PIL import Image
 
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for i, rgb in enumerate(pan_zoom_frames(160, 112, 2)):
-        for fmt in ("JPEG", "PNG"):
-            buf = _io.BytesIO()
-            Image.fromarray(rgb).save(buf, fmt)
-            (folder / f"{i}.{fmt.lower()}").write_bytes(buf.getvalue()[: buf.tell() // 3])
-    (folder / "9.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    unreadable_images(folder, 160, 112)
     r = _cli(str(media["model"]), str(folder), "--threads", "1", timeout=120)
     _one_error_line(r, f"{folder}: none of its 5 images decoded; nothing was classified")
     Image.fromarray(next(pan_zoom_frames(160, 112, 1))).save(folder / "whole.png")

@@ -4,7 +4,6 @@ in ``test_stream_faults.py``). The files are real: photos cut short (JPEG and PN
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -14,24 +13,10 @@ from typer.testing import CliRunner
 from edge_inception.cli import app
 from tests import ray_procs
 
-from .stream_media import pan_zoom_frames, tiny_classifier
+from .stream_media import tiny_classifier, unreadable_images
 
 runner = CliRunner()
 RUN_TIMEOUT_S = 400  # hang detection only (a private Ray cluster is up in ~10 s)
-
-
-def _unreadable(folder: Path) -> int:
-    """Real photos cut to a third (a JPEG and a PNG each) and garbage named .jpg into ``folder``; how many files."""
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    for i, rgb in enumerate(pan_zoom_frames(96, 64, 2)):
-        for fmt in ("JPEG", "PNG"):
-            buf = io.BytesIO()
-            Image.fromarray(rgb).save(buf, fmt)
-            (folder / f"{i}.{fmt.lower()}").write_bytes(buf.getvalue()[: buf.tell() // 3])
-    (folder / "9.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return 5
 
 
 def _one_error_line(result, needle: str) -> None:
@@ -47,7 +32,7 @@ def model(tmp_path_factory) -> Path:
 
 
 def test_predict_with_only_unreadable_images(model, tmp_path):
-    n = _unreadable(tmp_path / "photos")
+    n = unreadable_images(tmp_path / "photos")
     _one_error_line(runner.invoke(app, ["predict", str(model), str(tmp_path / "photos")]), f"none of the {n} images decoded")
     files = [str(p) for p in sorted((tmp_path / "photos").iterdir())]
     _one_error_line(runner.invoke(app, ["predict", str(model), *files]), f"none of the {n} images decoded")
@@ -57,8 +42,8 @@ def test_predict_with_only_unreadable_images(model, tmp_path):
 def test_eval_with_only_unreadable_images(model, tmp_path, mode):
     """Files that look like images (their names, a JPEG's or PNG's first bytes) and do not decode: found, tried, none
     read: one line, as for a folder with no image at all."""
-    _unreadable(tmp_path / "val" / "class0")
-    _unreadable(tmp_path / "val" / "class1")
+    unreadable_images(tmp_path / "val" / "class0")
+    unreadable_images(tmp_path / "val" / "class1")
     _one_error_line(runner.invoke(app, ["eval", str(model), "--data", str(tmp_path / "val"), "--preprocess", mode]),
                     f"{tmp_path / 'val'}: no readable images")
 
@@ -74,7 +59,7 @@ def _no_ray_process_outlives_the_test():
 def test_eval_cluster_with_only_unreadable_images(model, tmp_path):
     """The workers try every file and read none: after the cluster's own note, one error line and exit 1."""
     pytest.importorskip("ray")
-    _unreadable(tmp_path / "val" / "class0")
+    unreadable_images(tmp_path / "val" / "class0")
     r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(model), "--data", str(tmp_path / "val"),
                        "--cluster", "local", "--workers", "1"], RUN_TIMEOUT_S)
     assert r.returncode == 1, r.stderr[-3000:]
