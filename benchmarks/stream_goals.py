@@ -283,21 +283,22 @@ def splits_to_try(cores: int) -> list[tuple[int, int]]:
 
 
 def part_threads(artifact: str, work: Path, frames: int, split_frames: int) -> dict:
+    from edge_inception.limits import usable_cpus
     from edge_inception.stream.plan import ThreadSplit
-    from edge_inception.stream.run import run_stream, usable_cores
+    from edge_inception.stream.run import run_stream
 
     video = work / "pan_zoom_1080p.mp4"
     if not video.exists():
         video, _ = make_clip(work, frames)
     chosen = split_for(artifact, str(video))
     rows = []
-    for d, e in splits_to_try(usable_cores()):
+    for d, e in splits_to_try(usable_cpus()):
         s = run_stream(artifact, str(video), max_frames=split_frames, engine_alone=False,
                        split=ThreadSplit(d, e or None, f"decoder {d or 'auto'}, engine {e or 'default'}"))
         rows.append({"decoder_threads": d, "engine_threads": e, "fps": round(s.fps, 2), "load_1min": load(),
                      "chosen": (d, e) == (chosen.decoder, chosen.engine or 0)})
     best = max(rows, key=lambda r: r["fps"])
-    return {"cores": usable_cores(), "frames_each": split_frames, "splits": rows, "chosen": chosen.why,
+    return {"cores": usable_cpus(), "frames_each": split_frames, "splits": rows, "chosen": chosen.why,
             "chosen_is_best_within_5pct": next((r["fps"] for r in rows if r["chosen"]), 0.0) >= 0.95 * best["fps"],
             "best": {"decoder_threads": best["decoder_threads"], "engine_threads": best["engine_threads"], "fps": best["fps"]}}
 

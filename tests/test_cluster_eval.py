@@ -45,9 +45,9 @@ def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val
 
     script = textwrap.dedent("""
         import json, sys
-        from edge_inception.cluster.capacity import local_cpus
+        from edge_inception.limits import usable_cpus
         from edge_inception.cluster.evaluate import evaluate_on_cluster
-        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=min(2, local_cpus()), batch_size=16)
+        r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=min(2, usable_cpus()), batch_size=16)
         import ray
         assert not ray.is_initialized()
         json.dump({"images": r.images, "top1": r.top1, "top5": r.top5, "skipped": r.skipped, "top": r.top, "failed": r.failed,
@@ -97,8 +97,9 @@ def test_eval_cluster_refuses_a_bad_address_and_a_missing_token(built_fp32, big_
 def test_workers_beyond_the_cpus_are_refused_with_the_most_that_can_run():
     """The decision (pure): a count within the CPUs passes; beyond them, local and joined clusters each get a line that
     says the most that can run; a cluster with no CPU at all says so; a cgroup quota rounds up to whole CPUs."""
-    from edge_inception.cluster.capacity import cgroup_cpus, check_workers
+    from edge_inception.cluster.capacity import check_workers
     from edge_inception.cluster.connect import ClusterError
+    from edge_inception.limits import cgroup_cpus
 
     check_workers(2, 2, "local")
     check_workers(4, 4.5, "10.0.0.5:6379")
@@ -115,9 +116,9 @@ def test_workers_beyond_the_cpus_are_refused_with_the_most_that_can_run():
 def test_eval_cluster_local_refuses_more_workers_than_this_machine_has_cpus(tmp_path):
     """256 workers on a private cluster were accepted (Ray warned, the run crawled): refused in one line before any work
     (the model and folder named here do not exist), and no Ray process started."""
-    from edge_inception.cluster.capacity import local_cpus
+    from edge_inception.limits import usable_cpus
 
-    cpus = local_cpus()
+    cpus = usable_cpus()
     for n in (cpus + 1, 256):
         r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "val"),
                            "--cluster", "local", "--workers", str(n)], 120)

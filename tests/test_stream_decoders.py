@@ -466,15 +466,16 @@ def clip(tmp_path_factory):
 
 
 def test_the_stream_names_its_decoder_and_split_and_measures_the_engine_alone(clip):
+    from edge_inception.limits import usable_cpus
     from edge_inception.stream.decoders import probe
-    from edge_inception.stream.run import run_stream, usable_cores
+    from edge_inception.stream.run import run_stream
 
     s = run_stream(clip["model"], str(clip["video"]), split_cache=clip["cache"])
     assert s.frames == 20
     assert s.decoder == choose_decoder("video", "h264", *probe()).what  # here: FFmpeg on the CPU, the fallback, run for real
-    if usable_cores() > 1:  # measured on the first frames, each candidate streamed for real, and remembered
-        assert (s.threads.decoder, s.threads.engine) in split_candidates(usable_cores()) and "measured now" in s.threads.why
-        assert all(f"{ThreadSplit(d, e, '').label} " in s.threads.why for d, e in split_candidates(usable_cores()))
+    if usable_cpus() > 1:  # measured on the first frames, each candidate streamed for real, and remembered
+        assert (s.threads.decoder, s.threads.engine) in split_candidates(usable_cpus()) and "measured now" in s.threads.why
+        assert all(f"{ThreadSplit(d, e, '').label} " in s.threads.why for d, e in split_candidates(usable_cpus()))
         again = run_stream(clip["model"], str(clip["video"]), split_cache=clip["cache"], engine_alone=False)
         assert "remembered from" in again.threads.why and (again.threads.decoder, again.threads.engine) == (s.threads.decoder, s.threads.engine)
     a = s.engine_alone

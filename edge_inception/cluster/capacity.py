@@ -10,21 +10,12 @@ take a count as given, and leave no room for a second guess of ours in between).
 
 from __future__ import annotations
 
-from ..limits import cgroup_cpus, usable_cpus
 from .connect import ClusterError
-
-__all__ = ["cgroup_cpus", "check_workers", "local_cpus"]
-
-
-def local_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask, lowered to its cgroups' CPU quota where there is one (v1 or
-    v2, on its own cgroup or one above it: :func:`~edge_inception.limits.usable_cpus`)."""
-    return usable_cpus()
 
 
 def check_workers(workers: int, cpus: float, where: str) -> None:
     """Refuse ``workers`` actors (one CPU each) on ``where`` (``local``, or a head's address) with ``cpus`` CPUs in all:
-    :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's (:func:`local_cpus`) or the
+    :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's (:func:`~edge_inception.limits.usable_cpus`) or the
     joined cluster's total (Ray's ``cluster_resources()["CPU"]``, fractional where nodes advertise so)."""
     most = int(cpus)
     if workers <= most:

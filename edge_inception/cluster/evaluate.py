@@ -29,8 +29,9 @@ from ..engines.registry import artifact_info, open_runner
 from ..errors import DatasetError
 from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..evaluate.verify import top_classes
+from ..limits import usable_cpus
 from ..vocab import FolderOrder, PreprocessMode
-from .capacity import check_workers, local_cpus
+from .capacity import check_workers
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
@@ -116,11 +117,11 @@ class ClusterTopK:
             raise ClusterError(f"--workers must be in [1, {MAX_WORKERS}], got {workers}")
         check_address(address)
         if address == "local":
-            check_workers(workers, local_cpus(), address)  # more would contend for the cores (the cluster is sized to the workers)
+            check_workers(workers, usable_cpus(), address)  # more would contend for the cores (the cluster is sized to the workers)
         else:
             check_head(address)  # a wrong address is said now, before the work that leads to the first pass
         if threads is None and address == "local":
-            threads = max(1, local_cpus() // workers)  # the workers share the machine's cores, as plain eval's one runner does
+            threads = max(1, usable_cpus() // workers)  # the workers share the machine's cores, as plain eval's one runner does
         # on a joined cluster (threads None) each actor's engine runs as many threads as Ray CPUs it was given (assigned_cpus)
         self.address, self.workers, self.batch_size, self.threads = address, workers, batch_size, threads
         self.startup_s = self.workers_s = self.seconds = 0.0

@@ -333,12 +333,6 @@ def _stats(values: list[float]) -> StageStats:
     return StageStats(float(np.percentile(a, 50)), float(np.percentile(a, 90)), float(a.mean()))
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (a container's cpuset), lowered to its cgroups' CPU quota
-    (``docker --cpus``: :func:`~edge_inception.limits.usable_cpus`)."""
-    return usable_cpus()
-
-
 def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, mode: PreprocessMode = PreprocessMode.fast, save: Path | None = None,
                max_frames: int | None = None, on_frame: Callable[[FrameResult], None] | None = None,
                progress: Callable[[int, str], Any] | None = None, threads: int | None = None,
@@ -384,13 +378,13 @@ def run_stream(artifact: str | Path, uri: str | VideoSource, *, top_k: int = 5, 
         else:
             spec = None
         hardware = bool(spec and spec.hardware)
-        if split is None and not threads and calibrate and info.device == "cpu" and not hardware and usable_cores() > 1:
+        if split is None and not threads and calibrate and info.device == "cpu" and not hardware and usable_cpus() > 1:
             try:
                 split = _measured_split(artifact, uri, source, mode, split_cache)
             except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM while measuring: a summary of no frames, as at any other time
                 summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
                 return summary
-        summary.threads = split or split_threads(usable_cores(), info.device, hardware, threads)
+        summary.threads = split or split_threads(usable_cpus(), info.device, hardware, threads)
         source.use_decoder(spec, summary.threads.decoder)
         summary.decoder = spec.what if spec is not None else source.own_decoder
         log.info("%s: decoder %s; threads: %s", source.name, summary.decoder, summary.threads.why)
@@ -440,7 +434,7 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
         except PackageNotFoundError:
             continue
     cpu = cpu_info()
-    key = SplitKey(cpu.model, tuple(sorted(cpu.flags)), usable_cores(), sha256_file(manifest if manifest.is_file() else art),
+    key = SplitKey(cpu.model, tuple(sorted(cpu.flags)), usable_cpus(), sha256_file(manifest if manifest.is_file() else art),
                    source.media or source.kind, source.codec, source.frame_size, mode.value, tuple(libraries))
 
     def rate(pair: tuple[int, int | None]) -> float:
@@ -453,7 +447,7 @@ def _measured_split(artifact: str | Path, uri: str | VideoSource, source: VideoS
         timed = stamps[CALIBRATION_WARMUP:] if len(stamps) >= CALIBRATION_WARMUP + 3 else stamps
         return (len(timed) - 1) / (timed[-1] - timed[0]) if len(timed) >= 2 and timed[-1] > timed[0] else s.fps
 
-    return calibrated_split(key, split_candidates(usable_cores()), rate if again is not None else None, folder)
+    return calibrated_split(key, split_candidates(usable_cpus()), rate if again is not None else None, folder)
 
 
 def _consume(producer: _Producer, runner: Any, writer: Any, summary: StreamSummary, times: dict[str, list[float]], names: list[str], k: int,
