@@ -381,6 +381,33 @@ def test_labelled_accuracy_with_eval(trained, fp16, tmp_path):
         assert labelled[f"{name}_top5"] == pytest.approx((top[:, :5] == labels[:, None]).any(axis=1).mean())
 
 
+
+def test_labelled_accuracy_is_measured_once_per_model_and_images(trained, fp16, monkeypatch):
+    """quantize measures FP32's labelled accuracy in every call, and FP16's written model is the judged one with metadata
+    added: the same graph bytes on the same decoded images give the same figures, so they are run once; other bytes or
+    other images are run afresh."""
+    from edge_inception.convert import quantize as q
+
+    files = sorted((trained.data / "val").rglob("*.png"))[:64]
+    classes = sorted(d.name for d in (trained.data / "val").iterdir())
+    labels = np.array([classes.index(f.parent.name) for f in files])
+    sessions = []
+    real = q.ort_session
+    monkeypatch.setattr(q, "ort_session", lambda m: sessions.append(m) or real(m))
+    monkeypatch.setattr(q, "_ACCURACY_SEEN", {})
+
+    def labelled(batch_files):
+        return q.Labelled([load_batch(batch_files[i:i + 32], 64) for i in range(0, len(batch_files), 32)], labels[: len(batch_files)], "t", 1)
+
+    first = q.labelled_accuracy(trained.onnx, labelled(files))
+    assert q.labelled_accuracy(trained.onnx, labelled(files)) == first and len(sessions) == 1  # decoded again, same tensors
+    assert q.labelled_accuracy(trained.onnx.read_bytes(), labelled(files)) == first and len(sessions) == 1  # the same bytes in memory
+    q.labelled_accuracy(fp16.path, labelled(files))
+    q.labelled_accuracy(trained.onnx, labelled(files[:32]))
+    assert len(sessions) == 3  # another model, other images: measured
+    top = np.argsort(-_run(trained.onnx, load_batch(files, 64)), axis=1)
+    assert first == pytest.approx(((top[:, 0] == labels).mean(), (top[:, :5] == labels[:, None]).any(axis=1).mean()))
+
 # --- calibration and held-out data that mean something; the criterion; the method --------------------------------------
 
 def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
