@@ -85,6 +85,8 @@ def test_unproven_ships_only_when_asked_and_the_ship_line_says_so():
     assert d.verdict("ort-int8").status == "failed"  # 95 % is below 99 %: never shipped, asked or not
     asked = choose_ship(measured, 0.99, ship_unproven=True)
     assert asked.ship == "openvino-int8" and asked.unproven and asked.why.startswith("UNPROVEN, shipped because --ship-unproven")
+    assert "fastest candidate that passed its judge or could not be proven by it: p50 5.00 ms" in asked.why  # not "passed" alone
+    assert "fastest candidate that passed its judge: p50 8.50 ms" in d.why
     assert asked.verdict("openvino-int8").status == "shipped" and asked.verdict("ort-int8").status == "failed"
     # asked, but a proven candidate within noise of an unproven one ships first
     assert choose_ship([m("ort", "int8", 4.95, 0.99, photos=100), m("ort", "fp16", 5.0)], 0.99, ship_unproven=True).ship == "ort-fp16"

@@ -335,7 +335,8 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
     tied = [m for m in eligible if (m.p50_ms or 0.0) <= best * (1 + noise)]
     ship = min(tied, key=lambda m: (judged[m.name].status == UNPROVEN, m.candidate.fidelity, eligible.index(m)))
     if ship is fastest:
-        why = f"fastest candidate that passed its judge: p50 {best:.2f} ms at batch {batch}"
+        why = (f"fastest candidate that passed its judge{' or could not be proven by it' if ship_unproven else ''}: p50 {best:.2f} ms "
+               f"at batch {batch}")
     else:
         why = (f"p50 {ship.p50_ms:.2f} ms at batch {batch}, within {noise:.0%} of the fastest ({fastest.name}, {best:.2f} ms: a tie "
                f"within noise), and more faithful")
