@@ -1,11 +1,13 @@
-"""How many ``--workers`` a cluster can run: one Ray CPU per worker, at most as many workers as the cluster has CPUs.
+"""How many ``--workers`` a cluster can run: one Ray CPU per worker, at most as many workers as the cluster has CPUs,
+and, on a joined cluster, as many as are free now.
 
 Refused, not capped: each worker is an actor with an engine of its own, and Ray Data's actor pool waits, without end,
-for actors that get no CPU on a joined cluster; on ``local`` (a private cluster sized to the workers) Ray would start
-them all on the machine's cores, where they contend and each takes its memory. A count lowered in silence would make
-the report's "N worker(s)" (and a benchmark's comparison at the same worker count) say something that did not run, so
-the line says the most that can run and the user chooses (as ``ray start --num-cpus`` or ``torchrun --nproc-per-node``
-take a count as given, and leave no room for a second guess of ours in between).
+for actors that get no CPU on a joined cluster (CPUs it does not have, or CPUs other jobs hold); on ``local`` (a private
+cluster sized to the workers) Ray would start them all on the machine's cores, where they contend and each takes its
+memory. A count lowered in silence would make the report's "N worker(s)" (and a benchmark's comparison at the same
+worker count) say something that did not run, so the line says the most that can run and the user chooses (as ``ray
+start --num-cpus`` or ``torchrun --nproc-per-node`` take a count as given, and leave no room for a second guess of ours
+in between).
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from __future__ import annotations
 from .connect import ClusterError
 
 
-def check_workers(workers: int, cpus: float, where: str) -> None:
-    """Refuse ``workers`` actors (one CPU each) on ``where`` (``local``, or a head's address) with ``cpus`` CPUs in all:
-    :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's (:func:`~edge_inception.limits.usable_cpus`) or the
-    joined cluster's total (Ray's ``cluster_resources()["CPU"]``, fractional where nodes advertise so)."""
+def check_workers(workers: int, cpus: float, where: str, free: float | None = None) -> None:
+    """Refuse ``workers`` actors (one CPU each) on ``where`` (``local``, or a head's address) with ``cpus`` CPUs in all
+    and, on a joined cluster, ``free`` of them not held now (Ray's ``available_resources()["CPU"]``; None: not known):
+    :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's
+    (:func:`~edge_inception.limits.usable_cpus`) or the joined cluster's total (Ray's ``cluster_resources()["CPU"]``,
+    fractional where nodes advertise so)."""
     most = int(cpus)
-    if workers <= most:
+    if workers > most:
+        if where == "local":
+            raise ClusterError(f"--workers {workers} for --cluster local: this machine gives this process {most} CPU(s); at most "
+                               f"{most} (each worker is a process with an engine of its own)")
+        if most < 1:
+            raise ClusterError(f"the Ray cluster at {where} has no CPU for a worker (a head started with --num-cpus 0 and no node "
+                               "joined?)")
+        raise ClusterError(f"--workers {workers}: the Ray cluster at {where} has {most} CPU(s) in all (ray status); at most {most} "
+                           "(each worker takes one)")
+    if free is None or where == "local" or workers <= int(free):
         return
-    if where == "local":
-        raise ClusterError(f"--workers {workers} for --cluster local: this machine gives this process {most} CPU(s); at most {most} "
-                           "(each worker is a process with an engine of its own)")
-    if most < 1:
-        raise ClusterError(f"the Ray cluster at {where} has no CPU for a worker (a head started with --num-cpus 0 and no node "
-                           "joined?)")
-    raise ClusterError(f"--workers {workers}: the Ray cluster at {where} has {most} CPU(s) in all (ray status); at most {most} "
-                       "(each worker takes one)")
+    now = max(0, int(free))
+    raise ClusterError(f"--workers {workers}: the Ray cluster at {where} has {most} CPU(s) in all, {now} free now (other jobs hold "
+                       f"the rest: ray status); at most {now} now, or wait for them (each worker takes one, and Ray would wait for "
+                       "it without end)")

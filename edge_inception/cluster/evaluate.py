@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from .connect import MAX_WORKERS, ClusterError, check_address, check_head, conne
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+RAY_REMOTE_ARGS_DEPRECATED = r"`ray_remote_args` is deprecated"  # Ray Data 2.60's warning for map_batches(**ray_remote_args)
 CHUNKS_PER_CALL = 8  # engine batches per Ray Data batch: decoding overlaps inference within the call, as in plain eval
 
 
@@ -109,8 +111,8 @@ class ClusterTopK:
     they are taken to agree with the head's (NTP); one outside the pass counts the whole pass.
 
     Raises :class:`ClusterError` for a bad address or worker count (at construction; on a joined cluster, more workers
-    than its CPUs once joined: :func:`~edge_inception.cluster.capacity.check_workers`), a cluster that cannot be used, a
-    worker that fails or an answer that does not match what was sent."""
+    than its CPUs, or than are free at the first pass, once joined: :func:`~edge_inception.cluster.capacity.check_workers`),
+    a cluster that cannot be used, a worker that fails or an answer that does not match what was sent."""
 
     def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
@@ -145,7 +147,10 @@ class ClusterTopK:
         import ray.data
 
         if self.address != "local":  # Ray Data's actor pool would wait without end for actors that get no CPU
-            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address)
+            # free CPUs at the first pass only: a later one would count the CPUs our last pass's actors still hold while
+            # Ray Data lets them go
+            free = float(ray.available_resources().get("CPU", 0)) if self.passes == 0 else None
+            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address, free)
 
         quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
@@ -155,10 +160,18 @@ class ClusterTopK:
         per_call = self.batch_size * CHUNKS_PER_CALL
         blocks = max(1, min(-(-len(sent) // per_call), self.workers * 8))
         items = ray.data.from_items([{"path": p} for p in sent], override_num_blocks=blocks)
-        ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k, self.threads,
-                                                                self.batch_size),
-                               batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
-                               num_cpus=1, max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
+        with warnings.catch_warnings():
+            # max_restarts=0: a failed actor fails the run. Ray 2.60 has no named parameter for it (map_batches names
+            # num_cpus, resources, label_selector, ...; none for restarts), and without it Ray Data restarts actors
+            # without end (tried here: an actor that exited in its first batch left the run waiting past 100 s) and
+            # Ray's core logs an ERROR line per actor ("constructor arguments in the object store and max_restarts >
+            # 0"). Its deprecation of the catch-all (removed in Ray 2.64) is silenced for this one call, by its text:
+            # the pin is 2.60 (constraints.txt); a Ray that drops the catch-all needs another way to say this.
+            warnings.filterwarnings("ignore", message=RAY_REMOTE_ARGS_DEPRECATED, category=DeprecationWarning)
+            ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k,
+                                                                    self.threads, self.batch_size),
+                                   batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+                                   num_cpus=1, max_restarts=0)
         t0 = time.time()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
