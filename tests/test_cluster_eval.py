@@ -52,7 +52,8 @@ def test_eval_cluster_local_equals_plain_eval_image_by_image(built_fp32, big_val
             r = evaluate_on_cluster(sys.argv[1], sys.argv[2], "local", workers=min(2, usable_cpus()), batch_size=16)
         import ray
         assert not ray.is_initialized()
-        ours = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, DeprecationWarning) and "edge_inception" in w.filename]
+        ours = [f"{w.category.__name__}: {w.message}" for w in caught
+                if issubclass(w.category, DeprecationWarning) and "edge_inception" in w.filename]
         json.dump({"images": r.images, "top1": r.top1, "top5": r.top5, "skipped": r.skipped, "top": r.top, "failed": r.failed,
                    "startup_s": r.startup_s, "workers_s": r.workers_s, "seconds": r.seconds, "deprecations": ours}, open(sys.argv[3], "w"))
     """)
