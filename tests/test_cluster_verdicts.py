@@ -187,6 +187,50 @@ def test_more_workers_than_the_joined_cluster_has_cpus_are_refused_once_joined(h
     assert line == f"error: --workers 3: the Ray cluster at {head} has 2 CPU(s) in all (ray status); at most 2 (each worker takes one)"
 
 
+HOLD_CPU = """
+import sys, time
+from pathlib import Path
+from edge_inception.cluster.connect import connect
+with connect(sys.argv[1]):
+    import ray
+    holder = ray.remote(num_cpus=1)(type("Holder", (), {"ready": lambda self: True})).remote()
+    ray.get(holder.ready.remote(), timeout=300)
+    while ray.available_resources().get("CPU", 0) > float(sys.argv[3]):  # the head's view has caught up
+        time.sleep(0.1)
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(3600)  # until the test kills this job's session
+"""
+
+
+def test_workers_beyond_the_cpus_other_jobs_leave_free_are_refused_saying_total_and_free(head, tmp_path):
+    """Another job holds one of the head's 2 CPUs: 2 workers fit the cluster's total, but Ray Data's actor pool would
+    wait without end for the second CPU. Refused once joined, in one line with both counts; 1 worker still runs."""
+    from edge_inception.data.images import bundled_photos, load_image
+    from tests.stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    folder = tmp_path / "val" / "class0"
+    folder.mkdir(parents=True)
+    load_image(bundled_photos()[0]).resize((80, 64)).save(folder / "0.png")
+    held = tmp_path / "held"
+    job = ray_procs.start([sys.executable, "-c", HOLD_CPU, head, str(held), "1"], tmp_path / "holder.log", **RAY_ENV)
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while not held.exists():
+            assert job.poll() is None, f"the holding job ended: {(tmp_path / 'holder.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "the holding job did not take its CPU"
+            time.sleep(0.2)
+        eval_args = ["eval", str(model), "--data", str(tmp_path / "val")]
+        line = _refused([*eval_args, "--workers", "2"], int(head.rsplit(":", 1)[1]))
+        assert line == (f"error: --workers 2: the Ray cluster at {head} has 2 CPU(s) in all, 1 free now (other jobs hold the rest: "
+                        "ray status); at most 1 now, or wait for them (each worker takes one, and Ray would wait for it without end)")
+        r = ray_procs.run(_cli(*eval_args, "--cluster", head, "--workers", "1"), RUN_TIMEOUT_S, **RAY_ENV)
+        assert r.returncode == 0 and "1 images: top-1" in r.stdout, r.stderr[-3000:]
+    finally:
+        ray_procs.kill_session(job.pid)
+        job.wait(timeout=30)
+
+
 def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_path):
     """``pipeline --eval DIR --cluster``: the pipeline's FP16 accuracy verdict runs its models on the cluster and equals
     the one ``quantize --eval`` computes in this process for the FP32 model the pipeline exported."""
