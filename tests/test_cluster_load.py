@@ -137,6 +137,31 @@ def test_stop_is_bounded_when_a_reading_hangs_and_answers_with_the_last_one_that
     assert not meter._thread.is_alive()
 
 
+
+def test_start_is_bounded_when_the_first_reading_hangs():
+    """The first reading (every process's environment read: the likeliest to meet a process whose memory lock is held)
+    was taken in the caller's thread, unbounded: the same hang stop() was bounded against, one step earlier. start()
+    now waits for it at most its bound and says the meter is not complete; stop() then answers too, and the thread
+    ends once the reading is let go."""
+    import threading
+
+    meter = OwnCpu(interval_s=0.01)
+    with meter._lock:  # the first reading waits here, as one on a hung /proc file would
+        answers: list[float] = []
+
+        def run() -> None:
+            meter.start(timeout_s=0.2)
+            answers.append(meter.stop(timeout_s=0.2))
+
+        starter = threading.Thread(target=run, daemon=True)
+        starter.start()
+        starter.join(120)  # hang detection only
+        assert not starter.is_alive(), "start() waited for a first reading that does not come"
+        assert answers == [0.0] and meter.complete is False
+    assert meter._thread is not None
+    meter._thread.join(120)  # the held reading completes once let go, and the stopped thread ends
+    assert not meter._thread.is_alive() and meter.t0 > 0
+
 NOT_DUMPABLE = """
 import ctypes, os, sys, time
 prctl = ctypes.CDLL(None, use_errno=True).prctl

@@ -25,7 +25,7 @@ DISTURBED_CORES = 0.1  # other processes' average CPU use, in cores, above which
 OWNER_ENV = "EDGE_INCEPTION_LOAD_OWNER"  # the mark :func:`mark_ours` puts in the environment our processes inherit
 SAMPLE_S = 0.25  # how often the processes we count as ours are read during a round (the last value of one that exits)
 FULL_SCAN_EVERY = 8  # samples: the processes judged not ours are read again (a PID taken again by a new process)
-STOP_TIMEOUT_S = 5.0  # how long :meth:`OwnCpu.stop` waits for the reading thread's last reading (a /proc read that hangs)
+READ_TIMEOUT_S = 5.0  # how long :meth:`OwnCpu.start` / :meth:`OwnCpu.stop` wait for the thread's first / last reading (a /proc read that hangs)
 
 _mark: str | None = None
 
@@ -110,9 +110,10 @@ class OwnCpu:
     What it cannot see errs towards "others" (a disturbed round), never towards "ours": what a process of ours used
     after its last reading, and one that lives less than ``interval_s`` and is reaped outside ours. A process whose
     verdict could not be reached (its environment not readable now: :func:`_carries`) is judged again at every sample,
-    not kept as another's; once found ours, only its time since it was first read counts. A last reading that does
-    not come within ``STOP_TIMEOUT_S`` (a /proc read that hangs) leaves :attr:`complete` False: :meth:`stop` answers
-    with the last reading that came."""
+    not kept as another's; once found ours, only its time since it was first read counts. Every reading is the
+    thread's: a first or last one that does not come within ``READ_TIMEOUT_S`` (a /proc read that hangs: an environment
+    read waits on the process's memory lock) leaves :attr:`complete` False, and :meth:`stop` answers with the last
+    reading that came."""
 
     def __init__(self, interval_s: float = SAMPLE_S) -> None:
         self.interval_s = interval_s
@@ -129,6 +130,7 @@ class OwnCpu:
         self.last = 0.0  # the latest complete reading (:meth:`sample`'s answer)
         self.complete = True  # False: :meth:`stop` did not get its last reading in time
         self._final: float | None = None
+        self._first = threading.Event()  # set once the thread's first reading (:attr:`t0`) is taken
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -206,19 +208,25 @@ class OwnCpu:
                          + (sum(p.own + p.reaped for p in now.values()) - self.offset_ticks) / tick)
             return self.last
 
-    def start(self) -> OwnCpu:
-        """Take the first reading and start the thread that reads every ``interval_s``."""
-        self.t0 = self.sample()
+    def start(self, timeout_s: float = READ_TIMEOUT_S) -> OwnCpu:
+        """Start the thread that takes the first reading, then one every ``interval_s``; wait for the first at most
+        ``timeout_s``: past that (a /proc read that hangs: the first reading reads every process's environment),
+        :attr:`complete` False, and the round's time of ours starts when the first reading comes, if ever (short: it
+        errs towards "disturbed")."""
         self._thread = threading.Thread(target=self._run, name="own-cpu", daemon=True)
         self._thread.start()
+        if not self._first.wait(timeout_s):
+            self.complete = False
         return self
 
     def _run(self) -> None:
+        self.t0 = self.sample()
+        self._first.set()
         while not self._stop.wait(self.interval_s):
             self.sample()
         self._final = self.sample()
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> float:
+    def stop(self, timeout_s: float = READ_TIMEOUT_S) -> float:
         """Stop reading; the CPU seconds ours used since :meth:`start`. The last reading is the thread's, waited for at
         most ``timeout_s``: past that (a /proc read that hangs), the last reading that came, and :attr:`complete` False
         (the round's time of ours is then short, which errs towards "disturbed")."""
