@@ -1,8 +1,9 @@
 """How many ``--workers`` a cluster can run: one Ray CPU per worker, at most as many workers as the cluster has CPUs,
 and, on a joined cluster, as many as are free now.
 
-Refused, not capped: each worker is an actor with an engine of its own, and Ray Data's actor pool waits, without end,
-for actors that get no CPU on a joined cluster (CPUs it does not have, or CPUs other jobs hold); on ``local`` (a private
+Refused, not capped: each worker is an actor with an engine of its own, and Ray Data's actor pool runs with the actors
+that get a CPU on a joined cluster (fewer than asked where it lacks CPUs or other jobs hold them; with none, it waits,
+until :data:`~edge_inception.cluster.evaluate.NO_PROGRESS_TIMEOUT_S` ends the pass); on ``local`` (a private
 cluster sized to the workers) Ray would start them all on the machine's cores, where they contend and each takes its
 memory. A count lowered in silence would make the report's "N worker(s)" (and a benchmark's comparison at the same
 worker count) say something that did not run, so the line says the most that can run and the user chooses (as ``ray
@@ -35,5 +36,5 @@ def check_workers(workers: int, cpus: float, where: str, free: float | None = No
         return
     now = max(0, int(free))
     raise ClusterError(f"--workers {workers}: the Ray cluster at {where} has {most} CPU(s) in all, {now} free now (other jobs hold "
-                       f"the rest: ray status); at most {now} now, or wait for them (each worker takes one, and Ray would wait for "
-                       "it without end)")
+                       f"the rest: ray status); at most {now} now, or wait for them (each worker takes one, and Ray would run fewer "
+                       "than asked)")

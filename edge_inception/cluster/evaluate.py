@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 RAY_REMOTE_ARGS_DEPRECATED = r"`ray_remote_args` is deprecated"  # Ray Data 2.60's warning for map_batches(**ray_remote_args)
+# A pass that moves no block for this long ends in a ClusterError: actors that get no CPU (other jobs took them after
+# the first pass's check, or between passes; a node gone), a worker stuck. Ray Data's own guard, whose default (30 min)
+# is kept for a user who sets Ray's variable for it; one Ray Data batch (CHUNKS_PER_CALL engine batches) takes seconds
+# on a small board, and the actors' start (each opening the model) well under a minute.
+NO_PROGRESS_TIMEOUT_S = 300.0
+NO_PROGRESS_ENV = "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S"
 CHUNKS_PER_CALL = 8  # engine batches per Ray Data batch: decoding overlaps inference within the call, as in plain eval
 
 
@@ -112,7 +119,8 @@ class ClusterTopK:
 
     Raises :class:`ClusterError` for a bad address or worker count (at construction; on a joined cluster, more workers
     than its CPUs, or than are free at the first pass, once joined: :func:`~edge_inception.cluster.capacity.check_workers`),
-    a cluster that cannot be used, a worker that fails or an answer that does not match what was sent."""
+    a cluster that cannot be used, a pass that makes no progress for :data:`NO_PROGRESS_TIMEOUT_S` (no worker gets a
+    CPU, a worker stuck), a worker that fails or an answer that does not match what was sent."""
 
     def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
@@ -146,7 +154,7 @@ class ClusterTopK:
         import ray
         import ray.data
 
-        if self.address != "local":  # Ray Data's actor pool would wait without end for actors that get no CPU
+        if self.address != "local":  # Ray Data's actor pool would run fewer actors than asked, or none, and wait
             # free CPUs at the first pass only: a later one would count the CPUs our last pass's actors still hold while
             # Ray Data lets them go
             free = float(ray.available_resources().get("CPU", 0)) if self.passes == 0 else None
@@ -156,6 +164,8 @@ class ClusterTopK:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        if NO_PROGRESS_ENV not in os.environ:  # Ray's own setting, where the user gave one
+            ctx.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
         sent = sorted({str(Path(p).resolve()) for p in paths})
         per_call = self.batch_size * CHUNKS_PER_CALL
         blocks = max(1, min(-(-len(sent) // per_call), self.workers * 8))
@@ -175,6 +185,10 @@ class ClusterTopK:
         t0 = time.time()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
+        except ray.data.exceptions.ExecutionTimeoutError:
+            raise ClusterError(f"--workers {self.workers}: the Ray cluster at {self.address} made no progress for "
+                               f"{ctx.execution_no_progress_timeout_s:g} s: workers that get no CPU (other jobs hold them, or a "
+                               f"node is gone: ray status) or a worker stuck ({NO_PROGRESS_ENV} sets this bound)") from None
         except ray.exceptions.RayError as exc:
             raise ClusterError(f"the evaluation failed on the cluster: {str(exc).splitlines()[0][:300]}") from None
         t1 = time.time()
