@@ -131,6 +131,18 @@ def test_workers_beyond_the_cpus_are_refused_with_the_most_that_can_run():
         None, 2, 1, 2, None, None]
 
 
+def test_workers_that_fit_count_whole_cpus_node_by_node():
+    """An actor's CPU is on one node: the count is each node's whole CPUs, not Ray's cluster-wide sum (two nodes with half
+    a CPU free each: available_resources() says 1.0, and no worker fits; Ray Data would then run none, or fewer than
+    asked, under "N worker(s)"). What is not a finite number (a head's odd answer) is none, not a traceback."""
+    from edge_inception.cluster.capacity import workers_that_fit
+
+    assert workers_that_fit([{"CPU": 0.5, "memory": 1e9}, {"CPU": 0.5}]) == 0
+    assert workers_that_fit([{"CPU": 1.5}, {"CPU": 1.5}, {"CPU": 1.5}, {}]) == 3
+    assert workers_that_fit([{"CPU": float("nan")}, {"CPU": float("inf")}, {"CPU": -2.0}, {"CPU": "4"}, {"CPU": 2.0}]) == 2
+    assert workers_that_fit([]) == 0
+
+
 def test_eval_cluster_local_refuses_more_workers_than_this_machine_has_cpus(tmp_path):
     """256 workers on a private cluster were accepted (Ray warned, the run crawled): refused in one line before any work
     (the model and folder named here do not exist), and no Ray process started."""

@@ -13,15 +13,30 @@ in between).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping
+
 from .connect import ClusterError
+
+
+def workers_that_fit(nodes: Iterable[Mapping[str, object]]) -> int:
+    """How many one-CPU workers fit on nodes with these resources (Ray's per-node dicts, total or available; no ``CPU``
+    key: none): each node's whole CPUs, since an actor's CPU is on one node (two nodes with half a CPU free each hold no
+    worker, though Ray's cluster-wide sum says one). A value that is not a finite number counts as none."""
+    fit = 0
+    for resources in nodes:
+        cpus = resources.get("CPU", 0)
+        if isinstance(cpus, int | float) and math.isfinite(cpus) and cpus > 0:
+            fit += int(cpus)
+    return fit
 
 
 def check_workers(workers: int, cpus: float, where: str, free: float | None = None) -> None:
     """Refuse ``workers`` actors (one CPU each) on ``where`` (``local``, or a head's address) with ``cpus`` CPUs in all
-    and, on a joined cluster, ``free`` of them not held now (Ray's ``available_resources()["CPU"]``; None: not known):
+    and, on a joined cluster, ``free`` of them not held now (None: not known):
     :class:`ClusterError` saying the most that can run. ``cpus`` is the local machine's
-    (:func:`~edge_inception.limits.usable_cpus`) or the joined cluster's total (Ray's ``cluster_resources()["CPU"]``,
-    fractional where nodes advertise so)."""
+    (:func:`~edge_inception.limits.usable_cpus`) or the joined cluster's (:func:`workers_that_fit` its nodes' totals;
+    ``free``: their available resources)."""
     most = int(cpus)
     if workers > most:
         if where == "local":

@@ -33,7 +33,7 @@ from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..evaluate.verify import top_classes
 from ..limits import usable_cpus
 from ..vocab import FolderOrder, PreprocessMode
-from .capacity import check_workers
+from .capacity import check_workers, workers_that_fit
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,11 @@ class ClusterTopK:
         if self.address != "local":  # Ray Data's actor pool would run fewer actors than asked, or none, and wait
             # free CPUs at the first pass only: a later one would count the CPUs our last pass's actors still hold while
             # Ray Data lets them go
-            free = float(ray.available_resources().get("CPU", 0)) if self.passes == 0 else None
-            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address, free)
+            # per node (Ray's DeveloperAPI): an actor's CPU is on one node, and Ray's cluster-wide sums add up fractions
+            from ray._private.state import available_resources_per_node, total_resources_per_node
+
+            free = workers_that_fit(available_resources_per_node().values()) if self.passes == 0 else None
+            check_workers(self.workers, workers_that_fit(total_resources_per_node().values()), self.address, free)
 
         quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
