@@ -8,6 +8,7 @@ so the nodes use 127.0.0.2: still the loopback interface, but an address Ray kee
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import sys
@@ -126,6 +127,56 @@ def test_a_bundle_edited_after_bundle_is_refused_on_the_board(fleet, bundle, tmp
     [row] = report["boards"]
     assert row["board"] == "board-a" and row["status"] == "refused"
     assert "labels.txt: does not match bundle.json" in row["error"] and "manifest" not in row
+
+
+HOLD_HALF_OF_EACH = """
+import sys, time
+from pathlib import Path
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1])
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+half = ray.remote(num_cpus=0.5)(type("Half", (), {"ready": lambda self: True}))
+held = [half.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes]
+ray.get([h.ready.remote() for h in held], timeout=300)
+while ray.available_resources().get("CPU", 0) > 0.5 * len(nodes) + 0.01:  # the head's view has caught up
+    time.sleep(0.1)
+Path(sys.argv[2]).write_text(str(ray.available_resources().get("CPU", 0)))
+time.sleep(3600)  # until the test kills this job's session
+"""
+
+
+def test_half_a_cpu_free_on_each_node_is_no_free_worker(fleet, tmp_path):
+    """Another job holds half of each board's one CPU: Ray's cluster-wide sum says 1.5 CPUs free, but an actor takes one
+    CPU on one node, and none has it. ``eval --workers 1`` counted the sum (one worker free) and then waited for an actor
+    that no node could place; it is refused once joined, in one line, counting whole CPUs node by node."""
+    from edge_inception.data.images import bundled_photos, load_image
+    from tests.stream_media import tiny_classifier
+
+    address, _, _ = fleet
+    model = tiny_classifier(tmp_path / "m.onnx")
+    folder = tmp_path / "val" / "class0"
+    folder.mkdir(parents=True)
+    load_image(bundled_photos()[0]).resize((80, 64)).save(folder / "0.png")
+    held = tmp_path / "held"
+    job = ray_procs.start([sys.executable, "-c", HOLD_HALF_OF_EACH, address, str(held)], tmp_path / "holder.log", **RAY_ENV)
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while not held.exists():
+            assert job.poll() is None, f"the holding job ended: {(tmp_path / 'holder.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "the holding job did not take its CPUs"
+            time.sleep(0.2)
+        assert float(held.read_text()) >= 1  # Ray's sum: a worker's worth "free"
+        r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(model), "--data", str(tmp_path / "val"), "--cluster", address,
+                           "--workers", "1"], 180, **RAY_ENV)  # hang detection: it waited for an actor no node could place
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert re.fullmatch(rf"error: --workers 1: the Ray cluster at {re.escape(address)} has [23] CPU\(s\) in all, 0 free now \(other "
+                            r"jobs hold the rest: ray status\); at most 0 now, or wait for them \(each worker takes one, and Ray would "
+                            r"run fewer than asked\)", lines[0]), lines[0]
+    finally:
+        ray_procs.kill_session(job.pid)
+        job.wait(timeout=30)
 
 
 def test_a_board_killed_mid_run_is_reported_and_the_others_finish(fleet, bundle, tmp_path):

@@ -116,3 +116,113 @@ def test_a_reading_that_fails_for_want_of_file_descriptors_does_not_count_ours_t
         assert starved - first <= self_used + 0.05 and again - first <= self_used + 0.05  # the child idled: nothing of its 0.6 s
     finally:
         child.communicate("", timeout=60)
+
+
+def test_stop_is_bounded_when_a_reading_hangs_and_answers_with_the_last_one_that_came():
+    """A /proc read that hangs (a process stuck in the kernel) held the meter's thread inside a reading, and stop()
+    joined it without end: the benchmark hung after its work. The hang is made here by holding the lock a reading
+    holds for its whole length; stop() now answers within its bound, with the last complete reading, and says so."""
+    import threading
+
+    meter = OwnCpu(interval_s=0.01).start()
+    with meter._lock:  # the thread's next reading waits here, as one on a hung /proc file would
+        answers: list[float] = []
+        stopper = threading.Thread(target=lambda: answers.append(meter.stop(timeout_s=0.2)), daemon=True)
+        stopper.start()
+        stopper.join(120)  # hang detection only
+        assert not stopper.is_alive(), "stop() waited for a reading that does not come"
+        assert answers == [meter.last - meter.t0] and meter.complete is False
+    assert meter._thread is not None
+    meter._thread.join(120)  # the held reading completes once let go
+    assert not meter._thread.is_alive()
+
+
+
+def test_start_is_bounded_when_the_first_reading_hangs():
+    """The first reading (every process's environment read: the likeliest to meet a process whose memory lock is held)
+    was taken in the caller's thread, unbounded: the same hang stop() was bounded against, one step earlier. start()
+    now waits for it at most its bound and says the meter is not complete; stop() then answers too, and the thread
+    ends once the reading is let go."""
+    import threading
+
+    meter = OwnCpu(interval_s=0.01)
+    with meter._lock:  # the first reading waits here, as one on a hung /proc file would
+        answers: list[float] = []
+
+        def run() -> None:
+            meter.start(timeout_s=0.2)
+            answers.append(meter.stop(timeout_s=0.2))
+
+        starter = threading.Thread(target=run, daemon=True)
+        starter.start()
+        starter.join(120)  # hang detection only
+        assert not starter.is_alive(), "start() waited for a first reading that does not come"
+        assert answers == [0.0] and meter.complete is False
+    assert meter._thread is not None
+    meter._thread.join(120)  # the held reading completes once let go, and the stopped thread ends
+    assert not meter._thread.is_alive() and meter.t0 > 0
+
+NOT_DUMPABLE = """
+import ctypes, os, sys, time
+prctl = ctypes.CDLL(None, use_errno=True).prctl
+if os.fork():
+    os._exit(0)
+os.setsid()  # re-parented away from the meter's process: only the mark in its environment says it is ours
+if os.geteuid() == 0:  # the meter runs unprivileged (root reads every environment): so does its daemon
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: its /proc/PID/environ is root's now, unreadable by its own user
+while time.process_time() < 0.4:  # CPU time before the round: not the round's
+    pass
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+prctl(4, 1, 0, 0, 0)  # readable again
+t0 = time.process_time()
+while time.process_time() < t0 + 0.4:
+    pass
+print(time.process_time() - t0, flush=True)
+sys.stdin.readline()  # idle until the meter has read it
+"""
+
+METER = """
+import encodings.ascii, json, os, resource, subprocess, sys  # imported before this process gives up root's files
+from edge_inception.evaluate.load import FULL_SCAN_EVERY, OwnCpu, mark_ours
+def mine():
+    return sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+mark_ours()
+d = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+pid = int(d.stdout.readline())
+d.wait(timeout=60)  # the daemon's first parent, gone
+if os.geteuid() == 0:
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+meter = OwnCpu(interval_s=3600)  # read only when told
+mine0, first = mine(), meter.sample()
+unread = pid in meter.unsure and pid not in meter.counted
+d.stdin.write("go\\n")
+d.stdin.flush()
+burned = float(d.stdout.readline())
+for _ in range(FULL_SCAN_EVERY):  # a full scan among them
+    last = meter.sample()
+elsewhere = (last - first) - (mine() - mine0)
+d.stdin.write("done\\n")
+d.stdin.flush()
+print(json.dumps({"unread": unread, "counted": pid in meter.counted, "elsewhere": elsewhere, "burned": burned}))
+"""
+
+
+def test_a_process_of_ours_whose_environment_could_not_be_read_once_is_judged_again():
+    """A daemon of ours (marked, re-parented away) whose environment could not be read at the first reading (non-dumpable
+    for a while, as a process that handles secrets or changed its user makes itself) was put with the others' for good:
+    its CPU time counted as a disturbance for the rest of the round. Now it is read again, found ours once readable, and
+    only its time since it was first read counts (not the 0.4 s it used before). The meter runs unprivileged (root
+    reads every environment), in a process of its own."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", METER, NOT_DUMPABLE], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["unread"], f"the daemon's environment was readable at the first reading: nothing was tested ({got})"
+    assert got["counted"], got
+    assert got["burned"] - 0.05 <= got["elsewhere"] <= got["burned"] + 0.2, got

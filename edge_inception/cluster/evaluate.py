@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +33,19 @@ from ..evaluate.predict import EvalResult, folder_labels, folder_order_warning
 from ..evaluate.verify import top_classes
 from ..limits import usable_cpus
 from ..vocab import FolderOrder, PreprocessMode
-from .capacity import check_workers
+from .capacity import check_workers, workers_that_fit
 from .connect import MAX_WORKERS, ClusterError, check_address, check_head, connect, quiet_ray_loggers
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+RAY_REMOTE_ARGS_DEPRECATED = r"`ray_remote_args` is deprecated"  # Ray Data 2.60's warning for map_batches(**ray_remote_args)
+# A pass that moves no block for this long ends in a ClusterError: actors that get no CPU (other jobs took them after
+# the first pass's check, or between passes; a node gone), a worker stuck. Ray Data's own guard, whose default (30 min)
+# is kept for a user who sets Ray's variable for it; one Ray Data batch (CHUNKS_PER_CALL engine batches) takes seconds
+# on a small board, and the actors' start (each opening the model) well under a minute.
+NO_PROGRESS_TIMEOUT_S = 300.0
+NO_PROGRESS_ENV = "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S"
 CHUNKS_PER_CALL = 8  # engine batches per Ray Data batch: decoding overlaps inference within the call, as in plain eval
 
 
@@ -109,8 +118,9 @@ class ClusterTopK:
     they are taken to agree with the head's (NTP); one outside the pass counts the whole pass.
 
     Raises :class:`ClusterError` for a bad address or worker count (at construction; on a joined cluster, more workers
-    than its CPUs once joined: :func:`~edge_inception.cluster.capacity.check_workers`), a cluster that cannot be used, a
-    worker that fails or an answer that does not match what was sent."""
+    than its CPUs, or than are free at the first pass, once joined: :func:`~edge_inception.cluster.capacity.check_workers`),
+    a cluster that cannot be used, a pass that makes no progress for :data:`NO_PROGRESS_TIMEOUT_S` (no worker gets a
+    CPU, a worker stuck), a worker that fails or an answer that does not match what was sent."""
 
     def __init__(self, address: str, *, workers: int = 1, batch_size: int = 16, threads: int | None = None) -> None:
         if not 1 <= workers <= MAX_WORKERS:
@@ -144,24 +154,44 @@ class ClusterTopK:
         import ray
         import ray.data
 
-        if self.address != "local":  # Ray Data's actor pool would wait without end for actors that get no CPU
-            check_workers(self.workers, float(ray.cluster_resources().get("CPU", 0)), self.address)
+        if self.address != "local":  # Ray Data's actor pool would run fewer actors than asked, or none, and wait
+            # free CPUs at the first pass only: a later one would count the CPUs our last pass's actors still hold while
+            # Ray Data lets them go
+            # per node (Ray's DeveloperAPI): an actor's CPU is on one node, and Ray's cluster-wide sums add up fractions
+            from ray._private.state import available_resources_per_node, total_resources_per_node
+
+            free = workers_that_fit(available_resources_per_node().values()) if self.passes == 0 else None
+            check_workers(self.workers, workers_that_fit(total_resources_per_node().values()), self.address, free)
 
         quiet_ray_loggers()  # Ray Data sets its own levels when imported
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        if NO_PROGRESS_ENV not in os.environ:  # Ray's own setting, where the user gave one
+            ctx.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
         sent = sorted({str(Path(p).resolve()) for p in paths})
         per_call = self.batch_size * CHUNKS_PER_CALL
         blocks = max(1, min(-(-len(sent) // per_call), self.workers * 8))
         items = ray.data.from_items([{"path": p} for p in sent], override_num_blocks=blocks)
-        ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k, self.threads,
-                                                                self.batch_size),
-                               batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
-                               num_cpus=1, max_restarts=0)  # a failed actor fails the run (and Ray warns of restarts otherwise)
+        with warnings.catch_warnings():
+            # max_restarts=0: a failed actor fails the run. Ray 2.60 has no named parameter for it (map_batches names
+            # num_cpus, resources, label_selector, ...; none for restarts), and without it Ray Data restarts actors
+            # without end (tried here: an actor that exited in its first batch left the run waiting past 100 s) and
+            # Ray's core logs an ERROR line per actor ("constructor arguments in the object store and max_restarts >
+            # 0"). Its deprecation of the catch-all (removed in Ray 2.64) is silenced for this one call, by its text:
+            # the pin is 2.60 (constraints.txt); a Ray that drops the catch-all needs another way to say this.
+            warnings.filterwarnings("ignore", message=RAY_REMOTE_ARGS_DEPRECATED, category=DeprecationWarning)
+            ds = items.map_batches(Classifier, fn_constructor_args=(str(Path(model).resolve()), image_size, PreprocessMode(mode).value, k,
+                                                                    self.threads, self.batch_size),
+                                   batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+                                   num_cpus=1, max_restarts=0)
         t0 = time.time()
         try:
             rows: list[dict[str, Any]] = ds.take_all()
+        except ray.data.exceptions.ExecutionTimeoutError:
+            raise ClusterError(f"--workers {self.workers}: the Ray cluster at {self.address} made no progress for "
+                               f"{ctx.execution_no_progress_timeout_s:g} s: workers that get no CPU (other jobs hold them, or a "
+                               f"node is gone: ray status) or a worker stuck ({NO_PROGRESS_ENV} sets this bound)") from None
         except ray.exceptions.RayError as exc:
             raise ClusterError(f"the evaluation failed on the cluster: {str(exc).splitlines()[0][:300]}") from None
         t1 = time.time()

@@ -25,6 +25,7 @@ DISTURBED_CORES = 0.1  # other processes' average CPU use, in cores, above which
 OWNER_ENV = "EDGE_INCEPTION_LOAD_OWNER"  # the mark :func:`mark_ours` puts in the environment our processes inherit
 SAMPLE_S = 0.25  # how often the processes we count as ours are read during a round (the last value of one that exits)
 FULL_SCAN_EVERY = 8  # samples: the processes judged not ours are read again (a PID taken again by a new process)
+READ_TIMEOUT_S = 5.0  # how long :meth:`OwnCpu.start` / :meth:`OwnCpu.stop` wait for the thread's first / last reading (a /proc read that hangs)
 
 _mark: str | None = None
 
@@ -75,13 +76,23 @@ def _read_proc(pid: int) -> _Proc | None:
         return None
 
 
-def _carries(pid: int, needle: bytes) -> bool:
-    """Whether the environment ``pid`` started with holds ``needle`` (False where it cannot be read: another user's)."""
+def _carries(pid: int, needle: bytes) -> bool | None:
+    """Whether the environment ``pid`` started with holds ``needle``: False where it cannot be read and the process is
+    another user's (its real UID) or gone; None where it cannot be read now and may be later (this user's process made
+    non-dumpable for a while, this process out of file descriptors): not known."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             return needle in f.read().split(b"\0")
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            uid = next((line.split()[1] for line in f if line.startswith("Uid:")), None)
+    except OSError:
+        return None
+    return None if uid == str(os.getuid()) else False
 
 
 def _rusage_s(who: int) -> float:
@@ -97,7 +108,12 @@ class OwnCpu:
     Ray worker reaped by init, or by a parent that ignores SIGCHLD (the kernel then adds its time to no one).
 
     What it cannot see errs towards "others" (a disturbed round), never towards "ours": what a process of ours used
-    after its last reading, and one that lives less than ``interval_s`` and is reaped outside ours."""
+    after its last reading, and one that lives less than ``interval_s`` and is reaped outside ours. A process whose
+    verdict could not be reached (its environment not readable now: :func:`_carries`) is judged again at every sample,
+    not kept as another's; once found ours, only its time since it was first read counts. Every reading is the
+    thread's: a first or last one that does not come within ``READ_TIMEOUT_S`` (a /proc read that hangs: an environment
+    read waits on the process's memory lock) leaves :attr:`complete` False, and :meth:`stop` answers with the last
+    reading that came."""
 
     def __init__(self, interval_s: float = SAMPLE_S) -> None:
         self.interval_s = interval_s
@@ -105,17 +121,24 @@ class OwnCpu:
         self.needle = f"{OWNER_ENV}={_mark}".encode() if _mark is not None else None
         self.live: dict[int, _Proc] = {}  # ours, as last read
         self.others: dict[int, int] = {}  # PID -> start time of processes judged not ours
+        self.unsure: dict[int, _Proc] = {}  # PID -> first reading of processes not judged yet (read again every sample)
+        self.offset_ticks = 0  # the time processes found ours late had used when first read: not in any round
         self.counted: set[int] = set()  # every PID counted as ours (for tests and reports)
         self.ended_s = 0.0  # the last values of ours that ended unreaped by ours
         self.children_s = _rusage_s(resource.RUSAGE_CHILDREN)
         self.samples = 0
+        self.last = 0.0  # the latest complete reading (:meth:`sample`'s answer)
+        self.complete = True  # False: :meth:`stop` did not get its last reading in time
+        self._final: float | None = None
+        self._first = threading.Event()  # set once the thread's first reading (:attr:`t0`) is taken
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.t0 = 0.0
 
-    def _ours(self, pid: int, proc: _Proc, table: dict[int, _Proc], seen: dict[int, bool]) -> bool:
-        """Ours: the PID already counted (same start), a child of this process or of one of ours, or marked."""
+    def _ours(self, pid: int, proc: _Proc, table: dict[int, _Proc], seen: dict[int, bool], unsure: set[int]) -> bool:
+        """Ours: the PID already counted (same start), a child of this process or of one of ours, or marked. Not ours
+        but not known either (its environment, or its parent's, not readable now): added to ``unsure``."""
         if pid in seen:
             return seen[pid]
         seen[pid] = False  # a cycle (PIDs read at different moments) ends here
@@ -124,10 +147,18 @@ class OwnCpu:
             pass
         elif last is not None and last.start == proc.start:
             seen[pid] = True
-        elif proc.ppid == self.me or (self.needle is not None and _carries(pid, self.needle)):
+        elif proc.ppid == self.me:
             seen[pid] = True
-        elif proc.ppid in table:
-            seen[pid] = self._ours(proc.ppid, table[proc.ppid], table, seen)
+        else:
+            marked = _carries(pid, self.needle) if self.needle is not None else False
+            if marked:
+                seen[pid] = True
+            elif proc.ppid in table:
+                seen[pid] = self._ours(proc.ppid, table[proc.ppid], table, seen, unsure)
+                if proc.ppid in unsure and not seen[pid]:
+                    unsure.add(pid)
+            if marked is None and not seen[pid]:
+                unsure.add(pid)
         return seen[pid]
 
     def sample(self) -> float:
@@ -150,9 +181,17 @@ class OwnCpu:
                 if proc is not None:
                     table[int(name)] = proc
             seen: dict[int, bool] = {}
-            now = {pid: p for pid, p in table.items() if self._ours(pid, p, table, seen)}
+            unsure: set[int] = set()
+            now = {pid: p for pid, p in table.items() if self._ours(pid, p, table, seen, unsure)}
             for pid, p in table.items():
-                if pid not in now:
+                first = self.unsure.pop(pid, None)
+                first = first if first is not None and first.start == p.start else None
+                if pid in now:
+                    if first is not None:  # found ours late: its time before it was first read is in no round
+                        self.offset_ticks += first.own + first.reaped
+                elif pid in unsure:
+                    self.unsure[pid] = first or p
+                else:
                     self.others[pid] = p.start
             children = _rusage_s(resource.RUSAGE_CHILDREN)
             tick = os.sysconf("SC_CLK_TCK")
@@ -165,26 +204,40 @@ class OwnCpu:
             self.ended_s += max(0.0, sum(p.own + p.reaped for p in ended) / tick - gained)
             self.live, self.children_s = now, children
             self.counted |= set(now)
-            return (_rusage_s(resource.RUSAGE_SELF) + children + self.ended_s
-                    + sum(p.own + p.reaped for p in now.values()) / tick)
+            self.last = (_rusage_s(resource.RUSAGE_SELF) + children + self.ended_s
+                         + (sum(p.own + p.reaped for p in now.values()) - self.offset_ticks) / tick)
+            return self.last
 
-    def start(self) -> OwnCpu:
-        """Take the first reading and start the thread that reads every ``interval_s``."""
-        self.t0 = self.sample()
+    def start(self, timeout_s: float = READ_TIMEOUT_S) -> OwnCpu:
+        """Start the thread that takes the first reading, then one every ``interval_s``; wait for the first at most
+        ``timeout_s``: past that (a /proc read that hangs: the first reading reads every process's environment),
+        :attr:`complete` False, and the round's time of ours starts when the first reading comes, if ever (short: it
+        errs towards "disturbed")."""
         self._thread = threading.Thread(target=self._run, name="own-cpu", daemon=True)
         self._thread.start()
+        if not self._first.wait(timeout_s):
+            self.complete = False
         return self
 
     def _run(self) -> None:
+        self.t0 = self.sample()
+        self._first.set()
         while not self._stop.wait(self.interval_s):
             self.sample()
+        self._final = self.sample()
 
-    def stop(self) -> float:
-        """Stop reading; the CPU seconds ours used since :meth:`start`."""
+    def stop(self, timeout_s: float = READ_TIMEOUT_S) -> float:
+        """Stop reading; the CPU seconds ours used since :meth:`start`. The last reading is the thread's, waited for at
+        most ``timeout_s``: past that (a /proc read that hangs), the last reading that came, and :attr:`complete` False
+        (the round's time of ours is then short, which errs towards "disturbed")."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        return self.sample() - self.t0
+        if self._thread is None:
+            return self.sample() - self.t0
+        self._thread.join(timeout_s)
+        if self._thread.is_alive() or self._final is None:
+            self.complete = False
+            return self.last - self.t0
+        return self._final - self.t0
 
 
 def _own_cpu() -> float:
@@ -231,6 +284,7 @@ class LoadMeter:
         if self.stat0 is not None and stat1 is not None:
             others = max(0.0, (stat1[0] - self.stat0[0]) - own_used) / wall
             steal = (stat1[1] - self.stat0[1]) / wall
-        disturbed = (others or 0.0) > DISTURBED_CORES or (steal or 0.0) > DISTURBED_CORES
+        # a meter that could not read ours to the end cannot vouch for a quiet round
+        disturbed = (others or 0.0) > DISTURBED_CORES or (steal or 0.0) > DISTURBED_CORES or not self.own.complete
         self.result = RoundLoad(self.index, round(wall, 2), self.load0, _loadavg(), None if others is None else round(others, 3),
                                 None if steal is None else round(steal, 3), disturbed)
