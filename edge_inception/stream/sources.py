@@ -17,6 +17,12 @@ FFmpeg's ``format_whitelist``: no HLS/DASH playlist, concat list, SDP, image pat
 off (``enable_drefs=0``) and any further open a demuxer asks for is refused (PyAV's ``io_open``). A network stream
 gets FFmpeg's ``protocol_whitelist`` for its scheme (:data:`PROTOCOLS`) and the same demuxers; an HTTP source follows
 no redirect (``max_redirects=0``): the error names where it pointed.
+
+How large a picture may be (issue 40): every source refuses frames of more than ``max_pixels`` (width x height,
+:data:`~edge_inception.limits.MAX_DECODED_PIXELS`, the bound an image file's header is checked against too) in one
+line naming the source and the size: a video's declared size when it opens (and reopens), each picture before it is
+converted, and FFmpeg's decoder is given the same bound (``max_pixels``), so a header claiming a huge frame, at the
+start or mid-way, never has the decoder allocate it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import numpy as np
 
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
+from ..limits import MAX_DECODED_PIXELS
 from ..names import is_number
 from .plan import DECODERS, DecoderSpec
 
@@ -115,6 +122,7 @@ class VideoSource(abc.ABC):
         self.total: int | None = None  # frames expected, where the container says
         self.fps: float | None = None  # the source's frame rate, where known
         self.frame_size: tuple[int, int] | None = None  # (width, height) of a video's frames, once open
+        self.max_pixels = MAX_DECODED_PIXELS  # the most width x height a picture may have (check_size); lower it before open()
 
     def __enter__(self) -> VideoSource:
         self.open()
@@ -133,6 +141,13 @@ class VideoSource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def check_size(self, width: int, height: int, what: str = "has a frame of") -> None:
+        """Raise :class:`StreamError` (one line: the source, the size, the limit) for a picture of more than
+        :attr:`max_pixels`; ``what`` says whether the size was declared or decoded."""
+        if width * height > self.max_pixels:
+            raise StreamError(f"{self.name}: {what} {width} x {height} pixels ({width * height / 1e6:.3g} MP), more than the "
+                              f"{self.max_pixels / 1e6:.3g} MP this toolkit decodes")
 
     def use_decoder(self, spec: DecoderSpec | None, threads: int) -> None:
         """Read through ``spec`` (a row of :data:`~.plan.DECODERS` for this source's media; None: the source's own)
@@ -162,7 +177,12 @@ class AvSource(VideoSource):
         self.file = _Input(_open_regular_file(self.uri), self.uri)
         self.refused = []
         options = {"protocol_whitelist": "file", "format_whitelist": ",".join(SINGLE_INPUT_FORMATS), "enable_drefs": "0"}
-        return av.open(self.file, options=options, io_open=self._refuse)
+        return av.open(self.file, options=self._bounded(options), io_open=self._refuse)
+
+    def _bounded(self, options: dict[str, str]) -> dict[str, str]:
+        """``options`` for ``av.open`` with FFmpeg's ``max_pixels`` (:attr:`max_pixels`): the decoders that probe the
+        streams at open refuse a larger picture before allocating it (where the container lists its streams first)."""
+        return {**options, "max_pixels": str(self.max_pixels)}
 
     def _refuse(self, url: str, flags: int, options: dict) -> Any:
         """PyAV's ``io_open``: a demuxer asking for another file or URL gets an empty one; the open is then refused."""
@@ -191,7 +211,11 @@ class AvSource(VideoSource):
             self.close()
             raise StreamError(f"{self.name}: has no video stream")
         stream = self.container.streams.video[0]
-        self._configure(stream)
+        try:
+            self._configure(stream)
+        except StreamError:  # a declared frame size beyond max_pixels: nothing decoded
+            self.close()
+            raise
         self.codec = stream.codec_context.name
         self.total = stream.frames or None
         self.fps = float(stream.average_rate) if stream.average_rate else None
@@ -202,10 +226,14 @@ class AvSource(VideoSource):
             self._configure(self.container.streams.video[0])
 
     def _configure(self, stream: Any) -> None:
-        """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes)."""
+        """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes), and
+        the decoder's ``max_pixels``; the stream's declared frame size checked (:meth:`check_size`)."""
         stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = self.decoder_threads
-        self.frame_size = (int(stream.codec_context.width), int(stream.codec_context.height))
+        codec = stream.codec_context
+        codec.thread_count = self.decoder_threads
+        codec.options = {**(codec.options or {}), "max_pixels": str(self.max_pixels)}  # FFmpeg refuses larger pictures
+        self.frame_size = (int(codec.width), int(codec.height))
+        self.check_size(*self.frame_size, what="declares frames of")
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -242,6 +270,7 @@ class AvSource(VideoSource):
         """A decoded PyAV frame as :class:`Frame`: the model's crop (the region it reads cut in the frame's own pixel
         format, its planes resampled and converted as the exact path does: :class:`~.decoders.ModelCrop`) and/or the
         whole picture in RGB, as :attr:`want` asks."""
+        self.check_size(vf.width, vf.height)
         model = self._scaler()(vf) if self.want.model else None
         rgb = vf.to_ndarray(format="rgb24") if self.want.full or model is None else None
         frame = Frame(self._next_index, ts, rgb, (vf.width, vf.height), (time.perf_counter() - t0) * 1e3, model_rgb=model)
@@ -277,6 +306,8 @@ class AvSource(VideoSource):
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
+                codec = stream.codec_context  # a picture beyond max_pixels (the size changed mid-way): refused, not skipped
+                self.check_size(int(codec.width), int(codec.height), what="changes to frames of")
                 log.info("%s: a packet did not decode: %s", self.name, _why(exc))
                 self.corrupt += 1
                 t0 = time.perf_counter()
@@ -402,7 +433,7 @@ class CameraSource(LiveAvSource):
 
         # the device demuxer opens the device node itself (the name was checked: /dev/videoN)
         options = {**self.options, "protocol_whitelist": "file"}
-        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=options, timeout=OPEN_TIMEOUT_S))
+        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=self._bounded(options), timeout=OPEN_TIMEOUT_S))
 
 
 class NetworkSource(LiveAvSource):
@@ -427,7 +458,7 @@ class NetworkSource(LiveAvSource):
     def _open_container(self) -> Any:
         import av
 
-        return _open_interruptibly(lambda: av.open(self.uri, options=dict(self.options), timeout=OPEN_TIMEOUT_S))
+        return _open_interruptibly(lambda: av.open(self.uri, options=self._bounded(self.options), timeout=OPEN_TIMEOUT_S))
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -469,6 +500,7 @@ class CsiSource(VideoSource):
             ok, bgr = self.cap.read()
             if not ok:
                 return
+            self.check_size(bgr.shape[1], bgr.shape[0])
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             yield Frame(index, time.monotonic(), rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
             index += 1
@@ -757,6 +789,7 @@ def _gstreamer_read(src: AvSource, fd: int) -> Iterator[Frame]:
             ok, bgr = cap.read()
             if not ok:
                 return
+            src.check_size(bgr.shape[1], bgr.shape[0])
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             yield Frame(src._next_index, src._next_index / rate, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
             src._next_index += 1
