@@ -285,40 +285,53 @@ class AvSource(VideoSource):
         return self._model_scaler
 
     def _ffmpeg_frames(self) -> Iterator[Frame]:
+        """FFmpeg's frames; the pictures it flags corrupt, or whose packet does not decode, skipped and counted. The
+        frames that come out when the decoder is drained at the end of a file (among them the last one, which a cut
+        file leaves incomplete) are judged as a one-thread decoder judges them (:class:`_SerialTail`): FFmpeg's frame
+        threads do not always flag an incomplete picture that another thread outputs, so the count and the exit status
+        do not depend on the decoder's thread count."""
         import av
 
         assert self.container is not None, "open() first"
         stream = self.container.streams.video[0]
         packets = self.container.demux(stream)
+        tail = _SerialTail(stream.codec_context, self.max_pixels) if not self.live and self.decoder_threads != 1 else None
         last_ts: float | None = None
         t0 = time.perf_counter()
         while True:
+            ended = False
             try:
                 packet = next(packets)
             except StopIteration:
                 self.truncated = self.truncated or self._ends_early(last_ts)
                 return
-            except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
+            except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded, and what is in the decoder
                 log.info("%s: demuxing stopped: %s", self.name, _why(exc))
                 self.stopped_by = _why(exc)
                 self.truncated = not self.live  # a live source that stops is reconnected and said so, not "truncated"
-                return
+                packet, ended = None, True
+            draining = packet is None or packet.size == 0  # the end: the decoder gives the frames it holds
+            if tail is not None and packet is not None and not draining:
+                tail.add(packet)
             try:
-                decoded = packet.decode()
+                decoded = stream.codec_context.decode(packet) if packet is None else packet.decode()
             except av.error.FFmpegError as exc:
                 codec = stream.codec_context  # a picture beyond max_pixels (the size changed mid-way): refused, not skipped
                 self.check_size(int(codec.width), int(codec.height), what="changes to frames of")
                 log.info("%s: a packet did not decode: %s", self.name, _why(exc))
                 self.corrupt += 1
+                decoded = []
                 t0 = time.perf_counter()
-                continue
+            suspect = tail.corrupt_pts() if tail is not None and draining and decoded else frozenset()
             for vf in decoded:
-                if vf.is_corrupt:
+                if vf.is_corrupt or (vf.pts is not None and vf.pts in suspect):
                     self.corrupt += 1
                     continue
                 ts = last_ts = float(vf.time) if vf.time is not None else None
                 yield self._picture(vf, ts, t0)
                 t0 = time.perf_counter()
+            if ended:
+                return
 
     def _ends_early(self, last_ts: float | None) -> bool:
         """A file whose last frame comes more than a second before the duration its header gives, or that gave no frame
@@ -339,6 +352,61 @@ class AvSource(VideoSource):
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+# The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last group of pictures, if no
+# longer than this (a 10 s group at 30 FPS; its compressed bytes); a longer one is not judged again
+SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
+
+
+class _SerialTail:
+    """The packets since the last key frame, decoded again at the end of a file by a one-thread decoder of the same
+    codec (:meth:`corrupt_pts`), for its verdict on the frames drained there. FFmpeg's frame threads copy a picture's
+    state to the next thread before it is finished, so a picture that one thread concealed (a cut file's last one)
+    may come out of another unflagged; one thread flags it always. At most :data:`SERIAL_TAIL_PACKETS` packets and
+    :data:`SERIAL_TAIL_BYTES`; past either, nothing is judged again (the threads' flags stand)."""
+
+    def __init__(self, codec: Any, max_pixels: int) -> None:
+        self.codec, self.max_pixels = codec, max_pixels
+        self.packets: list[Any] = []
+        self.size = 0
+        self.whole = True  # every packet since the last key frame is kept
+
+    def add(self, packet: Any) -> None:
+        if packet.is_keyframe:
+            self.packets, self.size, self.whole = [], 0, True
+        if not self.whole:
+            return
+        self.packets.append(packet)
+        self.size += packet.size
+        if len(self.packets) > SERIAL_TAIL_PACKETS or self.size > SERIAL_TAIL_BYTES:
+            self.packets, self.whole = [], False
+
+    def corrupt_pts(self) -> frozenset[int]:
+        """The presentation times of the frames a one-thread decoder flags corrupt, or whose packet it cannot decode."""
+        import av
+
+        if not self.whole or not self.packets:
+            return frozenset()
+        try:
+            serial = av.CodecContext.create(self.codec.name, "r")
+            serial.extradata = self.codec.extradata
+            serial.width, serial.height = self.codec.width, self.codec.height
+            serial.thread_count = 1
+            serial.options = {"max_pixels": str(self.max_pixels)}
+        except (av.error.FFmpegError, ValueError, TypeError) as exc:
+            log.info("the last frames are not judged again (%s)", _why(exc))
+            return frozenset()
+        bad: set[int] = set()
+        for packet in [*self.packets, None]:
+            try:
+                frames = serial.decode(packet)
+            except av.error.FFmpegError:
+                if packet is not None and packet.pts is not None:
+                    bad.add(int(packet.pts))
+                continue
+            bad.update(int(f.pts) for f in frames if f.is_corrupt and f.pts is not None)
+        return frozenset(bad)
 
 
 class LiveAvSource(AvSource):

@@ -1,0 +1,73 @@
+"""A cut MPEG-TS is judged alike whatever the decoder's thread count (issue 40): FFmpeg's frame threads do not always
+flag the incomplete last picture that one thread flags, so the frames drained at the end are judged by a one-thread
+decoder (``sources._SerialTail``). Real clips made with PyAV, cut at many places, decoded at 1, 2 and 4 threads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .stream_media import make_video, pan_zoom_frames, tiny_classifier
+
+av = pytest.importorskip("av")
+
+from edge_inception.stream.sources import Wanted, open_source  # noqa: E402
+
+FRAMES = 24
+TRIES = 3  # FFmpeg's threads race: each threaded decode is repeated
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cut")
+    return make_video(d / "whole.ts", pan_zoom_frames(160, 112, FRAMES), fps=10)
+
+
+def _verdict(path: Path, threads: int) -> tuple[int, int]:
+    """(frames given, frames counted corrupt) reading ``path`` with ``threads`` decoder threads (0: FFmpeg's choice)."""
+    src = open_source(str(path), 64)
+    src.want = Wanted(64, model=True, full=False)
+    with src:
+        src.use_decoder(None, threads)
+        given = sum(1 for _ in src.frames())
+    return given, src.corrupt
+
+
+def _first_frame_cut(clip: Path) -> int:
+    """A byte offset inside the first picture's packet (between where it and the second one start)."""
+    with av.open(str(clip)) as c:
+        starts = [p.pos for p in c.demux(video=0) if p.size and p.pos is not None][:2]
+    return (starts[0] + starts[1]) // 2
+
+
+def test_a_cut_ts_is_judged_alike_at_any_thread_count(clip, tmp_path):
+    """At every cut, 2 and 4 threads (each decode repeated) give the frames and the corrupt count one thread gives."""
+    data = clip.read_bytes()
+    cut_path = tmp_path / "cut.ts"
+    flagged = 0
+    for cut in [_first_frame_cut(clip), *np.linspace(len(data) // 8, len(data) - 100, 23).astype(int)]:
+        cut_path.write_bytes(data[:cut])
+        serial = _verdict(cut_path, 1)
+        flagged += serial[1] > 0
+        for threads in (2, 4):
+            got = {_verdict(cut_path, threads) for _ in range(TRIES)}
+            assert got == {serial}, f"cut at {cut} of {len(data)} bytes, {threads} threads: {got}, one thread: {serial}"
+    assert flagged >= 5  # the cut picture is flagged at many of the cuts: the comparison is not of clean ends only
+
+
+@pytest.mark.parametrize("threads", [[], ["--threads", "1"]])
+def test_a_ts_cut_in_its_first_frame_is_one_error_line(clip, tmp_path, threads):
+    """Cut inside its first picture: no whole frame, so exit 1 with one line, with the split chosen for the CPU (its
+    decoder threads) and with ``--threads 1`` (the decoder then gets the core left)."""
+    cut = tmp_path / "first.ts"
+    cut.write_bytes(clip.read_bytes()[:_first_frame_cut(clip)])
+    assert _verdict(cut, 1) == (0, 1)
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    r = subprocess.run([sys.executable, "-m", "edge_inception", "stream", str(model), str(cut), *threads], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: {cut}: no frame decoded (1 corrupt); nothing was classified"], r.stderr
