@@ -109,15 +109,33 @@ def test_the_limit_is_the_sources_setting(media, mode):
 @pytest.mark.parametrize("mode", ["fast", "exact"])
 def test_a_frame_size_that_grows_mid_way_is_refused(media, mode):
     """64 x 48 then 128 x 96 in one MPEG-TS: with the limit between the two, the small frames come and the stream
-    stops at the first large one, naming its size (FFmpeg's decoder is bounded too: it never makes that picture);
+    stops at the first large one, naming its size: FFmpeg's decoder refuses to make that picture (its ``max_pixels``),
+    so the stop comes from the decoder's refusal, not from a picture already made;
     with the limit above both, every frame of both sizes comes, none counted corrupt."""
     src = open_source(str(media["grows"]), 64)
     src.want, src.max_pixels = WANTS[mode], SMALL[0] * SMALL[1]
     got: list = []
-    with src, pytest.raises(StreamError, match=f"grows.ts: .* {LARGE[0]} x {LARGE[1]} pixels"):
+    with src, pytest.raises(StreamError, match=f"grows.ts: changes to frames of {LARGE[0]} x {LARGE[1]} pixels"):
         got.extend(src.frames())
     assert 0 < len(got) <= COUNT and {f.full_size for f in got} == {SMALL}
     frames = _frames(media["grows"], WANTS[mode], LARGE[0] * LARGE[1])
     assert [f.full_size for f in frames] == [SMALL] * COUNT + [LARGE] * COUNT
     pictures = [f.model_rgb if mode == "fast" else f.rgb for f in frames]
     assert all(isinstance(p, np.ndarray) for p in pictures)
+
+
+def test_a_folder_source_takes_the_same_setting(tmp_path):
+    """Images one pixel row over a lowered ``max_pixels`` are skipped and counted, as an unreadable image is; the
+    one at the bound is read."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    frames = list(pan_zoom_frames(*SMALL, 2))
+    Image.fromarray(frames[0]).save(folder / "a.png")
+    Image.fromarray(np.concatenate([frames[1], frames[1][:1]])).save(folder / "b.png")  # 64 x 49
+    src = open_source(str(folder), 64)
+    src.max_pixels = SMALL[0] * SMALL[1]
+    with src:
+        got = list(src.frames())
+    assert [Path(f.name).name for f in got] == ["a.png"] and src.corrupt == 1

@@ -582,7 +582,8 @@ class CsiSource(VideoSource):
 
 class FolderSource(VideoSource):
     """Image files: a folder (recursive, sorted), a glob, or one image. JPEGs decode at the scale the model needs;
-    an unreadable file is skipped and counted."""
+    an unreadable file, or one of more than :attr:`max_pixels` (its header is held to
+    :data:`~edge_inception.limits.MAX_DECODED_PIXELS` before it is decoded), is skipped and counted."""
 
     kind = "folder"
     media = "photos"
@@ -613,6 +614,10 @@ class FolderSource(VideoSource):
                 rgb, full = decode(path)
             except ImageError as exc:
                 log.info("%s", exc)
+                self.corrupt += 1
+                continue
+            if full[0] * full[1] > self.max_pixels:  # a bound lowered below MAX_DECODED_PIXELS, which the header was held to
+                log.info("%s: %d x %d pixels is more than the %d this source takes", path, full[0], full[1], self.max_pixels)
                 self.corrupt += 1
                 continue
             yield Frame(index, None, rgb, full, (time.perf_counter() - t0) * 1e3, name=str(path))
