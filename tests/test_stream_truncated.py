@@ -27,6 +27,13 @@ def clip(tmp_path_factory) -> Path:
     return make_video(d / "whole.ts", pan_zoom_frames(160, 112, FRAMES), fps=10)
 
 
+@pytest.fixture(scope="module")
+def raw_clip(tmp_path_factory) -> Path:
+    """A raw H.264 stream (Annex B, no container): its packets have no presentation time."""
+    d = tmp_path_factory.mktemp("raw")
+    return make_video(d / "whole.h264", pan_zoom_frames(160, 112, FRAMES), fps=10)
+
+
 def _verdict(path: Path, threads: int) -> tuple[int, int]:
     """(frames given, frames counted corrupt) reading ``path`` with ``threads`` decoder threads (0: FFmpeg's choice)."""
     src = open_source(str(path), 64)
@@ -57,6 +64,30 @@ def test_a_cut_ts_is_judged_alike_at_any_thread_count(clip, tmp_path):
             got = {_verdict(cut_path, threads) for _ in range(TRIES)}
             assert got == {serial}, f"cut at {cut} of {len(data)} bytes, {threads} threads: {got}, one thread: {serial}"
     assert flagged >= 5  # the cut picture is flagged at many of the cuts: the comparison is not of clean ends only
+
+
+def test_a_cut_raw_h264_is_judged_alike_at_any_thread_count(raw_clip, tmp_path):
+    """The same for a stream whose packets carry no presentation time (the recheck names its frames by a stand-in the
+    decoder copies from packet to picture; with none, a raw stream's last frames were never judged again): at each cut
+    (the cut picture flagged at most), 2 and 4 threads give one thread's frames and corrupt count, and no time is made up."""
+    with av.open(str(raw_clip)) as c:
+        assert all(p.pts is None for p in c.demux(video=0))
+    data = raw_clip.read_bytes()
+    cut_path = tmp_path / "cut.h264"
+    flagged = 0
+    for cut in np.linspace(len(data) // 10, len(data) - 100, 16).astype(int):
+        cut_path.write_bytes(data[:cut])
+        serial = _verdict(cut_path, 1)
+        flagged += serial[1] > 0
+        for threads in (2, 4):
+            got = {_verdict(cut_path, threads) for _ in range(TRIES)}
+            assert got == {serial}, f"cut at {cut} of {len(data)} bytes, {threads} threads: {got}, one thread: {serial}"
+    assert flagged >= 8
+    src = open_source(str(raw_clip), 64)
+    src.want = Wanted(64, model=True, full=False)
+    with src:
+        src.use_decoder(None, 2)
+        assert [f.timestamp_s for f in src.frames()] == [None] * FRAMES
 
 
 @pytest.mark.parametrize("threads", [[], ["--threads", "1"]])

@@ -297,6 +297,7 @@ class AvSource(VideoSource):
         packets = self.container.demux(stream)
         tail = _SerialTail(stream.codec_context, self.max_pixels) if not self.live and self.decoder_threads != 1 else None
         last_ts: float | None = None
+        stand_in = STAND_IN_PTS
         t0 = time.perf_counter()
         while True:
             ended = False
@@ -312,6 +313,8 @@ class AvSource(VideoSource):
                 packet, ended = None, True
             draining = packet is None or packet.size == 0  # the end: the decoder gives the frames it holds
             if tail is not None and packet is not None and not draining:
+                if packet.pts is None:  # a raw H.264/HEVC stream: a stand-in the frames carry, for the recheck to name them
+                    packet.pts, stand_in = stand_in, stand_in + 1
                 tail.add(packet)
             try:
                 decoded = stream.codec_context.decode(packet) if packet is None else packet.decode()
@@ -330,7 +333,7 @@ class AvSource(VideoSource):
                 if vf.is_corrupt or (vf.pts is not None and vf.pts in suspect):
                     self.corrupt += 1
                     continue
-                ts = last_ts = float(vf.time) if vf.time is not None else None
+                ts = last_ts = float(vf.time) if vf.time is not None and not _stand_in(vf.pts) else None
                 yield self._picture(vf, ts, t0)
                 t0 = time.perf_counter()
             if ended:
@@ -360,7 +363,15 @@ class AvSource(VideoSource):
 # The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last group of pictures, if no
 # longer than this (a 10 s group at 30 FPS; its compressed bytes); a longer one is not judged again
 SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
+# a packet without a presentation time (a raw H.264 / HEVC stream) is given one from here on, in decoding order, so that
+# the recheck can name its frame (the decoder copies a packet's pts to its picture); never a time (the frame has none)
+STAND_IN_PTS = -(2**62)
 SERIAL_TAIL_REORDER = 16  # packets a drained frame may lie before the end in decoding order (H.264's most reordered pictures)
+
+
+def _stand_in(pts: int | None) -> bool:
+    """Whether ``pts`` is one that :data:`STAND_IN_PTS` gave a packet that had none."""
+    return pts is not None and STAND_IN_PTS <= pts < STAND_IN_PTS + 2**40
 
 
 class _SerialTail:
