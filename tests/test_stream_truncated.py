@@ -34,14 +34,15 @@ def raw_clip(tmp_path_factory) -> Path:
     return make_video(d / "whole.h264", pan_zoom_frames(160, 112, FRAMES), fps=10)
 
 
-def _verdict(path: Path, threads: int) -> tuple[int, int]:
-    """(frames given, frames counted corrupt) reading ``path`` with ``threads`` decoder threads (0: FFmpeg's choice)."""
+def _verdict(path: Path, threads: int, ends: bool = False) -> tuple:
+    """(frames given, frames counted corrupt[, whether it ends early]) reading ``path`` with ``threads`` decoder
+    threads (0: FFmpeg's choice)."""
     src = open_source(str(path), 64)
     src.want = Wanted(64, model=True, full=False)
     with src:
         src.use_decoder(None, threads)
         given = sum(1 for _ in src.frames())
-    return given, src.corrupt
+    return (given, src.corrupt, src.truncated) if ends else (given, src.corrupt)
 
 
 def _first_frame_cut(clip: Path) -> int:
@@ -67,27 +68,50 @@ def test_a_cut_ts_is_judged_alike_at_any_thread_count(clip, tmp_path):
 
 
 def test_a_cut_raw_h264_is_judged_alike_at_any_thread_count(raw_clip, tmp_path):
-    """The same for a stream whose packets carry no presentation time (the recheck names its frames by a stand-in the
-    decoder copies from packet to picture; with none, a raw stream's last frames were never judged again): at each cut
+    """The same for a stream whose packets carry no presentation time (the recheck names its frames by the packet's
+    number, FFmpeg's opaque, which the decoder copies from packet to picture; by pts, a raw stream's last frames were
+    never judged again): at each cut
     (the cut picture flagged at most), 2 and 4 threads give one thread's frames and corrupt count, and no time is made up."""
     with av.open(str(raw_clip)) as c:
         assert all(p.pts is None for p in c.demux(video=0))
-    data = raw_clip.read_bytes()
-    cut_path = tmp_path / "cut.h264"
-    flagged = 0
-    for cut in np.linspace(len(data) // 10, len(data) - 100, 16).astype(int):
-        cut_path.write_bytes(data[:cut])
-        serial = _verdict(cut_path, 1)
-        flagged += serial[1] > 0
-        for threads in (2, 4):
-            got = {_verdict(cut_path, threads) for _ in range(TRIES)}
-            assert got == {serial}, f"cut at {cut} of {len(data)} bytes, {threads} threads: {got}, one thread: {serial}"
-    assert flagged >= 8
+    assert _flagged_alike(raw_clip, tmp_path, 16) >= 8
     src = open_source(str(raw_clip), 64)
     src.want = Wanted(64, model=True, full=False)
     with src:
         src.use_decoder(None, 2)
         assert [f.timestamp_s for f in src.frames()] == [None] * FRAMES
+
+
+def _flagged_alike(clip: Path, tmp_path: Path, cuts: int) -> int:
+    """``clip`` cut at ``cuts`` places: each read with 2 and 4 threads (repeated) as one thread reads it (the frames, the
+    corrupt count, whether it ends early); how many cuts one thread flags a corrupt picture at."""
+    data = clip.read_bytes()
+    cut_path = tmp_path / f"cut{clip.suffix}"
+    flagged = 0
+    for cut in np.linspace(len(data) // 10, len(data) - 100, cuts).astype(int):
+        cut_path.write_bytes(data[:cut])
+        serial = _verdict(cut_path, 1, ends=True)
+        flagged += serial[1] > 0
+        for threads in (2, 4):
+            got = {_verdict(cut_path, threads, ends=True) for _ in range(TRIES)}
+            assert got == {serial}, f"cut at {cut} of {len(data)} bytes, {threads} threads: {got}, one thread: {serial}"
+    return flagged
+
+
+GOPS = {"x264-params": "open-gop=1:keyint=10:bframes=3:scenecut=0"}  # short open groups: frames of the one before drain too
+
+
+@pytest.mark.parametrize(("suffix", "options", "container_options"), [
+    (".flv", None, None), (".mp4", None, {"movflags": "frag_keyframe+empty_moov"}), (".ts", GOPS, None)])
+def test_a_cut_is_judged_alike_whatever_its_container_and_groups(tmp_path, suffix, options, container_options):
+    """An FLV or a fragmented MP4 cut short: its last packet's error comes out of the threads' draining, which then
+    dropped the frames they still held (2 whole frames and the flag of the cut one: 21 frames and 0 corrupt at 4
+    threads where one thread gives 23 and 1); the frames after those given come as one thread gives them. An MPEG-TS
+    of short open groups: frames of the group before the last, and the last group's leading pictures (which one
+    thread, starting at its key frame, does not output), still come from the threads' draining."""
+    frames = pan_zoom_frames(160, 112, FRAMES)
+    clip = make_video(tmp_path / f"whole{suffix}", frames, fps=10, options=options, container_options=container_options)
+    assert _flagged_alike(clip, tmp_path, 12) >= 8
 
 
 @pytest.mark.parametrize("threads", [[], ["--threads", "1"]])

@@ -286,18 +286,20 @@ class AvSource(VideoSource):
 
     def _ffmpeg_frames(self) -> Iterator[Frame]:
         """FFmpeg's frames; the pictures it flags corrupt, or whose packet does not decode, skipped and counted. The
-        frames that come out when the decoder is drained at the end of a file (among them the last one, which a cut
-        file leaves incomplete) are judged as a one-thread decoder judges them (:class:`_SerialTail`): FFmpeg's frame
-        threads do not always flag an incomplete picture that another thread outputs, so the count and the exit status
-        do not depend on the decoder's thread count."""
+        frames after those given when the decoder is drained at the end of a file (among them the last one, which a
+        cut file leaves incomplete) come as a one-thread decoder gives them (:class:`_SerialTail`): FFmpeg's frame
+        threads do not always flag an incomplete picture that another thread outputs, and an error while they are
+        drained drops the frames they held, so the frames, the count and the exit status do not depend on the
+        decoder's thread count."""
         import av
 
         assert self.container is not None, "open() first"
         stream = self.container.streams.video[0]
         packets = self.container.demux(stream)
-        tail = _SerialTail(stream.codec_context, self.max_pixels) if not self.live and self.decoder_threads != 1 else None
+        tail = _SerialTail(stream.codec_context, self.max_pixels, stream.time_base) if not self.live and self.decoder_threads != 1 else None
+        if tail is not None:
+            stream.codec_context.copy_opaque = True  # a packet's number comes out with its picture (tail.add)
         last_ts: float | None = None
-        stand_in = STAND_IN_PTS
         t0 = time.perf_counter()
         while True:
             ended = False
@@ -313,27 +315,35 @@ class AvSource(VideoSource):
                 packet, ended = None, True
             draining = packet is None or packet.size == 0  # the end: the decoder gives the frames it holds
             if tail is not None and packet is not None and not draining:
-                if packet.pts is None:  # a raw H.264/HEVC stream: a stand-in the frames carry, for the recheck to name them
-                    packet.pts, stand_in = stand_in, stand_in + 1
                 tail.add(packet)
+            failed = False
             try:
                 decoded = stream.codec_context.decode(packet) if packet is None else packet.decode()
             except av.error.FFmpegError as exc:
                 codec = stream.codec_context  # a picture beyond max_pixels (the size changed mid-way): refused, not skipped
                 self.check_size(int(codec.width), int(codec.height), what="changes to frames of")
                 log.info("%s: a packet did not decode: %s", self.name, _why(exc))
-                self.corrupt += 1
-                decoded = []
+                decoded, failed = [], True
                 t0 = time.perf_counter()
-            suspect: frozenset[int] = frozenset()
-            if tail is not None and draining and decoded:
-                suspect = tail.corrupt_pts(len(decoded))
+            if tail is not None and draining:  # the frames after those given come as one thread gives them
+                rest = tail.rest(decoded)
+                if rest is not None:
+                    (decoded, bad), failed = rest, False
+                    self.corrupt += bad
                 t0 = time.perf_counter()  # once per file, not a frame's decoding: in the end-to-end time, not the decode stage's
+            if failed:
+                self.corrupt += 1
+                if tail is not None:
+                    tail.bad += 1
             for vf in decoded:
-                if vf.is_corrupt or (vf.pts is not None and vf.pts in suspect):
+                if vf.is_corrupt:
                     self.corrupt += 1
+                    if tail is not None and isinstance(vf.opaque, int) and vf.opaque >= tail.first:
+                        tail.bad += 1
                     continue
-                ts = last_ts = float(vf.time) if vf.time is not None and not _stand_in(vf.pts) else None
+                ts = last_ts = float(vf.time) if vf.time is not None else None
+                if tail is not None:
+                    tail.give(vf)
                 yield self._picture(vf, ts, t0)
                 t0 = time.perf_counter()
             if ended:
@@ -363,35 +373,37 @@ class AvSource(VideoSource):
 # The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last group of pictures, if no
 # longer than this (a 10 s group at 30 FPS; its compressed bytes); a longer one is not judged again
 SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
-# a packet without a presentation time (a raw H.264 / HEVC stream) is given one from here on, in decoding order, so that
-# the recheck can name its frame (the decoder copies a packet's pts to its picture); never a time (the frame has none)
-STAND_IN_PTS = -(2**62)
-SERIAL_TAIL_REORDER = 16  # packets a drained frame may lie before the end in decoding order (H.264's most reordered pictures)
-
-
-def _stand_in(pts: int | None) -> bool:
-    """Whether ``pts`` is one that :data:`STAND_IN_PTS` gave a packet that had none."""
-    return pts is not None and STAND_IN_PTS <= pts < STAND_IN_PTS + 2**40
 
 
 class _SerialTail:
     """The packets since the last key frame, decoded again at the end of a file by a one-thread decoder of the same
-    codec (:meth:`corrupt_pts`), for its verdict on the frames drained there. FFmpeg's frame threads copy a picture's
-    state to the next thread before it is finished, so a picture that one thread concealed (a cut file's last one)
-    may come out of another unflagged; one thread flags it always. At most :data:`SERIAL_TAIL_PACKETS` packets and
-    :data:`SERIAL_TAIL_BYTES`; past either, nothing is judged again (the threads' flags stand). The cost: one group of
-    pictures decoded again on one thread at the end of a file (0.1-0.25 s for 16 packets of 1080p H.264 on a loaded
-    2-core EPYC), not counted in the decode stage's per-frame time."""
+    codec (:meth:`rest`), which gives the frames drained there. FFmpeg's frame threads copy a picture's state to the
+    next thread before it is finished, so a picture that one thread concealed (a cut file's last one) may come out of
+    another unflagged; one thread flags it always. Frames are named by their packet's number in the file (FFmpeg's
+    ``opaque``, copied from packet to picture by either decoder), not by their pts: a raw stream has none, and two
+    clips joined in one MPEG-TS repeat them. At most :data:`SERIAL_TAIL_PACKETS` packets and
+    :data:`SERIAL_TAIL_BYTES`; past either, the threads' draining stands. The cost: the last group of
+    pictures decoded again, whole, on one thread at the end of a file (a 290-frame group of 640 x 360 H.264: 0.35 s
+    more on a loaded 2-core EPYC, where the file took 0.4 s at 2 threads), not counted in the decode stage's per-frame
+    time."""
 
-    def __init__(self, codec: Any, max_pixels: int) -> None:
-        self.codec, self.max_pixels = codec, max_pixels
+    def __init__(self, codec: Any, max_pixels: int, time_base: Any) -> None:
+        self.codec, self.max_pixels, self.time_base = codec, max_pixels, time_base
         self.packets: list[Any] = []
         self.size = 0
         self.whole = True  # every packet since the last key frame is kept
+        self.number = 0  # the next packet's number (its opaque)
+        self.first = 0  # the last key frame's number
+        self.given: set[int] = set()  # the numbers of the frames given since it (give)
+        self.unnamed = False  # a frame given since it came without its number: the threads' draining stands
+        self.bad = 0  # packets that did not decode, and frames of the group flagged corrupt, since it (counted already)
 
     def add(self, packet: Any) -> None:
+        """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last group of pictures."""
+        packet.opaque, self.number = self.number, self.number + 1
         if packet.is_keyframe:
             self.packets, self.size, self.whole = [], 0, True
+            self.first, self.given, self.unnamed, self.bad = packet.opaque, set(), False, 0
         if not self.whole:
             return
         self.packets.append(packet)
@@ -399,35 +411,58 @@ class _SerialTail:
         if len(self.packets) > SERIAL_TAIL_PACKETS or self.size > SERIAL_TAIL_BYTES:
             self.packets, self.whole = [], False
 
-    def corrupt_pts(self, judged: int) -> frozenset[int]:
-        """The presentation times of the frames a one-thread decoder flags corrupt, or whose packet it cannot decode,
-        among the last ``judged`` frames: the packets before the last ``judged`` + :data:`SERIAL_TAIL_REORDER` are
-        decoded for their references only (FFmpeg's ``skip_frame`` ``NONREF``: pictures nothing refers to are skipped)."""
+    def give(self, frame: Any) -> None:
+        """A frame the threads' decoder gave (yielded to the consumer)."""
+        if not isinstance(frame.opaque, int):
+            self.unnamed = True
+        elif frame.opaque >= self.first:  # not a frame of an earlier group still coming out
+            self.given.add(frame.opaque)
+
+    def rest(self, drained: list[Any]) -> tuple[list[Any], int] | None:
+        """The frames to give at the end of a file, after those already given (:attr:`given`), for the threads'
+        ``drained`` frames: those of earlier groups, and those one thread does not output (an open GOP's leading
+        pictures, which refer to the group before), as the threads gave them; then the last group's frames after those
+        given as a one-thread decoder gives them. The threads' draining of the last group is not used: their flags miss
+        an incomplete picture at times, and an error there (a cut FLV's last packet) drops the frames they still held.
+        (the frames, how many more of the group one thread finds corrupt or undecodable than were counted already:
+        :attr:`bad`); None when the group was not kept whole. Every packet of the group is decoded (the count needs
+        each picture judged)."""
+        if not self.whole or not self.packets or self.unnamed or any(not isinstance(f.opaque, int) for f in drained):
+            return None
+        decoded = list(self._decoded())
+        if any(f is not None and not isinstance(f.opaque, int) for _, f in decoded):
+            return None
+        last = max((i for i, (_, f) in enumerate(decoded) if f is not None and f.opaque in self.given), default=-1)
+        serial = {f.opaque for _, f in decoded if f is not None}
+        frames = [f for f in drained if f.opaque < self.first or f.opaque not in serial]
+        frames += [f for _, f in decoded[last + 1:] if f is not None and not f.is_corrupt and f.opaque not in self.given]
+        bad = sum(1 for _, f in decoded if f is None or f.is_corrupt)
+        return frames, max(0, bad - self.bad)
+
+    def _decoded(self) -> Iterator[tuple[Any, Any]]:
+        """The kept packets and a drain through a one-thread decoder, in order: (packet, frame) for each frame, and
+        (packet, None) for a packet that did not decode. Nothing when such a decoder cannot be made."""
         import av
 
-        if not self.whole or not self.packets:
-            return frozenset()
         try:
             serial = av.CodecContext.create(self.codec.name, "r")
             serial.extradata = self.codec.extradata
             serial.width, serial.height = self.codec.width, self.codec.height
             serial.thread_count = 1
+            serial.copy_opaque = True
             serial.options = {"max_pixels": str(self.max_pixels)}
         except (av.error.FFmpegError, ValueError, TypeError) as exc:
             log.info("the last frames are not judged again (%s)", _why(exc))
-            return frozenset()
-        bad: set[int] = set()
-        full_from = len(self.packets) - judged - SERIAL_TAIL_REORDER
-        for i, packet in enumerate([*self.packets, None]):
-            serial.skip_frame = "NONREF" if i < full_from else "DEFAULT"
+            return
+        for packet in [*self.packets, None]:
             try:
                 frames = serial.decode(packet)
             except av.error.FFmpegError:
-                if packet is not None and packet.pts is not None:
-                    bad.add(int(packet.pts))
+                yield packet, None
                 continue
-            bad.update(int(f.pts) for f in frames if f.is_corrupt and f.pts is not None)
-        return frozenset(bad)
+            for frame in frames:
+                frame.time_base = self.time_base
+                yield packet, frame
 
 
 class LiveAvSource(AvSource):
