@@ -124,6 +124,39 @@ def test_a_frame_size_that_grows_mid_way_is_refused(media, mode):
     assert all(isinstance(p, np.ndarray) for p in pictures)
 
 
+def _mjpeg_with(path: Path, sizes: list[tuple[int, int]]) -> Path:
+    """An MKV of MJPEG pictures of the given sizes (each a whole JPEG from Pillow; the container says the first size)."""
+    import io
+    from fractions import Fraction
+
+    import av
+    from PIL import Image
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = *sizes[0], "yuvj420p"
+        for i, (rgb, size) in enumerate(zip(pan_zoom_frames(*LARGE, len(sizes)), sizes)):
+            jpeg = io.BytesIO()
+            Image.fromarray(rgb).resize(size).save(jpeg, "JPEG")
+            packet = av.Packet(jpeg.getvalue())
+            packet.pts = packet.dts = i
+            packet.time_base, packet.stream, packet.is_keyframe = Fraction(1, 10), stream, True
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_an_mjpeg_picture_beyond_the_limit_is_skipped_and_counted(tmp_path, mode):
+    """MJPEG pictures stand alone: one beyond the limit is refused by FFmpeg's decoder (max_pixels), which then says
+    no size, so it is skipped and counted corrupt as a broken picture is, and the stream goes on (README)."""
+    clip = _mjpeg_with(tmp_path / "mixed.mkv", [SMALL, SMALL, LARGE, SMALL])
+    src = open_source(str(clip), 64)
+    src.want, src.max_pixels = WANTS[mode], SMALL[0] * SMALL[1]
+    with src:
+        assert [f.full_size for f in src.frames()] == [SMALL] * 3 and src.corrupt == 1
+    assert [f.full_size for f in _frames(clip, WANTS[mode], LARGE[0] * LARGE[1])] == [SMALL, SMALL, LARGE, SMALL]
+
+
 def test_a_folder_source_takes_the_same_setting(tmp_path):
     """Images one pixel row over a lowered ``max_pixels`` are skipped and counted, as an unreadable image is; the
     one at the bound is read."""
