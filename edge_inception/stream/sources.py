@@ -429,15 +429,22 @@ class _SerialTail:
         each picture judged)."""
         if not self.whole or not self.packets or self.unnamed or any(not isinstance(f.opaque, int) for f in drained):
             return None
-        decoded = list(self._decoded())
-        if any(f is not None and not isinstance(f.opaque, int) for _, f in decoded):
-            return None
-        last = max((i for i, (_, f) in enumerate(decoded) if f is not None and f.opaque in self.given), default=-1)
-        serial = {f.opaque for _, f in decoded if f is not None}
+        serial: set[int] = set()  # the numbers of the frames one thread gave
+        after: list[Any] = []  # its good frames after the last one given already (only these are kept: memory)
+        bad = 0
+        for _, frame in self._decoded():
+            if frame is not None and not isinstance(frame.opaque, int):
+                return None
+            if frame is not None:
+                serial.add(frame.opaque)
+                if frame.opaque in self.given:
+                    after = []
+            if frame is None or frame.is_corrupt:
+                bad += 1
+            elif frame.opaque not in self.given:
+                after.append(frame)
         frames = [f for f in drained if f.opaque < self.first or f.opaque not in serial]
-        frames += [f for _, f in decoded[last + 1:] if f is not None and not f.is_corrupt and f.opaque not in self.given]
-        bad = sum(1 for _, f in decoded if f is None or f.is_corrupt)
-        return frames, max(0, bad - self.bad)
+        return frames + after, max(0, bad - self.bad)
 
     def _decoded(self) -> Iterator[tuple[Any, Any]]:
         """The kept packets and a drain through a one-thread decoder, in order: (packet, frame) for each frame, and
