@@ -276,6 +276,26 @@ def test_a_picture_inside_an_image_is_held_to_the_same_bound(tmp_path):
     assert r.returncode == 0 and r.stderr.splitlines() == [r.stderr.splitlines()[0]] and "1 image in" in r.stderr, r.stderr
 
 
+def test_an_image_under_the_bound_gives_no_pillow_warning(tmp_path):
+    """Pillow's own limit is half ours for its warning: a 7000 x 7000 header (49 MP, a phone's photo size) must not
+    print Pillow's DecompressionBombWarning, even where the warning filters were reset since the first image (a
+    caller's ``warnings.catch_warnings``, as pytest does per test)."""
+    import struct
+    import warnings
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 7000, 7000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "big.png").write_bytes(png + struct.pack(">I", 10) + b"IDAT" + b"\x78\x9c" + b"\x00" * 8)
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    load_image(tmp_path / "small.png")  # the first image of the process
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match="not a readable image"):  # its data is cut: refused for that, not its size
+            load_image(tmp_path / "big.png")
+    assert [str(w.message) for w in seen] == []
+
+
 def test_sixteen_bit_and_exif_orientation(tmp_path):
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "g16.png")

@@ -7,7 +7,6 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import logging
 import os
@@ -90,14 +89,14 @@ def load_image(path: str | Path):  # -> PIL.Image.Image
         raise ImageError(f"not a readable image: {p}") from exc
 
 
-@functools.cache
 def _pillow_bounded() -> None:
     """Pillow's own bomb limit set to :data:`MAX_DECODED_PIXELS` (its error is for more than twice ``MAX_IMAGE_PIXELS``),
     and its DecompressionBombWarning (over half of it) not printed: :func:`check_header` sees only the size ``open()``
     reports, while Pillow checks, with its own limit, the pictures it opens inside an image (an ICO's or ICNS's embedded
     PNG, which ``open()`` decodes, a GIF frame larger than its screen): a 0.5 MB ``.ico`` holding a 13000 x 13000 PNG
     was decoded (674 MB) before it was refused. Pillow's "Image was not the expected size" (an ICO whose PNG differs
-    from its directory) is not printed either. Installed once, for the process."""
+    from its directory) is not printed either. Installed for the process at each open (a caller's
+    ``warnings.catch_warnings`` may have reset the filters since; Python drops the duplicate)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS // 2  # Pillow refuses more than twice this: 64 MP
