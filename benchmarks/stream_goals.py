@@ -37,6 +37,13 @@ E. ``spinning`` (not in the default ``--parts``; an ONNX Runtime artifact only):
    FPS, and the engine alone slower sleeping (136 / 175 FPS). Not a default to change on that evidence: to be
    measured quiet.
 
+F. ``cpu`` (not in the default ``--parts``): the decode stage's time per frame, alone and inside ``stream``, as wall
+   time and as the decoding thread's own CPU time (alternating rounds): whether the stage's excess inside the stream
+   (issue 40: 1.53 x FFmpeg's decode+scale, 1.32 x alone) is waiting (for a core, the GIL: CPU equal, wall higher) or
+   slower work (CPU higher: caches and memory shared with the engine). On a loaded 2-core EPYC (load 6, the demo net at
+   64 px, INT8, 1 decoder + 1 engine thread; under load, not quotable) the CPU per frame was within 3 % alone and
+   inside, the wall 1.3 x; a shorter GIL switch interval (0.5 ms) did not shorten it.
+
 Part B's goal (issue 40): the folder >= 0.8 x min(the decoder's rate, the engine's rate), the decoder's rate being
 the stream's own decode + preprocess of each file, timed alone.
 
@@ -348,6 +355,97 @@ def part_spinning(artifact: str, work: Path, frames: int, rounds: int = SPIN_ROU
     return out
 
 
+CPU_ROUNDS = 4  # part F: alternating rounds (the order of alone / inside rotated each round)
+
+
+class _DecodeClock:
+    """Wall and CPU time (the decoding thread's own, ``time.thread_time``: the time it ran, not the time it waited for a
+    core or the GIL) per frame of the FFmpeg reader and of ``decoders.ModelCrop`` within it, while installed
+    (``with _DecodeClock() as clock:``); FFmpeg's own decoder threads, where the split gives it more than one, are
+    not in the CPU figure."""
+
+    def __enter__(self) -> _DecodeClock:
+        from edge_inception.stream import decoders, sources
+
+        self.sources, self.decoders = sources, decoders
+        self.reader, self.crop = sources.VIDEO_READERS["ffmpeg"], decoders.ModelCrop.__call__
+        self.times: dict[str, list[float]] = {k: [] for k in ("frame_wall", "frame_cpu", "crop_wall", "crop_cpu")}
+        clock, reader, crop = self, self.reader, self.crop
+
+        def timed_reader(src):
+            frames = reader(src)
+            while True:
+                w, c = time.perf_counter(), time.thread_time()
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    return
+                clock.times["frame_wall"].append(time.perf_counter() - w)
+                clock.times["frame_cpu"].append(time.thread_time() - c)
+                yield frame
+
+        def timed_crop(scaler, frame):
+            w, c = time.perf_counter(), time.thread_time()
+            out = crop(scaler, frame)
+            clock.times["crop_wall"].append(time.perf_counter() - w)
+            clock.times["crop_cpu"].append(time.thread_time() - c)
+            return out
+
+        sources.VIDEO_READERS["ffmpeg"], decoders.ModelCrop.__call__ = timed_reader, timed_crop
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sources.VIDEO_READERS["ffmpeg"], self.decoders.ModelCrop.__call__ = self.reader, self.crop
+
+    def ms(self) -> dict:
+        """Mean ms per frame of each figure, the first 3 frames left out (the graph and weights are built there)."""
+        return {k: round(float(np.mean(v[3:])) * 1e3, 3) if len(v) > 3 else None for k, v in self.times.items()}
+
+
+def part_cpu(artifact: str, work: Path, frames: int, rounds: int = CPU_ROUNDS) -> dict:
+    """Part F: where the decode stage's time goes inside ``stream`` (issue 40: 1.53 x FFmpeg's decode+scale inside,
+    1.32 x alone). The clip read alone (the fast path's decoder side, the split's decoder threads, nothing else
+    running in the process) and inside ``stream`` (the split the stream chose), in alternating rounds: per frame, the
+    reader's wall and CPU time and ModelCrop's. CPU about equal and wall higher inside: the decoding thread waits (for a
+    core, the GIL); CPU higher inside: its work itself is slower there (caches and memory shared with the engine)."""
+    from edge_inception.engines.registry import artifact_info
+    from edge_inception.stream.run import run_stream
+    from edge_inception.stream.sources import Wanted, open_source
+
+    video = work / "pan_zoom_1080p.mp4"
+    if not video.exists():
+        video, _ = make_clip(work, frames)
+    split = split_for(artifact, str(video))
+    size = artifact_info(artifact).image_size
+
+    def alone() -> None:
+        src = open_source(str(video), size)
+        src.want = Wanted(size, model=True, full=False)
+        with src:
+            src.use_decoder(None, split.decoder)
+            for _ in src.frames():
+                pass
+
+    def inside() -> None:
+        run_stream(artifact, str(video), split=split, engine_alone=False, calibrate=False)
+
+    ways = {"alone": alone, "inside": inside}
+    rows: dict[str, list[dict]] = {k: [] for k in ways}
+    loads = []
+    for i in range(rounds):
+        for name in (list(ways) if i % 2 == 0 else list(ways)[::-1]):
+            with _DecodeClock() as clock:
+                ways[name]()
+            rows[name].append(clock.ms())
+        loads.append(load())
+    out: dict = {"split": split.why, "rounds": rounds, "rounds_load_1min": loads}
+    for name, rs in rows.items():
+        out[name] = {k: round(float(np.median([r[k] for r in rs if r[k] is not None] or [0.0])), 3) for k in rs[0]} | {"rounds": rs}
+    out["inside_vs_alone"] = {k: round(out["inside"][k] / out["alone"][k], 3) if out["alone"][k] else None
+                              for k in ("frame_wall", "frame_cpu", "crop_wall", "crop_cpu")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global ENGINE_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -389,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
              "jpeg": lambda w: part_jpeg_folder(args.artifact, w, args.jpegs),
              "video": lambda w: part_video(args.artifact, w, args.video_frames),
              "threads": lambda w: part_threads(args.artifact, w, args.video_frames, args.split_frames),
-             "spinning": lambda w: part_spinning(args.artifact, w, args.video_frames)}
+             "spinning": lambda w: part_spinning(args.artifact, w, args.video_frames),
+             "cpu": lambda w: part_cpu(args.artifact, w, args.video_frames)}
     global SPLIT_CACHE
     with tempfile.TemporaryDirectory(prefix="stream-goals-") as tmp:
         SPLIT_CACHE = Path(tmp) / "split-cache"
@@ -507,6 +606,14 @@ def markdown(r: dict) -> str:
             lines += [f"| {k} | {sp[k]['decode_ms']} | **{sp[k]['decode_vs_ffmpeg']}** | {sp[k]['inference_ms']} | {sp[k]['fps']} | "
                       f"{sp[k]['engine_alone_fps']} |" for k in ("spinning", "sleeping")]
             lines += [""]
+    if "cpu" in p:
+        c = p["cpu"]
+        lines += ["## F. The decode stage's time, alone and inside the stream: wall and the decoding thread's CPU\n",
+                  f"Threads: {c['split']}; {c['rounds']} alternating rounds, medians, ms per frame; load per round {c['rounds_load_1min']}.\n",
+                  "| read | frame wall | frame CPU | ModelCrop wall | ModelCrop CPU |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {c[k]['frame_wall']} | {c[k]['frame_cpu']} | {c[k]['crop_wall']} | {c[k]['crop_cpu']} |" for k in ("alone", "inside")]
+        r = c["inside_vs_alone"]
+        lines += [f"| inside / alone | {r['frame_wall']} | {r['frame_cpu']} | {r['crop_wall']} | {r['crop_cpu']} |", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,9 @@ from .vocab import MIN_IMAGE_SIZE
 MAX_IMAGE_SIZE = 1024  # network input side: 21x the multiply-adds of 224, ~1 GB of activations at batch 8
 MAX_CLASSES = 32_768  # ImageNet-21k has 21,841
 MAX_BATCH = 1024
-MAX_DECODED_PIXELS = 64_000_000  # an image file's width x height, read from its header before decoding
+# a picture's width x height, read from its header before decoding: an image file (Pillow), and a video frame (the
+# stream's declared size at open, FFmpeg's decoder's max_pixels, each decoded frame): one bound for every source
+MAX_DECODED_PIXELS = 64_000_000
 MAX_ASPECT_RATIO = 20.0  # longer / shorter side: resizing the short side to 256 must not blow up the long one
 # image files in a --holdout folder (every one is judged, by every candidate): a 99.5 % claim needs ~540 photos that all
 # agree; 5000 keep a run's judging within minutes per candidate at 224 px on a few cores

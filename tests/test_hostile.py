@@ -25,6 +25,7 @@ from PIL import Image
 from edge_inception.data.images import load_image
 from edge_inception.engines.build import build
 from edge_inception.engines.manifest import canonical_sha256, manifest_path, read_manifest
+from edge_inception.errors import ImageError
 from edge_inception.fileio import TMP_TAG, sha256_file
 from edge_inception.limits import LimitError, check_batch_memory
 
@@ -240,6 +241,59 @@ def test_an_image_between_pillows_two_bomb_limits_is_one_line_on_every_path(tmp_
     Image.new("RGB", (80, 64), (200, 30, 30)).save(folder / "readable.png")  # a stream of nothing but skipped images is an error
     r = run("stream", str(model), str(folder))
     assert r.returncode == 0 and r.stderr == "" and "1 frames" in r.stdout and "skipped corrupt 2" in r.stdout, r.stderr
+
+
+def _ico_holding(png: bytes) -> bytes:
+    """An ICO whose one directory entry says 256 x 256 and holds ``png`` (Pillow decodes it when it opens the ICO)."""
+    import struct
+
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 22) + png
+
+
+def test_a_picture_inside_an_image_is_held_to_the_same_bound(tmp_path):
+    """An image whose header is small but that holds a larger picture (an ICO's PNG, which Pillow decodes while opening
+    it, before any header check of ours): an ICO named .jpg whose PNG declares 9000 x 9000 (81 MP, its data cut) is
+    refused for its size, in one line, before that picture is decoded (it was decoded first, and a real 13000 x 13000
+    one, 0.5 MB on disk, took 674 MB); a harmless ICO whose PNG differs from its directory prints nothing extra."""
+    import io
+    import struct
+    import zlib
+
+    from tests.stream_media import tiny_classifier
+
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
+    lying = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    lying += struct.pack(">I", 10) + b"IDAT" + b"\x78\x9c" + b"\x00" * 8
+    (tmp_path / "icon.jpg").write_bytes(_ico_holding(lying))
+    with pytest.raises(ImageError, match="81 MP is more than the 64 MP this toolkit decodes"):
+        load_image(tmp_path / "icon.jpg")
+    model = tiny_classifier(tmp_path / "m.onnx")
+    one_error_line(run("predict", str(model), str(tmp_path / "icon.jpg")), "icon.jpg: 81 MP is more than the 64 MP")
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 80), (200, 30, 30)).save(buf, "PNG")
+    (tmp_path / "small.jpg").write_bytes(_ico_holding(buf.getvalue()))
+    r = run("predict", str(model), str(tmp_path / "small.jpg"))
+    assert r.returncode == 0 and r.stderr.splitlines() == [r.stderr.splitlines()[0]] and "1 image in" in r.stderr, r.stderr
+
+
+def test_an_image_under_the_bound_gives_no_pillow_warning(tmp_path):
+    """Pillow's own limit is half ours for its warning: a 7000 x 7000 header (49 MP, a phone's photo size) must not
+    print Pillow's DecompressionBombWarning, even where the warning filters were reset since the first image (a
+    caller's ``warnings.catch_warnings``, as pytest does per test)."""
+    import struct
+    import warnings
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 7000, 7000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (tmp_path / "big.png").write_bytes(png + struct.pack(">I", 10) + b"IDAT" + b"\x78\x9c" + b"\x00" * 8)
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    load_image(tmp_path / "small.png")  # the first image of the process
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError, match="not a readable image"):  # its data is cut: refused for that, not its size
+            load_image(tmp_path / "big.png")
+    assert [str(w.message) for w in seen] == []
 
 
 def test_sixteen_bit_and_exif_orientation(tmp_path):

@@ -7,7 +7,6 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import logging
 import os
@@ -90,34 +89,48 @@ def load_image(path: str | Path):  # -> PIL.Image.Image
         raise ImageError(f"not a readable image: {p}") from exc
 
 
-@functools.cache
-def _pillow_bomb_warning_off() -> None:
-    """Pillow's DecompressionBombWarning (images over 89 MP) is not printed: :func:`check_header` refuses every image
-    over :data:`MAX_DECODED_PIXELS` (64 MP, lower) in one line of its own. Installed once, for the process."""
+def _pillow_bounded() -> None:
+    """Pillow's own bomb limit set to :data:`MAX_DECODED_PIXELS` (its error is for more than twice ``MAX_IMAGE_PIXELS``),
+    and its DecompressionBombWarning (over half of it) not printed: :func:`check_header` sees only the size ``open()``
+    reports, while Pillow checks, with its own limit, the pictures it opens inside an image (an ICO's or ICNS's embedded
+    PNG, which ``open()`` decodes, a GIF frame larger than its screen): a 0.5 MB ``.ico`` holding a 13000 x 13000 PNG
+    was decoded (674 MB) before it was refused. Pillow's "Image was not the expected size" (an ICO whose PNG differs
+    from its directory) is not printed either. Installed for the process at each open (a caller's
+    ``warnings.catch_warnings`` may have reset the filters since; Python drops the duplicate)."""
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS // 2  # Pillow refuses more than twice this: 64 MP
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", message="Image was not the expected size", category=UserWarning)
 
 
 @contextlib.contextmanager
 def opened_image(source: str | Path | IO[bytes], where: Path) -> Iterator[Any]:  # -> PIL.Image.Image
     """Pillow's ``Image.open(source)`` with its header checked (:func:`check_header`, nothing decoded yet), the one way
-    the toolkit opens an image. A header beyond Pillow's own bomb limit (twice 89 MP) is the same :class:`ImageError`
-    as one beyond ours, and Pillow's warning below it is never printed (:func:`_pillow_bomb_warning_off`). ``where``
+    the toolkit opens an image. Pillow's own bomb limit is set to ours (:func:`_pillow_bounded`): a picture it opens
+    or decodes inside the file beyond it (an ICO's PNG, a frame, a tile) is the same :class:`ImageError`. ``where``
     names the image in errors. Pillow's own errors for an unreadable file pass through (the caller says "not a
     readable image")."""
     from PIL import Image
 
-    _pillow_bomb_warning_off()
+    _pillow_bounded()
     try:
         image = Image.open(source)
-    except Image.DecompressionBombError as exc:  # Pillow's check in open(), for claims far beyond ours
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "its size"
-        raise ImageError(f"{where}: {size} is more than the {MAX_DECODED_PIXELS / 1e6:.0f} MP this toolkit decodes") from None
+    except Image.DecompressionBombError as exc:  # Pillow's check in open(), of the header or of a picture inside
+        raise _too_large(exc, where) from None
     with image:
         check_header(image.size, where)
-        yield image
+        try:
+            yield image
+        except Image.DecompressionBombError as exc:  # a picture inside it (a frame, a tile) beyond the bound, met decoding
+            raise _too_large(exc, where) from None
+
+
+def _too_large(exc: Exception, where: Path) -> ImageError:
+    """Pillow's DecompressionBombError as the toolkit's one line (the size it found, the bound)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.6g} MP" if found else "its size"  # 64.008 MP, not a rounded "64 MP"
+    return ImageError(f"{where}: {size} is more than the {MAX_DECODED_PIXELS / 1e6:.0f} MP this toolkit decodes")
 
 
 def check_header(size: tuple[int, int], path: Path) -> None:

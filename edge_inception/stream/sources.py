@@ -17,6 +17,12 @@ FFmpeg's ``format_whitelist``: no HLS/DASH playlist, concat list, SDP, image pat
 off (``enable_drefs=0``) and any further open a demuxer asks for is refused (PyAV's ``io_open``). A network stream
 gets FFmpeg's ``protocol_whitelist`` for its scheme (:data:`PROTOCOLS`) and the same demuxers; an HTTP source follows
 no redirect (``max_redirects=0``): the error names where it pointed.
+
+How large a picture may be (issue 40): every source refuses frames of more than ``max_pixels`` (width x height,
+:data:`~edge_inception.limits.MAX_DECODED_PIXELS`, the bound an image file's header is checked against too) in one
+line naming the source and the size: a video's declared size when it opens (and reopens), each picture before it is
+converted, and FFmpeg's decoder is given the same bound (``max_pixels``), so a header claiming a huge frame, at the
+start or mid-way, never has the decoder allocate it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import numpy as np
 
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
+from ..limits import MAX_DECODED_PIXELS
 from ..names import is_number
 from .plan import DECODERS, DecoderSpec
 
@@ -115,6 +122,7 @@ class VideoSource(abc.ABC):
         self.total: int | None = None  # frames expected, where the container says
         self.fps: float | None = None  # the source's frame rate, where known
         self.frame_size: tuple[int, int] | None = None  # (width, height) of a video's frames, once open
+        self.max_pixels = MAX_DECODED_PIXELS  # the most width x height a picture may have (check_size); lower it before open()
 
     def __enter__(self) -> VideoSource:
         self.open()
@@ -133,6 +141,13 @@ class VideoSource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+    def check_size(self, width: int, height: int, what: str = "has a frame of") -> None:
+        """Raise :class:`StreamError` (one line: the source, the size, the limit) for a picture of more than
+        :attr:`max_pixels`; ``what`` says whether the size was declared or decoded."""
+        if width * height > self.max_pixels:
+            raise StreamError(f"{self.name}: {what} {width} x {height} pixels ({width * height / 1e6:.3g} MP), more than the "
+                              f"{self.max_pixels / 1e6:.3g} MP this toolkit decodes")
 
     def use_decoder(self, spec: DecoderSpec | None, threads: int) -> None:
         """Read through ``spec`` (a row of :data:`~.plan.DECODERS` for this source's media; None: the source's own)
@@ -162,7 +177,12 @@ class AvSource(VideoSource):
         self.file = _Input(_open_regular_file(self.uri), self.uri)
         self.refused = []
         options = {"protocol_whitelist": "file", "format_whitelist": ",".join(SINGLE_INPUT_FORMATS), "enable_drefs": "0"}
-        return av.open(self.file, options=options, io_open=self._refuse)
+        return av.open(self.file, options=self._bounded(options), io_open=self._refuse)
+
+    def _bounded(self, options: dict[str, str]) -> dict[str, str]:
+        """``options`` for ``av.open`` with FFmpeg's ``max_pixels`` (:attr:`max_pixels`): the decoders that probe the
+        streams at open refuse a larger picture before allocating it (where the container lists its streams first)."""
+        return {**options, "max_pixels": str(self.max_pixels)}
 
     def _refuse(self, url: str, flags: int, options: dict) -> Any:
         """PyAV's ``io_open``: a demuxer asking for another file or URL gets an empty one; the open is then refused."""
@@ -191,7 +211,11 @@ class AvSource(VideoSource):
             self.close()
             raise StreamError(f"{self.name}: has no video stream")
         stream = self.container.streams.video[0]
-        self._configure(stream)
+        try:
+            self._configure(stream)
+        except StreamError:  # a declared frame size beyond max_pixels: nothing decoded
+            self.close()
+            raise
         self.codec = stream.codec_context.name
         self.total = stream.frames or None
         self.fps = float(stream.average_rate) if stream.average_rate else None
@@ -202,10 +226,14 @@ class AvSource(VideoSource):
             self._configure(self.container.streams.video[0])
 
     def _configure(self, stream: Any) -> None:
-        """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes)."""
+        """Frame and slice threads, ``decoder_threads`` of them (FFmpeg's ``thread_count``; 0: as many as it likes), and
+        the decoder's ``max_pixels``; the stream's declared frame size checked (:meth:`check_size`)."""
         stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = self.decoder_threads
-        self.frame_size = (int(stream.codec_context.width), int(stream.codec_context.height))
+        codec = stream.codec_context
+        codec.thread_count = self.decoder_threads
+        codec.options = {**(codec.options or {}), "max_pixels": str(self.max_pixels)}  # FFmpeg refuses larger pictures
+        self.frame_size = (int(codec.width), int(codec.height))
+        self.check_size(*self.frame_size, what="declares frames of")
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -242,6 +270,7 @@ class AvSource(VideoSource):
         """A decoded PyAV frame as :class:`Frame`: the model's crop (the region it reads cut in the frame's own pixel
         format, its planes resampled and converted as the exact path does: :class:`~.decoders.ModelCrop`) and/or the
         whole picture in RGB, as :attr:`want` asks."""
+        self.check_size(vf.width, vf.height)
         model = self._scaler()(vf) if self.want.model else None
         rgb = vf.to_ndarray(format="rgb24") if self.want.full or model is None else None
         frame = Frame(self._next_index, ts, rgb, (vf.width, vf.height), (time.perf_counter() - t0) * 1e3, model_rgb=model)
@@ -256,38 +285,69 @@ class AvSource(VideoSource):
         return self._model_scaler
 
     def _ffmpeg_frames(self) -> Iterator[Frame]:
+        """FFmpeg's frames; the pictures it flags corrupt, or whose packet does not decode, skipped and counted. The
+        frames after those given when the decoder is drained at the end of a file (among them the last one, which a
+        cut file leaves incomplete) come as a one-thread decoder gives them (:class:`_SerialTail`): FFmpeg's frame
+        threads do not always flag an incomplete picture that another thread outputs, and an error while they are
+        drained drops the frames they held, so the frames, the count and the exit status do not depend on the
+        decoder's thread count."""
         import av
 
         assert self.container is not None, "open() first"
         stream = self.container.streams.video[0]
         packets = self.container.demux(stream)
+        tail = _SerialTail(stream.codec_context, self.max_pixels, stream.time_base) if not self.live and self.decoder_threads != 1 else None
+        if tail is not None:
+            stream.codec_context.copy_opaque = True  # a packet's number comes out with its picture (tail.add)
         last_ts: float | None = None
         t0 = time.perf_counter()
         while True:
+            ended = False
             try:
                 packet = next(packets)
             except StopIteration:
                 self.truncated = self.truncated or self._ends_early(last_ts)
                 return
-            except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded
+            except av.error.FFmpegError as exc:  # the container ends mid-packet: keep what decoded, and what is in the decoder
                 log.info("%s: demuxing stopped: %s", self.name, _why(exc))
                 self.stopped_by = _why(exc)
                 self.truncated = not self.live  # a live source that stops is reconnected and said so, not "truncated"
-                return
+                packet, ended = None, True
+            draining = packet is None or packet.size == 0  # the end: the decoder gives the frames it holds
+            if tail is not None and packet is not None and not draining:
+                tail.add(packet)
+            failed = False
             try:
-                decoded = packet.decode()
+                decoded = stream.codec_context.decode(packet) if packet is None else packet.decode()
             except av.error.FFmpegError as exc:
+                codec = stream.codec_context  # a picture beyond max_pixels (the size changed mid-way): refused, not skipped
+                self.check_size(int(codec.width), int(codec.height), what="changes to frames of")
                 log.info("%s: a packet did not decode: %s", self.name, _why(exc))
-                self.corrupt += 1
+                decoded, failed = [], True
                 t0 = time.perf_counter()
-                continue
+            if tail is not None and draining:  # the frames after those given come as one thread gives them
+                rest = tail.rest(decoded)
+                if rest is not None:
+                    (decoded, bad), failed = rest, False
+                    self.corrupt += bad
+                t0 = time.perf_counter()  # once per file, not a frame's decoding: in the end-to-end time, not the decode stage's
+            if failed:
+                self.corrupt += 1
+                if tail is not None:
+                    tail.bad += 1
             for vf in decoded:
                 if vf.is_corrupt:
                     self.corrupt += 1
+                    if tail is not None and isinstance(vf.opaque, int) and vf.opaque >= tail.first:
+                        tail.bad += 1
                     continue
                 ts = last_ts = float(vf.time) if vf.time is not None else None
+                if tail is not None:
+                    tail.give(vf)
                 yield self._picture(vf, ts, t0)
                 t0 = time.perf_counter()
+            if ended:
+                return
 
     def _ends_early(self, last_ts: float | None) -> bool:
         """A file whose last frame comes more than a second before the duration its header gives, or that gave no frame
@@ -308,6 +368,108 @@ class AvSource(VideoSource):
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+# The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last group of pictures, if no
+# longer than this (a 10 s group at 30 FPS; its compressed bytes); a longer one is not judged again
+SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
+
+
+class _SerialTail:
+    """The packets since the last key frame, decoded again at the end of a file by a one-thread decoder of the same
+    codec (:meth:`rest`), which gives the frames drained there. FFmpeg's frame threads copy a picture's state to the
+    next thread before it is finished, so a picture that one thread concealed (a cut file's last one) may come out of
+    another unflagged; one thread flags it always. Frames are named by their packet's number in the file (FFmpeg's
+    ``opaque``, copied from packet to picture by either decoder), not by their pts: a raw stream has none, and two
+    clips joined in one MPEG-TS repeat them. At most :data:`SERIAL_TAIL_PACKETS` packets and
+    :data:`SERIAL_TAIL_BYTES`; past either, the threads' draining stands. The cost: the last group of
+    pictures decoded again, whole, on one thread at the end of a file (a 290-frame group of 640 x 360 H.264: 0.35 s
+    more on a loaded 2-core EPYC, where the file took 0.4 s at 2 threads), not counted in the decode stage's per-frame
+    time."""
+
+    def __init__(self, codec: Any, max_pixels: int, time_base: Any) -> None:
+        self.codec, self.max_pixels, self.time_base = codec, max_pixels, time_base
+        self.packets: list[Any] = []
+        self.size = 0
+        self.whole = True  # every packet since the last key frame is kept
+        self.number = 0  # the next packet's number (its opaque)
+        self.first = 0  # the last key frame's number
+        self.given: set[int] = set()  # the numbers of the frames given since it (give)
+        self.unnamed = False  # a frame given since it came without its number: the threads' draining stands
+        self.bad = 0  # packets that did not decode, and frames of the group flagged corrupt, since it (counted already)
+
+    def add(self, packet: Any) -> None:
+        """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last group of pictures."""
+        packet.opaque, self.number = self.number, self.number + 1
+        if packet.is_keyframe:
+            self.packets, self.size, self.whole = [], 0, True
+            self.first, self.given, self.unnamed, self.bad = packet.opaque, set(), False, 0
+        if not self.whole:
+            return
+        self.packets.append(packet)
+        self.size += packet.size
+        if len(self.packets) > SERIAL_TAIL_PACKETS or self.size > SERIAL_TAIL_BYTES:
+            self.packets, self.whole = [], False
+
+    def give(self, frame: Any) -> None:
+        """A frame the threads' decoder gave (yielded to the consumer)."""
+        if not isinstance(frame.opaque, int):
+            self.unnamed = True
+        elif frame.opaque >= self.first:  # not a frame of an earlier group still coming out
+            self.given.add(frame.opaque)
+
+    def rest(self, drained: list[Any]) -> tuple[list[Any], int] | None:
+        """The frames to give at the end of a file, after those already given (:attr:`given`), for the threads'
+        ``drained`` frames: those of earlier groups, and those one thread does not output (an open GOP's leading
+        pictures, which refer to the group before), as the threads gave them; then the last group's frames after those
+        given as a one-thread decoder gives them. The threads' draining of the last group is not used: their flags miss
+        an incomplete picture at times, and an error there (a cut FLV's last packet) drops the frames they still held.
+        (the frames, how many more of the group one thread finds corrupt or undecodable than were counted already:
+        :attr:`bad`); None when the group was not kept whole. Every packet of the group is decoded (the count needs
+        each picture judged)."""
+        if not self.whole or not self.packets or self.unnamed or any(not isinstance(f.opaque, int) for f in drained):
+            return None
+        serial: set[int] = set()  # the numbers of the frames one thread gave
+        after: list[Any] = []  # its good frames after the last one given already (only these are kept: memory)
+        bad = 0
+        for _, frame in self._decoded():
+            if frame is not None and not isinstance(frame.opaque, int):
+                return None
+            if frame is not None:
+                serial.add(frame.opaque)
+                if frame.opaque in self.given:
+                    after = []
+            if frame is None or frame.is_corrupt:
+                bad += 1
+            elif frame.opaque not in self.given:
+                after.append(frame)
+        frames = [f for f in drained if f.opaque < self.first or f.opaque not in serial]
+        return frames + after, max(0, bad - self.bad)
+
+    def _decoded(self) -> Iterator[tuple[Any, Any]]:
+        """The kept packets and a drain through a one-thread decoder, in order: (packet, frame) for each frame, and
+        (packet, None) for a packet that did not decode. Nothing when such a decoder cannot be made."""
+        import av
+
+        try:
+            serial = av.CodecContext.create(self.codec.name, "r")
+            serial.extradata = self.codec.extradata
+            serial.width, serial.height = self.codec.width, self.codec.height
+            serial.thread_count = 1
+            serial.copy_opaque = True
+            serial.options = {"max_pixels": str(self.max_pixels)}
+        except (av.error.FFmpegError, ValueError, TypeError) as exc:
+            log.info("the last frames are not judged again (%s)", _why(exc))
+            return
+        for packet in [*self.packets, None]:
+            try:
+                frames = serial.decode(packet)
+            except av.error.FFmpegError:
+                yield packet, None
+                continue
+            for frame in frames:
+                frame.time_base = self.time_base
+                yield packet, frame
 
 
 class LiveAvSource(AvSource):
@@ -402,7 +564,7 @@ class CameraSource(LiveAvSource):
 
         # the device demuxer opens the device node itself (the name was checked: /dev/videoN)
         options = {**self.options, "protocol_whitelist": "file"}
-        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=options, timeout=OPEN_TIMEOUT_S))
+        return _open_interruptibly(lambda: av.open(self.uri, format=self.fmt, options=self._bounded(options), timeout=OPEN_TIMEOUT_S))
 
 
 class NetworkSource(LiveAvSource):
@@ -427,7 +589,7 @@ class NetworkSource(LiveAvSource):
     def _open_container(self) -> Any:
         import av
 
-        return _open_interruptibly(lambda: av.open(self.uri, options=dict(self.options), timeout=OPEN_TIMEOUT_S))
+        return _open_interruptibly(lambda: av.open(self.uri, options=self._bounded(self.options), timeout=OPEN_TIMEOUT_S))
 
     def _why_not(self, exc: Exception) -> str:
         why = _why(exc)
@@ -469,6 +631,7 @@ class CsiSource(VideoSource):
             ok, bgr = self.cap.read()
             if not ok:
                 return
+            self.check_size(bgr.shape[1], bgr.shape[0])
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             yield Frame(index, time.monotonic(), rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
             index += 1
@@ -482,7 +645,8 @@ class CsiSource(VideoSource):
 
 class FolderSource(VideoSource):
     """Image files: a folder (recursive, sorted), a glob, or one image. JPEGs decode at the scale the model needs;
-    an unreadable file is skipped and counted."""
+    an unreadable file, or one of more than :attr:`max_pixels` (its header is held to
+    :data:`~edge_inception.limits.MAX_DECODED_PIXELS` before it is decoded), is skipped and counted."""
 
     kind = "folder"
     media = "photos"
@@ -513,6 +677,10 @@ class FolderSource(VideoSource):
                 rgb, full = decode(path)
             except ImageError as exc:
                 log.info("%s", exc)
+                self.corrupt += 1
+                continue
+            if full[0] * full[1] > self.max_pixels:  # a bound lowered below MAX_DECODED_PIXELS, which the header was held to
+                log.info("%s: %d x %d pixels is more than the %d this source takes", path, full[0], full[1], self.max_pixels)
                 self.corrupt += 1
                 continue
             yield Frame(index, None, rgb, full, (time.perf_counter() - t0) * 1e3, name=str(path))
@@ -757,6 +925,7 @@ def _gstreamer_read(src: AvSource, fd: int) -> Iterator[Frame]:
             ok, bgr = cap.read()
             if not ok:
                 return
+            src.check_size(bgr.shape[1], bgr.shape[0])
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             yield Frame(src._next_index, src._next_index / rate, rgb, (rgb.shape[1], rgb.shape[0]), (time.perf_counter() - t0) * 1e3)
             src._next_index += 1
