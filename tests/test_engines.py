@@ -224,6 +224,28 @@ def test_openvino_build_matches(built, tmp_path):
     assert result.artifact.suffix == ".xml" and result.parity.mean_cosine >= MIN_COSINE and result.parity.samples > 0
 
 
+def test_openvino_pins_threads_only_when_it_takes_every_cpu(built, tmp_path):
+    """Two engines of one thread each on one machine (two --cluster workers) pinned their threads to the same first core
+    and ran at half speed: OpenVINO pins only an engine given every CPU this process may use."""
+    from edge_inception.engines.openvino import OpenVinoRunner, pins_threads
+    from edge_inception.limits import usable_cpus
+
+    assert pins_threads(0, 2) and pins_threads(2, 2) and pins_threads(4, 2) and pins_threads(1, 1)
+    assert not pins_threads(1, 2) and not pins_threads(3, 8)
+    if importlib.util.find_spec("openvino") is None:
+        return
+    xml = build(built["fp32"][0], "cpu", backend="openvino", output_dir=tmp_path).artifact
+    import openvino as ov
+
+    def pinned(threads: int) -> bool:
+        with OpenVinoRunner(xml, threads=threads) as runner:
+            return runner.request.get_compiled_model().get_property("ENABLE_CPU_PINNING")
+
+    # an engine on every CPU keeps OpenVINO's own choice; one thread of several is not pinned
+    assert pinned(0) == ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).get_property("ENABLE_CPU_PINNING")
+    assert usable_cpus() == 1 or pinned(1) is False
+
+
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU: the PyTorch runner on CUDA cannot run here")
