@@ -8,6 +8,7 @@ so the nodes use 127.0.0.2: still the loopback interface, but an address Ray kee
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import socket
@@ -39,10 +40,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# What a board has: the runtime install (`pip install 'edge-inception[cluster]'`), not PyTorch, scikit-image, onnxsim or
+# sympy (issue 37: "no PyTorch there"). Each board node starts with a sitecustomize that makes them unimportable, and
+# its Ray workers inherit it, so every fleet test runs the boards' verify/build/check/bench without them.
+NO_EXPORT_EXTRA = ("torch", "skimage", "onnxsim", "sympy")
+ON_EACH_BOARD = """
+import importlib.util, sys, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=1, max_retries=0)
+def has(names):
+    return {n: importlib.util.find_spec(n) is not None for n in names}
+
+names = sys.argv[2].split(",")
+for node in ray.nodes():
+    board = node.get("Labels", {}).get("edge-inception-board")
+    if node["Alive"] and board:
+        found = ray.get(has.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(names))
+        print(board, sorted(n for n, ok in found.items() if ok))
+"""
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """(address, {board: (process, its TMPDIR)}): a head and three boards; every process killed by PID afterwards."""
     logs = tmp_path_factory.mktemp("ray-logs")
+    blocker = tmp_path_factory.mktemp("no-export-extra")
+    (blocker / "sitecustomize.py").write_text(f"import sys\nfor m in {NO_EXPORT_EXTRA!r}:\n    sys.modules[m] = None\n")
+    board_path = os.pathsep.join([str(blocker), str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
     port = _free_port()
     address = f"{HOST}:{port}"
     procs = []
@@ -55,7 +81,7 @@ def fleet(tmp_path_factory):
             tmpdir = tmp_path_factory.mktemp(name)
             p = ray_procs.start([RAY, "start", "--block", "--address", address, "--node-ip-address", HOST, *NODE_ARGS,
                                  "--labels", f"edge-inception-board={name},edge-inception-target={target}"],
-                                logs / f"{name}.log", TMPDIR=str(tmpdir), **RAY_ENV)
+                                logs / f"{name}.log", TMPDIR=str(tmpdir), PYTHONPATH=board_path, **RAY_ENV)
             procs.append(p)
             boards[name] = (p, tmpdir)
             deadline = time.monotonic() + UP_TIMEOUT_S  # one board at a time: three raylets starting at once overload 2 cores
@@ -97,6 +123,15 @@ def test_fleet_status_lists_the_three_boards_with_their_facts(fleet):
     from edge_inception.evaluate.cpu import cpu_info
 
     assert all(cpu_info().model[:20] in line for line in lines)
+
+
+def test_boards_have_the_runtime_install_only(fleet):
+    """The boards' own workers cannot import PyTorch, scikit-image, onnxsim or sympy (the fixture's blocker holds on each),
+    while onnxruntime is there: the fleet tests' builds, checks and benches ran on the runtime install alone."""
+    address, _, _ = fleet
+    r = ray_procs.run([sys.executable, "-c", ON_EACH_BOARD, address, ",".join((*NO_EXPORT_EXTRA, "onnxruntime"))], 180, **RAY_ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.splitlines()) == [f"{name} ['onnxruntime']" for name in sorted(BOARDS)], r.stdout
 
 
 def test_fleet_bench_gives_one_ranked_row_per_board(fleet, bundle, tmp_path):
