@@ -432,7 +432,7 @@ class _SerialTail:
         serial: set[int] = set()  # the numbers of the frames one thread gave
         after: list[Any] = []  # its good frames after the last one given already (only these are kept: memory)
         bad = 0
-        for _, frame in self._decoded():
+        for frame in self._decoded():
             if frame is not None and not isinstance(frame.opaque, int):
                 return None
             if frame is not None:
@@ -446,9 +446,9 @@ class _SerialTail:
         frames = [f for f in drained if f.opaque < self.first or f.opaque not in serial]
         return frames + after, max(0, bad - self.bad)
 
-    def _decoded(self) -> Iterator[tuple[Any, Any]]:
-        """The kept packets and a drain through a one-thread decoder, in order: (packet, frame) for each frame, and
-        (packet, None) for a packet that did not decode. Nothing when such a decoder cannot be made."""
+    def _decoded(self) -> Iterator[Any]:
+        """The kept packets and a drain through a one-thread decoder, in order: each frame, and None for a packet that
+        did not decode. Nothing when such a decoder cannot be made."""
         import av
 
         try:
@@ -465,11 +465,11 @@ class _SerialTail:
             try:
                 frames = serial.decode(packet)
             except av.error.FFmpegError:
-                yield packet, None
+                yield None
                 continue
             for frame in frames:
                 frame.time_base = self.time_base
-                yield packet, frame
+                yield frame
 
 
 class LiveAvSource(AvSource):
