@@ -88,3 +88,12 @@ def kill_marked() -> list[int]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     return left
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, deadline: float, what: str) -> None:
+    """Wait until ``path`` exists (the sign ``proc`` gives that ``what`` is done), failing if ``proc`` ends first (its
+    ``log`` in the message) or ``deadline`` (``time.monotonic()``) passes: hang detection, not a timing."""
+    while not path.exists():
+        assert proc.poll() is None, f"{what}: the process ended first: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not done in time"
+        time.sleep(0.2)

@@ -196,11 +196,7 @@ def test_half_a_cpu_free_on_each_node_is_no_free_worker(fleet, tmp_path):
     held = tmp_path / "held"
     job = ray_procs.start([sys.executable, "-c", HOLD_HALF_OF_EACH, address, str(held)], tmp_path / "holder.log", **RAY_ENV)
     try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while not held.exists():
-            assert job.poll() is None, f"the holding job ended: {(tmp_path / 'holder.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the holding job did not take its CPUs"
-            time.sleep(0.2)
+        ray_procs.wait_for_file(held, job, tmp_path / "holder.log", time.monotonic() + UP_TIMEOUT_S, "the holding job taking its CPUs")
         assert float(held.read_text()) >= 1  # Ray's sum: a worker's worth "free"
         r = ray_procs.run([sys.executable, "-m", "edge_inception", "eval", str(model), "--data", str(tmp_path / "val"), "--cluster", address,
                            "--workers", "1"], 180, **RAY_ENV)  # hang detection: it waited for an actor no node could place

@@ -216,11 +216,7 @@ def test_workers_beyond_the_cpus_other_jobs_leave_free_are_refused_saying_total_
     held = tmp_path / "held"
     job = ray_procs.start([sys.executable, "-c", HOLD_CPU, head, str(held), "1"], tmp_path / "holder.log", **RAY_ENV)
     try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while not held.exists():
-            assert job.poll() is None, f"the holding job ended: {(tmp_path / 'holder.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the holding job did not take its CPU"
-            time.sleep(0.2)
+        ray_procs.wait_for_file(held, job, tmp_path / "holder.log", time.monotonic() + UP_TIMEOUT_S, "the holding job taking its CPU")
         eval_args = ["eval", str(model), "--data", str(tmp_path / "val")]
         line = _refused([*eval_args, "--workers", "2"], int(head.rsplit(":", 1)[1]))
         assert line == (f"error: --workers 2: the Ray cluster at {head} has 2 CPU(s) in all, 1 free now (other jobs hold the rest: "
@@ -272,15 +268,9 @@ def test_a_later_pass_whose_cpus_another_job_took_is_refused_not_waited_for(head
     job = None
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not between.exists():
-            assert runner.poll() is None, f"the first pass failed: {(tmp_path / 'run.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the first pass did not end"
-            time.sleep(0.2)
+        ray_procs.wait_for_file(between, runner, tmp_path / "run.log", deadline, "the first pass")
         job = ray_procs.start([sys.executable, "-c", HOLD_CPU, head, str(held), "0", "2"], tmp_path / "holder.log", **RAY_ENV)
-        while not held.exists():
-            assert job.poll() is None, f"the holding job ended: {(tmp_path / 'holder.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the holding job did not take its CPU"
-            time.sleep(0.2)
+        ray_procs.wait_for_file(held, job, tmp_path / "holder.log", deadline, "the holding job taking the CPUs")
         go.write_text("1")
         runner.wait(RUN_TIMEOUT_S)  # hang detection only (it waited 30 min, Ray Data's guard)
         out = (tmp_path / "run.log").read_text()
