@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from .device_env import device_pythonpath
 from .import_walk import PACKAGE, ROOT, imports, modules, resolve
 
 HEAVY = {"torch", "onnx", "onnxruntime", "onnxsim", "tensorrt", "openvino", "matplotlib", "skimage", "safetensors", "av", "cv2", "ray", "scipy"}
@@ -212,13 +213,9 @@ def test_cli_start_up_loads_no_heavy_library():
 @pytest.fixture()
 def no_torch(tmp_path) -> dict[str, str]:
     """Environment for subprocesses (and their own subprocesses) in which `import torch` fails, as where it is not installed."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    # import torch -> ImportError, find_spec -> None; scikit-image, onnxsim and sympy too: the device install has none of them
-    # (onnxruntime 1.32 no longer depends on sympy). An empty cache: demo data made earlier must not hide a missing package.
-    (blocker / "sitecustomize.py").write_text("import sys\nfor m in ('torch', 'skimage', 'onnxsim', 'sympy'):\n    sys.modules[m] = None\n")
-    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "EDGE_INCEPTION_CACHE": str(tmp_path / "empty-cache")}
+    # torch, scikit-image, onnxsim and sympy unimportable (tests/device_env.py). An empty cache: demo data made earlier
+    # must not hide a missing package.
+    return {"PYTHONPATH": device_pythonpath(tmp_path / "blocker"), "EDGE_INCEPTION_CACHE": str(tmp_path / "empty-cache")}
 
 
 def test_every_module_but_the_model_imports_without_pytorch(no_torch):

@@ -8,7 +8,6 @@ so the nodes use 127.0.0.2: still the loopback interface, but an address Ray kee
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import ray_procs
+from tests.device_env import NOT_ON_A_DEVICE, device_pythonpath
 
 pytest.importorskip("ray")
 
@@ -41,9 +41,8 @@ def _free_port() -> int:
 
 
 # What a board has: the runtime install (`pip install 'edge-inception[cluster]'`), not PyTorch, scikit-image, onnxsim or
-# sympy (issue 37: "no PyTorch there"). Each board node starts with a sitecustomize that makes them unimportable, and
-# its Ray workers inherit it, so every fleet test runs the boards' verify/build/check/bench without them.
-NO_EXPORT_EXTRA = ("torch", "skimage", "onnxsim", "sympy")
+# sympy (issue 37: "no PyTorch there"). Each board node starts with tests/device_env.py's sitecustomize, which makes them
+# unimportable, and its Ray workers inherit it, so every fleet test runs the boards' verify/build/check/bench without them.
 ON_EACH_BOARD = """
 import importlib.util, sys, ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -66,9 +65,7 @@ for node in ray.nodes():
 def fleet(tmp_path_factory):
     """(address, {board: (process, its TMPDIR)}): a head and three boards; every process killed by PID afterwards."""
     logs = tmp_path_factory.mktemp("ray-logs")
-    blocker = tmp_path_factory.mktemp("no-export-extra")
-    (blocker / "sitecustomize.py").write_text(f"import sys\nfor m in {NO_EXPORT_EXTRA!r}:\n    sys.modules[m] = None\n")
-    board_path = os.pathsep.join([str(blocker), str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    board_path = device_pythonpath(tmp_path_factory.mktemp("no-export-extra"))
     port = _free_port()
     address = f"{HOST}:{port}"
     procs = []
@@ -129,7 +126,7 @@ def test_boards_have_the_runtime_install_only(fleet):
     """The boards' own workers cannot import PyTorch, scikit-image, onnxsim or sympy (the fixture's blocker holds on each),
     while onnxruntime is there: the fleet tests' builds, checks and benches ran on the runtime install alone."""
     address, _, _ = fleet
-    r = ray_procs.run([sys.executable, "-c", ON_EACH_BOARD, address, ",".join((*NO_EXPORT_EXTRA, "onnxruntime"))], 180, **RAY_ENV)
+    r = ray_procs.run([sys.executable, "-c", ON_EACH_BOARD, address, ",".join((*NOT_ON_A_DEVICE, "onnxruntime"))], 180, **RAY_ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(r.stdout.splitlines()) == [f"{name} ['onnxruntime']" for name in sorted(BOARDS)], r.stdout
 

@@ -19,8 +19,9 @@ from edge_inception.engines.build import build
 from edge_inception.engines.targets import get_target
 from edge_inception.engines.tensorrt import plan_build, trtexec_command
 
+from .device_env import device_pythonpath
+
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +57,7 @@ def test_bundle_holds_what_the_device_needs(bundle, trained):
 def test_on_the_device_without_pytorch_or_scikit_image(bundle, trained, tmp_path):
     """The device install: a fresh process in which torch and skimage cannot be imported builds from the bundle's files,
     and check passes; a wrong artifact fails it with one line."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nfor m in ('torch', 'skimage', 'onnxsim'):\n    sys.modules[m] = None\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": device_pythonpath(tmp_path / "blocker")}
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "edge_inception", *args], capture_output=True, text=True, env=env, timeout=600)
