@@ -24,6 +24,7 @@ compounding through 57 convolutions (weights alone in INT8 keep cosine > 0.9999)
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import logging
@@ -259,19 +260,16 @@ class Labelled:
     image_size: int = 224
     top_k: TopKOnFiles | None = None  # where the models run on ``paths`` (a Ray cluster); None: here, on ``batches``
     scratch: Path | None = None  # where a model held in memory is written for ``top_k``
-    _digest: str = field(default="", repr=False, compare=False)
-
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 over the decoded batches and the labels: what a model's accuracy here depends on besides the model."""
-        if not self._digest:
-            import hashlib
+        import hashlib
 
-            h = hashlib.sha256()
-            for b in self.batches:
-                h.update(np.ascontiguousarray(b).tobytes())
-            h.update(np.ascontiguousarray(self.labels).tobytes())
-            self._digest = h.hexdigest()
-        return self._digest
+        h = hashlib.sha256()
+        for b in self.batches:
+            h.update(np.ascontiguousarray(b).tobytes())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
 
 
 @dataclass
@@ -341,7 +339,7 @@ def labelled_accuracy(model: Path | bytes, labelled: Labelled) -> tuple[float, f
         except ValueError as exc:
             raise EdgeInceptionError(f"the cluster's answers: {exc}") from None
         return top1 / len(labelled.labels), top5 / len(labelled.labels)
-    key = (_sha256_of(model), labelled.digest())
+    key = (_sha256_of(model), labelled.digest)
     if key in _ACCURACY_SEEN:  # the same graph bytes on the same decoded images: the same answers (quantize runs FP32 once per call)
         return _ACCURACY_SEEN[key]
     session = ort_session(model)
