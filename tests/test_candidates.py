@@ -450,3 +450,15 @@ def test_nncf_evidence_is_cross_fitted_by_photo(small_onnx, tmp_path):
     assert e.samples == len(sets.verdict.samples) and e.photos == sets.verdict.images and "cross-fitted" in e.reference
     assert 0.0 <= e.agreement <= 1.0 and e.mean_cosine > 0.9
     assert sorted(p.name for p in tmp_path.glob("nncf.fold*.xml")) == [f"nncf.fold{i}.xml" for i in range(len(sets.folds))]
+
+
+def test_a_tie_ship_line_names_what_broke_the_tie_not_always_fidelity():
+    # a proven INT8 tied with a faster unproven INT8 (same fidelity): shipped because proven, not "more faithful"
+    d = choose_ship([m("openvino", "int8", 4.95, 0.99, photos=100), m("ort", "int8", 5.0)], 0.99, ship_unproven=True)
+    assert d.ship == "ort-int8" and "and proven" in d.why and "more faithful" not in d.why
+    # two FP16 within noise: the earlier in the preset's order ships, as faithful as the faster one
+    d = choose_ship([m("ort", "fp16", 5.0), m("openvino", "fp16", 4.95)], 0.99)
+    assert d.ship == "ort-fp16" and "earlier in the preset's backend order" in d.why and "more faithful" not in d.why
+    # a real fidelity win keeps its wording
+    d = choose_ship([m("ort", "int8", 4.95), m("ort", "fp16", 5.0)], 0.99)
+    assert d.ship == "ort-fp16" and "and more faithful" in d.why

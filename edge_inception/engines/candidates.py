@@ -338,8 +338,15 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
         why = (f"fastest candidate that passed its judge{' or could not be proven by it' if ship_unproven else ''}: p50 {best:.2f} ms "
                f"at batch {batch}")
     else:
+        # say what broke the tie (the key above): proven before unproven, then fidelity, then the preset's order
+        if judged[fastest.name].status == UNPROVEN and judged[ship.name].status != UNPROVEN:
+            broke = "and proven (the fastest could not be proven by its judge)"
+        elif ship.candidate.fidelity < fastest.candidate.fidelity:
+            broke = "and more faithful"
+        else:
+            broke = "as faithful, and earlier in the preset's backend order"
         why = (f"p50 {ship.p50_ms:.2f} ms at batch {batch}, within {noise:.0%} of the fastest ({fastest.name}, {best:.2f} ms: a tie "
-               f"within noise), and more faithful")
+               f"within noise), {broke}")
     others = [m.name for m in tied if m is not ship]
     if others and ship is fastest:
         why += f"; tied within {noise:.0%} with less faithful {', '.join(others)}"
