@@ -477,3 +477,31 @@ def test_bias_correction_reduces_the_mean_shift_on_other_photos(trained, tmp_pat
     before = own_shifts(ref, q, [np.concatenate(cal)])
     assert sum(np.abs(v).sum() for v in after.values()) < sum(np.abs(v).sum() for v in before.values())
     assert SHRINK_Z > 0 and set(after) == set(before)
+
+
+def test_labelled_accuracy_is_measured_afresh_when_a_models_external_weights_are_rewritten(tmp_path, monkeypatch):
+    """A model whose weights live in an external data file: rewriting that file leaves the .onnx's bytes as they were
+    (the same location, offset and length), so a key of the .onnx's sha256 alone returned the old weights' accuracy."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_inception.convert import quantize as q
+
+    monkeypatch.setattr(q, "_ACCURACY_SEEN", {})
+    path = tmp_path / "m.onnx"
+
+    def save(weights: np.ndarray) -> None:
+        (tmp_path / "m.data").unlink(missing_ok=True)  # onnx.save appends to an existing data file
+        x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 6]) for n in ("x", "y"))
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g", [x], [y],
+                                  [numpy_helper.from_array(weights.astype(np.float32), "W")])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+
+    labelled = q.Labelled([np.eye(6, dtype=np.float32)], np.arange(6), "t", 6)
+    save(np.eye(6))
+    assert q.labelled_accuracy(path, labelled)[0] == 1.0
+    before = path.read_bytes()
+    save(np.roll(np.eye(6), 1, axis=1))  # every answer moves one class on
+    assert path.read_bytes() == before
+    assert q.labelled_accuracy(path, labelled)[0] == 0.0

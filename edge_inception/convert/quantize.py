@@ -360,7 +360,23 @@ _ACCURACY_SEEN_MAX = 8
 def _sha256_of(model: Path | bytes) -> str:
     import hashlib
 
-    return hashlib.sha256(model).hexdigest() if isinstance(model, bytes) else sha256_file(model)
+    if isinstance(model, bytes):
+        return hashlib.sha256(model).hexdigest()
+    # a model whose weights live in external data files: its .onnx names them by location, offset and length only, so a
+    # rewritten weights file leaves the .onnx's bytes (and its sha256) as they were; those files' bytes count too
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from ..onnx_file import load_onnx
+
+    digest = sha256_file(model)
+    locations = {entry.value for t in _get_all_tensors(load_onnx(model, with_weights=False)) if uses_external_data(t)
+                 for entry in t.external_data if entry.key == "location"}
+    if not locations:  # the same key as the same bytes held in memory
+        return digest
+    h = hashlib.sha256(digest.encode())
+    for location in sorted(locations):
+        h.update(f"\0{location}\0{sha256_file(Path(model).parent / location)}".encode())
+    return h.hexdigest()
 
 
 def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int, top_k: TopKOnFiles | None = None) -> Labelled | None:
