@@ -462,3 +462,13 @@ def test_a_tie_ship_line_names_what_broke_the_tie_not_always_fidelity():
     # a real fidelity win keeps its wording
     d = choose_ship([m("ort", "int8", 4.95), m("ort", "fp16", 5.0)], 0.99)
     assert d.ship == "ort-fp16" and "and more faithful" in d.why
+
+
+def test_the_fastest_ships_line_calls_a_tied_candidate_less_faithful_only_when_it_is():
+    d = choose_ship([m("ort", "fp16", 4.95), m("openvino", "fp16", 5.0)], 0.99)
+    assert d.ship == "ort-fp16" and "less faithful" not in d.why
+    assert "tied within 3% with as faithful openvino-fp16 (later in the preset's backend order)" in d.why
+    d = choose_ship([m("ort", "int8", 4.95), m("openvino", "int8", 5.0, 0.99, photos=100)], 0.99, ship_unproven=True)
+    assert d.ship == "ort-int8" and "tied within 3% with unproven openvino-int8" in d.why and "less faithful" not in d.why
+    d = choose_ship([m("ort", "fp16", 4.95), m("ort", "int8", 5.0)], 0.99)
+    assert d.ship == "ort-fp16" and "tied within 3% with less faithful ort-int8" in d.why

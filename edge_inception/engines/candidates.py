@@ -348,8 +348,18 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
         why = (f"p50 {ship.p50_ms:.2f} ms at batch {batch}, within {noise:.0%} of the fastest ({fastest.name}, {best:.2f} ms: a tie "
                f"within noise), {broke}")
     others = [m.name for m in tied if m is not ship]
-    if others and ship is fastest:
-        why += f"; tied within {noise:.0%} with less faithful {', '.join(others)}"
+    if others and ship is fastest:  # each lost the tie by the key above: unproven, less faithful, or later in the order
+        def lost(m: Measured) -> str:
+            if judged[m.name].status == UNPROVEN and judged[ship.name].status != UNPROVEN:
+                return "unproven"
+            return "less faithful" if m.candidate.fidelity > ship.candidate.fidelity else "as faithful"
+
+        by_how: dict[str, list[str]] = {}
+        for m in tied:
+            if m is not ship:
+                by_how.setdefault(lost(m), []).append(m.name)
+        why += f"; tied within {noise:.0%} with " + "; ".join(
+            f"{how} {', '.join(names)}" + (" (later in the preset's backend order)" if how == "as faithful" else "") for how, names in by_how.items())
     unproven = judged[ship.name].status == UNPROVEN
     if unproven:
         why = f"UNPROVEN, shipped because --ship-unproven was given: {judged[ship.name].reason}; {why}"
