@@ -154,8 +154,10 @@ def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
 
 def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     out = tmp_path / "strict.onnx"
-    result = quantize_model(trained.onnx, "int8", output=out, calib=trained.data / "train", holdout=trained.data / "val",
-                            calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement", cpu=AVX2)
+    # quantize_model(trained.onnx, "int8", output=out, ...), kept between runs while nothing that determines it changes
+    result = cached_quantize("int8-avx2-strict", trained, tmp_path, out.name, "int8", cpu=AVX2, calib=trained.data / "train",
+                             holdout=trained.data / "val", calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement")
+    assert result.path == out
     assert result.kept_float, "a 100% guard should force at least one stage into float"
     assert result.selection["top1_agreement"] == 1.0  # met where it was chosen; no finite verdict can support a 100 % claim
     assert result.claim in ("evidence too thin", "missed")
@@ -422,7 +424,9 @@ def test_bundled_calibration_is_flagged_and_fp16_is_not(trained, tmp_path):
 def test_criterion_by_labels_and_auto_calibration(trained, tmp_path):
     """A model of the demo classes is judged by accuracy on labelled demo crops (MLPerf's rule), and --calib-method auto
     tries every method, keeping the best; the report says which rule and which method, with each method's figures."""
-    result = quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=trained.data / "train", cpu=AVX2)
+    # quantize_model(trained.onnx, "int8", output=tmp_path / "m.int8.onnx", calib=..., cpu=AVX2), kept between runs while nothing
+    # that determines it changes (conftest.cached_quantize); the refusal below runs quantize_model itself
+    result = cached_quantize("int8-avx2-auto", trained, tmp_path, "m.int8.onnx", "int8", cpu=AVX2, calib=trained.data / "train")
     assert result.criterion.startswith("MLPerf: top-1 accuracy >= 99% of FP32's") and "500 labelled images" in result.criterion
     # the accuracy rule alone let 12 % of the answers change on an AVX2 CPU: agreement applies beside it unless opted out
     assert "top-1 agreement with FP32 >= 99.0%" in result.criterion and result.selection["top1_agreement"] >= 0.99
