@@ -160,7 +160,7 @@ def run_ort_tool(e: Engine, batch: int, warmup: int, iterations: int) -> dict[st
 def run_bench_cli(e: Engine, batch: int, warmup: int, iterations: int, work: Path) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(prefix="bench-", suffix=".json", dir=work)[1])
     cmd = [sys.executable, "-m", "edge_inception", "bench", str(e.path), "--batch", str(batch), "--warmup", str(warmup), "--iterations",
-           str(iterations), "--rounds", "1", "--baseline", "none", "--threads", str(e.threads), "--json", str(out)]
+           str(iterations), "--rounds", "1", "--baseline", "none", "--no-peak", "--threads", str(e.threads), "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"edge-inception bench failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")

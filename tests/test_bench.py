@@ -66,10 +66,15 @@ def test_bench_duration_and_like_with_like(trained, tmp_path):
 
     art = build(trained.onnx, "cpu", output_dir=tmp_path / "a").artifact
     r = runner.invoke(app, ["bench", str(art), "--baseline", "none", "--iterations", "1", "--duration", "1.0", "--rounds", "1", "--warmup", "0",
-                            "--json", str(tmp_path / "d.json")])
+                            "--no-peak", "--json", str(tmp_path / "d.json"), "--markdown", str(tmp_path / "d.md")])
     assert r.exit_code == 0, r.output
-    samples = json.loads((tmp_path / "d.json").read_text())["results"][0]["samples_ms"]
+    doc = json.loads((tmp_path / "d.json").read_text())
+    samples = doc["results"][0]["samples_ms"]
     assert len(samples) > 1 and sum(samples) >= 900  # timed for the whole second, not for one iteration
+    # --no-peak: no matmul probe, so no '% CPU peak' figure, and the console and the report say why
+    assert doc["machine"]["matmul_peak_macs_per_s"] == 0 and doc["results"][0]["peak_fraction"] is None and doc["config"]["peak"] is False
+    assert "FP32 matmul peak not probed (--no-peak)" in r.stdout
+    assert "- FP32 matmul peak (probe): not probed (--no-peak)" in (tmp_path / "d.md").read_text()
 
     other = export_model(None, tmp_path / "m96.onnx", num_classes=10, image_size=96).path
     r = runner.invoke(app, ["bench", str(art), str(other), "--baseline", "none", "--iterations", "1", "--rounds", "1"])

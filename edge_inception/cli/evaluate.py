@@ -132,6 +132,8 @@ def bench(
     threads: ThreadsOpt = 0,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Baselines, comma-separated: torch, ort-default, or none "
                                                  "(default: both, torch only where PyTorch is installed).")] = None,
+    peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Probe the CPU's FP32 matmul peak first, for the '% CPU peak' column "
+                                       "(about 2 s, in its own process).")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown table here.")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
@@ -173,7 +175,8 @@ def bench(
 
     bases = None if baseline is None else () if baseline.strip() == "none" else choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,
-                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed)
+                      duration_s=duration, rounds=rounds, threads=threads, baselines=bases, rerun_disturbed=rerun_disturbed,
+                      peak=peak)
     report = run_bench([str(a) for a in artifacts], cfg, progress=progress)
     _print_bench(report)
     write_outputs(report, json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
@@ -200,10 +203,10 @@ def _bench_scenarios(targets: list[str], cfg: ScenarioConfig) -> ScenarioReport:
 
 
 def _print_bench(report: BenchReport) -> None:
-    from ..evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_text
+    from ..evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_line, peak_text
 
     m = report.machine
-    typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {m.matmul_peak_macs_per_s / 1e9:.1f} GMAC/s")
+    typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {peak_line(m.matmul_peak_macs_per_s, 'GMAC/s')}")
     for text in report.notes:
         note(f"note: {text}")
     rows = []

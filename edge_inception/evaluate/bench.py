@@ -369,7 +369,7 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
     lines = ["# edge-inception bench", ""] if title else []
     lines += [f"- CPU: {md_text(m.cpu)} ({m.arch}, {m.cores} cores; {', '.join(m.simd)}), threads: {m.threads_requested}",
               f"- GPU: {_gpu_line(m.gpu)}", f"- libraries: {', '.join(f'{k} {v}' for k, v in m.libraries.items())}",
-              f"- FP32 matmul peak (probe): {m.matmul_peak_macs_per_s / 1e9:.1f} G multiply-adds/s"]
+              f"- FP32 matmul peak (probe): {peak_line(m.matmul_peak_macs_per_s, 'G multiply-adds/s')}"]
     lines += [f"- note: {md_text(n, 2000)}" for n in report.notes]
     if report.rounds:
         lines.append("- rounds (load average before -> after; other processes' CPU use; stolen): " + "; ".join(
@@ -394,6 +394,11 @@ def markdown(report: BenchReport, *, title: bool = True) -> str:
 
 def _num(x: float | None) -> str:
     return "?" if x is None else f"{x:.2f}"
+
+
+def peak_line(macs_per_s: float, unit: str) -> str:
+    """The probe's figure in ``unit`` (10^9 multiply-adds per second), or why there is none (``bench --no-peak``)."""
+    return f"{macs_per_s / 1e9:.1f} {unit}" if macs_per_s else "not probed (--no-peak)"
 
 
 def peak_text(fraction: float | None) -> str:
