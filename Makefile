@@ -27,7 +27,7 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 # Two pytest-xdist workers: much of the suite waits on subprocesses, servers and start-ups, which overlap on 2 cores. Each
-# test file runs whole on one worker (`--dist loadgroup`, the groups set in tests/conftest.py), so its module fixtures
+# test file runs whole on one worker (`--dist loadgroup`, the groups of tests/xdist_groups.py), so its module fixtures
 # start once; the trained net is built once for both (tests/build_cache.py's lock). PYTEST_WORKERS=0 runs it serially.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)

@@ -21,17 +21,13 @@ TRAIN_IMAGE_SIZE = 64
 TRAIN_STEPS = 200
 
 
-# pytest-xdist (`make pytest` runs `-n 2 --dist loadgroup`): each test file runs whole on one worker, so a file's module
-# fixtures (a tritonserver, a Ray cluster, a build) start once and stop in that worker; the files that start Ray
-# clusters share one group (one worker), so two clusters never run side by side. Serial runs ignore the marks.
-XDIST_GROUPS = {"test_cluster_eval.py": "ray", "test_cluster_fleet.py": "ray", "test_cluster_verdicts.py": "ray"}
+# pytest-xdist (`make pytest` runs `-n 2 --dist loadgroup`): each test file runs whole on one worker, the files that
+# start Ray clusters together on one (tests/xdist_groups.py says how and why). Serial runs ignore it.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from .xdist_groups import make_scheduler
 
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            name = item.path.name
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(name, name)))
+    return make_scheduler(config, log)
 
 
 @pytest.fixture(autouse=True)

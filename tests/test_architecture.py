@@ -278,3 +278,44 @@ def test_wheel_carries_the_presets(tmp_path):
                     "assert c.__file__.startswith(sys.path[0]), c.__file__; c.main()", str(site)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert PRESETS <= {line.split()[0] for line in r.stdout.splitlines()[2:]}
+
+
+NESTED_CONFTEST = """import pytest
+from xdist_groups import make_scheduler
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return make_scheduler(config, log)
+"""
+NESTED_TESTS = """import os
+import pytest
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_one(i):
+    with open(os.environ["GROUPS_LOG"], "a") as f:
+        f.write(__name__ + " " + os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+"""
+
+
+def test_make_test_runs_each_file_whole_on_one_worker(tmp_path):
+    """`make test`'s scheduling (tests/xdist_groups.py) in a pytest of its own with two workers: each file's tests ran on
+    one worker, and the Ray files' tests on one worker together; the ids map to their groups."""
+    from .xdist_groups import group
+
+    assert group("tests/test_x.py::test_y[a::b]") == "tests/test_x.py" and group("tests/test_cluster_fleet.py::test_z") == "ray"
+    (tmp_path / "conftest.py").write_text(NESTED_CONFTEST)
+    names = ("test_a", "test_b", "test_cluster_eval", "test_cluster_fleet")
+    for name in names:
+        (tmp_path / f"{name}.py").write_text(NESTED_TESTS)
+    log = tmp_path / "groups.log"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "GROUPS_LOG": str(log)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    ran = [line.split() for line in log.read_text().splitlines()]
+    assert len(ran) == 6 * len(names)
+    workers = {name: {w for n, w in ran if n == name} for name in names}
+    assert all(len(w) == 1 for w in workers.values()), workers
+    assert workers["test_cluster_eval"] == workers["test_cluster_fleet"]
