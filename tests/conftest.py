@@ -149,11 +149,11 @@ def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precisi
     forced = None if cpu is None else {"model": cpu.model, "arch": cpu.arch, "cores": cpu.cores, "flags": sorted(cpu.flags)}
     json_options = {**{k: v for k, v in options.items() if k not in folders}, **{k: str(v) for k, v in folders.items()}, "cpu": forced}
     fields = {"precision": precision, "name": name, "options": {k: v for k, v in json_options.items() if k not in folders},
-              "cpu": forced or {"flags": sorted(cpu_info().flags)},
+              "cpu": {"forced": forced, "flags": sorted(cpu_info().flags)},  # a forced scheme still runs on this CPU's INT8 kernels
               "checkpoint": hashlib.sha256(trained.checkpoint.read_bytes()).hexdigest(),
               "sources": source_digest("edge_inception.convert.quantize", "edge_inception.convert.export"),
               "data": {k: tree_digest([v], v) for k, v in folders.items()},
-              "versions": versions("numpy", "pillow", "onnx", "onnxruntime")}
+              "versions": versions("numpy", "pillow", "onnx", "onnxruntime", "scikit-image")}  # the bundled photos: calibration, labels
     got = cached_build(f"quantize-{label}", fields, lambda folder: _quantize_into(folder, trained.onnx, name, precision, json_options), dest,
                        code=(_quantize_into,))
     _point_at_checkpoint(dest / name, trained.checkpoint)

@@ -292,7 +292,7 @@ NESTED_TESTS = """import os
 import pytest
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(COUNT))
 def test_one(i):
     with open(os.environ["GROUPS_LOG"], "a") as f:
         f.write(__name__ + " " + os.environ["PYTEST_XDIST_WORKER"] + "\\n")
@@ -301,21 +301,26 @@ def test_one(i):
 
 def test_make_test_runs_each_file_whole_on_one_worker(tmp_path):
     """`make test`'s scheduling (tests/xdist_groups.py) in a pytest of its own with two workers: each file's tests ran on
-    one worker, and the Ray files' tests on one worker together; the ids map to their groups."""
+    one worker, and the Ray files' tests on one worker together, handed out first; the ids map to their groups."""
     from .xdist_groups import group
 
     assert group("tests/test_x.py::test_y[a::b]") == "tests/test_x.py" and group("tests/test_cluster_fleet.py::test_z") == "ray"
     (tmp_path / "conftest.py").write_text(NESTED_CONFTEST)
-    names = ("test_a", "test_b", "test_cluster_eval", "test_cluster_fleet")
-    for name in names:
-        (tmp_path / f"{name}.py").write_text(NESTED_TESTS)
+    # test_a and test_b have more tests than the two Ray files together: xdist alone would hand them out first (the most
+    # tests first)
+    counts = {"test_a": 20, "test_b": 15, "test_cluster_eval": 6, "test_cluster_fleet": 6}
+    names = tuple(counts)
+    for name, count in counts.items():
+        (tmp_path / f"{name}.py").write_text(NESTED_TESTS.replace("COUNT", str(count)))
     log = tmp_path / "groups.log"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "GROUPS_LOG": str(log)})
     assert r.returncode == 0, r.stdout + r.stderr
     ran = [line.split() for line in log.read_text().splitlines()]
-    assert len(ran) == 6 * len(names)
+    assert len(ran) == sum(counts.values())
     workers = {name: {w for n, w in ran if n == name} for name in names}
     assert all(len(w) == 1 for w in workers.values()), workers
     assert workers["test_cluster_eval"] == workers["test_cluster_fleet"]
+    ray_worker = next(iter(workers["test_cluster_eval"]))  # the long group (xdist_groups.LONG) was handed out first
+    assert next(n for n, w in ran if w == ray_worker).startswith("test_cluster_"), ran

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 # files that share a group (a file not named here is a group of its own)
-SHARED = {"test_cluster_eval.py": "ray", "test_cluster_fleet.py": "ray", "test_cluster_verdicts.py": "ray"}
+SHARED = {"test_cluster_eval.py": "ray", "test_cluster_fleet.py": "ray", "test_cluster_verdicts.py": "ray",
+          "test_unreadable_inputs.py": "ray"}  # its `eval --cluster local` starts a Ray cluster too
 # the long groups, handed out first so that no worker is left with one at the end while the other idles: seconds of wall
 # time measured in one `make test` on a 2-core EPYC (tests split over both workers then; the order matters, not the
 # figures); a group not named here goes after them, in xdist's order (the most tests first)
@@ -33,7 +34,8 @@ def group(nodeid: str) -> str:
 def make_scheduler(config: Any, log: Any) -> Any:
     """For ``--dist loadgroup``: xdist's scope scheduling (a whole group to one worker at a time) by :func:`group`, the
     :data:`LONG` groups first; None (xdist's own choice) for any other ``--dist``. Uses what ``LoadScopeScheduling``'s
-    subclasses override in xdist itself (``_split_scope``) and its queue of groups (``workqueue``)."""
+    subclasses override in xdist itself (``_split_scope``), its queue of groups (``workqueue``) and the method that
+    hands out the next group (``_assign_work_unit``)."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -42,12 +44,14 @@ def make_scheduler(config: Any, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             return group(nodeid)
 
-        def schedule(self) -> None:
-            first = self.collection is None
-            super().schedule()  # queues the groups and hands each worker its first one
-            if first and self.workqueue:
+        ordered = False
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the queue is complete and nothing is handed out yet: the long groups go first
+                self.ordered = True
                 queued = sorted(self.workqueue.items(), key=lambda item: -LONG.get(item[0], 0))  # stable: xdist's order after
                 self.workqueue.clear()
                 self.workqueue.update(queued)
+            super()._assign_work_unit(node)
 
     return FileGroupScheduling(config, log)
