@@ -334,30 +334,28 @@ def choose_ship(measured: Sequence[Measured], min_agreement: float, *, ship_unpr
     best = fastest.p50_ms or 0.0
     tied = [m for m in eligible if (m.p50_ms or 0.0) <= best * (1 + noise)]
     ship = min(tied, key=lambda m: (judged[m.name].status == UNPROVEN, m.candidate.fidelity, eligible.index(m)))
+
+    def broke_tie(loser: Measured) -> str:
+        """Which part of the key above put ``ship`` before ``loser``: proven before unproven, fidelity, the preset's order."""
+        if judged[loser.name].status == UNPROVEN and judged[ship.name].status != UNPROVEN:
+            return "proven"
+        return "fidelity" if ship.candidate.fidelity < loser.candidate.fidelity else "order"
+
     if ship is fastest:
         why = (f"fastest candidate that passed its judge{' or could not be proven by it' if ship_unproven else ''}: p50 {best:.2f} ms "
                f"at batch {batch}")
     else:
-        # say what broke the tie (the key above): proven before unproven, then fidelity, then the preset's order
-        if judged[fastest.name].status == UNPROVEN and judged[ship.name].status != UNPROVEN:
-            broke = "and proven (the fastest could not be proven by its judge)"
-        elif ship.candidate.fidelity < fastest.candidate.fidelity:
-            broke = "and more faithful"
-        else:
-            broke = "as faithful, and earlier in the preset's backend order"
+        broke = {"proven": "and proven (the fastest could not be proven by its judge)", "fidelity": "and more faithful",
+                 "order": "as faithful, and earlier in the preset's backend order"}[broke_tie(fastest)]
         why = (f"p50 {ship.p50_ms:.2f} ms at batch {batch}, within {noise:.0%} of the fastest ({fastest.name}, {best:.2f} ms: a tie "
                f"within noise), {broke}")
     others = [m.name for m in tied if m is not ship]
-    if others and ship is fastest:  # each lost the tie by the key above: unproven, less faithful, or later in the order
-        def lost(m: Measured) -> str:
-            if judged[m.name].status == UNPROVEN and judged[ship.name].status != UNPROVEN:
-                return "unproven"
-            return "less faithful" if m.candidate.fidelity > ship.candidate.fidelity else "as faithful"
-
+    if others and ship is fastest:  # how each of the others lost the tie
+        lost = {"proven": "unproven", "fidelity": "less faithful", "order": "as faithful"}
         by_how: dict[str, list[str]] = {}
         for m in tied:
             if m is not ship:
-                by_how.setdefault(lost(m), []).append(m.name)
+                by_how.setdefault(lost[broke_tie(m)], []).append(m.name)
         why += f"; tied within {noise:.0%} with " + "; ".join(
             f"{how} {', '.join(names)}" + (" (later in the preset's backend order)" if how == "as faithful" else "") for how, names in by_how.items())
     unproven = judged[ship.name].status == UNPROVEN
