@@ -135,7 +135,7 @@ def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precisi
     """``quantize_model(trained.onnx, precision, output=dest / name, calib=..., holdout=..., cpu=cpu, **options)``, kept
     between runs as :func:`trained` is (tests/build_cache.py) while nothing that determines it changes: the trained
     checkpoint's bytes, the source of quantization's import closure, the calibration and holdout folders' files, the
-    options, the forced or this machine's CPU (its INT8 scheme), the library versions. Any edit to quantization's code
+    options (a forced CPU among them: its INT8 scheme), this machine's CPU flags (its kernels), the library versions. Any edit to quantization's code
     (or to what it imports) quantizes afresh, so what the tests check is what the code makes now; the tests that call
     ``quantize_model`` with arguments of their own still run it.
     ``label`` names the cache entry (one per fixture). Returns the QuantizeResult, its paths in ``dest``, the model's
@@ -149,7 +149,8 @@ def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precisi
     forced = None if cpu is None else {"model": cpu.model, "arch": cpu.arch, "cores": cpu.cores, "flags": sorted(cpu.flags)}
     json_options = {**{k: v for k, v in options.items() if k not in folders}, **{k: str(v) for k, v in folders.items()}, "cpu": forced}
     fields = {"precision": precision, "name": name, "options": {k: v for k, v in json_options.items() if k not in folders},
-              "cpu": {"forced": forced, "flags": sorted(cpu_info().flags)},  # a forced scheme still runs on this CPU's INT8 kernels
+              # this CPU's flags also when a scheme is forced (options' "cpu"): it still runs on this CPU's INT8 kernels
+              "cpu_flags": sorted(cpu_info().flags),
               "checkpoint": hashlib.sha256(trained.checkpoint.read_bytes()).hexdigest(),
               "sources": source_digest("edge_inception.convert.quantize", "edge_inception.convert.export"),
               "data": {k: tree_digest([v], v) for k, v in folders.items()},
