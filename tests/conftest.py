@@ -128,7 +128,9 @@ def _quantize_into(folder: Path, src: Path, name: str, precision: str, options: 
 
     cpu = options.get("cpu")
     kwargs = {**options, "cpu": CpuInfo(cpu["model"], cpu["arch"], cpu["cores"], frozenset(cpu["flags"])) if cpu else None}
-    return quantize_model(src, precision, output=folder / name, **kwargs).as_dict()
+    result = quantize_model(src, precision, output=folder / name, **kwargs).as_dict()
+    # the sizes as built: re-pointing at a later session's checkpoint path changes them by that path's length
+    return {**result, "built_sizes": {"model": (folder / name).stat().st_size, "source": src.stat().st_size}}
 
 
 def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precision: str, cpu=None, **options):
@@ -158,7 +160,12 @@ def cached_quantize(label: str, trained: Trained, dest: Path, name: str, precisi
     got = cached_build(f"quantize-{label}", fields, lambda folder: _quantize_into(folder, trained.onnx, name, precision, json_options), dest,
                        code=(_quantize_into,))
     _point_at_checkpoint(dest / name, trained.checkpoint)
+    # The report's sizes are of the files as quantization saw them; both record the checkpoint's absolute path, which
+    # this session's differs from in length (pytest-999 vs pytest-1000), so each size moves by its file's measured change.
+    built = got.pop("built_sizes")
     accuracy = {k: v for k, v in got["accuracy"].items() if k != "size_ratio"}
+    accuracy["size_bytes"] += (dest / name).stat().st_size - built["model"]
+    accuracy["fp32_size_bytes"] += trained.onnx.stat().st_size - built["source"]
     return QuantizeResult(**{**got, "path": dest / got["path"], "report_path": dest / got["report_path"], "precision": Precision(got["precision"]),
                              "target": QuantTarget(got["target"]), "accuracy": AccuracyReport(**accuracy)})
 
