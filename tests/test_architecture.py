@@ -247,7 +247,7 @@ def test_runtime_commands_work_without_pytorch(trained, tmp_path, no_torch):
     artifact = tmp_path / "cpu" / "demo.ort.onnx"
     assert "cat" in ok("predict", str(artifact), str(photo), "--top-k", "1")
     ok("eval", str(artifact), "--data", str(trained.data / "val"))
-    bench = ok("bench", str(artifact), "--baseline", "ort-default", "--iterations", "3", "--rounds", "1", "--warmup", "1",
+    bench = ok("bench", str(artifact), "--baseline", "ort-default", "--iterations", "3", "--rounds", "1", "--warmup", "1", "--no-peak",
                "--json", str(tmp_path / "b.json"))
     assert {r["engine"] for r in json.loads((tmp_path / "b.json").read_text())["results"]} == {"ort-fp32", "ort-default"} and bench
     ok("quantize", str(trained.onnx), "--precision", "fp16", "--calib", str(trained.data / "train"), "-o", str(tmp_path / "m.fp16.onnx"))

@@ -77,7 +77,7 @@ def test_bench_duration_and_like_with_like(trained, tmp_path):
     assert "- FP32 matmul peak (probe): not probed (--no-peak)" in (tmp_path / "d.md").read_text()
 
     other = export_model(None, tmp_path / "m96.onnx", num_classes=10, image_size=96).path
-    r = runner.invoke(app, ["bench", str(art), str(other), "--baseline", "none", "--iterations", "1", "--rounds", "1"])
+    r = runner.invoke(app, ["bench", str(art), str(other), "--baseline", "none", "--iterations", "1", "--rounds", "1", "--no-peak"])
     assert r.exit_code == 1 and "different input sizes ([64, 96])" in r.stderr
 
 
@@ -157,3 +157,28 @@ def test_a_worker_that_crashes_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(crash))
     with pytest.raises(EdgeInceptionError, match="benchmark of m.onnx failed: the engine's process died of SIGSEGV"):
         _worker({"kind": "artifact", "path": "m.onnx"})
+
+
+def test_machine_facts_name_pytorch_without_importing_it_where_no_gpu_can_be_asked(tmp_path):
+    """The report's libraries give PyTorch's version; on a machine where the NVIDIA driver shows no device, PyTorch could
+    find no GPU, so it is not imported (about 2 s of CPU per bench) for the GPU line; where a device node is, it is."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from edge_inception.evaluate.bench import NVIDIA_GPU_NODES, nvidia_gpu_visible
+
+    node = tmp_path / "nvidiactl"
+    assert not nvidia_gpu_visible([str(node)])
+    node.write_text("")
+    assert nvidia_gpu_visible([str(tmp_path / "none"), str(node)])
+    code = ("import sys; from edge_inception.evaluate.bench import machine_info; m = machine_info(0); "
+            "print(m.libraries.get('torch'), 'torch' in sys.modules, m.gpu)")
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    version, imported, gpu = got[0], got[1] == "True", got[2]
+    assert version == torch.__version__
+    if nvidia_gpu_visible(NVIDIA_GPU_NODES):
+        assert imported  # asked about its GPU
+    else:
+        assert not imported and gpu == "None"

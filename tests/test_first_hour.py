@@ -69,7 +69,7 @@ def test_quiet_drops_notes(trained, tmp_path):
     import onnx
 
     onnx.save(model, str(copy))
-    args = ["bench", str(copy), "--baseline", "ort-default", "--iterations", "2", "--rounds", "1", "--warmup", "0"]
+    args = ["bench", str(copy), "--baseline", "ort-default", "--iterations", "2", "--rounds", "1", "--warmup", "0", "--no-peak"]
     loud = runner.invoke(app, args)
     assert loud.exit_code == 0, loud.output
     assert "no baselines: the FP32 model" in loud.output  # a bench without the source runs, and says why it has no baseline
@@ -126,7 +126,11 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
     assert [p.name for p in (out / "wheels").iterdir()] == ["edge_inception-0.1.0-py3-none-any.whl"]
     venv = _runtime_only_venv(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+    # the folders of an activated virtual environment (this checkout's, with its own edge-inception) leave PATH: build.sh
+    # must find no edge-inception but the one it installs
+    others = {str(Path(p) / "bin") for p in (sys.prefix, os.environ.get("VIRTUAL_ENV")) if p}
+    path = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d.rstrip("/") not in others)
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{path}", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                EDGE_INCEPTION_CACHE=str(tmp_path / "cache"))
     # run outside the checkout: `python -c` puts the working folder first on sys.path
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import edge_inception"], capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -146,7 +150,7 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
 
     photo = sorted((trained.data / "val" / "cat").glob("*.png"))[0]
     assert "cat" in device("predict", "build", str(photo), "--top-k", "1")
-    assert "ort-default" in device("bench", "build", "--iterations", "3", "--rounds", "1", "--warmup", "1")
+    assert "ort-default" in device("bench", "build", "--iterations", "3", "--rounds", "1", "--warmup", "1", "--no-peak")
     device("quantize", "demo.onnx", "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-method", "minmax",
            "--calib-size", "40", "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(tmp_path / "demo.int8.onnx"))
 

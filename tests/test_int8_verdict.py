@@ -115,3 +115,24 @@ def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, t
     off = report["off_calibration"]
     assert off is not None and off["distinct_images"] == len(bundled_photos()) - 6
     assert "bundled photos" in off["source"] and "off-calibration check:" in r.stdout
+
+
+def test_crops_fit_the_photo_as_it_is_now_after_it_was_replaced(tmp_path):
+    """crops() remembers each photo's size between roles (one decode per photo, not one per role), by path, size and
+    modification time: a photo replaced by a smaller one at the same path gets crops that fit the new one."""
+    import os
+    import random
+
+    from PIL import Image
+
+    from edge_inception.convert.calibration import crops
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (640, 480), (200, 10, 10)).save(photo)
+    big = crops([photo], 0.0, 1.0, 20, random.Random(0))
+    assert max(s.box[2] for s in big) > 320 and all(s.box[2] <= 640 and s.box[3] <= 480 for s in big)
+    before = photo.stat().st_mtime_ns
+    Image.new("RGB", (100, 80), (10, 200, 10)).save(photo)
+    os.utime(photo, ns=(before, before))  # the same modification time: the size differs
+    small = crops([photo], 0.0, 1.0, 20, random.Random(0))
+    assert all(s.box[2] <= 100 and s.box[3] <= 80 for s in small)

@@ -71,11 +71,16 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     assert (out / "notes-of-the-user.txt").read_text() == "x"
     (out / "notes-of-the-user.txt").unlink()
     (out / "bench.md").write_text("edited")  # a file of the product's, edited: still the product's folder
-    # FP32 alone (the cheapest pipeline): what --force does to the folder does not depend on what the run builds
-    forced = runner.invoke(app, [*args, "--precisions", "fp32", "--force"])
+    # FP32 alone on ONNX Runtime alone (the cheapest pipeline: a target file of one backend): what --force does to the
+    # folder does not depend on what the run builds
+    ort_only = tmp_path / "cpu-ort.toml"
+    ort_only.write_text('name = "cpu-ort"\ndescription = "ONNX Runtime alone"\ndevice = "cpu"\nbackends = ["ort"]\n'
+                        'default_precision = "fp32"\nprecisions = ["fp32"]\nthreads = 0\nbatch = { min = 1, opt = 1, max = 32 }\n')
+    forced = runner.invoke(app, [*args, "--precisions", "fp32", "--target", str(ort_only), "--force"])
     assert forced.exit_code == 0, forced.output
     assert (out / "bench.md").read_text() != "edited"  # --force replaces the folder, it does not merge into it
     assert (out / "report.json").is_file() and not (out / "model.int8.onnx").exists()  # nothing of the earlier run is left
+    assert set(json.loads((out / "report.json").read_text())["artifacts"]) == {"ort-fp32"}  # the target file's one backend
     assert not list(tmp_path.glob(".run.*"))  # no temporary folders left behind
 
 

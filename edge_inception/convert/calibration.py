@@ -300,11 +300,25 @@ def _off_calibration(calibration: list[Path], wanted: int, rng: random.Random, w
     return _role(others, wanted, rng, "the bundled photos (scikit-image) that are not calibration images")
 
 
+_SIZES: dict[tuple[str, int, int], tuple[int, int]] = {}
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    """Width x height of the image as decoded (:func:`load_image`: upright), remembered by path, size and modification
+    time as :func:`_content_key` is: one quantization takes crops of the same photos for up to nine roles (calibration,
+    selection, the final model's, and each cross-fitted fold's two), and a 12 MP photo takes a quarter of a second."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SIZES:
+        _SIZES[key] = load_image(path).size
+    return _SIZES[key]
+
+
 def crops(images: list[Path], x0: float, x1: float, per_image: int, rng: random.Random) -> list[Sample]:
     """``per_image`` square crops (45-100 % of the region's shorter side) from the region [x0, x1) of each image's width."""
     out: list[Sample] = []
     for path in images:
-        w, h = load_image(path).size  # upright, as the crops are taken from the upright image
+        w, h = _upright_size(path)  # upright, as the crops are taken from the upright image
         left, right = int(w * x0), max(int(w * x0) + 1, int(w * x1))
         rw = right - left
         for _ in range(per_image):

@@ -224,6 +224,29 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+# Where the NVIDIA driver shows a GPU (a desktop or server GPU; a Jetson's integrated one): without any of them PyTorch
+# can find no CUDA device, so the report does not import it (about 2 s of CPU) only to learn that
+NVIDIA_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")
+
+
+def nvidia_gpu_visible(nodes: Sequence[str] = NVIDIA_GPU_NODES) -> bool:
+    """Whether any of the driver's device nodes exists (:data:`NVIDIA_GPU_NODES`)."""
+    return any(os.path.exists(n) for n in nodes)
+
+
+def _torch_version() -> str | None:
+    """PyTorch's version from its installed metadata (the same string as ``torch.__version__``), without importing it
+    unless it is imported already."""
+    if "torch" in sys.modules:
+        return str(getattr(sys.modules["torch"], "__version__", "")) or None
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine_info(threads: int) -> MachineInfo:
     import onnxruntime
 
@@ -232,14 +255,17 @@ def machine_info(threads: int) -> MachineInfo:
     for mod in ("torch", "openvino", "tensorrt"):
         if importlib.util.find_spec(mod) is None:
             continue
-        try:
-            version = getattr(__import__(mod), "__version__", None)  # tensorrt-stubs alone is an empty namespace
-        except Exception:  # a wheel whose native libraries are missing
-            version = None
+        if mod == "torch" and not nvidia_gpu_visible():
+            version = _torch_version()  # no GPU to ask it about: not imported
+        else:
+            try:
+                version = getattr(__import__(mod), "__version__", None)  # tensorrt-stubs alone is an empty namespace
+            except Exception:  # a wheel whose native libraries are missing
+                version = None
         if version:
             libs[mod] = str(version)
     gpu = None
-    if "torch" in libs:
+    if "torch" in libs and nvidia_gpu_visible():
         import torch
 
         if torch.cuda.is_available():
