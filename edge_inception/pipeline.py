@@ -54,6 +54,7 @@ class PipelineConfig:
     target: str = "cpu"
     precisions: tuple[Precision, ...] = (Precision.fp32, Precision.fp16, Precision.int8)
     calib: Path | None = None
+    calib_size: int = 100  # calibration samples (crops) drawn from ``calib``, ours and a peer quantizer's (quantize --calib-size)
     image_size: int | None = None
     min_agreement: float = 0.99
     force: bool = False
@@ -170,7 +171,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                 for qt in qts:
                     label = reduced.value if len(qts) == 1 else f"{reduced.value}-{qt.value}"
                     with run.stage(f"quantize {label}", on_stage) as detail:
-                        q = quantize_model(fp32, reduced, output=work / f"model.{label}.onnx", calib=cfg.calib, target=qt,
+                        q = quantize_model(fp32, reduced, output=work / f"model.{label}.onnx", calib=cfg.calib, calib_size=cfg.calib_size, target=qt,
                                            min_agreement=cfg.min_agreement, progress=progress, eval_dir=cfg.eval_dir, top_k=cfg.top_k,
                                            holdout=cfg.holdout)
                         models[(reduced, qt)], run.quantization[label] = q.path, q
@@ -190,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                     try:
                         b = build(src, target, backend=c.backend, output_dir=work / "artifacts", allow_tf32=c.tf32, name=artifact_stem(c),
                                   inference_precision=c.inference_precision or None, quantizer=c.quantizer or None, calib=cfg.calib,
-                                  holdout=cfg.holdout)
+                                  calib_size=cfg.calib_size, holdout=cfg.holdout)
                     except (VerificationError, BackendUnavailableError) as exc:  # this candidate fails its judge or its runtime
                         run.failures[c.name] = str(exc)
                         log.warning("candidate %s not built: %s", c.name, exc)

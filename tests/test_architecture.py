@@ -315,7 +315,8 @@ def test_make_test_runs_each_file_whole_on_one_worker(tmp_path):
     log = tmp_path / "groups.log"
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "GROUPS_LOG": str(log)})
+                       env={**{k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},  # the outer run's options are not this one's
+                            "PYTHONPATH": str(ROOT / "tests"), "GROUPS_LOG": str(log)})
     assert r.returncode == 0, r.stdout + r.stderr
     ran = [line.split() for line in log.read_text().splitlines()]
     assert len(ran) == sum(counts.values())

@@ -119,7 +119,8 @@ def test_pipeline_judges_every_candidate_on_the_holdout(trained, tmp_path):
     (held / "readme.txt").write_text("x")
     out = tmp_path / "run"
     r = runner.invoke(app, ["pipeline", "--weights", str(trained.checkpoint), "--precisions", "fp32,int8", "--calib", str(calib),
-                            "--holdout", str(held), "--min-agreement", "0.5", "--iterations", "2", "--rounds", "1", "-o", str(out)])
+                            "--calib-size", "20", "--holdout", str(held), "--min-agreement", "0.5", "--iterations", "2", "--rounds", "1",
+                            "-o", str(out)])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
     kept = sorted(_sha(p) for p in photos[6:14])
@@ -133,9 +134,11 @@ def test_pipeline_judges_every_candidate_on_the_holdout(trained, tmp_path):
     for role in ("calibration", "selection", "final_calibration"):
         assert not set(roles[role]["photos_sha256"]) & set(kept), role
     assert roles["final_calibration"]["distinct_images"] == 6 and roles["verdict"]["photos_sha256"] == kept
+    assert roles["final_calibration"]["samples"] == 20 == roles["calibration"]["samples"]  # --calib-size 20, as quantize's
     assert "--holdout" in q["photo_use"] and any("also in --holdout" in w for w in q["warnings"])
     nncf = json.loads((out / (report["artifacts"]["openvino-int8-nncf"] + ".manifest.json")).read_text())["options"]
     assert nncf["calibration_sha256"] == roles["final_calibration"]["sha256"]  # the same six photos as ours
+    assert nncf["calibration"] == roles["final_calibration"]["source"] and nncf["calibration"].startswith("20 ")  # and as many crops
 
     # every candidate verified on the 8 held-out photos, whole; the INT8 judge's bound over those 8
     assert report["verification_photos"] == 8 and all(v["samples"] == 8 for v in report["verification_vs_pytorch"].values())

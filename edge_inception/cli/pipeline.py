@@ -35,6 +35,8 @@ def pipeline(
     target: Annotated[str, typer.Option("--target", "-t", help="Target preset.")] = "cpu",
     precisions: Annotated[str, typer.Option("--precisions", help="Comma-separated: fp32,fp16,int8.")] = "fp32,fp16,int8",
     calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for INT8 (default: bundled photos).")] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000, help="Calibration samples (crops) drawn from them, "
+                                            "for our INT8 and NNCF's (as quantize --calib-size).")] = 100,
     image_size: ImageSizeOpt = None,
     min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard for quantized artifacts.")] = 0.99,
     batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes (e.g. 1,8,32).")] = "1",
@@ -56,9 +58,9 @@ def pipeline(
     from ..pipeline import PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(output=output, weights=weights, target=target, precisions=choices(precisions, Precision, "--precisions"),
-                         calib=calib, image_size=image_size, min_agreement=min_agreement, force=force, bench_iterations=iterations,
-                         bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven, eval_dir=eval_dir,
-                         holdout=holdout)
+                         calib=calib, calib_size=calib_size, image_size=image_size, min_agreement=min_agreement, force=force,
+                         bench_iterations=iterations, bench_rounds=rounds, batches=int_list(batch, "--batch"), ship_unproven=ship_unproven,
+                         eval_dir=eval_dir, holdout=holdout)
     if weights is None:
         note(SEEDED_NOTE)
     started: dict[str, float] = {}
