@@ -128,7 +128,8 @@ def test_device_install_from_the_bundle_alone(trained, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # the folders of an activated virtual environment (this checkout's, with its own edge-inception) leave PATH: build.sh
     # must find no edge-inception but the one it installs
-    others = {str(Path(p) / "bin") for p in (sys.prefix, os.environ.get("VIRTUAL_ENV")) if p}
+    venvs = [sys.prefix] if sys.prefix != sys.base_prefix else []  # never a system Python's /usr/bin
+    others = {str(Path(p) / "bin") for p in (*venvs, os.environ.get("VIRTUAL_ENV")) if p}
     path = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d.rstrip("/") not in others)
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{path}", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                EDGE_INCEPTION_CACHE=str(tmp_path / "cache"))

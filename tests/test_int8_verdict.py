@@ -136,3 +136,15 @@ def test_crops_fit_the_photo_as_it_is_now_after_it_was_replaced(tmp_path):
     os.utime(photo, ns=(before, before))  # the same modification time: the size differs
     small = crops([photo], 0.0, 1.0, 20, random.Random(0))
     assert all(s.box[2] <= 100 and s.box[3] <= 80 for s in small)
+    # the same size and modification time too (an in-place edit whose mtime was set back, as exiftool -P does): a BMP of
+    # 100 x 80 and one of 80 x 100 have the same number of bytes (rows of 300 and 240 bytes, no padding)
+    bmp = tmp_path / "p.bmp"
+    Image.new("RGB", (100, 80), (10, 10, 200)).save(bmp)
+    wide = crops([bmp], 0.0, 1.0, 20, random.Random(0))
+    assert all(s.box[2] <= 100 and s.box[3] <= 80 for s in wide)
+    stamp, size = bmp.stat().st_mtime_ns, bmp.stat().st_size
+    Image.new("RGB", (80, 100), (10, 10, 200)).save(bmp)
+    os.utime(bmp, ns=(stamp, stamp))
+    assert bmp.stat().st_size == size and bmp.stat().st_mtime_ns == stamp
+    tall = crops([bmp], 0.0, 1.0, 20, random.Random(0))
+    assert all(s.box[2] <= 80 and s.box[3] <= 100 for s in tall) and max(s.box[3] for s in tall) > 80

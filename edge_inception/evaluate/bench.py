@@ -224,9 +224,10 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-# Where the NVIDIA driver shows a GPU (a desktop or server GPU; a Jetson's integrated one): without any of them PyTorch
-# can find no CUDA device, so the report does not import it (about 2 s of CPU) only to learn that
-NVIDIA_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")
+# Where a driver shows a GPU PyTorch's torch.cuda can use: NVIDIA's (a desktop or server GPU; a Jetson's integrated one,
+# JetPack 5 and 6), WSL2's (/dev/dxg: CUDA on Windows) and ROCm's (/dev/kfd: PyTorch's ROCm builds answer torch.cuda).
+# Without any of them PyTorch can find no device, so the report does not import it (about 2 s of CPU) only to learn that
+NVIDIA_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu", "/dev/dxg", "/dev/kfd")
 
 
 def nvidia_gpu_visible(nodes: Sequence[str] = NVIDIA_GPU_NODES) -> bool:
