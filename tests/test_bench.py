@@ -104,7 +104,13 @@ def test_a_round_under_load_is_marked_disturbed():
 
     hog = _outsider()
     try:
-        time.sleep(0.3)
+        # spinning before the round starts (a Python start-up on a loaded machine can take a while): 0.2 s of its CPU seen
+        tick, deadline = os.sysconf("SC_CLK_TCK"), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fields = open(f"/proc/{hog}/stat").read().rsplit(")", 1)[1].split()
+            if (int(fields[11]) + int(fields[12])) / tick >= 0.2:  # utime + stime (proc(5): fields 14 and 15)
+                break
+            time.sleep(0.05)
         with LoadMeter(0) as meter:
             time.sleep(1.5)  # we idle; the other process spins
     finally:
