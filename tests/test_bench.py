@@ -166,25 +166,25 @@ def test_a_worker_that_crashes_is_named(tmp_path, monkeypatch):
 
 
 def test_machine_facts_name_pytorch_without_importing_it_where_no_gpu_can_be_asked(tmp_path):
-    """The report's libraries give PyTorch's version; on a machine where the NVIDIA driver shows no device, PyTorch could
+    """The report's libraries give PyTorch's version; on a machine where no GPU driver shows a device, PyTorch could
     find no GPU, so it is not imported (about 2 s of CPU per bench) for the GPU line; where a device node is, it is."""
     import subprocess
     import sys
 
     import torch
 
-    from edge_inception.evaluate.bench import NVIDIA_GPU_NODES, nvidia_gpu_visible
+    from edge_inception.evaluate.bench import GPU_NODES, gpu_node_visible
 
     node = tmp_path / "nvidiactl"
-    assert not nvidia_gpu_visible([str(node)])
+    assert not gpu_node_visible([str(node)])
     node.write_text("")
-    assert nvidia_gpu_visible([str(tmp_path / "none"), str(node)])
+    assert gpu_node_visible([str(tmp_path / "none"), str(node)])
     code = ("import sys; from edge_inception.evaluate.bench import machine_info; m = machine_info(0); "
             "print(m.libraries.get('torch'), 'torch' in sys.modules, m.gpu)")
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
     version, imported, gpu = got[0], got[1] == "True", got[2]
     assert version == torch.__version__
-    if nvidia_gpu_visible(NVIDIA_GPU_NODES):
+    if gpu_node_visible(GPU_NODES):
         assert imported  # asked about its GPU
     else:
         assert not imported and gpu == "None"

@@ -246,13 +246,22 @@ def _distinct(images: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-_KEYS: dict[tuple[str, int, int, int], str] = {}
+FileKey = tuple[str, int, int, int]
+
+
+def _file_key(path: Path) -> FileKey:
+    """What names a file's bytes in this process's memos (:func:`_content_key`, :func:`_upright_size`): its resolved path,
+    size, modification and change time (the change time: an edit whose mtime was set back, as exiftool -P does)."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+_KEYS: dict[FileKey, str] = {}
 
 
 def _content_key(path: Path) -> str:
-    """The file's sha256 (remembered by path, size, modification and change time: roles and reports ask for it repeatedly)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: an edit whose mtime was set back (exiftool -P)
+    """The file's sha256 (remembered by :func:`_file_key`: roles and reports ask for it repeatedly)."""
+    key = _file_key(path)
     if key not in _KEYS:
         h = hashlib.sha256()
         with path.open("rb") as f:
@@ -300,15 +309,14 @@ def _off_calibration(calibration: list[Path], wanted: int, rng: random.Random, w
     return _role(others, wanted, rng, "the bundled photos (scikit-image) that are not calibration images")
 
 
-_SIZES: dict[tuple[str, int, int, int], tuple[int, int]] = {}
+_SIZES: dict[FileKey, tuple[int, int]] = {}
 
 
 def _upright_size(path: Path) -> tuple[int, int]:
-    """Width x height of the image as decoded (:func:`load_image`: upright), remembered by path, size, modification and
-    change time as :func:`_content_key` is: one quantization takes crops of the same photos for up to nine roles (calibration,
-    selection, the final model's, and each cross-fitted fold's two), and a 12 MP photo takes a quarter of a second."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: an edit whose mtime was set back
+    """Width x height of the image as decoded (:func:`load_image`: upright), remembered by :func:`_file_key`: one
+    quantization takes crops of the same photos for up to nine roles (calibration, selection, the final model's, and each
+    cross-fitted fold's two), and a 12 MP photo takes a quarter of a second."""
+    key = _file_key(path)
     if key not in _SIZES:
         _SIZES[key] = load_image(path).size
     return _SIZES[key]

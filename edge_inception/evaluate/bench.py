@@ -227,11 +227,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 # Where a driver shows a GPU PyTorch's torch.cuda can use: NVIDIA's (a desktop or server GPU; a Jetson's integrated one,
 # JetPack 5 and 6), WSL2's (/dev/dxg: CUDA on Windows) and ROCm's (/dev/kfd: PyTorch's ROCm builds answer torch.cuda).
 # Without any of them PyTorch can find no device, so the report does not import it (about 2 s of CPU) only to learn that
-NVIDIA_GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu", "/dev/dxg", "/dev/kfd")
+GPU_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/gpus", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu", "/dev/dxg", "/dev/kfd")
 
 
-def nvidia_gpu_visible(nodes: Sequence[str] = NVIDIA_GPU_NODES) -> bool:
-    """Whether any of the driver's device nodes exists (:data:`NVIDIA_GPU_NODES`)."""
+def gpu_node_visible(nodes: Sequence[str] = GPU_NODES) -> bool:
+    """Whether any of the drivers' device nodes exists (:data:`GPU_NODES`)."""
     return any(os.path.exists(n) for n in nodes)
 
 
@@ -253,10 +253,11 @@ def machine_info(threads: int) -> MachineInfo:
 
     cpu = cpu_info()
     libs = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    gpu_node = gpu_node_visible()
     for mod in ("torch", "openvino", "tensorrt"):
         if importlib.util.find_spec(mod) is None:
             continue
-        if mod == "torch" and not nvidia_gpu_visible():
+        if mod == "torch" and not gpu_node:
             version = _torch_version()  # no GPU to ask it about: not imported
         else:
             try:
@@ -266,7 +267,7 @@ def machine_info(threads: int) -> MachineInfo:
         if version:
             libs[mod] = str(version)
     gpu = None
-    if "torch" in libs and nvidia_gpu_visible():
+    if "torch" in libs and gpu_node:
         import torch
 
         if torch.cuda.is_available():
