@@ -128,7 +128,7 @@ def test_the_cpu_time_of_processes_we_started_is_ours():
     import sys
     import time
 
-    from edge_inception.evaluate.load import _own_cpu
+    from edge_inception.evaluate.load import OwnCpu
 
     def cpu_of(pid: int) -> float:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -136,12 +136,15 @@ def test_the_cpu_time_of_processes_we_started_is_ours():
 
     child = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
-        own0, child0 = _own_cpu(), cpu_of(child.pid)
+        # the meter a round uses, read by its thread: two one-off readings would lose the time of any process of ours
+        # that ended meanwhile unreaped by us (an earlier test's grandchild, reaped by init), and could go backwards
+        meter = OwnCpu(interval_s=0.05).start()
+        child0 = cpu_of(child.pid)
         t_end = time.monotonic() + 60
         while cpu_of(child.pid) - child0 < 0.3 and time.monotonic() < t_end:  # until the child itself has spun 0.3 s of CPU
             time.sleep(0.05)
         child_used = cpu_of(child.pid) - child0
-        own_used = _own_cpu() - own0
+        own_used = meter.stop()
     finally:
         child.kill()
         child.wait()

@@ -240,12 +240,6 @@ class OwnCpu:
         return self._final - self.t0
 
 
-def _own_cpu() -> float:
-    """CPU seconds of this process, its reaped children, and its live processes of ours (one reading: differences of two
-    calls are what ours used between them, as long as none of ours ended unreaped meanwhile; :class:`OwnCpu` follows those)."""
-    return OwnCpu().sample()
-
-
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
