@@ -237,10 +237,11 @@ def test_the_watchdog_bound_comes_from_the_settings():
 
 
 def test_a_run_past_its_watchdog_is_stopped(tiny, tmp_path):
-    """A non-short Offline run (about 11 s) under --watchdog-s 3: stopped, one error line, exit 1, nothing written, no
-    process left (a run without the watchdog goes on to its end: the bound below is under its length)."""
+    """An Offline run of about 66 s (1.1 x --min-duration-ms at the rate measured before it) under --watchdog-s 3: stopped,
+    one error line, exit 1, nothing written, no process left. Not LoadGen's default 10 s: its samples are counted at the
+    rate measured just before, and a rate measured while the other worker was busy let a 10 s run end in under 3 s."""
     proc = start_bench(str(tiny.artifact), "--scenario", "offline", "--data", str(tiny.data / "val"), "--watchdog-s", "3",
-                       *output_args(tmp_path), tmpdir=tmp_path / "tmp")
+                       "--min-duration-ms", "60000", *output_args(tmp_path), tmpdir=tmp_path / "tmp")
     try:
         wait_for_line(proc, "LoadGen Offline against")
         t0 = time.monotonic()
