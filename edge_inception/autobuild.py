@@ -150,7 +150,8 @@ def auto_build(model: str | Path, target: Target, *, backends: Sequence[Backend]
         if not built:
             raise EdgeInceptionError("no candidate was built: " + "; ".join(f"{k}: {v}" for k, v in failures.items()))
         names = {str(a): n for n, a in built.items()}
-        report = run_bench(list(names), BenchConfig(batches=batches, iterations=iterations, rounds=rounds, baselines=(), fixed_at_own_batch=True),
+        report = run_bench(list(names), BenchConfig(batches=batches, iterations=iterations, rounds=rounds, baselines=(), fixed_at_own_batch=True,
+                                                     peak=False),  # only p50s are read: no matmul peak probe (2-5 s of CPU)
                            progress=progress)
         for r in report.results:
             p50s.setdefault(names[str(r.path)], {})[r.batch] = r.latency_ms["p50"]

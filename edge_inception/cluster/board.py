@@ -127,7 +127,8 @@ def run_board(files: dict[str, bytes], target: str | None, batches: tuple[int, .
             row["check"] = {"passed": True, "samples": p.samples, "max_rel_error": p.max_rel_error, "mean_cosine": p.mean_cosine,
                             "top1_agreement": p.top1_agreement, "precision": verdict.precision, "device": verdict.device}
             before = clocks()
-            report = run_bench([str(built.artifact)], BenchConfig(batches=batches, warmup=3, iterations=iterations, rounds=rounds, baselines=()))
+            report = run_bench([str(built.artifact)], BenchConfig(batches=batches, warmup=3, iterations=iterations, rounds=rounds, baselines=(),
+                                                                     peak=False))  # the row has no peak column: not probed
             row["clocks_before"], row["clocks_after"] = before, clocks()
             row["bench"] = [{"batch": r.batch, "latency_ms": r.latency_ms, "throughput_ips": r.throughput_ips} for r in report.results]
             row["disturbed_rounds"] = sum(1 for r in report.rounds if r.disturbed)
