@@ -162,6 +162,8 @@ PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fas
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Run the accuracy evaluation on a Ray cluster: its head's HOST:PORT "
                                                "(token in RAY_AUTH_TOKEN), or local (a private one for this run, 127.0.0.1, token "
                                                "auth). Same figures as without. Needs [cluster].")]
+RequestTimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="grpc://: seconds one request may take (a server "
+                                                 "that does not answer within it is an error; an unavailable one is retried 3 times).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the model once; at most the CPUs "
                                                                      "(this machine's for local, the cluster's otherwise).")]
 

@@ -11,6 +11,7 @@ import typer
 from ..cli_common import (
     ClusterOpt,
     PreprocessOpt,
+    RequestTimeoutOpt,
     WorkersOpt,
     choices,
     echo_table,
@@ -50,8 +51,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     preprocess: PreprocessOpt = PreprocessMode.fast,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="grpc://: seconds one request may take (a server "
-                                           "that does not answer within it is an error; an unavailable one is retried 3 times).")] = 10.0,
+    timeout: RequestTimeoutOpt = 10.0,
 ) -> None:
     """Classify images: top-k labels and scores, and the end-to-end rate (decode + preprocess + inference). Against a
     served model (grpc://) each image is printed as its batch completes, so a server failing midway leaves the results
@@ -152,6 +152,7 @@ def bench(
     watchdog_s: Annotated[float | None, typer.Option("--watchdog-s", help="--scenario: stop a LoadGen run after this many seconds "
                                                      "(default: 4 x what its settings should take + 70 s).")] = None,
     loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
+    timeout: RequestTimeoutOpt = 10.0,
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
     scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
@@ -167,7 +168,8 @@ def bench(
         cfg_s = ScenarioConfig(choices(scenario, Scenario, "--scenario"), short=short, accuracy=accuracy, data=data,
                                batch=max(int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
-                               min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s)
+                               min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s,
+                               timeout_s=timeout)
         write_outputs(_bench_scenarios(artifacts, cfg_s), json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
         return
     if any(a.startswith("grpc://") for a in artifacts):
