@@ -7,6 +7,12 @@ import os
 # Ray workers the tests start inherit it. ONNX Runtime through the product's own setting (README, "Testing").
 os.environ.setdefault("EDGE_INCEPTION_ORT_SPINNING", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenVINO's and NNCF's usage telemetry (openvino_telemetry: on unless a consent file in ~/intel says no) sends each
+# event from a forked process: 40 s of the suite's CPU in a py-spy profile of make test, forks of workers that hold
+# PyTorch and ONNX Runtime, all to fail with no network. Both turn it off in a CI job by their own rule (CI=true:
+# openvino_telemetry's OptInChecker._run_in_ci, disable_in_ci=True in ovc and NNCF), which .ci/run may set or not; the
+# suite sets it so that a run here costs what it costs there. Nothing of ours reads CI.
+os.environ.setdefault("CI", "true")
 
 import hashlib  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
