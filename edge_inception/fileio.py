@@ -101,6 +101,27 @@ def sweep_stale(folder: Path) -> int:
     return removed
 
 
+@contextlib.contextmanager
+def builders_lock(folder: Path) -> Iterator[None]:
+    """One builder at a time in ``folder`` (created if missing): an exclusive ``flock`` on the folder itself, held for
+    the block, released when it ends or the process dies. For a shared folder that processes fill on first use (the
+    cache folder): check for the complete entry, take this lock, check again, and only then build and move it into
+    place, so that a complete entry another process is reading is never replaced by a copy built beside it. No lock
+    file is left behind. Raises :class:`OutputPathError` when the folder cannot be created or opened."""
+    import fcntl
+
+    ensure_folder(folder)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise OutputPathError(f"cannot open {folder}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def ensure_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

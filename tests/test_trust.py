@@ -697,6 +697,39 @@ def test_demo_data_replaces_only_its_own_folder(tmp_path):
     assert (out / "train" / "mine.txt").is_file() and len(list((out / "train").rglob("*.png"))) == 20
 
 
+def test_demo_data_made_at_once_by_several_processes_is_made_once(tmp_path):
+    """Commands that find the demo set missing at the same moment (two pipelines' first run on a fresh cache folder)
+    make it once: the complete folder is never replaced by a copy another process built beside it, so a process that
+    already reads it finds every file (CI: a pipeline's verify stage lost grass_007.png to a second builder's swap)."""
+    import contextlib
+    import sys
+    import time
+
+    out = tmp_path / "cache" / "demo"
+    code = ("import sys\nfrom edge_inception.data.demo_data import make_demo_dataset\n"
+            "make_demo_dataset(sys.argv[1], train_per_class=12, val_per_class=4, crop_px=48)")
+    makers = [subprocess.Popen([sys.executable, "-c", code, str(out)]) for _ in range(3)]
+    inodes, missing = set(), []
+    try:
+        deadline = time.monotonic() + 120
+        while any(m.poll() is None for m in makers) and time.monotonic() < deadline:
+            if (out / "VERSION").is_file():  # complete: from now on the folder must stay the one first completed
+                with contextlib.suppress(FileNotFoundError):
+                    inodes.add(out.stat().st_ino)
+                    files = sorted((out / "val").rglob("*.png"))
+                    missing += [f for f in files if not f.is_file()]
+            time.sleep(0.005)
+    finally:
+        for m in makers:
+            if m.poll() is None:
+                m.kill()
+            m.wait()
+    assert [m.returncode for m in makers] == [0, 0, 0]
+    inodes.add(out.stat().st_ino)
+    assert len(inodes) == 1 and missing == []
+    assert len(list((out / "train").rglob("*.png"))) == 12 * 10 and not [p for p in out.parent.iterdir() if p != out]  # no copy, no lock file
+
+
 def test_build_replaces_only_files_an_artifact_manifest_names(model, tmp_path, force_cases):
     """build -o writes files into a folder, it does not replace the folder: a file of the artifact's name that no manifest
     of ours names is the user's and is refused; through a link, the folder it leads to keeps everything it held."""

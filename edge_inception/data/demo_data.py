@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import EdgeInceptionError
-from ..fileio import atomic_dir, read_text
+from ..fileio import atomic_dir, builders_lock, read_text
 from .images import BUNDLED_PHOTOS, bundled_photos_dir, load_image
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,33 @@ def make_demo_dataset(
     """Write ``out_dir/train/<class>/*.png``, ``out_dir/val/<class>/*.png`` and ``out_dir/holdout/`` (the
     :data:`HOLDOUT_PHOTOS`, copied); return ``out_dir``.
 
-    Existing complete output is reused (a ``VERSION`` file marks it complete).
+    Existing complete output is reused (a ``VERSION`` file marks it complete). Processes that make the same folder at
+    once (two commands' first run on a fresh cache folder) make it once: the others wait (:func:`builders_lock` on its
+    parent) and reuse it, so a complete folder one of them is reading is never replaced under it.
     """
+    out = Path(out_dir)
+    if _complete(out, train_per_class, val_per_class, crop_px, seed):
+        return out
+    with builders_lock(out.parent):
+        if _complete(out, train_per_class, val_per_class, crop_px, seed):  # made meanwhile by another process
+            return out
+        return _make(out, train_per_class, val_per_class, crop_px, seed)
+
+
+def _stamp(train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> str:
+    return f"{DEMO_VERSION} {train_per_class} {val_per_class} {crop_px} {seed}"
+
+
+def _complete(out: Path, train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> bool:
+    with contextlib.suppress(EdgeInceptionError):  # missing, too large, not a regular file: made again
+        return read_text(out / "VERSION", 1024, "demo data marker").strip() == _stamp(train_per_class, val_per_class, crop_px, seed)
+    return False
+
+
+def _make(out: Path, train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> Path:
     from PIL import Image
 
-    out = Path(out_dir)
-    marker = out / "VERSION"
-    stamp = f"{DEMO_VERSION} {train_per_class} {val_per_class} {crop_px} {seed}"
-    with contextlib.suppress(EdgeInceptionError):  # missing, too large, not a regular file: made again
-        if read_text(marker, 1024, "demo data marker").strip() == stamp:
-            return out
+    stamp = _stamp(train_per_class, val_per_class, crop_px, seed)
     rng = random.Random(seed)
     base = bundled_photos_dir()
     with atomic_dir(out, replace=True, index={"what": "demo data set"}) as tmp:  # ours only: check_replaceable
