@@ -334,12 +334,12 @@ class AvSource(VideoSource):
             if failed:
                 self.corrupt += 1
                 if tail is not None:
-                    tail.bad += 1
+                    tail.failed(packet.opaque if packet is not None and isinstance(packet.opaque, int) else None)
             for vf in decoded:
                 if vf.is_corrupt:
                     self.corrupt += 1
-                    if tail is not None and isinstance(vf.opaque, int) and vf.opaque >= tail.first:
-                        tail.bad += 1
+                    if tail is not None:
+                        tail.flagged(vf)
                     continue
                 ts = last_ts = float(vf.time) if vf.time is not None else None
                 if tail is not None:
@@ -370,46 +370,87 @@ class AvSource(VideoSource):
             self.file = None
 
 
-# The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last group of pictures, if no
-# longer than this (a 10 s group at 30 FPS; its compressed bytes); a longer one is not judged again
+# The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last two groups of pictures,
+# as far as they fit in this many packets and compressed bytes (a 10 s group at 30 FPS): the last one alone where two do
+# not, none where the last one alone does not (its frames then stand as the threads' draining gave them)
 SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
 
 
 class _SerialTail:
-    """The packets since the last key frame, decoded again at the end of a file by a one-thread decoder of the same
-    codec (:meth:`rest`), which gives the frames drained there. FFmpeg's frame threads copy a picture's state to the
-    next thread before it is finished, so a picture that one thread concealed (a cut file's last one) may come out of
-    another unflagged; one thread flags it always. Frames are named by their packet's number in the file (FFmpeg's
-    ``opaque``, copied from packet to picture by either decoder), not by their pts: a raw stream has none, and two
-    clips joined in one MPEG-TS repeat them. At most :data:`SERIAL_TAIL_PACKETS` packets and
-    :data:`SERIAL_TAIL_BYTES`; past either, the threads' draining stands. The cost: the last group of
-    pictures decoded again, whole, on one thread at the end of a file (a 290-frame group of 640 x 360 H.264: 0.35 s
-    more on a loaded 2-core EPYC, where the file took 0.4 s at 2 threads), not counted in the decode stage's per-frame
-    time."""
+    """The packets since the key frame of the group of pictures before the last, decoded again at the end of a file by
+    a one-thread decoder of the same codec (:meth:`rest`), which gives the frames drained there. FFmpeg's frame threads
+    copy a picture's state to the next thread before it is finished, so a picture that one thread concealed (a cut
+    file's last one) may come out of another unflagged; one thread flags it always. The group before the last is kept
+    for an open group's leading pictures: they come after the last key frame in decoding order but refer to pictures
+    before it, so a decoder that starts at the last key frame does not output them, and the threads' flag on one that
+    the cut left incomplete decided the count by chance (MPEG-TS of open groups of 10, cut in a leading picture: 21
+    frames and 0 corrupt in 3 of 10 reads at 2 or 4 threads, where one thread gives 20 and 1). Frames are named by their
+    packet's number in the file (FFmpeg's ``opaque``, copied from packet to picture by either decoder), not by their pts:
+    a raw stream has none, and two clips joined in one MPEG-TS repeat them. The groups kept fit in
+    :data:`SERIAL_TAIL_PACKETS` packets and :data:`SERIAL_TAIL_BYTES`: the group before the last is let go first; past
+    either with the last alone, the threads' draining stands. The cost: the kept groups decoded again, whole, on one
+    thread at the end of a file (a 290-frame group of 640 x 360 H.264: 0.35 s more on a loaded 2-core EPYC, where the
+    file took 0.4 s at 2 threads), not counted in the decode stage's per-frame time."""
 
     def __init__(self, codec: Any, max_pixels: int, time_base: Any) -> None:
         self.codec, self.max_pixels, self.time_base = codec, max_pixels, time_base
-        self.packets: list[Any] = []
-        self.size = 0
-        self.whole = True  # every packet since the last key frame is kept
+        self.groups: list[tuple[int, list[Any]]] = [(0, [])]  # (key frame's number, its packets), oldest first
+        self.whole = True  # the last group's packets are all kept
         self.number = 0  # the next packet's number (its opaque)
-        self.first = 0  # the last key frame's number
-        self.given: set[int] = set()  # the numbers of the frames given since it (give)
+        self.given: set[int] = set()  # the numbers of the frames given since the first kept key frame (give)
+        self.bad_at: list[int] = []  # the numbers of packets that did not decode and of frames flagged corrupt since it
         self.unnamed = False  # a frame given since it came without its number: the threads' draining stands
-        self.bad = 0  # packets that did not decode, and frames of the group flagged corrupt, since it (counted already)
+
+    @property
+    def first(self) -> int:
+        """The number of the first packet kept (the key frame of the older kept group); frames from it on are judged again."""
+        return self.groups[0][0] if self.groups else self.number
+
+    @property
+    def packets(self) -> list[Any]:
+        return [p for _, group in self.groups for p in group]
+
+    @property
+    def bad(self) -> int:
+        """Packets that did not decode, and frames flagged corrupt, since :attr:`first` (counted already)."""
+        return sum(1 for n in self.bad_at if n >= self.first)
 
     def add(self, packet: Any) -> None:
-        """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last group of pictures."""
+        """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last two groups of pictures."""
         packet.opaque, self.number = self.number, self.number + 1
         if packet.is_keyframe:
-            self.packets, self.size, self.whole = [], 0, True
-            self.first, self.given, self.unnamed, self.bad = packet.opaque, set(), False, 0
+            self.groups = ([self.groups[-1]] if self.whole and self.groups and self.groups[-1][1] else []) + [(packet.opaque, [])]
+            self.whole = True
+            self._forget()
         if not self.whole:
             return
-        self.packets.append(packet)
-        self.size += packet.size
-        if len(self.packets) > SERIAL_TAIL_PACKETS or self.size > SERIAL_TAIL_BYTES:
-            self.packets, self.whole = [], False
+        self.groups[-1][1].append(packet)
+        while self._over() and len(self.groups) > 1:  # the group before the last is let go first
+            self.groups.pop(0)
+            self._forget()
+        if self._over():
+            self.groups, self.whole = [], False
+
+    def _over(self) -> bool:
+        kept = self.packets
+        return len(kept) > SERIAL_TAIL_PACKETS or sum(p.size for p in kept) > SERIAL_TAIL_BYTES
+
+    def _forget(self) -> None:
+        """What was recorded before the first packet kept: no longer judged again."""
+        first = self.first
+        self.given = {n for n in self.given if n >= first}
+        self.bad_at = [n for n in self.bad_at if n >= first]
+        if not self.given:
+            self.unnamed = False
+
+    def failed(self, number: int | None) -> None:
+        """A packet that did not decode (counted already): ``number`` the packet's, None where not known (the start)."""
+        self.bad_at.append(self.number - 1 if number is None else number)
+
+    def flagged(self, frame: Any) -> None:
+        """A frame the threads' decoder flagged corrupt (counted already)."""
+        if isinstance(frame.opaque, int):
+            self.bad_at.append(frame.opaque)
 
     def give(self, frame: Any) -> None:
         """A frame the threads' decoder gave (yielded to the consumer)."""
@@ -420,13 +461,13 @@ class _SerialTail:
 
     def rest(self, drained: list[Any]) -> tuple[list[Any], int] | None:
         """The frames to give at the end of a file, after those already given (:attr:`given`), for the threads'
-        ``drained`` frames: those of earlier groups, and those one thread does not output (an open GOP's leading
-        pictures, which refer to the group before), as the threads gave them; then the last group's frames after those
-        given as a one-thread decoder gives them. The threads' draining of the last group is not used: their flags miss
-        an incomplete picture at times, and an error there (a cut FLV's last packet) drops the frames they still held.
-        (the frames, how many more of the group one thread finds corrupt or undecodable than were counted already:
-        :attr:`bad`); None when the group was not kept whole. Every packet of the group is decoded (the count needs
-        each picture judged)."""
+        ``drained`` frames: those of earlier groups, and those one thread does not output (the older kept group's
+        leading pictures, which refer to the group before it), as the threads gave them; then the kept groups' frames
+        after those given as a one-thread decoder gives them. The threads' draining of those is not used: their flags
+        miss an incomplete picture at times, and an error there (a cut FLV's last packet) drops the frames they still
+        held. (the frames, how many more of the kept groups one thread finds corrupt or undecodable than were counted
+        already: :attr:`bad`); None when the last group was not kept whole. Every kept packet is decoded (the count
+        needs each picture judged)."""
         if not self.whole or not self.packets or self.unnamed or any(not isinstance(f.opaque, int) for f in drained):
             return None
         serial: set[int] = set()  # the numbers of the frames one thread gave
