@@ -158,3 +158,30 @@ def test_the_recheck_keeps_only_the_frames_it_gives(tmp_path):
         assert count == 280, r.stderr
         peaks[threads] = peak_kib / 1024
     assert peaks[2] - peaks[1] < 40, peaks
+
+
+def test_the_tail_keeps_the_last_two_groups_that_fit_and_no_more():
+    """_SerialTail's bookkeeping on packets alone: the last two groups of pictures where they fit the bound, the last one
+    alone where two do not, none (the threads' draining stands) where the last one alone does not; its counts always
+    those of the packets it holds, and each packet taken in constant time (the bound is checked on running totals)."""
+    from edge_inception.stream.sources import SERIAL_TAIL_PACKETS, _SerialTail
+
+    def feed(groups: list[int], size: int = 10) -> _SerialTail:
+        tail = _SerialTail(None, 1, None)
+        for n in groups:
+            for i in range(n):
+                p = av.Packet(bytes(size))
+                p.is_keyframe = i == 0
+                tail.add(p)
+        assert tail.kept == len(tail.packets) and tail.kept_bytes == sum(p.size for p in tail.packets)
+        return tail
+
+    half = SERIAL_TAIL_PACKETS // 2
+    tail = feed([half, half - 10, half - 10])  # the last two fit: both kept, from the older one's key frame
+    assert [len(g) for _, g in tail.groups] == [half - 10, half - 10] and tail.first == half and tail.whole
+    tail = feed([half, half + 20, half + 20])  # two do not fit: the last alone
+    assert [len(g) for _, g in tail.groups] == [half + 20] and tail.first == half + (half + 20) and tail.whole
+    tail = feed([half, SERIAL_TAIL_PACKETS + 1])  # the last alone does not fit: nothing kept, nothing judged again
+    assert tail.groups == [] and not tail.whole and tail.kept == 0 and tail.rest([]) is None
+    tail = feed([SERIAL_TAIL_PACKETS + 1, 5])  # a group after one too long is kept again from its key frame
+    assert [len(g) for _, g in tail.groups] == [5] and tail.whole

@@ -371,9 +371,9 @@ class AvSource(VideoSource):
 
 
 # The packets a one-thread decoder decodes again at the end of a file (_SerialTail): the last two groups of pictures,
-# as far as they fit in this many packets and compressed bytes (a 10 s group at 30 FPS): the last one alone where two do
-# not, none where the last one alone does not (its frames then stand as the threads' draining gave them)
-SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 300, 32 * 2**20
+# as far as they fit in this many packets and compressed bytes (two 10 s groups at 30 FPS): the last one alone where
+# two do not, none where the last one alone does not (its frames then stand as the threads' draining gave them)
+SERIAL_TAIL_PACKETS, SERIAL_TAIL_BYTES = 600, 32 * 2**20
 
 
 class _SerialTail:
@@ -395,6 +395,7 @@ class _SerialTail:
     def __init__(self, codec: Any, max_pixels: int, time_base: Any) -> None:
         self.codec, self.max_pixels, self.time_base = codec, max_pixels, time_base
         self.groups: list[tuple[int, list[Any]]] = [(0, [])]  # (key frame's number, its packets), oldest first
+        self.kept, self.kept_bytes = 0, 0  # the packets in groups, and their compressed bytes
         self.whole = True  # the last group's packets are all kept
         self.number = 0  # the next packet's number (its opaque)
         self.given: set[int] = set()  # the numbers of the frames given since the first kept key frame (give)
@@ -419,21 +420,29 @@ class _SerialTail:
         """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last two groups of pictures."""
         packet.opaque, self.number = self.number, self.number + 1
         if packet.is_keyframe:
-            self.groups = ([self.groups[-1]] if self.whole and self.groups and self.groups[-1][1] else []) + [(packet.opaque, [])]
+            while len(self.groups) > 1 or (self.groups and not (self.whole and self.groups[-1][1])):
+                self._drop_oldest()  # the last group becomes the older one, if it was kept whole
+            self.groups.append((packet.opaque, []))
             self.whole = True
             self._forget()
         if not self.whole:
             return
         self.groups[-1][1].append(packet)
+        self.kept, self.kept_bytes = self.kept + 1, self.kept_bytes + packet.size
         while self._over() and len(self.groups) > 1:  # the group before the last is let go first
-            self.groups.pop(0)
+            self._drop_oldest()
             self._forget()
         if self._over():
-            self.groups, self.whole = [], False
+            while self.groups:
+                self._drop_oldest()
+            self.whole = False
 
     def _over(self) -> bool:
-        kept = self.packets
-        return len(kept) > SERIAL_TAIL_PACKETS or sum(p.size for p in kept) > SERIAL_TAIL_BYTES
+        return self.kept > SERIAL_TAIL_PACKETS or self.kept_bytes > SERIAL_TAIL_BYTES
+
+    def _drop_oldest(self) -> None:
+        _, group = self.groups.pop(0)
+        self.kept, self.kept_bytes = self.kept - len(group), self.kept_bytes - sum(p.size for p in group)
 
     def _forget(self) -> None:
         """What was recorded before the first packet kept: no longer judged again."""
