@@ -111,12 +111,23 @@ def test_a_round_under_load_is_marked_disturbed():
             if (int(fields[11]) + int(fields[12])) / tick >= 0.2:  # utime + stime (proc(5): fields 14 and 15)
                 break
             time.sleep(0.05)
+        def hog_cpu() -> float:
+            fields = open(f"/proc/{hog}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
         with LoadMeter(0) as meter:
+            before = hog_cpu()
             time.sleep(1.5)  # we idle; the other process spins
+            hog_used = hog_cpu() - before
     finally:
         os.kill(hog, signal.SIGKILL)
     r = meter.result
-    assert r.others_cores is not None and r.others_cores > 0.5 and r.disturbed
+    from edge_inception.evaluate.load import DISTURBED_CORES
+
+    # the outsider's CPU in the round is other processes' time (how much it got depends on what else the machine ran:
+    # 0.37 of a core beside the suite's other worker), and it alone is enough to mark the round disturbed
+    assert hog_used > DISTURBED_CORES * r.seconds
+    assert r.others_cores is not None and r.others_cores * r.seconds >= hog_used - 0.05 and r.disturbed
     assert r.loadavg_before is not None and r.seconds >= 1.5
 
 
