@@ -95,35 +95,34 @@ def _outsider() -> int:
     return int(out.stdout.strip())
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds the process ``pid`` has used: utime + stime from /proc/PID/stat (proc(5): fields 14 and 15)."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_round_under_load_is_marked_disturbed():
     import os
     import signal
     import time
 
-    from edge_inception.evaluate.load import LoadMeter
+    from edge_inception.evaluate.load import DISTURBED_CORES, LoadMeter
 
     hog = _outsider()
     try:
         # spinning before the round starts (a Python start-up on a loaded machine can take a while): 0.2 s of its CPU seen
-        tick, deadline = os.sysconf("SC_CLK_TCK"), time.monotonic() + 30
-        while time.monotonic() < deadline:
-            fields = open(f"/proc/{hog}/stat").read().rsplit(")", 1)[1].split()
-            if (int(fields[11]) + int(fields[12])) / tick >= 0.2:  # utime + stime (proc(5): fields 14 and 15)
-                break
+        deadline = time.monotonic() + 30
+        while _cpu_s(hog) < 0.2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        def hog_cpu() -> float:
-            fields = open(f"/proc/{hog}/stat").read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
-
         with LoadMeter(0) as meter:
-            before = hog_cpu()
+            before = _cpu_s(hog)
             time.sleep(1.5)  # we idle; the other process spins
-            hog_used = hog_cpu() - before
+            hog_used = _cpu_s(hog) - before
     finally:
         os.kill(hog, signal.SIGKILL)
     r = meter.result
-    from edge_inception.evaluate.load import DISTURBED_CORES
-
     # the outsider's CPU in the round is other processes' time (how much it got depends on what else the machine ran:
     # 0.37 of a core beside the suite's other worker), and it alone is enough to mark the round disturbed
     assert hog_used > DISTURBED_CORES * r.seconds
@@ -134,27 +133,22 @@ def test_a_round_under_load_is_marked_disturbed():
 def test_the_cpu_time_of_processes_we_started_is_ours():
     """A server or worker we started, alive across the round, is not 'other processes': its CPU time counts as our own
     (before, only reaped children did, so a running tritonserver or Ray worker marked every round disturbed)."""
-    import os
     import subprocess
     import sys
     import time
 
     from edge_inception.evaluate.load import OwnCpu
 
-    def cpu_of(pid: int) -> float:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     child = subprocess.Popen([sys.executable, "-c", SPIN])
     try:
         # the meter a round uses, read by its thread: two one-off readings would lose the time of any process of ours
         # that ended meanwhile unreaped by us (an earlier test's grandchild, reaped by init), and could go backwards
         meter = OwnCpu(interval_s=0.05).start()
-        child0 = cpu_of(child.pid)
+        child0 = _cpu_s(child.pid)
         t_end = time.monotonic() + 60
-        while cpu_of(child.pid) - child0 < 0.3 and time.monotonic() < t_end:  # until the child itself has spun 0.3 s of CPU
+        while _cpu_s(child.pid) - child0 < 0.3 and time.monotonic() < t_end:  # until the child itself has spun 0.3 s of CPU
             time.sleep(0.05)
-        child_used = cpu_of(child.pid) - child0
+        child_used = _cpu_s(child.pid) - child0
         own_used = meter.stop()
     finally:
         child.kill()
