@@ -183,5 +183,9 @@ def test_the_tail_keeps_the_last_two_groups_that_fit_and_no_more():
     assert [len(g) for _, g in tail.groups] == [half + 20] and tail.first == half + (half + 20) and tail.whole
     tail = feed([half, SERIAL_TAIL_PACKETS + 1])  # the last alone does not fit: nothing kept, nothing judged again
     assert tail.groups == [] and not tail.whole and tail.kept == 0 and tail.rest([]) is None
+    for _ in range(1000):  # bad pictures while nothing is kept are not recorded: its memory stays bounded
+        tail.failed(None)
+        tail.flagged(type("Frame", (), {"opaque": tail.number - 1})())
+    assert tail.bad == 0 and tail.bad_at == []
     tail = feed([SERIAL_TAIL_PACKETS + 1, 5])  # a group after one too long is kept again from its key frame
     assert [len(g) for _, g in tail.groups] == [5] and tail.whole

@@ -414,7 +414,7 @@ class _SerialTail:
     @property
     def bad(self) -> int:
         """Packets that did not decode, and frames flagged corrupt, since :attr:`first` (counted already)."""
-        return sum(1 for n in self.bad_at if n >= self.first)
+        return len(self.bad_at)  # those before first are let go as it moves on (_forget)
 
     def add(self, packet: Any) -> None:
         """A packet demuxed (not yet decoded): numbered, and kept where it belongs to the last two groups of pictures."""
@@ -436,6 +436,7 @@ class _SerialTail:
             while self.groups:
                 self._drop_oldest()
             self.whole = False
+            self._forget()
 
     def _over(self) -> bool:
         return self.kept > SERIAL_TAIL_PACKETS or self.kept_bytes > SERIAL_TAIL_BYTES
@@ -453,13 +454,17 @@ class _SerialTail:
             self.unnamed = False
 
     def failed(self, number: int | None) -> None:
-        """A packet that did not decode (counted already): ``number`` the packet's, None where not known (the start)."""
-        self.bad_at.append(self.number - 1 if number is None else number)
+        """A packet that did not decode (counted already): ``number`` the packet's, None where not known (the drain)."""
+        self._bad(self.number - 1 if number is None else number)
 
     def flagged(self, frame: Any) -> None:
         """A frame the threads' decoder flagged corrupt (counted already)."""
         if isinstance(frame.opaque, int):
-            self.bad_at.append(frame.opaque)
+            self._bad(frame.opaque)
+
+    def _bad(self, number: int) -> None:
+        if number >= self.first:  # one of the kept groups': judged again (none while none is kept: the list stays bounded)
+            self.bad_at.append(number)
 
     def give(self, frame: Any) -> None:
         """A frame the threads' decoder gave (yielded to the consumer)."""
