@@ -55,28 +55,24 @@ def make_demo_dataset(
     parent) and reuse it, so a complete folder one of them is reading is never replaced under it.
     """
     out = Path(out_dir)
-    if _complete(out, train_per_class, val_per_class, crop_px, seed):
+    stamp = f"{DEMO_VERSION} {train_per_class} {val_per_class} {crop_px} {seed}"  # VERSION's content: what made the folder
+    if _complete(out, stamp):
         return out
     with builders_lock(out.parent):
-        if _complete(out, train_per_class, val_per_class, crop_px, seed):  # made meanwhile by another process
+        if _complete(out, stamp):  # made meanwhile by another process
             return out
-        return _make(out, train_per_class, val_per_class, crop_px, seed)
+        return _make(out, stamp, train_per_class, val_per_class, crop_px, seed)
 
 
-def _stamp(train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> str:
-    return f"{DEMO_VERSION} {train_per_class} {val_per_class} {crop_px} {seed}"
-
-
-def _complete(out: Path, train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> bool:
+def _complete(out: Path, stamp: str) -> bool:
     with contextlib.suppress(EdgeInceptionError):  # missing, too large, not a regular file: made again
-        return read_text(out / "VERSION", 1024, "demo data marker").strip() == _stamp(train_per_class, val_per_class, crop_px, seed)
+        return read_text(out / "VERSION", 1024, "demo data marker").strip() == stamp
     return False
 
 
-def _make(out: Path, train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> Path:
+def _make(out: Path, stamp: str, train_per_class: int, val_per_class: int, crop_px: int, seed: int) -> Path:
     from PIL import Image
 
-    stamp = _stamp(train_per_class, val_per_class, crop_px, seed)
     rng = random.Random(seed)
     base = bundled_photos_dir()
     with atomic_dir(out, replace=True, index={"what": "demo data set"}) as tmp:  # ours only: check_replaceable
