@@ -85,13 +85,18 @@ SPIN = "import time\nt = time.time()\nwhile time.time() - t < 30: pass"
 
 
 def _outsider() -> int:
-    """A spinning process that is not ours: started by a child that exits at once (so it is re-parented away from us)."""
+    """A spinning process that is not ours: started by a child that exits at once (so it is re-parented away from us),
+    without our load mark in its environment (another user's process would not carry it)."""
+    import os
     import subprocess
     import sys
 
+    from edge_inception.evaluate.load import OWNER_ENV
+
     code = (f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', {SPIN!r}], stdin=subprocess.DEVNULL, "
             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint(p.pid)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, env=env)
     return int(out.stdout.strip())
 
 
