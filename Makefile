@@ -26,13 +26,15 @@ run: $(STAMP)
 
 test: lint typecheck pytest
 
-# Two pytest-xdist workers: much of the suite waits on subprocesses, servers and start-ups, which overlap on 2 cores. Each
-# test file runs whole on one worker (`--dist loadgroup`, the groups of tests/xdist_groups.py), so its module fixtures
-# start once; the trained net is built once for both (tests/build_cache.py's lock). PYTEST_WORKERS=0 runs it serially.
+# Three pytest-xdist workers on 2 cores: much of the suite waits on subprocesses, servers and start-ups; with two workers
+# the machine was busy 86 % of the run, with three 97 % (warm cache: 8 min 1 s vs 7 min 15 s of pytest; README,
+# "Testing"). Each test file runs whole on one worker (`--dist loadgroup`, the groups of tests/xdist_groups.py), so its
+# module fixtures start once; the trained net is built once for all (tests/build_cache.py's lock). PYTEST_WORKERS=0
+# runs it serially.
 # PYTHONDONTWRITEBYTECODE is cleared for the run (an image may set it): the suite starts some hundreds of Python
 # processes (CLI commands, bench workers, servers), and without the checkout's __pycache__ each compiled the package's
 # modules afresh, about 0.1 s of CPU apiece.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 pytest: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 

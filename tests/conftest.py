@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import os
 
-# Two pytest-xdist workers share the cores (Makefile): an engine's idle threads sleep instead of spinning, or each
-# worker's spin burns the cores the other one computes on. Set before PyTorch's OpenMP starts; the CLI runs, servers and
+# The pytest-xdist workers share the cores (Makefile: three on two): an engine's idle threads sleep instead of
+# spinning, or each worker's spin burns the cores the others compute on. Set before PyTorch's OpenMP starts; the CLI runs, servers and
 # Ray workers the tests start inherit it. ONNX Runtime through the product's own setting (README, "Testing").
 os.environ.setdefault("EDGE_INCEPTION_ORT_SPINNING", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -27,7 +27,7 @@ TRAIN_IMAGE_SIZE = 64
 TRAIN_STEPS = 200
 
 
-# pytest-xdist (`make pytest` runs `-n 2 --dist loadgroup`): each test file runs whole on one worker, the files that
+# pytest-xdist (`make pytest` runs `-n 3 --dist loadgroup`): each test file runs whole on one worker, the files that
 # start Ray clusters together on one (tests/xdist_groups.py says how and why). Serial runs ignore it.
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):

@@ -1,4 +1,4 @@
-"""Which tests run together on one pytest-xdist worker in `make test` (`-n 2 --dist loadgroup`).
+"""Which tests run together on one pytest-xdist worker in `make test` (`-n 3 --dist loadgroup`).
 
 Each test file is one group, so it runs whole on one worker and its module fixtures (a tritonserver, a Ray cluster, a
 build) start and stop once there; the files that start Ray clusters share one group, so two clusters never run side by
