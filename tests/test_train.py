@@ -81,3 +81,7 @@ def test_train_cli_runs_and_writes_checkpoint(tmp_path, demo_data):
     assert r.exit_code == 0, r.output
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"][0] == "astronaut"
     assert "best val accuracy" in r.stdout
+    # trained channels-last on the CPU, written in the contiguous (NCHW) layout every reader of a state_dict expects
+    state = torch.load(out, weights_only=True)
+    convs = [k for k, v in state.items() if v.dim() == 4]
+    assert len(convs) >= 57 and all(v.is_contiguous() for v in state.values())

