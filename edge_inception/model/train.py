@@ -120,10 +120,10 @@ def _fresh_linear(n_in: int, n_out: int, gen):  # -> nn.Linear
 
 
 def _memory_format(device: str):  # -> torch.memory_format
-    """channels-last on the CPU (the module's notes), PyTorch's default elsewhere."""
+    """channels-last on the CPU (``cpu``, ``cpu:0``: the module's notes), PyTorch's default elsewhere."""
     import torch
 
-    return torch.channels_last if device == "cpu" else torch.contiguous_format
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
 
 
 def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: ImageCache, batch_size: int = 64) -> float:
@@ -141,7 +141,9 @@ def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: Im
 def save_checkpoint(model, path: Path, sidecar: dict[str, Any]) -> None:
     import torch
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # NCHW, whatever layout trained
+    # NCHW strides, whatever layout trained: .contiguous() would keep a 1x1 kernel's channels-last strides (PyTorch
+    # ignores size-1 dimensions when it checks contiguity), a clone in contiguous_format does not
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         try:
             torch.save(state, tmp)
@@ -236,5 +238,6 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
                 result.checkpoint = cfg.output
     except KeyboardInterrupt:
         result.interrupted = True
-        log.warning("interrupted: keeping the last good checkpoint %s", result.checkpoint)
+        if result.checkpoint is not None:  # else none was written: result.checkpoint None says so (the CLI in one line)
+            log.warning("interrupted: keeping the last good checkpoint %s", result.checkpoint)
     return result
