@@ -131,9 +131,10 @@ def evaluate(model, folder: ImageFolder, image_size: int, device: str, cache: Im
 
     model.eval()
     correct = 0
+    layout = _memory_format(device)
     with torch.inference_mode():
         for batch, labels in eval_batches(folder, image_size, batch_size, cache):
-            logits = model(torch.from_numpy(batch).to(device).contiguous(memory_format=_memory_format(device)))
+            logits = model(torch.from_numpy(batch).to(device).contiguous(memory_format=layout))
             correct += int((logits.argmax(1).cpu().numpy() == labels).sum())
     return correct / max(1, len(folder.samples))
 
@@ -179,7 +180,8 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
     torch.manual_seed(cfg.seed)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, transform_input = prepare_model(cfg, len(data.classes))
-    model.to(device, memory_format=_memory_format(device))
+    layout = _memory_format(device)
+    model.to(device, memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train_set.samples) // cfg.batch_size)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -211,7 +213,7 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
             for b in range(n_batches):
                 chunk = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x = torch.from_numpy(np.stack([train_sample(cache.get(p), cfg.image_size, rng) for p, _ in chunk])).to(device)
-                x = x.contiguous(memory_format=_memory_format(device))
+                x = x.contiguous(memory_format=layout)
                 y = torch.tensor([label for _, label in chunk], device=device)
                 outputs = model(x)
                 loss = googlenet_loss(outputs, y)

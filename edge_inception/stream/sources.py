@@ -432,10 +432,8 @@ class _SerialTail:
         while self._over() and len(self.groups) > 1:  # the group before the last is let go first
             self._drop_oldest()
             self._forget()
-        if self._over():
-            while self.groups:
-                self._drop_oldest()
-            self.whole = False
+        if self._over():  # the last group alone does not fit: nothing kept
+            self.groups, self.kept, self.kept_bytes, self.whole = [], 0, 0, False
             self._forget()
 
     def _over(self) -> bool:
