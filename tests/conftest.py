@@ -62,10 +62,12 @@ def seeded_state_dict(variant: str = "torchvision", num_classes: int = 1000, aux
 
 
 @pytest.fixture(scope="session")
-def demo_data(tmp_path_factory) -> Path:
-    from edge_inception.data.demo_data import make_demo_dataset
+def demo_data() -> Path:
+    """The demo data set where the product keeps it (``demo-data``'s default folder under the cache folder): made once for
+    all workers and runs (its builders' lock; the pipeline's verify stage reads the same folder), never written by a test."""
+    from edge_inception.data.demo_data import default_demo_dir, make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"))
+    return make_demo_dataset(default_demo_dir())
 
 
 @dataclass

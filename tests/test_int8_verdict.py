@@ -148,3 +148,40 @@ def test_crops_fit_the_photo_as_it_is_now_after_it_was_replaced(tmp_path):
     assert bmp.stat().st_size == size and bmp.stat().st_mtime_ns == stamp
     tall = crops([bmp], 0.0, 1.0, 20, random.Random(0))
     assert all(s.box[2] <= 80 and s.box[3] <= 100 for s in tall) and max(s.box[3] for s in tall) > 80
+
+
+def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, monkeypatch):
+    """One quantization takes crops of the same photos for up to nine roles: calibration.decoded() keeps decoded photos
+    (least recently used let go first) within DECODED_BYTES, one larger than that alone is not kept, and a photo replaced
+    on disk is decoded afresh (its pixels, not the remembered ones, reach the batches)."""
+    import os
+
+    from PIL import Image
+
+    from edge_inception.convert import calibration
+    from edge_inception.convert.calibration import Sample, decoded, iter_batches
+
+    monkeypatch.setattr(calibration, "_DECODED", calibration.OrderedDict())
+    monkeypatch.setattr(calibration, "_DECODED_TOTAL", [0])
+    monkeypatch.setattr(calibration, "DECODED_BYTES", 3 * 100 * 100 * 2)  # two 100 x 100 photos
+    paths = []
+    for i, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (100, 100), colour).save(paths[-1])
+    first = decoded(paths[0])
+    assert decoded(paths[0]) is first  # kept: decoded once
+    decoded(paths[1])
+    decoded(paths[0])  # p0 used last: p1 is the one let go for p2
+    decoded(paths[2])
+    assert decoded(paths[0]) is first and calibration._DECODED_TOTAL[0] <= calibration.DECODED_BYTES
+    assert len(calibration._DECODED) == 2 and all(k[0] != str(paths[1].resolve()) for k in calibration._DECODED)
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (300, 300)).save(huge)
+    assert decoded(huge).size == (300, 300) and all(k[0] != str(huge.resolve()) for k in calibration._DECODED)
+    # replaced at the same path with the same modification time: decoded afresh (the file's size and change time differ)
+    stamp = paths[0].stat().st_mtime_ns
+    Image.new("RGB", (100, 100), (0, 0, 0)).save(paths[0])
+    os.utime(paths[0], ns=(stamp, stamp))
+    (batch,) = iter_batches([Sample(paths[0], (0, 0, 50, 50))], 32)
+    # black after ImageNet normalisation: every value below zero, where the red remembered had its red channel above
+    assert batch.shape == (1, 3, 32, 32) and (batch < 0).all()

@@ -359,8 +359,10 @@ def _photos():
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_methods(trained, tmp_path, method):
+    # the demo's held-out crops as the verdict (--holdout): no cross-fitted folds to calibrate (test_int8_verdict tests them)
     r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(trained.data / "train"), "--calib-size", "20",
-                            "--calib-method", method, "--min-agreement", "0.5", "-o", str(tmp_path / "m.int8.onnx")])
+                            "--calib-method", method, "--holdout", str(trained.data / "val"), "--min-agreement", "0.5",
+                            "-o", str(tmp_path / "m.int8.onnx")])
     assert r.exit_code == 0, r.output
     model = onnx.load(str(tmp_path / "m.int8.onnx"))
     onnx.checker.check_model(model)

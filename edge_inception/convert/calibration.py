@@ -26,9 +26,12 @@ import hashlib
 import logging
 import math
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -310,6 +313,10 @@ def _off_calibration(calibration: list[Path], wanted: int, rng: random.Random, w
 
 
 _SIZES: dict[FileKey, tuple[int, int]] = {}
+DECODED_BYTES = 256 * 2**20  # the decoded photos kept (RGB, 3 bytes a pixel): the bundled photos take 15 MiB, a 12 MP photo 36 MiB
+_DECODED: OrderedDict[FileKey, Any] = OrderedDict()  # the most recently used last
+_DECODED_LOCK = threading.Lock()
+_DECODED_TOTAL = [0]  # bytes in _DECODED
 
 
 def _upright_size(path: Path) -> tuple[int, int]:
@@ -318,8 +325,33 @@ def _upright_size(path: Path) -> tuple[int, int]:
     cross-fitted fold's two), and a 12 MP photo takes a quarter of a second."""
     key = _file_key(path)
     if key not in _SIZES:
-        _SIZES[key] = load_image(path).size
+        _SIZES[key] = decoded(path).size
     return _SIZES[key]
+
+
+def decoded(path: Path):  # -> PIL.Image.Image
+    """:func:`load_image` of ``path``, remembered by :func:`_file_key` while the photos kept stay within
+    :data:`DECODED_BYTES` (the least recently used let go first; a photo larger than that alone is not kept). One
+    quantization decodes each photo for up to nine roles (see :func:`_upright_size`); the pipeline's quantizers and checks
+    take crops of the same photos again. The image returned is shared: crop or copy it, never change it in place."""
+    key = _file_key(path)
+    with _DECODED_LOCK:
+        if key in _DECODED:
+            _DECODED.move_to_end(key)
+            return _DECODED[key]
+    im = load_image(path)
+    if _bytes(im) <= DECODED_BYTES:
+        with _DECODED_LOCK:
+            if key not in _DECODED:
+                _DECODED[key] = im
+                _DECODED_TOTAL[0] += _bytes(im)
+            while _DECODED_TOTAL[0] > DECODED_BYTES:
+                _DECODED_TOTAL[0] -= _bytes(_DECODED.popitem(last=False)[1])
+    return im
+
+
+def _bytes(im: Any) -> int:
+    return int(im.width * im.height * 3)
 
 
 def crops(images: list[Path], x0: float, x1: float, per_image: int, rng: random.Random) -> list[Sample]:
@@ -351,16 +383,13 @@ def image_batches(samples: list[Sample], size: int, batch: int = 16) -> list[np.
 
 
 def iter_batches(samples: list[Sample], size: int, batch: int = 16) -> Iterator[np.ndarray]:
-    """:func:`image_batches` one batch at a time, holding one decoded image (a role's crops of one photo are adjacent):
-    memory stays one batch however many photos a --holdout folder has."""
-    current: tuple[Path | None, object] = (None, None)
+    """:func:`image_batches` one batch at a time: memory stays one batch and the decoded photos :func:`decoded` keeps
+    (at most :data:`DECODED_BYTES`), however many photos a --holdout folder has."""
     for i in range(0, len(samples), batch):
         out = []
         for s in samples[i : i + batch]:
-            if current[0] != s.path:
-                current = (s.path, load_image(s.path))
-            im = current[1]
-            out.append(preprocess(im.crop(s.box) if s.box else im, size))  # type: ignore[attr-defined]
+            im = decoded(s.path)
+            out.append(preprocess(im.crop(s.box) if s.box else im, size))
         yield np.stack(out)
 
 
