@@ -163,7 +163,8 @@ def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, mo
 
     monkeypatch.setattr(calibration, "_DECODED", calibration.OrderedDict())
     monkeypatch.setattr(calibration, "_DECODED_TOTAL", [0])
-    monkeypatch.setattr(calibration, "DECODED_BYTES", 3 * 100 * 100 * 2)  # two 100 x 100 photos
+    monkeypatch.setattr(calibration, "DECODED_BYTES", 4 * 100 * 100 * 2)  # two 100 x 100 photos (4 bytes a pixel, as Pillow keeps RGB)
+    monkeypatch.setattr(calibration, "RACY_NS", 0)  # the photos written just now are kept (test_decoded_photos_changed_just_now...)
     paths = []
     for i, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
         paths.append(tmp_path / f"p{i}.png")
@@ -185,3 +186,35 @@ def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, mo
     (batch,) = iter_batches([Sample(paths[0], (0, 0, 50, 50))], 32)
     # black after ImageNet normalisation: every value below zero, where the red remembered had its red channel above
     assert batch.shape == (1, 3, 32, 32) and (batch < 0).all()
+
+
+def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_decoded_afresh(tmp_path, monkeypatch):
+    """The file times come from a coarse clock (a kernel tick; FAT's 2 s): a photo replaced, within that tick, by another file
+    of the same size and modification time (tar, rsync -t and cp -p keep it) has the same path, size and times. Its inode
+    differs, and a photo changed within RACY_NS of being read is not kept at all; a photo gone since it was listed is the
+    toolkit's ImageError, as it was before decoded() (not a bare FileNotFoundError the pipeline's stage report misses)."""
+    import os
+
+    from PIL import Image
+
+    from edge_inception.convert import calibration
+    from edge_inception.convert.calibration import Sample, decoded, iter_batches
+
+    monkeypatch.setattr(calibration, "_DECODED", calibration.OrderedDict())
+    monkeypatch.setattr(calibration, "_DECODED_TOTAL", [0])
+
+    def write(path, colour):
+        Image.new("RGB", (16, 16), colour).save(path, format="BMP")  # uncompressed: the same size whatever the pixels
+        os.utime(path, ns=(10**18, 10**18))
+
+    photo, other = tmp_path / "p.bmp", tmp_path / "q.bmp"
+    write(other, (0, 0, 255))
+    write(photo, (255, 0, 0))
+    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and not calibration._DECODED  # changed just now: not kept
+    monkeypatch.setattr(calibration, "RACY_NS", 0)
+    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and len(calibration._DECODED) == 1
+    os.replace(other, photo)
+    assert decoded(photo).getpixel((0, 0)) == (0, 0, 255)
+    photo.unlink()
+    with pytest.raises(ImageError, match="image not found"):
+        next(iter_batches([Sample(photo, (0, 0, 8, 8))], 32))

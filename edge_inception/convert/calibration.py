@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -249,14 +250,16 @@ def _distinct(images: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-FileKey = tuple[str, int, int, int]
+FileKey = tuple[str, int, int, int, int, int]
 
 
 def _file_key(path: Path) -> FileKey:
-    """What names a file's bytes in this process's memos (:func:`_content_key`, :func:`_upright_size`): its resolved path,
-    size, modification and change time (the change time: an edit whose mtime was set back, as exiftool -P does)."""
+    """What names a file's bytes in this process's memos (:func:`_content_key`, :func:`_upright_size`, :func:`decoded`): its
+    resolved path, size, modification and change time (the change time: an edit whose mtime was set back, as exiftool -P
+    does), device and inode (another file renamed over it with the same size and times: the times come from a coarse
+    clock, one kernel tick, and tar, rsync -t and cp -p keep the modification time)."""
     st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
 _KEYS: dict[FileKey, str] = {}
@@ -313,7 +316,10 @@ def _off_calibration(calibration: list[Path], wanted: int, rng: random.Random, w
 
 
 _SIZES: dict[FileKey, tuple[int, int]] = {}
-DECODED_BYTES = 256 * 2**20  # the decoded photos kept (RGB, 3 bytes a pixel): the bundled photos take 15 MiB, a 12 MP photo 36 MiB
+DECODED_BYTES = 256 * 2**20  # the decoded photos kept (Pillow keeps RGB as 4 bytes a pixel): the bundled photos take 20 MiB, a 12 MP photo 48 MiB
+# A file changed less than this before it was read is not kept by decoded(): a change within the same tick of the clock the
+# file times come from (a few ms; FAT's 2 s) can leave its key as it was (git's "racily clean" files)
+RACY_NS = 3 * 10**9
 _DECODED: OrderedDict[FileKey, Any] = OrderedDict()  # the most recently used last
 _DECODED_LOCK = threading.Lock()
 _DECODED_TOTAL = [0]  # bytes in _DECODED
@@ -331,16 +337,20 @@ def _upright_size(path: Path) -> tuple[int, int]:
 
 def decoded(path: Path):  # -> PIL.Image.Image
     """:func:`load_image` of ``path``, remembered by :func:`_file_key` while the photos kept stay within
-    :data:`DECODED_BYTES` (the least recently used let go first; a photo larger than that alone is not kept). One
-    quantization decodes each photo for up to nine roles (see :func:`_upright_size`); the pipeline's quantizers and checks
-    take crops of the same photos again. The image returned is shared: crop or copy it, never change it in place."""
-    key = _file_key(path)
+    :data:`DECODED_BYTES` (the least recently used let go first; a photo larger than that alone, or one changed in the last
+    :data:`RACY_NS`, is not kept). One quantization decodes each photo for up to nine roles (see :func:`_upright_size`),
+    and ``quantize_model`` lets go of them when it ends (:func:`release_decoded`). The image returned is shared: crop or
+    copy it, never change it in place."""
+    try:
+        key = _file_key(path)
+    except OSError:  # gone (or out of reach) since it was listed: load_image's ImageError, one line, as without the memo
+        return load_image(path)
     with _DECODED_LOCK:
         if key in _DECODED:
             _DECODED.move_to_end(key)
             return _DECODED[key]
     im = load_image(path)
-    if _bytes(im) <= DECODED_BYTES:
+    if _bytes(im) <= DECODED_BYTES and time.time_ns() - key[3] >= RACY_NS:
         with _DECODED_LOCK:
             if key not in _DECODED:
                 _DECODED[key] = im
@@ -350,8 +360,17 @@ def decoded(path: Path):  # -> PIL.Image.Image
     return im
 
 
+def release_decoded() -> None:
+    """Let go of every photo :func:`decoded` keeps (the end of a quantization: a pipeline's later stages, building and
+    benchmarking engines, do not hold up to :data:`DECODED_BYTES` of photos)."""
+    with _DECODED_LOCK:
+        _DECODED.clear()
+        _DECODED_TOTAL[0] = 0
+
+
 def _bytes(im: Any) -> int:
-    return int(im.width * im.height * 3)
+    """Memory a decoded photo holds: Pillow stores an RGB image (all :func:`load_image` returns) as 4 bytes a pixel."""
+    return int(im.width * im.height * 4)
 
 
 def crops(images: list[Path], x0: float, x1: float, per_image: int, rng: random.Random) -> list[Sample]:

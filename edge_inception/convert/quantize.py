@@ -44,7 +44,7 @@ from ..fileio import atomic_path, check_writable, link_path, sha256_file, stagin
 from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_session, run_session, set_metadata
 from ..vocab import CalibMethod, Criterion, Precision, PreprocessMode, QuantTarget
 from .bias_correction import BiasCorrection, correct_biases
-from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, select_images
+from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, release_decoded, select_images
 from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
 from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
 
@@ -433,6 +433,20 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
     return compare(np.concatenate(refs), np.concatenate(gots))
 
 
+def _one_quantization(fn: Callable[..., QuantizeResult]) -> Callable[..., QuantizeResult]:
+    """``fn`` lets go of the photos it decoded when it ends, however it ends (:func:`.calibration.release_decoded`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> QuantizeResult:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_decoded()
+
+    return wrapper
+
+
+@_one_quantization
 def quantize_model(
     model: str | Path,
     precision: Precision | str,
