@@ -194,6 +194,7 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
     differs, and a photo changed within RACY_NS of being read is not kept at all; a photo gone since it was listed is the
     toolkit's ImageError, as it was before decoded() (not a bare FileNotFoundError the pipeline's stage report misses)."""
     import os
+    import random
 
     from PIL import Image
 
@@ -218,3 +219,15 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
     photo.unlink()
     with pytest.raises(ImageError, match="image not found"):
         next(iter_batches([Sample(photo, (0, 0, 8, 8))], 32))
+    # the same for the other memos on the file key: the photo's size (its crops) and its sha256 (the roles' identity)
+    from edge_inception.convert.calibration import _content_key, crops
+
+    with pytest.raises(ImageError, match="image not found"):
+        crops([photo], 0.0, 1.0, 2, random.Random(0))
+    with pytest.raises(ImageError, match="image not found"):
+        _content_key(photo)
+    if os.geteuid() != 0:  # root reads a file whatever its mode
+        other.write_bytes(b"x")
+        other.chmod(0)
+        with pytest.raises(ImageError, match="not a readable image"):
+            _content_key(other)

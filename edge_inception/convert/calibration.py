@@ -258,7 +258,12 @@ def _file_key(path: Path) -> FileKey:
     resolved path, size, modification and change time (the change time: an edit whose mtime was set back, as exiftool -P
     does), device and inode (another file renamed over it with the same size and times: the times come from a coarse
     clock, one kernel tick, and tar, rsync -t and cp -p keep the modification time)."""
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:  # gone since it was listed: the toolkit's error, as load_image gives it
+        raise ImageError(f"image not found: {path}") from exc
+    except OSError as exc:
+        raise ImageError(f"not a readable image: {path} ({exc.strerror or exc})") from exc
     return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
 
 
@@ -270,9 +275,12 @@ def _content_key(path: Path) -> str:
     key = _file_key(path)
     if key not in _KEYS:
         h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except OSError as exc:  # gone or made unreadable since it was listed
+            raise ImageError(f"not a readable image: {path} ({exc.strerror or exc})") from exc
         _KEYS[key] = h.hexdigest()
     return _KEYS[key]
 
@@ -341,10 +349,7 @@ def decoded(path: Path):  # -> PIL.Image.Image
     :data:`RACY_NS`, is not kept). One quantization decodes each photo for up to nine roles (see :func:`_upright_size`),
     and ``quantize_model`` lets go of them when it ends (:func:`release_decoded`). The image returned is shared: crop or
     copy it, never change it in place."""
-    try:
-        key = _file_key(path)
-    except OSError:  # gone (or out of reach) since it was listed: load_image's ImageError, one line, as without the memo
-        return load_image(path)
+    key = _file_key(path)  # a photo gone since it was listed: ImageError, as load_image gives it
     with _DECODED_LOCK:
         if key in _DECODED:
             _DECODED.move_to_end(key)
