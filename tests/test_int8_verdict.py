@@ -231,3 +231,48 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
         other.chmod(0)
         with pytest.raises(ImageError, match="not a readable image"):
             _content_key(other)
+
+
+def test_fold_choice_takes_the_worst_photo_over_the_selection_and_the_other_folds():
+    """With one selection photo the method is chosen on it and on every verdict fold's photos (each judged by a model
+    calibrated without its fold); fold k's own verdict recipe is chosen without fold k (hand-worked figures)."""
+    from pathlib import Path
+
+    from edge_inception.convert.guard import CalibrationTrial
+    from edge_inception.convert.quantize import FoldChoice
+    from edge_inception.vocab import CalibMethod
+
+    mm, pc = CalibMethod.minmax, CalibMethod.percentile
+    selection = {mm: CalibrationTrial(True, 0.9999, 0.9999), pc: CalibrationTrial(True, 0.9975, 0.9975)}
+    # min-max is best on the selection photo and on fold 1, but loses fold 0's photos badly (the measured case, issue 39)
+    fold_worst = {(mm, 0): 0.55, (mm, 1): 0.999, (pc, 0): 0.98, (pc, 1): 0.99}
+    choice = FoldChoice(selection, fold_worst, {k: Path(f"{k[0].value}{k[1]}.onnx") for k in fold_worst}, 2)
+    assert choice.trials()[mm].worst_image_cosine == 0.55 and choice.trials()[pc].worst_image_cosine == 0.98
+    assert choice.trials()[pc].meets and choice.trials()[pc].mean_cosine == 0.9975  # the criterion and mean: the selection's
+    assert choice.method_without(0) is mm  # fold 0 judged by what the selection photo and fold 1 choose: min-max
+    assert choice.method_without(1) is pc  # fold 1's recipe is chosen with fold 0's photos: percentile
+    from edge_inception.convert.guard import best_calibration
+
+    assert best_calibration(choice.trials()) is pc  # the written model's
+
+
+def test_one_selection_photo_chooses_the_method_on_the_folds_too(trained, tmp_path):
+    """quantize --calib-method auto on six photos (one selection photo): every method's worst photo over the selection and
+    the folds is reported, the method kept is the best by it, and the report says how the method was chosen."""
+    from edge_inception.convert.guard import CalibrationTrial, best_calibration
+    from edge_inception.vocab import CalibMethod
+
+    mine = _folder(tmp_path, "six", bundled_photos()[:6])
+    out = tmp_path / "m.int8.onnx"
+    r = runner.invoke(app, ["quantize", str(trained.onnx), "--precision", "int8", "--calib", str(mine), "--calib-size", "20",
+                            "--criterion", "agreement", "--min-agreement", "0.5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["roles"]["selection"]["distinct_images"] == 1
+    trials = report["calibration_trials"]
+    assert set(trials) == {"minmax", "entropy", "percentile"}
+    assert all(t["worst_image_cosine_with_folds"] <= t["worst_image_cosine"] for t in trials.values())
+    chosen = best_calibration({CalibMethod(m): CalibrationTrial(t["meets"], t["worst_image_cosine_with_folds"], t["mean_cosine"])
+                               for m, t in trials.items()})
+    assert report["calibration_method"] == chosen.value
+    assert "chosen on the selection photo and on each fold's photos" in report["photo_use"]
