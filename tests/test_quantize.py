@@ -528,3 +528,37 @@ def test_labelled_accuracy_is_measured_afresh_when_a_models_external_weights_are
     save(np.roll(np.eye(6), 1, axis=1))  # every answer moves one class on
     assert path.read_bytes() == before
     assert q.labelled_accuracy(path, labelled)[0] == 0.0
+
+
+def test_fold_recipes_take_each_methods_own_guard():
+    """With the method chosen on the folds too (one selection photo), fold k's verdict may use another method than the
+    written model; its kept stages are that method's own guard's on the selection photos (none where its selection trial
+    met the criterion), run once per method, never the written method's, which was chosen with fold k's photos."""
+    from edge_inception.convert.quantize import _StagesFor
+    from edge_inception.vocab import CalibMethod
+
+    reference = np.random.default_rng(0).standard_normal((100, 10))
+    batches = [np.zeros((50, 3, 8, 8), np.float32)] * 2
+    mixers = []
+
+    def make_mixer(method):
+        mixers.append(SyntheticMixer())
+        return mixers[-1]
+
+    class Judge:
+        def __init__(self):
+            self.reference = reference
+
+        def __call__(self, path):
+            p = compare(reference, SyntheticMixer().logits(reference)(path, batches))
+            return p.top1_agreement >= 0.99, p
+
+    met, missed = (Path("x"), True, None), (Path("y"), False, None)
+    results = {CalibMethod.percentile: met, CalibMethod.entropy: met, CalibMethod.minmax: missed}
+    written = (["s9"], [])  # the written model's own guard's stages (its method: percentile here)
+    stages = _StagesFor(CalibMethod.percentile, written, results, make_mixer, Judge(), batches,
+                        logits=lambda path, b: SyntheticMixer().logits(reference)(path, b))
+    assert stages(CalibMethod.percentile) == written and not mixers
+    assert stages(CalibMethod.entropy) == ([], []) and not mixers  # its selection trial met: nothing kept, no guard
+    assert stages(CalibMethod.minmax) == (["s2", "s5", "s7"], [])  # its own guard, on a mixer of its own method
+    assert stages(CalibMethod.minmax) == (["s2", "s5", "s7"], []) and len(mixers) == 1  # once per method

@@ -419,6 +419,7 @@ class FoldChoice:
     fold_worst: dict[tuple[CalibMethod, int], float]  # (method, fold) -> the fold's worst photo's mean cosine
     models: dict[tuple[CalibMethod, int], Path]
     folds: int
+    stages: Callable[[CalibMethod], tuple[list[str], list[str]]] | None = None  # each method's kept and float stages
 
     def trials(self, without: int | None = None) -> dict[CalibMethod, CalibrationTrial]:
         """Each method's trial on the selection photos and every fold but ``without``: the criterion as on the selection
@@ -429,6 +430,29 @@ class FoldChoice:
     def method_without(self, fold: int) -> CalibMethod:
         """The method chosen as the written model's is, without fold ``fold``'s photos: that fold's verdict recipe."""
         return best_calibration(self.trials(without=fold))
+
+
+class _StagesFor:
+    """The kept and float stages the procedure gives each method (a fold's verdict recipe may use another method than the
+    written model): none where the method's selection trial met the criterion, else its own guard's on the selection
+    photos (run once per method), so no fold's stages were chosen with a method chosen on that fold's photos."""
+
+    def __init__(self, chosen: CalibMethod, chosen_stages: tuple[list[str], list[str]], results: dict[CalibMethod, tuple[Path, bool, Parity]],
+                 mixer: Callable[[CalibMethod], Any], judge: Any, hold_batches: list[np.ndarray],
+                 logits: Callable[[Path, list[np.ndarray]], np.ndarray] = _logits) -> None:
+        self.known: dict[CalibMethod, tuple[list[str], list[str]]] = {chosen: chosen_stages}
+        self.results, self.mixer, self.judge, self.hold_batches, self.logits = results, mixer, judge, hold_batches, logits
+
+    def __call__(self, method: CalibMethod) -> tuple[list[str], list[str]]:
+        if method not in self.known:
+            if self.results[method][1]:
+                self.known[method] = ([], [])
+            else:
+                mixer = self.mixer(method)
+                guard = run_guard(mixer, self.logits, self.hold_batches, self.judge.reference, self.judge)
+                self.known[method] = (guard.kept, guard.float_weights if mixer.weight_only_fallback else [])
+                log.info("fold recipes with %s calibration keep %s at higher precision (its own guard)", method.value, guard.kept or "nothing")
+        return self.known[method]
 
 
 def _fold_choice(src: Path, prepared: Path, source: Any, sets: Any, size: int, work: Path, scheme: Int8Scheme,
@@ -465,6 +489,8 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
     refs, gots = [], []
     for i, fold in enumerate(sets.folds):
         fold_method = fold_choice.method_without(i) if fold_choice else method
+        if fold_choice and fold_choice.stages:
+            kept, float_stages = fold_choice.stages(fold_method)
         if fold_choice and not kept and not float_stages:
             path = fold_choice.models[fold_method, i]
         else:
@@ -612,6 +638,9 @@ def quantize_model(
                 candidate = final_mixer.build("final", kept_now, float_stages)
                 bias_text = final_mixer.corrected.summary() if final_mixer.corrected else "off"
                 recipe = (prepared, source, scheme, chosen_method, kept_now, float_stages)
+                if fold_choice is not None:
+                    fold_choice.stages = _StagesFor(chosen_method, (kept_now, float_stages), results, lambda m: _Mixer(
+                        prepared, work, source, calib_batches, scheme, m, work / f"calibration.{m.value}.json", bias_correction), judge, hold_batches)
             if target is QuantTarget.cpu:
                 x = hold_batches[0][:1]
                 latency = {"fp32": _median_latency_ms(src, x), "int8": _median_latency_ms(candidate, x)}
