@@ -639,8 +639,12 @@ def quantize_model(
                 bias_text = final_mixer.corrected.summary() if final_mixer.corrected else "off"
                 recipe = (prepared, source, scheme, chosen_method, kept_now, float_stages)
                 if fold_choice is not None:
-                    fold_choice.stages = _StagesFor(chosen_method, (kept_now, float_stages), results, lambda m: _Mixer(
-                        prepared, work, source, calib_batches, scheme, m, work / f"calibration.{m.value}.json", bias_correction), judge, hold_batches)
+                    def guard_mixer(m: CalibMethod) -> _Mixer:  # in a folder of its own: the guard names its models by stage, not method
+                        (work / f"guard.{m.value}").mkdir(exist_ok=True)
+                        return _Mixer(prepared, work / f"guard.{m.value}", source, calib_batches, scheme, m, work / f"calibration.{m.value}.json",
+                                      bias_correction)
+
+                    fold_choice.stages = _StagesFor(chosen_method, (kept_now, float_stages), results, guard_mixer, judge, hold_batches)
             if target is QuantTarget.cpu:
                 x = hold_batches[0][:1]
                 latency = {"fp32": _median_latency_ms(src, x), "int8": _median_latency_ms(candidate, x)}
@@ -705,7 +709,8 @@ def quantize_model(
         roles={"calibration": sets.calibration.as_dict(), "selection": sets.selection.as_dict(), "verdict": sets.verdict.as_dict(),
                "final_calibration": (sets.final or sets.calibration).as_dict()},
         photo_use=(sets.photo_use() + ("; the calibration method chosen on the selection photo and on each fold's photos, each judged by "
-                                        "models calibrated without its fold (one selection photo cannot choose)" if fold_choice else "")
+                                        "models calibrated without its fold (one selection photo cannot choose); fold k's recipe is the "
+                                        "method chosen without fold k's photos, with that method's own guard's stages" if fold_choice else "")
                    if precision is Precision.int8 else ""), bias_correction=bias_text,
         claim=claim, verdicts=[v.as_dict() for v in verdicts], off_calibration=off.as_dict() if off else None,
         holdout=sets.holdout.as_dict() if sets.holdout else None,
