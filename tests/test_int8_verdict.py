@@ -103,6 +103,7 @@ def test_thin_evidence_is_not_claimed_and_off_calibration_is_reported(trained, t
     assert roles["selection"]["distinct_images"] + roles["verdict"]["distinct_images"] == 6  # every photo judged or chose
     assert roles["final_calibration"]["distinct_images"] == 6 and report["calibration_images"] == 20  # every photo calibrated on
     assert "cross-fitting" in report["photo_use"] and "photos: " in r.stdout
+    assert {f["method"] for f in report["verdict_folds"]} == {"minmax"}  # one method given: every fold's recipe
     assert report["bias_correction"].startswith("bias correction: ")
     verdict = report["verdicts"][0]
     assert verdict["distinct_images"] == roles["verdict"]["distinct_images"] and verdict["samples"] == report["accuracy"]["holdout_images"]
@@ -276,3 +277,8 @@ def test_one_selection_photo_chooses_the_method_on_the_folds_too(trained, tmp_pa
                                for m, t in trials.items()})
     assert report["calibration_method"] == chosen.value
     assert "chosen on the selection photo and on each fold's photos" in report["photo_use"]
+    # each fold: its photos, judged by a recipe calibrated on all the other photos (the selection photo's included)
+    folds = report["verdict_folds"]
+    assert len(folds) > 1 and sum(f["photos"] for f in folds) == report["roles"]["verdict"]["distinct_images"] == 5
+    assert all(f["photos"] + f["calibrated_on"] == 6 and f["method"] in trials for f in folds)
+    assert sum(f["samples"] for f in folds) == report["accuracy"]["holdout_images"]

@@ -188,6 +188,7 @@ class QuantizeResult:
     photo_use: str = ""  # how the photos were used: calibration, choice, cross-fitted verdict
     bias_correction: str = ""  # what the bias correction did (INT8), or "off"
     holdout: dict[str, Any] | None = None  # the --holdout folder judged: photos, sha256 (calibration.Holdout.as_dict())
+    verdict_folds: list[dict[str, Any]] = field(default_factory=list)  # each cross-fitted fold: its photos and the recipe judging them
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -473,20 +474,22 @@ def _fold_choice(src: Path, prepared: Path, source: Any, sets: Any, size: int, w
 
 
 def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work: Path, recipe: tuple[Any, ...] | None,
-                          bias_correction: bool, fold_choice: FoldChoice | None = None) -> Parity:
+                          bias_correction: bool, fold_choice: FoldChoice | None = None) -> tuple[Parity, list[dict[str, Any]]]:
     """The verdict's parity with FP32 (pooled). INT8 with folds: fold k's photos judged by the recipe (method, kept and
     float stages) calibrated on every photo outside fold k; with ``fold_choice`` fold k's method is the one chosen without
     fold k's photos (:meth:`FoldChoice.method_without`), its model reused where nothing is kept in float. FP16
-    (``recipe`` None, nothing calibrated) or --holdout: ``candidate`` on the verdict photos."""
+    (``recipe`` None, nothing calibrated) or --holdout: ``candidate`` on the verdict photos. Also returns each fold's
+    photos and the recipe that judged them (none without folds)."""
     if recipe is None or not sets.folds:  # one pass, one batch decoded at a time: a --holdout folder may hold thousands of photos
         ref_session, got_session = ort_session(src), ort_session(candidate)
         refs, gots = [], []
         for b in iter_batches(sets.verdict.samples, size):
             refs.append(run_session(ref_session, b))
             gots.append(run_session(got_session, b))
-        return compare(np.concatenate(refs), np.concatenate(gots))
+        return compare(np.concatenate(refs), np.concatenate(gots)), []
     prepared, source, scheme, method, kept, float_stages = recipe
     refs, gots = [], []
+    folds: list[dict[str, Any]] = []
     for i, fold in enumerate(sets.folds):
         fold_method = fold_choice.method_without(i) if fold_choice else method
         if fold_choice and fold_choice.stages:
@@ -502,7 +505,9 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
         gots.append(_logits(path, batches))
         log.info("cross-fitting fold %d of %d: %d photo(s) judged by a model calibrated on %d other(s)", i + 1, len(sets.folds),
                  fold.verdict.images, fold.calibration.images)
-    return compare(np.concatenate(refs), np.concatenate(gots))
+        folds.append({"photos": fold.verdict.images, "samples": len(fold.verdict.samples), "calibrated_on": fold.calibration.images,
+                      "method": fold_method.value, "kept_float": list(kept), "float_weights": list(float_stages)})
+    return compare(np.concatenate(refs), np.concatenate(gots)), folds
 
 
 def _one_quantization(fn: Callable[..., QuantizeResult]) -> Callable[..., QuantizeResult]:
@@ -666,7 +671,7 @@ def quantize_model(
                               "kept_float": kept, "float_weights": float_weights, "fp32_source": link_path(src, out.parent),
                               "calibration_method": chosen_method.value if chosen_method else "none"})
         # the verdict: photos no choice was made on, each judged by a model not calibrated on it; the figures are measured here
-        vparity = _cross_fitted_verdict(src, candidate, sets, size, work, recipe, bias_correction, fold_choice)
+        vparity, verdict_folds = _cross_fitted_verdict(src, candidate, sets, size, work, recipe, bias_correction, fold_choice)
         verdicts = [Verdict("top-1 agreement with FP32", vparity.top1_agreement, vparity.samples, sets.verdict.images, min_agreement,
                             sets.verdict.source)]
         accuracy = AccuracyReport(
@@ -713,7 +718,7 @@ def quantize_model(
                                         "method chosen without fold k's photos, with that method's own guard's stages" if fold_choice else "")
                    if precision is Precision.int8 else ""), bias_correction=bias_text,
         claim=claim, verdicts=[v.as_dict() for v in verdicts], off_calibration=off.as_dict() if off else None,
-        holdout=sets.holdout.as_dict() if sets.holdout else None,
+        holdout=sets.holdout.as_dict() if sets.holdout else None, verdict_folds=verdict_folds,
         selection={"top1_agreement": parity.top1_agreement, "mean_cosine": parity.mean_cosine, "samples": parity.samples},
     )
     write_json_atomic(result.report_path, result.as_dict())
