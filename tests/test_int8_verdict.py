@@ -237,8 +237,6 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
 def test_fold_choice_takes_the_worst_photo_over_the_selection_and_the_other_folds():
     """With one selection photo the method is chosen on it and on every verdict fold's photos (each judged by a model
     calibrated without its fold); fold k's own verdict recipe is chosen without fold k (hand-worked figures)."""
-    from pathlib import Path
-
     from edge_inception.convert.guard import CalibrationTrial
     from edge_inception.convert.quantize import FoldChoice
     from edge_inception.vocab import CalibMethod
@@ -247,7 +245,7 @@ def test_fold_choice_takes_the_worst_photo_over_the_selection_and_the_other_fold
     selection = {mm: CalibrationTrial(True, 0.9999, 0.9999), pc: CalibrationTrial(True, 0.9975, 0.9975)}
     # min-max is best on the selection photo and on fold 1, but loses fold 0's photos badly (the measured case, issue 39)
     fold_worst = {(mm, 0): 0.55, (mm, 1): 0.999, (pc, 0): 0.98, (pc, 1): 0.99}
-    choice = FoldChoice(selection, fold_worst, {k: Path(f"{k[0].value}{k[1]}.onnx") for k in fold_worst}, 2)
+    choice = FoldChoice(selection, fold_worst, [], {}, 2)
     assert choice.trials()[mm].worst_image_cosine == 0.55 and choice.trials()[pc].worst_image_cosine == 0.98
     assert choice.trials()[pc].meets and choice.trials()[pc].mean_cosine == 0.9975  # the criterion and mean: the selection's
     assert choice.method_without(0) is mm  # fold 0 judged by what the selection photo and fold 1 choose: min-max

@@ -418,7 +418,8 @@ class FoldChoice:
 
     selection: dict[CalibMethod, CalibrationTrial]  # each method on the selection photos
     fold_worst: dict[tuple[CalibMethod, int], float]  # (method, fold) -> the fold's worst photo's mean cosine
-    models: dict[tuple[CalibMethod, int], Path]
+    references: list[np.ndarray]  # each fold's FP32 logits on its photos
+    fold_logits: dict[tuple[CalibMethod, int], np.ndarray]  # (method, fold) -> its pure INT8 model's logits there
     folds: int
     stages: Callable[[CalibMethod], tuple[list[str], list[str]]] | None = None  # each method's kept and float stages
 
@@ -460,24 +461,25 @@ def _fold_choice(src: Path, prepared: Path, source: Any, sets: Any, size: int, w
                  selection: dict[CalibMethod, CalibrationTrial], bias_correction: bool) -> FoldChoice:
     """:class:`FoldChoice` for ``selection``'s methods: one pure INT8 model per method and fold."""
     worst: dict[tuple[CalibMethod, int], float] = {}
-    models: dict[tuple[CalibMethod, int], Path] = {}
+    references: list[np.ndarray] = []
+    got: dict[tuple[CalibMethod, int], np.ndarray] = {}
     for i, fold in enumerate(sets.folds):
         calib = image_batches(fold.calibration.samples, size, batch=1)
         judged = image_batches(fold.verdict.samples, size)
-        reference = _logits(src, judged)
+        references.append(_logits(src, judged))
         for method in selection:
             mixer = _Mixer(prepared, work, source, calib, scheme, method, work / f"calibration.fold{i}.{method.value}.json", bias_correction)
-            models[method, i] = mixer.build(f"fold{i}.{method.value}", [])
-            worst[method, i] = worst_image_cosine(reference, _logits(models[method, i], judged), [s.path for s in fold.verdict.samples])
+            got[method, i] = _logits(mixer.build(f"fold{i}.{method.value}", []), judged)
+            worst[method, i] = worst_image_cosine(references[i], got[method, i], [s.path for s in fold.verdict.samples])
             log.info("INT8 with %s calibration, fold %d: worst photo's cosine %.5f", method.value, i + 1, worst[method, i])
-    return FoldChoice(selection, worst, models, len(sets.folds))
+    return FoldChoice(selection, worst, references, got, len(sets.folds))
 
 
 def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work: Path, recipe: tuple[Any, ...] | None,
                           bias_correction: bool, fold_choice: FoldChoice | None = None) -> tuple[Parity, list[dict[str, Any]]]:
     """The verdict's parity with FP32 (pooled). INT8 with folds: fold k's photos judged by the recipe (method, kept and
     float stages) calibrated on every photo outside fold k; with ``fold_choice`` fold k's method is the one chosen without
-    fold k's photos (:meth:`FoldChoice.method_without`), its model reused where nothing is kept in float. FP16
+    fold k's photos (:meth:`FoldChoice.method_without`), its model's answers reused where nothing is kept in float. FP16
     (``recipe`` None, nothing calibrated) or --holdout: ``candidate`` on the verdict photos. Also returns each fold's
     photos and the recipe that judged them (none without folds)."""
     if recipe is None or not sets.folds:  # one pass, one batch decoded at a time: a --holdout folder may hold thousands of photos
@@ -494,15 +496,16 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
         fold_method = fold_choice.method_without(i) if fold_choice else method
         if fold_choice and fold_choice.stages:
             kept, float_stages = fold_choice.stages(fold_method)
-        if fold_choice and not kept and not float_stages:
-            path = fold_choice.models[fold_method, i]
+        if fold_choice and not kept and not float_stages:  # the pure model the choice built and ran on these photos
+            refs.append(fold_choice.references[i])
+            gots.append(fold_choice.fold_logits[fold_method, i])
         else:
             mixer = _Mixer(prepared, work, source, image_batches(fold.calibration.samples, size, batch=1), scheme, fold_method,
                            work / f"calibration.fold{i}.{fold_method.value}.json", bias_correction)
             path = mixer.build(f"fold{i}", kept, float_stages)
-        batches = image_batches(fold.verdict.samples, size)
-        refs.append(_logits(src, batches))
-        gots.append(_logits(path, batches))
+            batches = image_batches(fold.verdict.samples, size)
+            refs.append(_logits(src, batches))
+            gots.append(_logits(path, batches))
         log.info("cross-fitting fold %d of %d: %d photo(s) judged by a model calibrated on %d other(s)", i + 1, len(sets.folds),
                  fold.verdict.images, fold.calibration.images)
         folds.append({"photos": fold.verdict.images, "samples": len(fold.verdict.samples), "calibrated_on": fold.calibration.images,
