@@ -14,6 +14,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # suite sets it so that a run here costs what it costs there. Nothing of ours reads CI.
 os.environ.setdefault("CI", "true")
 
+import signal  # noqa: E402
+
+# The signal tests send Ctrl-C (SIGINT) to the commands they start and expect its exit status (130). A shell without job
+# control starts a background job with SIGINT ignored, and an ignored signal stays ignored across fork and exec, so every
+# command the suite started ignored Ctrl-C too (as nohup means it to): eight signal tests failed on timeouts when the
+# suite ran as `make test &`. The suite's commands get Ctrl-C's default; the product keeps honouring an ignored SIGINT.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import hashlib  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
