@@ -86,3 +86,32 @@ def test_train_cli_runs_and_writes_checkpoint(tmp_path, demo_data):
     state = torch.load(out, weights_only=True)
     convs = [k for k, v in state.items() if v.dim() == 4]
     assert len(convs) >= 57 and all(v.stride() == torch.empty(v.shape).stride() for v in state.values())
+
+
+def test_a_folder_is_decoded_once_for_its_check_and_its_use_within_the_cache_bound(tmp_path, monkeypatch):
+    """scan_image_folder's check fills the ImageCache that eval_batches (and each training epoch) reads, so a small set
+    is decoded once; the cache never holds more than its bound (4 bytes a pixel), the least recently used let go."""
+    from edge_inception.data import datasets
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (20, 10), (40 * i, 90, 200)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    decodes: list[str] = []
+    real = datasets.load_image
+    monkeypatch.setattr(datasets, "load_image", lambda p: decodes.append(p.name) or real(p))
+
+    cache = datasets.ImageCache()
+    folder = scan_image_folder(tmp_path, cache=cache)
+    batches = list(datasets.eval_batches(folder, 8, 4, cache))
+    assert len(folder.samples) == 6 and [p.name for p in folder.skipped] == ["broken.png"]
+    assert sum(len(b) for b, _ in batches) == 6 and len(decodes) == 7  # six images and the broken file, once each
+
+    decodes.clear()
+    small = datasets.ImageCache(max_bytes=2 * 4 * 20 * 10)  # room for two of them
+    folder = scan_image_folder(tmp_path, cache=small)
+    assert small._bytes <= small.max_bytes and len(small._images) == 2
+    assert [p.name for p in small._images] == ["1.png", "2.png"]  # class b's last two: the most recently used
+    list(datasets.eval_batches(folder, 8, 4, small))
+    assert len(decodes) == 7 + 6 and small._bytes <= small.max_bytes  # read in file order, an LRU of two holds none in time

@@ -382,7 +382,7 @@ def _sha256_of(model: Path | bytes) -> str:
 
 def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int, top_k: TopKOnFiles | None = None) -> Labelled | None:
     """``--eval DIR``; or, for a model trained on the demo classes, the demo set's held-out crops; else None."""
-    from ..data.datasets import eval_batches, scan_image_folder
+    from ..data.datasets import ImageCache, eval_batches, scan_image_folder
     from ..data.demo_data import DEMO_CLASSES, default_demo_dir, make_demo_dataset
 
     if eval_dir is None:
@@ -399,10 +399,11 @@ def _labelled_set(eval_dir: Path | None, class_names: list[str], size: int, top_
         source, photos = str(eval_dir), 0
     from ..evaluate.predict import folder_labels
 
-    folder = scan_image_folder(eval_dir)
+    cache = ImageCache()  # the scan's decode of each image is the one used
+    folder = scan_image_folder(eval_dir, cache=cache)
     mapping = np.array(folder_labels(folder.classes, class_names, len(class_names)))
     batches, labels = [], []
-    for batch, lab in eval_batches(folder, size, 32):
+    for batch, lab in eval_batches(folder, size, 32, cache):
         batches.append(batch)
         labels.append(mapping[lab])
     return Labelled(batches, np.concatenate(labels), source, photos or len(folder.samples), [p for p, _ in folder.samples], size, top_k)

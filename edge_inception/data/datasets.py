@@ -7,6 +7,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,8 +26,9 @@ class ImageFolder:
     skipped: list[Path] = field(default_factory=list)  # unreadable images and non-image files
 
 
-def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = True) -> ImageFolder:
-    """Read ``root/<class>/**/<image>``; refuse fewer than ``min_classes`` classes or an empty class."""
+def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = True, cache: ImageCache | None = None) -> ImageFolder:
+    """Read ``root/<class>/**/<image>``; refuse fewer than ``min_classes`` classes or an empty class. ``check`` decodes
+    each image (an unreadable one is skipped), into ``cache`` where given, so that its use decodes it no more."""
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"data folder not found: {base}")
@@ -49,7 +51,7 @@ def scan_image_folder(root: str | Path, *, min_classes: int = 2, check: bool = T
                 continue
             if check:
                 try:
-                    load_image(f)
+                    cache.get(f) if cache is not None else load_image(f)
                 except ImageError:
                     skipped.append(f)
                     continue
@@ -90,18 +92,32 @@ def train_sample(image, size: int, rng: random.Random) -> np.ndarray:
 
 
 class ImageCache:
-    """Decoded images kept in memory: fine-tuning sets for edge classifiers are small, decoding is not free."""
+    """Decoded images kept in memory, at most ``max_bytes`` of them (Pillow keeps RGB as 4 bytes a pixel; the least
+    recently used let go first): a folder is decoded once to find its unreadable files (:func:`scan_image_folder`) and
+    again to use them (:func:`eval_batches`, each training epoch); a small set is decoded once for all of them, a large
+    one costs what it did without the cache, never memory beyond the bound. Keyed by path: for one command's run over
+    files it does not change."""
 
-    def __init__(self, limit: int = 20000) -> None:
-        self._images: dict[Path, object] = {}
-        self._limit = limit
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        from collections import OrderedDict
+
+        self._images: OrderedDict[Path, Any] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
 
     def get(self, path: Path):  # -> PIL.Image.Image
         image = self._images.get(path)
-        if image is None:
-            image = load_image(path)
-            if len(self._images) < self._limit:
-                self._images[path] = image
+        if image is not None:
+            self._images.move_to_end(path)
+            return image
+        image = load_image(path)
+        size = 4 * image.width * image.height
+        if size <= self.max_bytes:
+            self._images[path] = image
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._images.popitem(last=False)
+                self._bytes -= 4 * old.width * old.height
         return image
 
 

@@ -168,9 +168,10 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
     if cfg.batch_size < 2:
         raise EdgeInceptionError("--batch-size must be at least 2 (BatchNorm needs more than one sample)")
     ensure_parent(cfg.output)
-    data = scan_image_folder(cfg.data)
+    cache = ImageCache()  # the scan's decode of each image is the first epoch's
+    data = scan_image_folder(cfg.data, cache=cache)
     if cfg.val is not None:
-        train_set, val_set = data, scan_image_folder(cfg.val)
+        train_set, val_set = data, scan_image_folder(cfg.val, cache=cache)
         if val_set.classes != train_set.classes:
             raise DatasetError(f"{cfg.val}: class folders {val_set.classes} differ from {cfg.data}'s {train_set.classes}")
     else:
@@ -189,7 +190,6 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.15)
 
     rng = random.Random(cfg.seed)
-    cache = ImageCache()
     result = TrainResult(checkpoint=None, classes=data.classes, best_val_acc=-1.0, skipped_files=skipped, device=device)
     sidecar: dict[str, Any] = {
         "classes": data.classes,
