@@ -343,8 +343,9 @@ def bench_until_server_fault(server: TritonServer, tmp_path: Path, sig: signal.S
         kill_group(proc)
 
 
-def wait_until_answering(server: TritonServer, within_s: float = 60.0) -> None:
-    """After SIGCONT the server first fails the requests that waited in its queue: poll with one inference until it answers."""
+def wait_until_answering(server: TritonServer, within_s: float = 120.0) -> None:
+    """After SIGCONT the server first fails the requests that waited in its queue: poll with one inference until it answers
+    (60 s was not enough once, with a profiler sampling every process of the suite)."""
     from edge_inception.serve.client import TritonClient
 
     deadline = time.monotonic() + within_s
