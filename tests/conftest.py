@@ -58,9 +58,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """One PyTorch thread a worker: three workers share two cores (Makefile), and a second thread each only adds the
-    threads' handing-over (the trained net's 200 steps: 36 core-s on one thread, 50 on two with OMP's passive wait)."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +98,7 @@ class Trained:
     result: object
 
 
-TRAIN_CONFIG = {"max_steps": TRAIN_STEPS, "batch_size": 16, "image_size": TRAIN_IMAGE_SIZE, "lr": 0.03, "threads": 1}  # _few_threads
+TRAIN_CONFIG = {"max_steps": TRAIN_STEPS, "batch_size": 16, "image_size": TRAIN_IMAGE_SIZE, "lr": 0.03, "threads": 2}
 
 
 def _train_and_export(folder: Path, data: Path) -> dict:
