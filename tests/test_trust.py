@@ -260,7 +260,7 @@ def test_every_output_option_refuses_a_non_regular_file(model, bundle, built, tm
     out = tmp_path / "build"
     out.mkdir()
     _fifo(out / "tiny.ort.onnx")
-    one_line(invoke("build", model, "--target", "cpu", "-o", out), "refusing to replace")
+    one_line(invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", out), "refusing to replace")
     assert stat.S_ISFIFO(os.lstat(out / "tiny.ort.onnx").st_mode) and not (out / "tiny.ort.onnx.manifest.json").exists()
     assert (tmp_path / "stdout").is_symlink() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
@@ -736,13 +736,13 @@ def test_build_replaces_only_files_an_artifact_manifest_names(model, tmp_path, f
     out = tmp_path / "build"
     out.mkdir()
     (out / "tiny.ort.onnx").write_text("the user's own file")
-    one_line(invoke("build", model, "--target", "cpu", "-o", out), "no manifest of edge-inception beside it names it")
+    one_line(invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", out), "no manifest of edge-inception beside it names it")
     assert (out / "tiny.ort.onnx").read_text() == "the user's own file" and not (out / "tiny.ort.onnx.manifest.json").exists()
     (out / "tiny.ort.onnx").unlink()
-    assert invoke("build", model, "--target", "cpu", "-o", out).exit_code == 0
-    r = invoke("build", model, "--target", "cpu", "-o", out)  # its own artifact: rebuilt in place
+    assert invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", out).exit_code == 0
+    r = invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", out)  # its own artifact: rebuilt in place
     assert r.exit_code == 0, r.output
     before = _contents(force_cases["link"].resolve())
-    assert invoke("build", model, "--target", "cpu", "-o", force_cases["link"]).exit_code == 0
+    assert invoke("build", model, "--target", "cpu", "--backend", "ort", "-o", force_cases["link"]).exit_code == 0
     after = _contents(force_cases["link"].resolve())
     assert {k: v for k, v in after.items() if k in before} == before and set(after) - set(before) == {"tiny.ort.onnx", "tiny.ort.onnx.manifest.json"}
