@@ -162,9 +162,8 @@ def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, mo
     from edge_inception.convert import calibration
     from edge_inception.convert.calibration import Sample, decoded, iter_batches
 
-    monkeypatch.setattr(calibration, "_DECODED", calibration.OrderedDict())
-    monkeypatch.setattr(calibration, "_DECODED_TOTAL", [0])
-    monkeypatch.setattr(calibration, "DECODED_BYTES", 4 * 100 * 100 * 2)  # two 100 x 100 photos (4 bytes a pixel, as Pillow keeps RGB)
+    # room for two 100 x 100 photos (4 bytes a pixel, as Pillow keeps RGB)
+    monkeypatch.setattr(calibration, "_DECODED", calibration.ImageCache(4 * 100 * 100 * 2))
     monkeypatch.setattr(calibration, "RACY_NS", 0)  # the photos written just now are kept (test_decoded_photos_changed_just_now...)
     paths = []
     for i, colour in enumerate([(250, 0, 0), (0, 250, 0), (0, 0, 250)]):
@@ -175,11 +174,11 @@ def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, mo
     decoded(paths[1])
     decoded(paths[0])  # p0 used last: p1 is the one let go for p2
     decoded(paths[2])
-    assert decoded(paths[0]) is first and calibration._DECODED_TOTAL[0] <= calibration.DECODED_BYTES
-    assert len(calibration._DECODED) == 2 and all(k[0] != str(paths[1].resolve()) for k in calibration._DECODED)
+    assert decoded(paths[0]) is first and calibration._DECODED.bytes <= calibration._DECODED.max_bytes
+    assert len(calibration._DECODED.keys()) == 2 and all(k[0] != str(paths[1].resolve()) for k in calibration._DECODED.keys())
     huge = tmp_path / "huge.png"
     Image.new("RGB", (300, 300)).save(huge)
-    assert decoded(huge).size == (300, 300) and all(k[0] != str(huge.resolve()) for k in calibration._DECODED)
+    assert decoded(huge).size == (300, 300) and all(k[0] != str(huge.resolve()) for k in calibration._DECODED.keys())
     # replaced at the same path with the same modification time: decoded afresh (the file's size and change time differ)
     stamp = paths[0].stat().st_mtime_ns
     Image.new("RGB", (100, 100), (0, 0, 0)).save(paths[0])
@@ -202,8 +201,7 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
     from edge_inception.convert import calibration
     from edge_inception.convert.calibration import Sample, decoded, iter_batches
 
-    monkeypatch.setattr(calibration, "_DECODED", calibration.OrderedDict())
-    monkeypatch.setattr(calibration, "_DECODED_TOTAL", [0])
+    monkeypatch.setattr(calibration, "_DECODED", calibration.ImageCache(calibration.DECODED_BYTES))
 
     def write(path, colour):
         Image.new("RGB", (16, 16), colour).save(path, format="BMP")  # uncompressed: the same size whatever the pixels
@@ -212,9 +210,9 @@ def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_dec
     photo, other = tmp_path / "p.bmp", tmp_path / "q.bmp"
     write(other, (0, 0, 255))
     write(photo, (255, 0, 0))
-    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and not calibration._DECODED  # changed just now: not kept
+    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and not calibration._DECODED.keys()  # changed just now: not kept
     monkeypatch.setattr(calibration, "RACY_NS", 0)
-    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and len(calibration._DECODED) == 1
+    assert decoded(photo).getpixel((0, 0)) == (255, 0, 0) and len(calibration._DECODED.keys()) == 1
     os.replace(other, photo)
     assert decoded(photo).getpixel((0, 0)) == (0, 0, 255)
     photo.unlink()

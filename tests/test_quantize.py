@@ -346,12 +346,12 @@ def test_guard_falls_back_to_float_weights(tmp_path, target):
     assert "fc" in result.float_weights and "fc" in result.kept_float
     from edge_inception.convert import calibration
 
-    assert not calibration._DECODED and calibration._DECODED_TOTAL == [0]  # a quantization lets go of the photos it decoded
+    assert not calibration._DECODED.keys() and calibration._DECODED.bytes == 0  # a quantization lets go of the photos it decoded
     calibration.decoded(_photos()[0])
-    assert calibration._DECODED
+    assert calibration._DECODED.keys()
     with pytest.raises(EdgeInceptionError, match="already quantized"):  # however it ends
         quantize_model(result.path, "int8", output=tmp_path / "again.onnx")
-    assert not calibration._DECODED
+    assert not calibration._DECODED.keys()
     model = onnx.load(str(result.path))
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert gemm.input[1] in {t.name for t in model.graph.initializer}  # the weights are a float initializer again

@@ -111,7 +111,7 @@ def test_a_folder_is_decoded_once_for_its_check_and_its_use_within_the_cache_bou
     decodes.clear()
     small = datasets.ImageCache(max_bytes=2 * 4 * 20 * 10)  # room for two of them
     folder = scan_image_folder(tmp_path, cache=small)
-    assert small._bytes <= small.max_bytes and len(small._images) == 2
-    assert [p.name for p in small._images] == ["1.png", "2.png"]  # class b's last two: the most recently used
+    assert small.bytes <= small.max_bytes and len(small.keys()) == 2
+    assert [p.name for p in small.keys()] == ["1.png", "2.png"]  # class b's last two: the most recently used
     list(datasets.eval_batches(folder, 8, 4, small))
-    assert len(decodes) == 7 + 6 and small._bytes <= small.max_bytes  # read in file order, an LRU of two holds none in time
+    assert len(decodes) == 7 + 6 and small.bytes <= small.max_bytes  # read in file order, an LRU of two holds none in time

@@ -26,17 +26,15 @@ import hashlib
 import logging
 import math
 import random
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..data.images import find_images, load_image, preprocess, scan_photo_folder
+from ..data.datasets import ImageCache
+from ..data.images import find_images, preprocess, scan_photo_folder
 from ..errors import ImageError
 from ..limits import MAX_HOLDOUT_IMAGES
 
@@ -328,9 +326,7 @@ DECODED_BYTES = 256 * 2**20  # the decoded photos kept (Pillow keeps RGB as 4 by
 # A file changed less than this before it was read is not kept by decoded(): a change within the same tick of the clock the
 # file times come from (a few ms; FAT's 2 s) can leave its key as it was (git's "racily clean" files)
 RACY_NS = 3 * 10**9
-_DECODED: OrderedDict[FileKey, Any] = OrderedDict()  # the most recently used last
-_DECODED_LOCK = threading.Lock()
-_DECODED_TOTAL = [0]  # bytes in _DECODED
+_DECODED = ImageCache(DECODED_BYTES)  # the decoded photos, by _file_key
 
 
 def _upright_size(path: Path) -> tuple[int, int]:
@@ -350,32 +346,13 @@ def decoded(path: Path):  # -> PIL.Image.Image
     and ``quantize_model`` lets go of them when it ends (:func:`release_decoded`). The image returned is shared: crop or
     copy it, never change it in place."""
     key = _file_key(path)  # a photo gone since it was listed: ImageError, as load_image gives it
-    with _DECODED_LOCK:
-        if key in _DECODED:
-            _DECODED.move_to_end(key)
-            return _DECODED[key]
-    im = load_image(path)
-    if _bytes(im) <= DECODED_BYTES and time.time_ns() - key[3] >= RACY_NS:
-        with _DECODED_LOCK:
-            if key not in _DECODED:
-                _DECODED[key] = im
-                _DECODED_TOTAL[0] += _bytes(im)
-            while _DECODED_TOTAL[0] > DECODED_BYTES:
-                _DECODED_TOTAL[0] -= _bytes(_DECODED.popitem(last=False)[1])
-    return im
+    return _DECODED.get(path, key, keep=lambda: time.time_ns() - key[3] >= RACY_NS)
 
 
 def release_decoded() -> None:
     """Let go of every photo :func:`decoded` keeps (the end of a quantization: a pipeline's later stages, building and
     benchmarking engines, do not hold up to :data:`DECODED_BYTES` of photos)."""
-    with _DECODED_LOCK:
-        _DECODED.clear()
-        _DECODED_TOTAL[0] = 0
-
-
-def _bytes(im: Any) -> int:
-    """Memory a decoded photo holds: Pillow stores an RGB image (all :func:`load_image` returns) as 4 bytes a pixel."""
-    return int(im.width * im.height * 4)
+    _DECODED.clear()
 
 
 def crops(images: list[Path], x0: float, x1: float, per_image: int, rng: random.Random) -> list[Sample]:

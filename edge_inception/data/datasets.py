@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,32 +94,54 @@ def train_sample(image, size: int, rng: random.Random) -> np.ndarray:
 
 class ImageCache:
     """Decoded images kept in memory, at most ``max_bytes`` of them (Pillow keeps RGB as 4 bytes a pixel; the least
-    recently used let go first): a folder is decoded once to find its unreadable files (:func:`scan_image_folder`) and
-    again to use them (:func:`eval_batches`, each training epoch); a small set is decoded once for all of them, a large
-    one costs what it did without the cache, never memory beyond the bound. Keyed by path: for one command's run over
-    files it does not change."""
+    recently used let go first; an image larger than that alone is not kept): a folder is decoded once to find its
+    unreadable files (:func:`scan_image_folder`) and again to use them (:func:`eval_batches`, each training epoch); a small
+    set is decoded once for all of them, a large one costs what it did without the cache, never memory beyond the bound.
+    Keyed by path (for one command's run over files it does not change) or by the caller's ``key`` (calibration's
+    ``decoded``: the file's identity and times). Safe to share between threads. An image returned is shared: crop or copy
+    it, never change it in place."""
 
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        import threading
         from collections import OrderedDict
 
-        self._images: OrderedDict[Path, Any] = OrderedDict()
-        self._bytes = 0
+        self._images: OrderedDict[Hashable, Any] = OrderedDict()  # the most recently used last
+        self._lock = threading.Lock()
+        self.bytes = 0
         self.max_bytes = max_bytes
 
-    def get(self, path: Path):  # -> PIL.Image.Image
-        image = self._images.get(path)
-        if image is not None:
-            self._images.move_to_end(path)
-            return image
+    def get(self, path: Path, key: Hashable | None = None, keep: Callable[[], bool] | None = None):  # -> PIL.Image.Image
+        """:func:`load_image` of ``path``, kept under ``key`` (default: the path) unless ``keep()``, asked once it is
+        decoded, says no. Raises ImageError as load_image does."""
+        key = path if key is None else key
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return self._images[key]
         image = load_image(path)
-        size = 4 * image.width * image.height
-        if size <= self.max_bytes:
-            self._images[path] = image
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._images.popitem(last=False)
-                self._bytes -= 4 * old.width * old.height
+        size = _held_bytes(image)
+        if size <= self.max_bytes and (keep is None or keep()):
+            with self._lock:
+                if key not in self._images:
+                    self._images[key] = image
+                    self.bytes += size
+                while self.bytes > self.max_bytes:
+                    self.bytes -= _held_bytes(self._images.popitem(last=False)[1])
         return image
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._images)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self.bytes = 0
+
+
+def _held_bytes(image: Any) -> int:
+    """Memory a decoded image holds: Pillow stores an RGB image (all :func:`load_image` returns) as 4 bytes a pixel."""
+    return int(image.width * image.height * 4)
 
 
 def eval_batches(folder: ImageFolder, image_size: int, batch_size: int, cache: ImageCache | None = None):
