@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edge_inception.cli import app
-from edge_inception.convert.graph_ops import int8_weights
+from edge_inception.convert.graph_ops import float_outputs, fold_weight_only_dequantize, int8_weights, unify_concat_scales
 from edge_inception.convert.quantize import Int8Scheme, int8_scheme, quantize_model
 from edge_inception.data.images import load_batch
 from edge_inception.errors import EdgeInceptionError
@@ -114,6 +114,8 @@ def test_fp16_agreement_and_io_types(fp16, trained):
     onnx.checker.check_model(model)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    with pytest.raises(EdgeInceptionError, match="already quantized"):  # no Q/DQ in FP16: its recorded precision says so
+        quantize_model(fp16.path, "int8", output=fp16.path.with_name("again.int8.onnx"))
 
 
 def test_int8_weights_alone_keep_answers(trained, tmp_path):
@@ -349,7 +351,7 @@ def test_guard_falls_back_to_float_weights(tmp_path, target):
     assert not calibration._DECODED.keys() and calibration._DECODED.bytes == 0  # a quantization lets go of the photos it decoded
     calibration.decoded(_photos()[0])
     assert calibration._DECODED.keys()
-    with pytest.raises(EdgeInceptionError, match="already quantized"):  # however it ends
+    with pytest.raises(EdgeInceptionError, match="already quantized"):  # however it ends (every stage fell back: no Q/DQ left)
         quantize_model(result.path, "int8", output=tmp_path / "again.onnx")
     assert not calibration._DECODED.keys()
     model = onnx.load(str(result.path))
@@ -357,6 +359,74 @@ def test_guard_falls_back_to_float_weights(tmp_path, target):
     assert gemm.input[1] in {t.name for t in model.graph.initializer}  # the weights are a float initializer again
     x = load_batch(_photos(), 32)
     assert agreement(_run(src, x), _run(result.path, x)) == 1.0
+
+
+def test_int8_logits_leave_float_and_each_concat_rounds_once(int8_full):
+    # Q/DQ placed as NNCF and TensorRT place it: the logits are not rounded to 8 bits, a Concat's inputs share its scale
+    model = onnx.load(str(int8_full.path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    fc = producer[model.graph.output[0].name]
+    assert fc.op_type == "Gemm" and producer[fc.input[0]].op_type == "DequantizeLinear"  # INT8 input, float output
+    assert producer[fc.input[1]].op_type == "DequantizeLinear"  # INT8 weights ...
+    assert fold_weight_only_dequantize(model) == 0  # ... that a CPU build keeps (ONNX Runtime runs it as QGemm)
+    concats = [n for n in model.graph.node if n.op_type == "Concat"]
+    assert len(concats) == 9  # GoogLeNet's nine inception blocks, all in INT8 here
+    for concat in concats:
+        (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == concat.output[0]]
+        for name in concat.input:
+            dq = producer[name]
+            assert dq.op_type == "DequantizeLinear" and dq.input[1:] == q.input[1:] == producer[dq.input[0]].input[1:]
+
+
+def _qdq_concat(path: Path, scales: tuple[float, float, float]) -> Path:
+    """x1, x2 -> Q/DQ at their own scales -> Concat -> Q/DQ -> y: ONNX Runtime's placement, on a two-branch graph."""
+    from onnx import TensorProto, helper
+
+    inits, nodes = [], []
+    for tag, s in zip(("a", "b", "c"), scales):
+        inits += [numpy_helper.from_array(np.array(s, np.float32), f"{tag}_scale"),
+                  numpy_helper.from_array(np.array(0, np.uint8), f"{tag}_zero_point")]
+    for x, tag in (("x1", "a"), ("x2", "b")):
+        nodes += [helper.make_node("QuantizeLinear", [x, f"{tag}_scale", f"{tag}_zero_point"], [f"{x}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{x}_q", f"{tag}_scale", f"{tag}_zero_point"], [f"{x}_dq"])]
+    nodes += [helper.make_node("Concat", ["x1_dq", "x2_dq"], ["cat"], axis=1),
+              helper.make_node("QuantizeLinear", ["cat", "c_scale", "c_zero_point"], ["cat_q"]),
+              helper.make_node("DequantizeLinear", ["cat_q", "c_scale", "c_zero_point"], ["y"])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("x1", "x2")]
+    graph = helper.make_graph(nodes, "concat", vi, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_unified_concat_scales_round_once_and_float_outputs_keep_the_name(tmp_path):
+    rng = np.random.default_rng(3)
+    feeds = {"x1": rng.uniform(0, 1.0, (64, 4)).astype(np.float32), "x2": rng.uniform(0, 2.5, (64, 4)).astype(np.float32)}
+    scales = (1.0 / 255, 2.5 / 255, 2.5 / 255)
+    src = _qdq_concat(tmp_path / "two.onnx", scales)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+    once = np.clip(np.round(np.concatenate([feeds["x1"], feeds["x2"]], 1) / scales[2]), 0, 255) * np.float32(scales[2])
+    twice = run(src)
+    assert not np.allclose(twice, once, atol=1e-6)  # the fine branch is rounded at its scale, then again at the Concat's
+    model = onnx.load(str(src))
+    assert unify_concat_scales(model) == 1
+    assert {t.name for t in model.graph.initializer} == {"c_scale", "c_zero_point"}  # the branches' own went unused
+    onnx.save(model, str(tmp_path / "unified.onnx"))
+    np.testing.assert_allclose(run(tmp_path / "unified.onnx"), once, atol=1e-6)
+    assert unify_concat_scales(model) == 1  # already one scale: unchanged
+    assert float_outputs(model) == 1
+    assert model.graph.output[0].name == "y" and {n.op_type for n in model.graph.node} == {"QuantizeLinear", "DequantizeLinear", "Concat"}
+    onnx.save(model, str(tmp_path / "float_out.onnx"))
+    np.testing.assert_allclose(run(tmp_path / "float_out.onnx"), once, atol=1e-6)  # the branches' one rounding, not a second
+    # a Concat with a float input (a stage the guard kept) is left as it is
+    mixed = onnx.load(str(src))
+    concat = next(n for n in mixed.graph.node if n.op_type == "Concat")
+    concat.input[0] = "x1"
+    assert unify_concat_scales(mixed) == 0
 
 
 def _photos():

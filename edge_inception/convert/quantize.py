@@ -1,7 +1,9 @@
 """INT8 (static, calibrated, explicit Q/DQ) and FP16 quantization, with an accuracy report and guard.
 
 INT8 uses ONNX Runtime's static quantizer in QDQ format with per-channel weights: the form both ONNX Runtime
-and TensorRT 10/11 consume. The scheme follows the target:
+and TensorRT 10/11 consume. Its placement is changed in two places, as NNCF and TensorRT place Q/DQ: the logits stay
+float (8-bit logits were the demo net's largest single loss) and a Concat's inputs share its output's scale (one
+rounding, not two). The scheme follows the target:
 
 * ``cpu`` without VNNI (AVX2 only, like this machine): unsigned activations, signed weights with reduced
   (7-bit) range, so the u8 x s8 multiply-add of AVX2 cannot saturate;
@@ -45,7 +47,7 @@ from ..onnx_file import fixed_batch, get_metadata, load_onnx, model_facts, ort_s
 from ..vocab import CalibMethod, Criterion, Precision, PreprocessMode, QuantTarget
 from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, release_decoded, select_images
-from .graph_ops import fold_for_cpu, int8_weights, node_stages, toposort
+from .graph_ops import float_outputs, fold_for_cpu, int8_weights, node_stages, toposort, unify_concat_scales
 from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,9 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
                   exclude: Sequence[str] = (), weight_only: Sequence[str] = (), cache: Path | None = None,
                   on_batch: Callable[[], None] | None = None) -> None:
     """Static INT8 in Q/DQ form. ``exclude``: nodes left in float; ``weight_only``: nodes whose activations stay
-    float but whose weights are stored as INT8. With ``cache`` the calibrated ranges are computed once and reused."""
+    float but whose weights are stored as INT8. With ``cache`` the calibrated ranges are computed once and reused.
+    Two changes to ONNX Runtime's placement, as NNCF and TensorRT place them: the model's outputs (the logits) stay
+    float, and each Concat's inputs share its output's scale (one rounding, not two; :mod:`.graph_ops`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -113,10 +117,12 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
         )
     if chatter.getvalue().strip():
         log.debug("onnxruntime.quantization: %s", chatter.getvalue().strip())
+    qmodel = onnx.load(str(dst))
     if weight_only:
-        qmodel = onnx.load(str(dst))
         int8_weights(qmodel, set(weight_only))
-        onnx.save(qmodel, str(dst))
+    outputs, concats = float_outputs(qmodel), unify_concat_scales(qmodel)
+    log.debug("Q/DQ: %d output(s) kept float, %d Concat(s) at one scale", outputs, concats)
+    onnx.save(qmodel, str(dst))
 
 
 def prepare_for_quantization(src: Path, dst: Path) -> Path:
@@ -565,7 +571,9 @@ def quantize_model(
     precision, target, calib_method = Precision(precision), QuantTarget(target), CalibMethod(calib_method)
     if precision is Precision.fp32:
         raise EdgeInceptionError("--precision must be int8 or fp16 (the source model is the fp32 one)")
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node):
+    # by its graph, or by what quantization recorded (a guarded INT8 whose every stage fell back has no Q/DQ left; FP16 has none)
+    if (any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node)
+            or get_metadata(source).get("precision", "fp32") != "fp32"):
         raise EdgeInceptionError(f"{src} is already quantized; quantize the FP32 model")
     if not 0.0 < min_agreement <= 1.0:
         raise EdgeInceptionError("--min-agreement must be in (0, 1]")
