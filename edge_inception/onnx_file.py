@@ -35,7 +35,21 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
         raise ModelFileError(f"{p}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not model.graph.node:
         raise ModelFileError(f"{p}: not a readable ONNX model (empty graph)")
+    require_text(model, str(p))
     return model
+
+
+def require_text(model, where: str = "model") -> None:
+    """Refuse a model whose metadata or graph names are not UTF-8 text: protobuf hands such a string field over as
+    ``bytes``, which every library that reads it as text (ONNX's helpers, ONNX Runtime's tools, our reports) trips on.
+    Raises :class:`ModelFileError`."""
+    graph = model.graph
+    named = [("metadata key", p.key) for p in model.metadata_props] + [("metadata value", p.value) for p in model.metadata_props]
+    named += [("graph name", graph.name)] + [("tensor name", v.name) for v in (*graph.input, *graph.output, *graph.initializer)]
+    named += [(f"{kind} name", x) for n in graph.node for kind, xs in (("node", [n.name]), ("tensor", [*n.input, *n.output])) for x in xs]
+    for kind, text in named:
+        if not isinstance(text, str):
+            raise ModelFileError(f"{where}: refused: a {kind} is not UTF-8 text ({ascii(bytes(text)[:40])})")
 
 
 SPINNING_ENV = "EDGE_INCEPTION_ORT_SPINNING"  # "0": ONNX Runtime's pool threads sleep when idle instead of spinning

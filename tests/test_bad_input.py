@@ -31,17 +31,23 @@ def fails_cleanly(result, needle: str) -> None:
 
 
 @pytest.mark.parametrize("command", sorted(ONNX_COMMANDS))
-@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing", "folder"])
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing", "folder", "not-utf8"])
 def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
     model = tmp_path / "model.onnx"
-    if corruption == "garbage":
+    if corruption == "not-utf8":  # a metadata key that is not UTF-8: protobuf hands it over as bytes
+        import onnx
+
+        proto = onnx.load(str(trained.onnx))
+        proto.metadata_props.add(key="precQQion", value="fp32")
+        model.write_bytes(proto.SerializeToString().replace(b"precQQion", b"prec\xff\xfeion"))
+    elif corruption == "garbage":
         model.write_bytes(b"\x08\x07this is not protobuf" * 10)
     elif corruption == "truncated":
         model.write_bytes(trained.onnx.read_bytes()[: trained.onnx.stat().st_size // 3])
     elif corruption == "folder":
         model.mkdir()
     needle = {"garbage": "not a readable ONNX model", "truncated": "not a readable ONNX model", "missing": "not found",
-              "folder": "not a file"}[corruption]
+              "folder": "not a file", "not-utf8": "a metadata key is not UTF-8 text"}[corruption]
     if corruption == "folder" and command in ("predict", "eval", "bench", "stream"):
         needle = "no built artifact in this folder"  # these take a build folder: an empty one says so
     fails_cleanly(runner.invoke(app, ONNX_COMMANDS[command](str(model), tmp_path, trained.data)), needle)

@@ -116,6 +116,10 @@ def test_fp16_agreement_and_io_types(fp16, trained):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     with pytest.raises(EdgeInceptionError, match="already quantized"):  # no Q/DQ in FP16: its recorded precision says so
         quantize_model(fp16.path, "int8", output=fp16.path.with_name("again.int8.onnx"))
+    del model.metadata_props[:]  # FP16 from another tool: its FP16 weights say so
+    onnx.save(model, str(fp16.path.with_name("other.fp16.onnx")))
+    with pytest.raises(EdgeInceptionError, match="already quantized"):
+        quantize_model(fp16.path.with_name("other.fp16.onnx"), "int8", output=fp16.path.with_name("again.int8.onnx"))
 
 
 def test_int8_weights_alone_keep_answers(trained, tmp_path):
@@ -427,6 +431,91 @@ def test_unified_concat_scales_round_once_and_float_outputs_keep_the_name(tmp_pa
     concat = next(n for n in mixed.graph.node if n.op_type == "Concat")
     concat.input[0] = "x1"
     assert unify_concat_scales(mixed) == 0
+
+
+def _nested_and_shared_concats(path: Path) -> Path:
+    """x1, x2 -> Q/DQ -> inner Concat -> Q/DQ; inner and x3 (Q/DQ) -> outer Concat -> Q/DQ -> y; x3's Q/DQ also feeds a
+    third Concat with x4 (Inception-v3's nested Concats, and one tensor read by two Concats)."""
+    from onnx import TensorProto, helper
+
+    inits, nodes = [], []
+
+    def qdq(x: str, scale: float) -> str:
+        inits.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{x}_scale"),
+                      numpy_helper.from_array(np.array(0, np.uint8), f"{x}_zero_point")])
+        nodes.extend([helper.make_node("QuantizeLinear", [x, f"{x}_scale", f"{x}_zero_point"], [f"{x}_q"]),
+                      helper.make_node("DequantizeLinear", [f"{x}_q", f"{x}_scale", f"{x}_zero_point"], [f"{x}_dq"])])
+        return f"{x}_dq"
+
+    a, b, c, d = qdq("x1", 0.004), qdq("x2", 0.008), qdq("x3", 0.02), qdq("x4", 0.03)
+    nodes.append(helper.make_node("Concat", [a, b], ["inner"], axis=1))
+    nodes.append(helper.make_node("Concat", [qdq("inner", 0.01), c], ["outer"], axis=1))
+    nodes.append(helper.make_node("Concat", [c, d], ["side"], axis=1))
+    y, z = qdq("outer", 0.05), qdq("side", 0.06)
+    nodes += [helper.make_node("Identity", [y], ["y"]), helper.make_node("Identity", [z], ["z"])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("x1", "x2", "x3", "x4")]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12]), helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])]
+    model = helper.make_model(helper.make_graph(nodes, "nested", vi, outs, inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_nested_concats_share_the_outer_scale_and_a_shared_input_keeps_one(tmp_path):
+    model = onnx.load(str(_nested_and_shared_concats(tmp_path / "nested.onnx")))
+    # the side Concat comes last: it takes x3 at its scale; the outer Concat, which also reads x3, cannot have one
+    # scale and is left as ONNX Runtime placed it; the inner one takes its output's (unchanged) scale
+    assert unify_concat_scales(model) == 2
+    scale_of = {n.input[0]: n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert scale_of["x3"] == scale_of["x4"] == scale_of["side"] == "side_scale"
+    assert scale_of["x1"] == scale_of["x2"] == scale_of["inner"] == "inner_scale" and scale_of["outer"] == "outer_scale"
+    onnx.checker.check_model(model)
+    # without the side Concat, the outer one is unified first and the inner one follows it: one scale throughout
+    model = onnx.load(str(tmp_path / "nested.onnx"))
+    side = next(n for n in model.graph.node if n.op_type == "Concat" and n.output[0] == "side")
+    side.input[0] = "x4_dq"
+    assert unify_concat_scales(model) == 3
+    scale_of = {n.input[0]: n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert {scale_of[x] for x in ("x1", "x2", "inner", "x3", "outer")} == {"outer_scale"}
+
+
+def test_a_weight_only_gemm_with_a_float_bias_is_folded_for_the_cpu(tmp_path):
+    # DQ(x) + DQ(w) -> Gemm fuses into QGemm only with an INT8 bias (or none): with a float bias (a stage the guard kept
+    # weight-only) ONNX Runtime would dequantize the weights on every run, so a CPU build folds them back to float
+    from onnx import TensorProto, helper
+
+    def gemm_model(int32_bias: bool):
+        w = np.arange(12, dtype=np.int8).reshape(3, 4)
+        inits = [numpy_helper.from_array(np.array(0.1, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+                 numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.full(3, 0.01, np.float32), "ws"),
+                 numpy_helper.from_array(np.zeros(3, np.int8), "wz")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+                 helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0)]
+        if int32_bias:
+            inits += [numpy_helper.from_array(np.ones(3, np.int32), "bq"), numpy_helper.from_array(np.full(3, 0.001, np.float32), "bs")]
+            nodes.append(helper.make_node("DequantizeLinear", ["bq", "bs"], ["b"], axis=0))
+        else:
+            inits.append(numpy_helper.from_array(np.ones(3, np.float32), "b"))
+        nodes.append(helper.make_node("Gemm", ["xd", "w", "b"], ["y"], transB=1))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert fold_weight_only_dequantize(gemm_model(int32_bias=True)) == 0  # QGemm: INT8 weights kept
+    folded = gemm_model(int32_bias=False)
+    assert fold_weight_only_dequantize(folded) == 1
+    assert "w" in {t.name for t in folded.graph.initializer}
+
+
+def test_float_outputs_leaves_what_it_cannot_rename(tmp_path):
+    model = onnx.load(str(_qdq_concat(tmp_path / "two.onnx", (0.01, 0.01, 0.01))))
+    model.graph.output.add(name="cat_q")  # the Q's own output is also an output: its pair stays
+    model.graph.output[-1].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    assert float_outputs(model) == 0 and len(model.graph.node) == 7
+    # an initializer the graph also lists as an input (keep_initializers_as_inputs) is never removed
+    model = onnx.load(str(tmp_path / "two.onnx"))
+    model.graph.input.add(name="a_scale").type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    assert unify_concat_scales(model) == 1 and "a_scale" in {t.name for t in model.graph.initializer}
 
 
 def _photos():

@@ -74,17 +74,22 @@ def float_outputs(model) -> int:
     outputs). ONNX Runtime still fuses the last Gemm into INT8 (``QGemm`` with a float output). On the demo net the
     rounded logits were the largest single loss: mean cosine with FP32 0.9983 with them, 0.9999 without. Returns how many
     outputs were freed."""
+    import onnx
+
     graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # a subgraph may read the renamed tensor by its old name: left as it is
     producer = {o: n for n in graph.node for o in n.output}
     users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
     freed = 0
     for out in graph.output:
         dq = producer.get(out.name)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or len(users.get(q.output[0], [])) != 1:
+        if q is None or q.op_type != "QuantizeLinear" or len(users.get(q.output[0], [])) != 1 or q.output[0] in outputs:
             continue
         source = q.input[0]
-        if source in {o.name for o in graph.output} or source not in producer:  # a graph input, or another output
+        if source in outputs or source not in producer:  # a graph input, or another output
             continue
         before = producer[source]
         # the producer now writes the output's name; its other readers follow
@@ -104,8 +109,10 @@ def unify_concat_scales(model) -> int:
     ONNX Runtime's ``quantize_static`` quantizes each branch at its own scale and the Concat's output again at another:
     two roundings, the second at the coarser scale. With one scale the Concat copies 8-bit values exactly, so each value
     is rounded once, as with NNCF's unified scales and TensorRT's Concat fusion (which needs equal input scales). Applies
-    where every input comes from a per-tensor DequantizeLinear of the same type as the output's QuantizeLinear; the
-    quantized tensors' readers elsewhere see the same (coarser) scale. Returns how many Concats were unified."""
+    where every input comes from a per-tensor DequantizeLinear of the same type as the output's one QuantizeLinear; the
+    quantized tensors' readers elsewhere see the same (coarser) scale. Concats are taken from the last back, so a Concat
+    feeding another gets the outer one's scale throughout; a tensor that two Concats of different scales read keeps the
+    later's, and the earlier one is not unified (a quantized tensor has one scale). Returns how many Concats were."""
     from onnx import numpy_helper
 
     graph = model.graph
@@ -118,7 +125,8 @@ def unify_concat_scales(model) -> int:
 
     unified = 0
     replaced: set[str] = set()
-    for concat in [n for n in graph.node if n.op_type == "Concat"]:
+    claimed: set[int] = set()  # the QuantizeLinear nodes a later Concat has set
+    for concat in reversed([n for n in graph.node if n.op_type == "Concat"]):  # nodes are in topological order
         after = [u for u in users.get(concat.output[0], []) if u.op_type == "QuantizeLinear"]
         dqs = [producer[i] for i in concat.input if i in producer and producer[i].op_type == "DequantizeLinear"]
         qs = [producer[d.input[0]] for d in dqs if d.input[0] in producer and producer[d.input[0]].op_type == "QuantizeLinear"]
@@ -127,12 +135,15 @@ def unify_concat_scales(model) -> int:
         scale, zero = after[0].input[1], after[0].input[2]
         if any(init[q.input[2]].data_type != init[zero].data_type for q in qs):
             continue
+        if any(id(q) in claimed and q.input[1:] != after[0].input[1:] for q in qs):
+            continue  # an input already at another Concat's scale
         for q in qs:
             for node in [q, *(u for u in users.get(q.output[0], []) if u.op_type == "DequantizeLinear")]:
                 replaced.update(node.input[1:3])
                 node.input[1], node.input[2] = scale, zero
+            claimed.add(id(q))
         unified += 1
-    used = {i for n in graph.node for i in n.input}
+    used = {i for n in graph.node for i in n.input} | {i.name for i in graph.input}
     for name in replaced - used:
         graph.initializer.remove(init[name])
     return unified
@@ -204,7 +215,10 @@ def fold_weight_only_dequantize(model) -> int:
         if not any(p is not None and p.op_type == "DequantizeLinear" and p.input[0] not in init for p in others):
             return False
         if node.op_type == "Gemm":
-            return True  # DQ(x) + DQ(w) -> Gemm fuses into QGemm with or without a Q after it (a float output: the logits)
+            # DQ(x) + DQ(w) [+ DQ(int32 bias)] -> Gemm fuses into QGemm also without a Q after it (float logits); a float
+            # bias (a stage the guard kept weight-only) does not fuse: DQ(w) would run on every call
+            bias = node.input[2] if len(node.input) > 2 else ""
+            return not bias or (bias in producer and producer[bias].op_type == "DequantizeLinear")
         after = consumers.get(node.output[0], [])
         if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
             after = consumers.get(after[0].output[0], [])

@@ -571,9 +571,11 @@ def quantize_model(
     precision, target, calib_method = Precision(precision), QuantTarget(target), CalibMethod(calib_method)
     if precision is Precision.fp32:
         raise EdgeInceptionError("--precision must be int8 or fp16 (the source model is the fp32 one)")
-    # by its graph, or by what quantization recorded (a guarded INT8 whose every stage fell back has no Q/DQ left; FP16 has none)
+    # by its graph (Q/DQ nodes, FP16 weights), or by what quantization recorded (a guarded INT8 whose every stage fell
+    # back has no Q/DQ left)
     if (any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in source.graph.node)
-            or get_metadata(source).get("precision", "fp32") != "fp32"):
+            or any(t.data_type == onnx.TensorProto.FLOAT16 for t in source.graph.initializer)
+            or get_metadata(source).get("precision") in (Precision.int8.value, Precision.fp16.value)):
         raise EdgeInceptionError(f"{src} is already quantized; quantize the FP32 model")
     if not 0.0 < min_agreement <= 1.0:
         raise EdgeInceptionError("--min-agreement must be in (0, 1]")
