@@ -37,6 +37,7 @@ from edge_inception.serve.loadgen import (  # noqa: E402
     check_log_dir,
     check_settings,
     expected_run_s,
+    offline_rerun_qps,
     settings_for,
     watchdog,
 )
@@ -223,6 +224,22 @@ def test_a_batch_rule_that_yields_no_request_is_refused():
             _Sut(lambda x: x, images, batch, workers)
     with pytest.raises(EdgeInceptionError, match="--batch"):
         check_config(ScenarioConfig((Scenario.offline,), batch=0))
+
+
+def test_offline_runs_again_with_a_larger_query_only_when_loadgen_asks_for_one():
+    cfg = ScenarioConfig(scenarios=(Scenario.offline,))
+    asks = ["Increase expected QPS so the loadgen pre-generates a larger (coalesced) query.", "min duration not met"]
+    shown = {"offline_expected_qps": 174.4}
+    # the estimate (requests one at a time) was below what the run reached with requests in flight together
+    assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 216.7, shown) == pytest.approx(1.1 * 216.7)
+    assert offline_rerun_qps(Scenario.offline, cfg, False, ["min duration not met"], 216.7, shown) == pytest.approx(1.1 * 216.7)
+    # not: a valid run, another scenario, another reason beside it, a rate the user set, a rerun already made, nothing faster
+    assert offline_rerun_qps(Scenario.offline, cfg, True, [], 216.7, shown) is None
+    assert offline_rerun_qps(Scenario.server, cfg, False, asks, 216.7, {"server_target_qps": 100.0}) is None
+    assert offline_rerun_qps(Scenario.offline, cfg, False, [*asks, "min queries not met"], 216.7, shown) is None
+    assert offline_rerun_qps(Scenario.offline, ScenarioConfig(scenarios=(Scenario.offline,), target_qps=174.4), False, asks, 216.7, shown) is None
+    assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 216.7, {**shown, "first_run": "INVALID ..."}) is None
+    assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 150.0, shown) is None
 
 
 def test_the_watchdog_bound_comes_from_the_settings():
