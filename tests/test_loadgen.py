@@ -229,7 +229,7 @@ def test_a_batch_rule_that_yields_no_request_is_refused():
 def test_offline_runs_again_with_a_larger_query_only_when_loadgen_asks_for_one():
     cfg = ScenarioConfig(scenarios=(Scenario.offline,))
     asks = ["Increase expected QPS so the loadgen pre-generates a larger (coalesced) query.", "min duration not met"]
-    shown = {"offline_expected_qps": 174.4}
+    shown = {"offline_expected_qps": 174.4, "min_duration_ms": 5000, "min_query_count": 100, "max_duration_ms": 0}
     # the estimate (requests one at a time) was below what the run reached with requests in flight together
     assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 216.7, shown) == pytest.approx(1.1 * 216.7)
     assert offline_rerun_qps(Scenario.offline, cfg, False, ["min duration not met"], 216.7, shown) == pytest.approx(1.1 * 216.7)
@@ -240,6 +240,9 @@ def test_offline_runs_again_with_a_larger_query_only_when_loadgen_asks_for_one()
     assert offline_rerun_qps(Scenario.offline, ScenarioConfig(scenarios=(Scenario.offline,), target_qps=174.4), False, asks, 216.7, shown) is None
     assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 216.7, {**shown, "first_run": "INVALID ..."}) is None
     assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 150.0, shown) is None
+    # a rate no machine reaches (a server answering nothing at once): more samples than LoadGen may generate, or infinite
+    assert offline_rerun_qps(Scenario.offline, cfg, False, asks, 1e9, shown) is None
+    assert offline_rerun_qps(Scenario.offline, cfg, False, asks, float("inf"), shown) is None
 
 
 def test_the_watchdog_bound_comes_from_the_settings():

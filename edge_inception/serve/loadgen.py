@@ -392,12 +392,17 @@ def offline_rerun_qps(scenario: Scenario, cfg: ScenarioConfig, valid: bool, reas
     x offline_expected_qps`` samples (LoadGen's test_settings_internal.cc); when the estimate (a few timed requests, one
     at a time) was below the rate the run reached with its requests in flight together, the query is served in less than
     the minimum duration and LoadGen calls the run INVALID and says to raise the expected QPS. Once, only for that
-    reason, and only where the user gave no ``--target-qps``: the measured rate x 1.1."""
+    reason, only where the user gave no ``--target-qps``, and only where :func:`check_settings` takes it: the measured
+    rate x 1.1."""
     if scenario is not Scenario.offline or valid or cfg.target_qps is not None or per_s <= 0 or "first_run" in shown:
         return None
     if not reasons or any(r != "min duration not met" and not r.startswith("Increase expected QPS") for r in reasons):
         return None
     larger = 1.1 * per_s
+    try:
+        check_settings(scenario, {**shown, "offline_expected_qps": larger})
+    except EdgeInceptionError:  # not finite, or more samples than LoadGen may generate: the first run's verdict stands
+        return None
     return larger if larger > shown["offline_expected_qps"] else None
 
 def expected_run_s(scenario: Scenario, shown: dict[str, Any], est: Estimate) -> float:
@@ -715,7 +720,6 @@ def _one(chan: Any, scenario: Scenario, cfg: ScenarioConfig, t: _Target, samples
         if larger is not None:  # LoadGen's own advice: "Increase expected QPS so the loadgen pre-generates a larger query"
             first = f"INVALID at offline_expected_qps {shown['offline_expected_qps']:.1f} ({'; '.join(reasons)}, {per_s:.1f} samples/s)"
             settings.offline_expected_qps = shown["offline_expected_qps"] = larger
-            check_settings(scenario, shown)
             bound, why = watchdog(expected_run_s(scenario, shown, est), cfg)
             chan.deadline(bound, f"LoadGen's {rule.loadgen} run again, with a larger query", why)
             shutil.rmtree(outdir / "performance", ignore_errors=True)
