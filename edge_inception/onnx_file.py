@@ -40,16 +40,33 @@ def load_onnx(path: str | Path, *, with_weights: bool = True):  # -> onnx.ModelP
 
 
 def require_text(model, where: str = "model") -> None:
-    """Refuse a model whose metadata or graph names are not UTF-8 text: protobuf hands such a string field over as
-    ``bytes``, which every library that reads it as text (ONNX's helpers, ONNX Runtime's tools, our reports) trips on.
-    Raises :class:`ModelFileError`."""
-    graph = model.graph
-    named = [("metadata key", p.key) for p in model.metadata_props] + [("metadata value", p.value) for p in model.metadata_props]
-    named += [("graph name", graph.name)] + [("tensor name", v.name) for v in (*graph.input, *graph.output, *graph.initializer)]
-    named += [(f"{kind} name", x) for n in graph.node for kind, xs in (("node", [n.name]), ("tensor", [*n.input, *n.output])) for x in xs]
-    for kind, text in named:
-        if not isinstance(text, str):
-            raise ModelFileError(f"{where}: refused: a {kind} is not UTF-8 text ({ascii(bytes(text)[:40])})")
+    """Refuse a model with a string field that is not UTF-8 text, wherever it is (metadata, names, op types and domains,
+    attribute names, shapes' ``dim_param``, subgraphs): protobuf hands such a field over as ``bytes``, which every
+    library reading it as text (ONNX's helpers, ONNX Runtime, our reports) trips on. Raises :class:`ModelFileError`
+    naming the field."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack: list[tuple[Any, str]] = [(model, "model")]
+    while stack:
+        message, path = stack.pop()
+        for fd, value in message.ListFields():
+            repeated = _repeated(fd)
+            items = list(enumerate(value)) if repeated else [(None, value)]
+            if fd.type == FieldDescriptor.TYPE_STRING:
+                for i, text in items:
+                    if not isinstance(text, str):
+                        where_in = f"{path}.{fd.name}" + ("" if i is None else f"[{i}]")
+                        raise ModelFileError(f"{where}: refused: {where_in} is not UTF-8 text ({ascii(bytes(text)[:40])})")
+            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                stack.extend((item, f"{path}.{fd.name}" + ("" if i is None else f"[{i}]")) for i, item in items)
+
+
+def _repeated(fd: Any) -> bool:
+    """Whether a protobuf field is repeated (``is_repeated`` in protobuf >= 5.28, ``label`` before)."""
+    flag = getattr(fd, "is_repeated", None)
+    if flag is None:
+        return bool(fd.label == fd.LABEL_REPEATED)
+    return bool(flag() if callable(flag) else flag)
 
 
 SPINNING_ENV = "EDGE_INCEPTION_ORT_SPINNING"  # "0": ONNX Runtime's pool threads sleep when idle instead of spinning

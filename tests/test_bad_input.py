@@ -31,7 +31,7 @@ def fails_cleanly(result, needle: str) -> None:
 
 
 @pytest.mark.parametrize("command", sorted(ONNX_COMMANDS))
-@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing", "folder", "not-utf8"])
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing", "folder", "not-utf8", "not-utf8-shape"])
 def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
     model = tmp_path / "model.onnx"
     if corruption == "not-utf8":  # a metadata key that is not UTF-8: protobuf hands it over as bytes
@@ -40,6 +40,12 @@ def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
         proto = onnx.load(str(trained.onnx))
         proto.metadata_props.add(key="precQQion", value="fp32")
         model.write_bytes(proto.SerializeToString().replace(b"precQQion", b"prec\xff\xfeion"))
+    elif corruption == "not-utf8-shape":  # the input's batch dimension named in bytes that are not UTF-8 (was a traceback)
+        import onnx
+
+        proto = onnx.load(str(trained.onnx))
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "dimQQparam"
+        model.write_bytes(proto.SerializeToString().replace(b"dimQQparam", b"dim\xff\xfeparam"))
     elif corruption == "garbage":
         model.write_bytes(b"\x08\x07this is not protobuf" * 10)
     elif corruption == "truncated":
@@ -47,7 +53,8 @@ def test_corrupt_onnx_in_every_command(command, corruption, trained, tmp_path):
     elif corruption == "folder":
         model.mkdir()
     needle = {"garbage": "not a readable ONNX model", "truncated": "not a readable ONNX model", "missing": "not found",
-              "folder": "not a file", "not-utf8": "a metadata key is not UTF-8 text"}[corruption]
+              "folder": "not a file", "not-utf8": "].key is not UTF-8 text",
+              "not-utf8-shape": "dim[0].dim_param is not UTF-8 text"}[corruption]
     if corruption == "folder" and command in ("predict", "eval", "bench", "stream"):
         needle = "no built artifact in this folder"  # these take a build folder: an empty one says so
     fails_cleanly(runner.invoke(app, ONNX_COMMANDS[command](str(model), tmp_path, trained.data)), needle)

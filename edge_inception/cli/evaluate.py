@@ -149,8 +149,9 @@ def bench(
     min_duration_ms: Annotated[int | None, typer.Option("--min-duration-ms", help="--scenario: LoadGen's min_duration_ms (default: "
                                                         "LoadGen's, 1000 with --short).")] = None,
     min_query_count: Annotated[int | None, typer.Option("--min-query-count", help="--scenario: LoadGen's min_query_count.")] = None,
-    watchdog_s: Annotated[float | None, typer.Option("--watchdog-s", help="--scenario: stop a LoadGen run after this many seconds "
-                                                     "(default: 4 x what its settings should take + 70 s).")] = None,
+    watchdog_s: Annotated[float | None, typer.Option("--watchdog-s", help="--scenario: stop each LoadGen run after this many seconds "
+                                                     "(default: 4 x what its settings should take + 70 s; an Offline run that "
+                                                     "LoadGen asks to repeat with a larger query is a second run).")] = None,
     loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
     timeout: RequestTimeoutOpt = 10.0,
 ) -> None:

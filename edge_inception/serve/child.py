@@ -169,7 +169,7 @@ def _supervise(proc: Any, conn: Any, what: str, startup_s: float, progress: Call
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise WatchdogError(f"{phase} did not finish within {limit:.0f} s ({why}); stopped it, nothing was written")
+            raise WatchdogError(f"{phase} did not finish within {limit:.3g} s ({why}); stopped it, nothing was written")
         if not wait([conn], timeout=min(left, 1.0)):
             continue
         try:
