@@ -50,14 +50,15 @@ def require_text(model, where: str = "model") -> None:
     while stack:
         message, path = stack.pop()
         for fd, value in message.ListFields():
-            repeated = _repeated(fd)
-            items = list(enumerate(value)) if repeated else [(None, value)]
+            if fd.type not in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE):
+                continue  # numbers and bytes (a tensor's float_data may hold millions): nothing to decode
+            items = list(enumerate(value)) if _repeated(fd) else [(None, value)]
             if fd.type == FieldDescriptor.TYPE_STRING:
                 for i, text in items:
                     if not isinstance(text, str):
                         where_in = f"{path}.{fd.name}" + ("" if i is None else f"[{i}]")
                         raise ModelFileError(f"{where}: refused: {where_in} is not UTF-8 text ({ascii(bytes(text)[:40])})")
-            elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            else:
                 stack.extend((item, f"{path}.{fd.name}" + ("" if i is None else f"[{i}]")) for i, item in items)
 
 

@@ -61,6 +61,7 @@ def int8_weights(model, nodes: set[str]) -> int:
 
 
 def _consumers(graph) -> dict[str, list]:
+    """Each tensor name -> the nodes that read it (in graph order)."""
     users: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -203,10 +204,7 @@ def fold_weight_only_dequantize(model) -> int:
 
     init = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model.graph)
 
     def int8_compute(node, weight_name: str) -> bool:
         # ORT fuses DQ(x) + DQ(w) -> Conv [-> Relu] -> Q into one INT8 kernel; without the Q after it, the op runs in

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,9 +104,6 @@ class ImageCache:
     it, never change it in place."""
 
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
-        import threading
-        from collections import OrderedDict
-
         self._images: OrderedDict[Hashable, Any] = OrderedDict()  # the most recently used last
         self._lock = threading.Lock()
         self.bytes = 0

@@ -405,6 +405,7 @@ def offline_rerun_qps(scenario: Scenario, cfg: ScenarioConfig, valid: bool, reas
         return None
     return larger if larger > shown["offline_expected_qps"] else None
 
+
 def expected_run_s(scenario: Scenario, shown: dict[str, Any], est: Estimate) -> float:
     """How long LoadGen's PerformanceOnly run with these settings should take at the measured rate (seconds): the
     minimum duration or the minimum query count, whichever takes longer (Offline: its one query of generated samples)."""
@@ -711,20 +712,21 @@ def _one(chan: Any, scenario: Scenario, cfg: ScenarioConfig, t: _Target, samples
     rule = RULES[scenario]
     workers = 1 if scenario is Scenario.single_stream else cfg.concurrency
     sut = _Sut(t.infer, samples.images, split, workers, on_error=chan.fail)
-    try:
+
+    def performance(what: str) -> tuple[bool, list[str], dict[str, float], float, int]:
         bound, why = watchdog(expected_run_s(scenario, shown, est), cfg)
-        chan.deadline(bound, f"LoadGen's {rule.loadgen} run", why)
+        chan.deadline(bound, what, why)
+        shutil.rmtree(outdir / "performance", ignore_errors=True)  # a rerun's logs replace the first run's
         _run_test(sut, len(samples.images), settings, outdir / "performance")
-        valid, reasons, latency, per_s, count = result_from_detail(read_detail(outdir / "performance" / "mlperf_log_detail.txt"), scenario)
+        return result_from_detail(read_detail(outdir / "performance" / "mlperf_log_detail.txt"), scenario)
+
+    try:
+        valid, reasons, latency, per_s, count = performance(f"LoadGen's {rule.loadgen} run")
         larger = offline_rerun_qps(scenario, cfg, valid, reasons, per_s, shown)
         if larger is not None:  # LoadGen's own advice: "Increase expected QPS so the loadgen pre-generates a larger query"
             first = f"INVALID at offline_expected_qps {shown['offline_expected_qps']:.1f} ({'; '.join(reasons)}, {per_s:.1f} samples/s)"
             settings.offline_expected_qps = shown["offline_expected_qps"] = larger
-            bound, why = watchdog(expected_run_s(scenario, shown, est), cfg)
-            chan.deadline(bound, f"LoadGen's {rule.loadgen} run again, with a larger query", why)
-            shutil.rmtree(outdir / "performance", ignore_errors=True)
-            _run_test(sut, len(samples.images), settings, outdir / "performance")
-            valid, reasons, latency, per_s, count = result_from_detail(read_detail(outdir / "performance" / "mlperf_log_detail.txt"), scenario)
+            valid, reasons, latency, per_s, count = performance(f"LoadGen's {rule.loadgen} run again, with a larger query")
             shown["first_run"] = first
         top1, n_acc = None, 0
         if cfg.accuracy and samples.labels is not None:
