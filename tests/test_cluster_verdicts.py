@@ -97,22 +97,34 @@ def test_quantize_eval_on_a_cluster_gives_the_in_process_verdict(trained, head, 
 
 @contextlib.contextmanager
 def _listener(answer: bytes | None) -> Iterator[int]:
-    """A TCP server on 127.0.0.1 that accepts and then says nothing (``answer`` None) or sends ``answer``."""
+    """A TCP server on 127.0.0.1 that accepts and then says nothing (``answer`` None) or sends ``answer``. Its thread
+    polls a stop flag and is joined before the socket closes: closing a listening socket under a thread blocked in
+    accept() let that thread take the next listener's connection (its number reused), which then reset it."""
     server = socket.create_server((HOST, 0))
+    server.settimeout(0.1)
     conns: list[socket.socket] = []
+    stop = threading.Event()
 
     def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
+        while not stop.is_set():
+            try:
                 conn, _ = server.accept()
-                conns.append(conn)
-                if answer is not None:
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conns.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
                     conn.sendall(answer)
 
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
         yield server.getsockname()[1]
     finally:
+        stop.set()
+        thread.join(timeout=5)
         server.close()
         for c in conns:
             c.close()
