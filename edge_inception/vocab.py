@@ -128,6 +128,14 @@ class PreprocessMode(Choice):
     fast = "fast"
 
 
+class SharedMemory(Choice):
+    """How tensors reach a Triton server (Triton's shared-memory extension; perf_analyzer's ``--shared-memory``): in the
+    gRPC messages (``none``) or through system shared memory (``system``: the server on this machine; serve/shm.py)."""
+
+    none = "none"
+    system = "system"
+
+
 class FolderOrder(Choice):
     """How integer class folders (``0``, ``1``, ... ``11``) map to a model's outputs when it has no class names.
 

@@ -345,11 +345,11 @@ def test_a_fifo_named_like_a_log_is_refused_without_a_hang(tiny, tmp_path):
 REQUEST_S = 4  # the runs' request deadline (--timeout): a stopped server is found out after it (10 s by default)
 
 
-def bench_until_server_fault(server: TritonServer, tmp_path: Path, sig: signal.Signals) -> tuple[int, str, float, int]:
+def bench_until_server_fault(server: TritonServer, tmp_path: Path, sig: signal.Signals, *extra: str) -> tuple[int, str, float, int]:
     """A long Offline run against ``server``, ``sig`` sent to the server's process group 2 s into LoadGen's run:
     (exit code, stderr, seconds from the signal to the exit, the command's process group)."""
     proc = start_bench(f"grpc://{server.endpoints.grpc}/demo", "--scenario", "offline", "--concurrency", "2", "--timeout", str(REQUEST_S),
-                       *output_args(tmp_path), tmpdir=tmp_path / "tmp")
+                       *output_args(tmp_path), *extra, tmpdir=tmp_path / "tmp")
     try:
         wait_for_line(proc, "LoadGen Offline against")
         time.sleep(2.0)
@@ -384,10 +384,16 @@ def wait_until_answering(server: TritonServer, within_s: float = 120.0) -> None:
 def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, tmp_path):
     """tritonserver (its own, not the module's shared one) stopped (SIGSTOP), then killed (SIGKILL), 2 s into a long
     Offline run: each time the command says so in one line and exits 1 within the bound (a request's deadline,
-    --timeout 4; a refused connection fails at once), its LoadGen child stopped, nothing written; no server process left."""
+    --timeout 4; a refused connection fails at once), its LoadGen child stopped, nothing written; no server process left.
+    Killed, the server leaves its Python backend stubs' shared memory in /dev/shm, and the command (here with
+    --shared-memory system) its own regions: the server's stop and the command remove them."""
+    from edge_inception.serve.shm import SHM_DIR
+
     server = TritonServer(python_repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=READY_S)
     try:
         server.start()
+        stub_regions = list(server.stub_regions)
+        assert stub_regions and all((SHM_DIR / r).is_file() for r in stub_regions)
         code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGSTOP)
         assert code == 1 and "Traceback" not in err
         assert one_error_line(err) == (f"error: the server at {server.endpoints.grpc} did not answer within {REQUEST_S} s "
@@ -398,11 +404,13 @@ def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, 
         assert server.proc is not None
         os.killpg(server.proc.pid, signal.SIGCONT)
         wait_until_answering(server)
-        code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGKILL)
+        code, err, took, pgid = bench_until_server_fault(server, tmp_path, signal.SIGKILL, "--shared-memory", "system")
     finally:
         server.stop()
     assert code == 1 and "Traceback" not in err
     assert one_error_line(err).startswith(f"error: cannot reach a Triton server at {server.endpoints.grpc}")
     assert took < REQUEST_S + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"
     assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(pgid) == []
+    assert not any((SHM_DIR / r).exists() for r in stub_regions)
+    assert list(SHM_DIR.glob(f"edge-inception-loadgen-{pgid}-*")) == []
     assert_none_left(python_repo)

@@ -77,6 +77,31 @@ def processes_of(repo: Path) -> list[str]:
     return list(pids_of(repo).values())
 
 
+@contextlib.contextmanager
+def stub_regions_seen(repo: Path):
+    """The /dev/shm regions of the Python backend stubs serving ``repo`` while the block runs (a stub's second argument),
+    polled every 0.1 s: a set filled in as they are seen."""
+    import threading
+
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.1):
+            for cmd in processes_of(repo):
+                argv = cmd.split(" ")
+                if argv[0].endswith("triton_python_backend_stub") and len(argv) > 2:
+                    seen.add(argv[2])
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
 def assert_none_left(repo: Path, within_s: float = 15.0) -> None:
     deadline = time.monotonic() + within_s
     while processes_of(repo) and time.monotonic() < deadline:
@@ -329,6 +354,51 @@ def test_loadgen_scenarios_short(server, tiny, tmp_path):
 
 
 @needs_server
+def test_system_shared_memory_carries_the_same_tensors_and_leaves_nothing(server, tiny, tmp_path):
+    """--shared-memory system (Triton's shared-memory extension, as perf_analyzer's): the same scores as the gRPC
+    messages carry, LoadGen's accuracy equal to `eval`'s, and afterwards no region registered with the server nor left
+    in /dev/shm; a batch larger than the regions goes in the messages. Where it cannot apply, one line."""
+    import tritonclient.grpc as grpcclient
+
+    from edge_inception.serve.client import TritonClient
+    from edge_inception.serve.shm import SHM_DIR
+
+    target = f"grpc://{server.endpoints.grpc}/demo"
+    x = np.random.default_rng(3).standard_normal((6, 3, 64, 64)).astype(np.float32)
+    with TritonClient(target, timeout_s=30) as plain, TritonClient(target, timeout_s=30) as shared:
+        shared.use_shared_memory(4, 2, prefix=f"edge-inception-test-{os.getpid()}")
+        regions = sorted(p.name for p in SHM_DIR.glob(f"edge-inception-test-{os.getpid()}-*"))
+        assert regions == [f"edge-inception-test-{os.getpid()}-{i}-{d}" for i in range(2) for d in ("in", "out")]
+        assert all((SHM_DIR / r).stat().st_mode & 0o777 == 0o600 for r in regions)  # this user's alone
+        for n in (1, 4, 6):  # 6 > the regions' 4: through the messages
+            got = shared.logits(x[:n])
+            assert np.array_equal(got, plain.logits(x[:n]))
+            if n == 4:  # the scores came through one of the output regions
+                written = [np.fromfile(SHM_DIR / r, dtype="<f4", count=got.size).reshape(got.shape) for r in regions if r.endswith("-out")]
+                assert any(np.array_equal(w, got) for w in written)
+    assert not any((SHM_DIR / r).exists() for r in regions)
+    with contextlib.closing(grpcclient.InferenceServerClient(server.endpoints.grpc)) as raw:
+        assert list(raw.get_system_shared_memory_status().regions) == []
+
+    code, _, err = cli("bench", target, "--scenario", "offline,single-stream", "--short", "--accuracy", "--concurrency", "2", "--batch", "4",
+                       "--data", str(tiny.data / "val"), "--shared-memory", "system", "--json", str(tmp_path / "a.json"))
+    assert code == 0, err
+    from edge_inception.evaluate.predict import evaluate
+
+    expected = evaluate(tiny.artifact, tiny.data / "val")
+    for row in json.loads((tmp_path / "a.json").read_text())["loadgen"]:
+        assert row["accuracy_samples"] == expected.images and row["top1"] == pytest.approx(expected.top1), row["scenario"]
+    assert list(SHM_DIR.glob(f"edge-inception-loadgen-{os.getpid()}-*")) == []
+    with contextlib.closing(grpcclient.InferenceServerClient(server.endpoints.grpc)) as raw:
+        assert list(raw.get_system_shared_memory_status().regions) == []
+
+    code, _, err = cli("bench", str(tiny.artifact), "--scenario", "offline", "--short", "--shared-memory", "system")
+    assert code == 1 and "--shared-memory system is for a served model" in one_error_line(err)
+    code, _, err = cli("bench", str(tiny.artifact), "--shared-memory", "system")
+    assert code == 1 and "--shared-memory is for --scenario" in one_error_line(err)
+
+
+@needs_server
 def test_bad_targets_get_one_line(server, tmp_path):
     code, _, err = cli("predict", f"grpc://{server.endpoints.grpc}/nosuch", str(tmp_path / "x.png"))
     assert code == 1 and "model 'nosuch' is not ready" in one_error_line(err) and "demo" in err
@@ -420,9 +490,12 @@ def test_a_server_that_never_gets_ready_is_stopped(tmp_path):
              "class TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(600)\n")
     (repo / "slow" / "1" / "model.py").write_text(model)
     t0 = time.monotonic()
-    code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3",
-                       "--trust-repository")
+    with stub_regions_seen(repo) as regions:
+        code, _, err = cli("serve", "run", str(repo), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-timeout", "3",
+                           "--trust-repository")
     assert code == 1 and "was not ready within 3 s" in one_error_line(err)
+    # its stub's shared memory is not left in /dev/shm (the server, stopped before it was ready, would leave it)
+    assert regions and not any((Path("/dev/shm") / r).exists() for r in regions)
     # the model takes 600 s to load: an answer well before that means --ready-timeout stopped the wait (not a speed figure;
     # the margin is for a loaded machine)
     assert time.monotonic() - t0 < 300

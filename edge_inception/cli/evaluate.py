@@ -31,6 +31,7 @@ from ..vocab import (
     Baseline,
     FolderOrder,
     PreprocessMode,
+    SharedMemory,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +155,9 @@ def bench(
                                                      "LoadGen asks to repeat with a larger query is a second run).")] = None,
     loadgen_logs: Annotated[Path | None, typer.Option("--loadgen-logs", help="--scenario: keep LoadGen's logs in this folder.")] = None,
     timeout: RequestTimeoutOpt = 10.0,
+    shared_memory: Annotated[SharedMemory, typer.Option("--shared-memory", help="--scenario against grpc://: tensors through Triton's "
+                                                        "system shared memory (a server on this machine, as this user) instead "
+                                                        "of the gRPC messages, as perf_analyzer's --shared-memory.")] = SharedMemory.none,
 ) -> None:
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
     scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
@@ -170,11 +174,13 @@ def bench(
                                batch=max(int_list(batch, "--batch")), concurrency=concurrency, target_qps=target_qps,
                                target_latency_ms=target_latency_ms, samples_per_query=samples_per_query, min_duration_ms=min_duration_ms,
                                min_query_count=min_query_count, threads=threads, log_dir=loadgen_logs, watchdog_s=watchdog_s,
-                               timeout_s=timeout)
+                               timeout_s=timeout, shared_memory=shared_memory)
         write_outputs(_bench_scenarios(artifacts, cfg_s), json=json_out, markdown=markdown_out, png=plot_out, inputs=inputs)
         return
     if any(a.startswith("grpc://") for a in artifacts):
         raise EdgeInceptionError("a served model (grpc://) is measured with --scenario (MLPerf's scenarios through LoadGen)")
+    if shared_memory is not SharedMemory.none:
+        raise EdgeInceptionError("--shared-memory is for --scenario against a served model (grpc://HOST:PORT/MODEL)")
 
     bases = None if baseline is None else () if baseline.strip() == "none" else choices(baseline, Baseline, "--baseline")
     cfg = BenchConfig(batches=int_list(batch, "--batch"), warmup=warmup, warmup_s=warmup_s, iterations=iterations if not duration else 0,

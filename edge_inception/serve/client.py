@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE
 from ..names import MAX_LABEL_CHARS, is_number, printable
 from ..vocab import MIN_IMAGE_SIZE, PreprocessMode
 from .config import MODEL_NAME_RE
+from .shm import Slots
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,7 @@ class TritonClient:
         self.client: Any = None
         self.model: RemoteModel | None = None
         self.reply_limit = METADATA_REPLY_BYTES
+        self.slots: Slots | None = None  # system shared memory, once use_shared_memory() made it
 
     def __enter__(self) -> TritonClient:
         self.connect()
@@ -163,18 +167,20 @@ class TritonClient:
             ("grpc.keepalive_time_ms", 2**31 - 1), ("grpc.keepalive_timeout_ms", 20000), ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 2)])
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``self.client.method(*args, client_timeout=timeout_s)``, retried on UNAVAILABLE, errors as ServeError."""
+    def _call(self, method: str, *args: Any, retries: int | None = None, **kwargs: Any) -> Any:
+        """``self.client.method(*args, client_timeout=timeout_s)``, retried on UNAVAILABLE (``retries``, default the
+        client's), errors as ServeError."""
         from tritonclient.utils import InferenceServerException
 
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 return getattr(self.client, method)(*args, client_timeout=self.timeout_s, **kwargs)
             except InferenceServerException as exc:
-                if _status(exc) == "StatusCode.UNAVAILABLE" and attempt < self.retries:
+                if _status(exc) == "StatusCode.UNAVAILABLE" and attempt < retries:
                     wait = BACKOFF_S * 2**attempt
                     log.warning("%s is unavailable (%s); retry %d of %d in %g s", self.target.url, _detail(exc), attempt + 1,
-                                self.retries, wait)
+                                retries, wait)
                     time.sleep(wait)
                     continue
                 raise self._error(exc, attempt) from None
@@ -262,9 +268,35 @@ class TritonClient:
                            int(cfg.max_batch_size), cfg.platform or cfg.backend, fixed)
 
     def close(self) -> None:
+        if self.slots is not None:
+            slots, self.slots = self.slots, None
+            slots.close()
         if self.client is not None:
             self.client.close()
             self.client = None
+
+    def use_shared_memory(self, batch: int, in_flight: int, prefix: str | None = None) -> None:
+        """From now on, requests of up to ``batch`` images and their replies go through Triton's system shared memory
+        (:mod:`.shm`): ``in_flight`` pairs of regions named ``<prefix>-<i>-in/out`` (default prefix
+        ``edge-inception-shm-<pid>-<random>``), registered with the server; :meth:`close` unregisters and removes them.
+        For a server on this machine: one that cannot map them (another machine's, a container's) is a ServeError.
+        A model taking encoded images keeps the gRPC stream."""
+        m = self._model()
+        if m.takes_images:
+            raise ServeError(f"{self.target} takes encoded images; --shared-memory system carries FP32 tensors (name its classifier model)")
+        batch = min(batch, m.largest_batch)
+        name = prefix or f"edge-inception-shm-{os.getpid()}-{secrets.token_hex(4)}"
+
+        def register(region: str, key: str, size: int) -> None:
+            try:
+                self._call("register_system_shared_memory", region, key, size)
+            except ServeError as exc:
+                raise ServeError(f"{exc} (system shared memory needs the server on this machine, as this user)") from None
+
+        def unregister(region: str) -> None:
+            self._call("unregister_system_shared_memory", region, retries=0)
+
+        self.slots = Slots(name, in_flight, batch * 3 * m.image_size**2 * 4, batch * m.num_classes * 4, register, unregister)
 
     # -- inference: every reply checked before it is used ---------------------------------------------------------------
 
@@ -277,7 +309,28 @@ class TritonClient:
             raise ServeError(f"{self.target}: a batch of {len(batch)} images; this model takes 1 to {m.largest_batch}")
         outputs = [grpcclient.InferRequestedOutput(m.output_name, class_count=class_count)]
         result = self._call("infer", m.name, [self._input(batch)], model_version=self.target.version, outputs=outputs)
-        reply = result.get_response()
+        return self._checked_output(result.get_response(), len(batch), class_count)
+
+    def _infer_shared(self, slots: Slots, batch: np.ndarray) -> np.ndarray:
+        """One request through system shared memory: the batch written to a free input region, the scores read from its
+        output region once the reply (checked as any other) says they are there."""
+        import tritonclient.grpc as grpcclient
+
+        m = self._model()
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        with slots.slot() as (region_in, region_out):
+            inp = grpcclient.InferInput(m.input_name, list(x.shape), "FP32")
+            inp.set_shared_memory(region_in.name, slots.write(region_in, x))
+            out = grpcclient.InferRequestedOutput(m.output_name)
+            out.set_shared_memory(region_out.name, len(x) * m.num_classes * 4)
+            result = self._call("infer", m.name, [inp], model_version=self.target.version, outputs=[out])
+            self._checked_output(result.get_response(), len(x), 0, shared=True)
+            return slots.read(region_out, (len(x), m.num_classes))
+
+    def _checked_output(self, reply: Any, n: int, class_count: int, shared: bool = False) -> Any:
+        """The reply's one output checked against a request of ``n`` images: model, name, datatype, shape, and its raw
+        bytes (returned), or none where the output went to shared memory."""
+        m = self._model()
         if reply.model_name != m.name:
             raise self._bad(f"a reply from model '{printable(reply.model_name, 80)}', asked {m.name!r}")
         if len(reply.outputs) != 1 or reply.outputs[0].name != m.output_name:
@@ -287,13 +340,17 @@ class TritonClient:
         want_type, width = ("BYTES", class_count) if class_count else ("FP32", m.num_classes)
         if out.datatype != want_type:
             raise self._bad(f"output datatype {printable(out.datatype, 20)}, expected {want_type}")
-        if list(out.shape) != [len(batch), width]:
-            raise self._bad(f"output shape {list(out.shape)[:8]}, expected {[len(batch), width]}")
+        if list(out.shape) != [n, width]:
+            raise self._bad(f"output shape {list(out.shape)[:8]}, expected {[n, width]}")
+        if shared:  # the scores are in the region: the reply carries none (Triton sends one empty buffer)
+            if any(len(b) for b in reply.raw_output_contents):
+                raise self._bad(f"{sum(len(b) for b in reply.raw_output_contents):,} bytes of output in the reply; it was asked in shared memory")
+            return None
         if len(reply.raw_output_contents) != 1:
             raise self._bad(f"{len(reply.raw_output_contents)} raw output buffers, expected 1")
         raw = reply.raw_output_contents[0]
-        if want_type == "FP32" and len(raw) != 4 * len(batch) * width:
-            raise self._bad(f"{len(raw):,} bytes of scores, expected {4 * len(batch) * width:,} ({len(batch)} x {width} FP32)")
+        if want_type == "FP32" and len(raw) != 4 * n * width:
+            raise self._bad(f"{len(raw):,} bytes of scores, expected {4 * n * width:,} ({n} x {width} FP32)")
         return raw
 
     def _model(self) -> RemoteModel:
@@ -316,7 +373,11 @@ class TritonClient:
         """N x 3 x S x S float32 (or N x 1 encoded images, for an ensemble) -> N x C float32 scores, one request; the
         reply's shape, datatype and size checked, and every score finite (NaN or inf is a ServeError)."""
         m = self._model()
-        scores = np.frombuffer(self._infer(batch), dtype="<f4").reshape(len(batch), m.num_classes)
+        slots = self.slots
+        if slots is not None and batch.dtype != object and 4 * batch.size <= slots.in_bytes:
+            scores = self._infer_shared(slots, batch)
+        else:
+            scores = np.frombuffer(self._infer(batch), dtype="<f4").reshape(len(batch), m.num_classes)
         bad = ~np.isfinite(scores)
         if bad.any():
             row, col = (int(v) for v in np.argwhere(bad)[0])

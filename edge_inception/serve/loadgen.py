@@ -39,7 +39,7 @@ from ..errors import DatasetError, EdgeInceptionError, OutputPathError, ServeErr
 from ..fileio import ensure_folder, install_files, output_target, private_tempdir, staging_dir
 from ..limits import MAX_BATCH
 from ..report import Axis, Bars, Figure, Series, md_text
-from ..vocab import Choice
+from ..vocab import Choice, SharedMemory
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class ScenarioConfig:
     min_query_count: int | None = None
     threads: int = 0  # in-process engine threads
     timeout_s: float = 10.0  # per request to a server
+    shared_memory: SharedMemory = SharedMemory.none  # a server's tensors through system shared memory (serve/shm.py)
     log_dir: Path | None = None  # keep LoadGen's logs here (one folder per scenario); default: only the run's private folder
     watchdog_s: float | None = None  # each LoadGen run's wall-clock bound; default: from its settings (see watchdog())
 
@@ -604,7 +605,7 @@ class _Target:
     max_batch: int | None  # a server's max_batch_size (None: in-process)
 
 
-def _open(target: str, cfg: ScenarioConfig) -> _Target:
+def _open(target: str, cfg: ScenarioConfig, shm_prefix: str | None = None) -> _Target:
     from .client import TritonRunner, is_remote
 
     if is_remote(target):
@@ -612,7 +613,16 @@ def _open(target: str, cfg: ScenarioConfig) -> _Target:
         runner.activate()
         model = runner.client.model
         if model is None:
+            runner.deactivate()
             raise ServeError(f"{target}: the server described no model")
+        if cfg.shared_memory is SharedMemory.system:
+            in_flight = 1 if cfg.scenarios == (Scenario.single_stream,) else cfg.concurrency
+            biggest = max(cfg.batch, cfg.samples_per_query if Scenario.multi_stream in cfg.scenarios else 1)
+            try:
+                runner.client.use_shared_memory(biggest, in_flight, shm_prefix)
+            except BaseException:
+                runner.deactivate()
+                raise
         names = runner.client.class_names() if cfg.accuracy else [str(i) for i in range(model.num_classes)]
 
         def remote_infer(batch: np.ndarray) -> np.ndarray:
@@ -623,6 +633,8 @@ def _open(target: str, cfg: ScenarioConfig) -> _Target:
                        runner.deactivate, model.max_batch_size)
     from ..engines.registry import artifact_info, open_runner
 
+    if cfg.shared_memory is not SharedMemory.none:
+        raise EdgeInceptionError(f"--shared-memory {cfg.shared_memory.value} is for a served model (grpc://HOST:PORT/MODEL), not {target}")
     info = artifact_info(target)
     local = open_runner(target, threads=cfg.threads or None)
     local.activate()
@@ -672,13 +684,22 @@ def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], No
             keep_logs(private, cfg.log_dir, cfg)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+        if cfg.shared_memory is SharedMemory.system:  # the child's regions, if it was killed before it removed them
+            from .shm import remove_regions
+
+            remove_regions(_shm_prefix(str(private)))
     return ScenarioReport(machine_info(cfg.threads), cfg, results, notes)
+
+
+def _shm_prefix(private: str) -> str:
+    """The names of a run's shared-memory regions: its private folder's (unique while the run lasts) + ``-shm``."""
+    return Path(private).name + "-shm"
 
 
 def _child_run(chan: Any, target: str, cfg: ScenarioConfig, private: str) -> tuple[list[ScenarioResult], list[str]]:
     """In the child process (:func:`.child.run_in_child`): open the target, load the samples, time them, check every
     run's settings, then run LoadGen for each scenario, each run under its watchdog."""
-    t = _open(target, cfg)
+    t = _open(target, cfg, _shm_prefix(private))
     try:
         samples = load_samples(cfg.data, t.image_size, t.class_names, t.num_classes, labelled=cfg.accuracy)
         batch = batch_rule(cfg.batch, t.max_batch, t.name)

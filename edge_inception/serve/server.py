@@ -8,7 +8,7 @@ start: a backend folder holding the Python backend and the stub built for this i
 in ``EDGE_INCEPTION_SYS_PATH``, since the stub's embedded Python does not read ``PYTHONPATH``.
 
 The server runs in its own process group (session): stopping sends SIGTERM to the group, waits, then SIGKILL, so that
-no ``triton_python_backend_stub`` outlives it.
+no ``triton_python_backend_stub`` outlives it; the stubs' shared-memory regions it would leave in /dev/shm are removed after it.
 """
 
 from __future__ import annotations
@@ -218,6 +218,7 @@ class TritonServer:
         self.models: list[str] = []
         self.endpoints: Endpoints | None = None
         self.stubs: dict[int, tuple[str, str]] = {}  # the server's backend processes when it became ready (group())
+        self.stub_regions: list[str] = []  # their shared-memory regions in /dev/shm (_stub_region)
 
     # lifecycle -------------------------------------------------------------------------------------------------
     def __enter__(self) -> TritonServer:
@@ -278,6 +279,7 @@ class TritonServer:
         try:
             self._wait_ready()
             self.stubs = self.group()  # before anyone is told it is ready: what watch() holds it to
+            self.stub_regions = [r for r in map(_stub_region, self.stubs) if r is not None]
         except BaseException:
             self.stop()
             raise
@@ -329,6 +331,9 @@ class TritonServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, up to the exit timeout plus 10 s, then SIGKILL to whatever is left of it."""
+        regions = list(self.stub_regions)
+        if self.proc is not None:  # and the regions of stubs started since (or of a server that never became ready)
+            regions += [r for r in map(_stub_region, self.group()) if r is not None and r not in regions]
         proc, self.proc = self.proc, None
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -341,6 +346,8 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)  # stubs or a server that did not stop: the whole group
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
+        remove_stub_regions(regions)
+        self.stub_regions = []
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -396,6 +403,36 @@ def _proc_stat(pid: int) -> tuple[str, int, str] | None:
         return fields[0], int(fields[2]), fields[19]
     except (IndexError, ValueError):
         return None
+
+
+STUB_REGION_RE = re.compile(r"triton_python_backend_shm_region_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _stub_region(pid: int) -> str | None:
+    """The shared-memory region a Python backend stub and the server share (the stub's second argument; a file of
+    /dev/shm), or None for another process. The name is checked against Triton's pattern before it nears a path."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) < 3 or not argv[0].endswith(b"triton_python_backend_stub"):
+        return None
+    name = argv[2].decode("ascii", errors="replace")
+    return name if STUB_REGION_RE.fullmatch(name) else None
+
+
+def remove_stub_regions(names: list[str]) -> None:
+    """Remove the stubs' regions a server left in /dev/shm: its Python backend unlinks them when it stops in order, not
+    when it or a stub is killed (SIGKILL, a crash), and each is 1 MB of memory until the machine restarts. Only names
+    of Triton's pattern, only this user's files; call it once the server's process group is gone."""
+    for name in names:
+        if not STUB_REGION_RE.fullmatch(name):
+            continue
+        path = Path("/dev/shm") / name
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+                path.unlink()
+                log.debug("removed %s, which the server left", path)
 
 
 def _stub_model(pid: int, repo: Path | None) -> str:
