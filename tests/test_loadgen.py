@@ -412,5 +412,51 @@ def test_a_server_that_stops_answering_or_dies_mid_run_is_one_line(python_repo, 
     assert took < REQUEST_S + 2 * SIGNAL_EXIT_S, f"{took:.1f} s"
     assert not any(p.exists() for p in outputs(tmp_path).values()) and group_members(pgid) == []
     assert not any((SHM_DIR / r).exists() for r in stub_regions)
-    assert list(SHM_DIR.glob(f"edge-inception-loadgen-{pgid}-*")) == []
+    assert list(SHM_DIR.glob(f"edge-inception-shm-{pgid}-*")) == []
+    assert_none_left(python_repo)
+
+
+@pytest.mark.skipif(not _has_server(), reason="no tritonserver (make setup installs nvidia-pytriton in .venv/triton-site)")
+def test_shared_memory_is_released_however_a_run_ends(python_repo, tmp_path):
+    """--shared-memory system: Ctrl-C during LoadGen's run leaves no region registered on the server and no file in
+    /dev/shm (the command releases what its LoadGen child held); the command and its child killed (SIGKILL, nothing of
+    theirs runs after) leave both, and the next run on this machine sweeps them."""
+    import tritonclient.grpc as grpcclient
+
+    from edge_inception.serve.shm import SHM_DIR
+
+    server = TritonServer(python_repo, http_port=0, grpc_port=0, metrics_port=0, ready_timeout_s=READY_S)
+
+    def registered() -> list[str]:
+        assert server.endpoints is not None
+        raw = grpcclient.InferenceServerClient(server.endpoints.grpc)
+        try:
+            return sorted(raw.get_system_shared_memory_status(client_timeout=10).regions)
+        finally:
+            raw.close()
+
+    try:
+        server.start()
+        target = f"grpc://{server.endpoints.grpc}/demo"
+        for sig in (signal.SIGINT, signal.SIGKILL):
+            proc = start_bench(target, "--scenario", "offline", "--concurrency", "2", "--shared-memory", "system", tmpdir=tmp_path / "tmp")
+            try:
+                wait_for_line(proc, "LoadGen Offline against")
+                ours = [r for r in registered() if r.startswith(f"edge-inception-shm-{proc.pid}-")]
+                assert len(ours) == 4 and all((SHM_DIR / r).is_file() for r in ours)  # two pairs, one per request in flight
+                os.killpg(proc.pid, sig)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                kill_group(proc)
+            if sig == signal.SIGINT:
+                assert proc.returncode == 130 and "Traceback" not in err
+                assert not set(ours) & set(registered()) and not any((SHM_DIR / r).exists() for r in ours)
+            else:  # killed with its child: nothing could release them
+                assert set(ours) <= set(registered()) and all((SHM_DIR / r).exists() for r in ours)
+        code, _, err = cli("bench", target, "--scenario", "offline", "--short", "--shared-memory", "system")
+        assert code == 0, err
+        assert not set(ours) & set(registered()) and not any((SHM_DIR / r).exists() for r in ours)  # swept by the next run
+        assert not [r for r in registered() if r.startswith(f"edge-inception-shm-{os.getpid()}-")]  # and its own released
+    finally:
+        server.stop()
     assert_none_left(python_repo)

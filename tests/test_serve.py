@@ -388,7 +388,7 @@ def test_system_shared_memory_carries_the_same_tensors_and_leaves_nothing(server
     expected = evaluate(tiny.artifact, tiny.data / "val")
     for row in json.loads((tmp_path / "a.json").read_text())["loadgen"]:
         assert row["accuracy_samples"] == expected.images and row["top1"] == pytest.approx(expected.top1), row["scenario"]
-    assert list(SHM_DIR.glob(f"edge-inception-loadgen-{os.getpid()}-*")) == []
+    assert list(SHM_DIR.glob(f"edge-inception-shm-{os.getpid()}-*")) == []
     with contextlib.closing(grpcclient.InferenceServerClient(server.endpoints.grpc)) as raw:
         assert list(raw.get_system_shared_memory_status().regions) == []
 

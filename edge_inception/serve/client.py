@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +42,7 @@ from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE
 from ..names import MAX_LABEL_CHARS, is_number, printable
 from ..vocab import MIN_IMAGE_SIZE, PreprocessMode
 from .config import MODEL_NAME_RE
-from .shm import Slots
+from .shm import Slots, new_prefix, prefix_of_dead_process
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +165,39 @@ class TritonClient:
             ("grpc.keepalive_time_ms", 2**31 - 1), ("grpc.keepalive_timeout_ms", 20000), ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.http2.max_pings_without_data", 2)])
 
+    def drop_regions(self, prefix: str | None = None, *, stale: bool = False, within_s: float = 3.0) -> int:
+        """Unregister the server's system shared-memory regions named ``<prefix>-*``, or (``stale``) those of
+        :func:`.shm.new_prefix` form whose process is gone: what a client killed before it closed left registered (the
+        server keeps each mapped until it restarts). Bounded by ``within_s`` in all, no retries; never raises (a server
+        that does not answer keeps them). Returns how many were unregistered. Opens a channel if none is open."""
+        from tritonclient.utils import InferenceServerException
+
+        if self.client is None:
+            self._open_channel(METADATA_REPLY_BYTES)
+        deadline = time.monotonic() + within_s
+        dropped = 0
+        try:
+            status = self.client.get_system_shared_memory_status(client_timeout=within_s)
+            names = [r.name for r in list(status.regions.values())[:10_000]]
+            for name in names:
+                if not (name.startswith(f"{prefix}-") if prefix else stale and prefix_of_dead_process(name)):
+                    continue
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return dropped
+                    try:
+                        self.client.unregister_system_shared_memory(name, client_timeout=left)
+                        dropped += 1
+                        break
+                    except InferenceServerException as exc:
+                        if "in use" not in str(exc):
+                            break
+                        time.sleep(0.05)
+        except InferenceServerException as exc:
+            log.debug("%s: shared memory status not read: %s", self.target.url, _detail(exc))
+        return dropped
+
     def _call(self, method: str, *args: Any, retries: int | None = None, **kwargs: Any) -> Any:
         """``self.client.method(*args, client_timeout=timeout_s)``, retried on UNAVAILABLE (``retries``, default the
         client's), errors as ServeError."""
@@ -278,14 +309,15 @@ class TritonClient:
     def use_shared_memory(self, batch: int, in_flight: int, prefix: str | None = None) -> None:
         """From now on, requests of up to ``batch`` images and their replies go through Triton's system shared memory
         (:mod:`.shm`): ``in_flight`` pairs of regions named ``<prefix>-<i>-in/out`` (default prefix
-        ``edge-inception-shm-<pid>-<random>``), registered with the server; :meth:`close` unregisters and removes them.
+        :func:`.shm.new_prefix`), registered with the server; :meth:`close` unregisters and removes them.
         For a server on this machine: one that cannot map them (another machine's, a container's) is a ServeError.
         A model taking encoded images keeps the gRPC stream."""
         m = self._model()
         if m.takes_images:
             raise ServeError(f"{self.target} takes encoded images; --shared-memory system carries FP32 tensors (name its classifier model)")
         batch = min(batch, m.largest_batch)
-        name = prefix or f"edge-inception-shm-{os.getpid()}-{secrets.token_hex(4)}"
+        name = prefix or new_prefix()
+        self.drop_regions(stale=True)  # registrations a killed client of this machine left on this server
 
         def register(region: str, key: str, size: int) -> None:
             try:
@@ -321,6 +353,7 @@ class TritonClient:
         with slots.slot() as (region_in, region_out):
             inp = grpcclient.InferInput(m.input_name, list(x.shape), "FP32")
             inp.set_shared_memory(region_in.name, slots.write(region_in, x))
+            slots.clear(region_out, len(x) * m.num_classes)
             out = grpcclient.InferRequestedOutput(m.output_name)
             out.set_shared_memory(region_out.name, len(x) * m.num_classes * 4)
             result = self._call("infer", m.name, [inp], model_version=self.target.version, outputs=[out])

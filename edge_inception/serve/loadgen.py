@@ -677,29 +677,44 @@ def run_scenarios(target: str, cfg: ScenarioConfig, progress: Callable[[str], No
     if cfg.log_dir is not None:
         check_log_dir(cfg.log_dir, cfg)
     private = private_tempdir("loadgen")
+    from .shm import new_prefix
+
+    shm_prefix = new_prefix()  # this process's: the child's regions are swept as this process's if both are killed
     try:
-        results, notes = run_in_child(_child_run, (target, cfg, str(private)), what="LoadGen's process", startup_s=STARTUP_S,
-                                      progress=progress)
+        results, notes = run_in_child(_child_run, (target, cfg, str(private), shm_prefix), what="LoadGen's process",
+                                      startup_s=STARTUP_S, progress=progress)
         if cfg.log_dir is not None:
             keep_logs(private, cfg.log_dir, cfg)
     finally:
         shutil.rmtree(private, ignore_errors=True)
-        if cfg.shared_memory is SharedMemory.system:  # the child's regions, if it was killed before it removed them
-            from .shm import remove_regions
-
-            remove_regions(_shm_prefix(str(private)))
+        if cfg.shared_memory is SharedMemory.system:  # what the child left, however it ended (stopped, killed, failed)
+            _release_regions(target, shm_prefix)
     return ScenarioReport(machine_info(cfg.threads), cfg, results, notes)
 
 
-def _shm_prefix(private: str) -> str:
-    """The names of a run's shared-memory regions: its private folder's (unique while the run lasts) + ``-shm``."""
-    return Path(private).name + "-shm"
+def _release_regions(target: str, prefix: str) -> None:
+    """The LoadGen child's shared-memory regions, after it ended: their registration on the server (a few seconds at
+    most; a server that does not answer keeps them), then their files. Never raises: the run's own outcome stands."""
+    from .client import TritonClient, is_remote
+    from .shm import remove_regions
+
+    try:
+        if is_remote(target):
+            client = TritonClient(target, timeout_s=3.0, retries=0)
+            try:
+                client.drop_regions(prefix)
+            finally:
+                client.close()
+    except Exception as exc:  # a parsing or channel failure: the files still go
+        log.debug("shared memory of %s not released on the server: %s", target, exc)
+    finally:
+        remove_regions(prefix)
 
 
-def _child_run(chan: Any, target: str, cfg: ScenarioConfig, private: str) -> tuple[list[ScenarioResult], list[str]]:
+def _child_run(chan: Any, target: str, cfg: ScenarioConfig, private: str, shm_prefix: str) -> tuple[list[ScenarioResult], list[str]]:
     """In the child process (:func:`.child.run_in_child`): open the target, load the samples, time them, check every
     run's settings, then run LoadGen for each scenario, each run under its watchdog."""
-    t = _open(target, cfg, _shm_prefix(private))
+    t = _open(target, cfg, shm_prefix)
     try:
         samples = load_samples(cfg.data, t.image_size, t.class_names, t.num_classes, labelled=cfg.accuracy)
         batch = batch_rule(cfg.batch, t.max_batch, t.name)
