@@ -34,6 +34,7 @@ from ..errors import ServeError
 from ..fileio import private_tempdir
 from ..names import printable
 from .repository import copy_verified, validate_repository
+from .shm import SHM_DIR, remove_own_file
 from .site import backend_sys_path, triton_site
 
 log = logging.getLogger(__name__)
@@ -426,13 +427,8 @@ def remove_stub_regions(names: list[str]) -> None:
     when it or a stub is killed (SIGKILL, a crash), and each is 1 MB of memory until the machine restarts. Only names
     of Triton's pattern, only this user's files; call it once the server's process group is gone."""
     for name in names:
-        if not STUB_REGION_RE.fullmatch(name):
-            continue
-        path = Path("/dev/shm") / name
-        with contextlib.suppress(OSError):
-            if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
-                path.unlink()
-                log.debug("removed %s, which the server left", path)
+        if STUB_REGION_RE.fullmatch(name) and remove_own_file(SHM_DIR / name):
+            log.debug("removed %s, which the server left", SHM_DIR / name)
 
 
 def _stub_model(pid: int, repo: Path | None) -> str:

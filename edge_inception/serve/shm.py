@@ -98,11 +98,12 @@ def remove_stale_regions() -> int:
     removed = 0
     for path in SHM_DIR.glob(f"{PREFIX}*"):
         if prefix_of_dead_process(path.name):
-            removed += _remove_own_file(path)
+            removed += remove_own_file(path)
     return removed
 
 
-def _remove_own_file(path: Path) -> int:
+def remove_own_file(path: Path) -> int:
+    """Remove ``path`` if it is a regular file of this user's (never a link): 1 if removed, else 0; never raises."""
     try:
         if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
             path.unlink()
@@ -114,7 +115,7 @@ def _remove_own_file(path: Path) -> int:
 
 def remove_regions(prefix: str) -> int:
     """Remove this user's ``/dev/shm`` files named ``<prefix>-*`` (regions a killed client left); returns how many."""
-    return sum(_remove_own_file(path) for path in SHM_DIR.glob(f"{prefix}-*"))
+    return sum(remove_own_file(path) for path in SHM_DIR.glob(f"{prefix}-*"))
 
 
 class Slots:
@@ -185,7 +186,7 @@ class Slots:
                 region.view.close()
             except BufferError:  # an array still views it: the file is removed all the same
                 pass
-            _remove_own_file(SHM_DIR / region.name)
+            remove_own_file(SHM_DIR / region.name)
         self.regions = []
 
     def _unregister(self, name: str, deadline: float) -> bool:
