@@ -409,14 +409,23 @@ def _proc_stat(pid: int) -> tuple[str, int, str] | None:
 STUB_REGION_RE = re.compile(r"triton_python_backend_shm_region_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _cmdline(pid: int) -> list[bytes] | None:
+    """A process's arguments from /proc (None if it is gone or unreadable)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+
+
+def _is_stub(argv: list[bytes]) -> bool:
+    return bool(argv) and argv[0].endswith(b"triton_python_backend_stub")
+
+
 def _stub_region(pid: int) -> str | None:
     """The shared-memory region a Python backend stub and the server share (the stub's second argument; a file of
     /dev/shm), or None for another process. The name is checked against Triton's pattern before it nears a path."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    if len(argv) < 3 or not argv[0].endswith(b"triton_python_backend_stub"):
+    argv = _cmdline(pid)
+    if argv is None or len(argv) < 3 or not _is_stub(argv):
         return None
     name = argv[2].decode("ascii", errors="replace")
     return name if STUB_REGION_RE.fullmatch(name) else None
@@ -433,11 +442,10 @@ def remove_stub_regions(names: list[str]) -> None:
 
 def _stub_model(pid: int, repo: Path | None) -> str:
     """'the Python backend stub of model NAME' from a stub's command line (its first argument is the model's model.py)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    argv = _cmdline(pid)
+    if argv is None:
         return "a backend process"
-    if not argv or not argv[0].endswith(b"triton_python_backend_stub"):
+    if not _is_stub(argv):
         return f"backend process {printable(Path(argv[0].decode(errors='replace')).name, 60)}"
     if len(argv) > 1 and repo is not None:
         model = Path(argv[1].decode(errors="replace"))
