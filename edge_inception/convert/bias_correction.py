@@ -90,18 +90,32 @@ def significant_shift(q: np.ndarray, ref: np.ndarray, z: float = SHRINK_Z) -> np
     return np.sign(delta) * np.maximum(np.abs(delta) - z * se, 0.0)
 
 
-def _bias_of(model, node):
+@dataclass
+class _Index:
+    """A graph's tensors by name, looked up once per pass rather than once per layer: the node producing each tensor and
+    the initializers (the TensorProtos themselves, so an edit through it is an edit of the model)."""
+
+    producers: dict
+    inits: dict
+
+    @classmethod
+    def of(cls, model) -> _Index:
+        return cls({o: n for n in model.graph.node for o in n.output}, {t.name: t for t in model.graph.initializer})
+
+
+def _bias_of(model, node, index: _Index | None = None):
     """(kind, tensors) of ``node``'s bias: ("float", b) for a float initializer; ("int32", q, scale, zero_point) behind a
-    DequantizeLinear; None for no bias or another form."""
+    DequantizeLinear; None for no bias or another form. ``index``: ``model``'s (:class:`_Index`), if at hand."""
     from onnx import numpy_helper
 
     if len(node.input) < 3 or not node.input[2]:
         return None
-    inits = {t.name: t for t in model.graph.initializer}
+    index = index or _Index.of(model)
+    inits = index.inits
     name = node.input[2]
     if name in inits:
         return ("float", inits[name])
-    producer = next((n for n in model.graph.node if name in n.output), None)
+    producer = index.producers.get(name)
     if producer is not None and producer.op_type == "DequantizeLinear" and all(i in inits for i in producer.input[:2]):
         q = inits[producer.input[0]]
         zp = numpy_helper.to_array(inits[producer.input[2]]) if len(producer.input) > 2 and producer.input[2] in inits else np.zeros(1, np.int32)
@@ -109,11 +123,11 @@ def _bias_of(model, node):
     return None
 
 
-def _shift_bias(model, node, delta: np.ndarray) -> bool:
+def _shift_bias(model, node, delta: np.ndarray, index: _Index | None = None) -> bool:
     """Subtract ``delta`` (per output channel) from ``node``'s bias in place; False if it has none this can edit."""
     from onnx import numpy_helper
 
-    found = _bias_of(model, node)
+    found = _bias_of(model, node, index)
     if found is None:
         return False
     if found[0] == "float":
@@ -129,11 +143,12 @@ def _shift_bias(model, node, delta: np.ndarray) -> bool:
     return True
 
 
-def _fp32_output(ref_model, node) -> str | None:
+def _fp32_output(ref_model, node, index: _Index | None = None) -> str | None:
     """The FP32 model's tensor that ``node`` (a Q/DQ model's Conv/Gemm) computes: its output, or, where the quantizer
     dropped a Relu/Clip after the layer (a uint8 QuantizeLinear clips at zero itself) and the Q/DQ layer's output took
-    the activation's name, the activation's input (the pre-activation output). None if it is not there."""
-    producers = {o: n for n in ref_model.graph.node for o in n.output}
+    the activation's name, the activation's input (the pre-activation output). None if it is not there. ``index``:
+    ``ref_model``'s (:class:`_Index`), if at hand."""
+    producers = (index or _Index.of(ref_model)).producers
     found = producers.get(node.output[0])
     if found is None:
         return None
@@ -144,16 +159,18 @@ def _fp32_output(ref_model, node) -> str | None:
     return None
 
 
-def _shadow(probe, model, node, tag: str) -> str | None:
+def _shadow(probe, model, node, tag: str, index: _Index | None = None, fp32_tensors: set[str] | None = None) -> str | None:
     """Append to ``probe`` (a copy of the FP32 graph) ``node`` as the Q/DQ ``model`` computes it, fed the FP32 model's
     input to it: its input's QuantizeLinear/DequantizeLinear and its weights' and bias's DequantizeLinear are copied with
     their initializers, renamed with ``tag``. Returns the copy's output name; None where ``node``'s float input is not a
-    tensor of the FP32 graph."""
+    tensor of the FP32 graph. ``index``: ``model``'s (:class:`_Index`) and ``fp32_tensors``: the FP32 graph's tensor
+    names, if at hand."""
     import onnx
 
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {t.name: t for t in model.graph.initializer}
-    fp32_tensors = {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
+    index = index or _Index.of(model)
+    producers, inits = index.producers, index.inits
+    if fp32_tensors is None:
+        fp32_tensors = {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
     qdq = ("QuantizeLinear", "DequantizeLinear")
     added: list = []
     renamed: dict[str, str] = {}
@@ -221,9 +238,10 @@ def correct_biases(fp32: Path | bytes, qdq: Path, dst: Path, batches: list[np.nd
     ref_model = load_onnx(fp32) if isinstance(fp32, Path) else onnx.load_from_string(fp32)
     model = onnx.load(str(qdq))
     result = BiasCorrection(images=len(images))
-    for n, means in _own_means(ref_model, model, stat):
+    index = _Index.of(model)
+    for n, means in _own_means(ref_model, model, stat, index):
         delta = significant_shift(means[1], means[0], z)
-        if _shift_bias(model, n, delta):
+        if _shift_bias(model, n, delta, index):
             result.layers[n.name or n.output[0]] = float(np.abs(delta).max())
     onnx.save(model, str(dst))
     log.info("%s", result.summary())
@@ -236,17 +254,21 @@ def own_shifts(fp32_model, model, batches: list[np.ndarray]) -> dict[str, np.nda
     return {n.name: m[1].mean(axis=0) - m[0].mean(axis=0) for n, m in _own_means(fp32_model, model, batches)}
 
 
-def _own_means(ref_model, model, batches: list[np.ndarray]) -> list:
-    """[(Q/DQ layer node, (FP32 per-sample means, shadow per-sample means))] for every Conv/Gemm with a bias."""
+def _own_means(ref_model, model, batches: list[np.ndarray], index: _Index | None = None) -> list:
+    """[(Q/DQ layer node, (FP32 per-sample means, shadow per-sample means))] for every Conv/Gemm with a bias. ``index``:
+    ``model``'s (:class:`_Index`), if at hand."""
     import onnx
 
     probe = onnx.ModelProto()
     probe.CopyFrom(ref_model)
+    index, ref_index = index or _Index.of(model), _Index.of(ref_model)
+    # the FP32 graph's tensors, before any shadow is added (a shadow's tensors carry its tag: no Q/DQ name reaches them)
+    fp32_tensors = set(ref_index.producers) | {i.name for i in ref_model.graph.input}
     pairs: list[tuple[object, str, str]] = []  # the Q/DQ layer, its FP32 output, its shadow's output
     for i, n in enumerate(model.graph.node):
-        if n.op_type in CORRECTED_OPS and _bias_of(model, n) is not None:
-            fp32_out = _fp32_output(ref_model, n)
-            out = _shadow(probe, model, n, f"__bc{i}") if fp32_out else None
+        if n.op_type in CORRECTED_OPS and _bias_of(model, n, index) is not None:
+            fp32_out = _fp32_output(ref_model, n, ref_index)
+            out = _shadow(probe, model, n, f"__bc{i}", index, fp32_tensors) if fp32_out else None
             if fp32_out and out:
                 pairs.append((n, fp32_out, out))
     if not pairs:

@@ -47,8 +47,14 @@ def best_calibration(trials: Mapping[CalibMethod, CalibrationTrial]) -> CalibMet
 
 
 class Mixer(Protocol):
-    stages: dict[str, list[str]]  # Table 1 stage -> its node names
-    stage_params: dict[str, int]
+    @property
+    def stages(self) -> dict[str, list[str]]:  # Table 1 stage -> its node names
+        ...
+
+    @property
+    def stage_params(self) -> dict[str, int]:
+        ...
+
     weight_only_fallback: bool  # the fallback keeps INT8 weights (float activations), else goes all float
 
     def build(self, name: str, fallback: Sequence[str], float_stages: Sequence[str] = ()) -> Path:
