@@ -44,7 +44,7 @@ pytest: $(STAMP)
 # `make test` still runs everything (README, "Testing").
 QUICK_TESTS := tests/test_architecture.py tests/test_decisions.py tests/test_preprocess.py tests/test_candidates.py tests/test_model.py \
 	tests/test_verify.py tests/test_weights.py tests/test_reference.py tests/test_review.py tests/test_torchvision_layout.py \
-	tests/test_trust.py tests/test_build_cache.py tests/test_shm.py
+	tests/test_trust.py tests/test_build_cache.py tests/test_shm.py tests/test_ort_reuse.py
 QUICK_SKIP := runtime_commands_work_without_pytorch or pipeline_builds_measures or auto_keeps_the_fastest or fixed_batch_variant
 quick: $(STAMP)
 	$(PY) -m pytest -q $(QUICK_TESTS) -k "not ($(QUICK_SKIP))"

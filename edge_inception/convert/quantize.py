@@ -49,6 +49,7 @@ from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, release_decoded, select_images
 from .graph_ops import float_outputs, fold_for_cpu, int8_weights, node_stages, toposort, unify_concat_scales
 from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
+from .ort_reuse import reused_weight_quantization
 
 log = logging.getLogger(__name__)
 
@@ -531,12 +532,15 @@ def _cross_fitted_verdict(src: Path, candidate: Path, sets: Any, size: int, work
 
 
 def _one_quantization(fn: Callable[..., QuantizeResult]) -> Callable[..., QuantizeResult]:
-    """``fn`` lets go of the photos it decoded when it ends, however it ends (:func:`.calibration.release_decoded`)."""
+    """``fn`` quantizes each weight once however many INT8 models it builds (:func:`.ort_reuse.reused_weight_quantization`),
+    and lets go of those weights and of the photos it decoded when it ends, however it ends
+    (:func:`.calibration.release_decoded`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> QuantizeResult:
         try:
-            return fn(*args, **kwargs)
+            with reused_weight_quantization():
+                return fn(*args, **kwargs)
         finally:
             release_decoded()
 
