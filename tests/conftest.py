@@ -224,9 +224,10 @@ def fp16_quantized(trained, tmp_path_factory):
 @pytest.fixture(scope="session")
 def int8_relaxed(trained, tmp_path_factory):
     """The trained net in INT8 with the guard relaxed to 50 % top-1 agreement (QuantizeResult): an INT8 model to build,
-    run and profile, not a test of the guard (tests/test_quantize.py has those; kept between runs: :func:`cached_quantize`)."""
+    run and profile, not a test of the guard nor of the method search (tests/test_quantize.py has those): one calibration
+    method, min-max, the cheapest (kept between runs: :func:`cached_quantize`)."""
     return cached_quantize("int8-relaxed", trained, tmp_path_factory.mktemp("int8"), "demo.int8.onnx", "int8", calib=trained.data / "train",
-                           holdout=trained.data / "val", min_agreement=0.5, criterion="agreement")
+                           holdout=trained.data / "val", min_agreement=0.5, criterion="agreement", calib_method="minmax")
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,11 @@ def int8(trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_full(trained, tmp_path_factory):
-    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8 (conftest.cached_quantize)."""
+    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8 (conftest.cached_quantize). One calibration
+    method, min-max, the cheapest: what is checked of it (no stage kept, its size, its Q/DQ placement, better than chance)
+    holds for each method, and ``--calib-method auto``'s search is test_criterion_by_labels_and_auto_calibration's."""
     return cached_quantize("int8-avx2-full", trained, tmp_path_factory.mktemp("q"), "demo.int8full.onnx", "int8", cpu=AVX2,
-                           calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5)
+                           calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5, calib_method="minmax")
 
 
 @pytest.fixture(scope="module")
