@@ -38,7 +38,7 @@ _active: list[Reuse] = []  # the open blocks, outermost first; the patches are i
 class Reuse:
     """What one block remembered and how often it was asked again (``hits``) or had to compute (``misses``)."""
 
-    params: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    params: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # per initializer
     weights: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     hits: int = 0
     misses: int = 0
@@ -54,34 +54,43 @@ def _array_key(a: Any) -> tuple[Any, ...]:
     return (arr.dtype.str, arr.shape, _digest(arr.tobytes()))
 
 
-def _copy_params(params: dict[str, Any]) -> dict[str, Any]:
-    # ONNX Runtime edits a weight's scale in place where its INT32 bias would overflow: each caller gets its own copy
-    return {name: copy.deepcopy(p) for name, p in params.items()}
-
-
-def _params_key(quantizer: Any) -> tuple[Any, ...] | None:
-    """Everything ``_calc_initializer_quant_params`` reads, or None where it reads what this does not know (overrides)."""
+def _settings_key(quantizer: Any) -> tuple[Any, ...] | None:
+    """The quantizer's settings ``_calc_initializer_quant_params`` reads, or None where it reads what this does not know
+    (per-tensor overrides)."""
     if getattr(quantizer, "tensor_quant_overrides", None) is None or len(quantizer.tensor_quant_overrides.overrides):
         return None
-    inits = {t.name: t for t in quantizer.model.initializer()}
-    tensors = tuple((name, str(info.tensor_type), info.axis, _digest(inits[name].SerializeToString()))
-                    for name, info in quantizer.tensors_to_quantize.items() if name in inits)
-    return (tensors, quantizer.weight_qType, quantizer.activation_qType, quantizer.reduce_range, quantizer.min_real_range,
-            quantizer.block_size, quantizer.is_activation_symmetric, quantizer.is_weight_symmetric(quantizer.weight_qType))
+    return (quantizer.weight_qType, quantizer.activation_qType, quantizer.reduce_range, quantizer.min_real_range, quantizer.block_size,
+            quantizer.is_activation_symmetric, quantizer.is_weight_symmetric(quantizer.weight_qType))
 
 
 def _remembered_params(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """``_calc_initializer_quant_params`` tensor by tensor: each initializer's parameters depend on its bytes, its role
+    (weight or not), its axis and the quantizer's settings alone, so a model that keeps other stages in float (the
+    guard's mixes) still reuses those of every tensor computed before; the rest are computed by ONNX Runtime itself,
+    given only them."""
+
     def calc(quantizer: Any) -> dict[str, Any]:
         reuse = _active[0] if _active else None
-        key = _params_key(quantizer) if reuse is not None else None
-        if reuse is None or key is None:
+        settings = _settings_key(quantizer) if reuse is not None else None
+        if reuse is None or settings is None:
             return original(quantizer)
-        if key in reuse.params:
-            reuse.hits += 1
-        else:
-            reuse.misses += 1
-            reuse.params[key] = _copy_params(original(quantizer))
-        return _copy_params(reuse.params[key])
+        inits = {t.name: t for t in quantizer.model.initializer()}
+        keys = {name: (settings, name, str(info.tensor_type), info.axis, _digest(inits[name].SerializeToString()))
+                for name, info in quantizer.tensors_to_quantize.items() if name in inits}
+        missing = {name: info for name, info in quantizer.tensors_to_quantize.items() if name in keys and keys[name] not in reuse.params}
+        reuse.hits += len(keys) - len(missing)
+        reuse.misses += len(missing)
+        if missing:
+            every = quantizer.tensors_to_quantize
+            quantizer.tensors_to_quantize = missing
+            try:
+                computed = original(quantizer)
+            finally:
+                quantizer.tensors_to_quantize = every
+            reuse.params.update({keys[name]: copy.deepcopy(p) for name, p in computed.items()})
+        # in ONNX Runtime's order (the tensors to quantize); each caller gets its own copy: ONNX Runtime widens a weight's
+        # scale in place where its INT32 bias would overflow
+        return {name: copy.deepcopy(reuse.params[key]) for name, key in keys.items() if key in reuse.params}
 
     return calc
 
