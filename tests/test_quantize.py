@@ -20,12 +20,9 @@ from edge_inception.evaluate.verdict import wilson_lower_bound
 from edge_inception.evaluate.verify import compare
 from edge_inception.vocab import QuantTarget
 
-from .conftest import cached_quantize
+from .conftest import AVX2, cached_quantize
 
 runner = CliRunner()
-# INT8 tests run with the AVX2 scheme (no VNNI: u8 activations, reduced-range s8 weights) wherever they run, so that a VNNI
-# machine cannot hide what that scheme does; the optimised kernels then run whatever the host has
-AVX2 = CpuInfo("AVX2 without VNNI (forced)", "x86_64", 2, frozenset({"avx2", "fma"}))
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +34,9 @@ def int8(trained, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_full(trained, tmp_path_factory):
-    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8 (conftest.cached_quantize). One calibration
-    method, min-max, the cheapest: what is checked of it (no stage kept, its size, its Q/DQ placement, better than chance)
-    holds for each method, and ``--calib-method auto``'s search is test_criterion_by_labels_and_auto_calibration's."""
-    return cached_quantize("int8-avx2-full", trained, tmp_path_factory.mktemp("q"), "demo.int8full.onnx", "int8", cpu=AVX2,
-                           calib=trained.data / "train", holdout=trained.data / "val", min_agreement=0.5, calib_method="minmax")
+def int8_full(int8_relaxed):
+    """Every stage in INT8 (guard relaxed): the size and fidelity of pure INT8; the session's (conftest.int8_relaxed)."""
+    return int8_relaxed
 
 
 @pytest.fixture(scope="module")
