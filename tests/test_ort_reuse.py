@@ -71,3 +71,54 @@ def test_models_built_in_the_block_are_those_built_outside_it(tmp_path):
     assert outside["d"] != outside["a"] and outside["e"] != outside["a"]
     # the block leaves ONNX Runtime as it found it
     assert (qdq_quantizer.QDQQuantizer._calc_initializer_quant_params, qdq_quantizer.quantize_onnx_initializer) == original
+
+
+def test_blocks_that_overlap_in_any_order_or_thread_leave_ort_as_it_was():
+    """A block that ends before one opened after it (one thread's out-of-order exits, or two threads), or one that ends
+    by an error: ONNX Runtime gets its own functions back once the last block ends, whichever it is."""
+    import threading
+
+    from onnxruntime.quantization import qdq_quantizer
+
+    def current():
+        return qdq_quantizer.QDQQuantizer._calc_initializer_quant_params, qdq_quantizer.quantize_onnx_initializer
+
+    original = current()
+    a, b = reused_weight_quantization(), reused_weight_quantization()
+    first = a.__enter__()
+    assert b.__enter__() is first and current() != original  # one memory for both, the wrappers in place
+    a.__exit__(None, None, None)  # the first opened ends first
+    assert current() != original  # the other is still open
+    b.__exit__(None, None, None)
+    assert current() == original
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def thread_a():
+        with reused_weight_quantization():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(10)
+        with reused_weight_quantization():
+            b_in.set()
+            a_out.wait(10)
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert a_out.is_set() and current() == original
+
+    class Stop(Exception):
+        pass
+
+    try:
+        with reused_weight_quantization():
+            raise Stop
+    except Stop:
+        pass
+    assert current() == original
