@@ -103,14 +103,13 @@ class _Index:
         return cls({o: n for n in model.graph.node for o in n.output}, {t.name: t for t in model.graph.initializer})
 
 
-def _bias_of(model, node, index: _Index | None = None):
+def _bias_of(node, index: _Index):
     """(kind, tensors) of ``node``'s bias: ("float", b) for a float initializer; ("int32", q, scale, zero_point) behind a
-    DequantizeLinear; None for no bias or another form. ``index``: ``model``'s (:class:`_Index`), if at hand."""
+    DequantizeLinear; None for no bias or another form. ``index``: the model's (:class:`_Index`)."""
     from onnx import numpy_helper
 
     if len(node.input) < 3 or not node.input[2]:
         return None
-    index = index or _Index.of(model)
     inits = index.inits
     name = node.input[2]
     if name in inits:
@@ -123,11 +122,12 @@ def _bias_of(model, node, index: _Index | None = None):
     return None
 
 
-def _shift_bias(model, node, delta: np.ndarray, index: _Index | None = None) -> bool:
-    """Subtract ``delta`` (per output channel) from ``node``'s bias in place; False if it has none this can edit."""
+def _shift_bias(node, delta: np.ndarray, index: _Index) -> bool:
+    """Subtract ``delta`` (per output channel) from ``node``'s bias in place (the model ``index`` is of); False if it has
+    none this can edit."""
     from onnx import numpy_helper
 
-    found = _bias_of(model, node, index)
+    found = _bias_of(node, index)
     if found is None:
         return False
     if found[0] == "float":
@@ -159,18 +159,15 @@ def _fp32_output(ref_model, node, index: _Index | None = None) -> str | None:
     return None
 
 
-def _shadow(probe, model, node, tag: str, index: _Index | None = None, fp32_tensors: set[str] | None = None) -> str | None:
-    """Append to ``probe`` (a copy of the FP32 graph) ``node`` as the Q/DQ ``model`` computes it, fed the FP32 model's
+def _shadow(probe, node, tag: str, index: _Index, fp32_tensors: set[str]) -> str | None:
+    """Append to ``probe`` (a copy of the FP32 graph) ``node`` as the Q/DQ model (``index``) computes it, fed the FP32 model's
     input to it: its input's QuantizeLinear/DequantizeLinear and its weights' and bias's DequantizeLinear are copied with
     their initializers, renamed with ``tag``. Returns the copy's output name; None where ``node``'s float input is not a
-    tensor of the FP32 graph. ``index``: ``model``'s (:class:`_Index`) and ``fp32_tensors``: the FP32 graph's tensor
-    names, if at hand."""
+    tensor of the FP32 graph. ``index``: the Q/DQ model's (:class:`_Index`); ``fp32_tensors``: the FP32 graph's tensor
+    names."""
     import onnx
 
-    index = index or _Index.of(model)
     producers, inits = index.producers, index.inits
-    if fp32_tensors is None:
-        fp32_tensors = {o for n in probe.graph.node for o in n.output} | {i.name for i in probe.graph.input}
     qdq = ("QuantizeLinear", "DequantizeLinear")
     added: list = []
     renamed: dict[str, str] = {}
@@ -241,7 +238,7 @@ def correct_biases(fp32: Path | bytes, qdq: Path, dst: Path, batches: list[np.nd
     index = _Index.of(model)
     for n, means in _own_means(ref_model, model, stat, index):
         delta = significant_shift(means[1], means[0], z)
-        if _shift_bias(model, n, delta, index):
+        if _shift_bias(n, delta, index):
             result.layers[n.name or n.output[0]] = float(np.abs(delta).max())
     onnx.save(model, str(dst))
     log.info("%s", result.summary())
@@ -266,9 +263,9 @@ def _own_means(ref_model, model, batches: list[np.ndarray], index: _Index | None
     fp32_tensors = set(ref_index.producers) | {i.name for i in ref_model.graph.input}
     pairs: list[tuple[object, str, str]] = []  # the Q/DQ layer, its FP32 output, its shadow's output
     for i, n in enumerate(model.graph.node):
-        if n.op_type in CORRECTED_OPS and _bias_of(model, n, index) is not None:
+        if n.op_type in CORRECTED_OPS and _bias_of(n, index) is not None:
             fp32_out = _fp32_output(ref_model, n, ref_index)
-            out = _shadow(probe, model, n, f"__bc{i}", index, fp32_tensors) if fp32_out else None
+            out = _shadow(probe, n, f"__bc{i}", index, fp32_tensors) if fp32_out else None
             if fp32_out and out:
                 pairs.append((n, fp32_out, out))
     if not pairs:
