@@ -450,6 +450,9 @@ def test_nncf_evidence_is_cross_fitted_by_photo(small_onnx, tmp_path):
     assert e.samples == len(sets.verdict.samples) and e.photos == sets.verdict.images and "cross-fitted" in e.reference
     assert 0.0 <= e.agreement <= 1.0 and e.mean_cosine > 0.9
     assert sorted(p.name for p in tmp_path.glob("nncf.fold*.xml")) == [f"nncf.fold{i}.xml" for i in range(len(sets.folds))]
+    from edge_inception.convert import calibration
+
+    assert not calibration._DECODED.keys()  # the photos decoded for the folds are let go, as at a quantization's end
 
 
 def test_a_tie_ship_line_names_what_broke_the_tie_not_always_fidelity():

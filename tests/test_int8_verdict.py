@@ -3,6 +3,7 @@ the evidence is thin, and the off-calibration check on bundled photos (issue 28)
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -186,6 +187,50 @@ def test_decoded_photos_are_kept_within_their_bound_and_never_stale(tmp_path, mo
     (batch,) = iter_batches([Sample(paths[0], (0, 0, 50, 50))], 32)
     # black after ImageNet normalisation: every value below zero, where the red remembered had its red channel above
     assert batch.shape == (1, 3, 32, 32) and (batch < 0).all()
+
+
+def test_a_calibration_and_a_holdout_folder_are_decoded_once_for_their_check_and_every_role(tmp_path, monkeypatch):
+    """The check that skips unreadable photos (``--calib``'s and ``--holdout``'s) is the decode the roles then use: each
+    photo is decoded once for a quantization's calibration, selection, folds and verdict, not once more for the check (the
+    check discarded its decode: a profile of the suite put a sixth of quantization's image decoding there). An unreadable
+    file is still skipped and counted; what the check decoded is let go at the end as the rest is."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from edge_inception.convert import calibration
+    from edge_inception.convert.calibration import image_batches, release_decoded
+    from edge_inception.data import datasets, images
+
+    monkeypatch.setattr(calibration, "_DECODED", calibration.ImageCache(calibration.DECODED_BYTES))
+    monkeypatch.setattr(calibration, "RACY_NS", 0)  # the photos written just now are kept (the test above)
+    real = images.load_image
+    decodes: Counter[str] = Counter()
+
+    def counted(path, *args, **kwargs):
+        decodes[Path(path).name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", counted)
+    monkeypatch.setattr(datasets, "load_image", counted)
+    calib, held = tmp_path / "calib", tmp_path / "held"
+    for folder, n, tone in ((calib, 5, 40), (held, 2, 200)):
+        folder.mkdir()
+        for i in range(n):
+            Image.new("RGB", (64 + 8 * i, 48), (tone + 10 * i, 90, 30 * i)).save(folder / f"{folder.name}{i}.png")
+    (calib / "broken.png").write_bytes(b"not a png")
+    for holdout in (held, None):
+        decodes.clear()
+        sets = select_images(calib, holdout, calib_size=12)
+        roles = [sets.calibration, sets.selection, sets.verdict, sets.final] + [r for f in sets.folds for r in (f.verdict, f.calibration)]
+        for role in roles:
+            image_batches(role.samples, 32)
+        assert sets.skipped == 1 and decodes.pop("broken.png") == 1  # unreadable: skipped, counted, tried once
+        photos = 7 if holdout else 5
+        assert len(decodes) == photos and set(decodes.values()) == {1}, decodes
+        assert len(calibration._DECODED.keys()) == photos
+        release_decoded()
+        assert not calibration._DECODED.keys()
 
 
 def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_decoded_afresh(tmp_path, monkeypatch):

@@ -110,7 +110,7 @@ def scan_holdout(folder: Path) -> Holdout:
     """A ``--holdout`` folder (flat or ImageFolder; :func:`~edge_inception.data.images.scan_photo_folder`'s checks: no link
     leaving it, at most :data:`~edge_inception.limits.MAX_HOLDOUT_IMAGES` image files, at least one readable image),
     reduced to distinct photos. Raises ImageError or LimitError."""
-    scan = scan_photo_folder(folder, "--holdout", MAX_HOLDOUT_IMAGES)
+    scan = scan_photo_folder(folder, "--holdout", MAX_HOLDOUT_IMAGES, decode=decoded)  # the check's decode is the verdict's
     photos = _distinct(scan.images)
     return Holdout(Path(folder), photos, sorted(_content_key(p) for p in photos), len(scan.skipped), len(scan.images) - len(photos))
 
@@ -182,7 +182,7 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
     else:
         if not calib.exists():
             raise ImageError(f"calibration folder not found: {calib}")
-        scan = find_images([calib], check=True)
+        scan = find_images([calib], check=True, decode=decoded)  # the check's decode is the one the roles use (decoded's bound)
         if not scan.images:
             raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
         images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -287,10 +287,12 @@ class ImageScan:
     skipped: list[Path]  # files with another extension, or that did not decode
 
 
-def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: bool = False) -> ImageScan:
+def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: bool = False,
+                decode: Callable[[Path], Any] | None = None) -> ImageScan:
     """Files and folders (recursively) to a sorted list of images; other files are counted as skipped.
 
-    With ``check`` every image is decoded once so unreadable files are skipped too.
+    With ``check`` every image is decoded once so unreadable files are skipped too: by ``decode`` (default
+    :func:`load_image`; one that keeps what it decodes makes the check's decode the one the caller uses).
     """
     images: list[Path] = []
     skipped: list[Path] = []
@@ -317,27 +319,29 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
             images += sub.images
             skipped += sub.skipped
     if check:
-        images, unreadable = _decodable(images)
+        images, unreadable = _decodable(images, decode or load_image)
         skipped += unreadable
     return ImageScan(images, skipped)
 
 
-def _decodable(images: list[Path]) -> tuple[list[Path], list[Path]]:
-    """``images`` split by one decode each (:func:`load_image`): those that decode, and those that do not."""
+def _decodable(images: list[Path], decode: Callable[[Path], Any]) -> tuple[list[Path], list[Path]]:
+    """``images`` split by one ``decode`` each (:func:`load_image`, or a caller's that keeps what it decodes): those that
+    decode, and those that do not (ImageError)."""
     good: list[Path] = []
     bad: list[Path] = []
     for f in images:
         try:
-            load_image(f)
+            decode(f)
             good.append(f)
         except ImageError:
             bad.append(f)
     return good, bad
 
 
-def scan_photo_folder(root: str | Path, what: str, max_images: int) -> ImageScan:
+def scan_photo_folder(root: str | Path, what: str, max_images: int, decode: Callable[[Path], Any] | None = None) -> ImageScan:
     """The images of a folder of photos the user gives (flat, or an ImageFolder tree: one sub-folder per class; the class
-    names are not used), each decoded once: unreadable files and files of another kind are counted in ``skipped``.
+    names are not used), each decoded once (by ``decode``, as :func:`find_images`'s check): unreadable files and files of
+    another kind are counted in ``skipped``.
     Hidden files and folders are left out, as everywhere. A link may point inside ``root`` (its target is read there, or
     skipped if it is a folder: the walk reaches it by its own path) but never outside it: a folder of photos kept apart
     must not quietly read other files. ``what`` names the option in messages (``--holdout``).
@@ -368,7 +372,7 @@ def scan_photo_folder(root: str | Path, what: str, max_images: int) -> ImageScan
             images.append(f)
             if len(images) > max_images:
                 raise LimitError(f"{what} {base}: more than {max_images} image files, the most one run judges")
-    good, unreadable = _decodable(images)
+    good, unreadable = _decodable(images, decode or load_image)
     skipped += unreadable
     if not good:
         raise ImageError(f"{what} {base}: no readable images (jpg/png/bmp/webp/tiff); {len(skipped)} other file(s) skipped")

@@ -145,11 +145,15 @@ class OpenVinoBackend:
         libraries = {"openvino": openvino_version()}
         options: dict[str, Any] = {}
         if job.quantizer:  # INT8 by NNCF from the FP32 source, calibrated on the crops our quantizer calibrates on
-            from ..convert.calibration import image_batches, select_images
+            from ..convert.calibration import image_batches, release_decoded, select_images
 
-            sets = select_images(job.calib, job.holdout, job.calib_size)  # a --holdout photo is never calibrated on
-            final = sets.final or sets.calibration
-            libraries[job.quantizer] = self.quantize_peer(job.quantizer, job.source, artifact, image_batches(final.samples, job.image_size, batch=1))
+            try:
+                sets = select_images(job.calib, job.holdout, job.calib_size)  # a --holdout photo is never calibrated on
+                final = sets.final or sets.calibration
+                batches = image_batches(final.samples, job.image_size, batch=1)
+            finally:
+                release_decoded()  # the photos decoded for it are let go (calibration's decoded), as at a quantization's end
+            libraries[job.quantizer] = self.quantize_peer(job.quantizer, job.source, artifact, batches)
             options |= {"quantizer": job.quantizer, "calibration": final.source, "calibration_sha256": final.as_dict()["sha256"]}
         else:
             build_ir(job.source, artifact)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..convert.calibration import image_batches, select_images
+from ..convert.calibration import image_batches, release_decoded, select_images
 from ..errors import EdgeInceptionError
 from ..evaluate.verify import compare
 from ..onnx_file import load_onnx, model_facts, ort_session, run_session
@@ -33,19 +33,22 @@ def crossfit_evidence(source: Path, backend: Backend, quantizer: str, calib: Pat
 
     engine = require_backend(backend)
     size = model_facts(load_onnx(source, with_weights=False), str(source)).image_size
-    sets = select_images(calib, None, calib_size)
-    if not sets.folds:
-        raise EdgeInceptionError(f"{quantizer}: no cross-fitting folds for these photos")
-    session = ort_session(source)
-    refs, gots = [], []
-    for i, fold in enumerate(sets.folds):
-        artifact = work / f"{quantizer}.fold{i}{engine.suffix}"
-        engine.quantize_peer(quantizer, source, artifact, image_batches(fold.calibration.samples, size, batch=1))
-        batches = image_batches(fold.verdict.samples, size)
-        with engine.open(artifact, None) as runner:
-            gots += [runner.run(b) for b in batches]
-        refs += [run_session(session, b) for b in batches]
-        log.info("%s fold %d of %d: judged %d crop(s) of %d photo(s) it was not calibrated on", quantizer, i + 1, len(sets.folds),
-                 len(fold.verdict.samples), fold.verdict.images)
+    try:
+        sets = select_images(calib, None, calib_size)
+        if not sets.folds:
+            raise EdgeInceptionError(f"{quantizer}: no cross-fitting folds for these photos")
+        session = ort_session(source)
+        refs, gots = [], []
+        for i, fold in enumerate(sets.folds):
+            artifact = work / f"{quantizer}.fold{i}{engine.suffix}"
+            engine.quantize_peer(quantizer, source, artifact, image_batches(fold.calibration.samples, size, batch=1))
+            batches = image_batches(fold.verdict.samples, size)
+            with engine.open(artifact, None) as runner:
+                gots += [runner.run(b) for b in batches]
+            refs += [run_session(session, b) for b in batches]
+            log.info("%s fold %d of %d: judged %d crop(s) of %d photo(s) it was not calibrated on", quantizer, i + 1, len(sets.folds),
+                     len(fold.verdict.samples), fold.verdict.images)
+    finally:
+        release_decoded()  # the photos decoded for the folds are let go, as at a quantization's end
     p = compare(np.concatenate(refs), np.concatenate(gots))
     return Evidence(p.top1_agreement, p.samples, sets.verdict.images, p.mean_cosine, p.max_rel_error, "the FP32 model (cross-fitted by photo)")
