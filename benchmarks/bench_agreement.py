@@ -1,11 +1,12 @@
 """Does `edge-inception bench` agree with the runtimes' own tools? Every CPU backend, the same artifact, the same settings.
 
-    python benchmarks/bench_agreement.py [--model FP32.onnx] [--out benchmarks/results/bench-agreement] [--rounds 3]
-                                         [--iterations 50] [--batch 1,8] [--threads 0]
+    python benchmarks/bench_agreement.py [--model FP32.onnx [--int8 INT8.onnx]] [--out benchmarks/results/bench-agreement]
+                                         [--rounds 3] [--iterations 50] [--batch 1,8] [--threads 0]
 
 Without --model, GoogLeNet at 224 px with seeded weights (timings do not depend on the weight values) is exported and
-quantized to INT8 (min-max calibration on the bundled photos). Both are built for the cpu target with every CPU backend
-(ONNX Runtime FP32 and INT8, OpenVINO FP32 IR and INT8 IR); each artifact is then measured, at each batch size, by:
+quantized to INT8 (min-max calibration on the bundled photos; --int8 gives an INT8 model of --model's instead). Both
+are built for the cpu target with every CPU backend (ONNX Runtime FP32 and INT8, OpenVINO FP32 IR and INT8 IR); each
+artifact is then measured, at each batch size, by:
 
 - `edge-inception bench ARTIFACT --batch B --rounds 1 --baseline none` (its own process per engine): its p50;
 - the runtime's own tool on the same artifact, with the settings bench uses:
@@ -170,7 +171,7 @@ def run_bench_cli(e: Engine, batch: int, warmup: int, iterations: int, work: Pat
 
 # ------------------------------------------------------------------ the artifacts
 
-def make_artifacts(model: Path | None, work: Path, image_size: int, num_classes: int, threads: int) -> list[Engine]:
+def make_artifacts(model: Path | None, work: Path, image_size: int, num_classes: int, threads: int, int8: Path | None = None) -> list[Engine]:
     from edge_inception.convert.export import export_model
     from edge_inception.convert.quantize import quantize_model
     from edge_inception.data.images import bundled_photos_dir
@@ -179,8 +180,8 @@ def make_artifacts(model: Path | None, work: Path, image_size: int, num_classes:
     from edge_inception.vocab import CalibMethod, Criterion, Precision
 
     fp32 = model or export_model(None, work / "googlenet.onnx", num_classes=num_classes, image_size=image_size).path
-    int8 = quantize_model(fp32, Precision.int8, output=work / "googlenet.int8.onnx", calib=bundled_photos_dir(), calib_size=14,
-                          calib_method=CalibMethod.minmax, criterion=Criterion.agreement, min_agreement=0.01).path
+    int8 = int8 or quantize_model(fp32, Precision.int8, output=work / "googlenet.int8.onnx", calib=bundled_photos_dir(), calib_size=14,
+                                  calib_method=CalibMethod.minmax, criterion=Criterion.agreement, min_agreement=0.01).path
     engines = []
     for backend in get_target("cpu").backends:  # every CPU backend the preset names
         for src in (fp32, int8):
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], Record]:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-agreement-") as tmp:
         work = Path(tmp)
-        engines = make_artifacts(args.model, work, args.image_size, args.num_classes, args.threads)
+        engines = make_artifacts(args.model, work, args.image_size, args.num_classes, args.threads, args.int8)
         engines = [e for e in engines if e.backend in TOOLS]
         for e in engines:
             for batch in batches:
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="FP32 ONNX (default: GoogLeNet at 224 px, seeded weights)")
+    parser.add_argument("--int8", type=Path, help="with --model: its INT8 model (default: quantized from it, min-max on the bundled photos)")
     parser.add_argument("--image-size", type=int, default=224, help="without --model: the exported net's input size")
     parser.add_argument("--num-classes", type=int, default=1000, help="without --model: the exported net's classes")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench-agreement")
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-load", type=float, default=0.5)
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (the record still says how busy it was)")
     args = parser.parse_args(argv)
+    if args.int8 is not None and args.model is None:
+        parser.error("--int8 needs --model, the FP32 model it was quantized from")
     command = "python benchmarks/bench_agreement.py " + " ".join(shlex.quote(a) for a in argv)
     doc, rec = run(args)
     doc["command"] = command

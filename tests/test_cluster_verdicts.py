@@ -301,8 +301,13 @@ def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_pa
     """``pipeline --eval DIR --cluster``: the pipeline's FP16 accuracy verdict runs its models on the cluster and equals
     the one ``quantize --eval`` computes in this process for the FP32 model the pipeline exported."""
     out = tmp_path / "run"
-    r = ray_procs.run(_cli("pipeline", "--weights", trained.checkpoint, "--precisions", "fp32,fp16", "--eval", trained.data / "val",
-                           "--batch", "1", "--iterations", "2", "--rounds", "1", "-o", out, "--cluster", head), RUN_TIMEOUT_S, **RAY_ENV)
+    # ONNX Runtime alone (a target file of one backend): the verdict is the quantize stage's, whatever the backends built after it
+    ort_only = tmp_path / "cpu-ort.toml"
+    ort_only.write_text('name = "cpu-ort"\ndescription = "ONNX Runtime alone"\ndevice = "cpu"\nbackends = ["ort"]\n'
+                        'default_precision = "fp32"\nprecisions = ["fp32", "fp16"]\nthreads = 0\nbatch = { min = 1, opt = 1, max = 32 }\n')
+    r = ray_procs.run(_cli("pipeline", "--weights", trained.checkpoint, "--target", ort_only, "--precisions", "fp32,fp16", "--eval",
+                           trained.data / "val", "--batch", "1", "--iterations", "2", "--rounds", "1", "-o", out, "--cluster", head),
+                      RUN_TIMEOUT_S, **RAY_ENV)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"note: cluster {head}: 1 worker(s), " in r.stderr and "accuracy pass(es)" in r.stderr
     got = json.loads((out / "report.json").read_text())["quantization"]["fp16"]
