@@ -147,12 +147,9 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))
     run = PipelineRun(plan=plan)
     if cfg.holdout is not None:  # checked before any stage: a bad folder costs one line, not an export and a calibration
-        from .convert.calibration import release_decoded, scan_holdout
+        from .convert.calibration import scan_holdout
 
-        try:
-            run.holdout = scan_holdout(cfg.holdout)
-        finally:
-            release_decoded()  # its photos are not held through the export (the quantize stage decodes them again)
+        run.holdout = scan_holdout(cfg.holdout)
     out = cfg.output
     with atomic_dir(out, replace=cfg.force, index={"what": "pipeline report"}) as work:
         try:

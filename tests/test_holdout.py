@@ -41,8 +41,10 @@ def test_holdout_folder_counts_distinct_photos_and_is_left_out_of_calibration(tm
     (held / "notes.txt").write_text("not an image")
     (held / "broken.png").write_bytes(b"\x89PNG not really")
     (held / ".hidden.png").write_bytes(b"x")  # hidden files are left out, as everywhere
+    (held / "loop-a.png").symlink_to(held / "loop-b.png")  # a loop of links reads nothing: skipped (it was a traceback)
+    (held / "loop-b.png").symlink_to(held / "loop-a.png")
     h = scan_holdout(held)
-    assert len(h.photos) == 3 and h.duplicates == 2 and h.skipped == 2
+    assert len(h.photos) == 3 and h.duplicates == 2 and h.skipped == 4
     assert h.photos_sha256 == sorted(_sha(p) for p in photos[6:9]) and h.sha256 == set_digest([_sha(p) for p in photos[6:9]])
     assert "3 distinct photo(s)" in h.describe() and h.sha256[:16] in h.describe()
 

@@ -231,6 +231,12 @@ def test_a_calibration_and_a_holdout_folder_are_decoded_once_for_their_check_and
         assert len(calibration._DECODED.keys()) == photos
         release_decoded()
         assert not calibration._DECODED.keys()
+    # the --holdout check alone (the pipeline's, before any stage) holds nothing; inside a quantization it keeps its decodes
+    calibration.scan_holdout(held)
+    assert not calibration._DECODED.keys()
+    calibration.scan_holdout(held, keep=True)
+    assert len(calibration._DECODED.keys()) == 2
+    release_decoded()
 
 
 def test_decoded_photos_changed_just_now_or_replaced_with_the_same_times_are_decoded_afresh(tmp_path, monkeypatch):

@@ -106,11 +106,12 @@ class Holdout:
                 "sha256": self.sha256, "photos_sha256": self.photos_sha256}
 
 
-def scan_holdout(folder: Path) -> Holdout:
+def scan_holdout(folder: Path, *, keep: bool = False) -> Holdout:
     """A ``--holdout`` folder (flat or ImageFolder; :func:`~edge_inception.data.images.scan_photo_folder`'s checks: no link
     leaving it, at most :data:`~edge_inception.limits.MAX_HOLDOUT_IMAGES` image files, at least one readable image),
-    reduced to distinct photos. Raises ImageError or LimitError."""
-    scan = scan_photo_folder(folder, "--holdout", MAX_HOLDOUT_IMAGES, decode=decoded)  # the check's decode is the verdict's
+    reduced to distinct photos. ``keep``: the check's decodes are kept (:func:`decoded`) for the verdict that follows, inside
+    a quantization that lets go of them when it ends; otherwise nothing is held. Raises ImageError or LimitError."""
+    scan = scan_photo_folder(folder, "--holdout", MAX_HOLDOUT_IMAGES, decode=decoded if keep else None)
     photos = _distinct(scan.images)
     return Holdout(Path(folder), photos, sorted(_content_key(p) for p in photos), len(scan.skipped), len(scan.images) - len(photos))
 
@@ -189,7 +190,7 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
     kept_apart: Holdout | None = None
     overlap = 0
     if holdout is not None:
-        kept_apart = scan_holdout(holdout)
+        kept_apart = scan_holdout(holdout, keep=True)  # the check's decode is the verdict's
         held_keys = set(kept_apart.photos_sha256)
         distinct = _distinct(images)
         images = [p for p in distinct if _content_key(p) not in held_keys]

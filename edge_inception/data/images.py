@@ -359,8 +359,14 @@ def scan_photo_folder(root: str | Path, what: str, max_images: int, decode: Call
         here = Path(dirpath)
         for name in [*dirnames, *filenames]:
             entry = here / name
-            if entry.is_symlink() and not entry.resolve().is_relative_to(real):
-                raise ImageError(f"{what} {base}: {entry} is a link to {entry.resolve()}, outside the folder (copy the photo in instead)")
+            if not entry.is_symlink():
+                continue
+            try:
+                target = entry.resolve()
+            except (RuntimeError, OSError):  # a loop of links (Python 3.11's resolve raises RuntimeError): it reads nothing, skipped below
+                continue
+            if not target.is_relative_to(real):
+                raise ImageError(f"{what} {base}: {entry} is a link to {target}, outside the folder (copy the photo in instead)")
         dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and not (here / n).is_symlink())
         for name in sorted(filenames):
             f = here / name
