@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgeInceptionError, VerificationError
+from ..errors import EdgeInceptionError, MissingDependencyError, VerificationError
 from ..evaluate.cpu import CpuInfo, cpu_info
 from ..evaluate.topk import TopKOnFiles, hits
 from ..evaluate.verdict import Verdict, images_needed
@@ -124,6 +124,20 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
     outputs, concats = float_outputs(qmodel), unify_concat_scales(qmodel)
     log.debug("Q/DQ: %d output(s) kept float, %d Concat(s) at one scale", outputs, concats)
     onnx.save(qmodel, str(dst))
+
+
+def require_int8_quantizer() -> None:
+    """Refuse, before any work, an ONNX Runtime whose ``quantize_static`` cannot keep the calibrated ranges between the
+    models one quantization builds (its ``calibration_cache_path``, ONNX Runtime 1.27 and later; a GPU stack may pin an
+    older ``onnxruntime-gpu``: Torch-TensorRT's 1.24). Raises MissingDependencyError naming the version found."""
+    import inspect
+
+    import onnxruntime
+    from onnxruntime.quantization import quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise MissingDependencyError(f"INT8 quantization needs onnxruntime 1.27 or later (quantize_static's calibration_cache_path); this is "
+                                     f"{onnxruntime.__version__}: pip install -U onnxruntime (or onnxruntime-gpu)")
 
 
 def prepare_for_quantization(src: Path, dst: Path) -> Path:
@@ -593,6 +607,8 @@ def quantize_model(
         raise EdgeInceptionError(f"{src} is already quantized; quantize the FP32 model")
     if not 0.0 < min_agreement <= 1.0:
         raise EdgeInceptionError("--min-agreement must be in (0, 1]")
+    if precision is Precision.int8:
+        require_int8_quantizer()
     out = check_writable(Path(output) if output is not None else src.with_name(f"{src.stem}.{precision.value}.onnx"))
     facts = model_facts(source, str(src))  # also refuses what is not an image classifier
     size = facts.image_size
