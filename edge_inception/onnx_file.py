@@ -435,3 +435,9 @@ def model_facts(model, where: str = "model") -> OnnxFacts:
 def onnx_facts(path: str | Path) -> OnnxFacts:
     """:func:`model_facts` of a file, read without its weights."""
     return model_facts(load_onnx(path, with_weights=False), str(path))
+
+
+def producers(graph) -> dict:
+    """Each tensor name of an ONNX ``graph`` -> the node that writes it (its inputs and initializers have none): the one map
+    the FLOP count, the Q/DQ edits and bias correction look a tensor's producer up in."""
+    return {o: n for n in graph.node for o in n.output}

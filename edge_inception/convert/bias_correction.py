@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..onnx_file import producers
+
 log = logging.getLogger(__name__)
 
 SHRINK_Z = 2.0  # standard errors of the mean a shift must exceed to be corrected (see significant_shift)
@@ -100,7 +102,7 @@ class _Index:
 
     @classmethod
     def of(cls, model) -> _Index:
-        return cls({o: n for n in model.graph.node for o in n.output}, {t.name: t for t in model.graph.initializer})
+        return cls(producers(model.graph), {t.name: t for t in model.graph.initializer})
 
 
 def _bias_of(node, index: _Index):

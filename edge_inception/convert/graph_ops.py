@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import EdgeInceptionError
 from ..evaluate.flops import stage_of
+from ..onnx_file import producers
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def float_outputs(model) -> int:
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return 0  # a subgraph may read the renamed tensor by its old name: left as it is
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     users = _consumers(graph)
     outputs = {o.name for o in graph.output}
     freed = 0
@@ -117,7 +118,7 @@ def unify_concat_scales(model) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     users = _consumers(graph)
     init = {t.name: t for t in graph.initializer}
 
@@ -203,7 +204,7 @@ def fold_weight_only_dequantize(model) -> int:
     from onnx import numpy_helper
 
     init = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = producers(model.graph)
     consumers = _consumers(model.graph)
 
     def int8_compute(node, weight_name: str) -> bool:

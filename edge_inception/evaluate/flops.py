@@ -17,7 +17,7 @@ from typing import Any
 
 from ..limits import check_batch, check_image_size
 from ..model.paper_table import BUDGET_MACS, KNOWN_DIFFERENCES, PAPER_TABLE, STAGES
-from ..onnx_file import get_metadata, load_onnx, model_image_size
+from ..onnx_file import get_metadata, load_onnx, model_image_size, producers
 
 MAC_OPS = {"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"}
 PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity", "QuantizeLinear"}
@@ -161,14 +161,14 @@ def count_graph_model(raw, *, image_size: int | None = None, batch: int = 1, nam
         image_size = model_image_size(raw)
     model = _with_input_shape(raw, batch, image_size)
     shapes = _shapes(model)
-    producers = {out: node for node in model.graph.node for out in node.output}
+    producer = producers(model.graph)
     constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
 
     def weight_source(name: str) -> str | None:
         """Follow a node input through Q/DQ/Cast to the initializer it comes from."""
         seen = 0
         while name not in constants and seen < 4:
-            node = producers.get(name)
+            node = producer.get(name)
             if node is None or node.op_type not in PASS_THROUGH:
                 return None
             name = node.input[0]
