@@ -82,6 +82,16 @@ def seeded_state_dict(variant: str = "torchvision", num_classes: int = 1000, aux
     return init_weights(GoogLeNet(variant, num_classes, aux_logits=aux), seed).state_dict()
 
 
+def ort_only_target(folder: Path, precisions: tuple[str, ...]) -> Path:
+    """A target file of ONNX Runtime alone on the CPU with ``precisions`` (written into ``folder``): the cheapest pipeline,
+    for tests whose assertions do not depend on the backends it builds."""
+    listed = ", ".join(f'"{p}"' for p in precisions)
+    path = folder / "cpu-ort.toml"
+    path.write_text('name = "cpu-ort"\ndescription = "ONNX Runtime alone"\ndevice = "cpu"\nbackends = ["ort"]\n'
+                    f'default_precision = "fp32"\nprecisions = [{listed}]\nthreads = 0\nbatch = {{ min = 1, opt = 1, max = 32 }}\n')
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     """The demo data set where the product keeps it (``demo-data``'s default folder under the cache folder): made once for

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from edge_inception.cli import app
 from tests import ray_procs
+from tests.conftest import ort_only_target
 
 pytest.importorskip("ray")
 
@@ -302,9 +303,7 @@ def test_pipeline_eval_on_a_cluster_gives_quantize_verdict(trained, head, tmp_pa
     the one ``quantize --eval`` computes in this process for the FP32 model the pipeline exported."""
     out = tmp_path / "run"
     # ONNX Runtime alone (a target file of one backend): the verdict is the quantize stage's, whatever the backends built after it
-    ort_only = tmp_path / "cpu-ort.toml"
-    ort_only.write_text('name = "cpu-ort"\ndescription = "ONNX Runtime alone"\ndevice = "cpu"\nbackends = ["ort"]\n'
-                        'default_precision = "fp32"\nprecisions = ["fp32", "fp16"]\nthreads = 0\nbatch = { min = 1, opt = 1, max = 32 }\n')
+    ort_only = ort_only_target(tmp_path, ("fp32", "fp16"))
     r = ray_procs.run(_cli("pipeline", "--weights", trained.checkpoint, "--target", ort_only, "--precisions", "fp32,fp16", "--eval",
                            trained.data / "val", "--batch", "1", "--iterations", "2", "--rounds", "1", "-o", out, "--cluster", head),
                       RUN_TIMEOUT_S, **RAY_ENV)

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from edge_inception.cli import app
 from edge_inception.engines.registry import artifact_info
 
+from .conftest import ort_only_target
+
 runner = CliRunner()
 
 
@@ -75,9 +77,7 @@ def test_pipeline_report_and_reruns(trained, tmp_path):
     (out / "bench.md").write_text("edited")  # a file of the product's, edited: still the product's folder
     # FP32 alone on ONNX Runtime alone (the cheapest pipeline: a target file of one backend): what --force does to the
     # folder does not depend on what the run builds
-    ort_only = tmp_path / "cpu-ort.toml"
-    ort_only.write_text('name = "cpu-ort"\ndescription = "ONNX Runtime alone"\ndevice = "cpu"\nbackends = ["ort"]\n'
-                        'default_precision = "fp32"\nprecisions = ["fp32"]\nthreads = 0\nbatch = { min = 1, opt = 1, max = 32 }\n')
+    ort_only = ort_only_target(tmp_path, ("fp32",))
     forced = runner.invoke(app, [*args, "--precisions", "fp32", "--target", str(ort_only), "--force"])
     assert forced.exit_code == 0, forced.output
     assert (out / "bench.md").read_text() != "edited"  # --force replaces the folder, it does not merge into it
