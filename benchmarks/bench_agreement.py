@@ -206,6 +206,27 @@ def one_round(e: Engine, batch: int, order: tuple[str, str], args: argparse.Name
     return got
 
 
+def check_models(model: Path | None, int8: Path | None) -> None:
+    """``--model`` an FP32 classifier, ``--int8`` an INT8 one of the same input size and classes (the product's own checks,
+    :func:`~edge_inception.onnx_file.onnx_facts`), before anything is built. Raises EdgeInceptionError."""
+    from edge_inception.errors import EdgeInceptionError
+    from edge_inception.onnx_file import onnx_facts
+
+    if model is None:
+        return
+    fp32 = onnx_facts(model)
+    if fp32.precision != "fp32":
+        raise EdgeInceptionError(f"--model {model}: a {fp32.precision} model; give the FP32 one (and its INT8 model with --int8)")
+    if int8 is None:
+        return
+    q = onnx_facts(int8)
+    if q.precision != "int8":
+        raise EdgeInceptionError(f"--int8 {int8}: a {q.precision} model, not an INT8 one (edge-inception quantize --precision int8 makes one)")
+    if (q.image_size, q.num_classes) != (fp32.image_size, fp32.num_classes):
+        raise EdgeInceptionError(f"--int8 {int8}: {q.image_size} px, {q.num_classes} classes; --model {model} has {fp32.image_size} px, "
+                                 f"{fp32.num_classes} classes: not an INT8 model of it")
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Record]:
     from edge_inception.evaluate.cpu import cpu_info
 
@@ -294,7 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8 is not None and args.model is None:
         parser.error("--int8 needs --model, the FP32 model it was quantized from")
     command = "python benchmarks/bench_agreement.py " + " ".join(shlex.quote(a) for a in argv)
-    doc, rec = run(args)
+    from edge_inception.errors import EdgeInceptionError
+    from edge_inception.names import printable
+
+    try:
+        check_models(args.model, args.int8)
+        doc, rec = run(args)
+    except EdgeInceptionError as exc:  # a model that is missing, not ONNX, not a classifier, of another kind: one line
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
+        return 1
     doc["command"] = command
     from edge_inception.report import Rendered, write_report
 

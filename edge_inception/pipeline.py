@@ -128,7 +128,7 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
                  progress: Callable[[int, str], Any] | None = None) -> PipelineResult:
     from .convert.export import export_model
     from .convert.graph_ops import with_fixed_batch
-    from .convert.quantize import quantize_model
+    from .convert.quantize import quantize_model, require_int8_quantizer
     from .engines.build import build
     from .engines.choose import probe
     from .engines.targets import get_target
@@ -142,6 +142,8 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
     target = get_target(cfg.target)
     for p in cfg.precisions:
         target.check_precision(p)
+    if Precision.int8 in cfg.precisions:  # an ONNX Runtime too old for it: one line before the export, not after it
+        require_int8_quantizer()
     plan = plan_candidates(target, cfg.precisions, missing_backends(target), probe(target), extras=backend_extras(target, cpu_info().flags))
     if not plan.candidates:
         raise EdgeInceptionError(f"target '{target.name}': no candidate can be built here: " + "; ".join(f"{s.name}: {s.why}" for s in plan.skipped))

@@ -153,3 +153,28 @@ def test_the_script_gives_every_backend_both_figures_and_a_ratio(trained, int8_r
     with pytest.raises(SystemExit) as refused:  # an INT8 model without the FP32 model it came from: a usage error, nothing run
         bench_agreement.main(["--int8", str(int8_relaxed.path), "--out", str(tmp_path / "none")])
     assert refused.value.code == 2 and not (tmp_path / "none").exists()
+
+
+def test_the_script_refuses_models_it_cannot_compare_in_one_line(trained, int8_relaxed, tmp_path, capsys):
+    """--model and --int8 are checked before anything is built: missing, not ONNX, not INT8 (the FP32 model given twice
+    measured FP32 twice and said nothing), or an INT8 model of another net; each one line, exit 1, no results written."""
+    from edge_inception.onnx_file import load_onnx, set_metadata
+
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    other = tmp_path / "other.int8.onnx"  # the INT8 model of a net of 7 classes (the demo's have 10): not of --model
+    model = load_onnx(int8_relaxed.path)
+    set_metadata(model, {"num_classes": "7"})  # what the checks read first (then the output's width)
+    import onnx
+
+    onnx.save(model, str(other))
+    cases = [(["--model", str(tmp_path / "missing.onnx")], "not found"),
+             (["--model", str(trained.onnx), "--int8", str(text)], "notes.onnx"),
+             (["--model", str(trained.onnx), "--int8", str(trained.onnx)], "a fp32 model, not an INT8 one"),
+             (["--model", str(int8_relaxed.path)], "a int8 model; give the FP32 one"),
+             (["--model", str(trained.onnx), "--int8", str(other)], "7 classes")]
+    for args, needle in cases:
+        assert bench_agreement.main([*args, "--no-wait", "--out", str(tmp_path / "out")]) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
+    assert not (tmp_path / "out").exists()
