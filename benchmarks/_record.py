@@ -44,6 +44,28 @@ SEQUENCE_ENV = "EDGE_INCEPTION_BENCH_START_LOAD"  # set by record_all.py: the lo
 IDLE_WINDOW_S = 5.0  # inside make bench: the window in which other processes must stay under DISTURBED_CORES before a script
 
 
+def refused(exc: BaseException) -> int:
+    """What the product refuses (a missing or unusable model, folder or option: its EdgeInceptionError) as the CLI says
+    it: one line on stderr, printable; the exit status 1."""
+    import sys
+
+    from edge_inception.names import printable
+
+    print(f"error: {printable(str(exc))}", file=sys.stderr)
+    return 1
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """A benchmark script's ``main()``, with what the product refuses as one line and exit 1 (:func:`refused`), never a
+    traceback."""
+    from edge_inception.errors import EdgeInceptionError
+
+    try:
+        return main()
+    except EdgeInceptionError as exc:
+        return refused(exc)
+
+
 def sequence_start_load() -> float | None:
     """The load average at which the running `make bench` started (quiet by the load rule), or None outside one."""
     try:

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import Record  # noqa: E402
+from _record import Record, refused  # noqa: E402
 
 GOAL = 1.10  # bench p50 at most this many times the tool's median
 BENCHMARK_APP_TIMEOUT_S = 600
@@ -316,14 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--int8 needs --model, the FP32 model it was quantized from")
     command = "python benchmarks/bench_agreement.py " + " ".join(shlex.quote(a) for a in argv)
     from edge_inception.errors import EdgeInceptionError
-    from edge_inception.names import printable
 
     try:
         check_models(args.model, args.int8)
         doc, rec = run(args)
     except EdgeInceptionError as exc:  # a model that is missing, not ONNX, not a classifier, of another kind: one line
-        print(f"error: {printable(str(exc))}", file=sys.stderr)
-        return 1
+        return refused(exc)
     doc["command"] = command
     from edge_inception.report import Rendered, write_report
 

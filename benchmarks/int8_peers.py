@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import Record  # noqa: E402
+from _record import Record, run_main  # noqa: E402
 
 HELD_CROPS = 300
 CALIB_SAMPLES = 100  # crops of the calibration photos every peer calibrates on (ours draws its own 100)
@@ -252,4 +252,4 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

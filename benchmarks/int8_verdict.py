@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import Record  # noqa: E402
+from _record import Record, run_main  # noqa: E402
 
 OTHER_CROPS = 300
 
@@ -143,4 +143,4 @@ def markdown(doc: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

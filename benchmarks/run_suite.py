@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import Record  # noqa: E402
+from _record import Record, run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,4 +144,4 @@ def goals(data: dict, rec: Record) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

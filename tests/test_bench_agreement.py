@@ -178,3 +178,16 @@ def test_the_script_refuses_models_it_cannot_compare_in_one_line(trained, int8_r
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_benchmark_script_says_what_the_product_refuses_in_one_line(tmp_path, capsys):
+    """Every benchmark script runs its main() through _record.run_main: the product's refusal (here onnx_facts of a file
+    that is not there) is one printable line and exit 1; anything else is not swallowed."""
+    from edge_inception.onnx_file import onnx_facts
+
+    missing = tmp_path / "no\x1bmodel.onnx"
+    assert _record.run_main(lambda: onnx_facts(missing) and 0) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not found" in err[0] and "\\x1b" in err[0] and "\x1b" not in err[0]
+    with pytest.raises(ZeroDivisionError):
+        _record.run_main(lambda: 1 // 0)
