@@ -63,10 +63,11 @@ STEPS = (
          ("int8_verdict.py", "--model", "{model}", "--subsets", "1", "--no-wait", "--out", "{out}"), "int8-verdict"),
 )
 # Shares from the quiet runs of this command (record_all.md under benchmarks/results, results/xeon, results/epyc-avx2),
-# seconds on a 2-core AVX-512 EPYC / AVX-512 Xeon / AVX2-only EPYC: prepare 89/54/91, suite 322/292/456 (before its
-# seeded net was calibrated min-max only: about 100 s less on the AVX2 EPYC), candidates 287/269/383, bench-agreement
-# 146/76/118, stream 97/94/111, serve 61/58/76, int8-verdict 108/165/206. A step is stopped at twice its share, so a
-# slower CPU (the AVX2-only EPYC: about 1.3 x the others) still finishes every step.
+# seconds on a 2-core AVX-512 EPYC / AVX-512 Xeon / AVX2-only EPYC: prepare 89/54/95, suite 322/292/324 (the first two
+# before the suite's seeded net was calibrated min-max only; on the AVX2 EPYC the suite took 456 s before, stopped at
+# 440 s in make bench), candidates 287/269/387, bench-agreement 146/76/127, stream 97/94/122, serve 61/58/84,
+# int8-verdict 108/165/220. A step is stopped at twice its share, so a slower CPU (the AVX2-only EPYC: about 1.3 x the
+# others) still finishes every step.
 BUDGET_S = sum(s.budget_s for s in STEPS)  # 1160 s: 19.3 min, the quiet-machine waits not counted; see the README
 
 

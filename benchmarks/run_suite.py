@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # A: GoogLeNet at 224 px
         fp32 = export_model(args.weights, work / "googlenet.fp32.onnx").path
         fp16 = quantize_model(fp32, "fp16", output=work / "googlenet.fp16.onnx").path
-        # the seeded net: min-max calibration, as bench_agreement.py and serve_goals.py (its timings do not depend on the
+        # the seeded net: min-max calibration, the method bench_agreement.py and serve_goals.py use (its timings do not depend on the
         # method, and trying every method, ``auto``, took 143 of this script's 456 s on an AVX2-only EPYC: ONNX Runtime's
         # histogram calibrators); --weights and the trained demo net below: every method, as the product does by default
         int8 = quantize_model(fp32, "int8", output=work / "googlenet.int8.onnx", calib_method="auto" if args.weights else "minmax")
