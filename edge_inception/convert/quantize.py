@@ -49,6 +49,7 @@ from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, release_decoded, select_images
 from .graph_ops import float_outputs, fold_for_cpu, int8_weights, node_stages, toposort, unify_concat_scales
 from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
+from .ort_calibrate import calibrate, calibrator_options
 from .ort_reuse import reused_weight_quantization
 
 log = logging.getLogger(__name__)
@@ -82,22 +83,60 @@ def int8_scheme(target: QuantTarget, cpu: CpuInfo | None = None) -> Int8Scheme:
                       f"cpu ({cpu.model}) has no VNNI: u8 activations, s8 weights with reduced range (avoids AVX2 saturation)")
 
 
+_ORT_METHODS = {CalibMethod.minmax: "MinMax", CalibMethod.entropy: "Entropy", CalibMethod.percentile: "Percentile"}
+
+
+def _extra_options(scheme: Int8Scheme, method: CalibMethod) -> dict[str, Any]:
+    """What ``quantize_static`` is given as ``extra_options`` (its calibrator's options among them)."""
+    return {"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True, "CalibMovingAverage": method is CalibMethod.minmax}
+
+
+def _feeds(src: Path, calib_batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The model's input by name, one dict a batch: what ONNX Runtime's calibrators are fed (re-batched for a model
+    exported at a fixed batch)."""
+    model = load_onnx(src, with_weights=False)
+    fixed = fixed_batch(model)
+    return [{model.graph.input[0].name: b} for b in (rebatch(calib_batches, fixed) if fixed else calib_batches)]
+
+
+def calibrate_methods(src: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, caches: dict[CalibMethod, Path], *,
+                      on_batch: Callable[[], None] | None = None) -> None:
+    """Each method's calibrated ranges on ``calib_batches``, written to its cache file (``caches``; existing files are
+    kept), as :func:`quantize_int8` with that ``cache`` would compute them, in one run of the images for the histogram
+    methods and on every core (:mod:`.ort_calibrate`)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    feeds = _feeds(src, calib_batches)
+    # methods whose calibrators get the same options share one call (the histogram methods: one run of the images)
+    groups: dict[tuple[Any, ...], tuple[dict[str, Any], dict[Any, Path]]] = {}
+    for method, path in caches.items():
+        options = _extra_options(scheme, method)
+        key = tuple(sorted(calibrator_options(options).items()))
+        groups.setdefault(key, (options, {}))[1][CalibrationMethod[_ORT_METHODS[method]]] = path
+    for options, ort_caches in groups.values():
+        counts = calibrate(src, feeds, ort_caches, options, on_batch=on_batch)
+        log.debug("calibration with %s: %s", ", ".join(m.name for m in ort_caches), counts)
+
+
 def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, method: CalibMethod, *,
                   exclude: Sequence[str] = (), weight_only: Sequence[str] = (), cache: Path | None = None,
                   on_batch: Callable[[], None] | None = None) -> None:
     """Static INT8 in Q/DQ form. ``exclude``: nodes left in float; ``weight_only``: nodes whose activations stay
-    float but whose weights are stored as INT8. With ``cache`` the calibrated ranges are computed once and reused.
-    Two changes to ONNX Runtime's placement, as NNCF and TensorRT place them: the model's outputs (the logits) stay
-    float, and each Concat's inputs share its output's scale (one rounding, not two; :mod:`.graph_ops`)."""
+    float but whose weights are stored as INT8. With ``cache`` the calibrated ranges are computed once
+    (:func:`calibrate_methods`) and reused. Two changes to ONNX Runtime's placement, as NNCF and TensorRT place them:
+    the model's outputs (the logits) stay float, and each Concat's inputs share its output's scale (one rounding, not
+    two; :mod:`.graph_ops`)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    methods = {CalibMethod.minmax: CalibrationMethod.MinMax, CalibMethod.entropy: CalibrationMethod.Entropy,
-               CalibMethod.percentile: CalibrationMethod.Percentile}
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    model = load_onnx(src, with_weights=False)
-    fixed = fixed_batch(model)
-    reader = CalibrationReader(model.graph.input[0].name, rebatch(calib_batches, fixed) if fixed else calib_batches, on_batch)
+    if cache is not None and not cache.is_file():
+        calibrate_methods(src, calib_batches, scheme, {method: cache}, on_batch=on_batch)
+    reader = None
+    if cache is None:  # quantize_static calibrates
+        model = load_onnx(src, with_weights=False)
+        fixed = fixed_batch(model)
+        reader = CalibrationReader(model.graph.input[0].name, rebatch(calib_batches, fixed) if fixed else calib_batches, on_batch)
     # ONNX Runtime's histogram calibrators print their progress to stdout; it goes to the debug log instead
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter):
@@ -110,10 +149,9 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
             reduce_range=scheme.reduce_range,
             activation_type=qtype[scheme.activation],
             weight_type=qtype[scheme.weight],
-            calibrate_method=methods[method],
+            calibrate_method=CalibrationMethod[_ORT_METHODS[method]],
             nodes_to_exclude=[*exclude, *weight_only],
-            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
-                           "CalibMovingAverage": method is CalibMethod.minmax},
+            extra_options=_extra_options(scheme, method),
             calibration_cache_path=cache,
         )
     if chatter.getvalue().strip():
@@ -499,8 +537,10 @@ def _fold_choice(src: Path, prepared: Path, source: Any, sets: Any, size: int, w
         calib = image_batches(fold.calibration.samples, size, batch=1)
         judged = image_batches(fold.verdict.samples, size)
         references.append(_logits(src, judged))
+        caches = {m: work / f"calibration.fold{i}.{m.value}.json" for m in selection}
+        calibrate_methods(prepared, calib, scheme, caches)  # every method's ranges on the fold's photos in one go
         for method in selection:
-            mixer = _Mixer(prepared, work, source, calib, scheme, method, work / f"calibration.fold{i}.{method.value}.json", bias_correction)
+            mixer = _Mixer(prepared, work, source, calib, scheme, method, caches[method], bias_correction)
             got[method, i] = _logits(mixer.build(f"fold{i}.{method.value}", []), judged)
             worst[method, i] = worst_image_cosine(references[i], got[method, i], [s.path for s in fold.verdict.samples])
             log.info("INT8 with %s calibration, fold %d: worst photo's cosine %.5f", method.value, i + 1, worst[method, i])
@@ -649,10 +689,12 @@ def quantize_model(
             methods = list(AUTO_METHODS) if calib_method is CalibMethod.auto else [calib_method]
             bar = progress(len(calib_batches) * len(methods), "calibrating") if progress else None
             results: dict[CalibMethod, tuple[Path, bool, Parity]] = {}
-            for method in methods:  # each calibration's ranges are cached: the guard's mixes reuse them
-                path = work / f"int8.{method.value}.onnx"
-                quantize_int8(prepared, path, calib_batches, scheme, method, cache=work / f"calibration.{method.value}.json",
+            # every method's ranges in one go (one run of the images for the histogram methods), cached: the guard's mixes reuse them
+            calibrate_methods(prepared, calib_batches, scheme, {m: work / f"calibration.{m.value}.json" for m in methods},
                               on_batch=(lambda: bar.update(1)) if bar else None)
+            for method in methods:
+                path = work / f"int8.{method.value}.onnx"
+                quantize_int8(prepared, path, calib_batches, scheme, method, cache=work / f"calibration.{method.value}.json")
                 if bias_correction:
                     correct_biases(prepared, path, path, calib_batches)
                 ok, p, got = judge.assess(path)
