@@ -42,7 +42,10 @@ from ..fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
-WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+# threads building histograms: each holds up to three copies of one tensor's values over every image while it works
+# (ONNX Runtime's collector stacks, flattens and takes absolute values), 1 GB for GoogLeNet's first layer on 100 crops at
+# 224 px; two keep that bounded, and numpy's work between the GIL's releases gives little past two
+WORKERS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 # quantize_static's own table (onnxruntime/quantization/quantize.py, 1.32): its extra_options key -> the calibrator's
 CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingAverage", "moving_average"),
                       ("CalibMovingAverageConstant", "averaging_constant"), ("CalibMaxIntermediateOutputs", "max_intermediate_outputs"),
