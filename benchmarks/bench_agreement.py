@@ -206,9 +206,10 @@ def one_round(e: Engine, batch: int, order: tuple[str, str], args: argparse.Name
     return got
 
 
-def check_models(model: Path | None, int8: Path | None) -> None:
+def check_models(model: Path | None, int8: Path | None, model_option: str = "--model") -> None:
     """``--model`` an FP32 classifier, ``--int8`` an INT8 one of the same input size and classes (the product's own checks,
-    :func:`~edge_inception.onnx_file.onnx_facts`), before anything is built. Raises EdgeInceptionError."""
+    :func:`~edge_inception.onnx_file.onnx_facts`), before anything is built; ``model_option``: the FP32 model's option in
+    the messages (run_suite.py's ``--fp32``). Raises EdgeInceptionError."""
     from edge_inception.errors import EdgeInceptionError
     from edge_inception.onnx_file import onnx_facts
 
@@ -216,14 +217,14 @@ def check_models(model: Path | None, int8: Path | None) -> None:
         return
     fp32 = onnx_facts(model)
     if fp32.precision != "fp32":
-        raise EdgeInceptionError(f"--model {model}: a {fp32.precision} model; give the FP32 one (and its INT8 model with --int8)")
+        raise EdgeInceptionError(f"{model_option} {model}: a {fp32.precision} model; give the FP32 one (and its INT8 model with --int8)")
     if int8 is None:
         return
     q = onnx_facts(int8)
     if q.precision != "int8":
         raise EdgeInceptionError(f"--int8 {int8}: a {q.precision} model, not an INT8 one (edge-inception quantize --precision int8 makes one)")
     if (q.image_size, q.num_classes) != (fp32.image_size, fp32.num_classes):
-        raise EdgeInceptionError(f"--int8 {int8}: {q.image_size} px, {q.num_classes} classes; --model {model} has {fp32.image_size} px, "
+        raise EdgeInceptionError(f"--int8 {int8}: {q.image_size} px, {q.num_classes} classes; {model_option} {model} has {fp32.image_size} px, "
                                  f"{fp32.num_classes} classes: not an INT8 model of it")
 
 

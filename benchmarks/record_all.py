@@ -7,8 +7,10 @@ process, in turn, and starts once the rest of the machine has used under a tenth
 would mostly remember the previous script: benchmarks/_record.py). Each writes its own results with the CPU's name and
 ISA flags and every round's load, and says whether it may be quoted. The budget below is each script's share of the 20
 minutes on a quiet 2-core machine (its settings are chosen to fit it); a script still running at twice its budget is
-stopped and reported as such. Shared inputs (the demo net trained briefly, its INT8 CPU artifact) are made once,
-first.
+stopped and reported as such. Shared inputs are made once, first, by the prepare step (only those the wanted steps
+take): the demo net trained briefly (its checkpoint, FP32 ONNX and INT8 CPU artifact: stream, int8-verdict, suite) and
+seeded GoogLeNet at 224 px (its FP32 ONNX, its INT8 calibrated min-max on 14 crops of the bundled photos, and that INT8
+built for the cpu target with ONNX Runtime: suite, bench-agreement, serve), so that no step makes them again.
 
 --smoke: tiny settings, no waiting, results into a scratch folder (never benchmarks/results): a check that every script
 still runs, not figures. Writes record_all.md (each script: seconds, exit status, quotable) into --out.
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import string
 import subprocess
 import sys
 import tempfile
@@ -44,49 +47,100 @@ class Step:
     results: str  # the folder under --out it writes
 
 
-# {model}: the demo net's FP32 ONNX; {artifact}: its INT8 CPU artifact; {out}: the step's results folder
+# Placeholders, made by prepare: {model}: the demo net's FP32 ONNX; {artifact}: its INT8 CPU artifact; {demo_checkpoint}: its
+# checkpoint (.pth, with the training sidecar .json beside it); {googlenet}: seeded GoogLeNet at 224 px, FP32 ONNX;
+# {googlenet_int8}: its INT8 (min-max, 14 crops of the bundled photos, the agreement criterion at 1 %: what bench_agreement.py
+# and serve_goals.py make when given nothing); {googlenet_artifact}: that INT8 built for the cpu target (ONNX Runtime, as
+# serve_goals.py builds it). {out}: the step's results folder.
+# The suite's seeded INT8 was calibrated on 100 crops when it made its own; it now measures the same 14-crop file as
+# bench-agreement and serve: its timings do not depend on the calibration (agreement on a seeded net says nothing anyway).
+# --smoke: bench-agreement keeps making its own small net (64 px, 10 classes: the shared one is 224 px, 1000 classes).
 STEPS = (
-    Step("prepare", 90, (), (), ""),  # the demo net (200 steps at 64 px) and its INT8 artifact, for stream and int8-verdict
-    Step("suite", 260, ("run_suite.py", "--iterations", "20", "--rounds", "2", "--out", "{out}"),
-         ("run_suite.py", "--iterations", "2", "--rounds", "1", "--batch", "1", "--rerun-disturbed", "0", "--no-wait", "--out", "{out}"), ""),
-    Step("candidates", 280, ("candidates_goals.py", "cpu", "--iterations", "20", "--rounds", "2", "--out", "{out}"),
+    Step("prepare", 130, (), (), ""),  # the demo net (200 steps at 64 px) and its INT8 artifact; seeded GoogLeNet 224, its INT8 and artifact
+    Step("suite", 170, ("run_suite.py", "--fp32", "{googlenet}", "--int8", "{googlenet_int8}", "--demo-checkpoint", "{demo_checkpoint}",
+                        "--iterations", "20", "--rounds", "2", "--out", "{out}"),
+         ("run_suite.py", "--fp32", "{googlenet}", "--int8", "{googlenet_int8}", "--demo-checkpoint", "{demo_checkpoint}",
+          "--iterations", "2", "--rounds", "1", "--batch", "1", "--rerun-disturbed", "0", "--no-wait", "--out", "{out}"), ""),
+    Step("candidates", 340, ("candidates_goals.py", "cpu", "--iterations", "20", "--rounds", "2", "--out", "{out}"),
          ("candidates_goals.py", "cpu", "--iterations", "2", "--rounds", "1", "--no-wait", "--out", "{out}"), "candidates"),
-    Step("bench-agreement", 150, ("bench_agreement.py", "--rounds", "2", "--iterations", "20", "--out", "{out}"),
+    Step("bench-agreement", 120, ("bench_agreement.py", "--model", "{googlenet}", "--int8", "{googlenet_int8}", "--rounds", "2",
+                                  "--iterations", "20", "--out", "{out}"),
          ("bench_agreement.py", "--image-size", "64", "--num-classes", "10", "--rounds", "1", "--iterations", "2", "--warmup", "1",
           "--batch", "1,2", "--rerun-disturbed", "0", "--no-wait", "--out", "{out}"), "bench-agreement"),
     Step("stream", 120, ("stream_goals.py", "{artifact}", "--agreement-images", "300", "--jpegs", "24", "--video-frames", "150", "--out", "{out}"),
          ("stream_goals.py", "{artifact}", "--agreement-images", "4", "--jpegs", "2", "--video-frames", "8", "--no-wait", "--out", "{out}"),
          "stream"),
-    Step("serve", 80, ("serve_goals.py", "--min-duration-ms", "5000", "--out", "{out}"),
-         ("serve_goals.py", "--min-duration-ms", "500", "--clients", "4", "--no-wait", "--out", "{out}"), "serve"),
-    Step("int8-verdict", 180, ("int8_verdict.py", "--model", "{model}", "--subsets", "5", "--out", "{out}"),
+    Step("serve", 50, ("serve_goals.py", "--artifact", "{googlenet_artifact}", "--min-duration-ms", "5000", "--out", "{out}"),
+         ("serve_goals.py", "--artifact", "{googlenet_artifact}", "--min-duration-ms", "500", "--clients", "4", "--no-wait", "--out", "{out}"),
+         "serve"),
+    Step("int8-verdict", 230, ("int8_verdict.py", "--model", "{model}", "--subsets", "5", "--out", "{out}"),
          ("int8_verdict.py", "--model", "{model}", "--subsets", "1", "--no-wait", "--out", "{out}"), "int8-verdict"),
 )
 # Shares from the quiet runs of this command (record_all.md under benchmarks/results, results/xeon, results/epyc-avx2),
-# seconds on a 2-core AVX-512 EPYC / AVX-512 Xeon / AVX2-only EPYC: prepare 89/54/95, suite 322/292/324 (the first two
-# before the suite's seeded net was calibrated min-max only; on the AVX2 EPYC the suite took 456 s before, stopped at
-# 440 s in make bench), candidates 287/269/387, bench-agreement 146/76/127, stream 97/94/122, serve 61/58/84,
-# int8-verdict 108/165/220. A step is stopped at twice its share, so a slower CPU (the AVX2-only EPYC: about 1.3 x the
-# others) still finishes every step.
+# seconds on a 2-core AVX-512 EPYC / AVX-512 Xeon / AVX2-only EPYC, recorded while each step still made its own inputs:
+# prepare 89/54/95, suite 322/292/324 (the first two before the suite's seeded net was calibrated min-max only; on the
+# AVX2 EPYC the suite took 456 s before, stopped at 440 s in make bench), candidates 287/269/387, bench-agreement 146/76/127, stream 97/94/122, serve
+# 61/58/84, int8-verdict 108/165/220; 1,111/1,052/1,378 s in all. Since then prepare also makes seeded GoogLeNet 224, its
+# 14-crop INT8 and that INT8's cpu artifact (measured on the AVX2 EPYC: export 7 s, quantize 23 s), which the suite (its
+# own export, 100-crop INT8, 45 s, and 200-step training of the demo net, 45 s), bench-agreement and serve (export and
+# 14-crop INT8 each, 30 s) no longer make: expected on the AVX2 EPYC, prepare about 130 s, suite 225, bench-agreement
+# 100, serve 55 (not yet recorded): about 1,250 s in all there with its 20 s wait for quiet, still over the 20 minutes
+# (candidates and int8-verdict, 607 s of it, calibrate with every method). A step is stopped at twice its share, so a
+# slower CPU (the AVX2-only EPYC: about 1.3 x the others) still finishes every step.
 BUDGET_S = sum(s.budget_s for s in STEPS)  # 1160 s: 19.3 min, the quiet-machine waits not counted; see the README
 
+DEMO_OUTPUTS = frozenset({"model", "artifact", "demo_checkpoint"})  # what prepare's demo part makes
+GOOGLENET_OUTPUTS = frozenset({"googlenet", "googlenet_int8", "googlenet_artifact"})  # what its GoogLeNet part makes
 
-def prepare(work: Path, smoke: bool) -> dict[str, str]:
-    """The demo net trained briefly (as the tests and int8_verdict do), exported, quantized to INT8 on its training crops,
-    and built for the cpu target: what stream_goals and int8_verdict take."""
+
+def placeholders(settings: tuple[str, ...]) -> set[str]:
+    """The prepare outputs a step's settings name (``{model}``, ``{googlenet}``, ...; ``{out}`` is the step's own)."""
+    return {name for a in settings for _, name, _, _ in string.Formatter().parse(a) if name} - {"out"}
+
+
+def prepare(work: Path, smoke: bool, needs: set[str] | frozenset[str] = DEMO_OUTPUTS | GOOGLENET_OUTPUTS) -> dict[str, str]:
+    """The shared inputs the wanted steps take (``needs``: placeholder names), each made once with the CLI:
+
+    - the demo net trained briefly (as the tests and int8_verdict do), exported, quantized to INT8 on its training crops,
+      and built for the cpu target: what stream_goals and int8_verdict take, and the checkpoint run_suite's parts B and C
+      take;
+    - seeded GoogLeNet at 224 px, exported, quantized to INT8 with bench_agreement's and serve_goals' own settings (min-max
+      on 14 crops of the bundled photos, the agreement criterion at 1 %) and built for the cpu target with ONNX Runtime
+      (serve_goals' own build): what run_suite's part A, bench_agreement and serve_goals take."""
+    from edge_inception.data.images import bundled_photos_dir
+
     cli = [PY, "-m", "edge_inception"]
-    steps = "30" if smoke else "200"
-    run = [cli + ["demo-data", "-o", str(work / "demo")],
-           cli + ["train", "--data", str(work / "demo" / "train"), "--val", str(work / "demo" / "val"), "--image-size", "64", "--max-steps", steps,
-                  "--batch-size", "16", "--lr", "0.03", "-o", str(work / "demo.pth")],
-           cli + ["export", "-w", str(work / "demo.pth"), "-o", str(work / "demo.onnx")],
-           cli + ["quantize", str(work / "demo.onnx"), "--precision", "int8", "--calib", str(work / "demo" / "train"), "--calib-method", "minmax",
-                  "-o", str(work / "demo.int8.onnx")],
-           cli + ["build", str(work / "demo.int8.onnx"), "--target", "cpu", "-o", str(work / "cpu")]]
+    run: list[list[str]] = []
+    made: dict[str, str] = {}
+    if needs & DEMO_OUTPUTS:
+        steps = "30" if smoke else "200"
+        run += [cli + ["demo-data", "-o", str(work / "demo")],
+                cli + ["train", "--data", str(work / "demo" / "train"), "--val", str(work / "demo" / "val"), "--image-size", "64",
+                       "--max-steps", steps, "--batch-size", "16", "--lr", "0.03", "-o", str(work / "demo.pth")],
+                cli + ["export", "-w", str(work / "demo.pth"), "-o", str(work / "demo.onnx")],
+                cli + ["quantize", str(work / "demo.onnx"), "--precision", "int8", "--calib", str(work / "demo" / "train"),
+                       "--calib-method", "minmax", "-o", str(work / "demo.int8.onnx")],
+                cli + ["build", str(work / "demo.int8.onnx"), "--target", "cpu", "-o", str(work / "cpu")]]
+        made.update(model=str(work / "demo.onnx"), demo_checkpoint=str(work / "demo.pth"))
+    if needs & GOOGLENET_OUTPUTS:
+        run += [cli + ["export", "-o", str(work / "googlenet.onnx")],
+                cli + ["quantize", str(work / "googlenet.onnx"), "--precision", "int8", "--calib", str(bundled_photos_dir()),
+                       "--calib-size", "14", "--calib-method", "minmax", "--criterion", "agreement", "--min-agreement", "0.01",
+                       "-o", str(work / "googlenet.int8.onnx")],
+                cli + ["build", str(work / "googlenet.int8.onnx"), "--target", "cpu", "--backend", "ort", "-o", str(work / "googlenet-cpu")]]
+        made.update(googlenet=str(work / "googlenet.onnx"), googlenet_int8=str(work / "googlenet.int8.onnx"))
     for cmd in run:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    artifact = next(p for p in sorted((work / "cpu").iterdir()) if p.suffix in (".onnx", ".xml") and not p.name.endswith(".manifest.json"))
-    return {"model": str(work / "demo.onnx"), "artifact": str(artifact)}
+    if needs & DEMO_OUTPUTS:
+        made["artifact"] = str(_artifact(work / "cpu"))
+    if needs & GOOGLENET_OUTPUTS:
+        made["googlenet_artifact"] = str(_artifact(work / "googlenet-cpu"))
+    return made
+
+
+def _artifact(folder: Path) -> Path:
+    """The artifact ``build -o folder`` wrote (not its manifest)."""
+    return next(p for p in sorted(folder.iterdir()) if p.suffix in (".onnx", ".xml") and not p.name.endswith(".manifest.json"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="record-all-") as tmp:
         work = Path(tmp)
         shared: dict[str, str] = {}
+        needs: set[str] = set().union(*(placeholders(s.smoke if args.smoke else s.args) for s in STEPS if s.name in wanted))
         for step in STEPS:
             if step.name == "prepare":
-                if wanted & {"stream", "int8-verdict"}:
+                if needs:  # some wanted step takes what prepare makes
                     t0 = time.monotonic()
-                    shared = prepare(work, args.smoke)
+                    shared = prepare(work, args.smoke, needs)
                     rows.append({"step": "prepare", "seconds": round(time.monotonic() - t0, 1), "rc": 0, "budget_s": step.budget_s})
                 continue
             if step.name not in wanted:
