@@ -16,8 +16,8 @@ C. The pipeline on that trained net with a folder of six photos as the user's ca
 Inputs made elsewhere (`make bench`'s prepare step makes them once for every script that takes them):
 --fp32 FP32.onnx: part A's GoogLeNet (224 px, FP32) instead of exporting one here; FP16 is still made here from it.
 --int8 INT8.onnx: with --fp32, its INT8 model instead of quantizing one here (its calibration is what its
-   ``.report.json`` beside it says, recorded as googlenet_224_int8; `make bench` gives the one bench_agreement.py and
-   serve_goals.py make, min-max on 14 crops: part A's timings do not depend on the calibration).
+   ``.report.json`` beside it says, recorded as googlenet_224_int8; `make bench` gives the one it also gives
+   bench_agreement.py and serve_goals.py, min-max on 100 crops of the bundled photos).
 --demo-checkpoint DEMO.pth: the demo net already trained on the demo data (`edge-inception train --data demo/train
    --val demo/val --image-size 64`; its sidecar DEMO.json lists the demo's classes) instead of training one here; parts
    B and C still export and quantize it. Its validation accuracy (demo_net_val_accuracy) is the sidecar's, else null.
