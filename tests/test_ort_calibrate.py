@@ -43,19 +43,19 @@ def test_histogram_methods_share_one_run_and_threads_change_nothing(tmp_path):
     from onnxruntime.quantization import CalibrationMethod
 
     src = _net(tmp_path / "net.onnx", 1)
-    feeds = [{"input": b} for b in _batches(5, n=4)]
+    batches = _batches(5, n=4)
     options = _extra_options(int8_scheme(QuantTarget.cpu, AVX2), CalibMethod.entropy)
     made = {}
     for workers in (1, 3):
         caches = {m: tmp_path / f"w{workers}.{m.name}.json" for m in (CalibrationMethod.Entropy, CalibrationMethod.Percentile)}
-        counts = calibrate(src, feeds, caches, options, workers=workers)
-        assert counts == {"runs": len(feeds), "served": len(feeds)}  # the second method ran nothing
+        counts = calibrate(src, "input", batches, caches, options, workers=workers)
+        assert counts == {"runs": len(batches), "served": len(batches)}  # the second method ran nothing
         made[workers] = {m: p.read_bytes() for m, p in caches.items()}
     assert made[1] == made[3]
     # an existing cache is kept, and nothing runs for it
-    assert calibrate(src, feeds, {CalibrationMethod.Entropy: tmp_path / "w1.Entropy.json"}, options) == {"runs": 0, "served": 0}
+    assert calibrate(src, "input", batches, {CalibrationMethod.Entropy: tmp_path / "w1.Entropy.json"}, options) == {"runs": 0, "served": 0}
     # one histogram method alone records nothing (nothing to serve) and runs once
-    assert calibrate(src, feeds, {CalibrationMethod.Percentile: tmp_path / "alone.json"}, options) == {"runs": len(feeds), "served": 0}
+    assert calibrate(src, "input", batches, {CalibrationMethod.Percentile: tmp_path / "alone.json"}, options) == {"runs": len(batches), "served": 0}
     assert (tmp_path / "alone.json").read_bytes() == made[1][CalibrationMethod.Percentile]
 
 
@@ -83,8 +83,7 @@ def test_a_failed_calibration_leaves_no_cache(tmp_path):
     from onnxruntime.quantization import CalibrationMethod
 
     src = _net(tmp_path / "net.onnx", 3)
-    good = [{"input": b} for b in _batches(2, n=2)]
-    bad = good + [{"input": np.zeros((1, 4, 64, 64), np.float32)}]
+    bad = [*_batches(2, n=2), np.zeros((1, 4, 64, 64), np.float32)]
     with pytest.raises(Exception, match="(?i)channel|dimension|shape|invalid"):
-        calibrate(src, bad, {CalibrationMethod.MinMax: tmp_path / "c.json"}, {"CalibMovingAverage": True})
+        calibrate(src, "input", bad, {CalibrationMethod.MinMax: tmp_path / "c.json"}, {"CalibMovingAverage": True})
     assert not list(tmp_path.glob("c.json*")) and not list(tmp_path.glob("*.tmp"))

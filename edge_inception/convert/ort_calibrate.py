@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..fileio import atomic_path
+from .calibration import CalibrationReader
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingA
                       ("CalibPercentile", "percentile"))
 # what a histogram calibrator must have for its run to be shared and its histograms built in threads
 _HISTOGRAM_ATTRS = ("infer_session", "collector", "method", "symmetric", "num_bins", "num_quantized_bins", "percentile", "scenario")
-
-
-class _Reader:
-    """ONNX Runtime's ``CalibrationDataReader`` protocol over a list of feeds, from the start each time it is made."""
-
-    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], on_batch: Callable[[], None] | None) -> None:
-        self._it, self._on_batch = iter(feeds), on_batch
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        feed = next(self._it, None)
-        if feed is not None and self._on_batch:
-            self._on_batch()
-        return feed
 
 
 class _Recording:
@@ -134,6 +122,18 @@ class _PerTensor:
         return getattr(self._collector, name)
 
 
+@contextlib.contextmanager
+def ort_output_to_log() -> Iterator[None]:
+    """ONNX Runtime's quantization tools print their progress (the histogram collectors, once a tensor here); within the
+    block it goes to the debug log instead, each distinct line once."""
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        yield
+    lines = [line for line in dict.fromkeys(chatter.getvalue().splitlines()) if line.strip()]
+    if lines:
+        log.debug("onnxruntime.quantization: %s", " / ".join(lines))
+
+
 def _nbytes(value: Any) -> int:
     return sum(_nbytes(v) for v in value) if isinstance(value, list | tuple) else int(getattr(value, "nbytes", 0))
 
@@ -149,10 +149,10 @@ def _shareable(calibrator: Any) -> bool:
     return isinstance(calibrator, HistogramCalibrater) and all(hasattr(calibrator, a) for a in _HISTOGRAM_ATTRS)
 
 
-def calibrate(model: Path, feeds: Sequence[dict[str, np.ndarray]], caches: Mapping[Any, Path], extra_options: Mapping[str, Any], *,
-              on_batch: Callable[[], None] | None = None, workers: int = WORKERS) -> dict[str, int]:
+def calibrate(model: Path, input_name: str, batches: Sequence[np.ndarray], caches: Mapping[Any, Path], extra_options: Mapping[str, Any],
+              *, on_batch: Callable[[], None] | None = None, workers: int = WORKERS) -> dict[str, int]:
     """Write ONNX Runtime's calibration cache for each method of ``caches`` ({``CalibrationMethod``: path}; existing files
-    are kept) from ``feeds`` (the model's input by name, one dict a batch, in the order ``quantize_static``'s reader would
+    are kept) from ``batches`` (``input_name``'s values, N x 3 x H x W float32, as ``quantize_static``'s reader would
     give them) and ``extra_options`` (those passed to ``quantize_static``). ``model``: the ONNX file ``quantize_static`` is
     given. Each file is written whole or not at all. Returns {"runs": batches the augmented models ran, "served": batches
     a histogram method was served from another's run}. Raises what ONNX Runtime's calibrators raise."""
@@ -172,8 +172,7 @@ def calibrate(model: Path, feeds: Sequence[dict[str, np.ndarray]], caches: Mappi
     todo.sort(key=lambda m: m not in histogram)
     to_serve = sum(m in histogram for m in todo) - 1  # histogram methods that can be served a recorded run
     recording: _Recording | None = None
-    chatter = io.StringIO()  # ONNX Runtime's histogram collectors print their progress; it goes to the debug log
-    with tempfile.TemporaryDirectory(prefix="edge-inception-calibrate-") as tmp, contextlib.redirect_stdout(chatter):
+    with tempfile.TemporaryDirectory(prefix="edge-inception-calibrate-") as tmp, ort_output_to_log():
         for method in todo:
             calibrator = create_calibrator(model, op_types, augmented_model_path=str(Path(tmp) / f"augmented.{method.name}.onnx"),
                                            calibrate_method=method, extra_options=options)
@@ -188,18 +187,16 @@ def calibrate(model: Path, feeds: Sequence[dict[str, np.ndarray]], caches: Mappi
                         method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
                         num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile, scenario=calibrator.scenario),
                         workers)
-            calibrator.collect_data(_Reader(feeds, on_batch))
+            calibrator.collect_data(CalibrationReader(input_name, list(batches), on_batch))
             ranges = calibrator.compute_data()
             replay = calibrator.infer_session if isinstance(calibrator.infer_session, _Replay) else None
             counts["served"] += replay.served if replay else 0
-            counts["runs"] += replay.ran if replay else len(feeds)
+            counts["runs"] += replay.ran if replay else len(batches)
             with atomic_path(caches[method]) as part:
                 save_tensors_data(ranges, part)
             del calibrator
             if recording is not None and to_serve <= 0:  # no method left to serve: the outputs are let go
                 recording.runs.clear()
-            log.debug("calibrated with %s on %d batch(es)%s", method.name, len(feeds),
+            log.debug("calibrated with %s on %d batch(es)%s", method.name, len(batches),
                       f" ({replay.served} served from the recorded run)" if replay else "")
-    if chatter.getvalue().strip():
-        log.debug("onnxruntime.quantization: %s", " / ".join(dict.fromkeys(chatter.getvalue().split("\n")).keys()).strip(" /"))
     return counts

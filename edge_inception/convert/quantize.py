@@ -25,10 +25,8 @@ compounding through 57 convolutions (weights alone in INT8 keep cosine > 0.9999)
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
-import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,7 +47,7 @@ from .bias_correction import BiasCorrection, correct_biases
 from .calibration import VERDICT_SIZE, CalibrationReader, image_batches, iter_batches, rebatch, release_decoded, select_images
 from .graph_ops import float_outputs, fold_for_cpu, int8_weights, node_stages, toposort, unify_concat_scales
 from .guard import CalibrationTrial, GuardResult, best_calibration, run_guard
-from .ort_calibrate import calibrate, calibrator_options
+from .ort_calibrate import calibrate, calibrator_options, ort_output_to_log
 from .ort_reuse import reused_weight_quantization
 
 log = logging.getLogger(__name__)
@@ -91,12 +89,12 @@ def _extra_options(scheme: Int8Scheme, method: CalibMethod) -> dict[str, Any]:
     return {"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True, "CalibMovingAverage": method is CalibMethod.minmax}
 
 
-def _feeds(src: Path, calib_batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """The model's input by name, one dict a batch: what ONNX Runtime's calibrators are fed (re-batched for a model
-    exported at a fixed batch)."""
+def _calibration_input(src: Path, calib_batches: list[np.ndarray]) -> tuple[str, list[np.ndarray]]:
+    """The model's input name and the batches ONNX Runtime's calibrators are fed (re-batched for a model exported at a
+    fixed batch)."""
     model = load_onnx(src, with_weights=False)
     fixed = fixed_batch(model)
-    return [{model.graph.input[0].name: b} for b in (rebatch(calib_batches, fixed) if fixed else calib_batches)]
+    return model.graph.input[0].name, rebatch(calib_batches, fixed) if fixed else calib_batches
 
 
 def calibrate_methods(src: Path, calib_batches: list[np.ndarray], scheme: Int8Scheme, caches: dict[CalibMethod, Path], *,
@@ -106,7 +104,7 @@ def calibrate_methods(src: Path, calib_batches: list[np.ndarray], scheme: Int8Sc
     methods and on every core (:mod:`.ort_calibrate`)."""
     from onnxruntime.quantization import CalibrationMethod
 
-    feeds = _feeds(src, calib_batches)
+    input_name, batches = _calibration_input(src, calib_batches)
     # methods whose calibrators get the same options share one call (the histogram methods: one run of the images)
     groups: dict[tuple[Any, ...], tuple[dict[str, Any], dict[Any, Path]]] = {}
     for method, path in caches.items():
@@ -114,7 +112,7 @@ def calibrate_methods(src: Path, calib_batches: list[np.ndarray], scheme: Int8Sc
         key = tuple(sorted(calibrator_options(options).items()))
         groups.setdefault(key, (options, {}))[1][CalibrationMethod[_ORT_METHODS[method]]] = path
     for options, ort_caches in groups.values():
-        counts = calibrate(src, feeds, ort_caches, options, on_batch=on_batch)
+        counts = calibrate(src, input_name, batches, ort_caches, options, on_batch=on_batch)
         log.debug("calibration with %s: %s", ", ".join(m.name for m in ort_caches), counts)
 
 
@@ -132,14 +130,8 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if cache is not None and not cache.is_file():
         calibrate_methods(src, calib_batches, scheme, {method: cache}, on_batch=on_batch)
-    reader = None
-    if cache is None:  # quantize_static calibrates
-        model = load_onnx(src, with_weights=False)
-        fixed = fixed_batch(model)
-        reader = CalibrationReader(model.graph.input[0].name, rebatch(calib_batches, fixed) if fixed else calib_batches, on_batch)
-    # ONNX Runtime's histogram calibrators print their progress to stdout; it goes to the debug log instead
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter):
+    reader = CalibrationReader(*_calibration_input(src, calib_batches), on_batch) if cache is None else None  # else: read from the cache
+    with ort_output_to_log():
         quantize_static(
             str(src),
             str(dst),
@@ -154,8 +146,6 @@ def quantize_int8(src: Path, dst: Path, calib_batches: list[np.ndarray], scheme:
             extra_options=_extra_options(scheme, method),
             calibration_cache_path=cache,
         )
-    if chatter.getvalue().strip():
-        log.debug("onnxruntime.quantization: %s", chatter.getvalue().strip())
     qmodel = onnx.load(str(dst))
     if weight_only:
         int8_weights(qmodel, set(weight_only))
