@@ -31,13 +31,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import Record, refused  # noqa: E402
+
+if TYPE_CHECKING:
+    from edge_inception.onnx_file import OnnxFacts
+
+T = TypeVar("T")
 
 GOAL = 1.10  # bench p50 at most this many times the tool's median
 BENCHMARK_APP_TIMEOUT_S = 600
@@ -206,26 +212,40 @@ def one_round(e: Engine, batch: int, order: tuple[str, str], args: argparse.Name
     return got
 
 
-def check_models(model: Path | None, int8: Path | None, model_option: str = "--model") -> None:
+def named(option: str, check: Callable[[], T]) -> T:
+    """``check()``, its EdgeInceptionError (the product's message) prefixed with the option it is about, unless it names it."""
+    from edge_inception.errors import EdgeInceptionError
+
+    try:
+        return check()
+    except EdgeInceptionError as exc:
+        if str(exc).startswith(option):
+            raise
+        raise EdgeInceptionError(f"{option}: {exc}") from None
+
+
+def check_models(model: Path | None, int8: Path | None, model_option: str = "--model") -> OnnxFacts | None:
     """``--model`` an FP32 classifier, ``--int8`` an INT8 one of the same input size and classes (the product's own checks,
     :func:`~edge_inception.onnx_file.onnx_facts`), before anything is built; ``model_option``: the FP32 model's option in
-    the messages (run_suite.py's ``--fp32``). Raises EdgeInceptionError."""
+    the messages (run_suite.py's ``--fp32``). Returns the FP32 model's facts (None without ``model``). Raises
+    EdgeInceptionError."""
     from edge_inception.errors import EdgeInceptionError
     from edge_inception.onnx_file import onnx_facts
 
     if model is None:
-        return
-    fp32 = onnx_facts(model)
+        return None
+    fp32 = named(model_option, lambda: onnx_facts(model))  # missing, not ONNX, not a classifier: refused
     if fp32.precision != "fp32":
         raise EdgeInceptionError(f"{model_option} {model}: a {fp32.precision} model; give the FP32 one (and its INT8 model with --int8)")
     if int8 is None:
-        return
-    q = onnx_facts(int8)
+        return fp32
+    q = named("--int8", lambda: onnx_facts(int8))
     if q.precision != "int8":
         raise EdgeInceptionError(f"--int8 {int8}: a {q.precision} model, not an INT8 one (edge-inception quantize --precision int8 makes one)")
     if (q.image_size, q.num_classes) != (fp32.image_size, fp32.num_classes):
         raise EdgeInceptionError(f"--int8 {int8}: {q.image_size} px, {q.num_classes} classes; {model_option} {model} has {fp32.image_size} px, "
                                  f"{fp32.num_classes} classes: not an INT8 model of it")
+    return fp32
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], Record]:

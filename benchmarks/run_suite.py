@@ -38,15 +38,11 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import Record, run_main  # noqa: E402
-
-T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,26 +214,13 @@ def check_inputs(fp32: Path | None, int8: Path | None, demo_checkpoint: Path | N
     """--fp32/--int8 (bench_agreement.py's checks: an FP32 classifier and an INT8 one of it) of GoogLeNet at 224 px, and
     --demo-checkpoint a GoogLeNet checkpoint of the demo's classes, with the product's own checks. Raises
     EdgeInceptionError (run_main prints it as one line, exit 1)."""
-    from bench_agreement import check_models
+    from bench_agreement import check_models, named
 
     from edge_inception.errors import EdgeInceptionError
-    from edge_inception.onnx_file import onnx_facts
 
-    def named(option: str, check: Callable[[], T]) -> T:  # the product's message, with the option it is about
-        try:
-            return check()
-        except EdgeInceptionError as exc:
-            if str(exc).startswith(option):
-                raise
-            raise EdgeInceptionError(f"{option}: {exc}") from None
-
-    if fp32 is not None:
-        size = named("--fp32", lambda: onnx_facts(fp32)).image_size  # missing, not ONNX, not a classifier: refused
-        if int8 is not None:
-            named("--int8", lambda: onnx_facts(int8))
-        check_models(fp32, int8, model_option="--fp32")
-        if size != 224:
-            raise EdgeInceptionError(f"--fp32 {fp32}: {size} px; part A measures GoogLeNet at 224 px")
+    facts = check_models(fp32, int8, model_option="--fp32")
+    if facts is not None and facts.image_size != 224:
+        raise EdgeInceptionError(f"--fp32 {fp32}: {facts.image_size} px; part A measures GoogLeNet at 224 px")
     if demo_checkpoint is not None:
         from edge_inception.data.demo_data import DEMO_CLASSES
         from edge_inception.model.checkpoints import load_model

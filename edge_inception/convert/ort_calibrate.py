@@ -55,18 +55,22 @@ CALIBRATOR_OPTIONS = (("CalibTensorRangeSymmetric", "symmetric"), ("CalibMovingA
 _HISTOGRAM_ATTRS = ("infer_session", "collector", "method", "symmetric", "num_bins", "num_quantized_bins", "percentile", "scenario")
 
 
-class _Recording:
-    """An ``InferenceSession`` that keeps each run's outputs by name, with the feed they answer."""
+class _Session:
+    """An ``InferenceSession`` stand-in: everything but ``run`` is the wrapped session's."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+class _Recording(_Session):
+    """An ``InferenceSession`` that keeps each run's outputs by name, with the feed they answer."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
         self.runs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
-
-    def get_inputs(self) -> Any:
-        return self.session.get_inputs()
-
-    def get_outputs(self) -> Any:
-        return self.session.get_outputs()
 
     def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any, **kwargs: Any) -> list[Any]:
         out = self.session.run(output_names, feed, *args, **kwargs)
@@ -75,20 +79,15 @@ class _Recording:
         return out
 
 
-class _Replay:
+class _Replay(_Session):
     """An ``InferenceSession`` that answers its n-th run with the recording's n-th outputs, when it is asked for the same
     input arrays and every output it has is recorded; otherwise it runs its own session."""
 
     def __init__(self, session: Any, runs: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> None:
-        self.session, self.runs, self.served, self.ran = session, runs, 0, 0
+        super().__init__(session)
+        self.runs, self.served, self.ran = runs, 0, 0
         self._names = [o.name for o in session.get_outputs()]
         self._i = 0
-
-    def get_inputs(self) -> Any:
-        return self.session.get_inputs()
-
-    def get_outputs(self) -> Any:
-        return self.session.get_outputs()
 
     def run(self, output_names: Any, feed: dict[str, np.ndarray], *args: Any, **kwargs: Any) -> list[Any]:
         names = output_names if output_names is not None else self._names
@@ -110,13 +109,14 @@ class _PerTensor:
         self._collector, self._workers = collector, workers
 
     def collect(self, name_to_arr: dict[str, Any]) -> None:
-        order = list(name_to_arr)
-        biggest_first = sorted(order, key=lambda k: -_nbytes(name_to_arr[k]))
+        # the order one call would leave the histograms in (compute_collection_result follows it): those it had before in
+        # their places, then the new ones in the order given
+        order = list(dict.fromkeys([*self._collector.histogram_dict, *name_to_arr]))
+        biggest_first = sorted(name_to_arr, key=lambda k: -_nbytes(name_to_arr[k]))
         with ThreadPoolExecutor(self._workers, thread_name_prefix="calibrate") as pool:
             list(pool.map(lambda k: self._collector.collect({k: name_to_arr[k]}), biggest_first))
-        # the histograms in the order one call would have made them (compute_collection_result follows it)
         made = self._collector.histogram_dict
-        self._collector.histogram_dict = {**{k: made[k] for k in order if k in made}, **{k: v for k, v in made.items() if k not in name_to_arr}}
+        self._collector.histogram_dict = {k: made[k] for k in order if k in made}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._collector, name)

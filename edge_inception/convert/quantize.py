@@ -680,11 +680,12 @@ def quantize_model(
             bar = progress(len(calib_batches) * len(methods), "calibrating") if progress else None
             results: dict[CalibMethod, tuple[Path, bool, Parity]] = {}
             # every method's ranges in one go (one run of the images for the histogram methods), cached: the guard's mixes reuse them
-            calibrate_methods(prepared, calib_batches, scheme, {m: work / f"calibration.{m.value}.json" for m in methods},
+            caches = {m: work / f"calibration.{m.value}.json" for m in methods}
+            calibrate_methods(prepared, calib_batches, scheme, caches,
                               on_batch=(lambda: bar.update(1)) if bar else None)
             for method in methods:
                 path = work / f"int8.{method.value}.onnx"
-                quantize_int8(prepared, path, calib_batches, scheme, method, cache=work / f"calibration.{method.value}.json")
+                quantize_int8(prepared, path, calib_batches, scheme, method, cache=caches[method])
                 if bias_correction:
                     correct_biases(prepared, path, path, calib_batches)
                 ok, p, got = judge.assess(path)
@@ -705,7 +706,7 @@ def quantize_model(
             candidate, met, parity = results[chosen_method]
             pure = candidate
             if not met:
-                mixer = _Mixer(prepared, work, source, calib_batches, scheme, chosen_method, work / f"calibration.{chosen_method.value}.json",
+                mixer = _Mixer(prepared, work, source, calib_batches, scheme, chosen_method, caches[chosen_method],
                                bias_correction)
                 guard = run_guard(mixer, _logits, hold_batches, judge.reference, judge)
                 candidate, parity = guard.candidate, guard.parity
@@ -722,7 +723,7 @@ def quantize_model(
                 if fold_choice is not None:
                     def guard_mixer(m: CalibMethod) -> _Mixer:  # in a folder of its own: the guard names its models by stage, not method
                         (work / f"guard.{m.value}").mkdir(exist_ok=True)
-                        return _Mixer(prepared, work / f"guard.{m.value}", source, calib_batches, scheme, m, work / f"calibration.{m.value}.json",
+                        return _Mixer(prepared, work / f"guard.{m.value}", source, calib_batches, scheme, m, caches[m],
                                       bias_correction)
 
                     fold_choice.stages = _StagesFor(chosen_method, (kept_now, float_stages), results, guard_mixer, judge, hold_batches)
