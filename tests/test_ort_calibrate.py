@@ -87,3 +87,25 @@ def test_a_failed_calibration_leaves_no_cache(tmp_path):
     with pytest.raises(Exception, match="(?i)channel|dimension|shape|invalid"):
         calibrate(src, "input", bad, {CalibrationMethod.MinMax: tmp_path / "c.json"}, {"CalibMovingAverage": True})
     assert not list(tmp_path.glob("c.json*")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_threaded_collection_leaves_the_histograms_as_one_collect_call_does():
+    """ONNX Runtime's HistogramCollector, called twice (the second call with a tensor it has and new ones), against the
+    same calls through _PerTensor on three threads: the same histograms, in the same order (compute_collection_result
+    follows it)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from edge_inception.convert.ort_calibrate import _PerTensor
+
+    rng = np.random.default_rng(0)
+    first = {name: [rng.normal(0, 1, (1, 4, 8, 8)).astype(np.float32) for _ in range(2)] for name in ("b", "a", "c")}
+    second = {name: [rng.normal(0, 2, (1, 4, 8, 8)).astype(np.float32)] for name in ("d", "a", "e")}
+    plain = HistogramCollector("percentile", True, 64, 128, 99.9, "same")
+    threaded = _PerTensor(HistogramCollector("percentile", True, 64, 128, 99.9, "same"), 3)
+    for collector in (plain, threaded):
+        collector.collect(first)
+        collector.collect(second)
+    assert list(threaded.histogram_dict) == list(plain.histogram_dict) == ["b", "a", "c", "d", "e"]
+    for name, made in plain.histogram_dict.items():
+        assert all(np.array_equal(x, y) for x, y in zip(made, threaded.histogram_dict[name], strict=True)), name
+    assert threaded.compute_collection_result().keys() == plain.compute_collection_result().keys()
