@@ -32,7 +32,7 @@ from ..fileio import write_failure
 from ..onnx_file import ort_session, run_session
 from ..vocab import Backend, Precision
 from .manifest import Manifest
-from .registry import BuildJob, BuildOutput
+from .registry import BuildJob, BuildOutput, NoPeerQuantizer
 from .runner import NodeTime, Runner, Timings
 from .targets import Target
 
@@ -223,19 +223,11 @@ class OrtRunner(Runner):
         self.binding = self.session = None
 
 
-class OrtBackend:
+class OrtBackend(NoPeerQuantizer):
     """ONNX Runtime: ``<name>.ort.onnx``, optimised offline for the CPU; for GPUs the source graph with provider options."""
 
     name = Backend.ort
     suffix = ".ort.onnx"
-    inference_precisions: tuple[str, ...] = ()
-
-    def quantizers(self) -> dict[str, str | None]:
-        return {}
-
-    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
-        raise BackendUnavailableError(f"{self.name.value} has no peer quantizer '{quantizer}'")
-
     def available(self) -> str | None:
         return None if importlib.util.find_spec("onnxruntime") else "ONNX Runtime is not installed: pip install onnxruntime"
 

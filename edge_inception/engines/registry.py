@@ -93,6 +93,20 @@ class EngineBackend(Protocol):
     def open(self, artifact: Path, manifest: Manifest | None, *, threads: int | None = None) -> Runner: ...
 
 
+class NoPeerQuantizer:
+    """For a backend that builds no INT8 artifact of its own from an FP32 model (ONNX Runtime, TensorRT): no peer
+    quantizers, no reduced float precisions; :meth:`quantize_peer` raises BackendUnavailableError."""
+
+    name: Backend
+    inference_precisions: tuple[str, ...] = ()
+
+    def quantizers(self) -> dict[str, str | None]:
+        return {}
+
+    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
+        raise BackendUnavailableError(f"{self.name.value} has no peer quantizer '{quantizer}'")
+
+
 def get_backend(name: Backend | str) -> EngineBackend:
     try:
         key = Backend(name)

@@ -24,7 +24,7 @@ from ..errors import BackendUnavailableError, EdgeInceptionError, ManifestError,
 from ..fileio import atomic_path
 from ..vocab import Backend
 from .manifest import Manifest
-from .registry import BuildJob, BuildOutput
+from .registry import BuildJob, BuildOutput, NoPeerQuantizer
 from .runner import NodeTime, Runner, Timings
 from .targets import Target
 
@@ -272,19 +272,11 @@ class TensorRTRunner(Runner):
         self.engine = None
 
 
-class TensorRTBackend:
+class TensorRTBackend(NoPeerQuantizer):
     """Native TensorRT: ``<name>.engine``, a serialized engine tied to this TensorRT version and GPU."""
 
     name = Backend.tensorrt
     suffix = ".engine"
-    inference_precisions: tuple[str, ...] = ()
-
-    def quantizers(self) -> dict[str, str | None]:
-        return {}
-
-    def quantize_peer(self, quantizer: str, source: Path, artifact: Path, batches: list[Any]) -> str:
-        raise BackendUnavailableError(f"{self.name.value} has no peer quantizer '{quantizer}'")
-
     def available(self) -> str | None:
         return tensorrt_missing()
 
