@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +77,14 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
 
     return reporter  # type: ignore[return-value]
+
+
+def finite(value: float | None) -> float | None:
+    """The callback of every float option: NaN and the infinities are a usage error (exit 2, one line). Click's
+    ``FloatRange`` lets NaN through its ``min``/``max`` (NaN compares false with any bound), so a range is not enough."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def close_progress() -> None:
@@ -162,7 +171,8 @@ PreprocessOpt = Annotated[PreprocessMode, typer.Option("--preprocess", help="fas
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Run the accuracy evaluation on a Ray cluster: its head's HOST:PORT "
                                                "(token in RAY_AUTH_TOKEN), or local (a private one for this run, 127.0.0.1, token "
                                                "auth). Same figures as without. Needs [cluster].")]
-RequestTimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="grpc://: seconds one request may take (a server "
+RequestTimeoutOpt = Annotated[float, typer.Option("--timeout", callback=finite, min=0.1, max=3600,
+                                                  help="grpc://: seconds one request may take (a server "
                                                  "that does not answer within it is an error; an unavailable one is retried 3 times).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="--cluster: actors, each opening the model once; at most the CPUs "
                                                                      "(this machine's for local, the cluster's otherwise).")]

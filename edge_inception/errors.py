@@ -29,6 +29,10 @@ class DatasetError(EdgeInceptionError):
     """An ImageFolder tree that cannot be trained or evaluated on."""
 
 
+class TrainingError(EdgeInceptionError):
+    """A training that cannot go on: its loss or weights stopped being finite numbers (it diverged)."""
+
+
 class StreamError(EdgeInceptionError):
     """A video source that cannot be opened (a missing camera, an unreachable stream, not a video) or an output video
     that cannot be written."""

@@ -219,3 +219,39 @@ def test_a_pipeline_failing_before_any_output_leaves_nothing(tmp_path):
     result = runner.invoke(app, ["pipeline", "--weights", str(tmp_path / "nosuch.pth"), "-o", str(tmp_path / "p2")])
     assert result.exit_code == 1 and "weights file not found" in result.output and "earlier outputs kept" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no p2, no empty p2.failed
+
+
+def _options(group=None, prefix=()):
+    """(command words, click option) for every option of every command."""
+    import typer
+
+    command = typer.main.get_command(group or app)
+    for name, sub in getattr(command, "commands", {}).items():
+        if hasattr(sub, "commands"):
+            for sub_name, leaf in sub.commands.items():
+                yield from (((*prefix, name, sub_name), p) for p in leaf.params if p.param_type_name == "option")
+        else:
+            yield from (((*prefix, name), p) for p in sub.params if p.param_type_name == "option")
+
+
+def test_every_float_option_refuses_nan_and_infinity():
+    """Click's FloatRange lets NaN through its bounds; every float option has cli_common.finite as its callback, so
+    `--lr nan` (which trained a checkpoint of NaNs) or `--timeout inf` is a usage error naming the option (exit 2), for
+    every command. An option given on the command line is checked before the command's missing arguments."""
+    floats = [(args, max(p.opts, key=len)) for args, p in _options()
+              if p.type_descriptor is not None and p.type_descriptor.annotation in (float, float | None)]
+    assert len(floats) >= 13, floats
+    for args, opt in floats:
+        for bad in ("nan", "inf", "-inf"):
+            result = runner.invoke(app, [*args, opt, bad])
+            assert result.exit_code == 2, (args, opt, bad, result.output)
+            assert "Invalid value" in result.output and "Traceback" not in result.output, (args, opt, bad, result.output)
+            assert opt in result.output, (args, opt, result.output)
+
+
+def test_train_refuses_a_learning_rate_out_of_range(tmp_path):
+    for lr in ("nan", "-1", "0", "1e30"):
+        result = runner.invoke(app, ["train", "--data", str(tmp_path), "--lr", lr, "-o", str(tmp_path / "t.pth")])
+        assert result.exit_code == 2, (lr, result.output)
+        assert "--lr" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.pth").exists()

@@ -115,3 +115,43 @@ def test_a_folder_is_decoded_once_for_its_check_and_its_use_within_the_cache_bou
     assert [p.name for p in small.keys()] == ["1.png", "2.png"]  # class b's last two: the most recently used
     list(datasets.eval_batches(folder, 8, 4, small))
     assert len(decodes) == 7 + 6 and small.bytes <= small.max_bytes  # read in file order, an LRU of two holds none in time
+
+
+def _two_class_folder(root):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_training_that_diverges_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
+    """--lr 10 (the option's top) drives the loss to NaN within a few steps; the run stops there, says so, and writes no
+    checkpoint of NaNs (one was written, exit 0, before)."""
+    data = _two_class_folder(tmp_path / "d")
+    out = tmp_path / "t.pth"
+    r = runner.invoke(app, ["train", "--data", str(data), "--val", str(data), "--image-size", "32", "--batch-size", "4", "--max-steps", "40",
+                            "--lr", "10", "-o", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "the training diverged" in r.stderr and "--lr" in r.stderr and "Traceback" not in r.output
+    if out.exists():  # a checkpoint written before the loss broke is finite
+        assert "the best checkpoint before it is kept" in r.stderr
+        load_model(out)
+    else:
+        assert "nothing written" in r.stderr
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_every_reader(tmp_path, trained):
+    from edge_inception.errors import CheckpointError
+    from edge_inception.model.checkpoints import read_state_dict
+
+    state = torch.load(trained.checkpoint, weights_only=True)
+    state["inception4a.branch1.conv.weight"][0, 0, 0, 0] = float("nan")
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match="inception4a.branch1.conv.weight' holds 1 NaN or infinite"):
+        read_state_dict(bad)
+    r = runner.invoke(app, ["export", "-w", str(bad), "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "NaN or infinite" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "m.onnx").exists()

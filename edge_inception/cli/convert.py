@@ -15,6 +15,7 @@ from ..cli_common import (
     WorkersOpt,
     cluster_top_k,
     echo_table,
+    finite,
     handle_errors,
     note,
     note_seeded,
@@ -164,7 +165,8 @@ def quantize(
                                                  "verdict, every distinct photo judged, none calibrated or chosen on (default: --calib's "
                                                  "photos, cross-fitted).")] = None,
     eval_dir: Annotated[Path | None, typer.Option("--eval", help="Labelled ImageFolder: judge by accuracy (INT8 >= 99% of FP32's).")] = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", callback=finite, min=0.0, max=1.0,
+                                                 help="Agreement criterion: top-1 agreement with FP32.")] = 0.99,
     criterion: Annotated[Criterion, typer.Option("--criterion", help="accuracy (INT8 >= 99% of FP32's, needs labels), agreement, or auto: "
                                                  "agreement, and accuracy too where labels are at hand.")] = Criterion.auto,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output (default <name>.<precision>.onnx).")] = None,

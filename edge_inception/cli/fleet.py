@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli_common import int_list
+from ..cli_common import finite, int_list
 from ..cli_format import PlainTyper
 
 app = PlainTyper(name="fleet", help="A fleet of boards joined to a Ray cluster (token auth): their facts, one benchmark on all of them.",
@@ -17,7 +17,7 @@ app = PlainTyper(name="fleet", help="A fleet of boards joined to a Ray cluster (
 @app.command("status")
 def status_cmd(
     address: Annotated[str, typer.Argument(help="The head's HOST:PORT (Ray's GCS port); the token in RAY_AUTH_TOKEN.")],
-    timeout: Annotated[float, typer.Option("--timeout", min=1, max=3600, help="Seconds to wait for each board's facts.")] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", callback=finite, min=1, max=3600, help="Seconds to wait for each board's facts.")] = 30.0,
 ) -> None:
     """List the boards (nodes labelled edge-inception-board=NAME): alive, target, CPU and ISA flags, memory, GPU."""
     from ..cli_common import echo_table, handle_errors
@@ -47,7 +47,8 @@ def bench_cmd(
     boards: Annotated[str | None, typer.Option("--boards", help="Board names or target=PRESET, comma-separated, shell wildcards (default all).")
                       ] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, comma-separated.")] = "1",
-    timeout: Annotated[float, typer.Option("--timeout", min=1, max=24 * 3600, help="Seconds each board may take (a board past it is a row "
+    timeout: Annotated[float, typer.Option("--timeout", callback=finite, min=1, max=24 * 3600,
+                                           help="Seconds each board may take (a board past it is a row "
                                            "saying so).")] = 600.0,
     iterations: Annotated[int, typer.Option("--iterations", min=1, max=100_000, help="Timed inferences per batch size per round.")] = 30,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Rounds on each board.")] = 2,

@@ -10,6 +10,7 @@ import typer
 from ..cli_common import (
     WeightsOpt,
     echo_table,
+    finite,
     handle_errors,
     note,
     progress,
@@ -35,7 +36,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, max=10_000_000,
                                                   help="Stop after this many steps (overrides --epochs).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=MAX_BATCH)] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (one-cycle schedule).")] = 0.01,
+    lr: Annotated[float, typer.Option("--lr", callback=finite, min=1e-8, max=10.0, help="Peak learning rate (one-cycle schedule).")] = 0.01,
     image_size: Annotated[int, typer.Option("--image-size", min=MIN_IMAGE_SIZE, max=MAX_IMAGE_SIZE)] = 224,
     val: Annotated[Path | None, typer.Option("--val", help="Validation ImageFolder (default: hold out 15% of --data).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -16,6 +16,7 @@ from ..cli_common import (
     choices,
     cluster_top_k,
     echo_table,
+    finite,
     handle_errors,
     int_list,
     note,
@@ -38,7 +39,8 @@ def pipeline(
     calib_size: Annotated[int, typer.Option("--calib-size", min=1, max=10_000, help="Calibration samples (crops) drawn from them, "
                                             "for our INT8 and NNCF's (as quantize --calib-size).")] = 100,
     image_size: ImageSizeOpt = None,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", min=0.0, max=1.0, help="Accuracy guard for quantized artifacts.")] = 0.99,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", callback=finite, min=0.0, max=1.0,
+                                                 help="Accuracy guard for quantized artifacts.")] = 0.99,
     batch: Annotated[str, typer.Option("--batch", help="Benchmark batch sizes (e.g. 1,8,32).")] = "1",
     iterations: Annotated[int, typer.Option("--iterations", min=1, max=1_000_000, help="Timed inferences per engine per round.")] = 30,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=100, help="Benchmark rounds (each engine in a fresh process per round).")] = 3,

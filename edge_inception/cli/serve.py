@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..cli_common import int_list
+from ..cli_common import finite, int_list
 from ..cli_format import PlainTyper
 from ..serve.config import InstanceKind, ServeKind
 
@@ -60,7 +60,8 @@ def run_cmd(
     http_port: Annotated[int, typer.Option("--http-port", min=0, max=65535, help="HTTP/REST port (0: a free one).")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port", min=0, max=65535, help="gRPC port (0: a free one).")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port", min=0, max=65535, help="Prometheus metrics port (0: a free one).")] = 8002,
-    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, max=3600, help="Seconds to wait for the server to be ready.")] = 120.0,
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", callback=finite, min=1, max=3600,
+                                                 help="Seconds to wait for the server to be ready.")] = 120.0,
     trust_repository: Annotated[bool, typer.Option("--trust-repository", help="Serve a repository serve export did not write (or one "
                                                    "changed since), as Triton reads it: its Python models (model.py) run as code.")] = False,
 ) -> None:

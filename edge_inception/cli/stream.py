@@ -11,6 +11,7 @@ import typer
 
 from ..cli_common import (
     PreprocessOpt,
+    finite,
     handle_errors,
     progress,
     shown,
@@ -36,7 +37,7 @@ def stream(
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after this many frames.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=0, max=max_threads(),
                                                 help="Engine threads, forced (default: the split measured on this CPU, see README).")] = None,
-    reconnect: Annotated[float, typer.Option("--reconnect", min=0, max=86400,
+    reconnect: Annotated[float, typer.Option("--reconnect", callback=finite, min=0, max=86400,
                                              help="Seconds a camera or network stream that breaks is reopened for (0: not).")] = 30.0,
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="Write the summary as JSON here.")] = None,
     summary_markdown: Annotated[Path | None, typer.Option("--summary-markdown", help="Write the summary as Markdown here.")] = None,

@@ -94,7 +94,23 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         if name in state:
             raise CheckpointError(f"{p}: '{name}' appears twice once wrapper prefixes are stripped ('{key}')")
         state[name] = value
+    bad = non_finite(state)
+    if bad:
+        raise CheckpointError(f"{p}: {bad}; the weights are unusable (a training that diverged?)")
     return state
+
+
+def non_finite(state: Mapping[str, Any]) -> str | None:
+    """None when every floating tensor of ``state`` holds only finite numbers; else which does not, in a few words
+    (the first such tensor and how many NaN / infinite values it holds)."""
+    import torch
+
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                return f"tensor '{str(name)[:80]}' holds {int((~finite).sum()):,} NaN or infinite value(s)"
+    return None
 
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile

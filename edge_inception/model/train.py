@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.datasets import ImageCache, ImageFolder, eval_batches, scan_image_folder, train_sample
-from ..errors import DatasetError, EdgeInceptionError, OutputPathError, require_modules
+from ..errors import DatasetError, EdgeInceptionError, OutputPathError, TrainingError, require_modules
 from ..fileio import atomic_path, ensure_parent, write_failure, write_json_atomic
 from ..limits import check_batch, check_image_size
 from ..vocab import Variant
-from .checkpoints import load_model, sidecar_path
+from .checkpoints import load_model, non_finite, sidecar_path
 
 if TYPE_CHECKING:
     from .googlenet import GoogLeNet
@@ -145,6 +145,9 @@ def save_checkpoint(model, path: Path, sidecar: dict[str, Any]) -> None:
     # NCHW strides, whatever layout trained: .contiguous() would keep a 1x1 kernel's channels-last strides (PyTorch
     # ignores size-1 dimensions when it checks contiguity), a clone in contiguous_format does not
     state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+    bad = non_finite(state)
+    if bad:
+        raise TrainingError(f"not writing {path}: {bad}")
     with atomic_path(path) as tmp:
         try:
             torch.save(state, tmp)
@@ -217,6 +220,10 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None) -> TrainRes
                 y = torch.tensor([label for _, label in chunk], device=device)
                 outputs = model(x)
                 loss = googlenet_loss(outputs, y)
+                if not bool(torch.isfinite(loss)):
+                    kept = f"; the best checkpoint before it is kept in {cfg.output}" if result.checkpoint else "; nothing written"
+                    raise TrainingError(f"the training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch}): the training diverged; "
+                                        f"try a smaller --lr than {cfg.lr:g}{kept}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
