@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,28 @@ def _identity(path: Path) -> set[object]:
         st = os.stat(path)
         keys.add((st.st_dev, st.st_ino))
     return keys
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a command writes to an output it is given, and the name endings that say so (``what``: a few words)."""
+
+    what: str
+    suffixes: tuple[str, ...]
+
+
+ONNX_FILE = FileKind("an ONNX model", (".onnx",))
+CHECKPOINT_FILE = FileKind("a PyTorch checkpoint (torch.save)", (".pth", ".pt"))
+MP4_FILE = FileKind("an MP4 video", (".mp4",))
+PNG_FILE = FileKind("a PNG image", (".png",))
+
+
+def require_suffix(path: str | os.PathLike[str] | None, kind: FileKind) -> None:
+    """Refuse an output (None: not asked for) whose name does not end as ``kind``'s files do: a PNG written to
+    ``plot.svg``, an MP4 to ``out.avi``, a checkpoint to ``ck.json`` (its own sidecar's name: the checkpoint was lost) or an
+    ONNX model to ``m.txt`` (its report, ``m.report.json``, replaced another model's). Raises OutputPathError."""
+    if path is not None and Path(path).suffix.lower() not in kind.suffixes and not Path(path).is_dir():  # a folder: check_outputs says so
+        raise OutputPathError(f"{path}: {kind.what} is written there, so its name must end in {' or '.join(kind.suffixes)}")
 
 
 def check_outputs(*paths: str | os.PathLike[str] | None, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:

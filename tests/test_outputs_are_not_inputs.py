@@ -54,8 +54,8 @@ def test_stream_never_writes_over_its_source_or_one_output_over_the_other(files,
     hard = tmp_path / "hard.mp4"
     os.link(video, hard)
     _refused(["stream", model, str(video), "--json-lines", str(hard)], video, "an input of this command")
-    _refused(["stream", model, str(video), "--save", str(files["model"])], files["model"], "an input of this command")
-    same = tmp_path / "same.out"
+    _refused(["stream", model, str(video), "--json-lines", str(files["model"])], files["model"], "an input of this command")
+    same = tmp_path / "same.mp4"
     r = runner.invoke(app, ["stream", model, str(video), "--save", str(same), "--json-lines", str(same)])
     assert r.exit_code == 1 and "named as two outputs" in r.output and not same.exists(), r.output
 
@@ -69,6 +69,29 @@ def test_bench_profile_and_conversions_never_write_over_their_inputs(files):
     model = files["model"]
     _refused(["simplify", str(model), "-o", str(model)], model, "an input of this command")
     _refused(["quantize", str(model), "--precision", "fp16", "-o", str(model)], model, "an input of this command")
+
+
+def test_an_output_named_for_another_format_is_refused_before_anything_runs(files, tmp_path):
+    """Found by a new user's walk through the README: `train -o ck.json` wrote the checkpoint, then its sidecar
+    (ck.json) over it; `quantize -o m.fp16.txt` replaced m.fp16.report.json, another model's report; `stream --save
+    out.avi` and `bench --plot b.svg` wrote an MP4 and a PNG under those names. Every output of a fixed format must be
+    named for it: one line, exit 1, nothing written, the other file kept."""
+    model, video, art = str(files["model"]), str(files["video"]), str(files["artifact"])
+    other = tmp_path / "m.fp16.report.json"
+    other.write_text('{"theirs": true}')
+    _refused(["quantize", model, "--precision", "fp16", "-o", str(tmp_path / "m.fp16.txt")], other, "must end in .onnx")
+    assert not (tmp_path / "m.fp16.txt").exists()
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+    _refused(["train", "--data", str(data), "-o", str(tmp_path / "ck.json")], other, "must end in .pth or .pt")
+    _refused(["export", "-o", str(tmp_path / "g.pb")], other, "must end in .onnx")
+    _refused(["simplify", model, "-o", str(tmp_path / "s.txt")], other, "must end in .onnx")
+    _refused(["stream", model, video, "--save", str(tmp_path / "out.avi")], other, "must end in .mp4")
+    _refused(["stream", model, video, "--summary-plot", str(tmp_path / "p.svg")], other, "must end in .png")
+    _refused(["bench", art, "--iterations", "1", "--rounds", "1", "--plot", str(tmp_path / "b.txt")], other, "must end in .png")
+    _refused(["profile", art, "--plot", str(tmp_path / "p.jpg")], other, "must end in .png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m.fp16.report.json"]
 
 
 def test_stdout_by_name_and_a_dash_are_refused_as_output_files(tmp_path):

@@ -23,7 +23,7 @@ from ..cli_common import (
     shown,
 )
 from ..cli_format import PlainTyper
-from ..fileio import check_outputs
+from ..fileio import ONNX_FILE, check_outputs, require_suffix
 from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET
 from ..vocab import (
     MIN_IMAGE_SIZE,
@@ -71,6 +71,7 @@ def export(
 
     if batch is not None and dynamic_batch:
         raise typer.BadParameter("--batch and --dynamic-batch exclude each other", param_hint="'--dynamic-batch'")
+    require_suffix(output, ONNX_FILE)
     check_outputs(output, inputs=[weights] if weights else [])
     result = export_model(weights, output, variant=variant, num_classes=num_classes, image_size=image_size, opset=opset,
                           batch=batch, simplify=simplify, fold_batchnorm=not keep_batchnorm)
@@ -88,6 +89,7 @@ def simplify_cmd(
     """Simplify an ONNX model with onnxsim (BatchNorm folded), verified before vs after."""
     from ..convert.simplify import simplify_file
 
+    require_suffix(output, ONNX_FILE)
     check_outputs(output, inputs=[model])
     out, step = simplify_file(model, output)
     echo_table(_step_rows([step]), STEP_HEADER)
@@ -176,6 +178,7 @@ def quantize(
     """INT8 (static, calibrated, Q/DQ) or FP16, with an accuracy report against FP32 and an accuracy guard."""
     from ..convert.quantize import quantize_model
 
+    require_suffix(output, ONNX_FILE)
     check_outputs(output, inputs=[model])
     with cluster_top_k(cluster, workers) as top_k:
         result = quantize_model(model, precision, output=output, calib=calib, calib_size=calib_size, calib_method=calib_method, target=target,

@@ -166,10 +166,11 @@ def bench(
     """Latency and throughput per engine and batch size, against PyTorch eager and default ONNX Runtime; or MLPerf's
     scenarios through LoadGen (--scenario), in-process or against a Triton server (grpc://)."""
     from ..evaluate.bench import BenchConfig, run_bench
-    from ..fileio import check_outputs
+    from ..fileio import PNG_FILE, check_outputs, require_suffix
 
     # refuse an unwritable output, or one that is an input, now, not after the benchmark
     inputs = [a for a in artifacts if not a.startswith("grpc://")]
+    require_suffix(plot_out, PNG_FILE)
     check_outputs(json_out, markdown_out, plot_out, inputs=inputs)
     if scenario is not None:
         from ..serve.loadgen import Scenario, ScenarioConfig
@@ -245,8 +246,9 @@ def profile(
 ) -> None:
     """Time per Table 1 stage, from the backend's own profiler, beside the stage's multiply-adds (ours and the paper's)."""
     from ..evaluate.profile import markdown, profile_artifact
-    from ..fileio import check_outputs
+    from ..fileio import PNG_FILE, check_outputs, require_suffix
 
+    require_suffix(plot_out, PNG_FILE)
     check_outputs(markdown_out, plot_out, inputs=[artifact])
     report = profile_artifact(artifact, batch=batch, iterations=iterations)
     if as_json:

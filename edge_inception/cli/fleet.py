@@ -60,10 +60,11 @@ def bench_cmd(
     report with a row per board, ranked by p50."""
     from ..cli_common import handle_errors, write_outputs
     from ..cluster.fleet import fleet_bench
-    from ..fileio import check_outputs
+    from ..fileio import PNG_FILE, check_outputs, require_suffix
 
     @handle_errors
     def run() -> None:
+        require_suffix(plot_out, PNG_FILE)
         check_outputs(json_out, markdown_out, plot_out, inputs=[bundle])
         report = fleet_bench(bundle, cluster, selector=boards, batches=int_list(batch, "--batch"), timeout_s=timeout, iterations=iterations,
                              rounds=rounds)

@@ -45,8 +45,12 @@ def train(
     ),
 ) -> None:
     """Fine-tune GoogLeNet on your classes with the auxiliary classifiers (loss = main + 0.3 x aux)."""
+    from ..fileio import CHECKPOINT_FILE, check_outputs, require_suffix
     from ..model.train import TrainConfig
     from ..model.train import train as run_training
+
+    require_suffix(output, CHECKPOINT_FILE)
+    check_outputs(output, inputs=[p for p in (data, val, weights) if p is not None])
 
     cfg = TrainConfig(data=data, output=output, val=val, weights=weights, variant=variant, epochs=epochs, max_steps=max_steps,
                       batch_size=batch_size, lr=lr, image_size=image_size, seed=seed)

@@ -46,10 +46,12 @@ def stream(
     """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
     import signal
 
-    from ..fileio import atomic_path, check_outputs
+    from ..fileio import MP4_FILE, PNG_FILE, atomic_path, check_outputs, require_suffix
     from ..stream.run import IN_STREAM, run_stream
     from ..stream.writer import JsonLinesWriter
 
+    require_suffix(save, MP4_FILE)
+    require_suffix(summary_plot, PNG_FILE)
     local = [source] if Path(source).exists() else []  # a file or folder (a URL or camera is not overwritten)
     check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), summary_json, summary_markdown, summary_plot,
                   inputs=[artifact, *local])
