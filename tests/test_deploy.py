@@ -101,6 +101,48 @@ def test_reference_files_are_untrusted(bundle, tmp_path):
     assert r.exit_code == 1 and "inputs.npy: does not match bundle.json" in r.stderr and "Traceback" not in r.output
 
 
+def test_a_bundle_holds_what_it_lists_and_nothing_else(bundle, tmp_path):
+    """Found by an attack: a bundle with files bundle.json does not list (an edge_inception 99.0 wheel that pip would
+    have picked over the bundle's own, a script, an extra reference array) or a link out of it was reported "bundle
+    verified". Now each is refused in one line; build.sh's output folder and dependency wheels added to wheels/ (the
+    README's way to install on a device without an index) are allowed, the wheels named in a note; and build.sh installs
+    the bundle's own wheel by name once its sha256 is the one the bundle wrote."""
+    import hashlib
+
+    clean = Path(shutil.copytree(bundle, tmp_path / "clean", ignore=shutil.ignore_patterns("build")))
+    own = next((clean / "wheels").glob("edge_inception-*.whl"))
+    sh = (clean / "build.sh").read_text()
+    assert f"{hashlib.sha256(own.read_bytes()).hexdigest()}  \"wheels/{own.name} | sha256sum -c" in sh.replace("'", "")
+    assert f"--find-links wheels wheels/{own.name}" in sh
+
+    def check(folder: Path):
+        return runner.invoke(app, ["check", str(folder / "demo.onnx"), "--reference", str(folder / "reference")])
+
+    assert check(clean).exit_code == 0
+    (clean / "build").mkdir()
+    (clean / "build" / "anything").write_text("the device's own output")
+    (clean / "wheels" / "numpy-2.0.0-cp311-cp311-manylinux_2_17_aarch64.whl").write_bytes(b"a dependency the user added")
+    ok = check(clean)
+    assert ok.exit_code == 0 and "bundle verified" in ok.stdout and "wheels/numpy-2.0.0" in ok.stderr, ok.output
+    for i, (name, make) in enumerate([
+        ("wheels/edge_inception-99.0-py3-none-any.whl", lambda p: p.write_bytes(b"PK a rogue toolkit")),
+        ("evil.sh", lambda p: p.write_text("rm -rf ~")),
+        ("reference/extra.npy", lambda p: p.write_bytes(b"x")),
+        ("extra", lambda p: p.mkdir()),
+        ("wheels/link.whl", lambda p: p.symlink_to("/etc/passwd")),
+    ]):
+        copy = Path(shutil.copytree(clean, tmp_path / f"c{i}", symlinks=True))
+        make(copy / name)
+        r = check(copy)
+        assert r.exit_code == 1 and "Traceback" not in r.output, (name, r.output)
+        assert r.stderr.count("\n") == 1 and f"{name}: " in r.stderr and "does not list" in r.stderr, (name, r.stderr)
+    copy = Path(shutil.copytree(clean, tmp_path / "relinked", symlinks=True))
+    (copy / "labels.txt").unlink()
+    (copy / "labels.txt").symlink_to(clean / "labels.txt")  # the same bytes, through a link: what it points at can change
+    r = check(copy)
+    assert r.exit_code == 1 and "labels.txt: a link" in r.stderr, r.output
+
+
 def test_build_folders_as_arguments(trained, tmp_path):
     out = tmp_path / "cpu"
     build(trained.onnx, "cpu", output_dir=out)

@@ -9,6 +9,7 @@ import typer
 
 from ..cli_common import (
     handle_errors,
+    note,
     shown,
 )
 from ..cli_format import PlainTyper
@@ -49,5 +50,8 @@ def check(
     typer.echo(f"check passed: {shown(r.artifact.name)} ({r.precision} on {r.device}) on {p.samples} reference images: max rel error "
                f"{p.max_rel_error:.2e}, mean cosine {p.mean_cosine:.5f}, top-1 agreement {p.top1_agreement:.1%}")
     typer.echo(f"bundle verified: every file matches bundle.json (sha256 {r.bundle_sha256}: compare with what 'bundle' printed)")
+    if r.added_wheels:
+        note(f"note: wheels/ also holds {len(r.added_wheels)} wheel(s) the bundle does not list (dependencies added here): "
+             f"{', '.join(r.added_wheels[:5])}{' ...' if len(r.added_wheels) > 5 else ''}")
     if r.adopted:
         typer.echo(f"adopted: wrote {shown(r.artifact.name)}.manifest.json")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import EdgeInceptionError, ModelFileError
-from ..fileio import atomic_dir, parse_json, read_json, read_text, sha256_file, write_json_atomic, write_text_atomic
+from ..fileio import OUTPUT_INDEX, atomic_dir, parse_json, read_json, read_text, sha256_file, walk_folder, write_json_atomic, write_text_atomic
 from ..names import UnsafeNameError, check_labels, check_name
 from ..onnx_file import OnnxFacts, graph_precision, load_onnx, model_facts, ort_session, run_session
 from ..vocab import IMAGENET_MEAN, IMAGENET_STD
@@ -108,8 +109,8 @@ def make_bundle(model: str | Path, target: str, output: str | Path | None = None
             trt_line = _sh(trtexec_command(plan, tgt.tensorrt_version, src.name, engine, input_name=input_name,
                                            timing_cache="build/timing.cache"))
         (work / WHEELS).mkdir()
-        write_wheel(work / WHEELS)  # the toolkit itself, for a device without a package index
-        write_text_atomic(work / "build.sh", _build_sh(src.name, tgt.name, trt_line))
+        wheel = write_wheel(work / WHEELS)  # the toolkit itself, for a device without a package index
+        write_text_atomic(work / "build.sh", _build_sh(src.name, tgt.name, trt_line, wheel.name, sha256_file(wheel)))
         (work / "build.sh").chmod(0o755)
         write_text_atomic(work / "README.md", _readme(src.name, tgt, facts.precision, trt_line))
         files = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
@@ -155,19 +156,28 @@ def _sh(argv: list[str]) -> str:
 
 
 WHEELS = "wheels"
-# build.sh installs the runtime from the bundle's own wheel where edge-inception is not installed yet; pip takes the
-# dependencies from the environment (JetPack's NumPy and ONNX Runtime, say) or from wheels the user puts in wheels/
-INSTALL_SH = ["if ! command -v edge-inception >/dev/null 2>&1; then",
-              f'  echo "build.sh: installing edge-inception from {WHEELS}/ (no package index needed)" >&2',
-              f'  "${{PYTHON:-python3}}" -m pip install --no-index --find-links {WHEELS} edge-inception',
-              "fi"]
+BUILD_DIR = "build"  # where build.sh builds, inside the bundle: the device's own output, not part of the bundle
 
 
-def _build_sh(model: str, target: str, trtexec: str) -> str:
+def install_sh(wheel: str, sha256: str) -> list[str]:
+    """build.sh's lines that install the runtime from the bundle's own wheel where edge-inception is not installed yet:
+    that file, by name, once its sha256 is the one the bundle wrote (a wheel of a higher version dropped into wheels/
+    would otherwise be the one pip picks); pip takes the dependencies from the environment (JetPack's NumPy and ONNX
+    Runtime, say) or from wheels the user puts in wheels/."""
+    path = shlex.quote(f"{WHEELS}/{wheel}")
+    return ["if ! command -v edge-inception >/dev/null 2>&1; then",
+            f'  echo "build.sh: installing edge-inception from {WHEELS}/ (no package index needed)" >&2',
+            f'  echo "{sha256}  "{path} | sha256sum -c --status - || {{ echo "build.sh: {WHEELS}/{wheel} differs from the one '
+            'the bundle wrote (sha256); copy the bundle again" >&2; exit 1; }',
+            f'  "${{PYTHON:-python3}}" -m pip install --no-index --find-links {WHEELS} {path}',
+            "fi"]
+
+
+def _build_sh(model: str, target: str, trtexec: str, wheel: str, wheel_sha256: str) -> str:
     lines = ["#!/bin/sh", "# Build the engine for this device, then prove it gives the workstation's answers.", "set -e",
-             'cd "$(dirname "$0")"', "mkdir -p build", "",
+             'cd "$(dirname "$0")"', f"mkdir -p {BUILD_DIR}", "",
              f"# The toolkit on the device: the one installed, else the runtime wheel in {WHEELS}/ (no PyTorch needed)",
-             *INSTALL_SH, "",
+             *install_sh(wheel, wheel_sha256), "",
              _sh(build_argv(model, target)), _sh(check_argv("build"))]
     if trtexec:
         lines += ["", "# or with JetPack's trtexec alone (then let edge-inception adopt the engine once it passes the check):",
@@ -212,6 +222,7 @@ class VerifiedBundle:
     precision: str  # what the model's graph holds (Q/DQ nodes, FP16 weights): the tolerance it is judged at
     labels: list[str]
     bundle_sha256: str  # of bundle.json: compare with what 'bundle' printed on the workstation
+    added_wheels: tuple[str, ...] = ()  # wheels/ files bundle.json does not list: dependencies the user added on the device
 
 
 def _listed_path(name: object, where: str) -> str:
@@ -243,6 +254,7 @@ def verify_bundle(folder: str | Path) -> VerifiedBundle:
     missing = [f for f in (model_name, *REQUIRED_FILES) if f not in listed]
     if missing:
         raise ModelFileError(f"{where}: does not list {missing[0]}; not a complete bundle")
+    added_wheels = _unlisted_wheels(root, set(listed))
     for name, digest in listed.items():
         if not isinstance(digest, str) or sha256_file(root / name, "bundle file") != digest:
             raise ModelFileError(f"{root / name}: does not match {BUNDLE_FILE} (sha256 differs: edited or replaced); copy the bundle again")
@@ -264,4 +276,28 @@ def verify_bundle(folder: str | Path) -> VerifiedBundle:
     if labels != facts.class_names:
         first = next((i for i, (a, b) in enumerate(zip(labels, facts.class_names)) if a != b), min(len(labels), facts.num_classes))
         raise ModelFileError(f"{root / 'labels.txt'}: line {first + 1} differs from {model_name}'s class names; the bundle was edited")
-    return VerifiedBundle(root, model, listed[model_name], facts, graph_precision(onnx_model), labels, sha256_file(index))
+    return VerifiedBundle(root, model, listed[model_name], facts, graph_precision(onnx_model), labels, sha256_file(index), added_wheels)
+
+
+def _unlisted_wheels(root: Path, listed: set[str]) -> tuple[str, ...]:
+    """Refuse (ModelFileError) what in the bundle ``bundle.json`` does not list: a file, a link (even to a listed file:
+    what it points at can change after the check), a FIFO, a folder other than reference/ and wheels/. Allowed: the
+    index files, build.sh's output folder build/, and dependency wheels the user added to wheels/ (returned, sorted;
+    never a second edge_inception wheel: build.sh installs the bundle's own, by name and sha256)."""
+    added = []
+    for rel, st in walk_folder(root):
+        parts = rel.split("/")
+        if parts[0] == BUILD_DIR and (len(parts) > 1 or stat.S_ISDIR(st.st_mode)):
+            continue
+        if stat.S_ISDIR(st.st_mode) and rel in {WHEELS, "reference"}:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if rel in listed or rel in (BUNDLE_FILE, OUTPUT_INDEX):
+                continue
+            if len(parts) == 2 and parts[0] == WHEELS and rel.endswith(".whl") and not parts[1].lower().startswith("edge_inception"):
+                added.append(rel)
+                continue
+        kind = "a link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "a file" if stat.S_ISREG(st.st_mode) \
+            else "not a regular file"
+        raise ModelFileError(f"{root / rel}: {kind} that {BUNDLE_FILE} does not list; the bundle was changed: remove it or copy the bundle again")
+    return tuple(sorted(added))

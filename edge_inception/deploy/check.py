@@ -43,6 +43,7 @@ class CheckResult:
     device: str
     adopted: bool = False
     bundle_sha256: str = ""
+    added_wheels: tuple[str, ...] = ()  # wheels/ files the bundle does not list (dependencies added on the device)
 
 
 def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -109,7 +110,7 @@ def check_artifact(artifact: str | Path, reference: str | Path, *, target: str |
         with open_runner(art) as runner:
             parity = compare(ref.outputs, runner.run(ref.inputs))
         judge(parity, Precision(precision), art.name, "the reference outputs")
-        return CheckResult(art, parity, precision, "cpu", bundle_sha256=ref.bundle.bundle_sha256)
+        return CheckResult(art, parity, precision, "cpu", bundle_sha256=ref.bundle.bundle_sha256, added_wheels=ref.bundle.added_wheels)
     manifest = read_manifest(art)
     if manifest.source_sha256 != ref.model_sha256:
         raise VerificationError(f"{art.name} was built from another model than the reference's ({Path(manifest.source_onnx).name}, sha256 "
@@ -122,7 +123,7 @@ def check_artifact(artifact: str | Path, reference: str | Path, *, target: str |
         parity = compare(ref.outputs, runner.run(ref.inputs))
     judge(parity, Precision(manifest.precision), art.name, "the reference outputs", device=manifest.device,
           tf32=bool(manifest.options.get("tf32")))
-    return CheckResult(art, parity, manifest.precision, manifest.device, bundle_sha256=ref.bundle.bundle_sha256)
+    return CheckResult(art, parity, manifest.precision, manifest.device, bundle_sha256=ref.bundle.bundle_sha256, added_wheels=ref.bundle.added_wheels)
 
 
 def _adopt(engine: Path, ref: Reference, target: str | None) -> CheckResult:
@@ -149,4 +150,5 @@ def _adopt(engine: Path, ref: Reference, target: str | None) -> CheckResult:
     judge(parity, precision, engine.name, "the reference outputs", device="cuda")
     manifest.input_shapes = {"min": [lo, 3, size, size], "opt": [hi, 3, size, size], "max": [hi, 3, size, size]}
     write_manifest(engine, manifest)
-    return CheckResult(engine, parity, precision.value, "cuda", adopted=True, bundle_sha256=ref.bundle.bundle_sha256)
+    return CheckResult(engine, parity, precision.value, "cuda", adopted=True, bundle_sha256=ref.bundle.bundle_sha256,
+                       added_wheels=ref.bundle.added_wheels)
