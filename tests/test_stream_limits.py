@@ -172,3 +172,32 @@ def test_a_folder_source_takes_the_same_setting(tmp_path):
     with src:
         got = list(src.frames())
     assert [Path(f.name).name for f in got] == ["a.png"] and src.corrupt == 1
+
+
+def test_a_glob_never_walks_a_link_to_a_folder_and_its_folder_is_an_input(tmp_path):
+    """Found by an attack: `stream ART 'f/**/*.png'` (and predict) with links f/a -> . and f/b -> . walked an exponential
+    tree (memory growing, no output, 90 s until killed), and f/r -> / the whole disk; with 'f/*' as the source,
+    --json-lines f/x.png replaced the photo (a glob's matches were not protected as the command's inputs). Now '**' does
+    not follow links to folders, a link to a folder that a pattern matches is skipped, and the glob's folder is an input."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+    from edge_inception.data.images import find_images
+
+    f = tmp_path / "f"
+    (f / "sub").mkdir(parents=True)
+    Image.new("RGB", (48, 40), "red").save(f / "one.png")
+    Image.new("RGB", (48, 40), "blue").save(f / "sub" / "two.png")
+    for name, target in (("a", "."), ("b", "."), ("r", "/")):
+        (f / name).symlink_to(target)
+    deep = find_images([str(f / "**" / "*.png")])
+    assert deep.images == [f / "one.png", f / "sub" / "two.png"], deep
+    flat = find_images([str(f / "*")])
+    assert flat.images == [f / "one.png", f / "sub" / "two.png"] and sorted(p.name for p in flat.skipped) == ["a", "b", "r"], flat
+    model = tiny_classifier(tmp_path / "m.onnx")
+    before = (f / "one.png").read_bytes()
+    r = CliRunner().invoke(app, ["stream", str(model), str(f / "*"), "--json-lines", str(f / "one.png")])
+    assert r.exit_code == 1 and "an input of this command" in r.output and (f / "one.png").read_bytes() == before, r.output
+    r = CliRunner().invoke(app, ["stream", str(model), str(f / "**" / "*.png"), "--json-lines", str(tmp_path / "out.jsonl")])
+    assert r.exit_code == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == 2, r.output

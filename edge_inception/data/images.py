@@ -7,7 +7,6 @@ Preprocessing is torchvision's classification transform: resize the shorter side
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import re
@@ -287,6 +286,46 @@ class ImageScan:
     skipped: list[Path]  # files with another extension, or that did not decode
 
 
+GLOB_MAGIC = "*?["
+MAX_FOUND = 2_000_000  # files one folder or pattern may give (ImageNet's training set is 1.28 M): a bound on memory
+
+
+def split_glob(pattern: str | Path) -> tuple[Path, str] | None:
+    """A glob pattern as (the folder its matches lie under: the path before the first part with ``*``, ``?`` or ``[``,
+    the pattern relative to it); None when ``pattern`` has no such part (a plain path)."""
+    parts = Path(pattern).parts
+    first = next((i for i, part in enumerate(parts) if any(c in part for c in GLOB_MAGIC)), None)
+    if first is None:
+        return None
+    return Path(*parts[:first]) if first else Path("."), "/".join(parts[first:])
+
+
+def _bounded(paths: Iterable[Path], what: object) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if len(found) == MAX_FOUND:
+            raise ImageError(f"{what}: more than {MAX_FOUND:,} files; give a smaller folder or pattern")
+        found.append(path)
+    return sorted(found)
+
+
+def glob_paths(pattern: str | Path) -> list[Path]:
+    """The paths ``pattern`` matches (``**``: any depth), sorted, at most :data:`MAX_FOUND` (ImageError beyond).
+    ``**`` never follows a link to a folder (pathlib's rule; ``glob.glob`` followed them, so ``f/a -> .`` made the walk
+    exponential and a link to ``/`` walked the whole disk)."""
+    split = split_glob(pattern)
+    if split is None:
+        return [Path(pattern)] if os.path.lexists(pattern) else []
+    anchor, rel = split
+    if not anchor.is_dir():
+        return []
+    hidden = rel.rsplit("/", 1)[-1].startswith(".")  # as glob.glob: '*' does not match a name that starts with '.'
+    try:
+        return _bounded((m for m in anchor.glob(rel) if hidden or not m.name.startswith(".")), pattern)
+    except ValueError as exc:  # a pattern pathlib does not take ('**' inside a name, an empty part)
+        raise ImageError(f"{pattern}: not a usable glob pattern ({exc})") from None
+
+
 def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: bool = False,
                 decode: Callable[[Path], Any] | None = None) -> ImageScan:
     """Files and folders (recursively) to a sorted list of images; other files are counted as skipped.
@@ -300,7 +339,7 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            for f in sorted(p.glob(pattern)):
+            for f in _bounded(p.glob(pattern), p):
                 if f.is_file() and not f.name.startswith("."):
                     (images if is_image_name(f) else skipped).append(f)
         elif p.is_file():
@@ -308,14 +347,17 @@ def find_images(inputs: Iterable[str | Path], *, recursive: bool = True, check: 
         elif p.exists():  # a FIFO, a device, a socket: never opened (a FIFO would block the read forever)
             raise ImageError(f"{p}: not a regular file or folder")
         else:
-            # glob.glob takes absolute and relative patterns alike (Path().glob refuses absolute ones)
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True)) if any(c in str(item) for c in "*?[") else []
+            matches = glob_paths(item) if split_glob(item) is not None else []
             if not matches:
                 if "://" in str(item):
                     raise ImageError(f"{item} is a URL: predict, eval and quantize read local files (download it first)")
                 raise ImageError(f"no such image or folder: {item}")
-            skipped += [m for m in matches if not (m.is_dir() or m.is_file())]  # a FIFO a pattern matched: skipped, as in a folder
-            sub = find_images([m for m in matches if m.is_dir() or m.is_file()], recursive=recursive, check=False)
+            # a FIFO a pattern matched, or a link to a folder (never walked: 'a -> .' loops, 'r -> /' is the whole disk):
+            # skipped, as in a folder
+            usable = [m for m in matches if m.is_file() or (m.is_dir() and not m.is_symlink())]
+            kept = set(usable)
+            skipped += [m for m in matches if m not in kept]
+            sub = find_images(usable, recursive=recursive, check=False)
             images += sub.images
             skipped += sub.skipped
     if check:
