@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -253,8 +254,27 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every float that is NaN or infinite replaced by None (JSON's null), in dicts, lists and tuples at
+    any depth: Python's json writes them as ``NaN`` / ``Infinity``, which is not JSON (strict parsers, and this product's
+    own readers, refuse it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """The one way the product writes JSON (files, JSON lines, stdout): ``obj`` as JSON text, NaN and infinities
+    written as null (:func:`finite_json`), never ``NaN``."""
+    return json.dumps(finite_json(obj), indent=indent, sort_keys=False, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text_atomic(path, json_text(obj, indent=2) + "\n")
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -504,7 +524,7 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool, index: dict[str, 
         fields = {"edge_inception_version": __version__, **(index or {})}
         fields["files"] = index_files(tmp)
         fields["folders"] = sorted(rel for rel, st in walk_folder(tmp) if stat.S_ISDIR(st.st_mode))
-        (tmp / OUTPUT_INDEX).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
+        (tmp / OUTPUT_INDEX).write_text(json_text(fields, indent=2) + "\n", encoding="utf-8")
         _publish_mode(tmp, folder=True)
         _swap_in(tmp, dest, replace=replace)
     except BaseException:

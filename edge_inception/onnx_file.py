@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections import Counter
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import EdgeInceptionError, ModelFileError
-from .fileio import require_file
+from .fileio import json_text, require_file
 from .limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, LimitError, check_image_size
 from .vocab import MIN_IMAGE_SIZE
 
@@ -167,7 +166,7 @@ def get_metadata(model) -> dict[str, str]:
 
 def set_metadata(model, meta: dict[str, Any]) -> None:
     existing = get_metadata(model)
-    existing.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    existing.update({k: v if isinstance(v, str) else json_text(v) for k, v in meta.items()})
     del model.metadata_props[:]
     for key, value in existing.items():
         entry = model.metadata_props.add()

@@ -13,7 +13,6 @@ matplotlib inside :func:`render_png`), so every floor above can hand it its repo
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import OutputPathError
 from .fileio import atomic_path, check_outputs
+from .fileio import json_text as strict_json
 from .names import printable
 
 DPI = 110
@@ -154,7 +154,7 @@ def _md_controls_shown(markdown: str) -> str:
 
 def json_text(data: Any) -> str:
     """The JSON rendering: indented by 2, keys in the report's order, one trailing newline."""
-    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return strict_json(data, indent=2) + "\n"
 
 
 def _limits(setter: Any, axis: Axis) -> None:

@@ -325,3 +325,22 @@ def test_make_test_runs_each_file_whole_on_one_worker(tmp_path):
     assert workers["test_cluster_eval"] == workers["test_cluster_fleet"]
     ray_worker = next(iter(workers["test_cluster_eval"]))  # the long group (xdist_groups.LONG) was handed out first
     assert next(n for n, w in ran if w == ray_worker).startswith("test_cluster_"), ran
+
+
+def test_json_is_written_one_way_and_never_holds_nan():
+    """Found by an attack: `stream --json-lines` wrote `"timestamp": NaN` (a frame drained after a network stream
+    stalled), which is not JSON. Every JSON the product writes goes through fileio.json_text (NaN and infinities as
+    null); json.dumps is left only where a digest is taken or the bench worker answers its parent."""
+    import json
+    import math
+
+    from edge_inception.fileio import json_text
+
+    allowed = ("hashlib.sha256(json.dumps", "return json.dumps(finite_json(obj)")
+    ipc = {"evaluate/bench.py", "evaluate/bench_worker.py"}
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in sorted(PACKAGE.rglob("*.py")) for i, line in enumerate(p.read_text().splitlines(), 1)
+             if "json.dumps(" in line and not any(a in line for a in allowed) and str(p.relative_to(PACKAGE)) not in ipc]
+    assert not found, found
+    doc = {"timestamp": math.nan, "top": [{"score": math.inf}, (1.5, -math.inf)], "ok": 2.0}
+    assert json.loads(json_text(doc)) == {"timestamp": None, "top": [{"score": None}, [1.5, None]], "ok": 2.0}
+    assert "NaN" not in json_text(doc) and "Infinity" not in json_text(doc, indent=2)

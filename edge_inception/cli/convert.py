@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +22,7 @@ from ..cli_common import (
     shown,
 )
 from ..cli_format import PlainTyper
-from ..fileio import ONNX_FILE, check_outputs, require_suffix
+from ..fileio import ONNX_FILE, check_outputs, json_text, require_suffix
 from ..limits import MAX_BATCH, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_OPSET, MIN_OPSET
 from ..vocab import (
     MIN_IMAGE_SIZE,
@@ -108,7 +107,7 @@ def info(
 
     data = onnx_info(model)
     if as_json:
-        typer.echo(json.dumps(data.as_dict(), indent=2))
+        typer.echo(json_text(data.as_dict(), indent=2))
         return
     typer.echo(f"{shown(data.path)}  ({data.size_bytes / 1e6:.2f} MB, opset {data.opset}, {data.nodes} nodes, {data.parameters:,} parameters)")
     for kind, items in (("input", data.inputs), ("output", data.outputs)):
@@ -137,7 +136,7 @@ def flops(
 
     report = count_graph(model, image_size=image_size, batch=batch)
     if as_json:
-        typer.echo(json.dumps(report.as_json(), indent=2))
+        typer.echo(json_text(report.as_json(), indent=2))
         return
     rows = []
     for s in report.stages:

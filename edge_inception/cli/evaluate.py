@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +26,7 @@ from ..cli_common import (
 )
 from ..cli_format import PlainTyper
 from ..errors import EdgeInceptionError
+from ..fileio import json_text
 from ..limits import DEFAULT_AGREEMENT_SAMPLE, MAX_BATCH, max_threads
 from ..vocab import (
     Baseline,
@@ -64,7 +64,7 @@ def predict(
 
     def show(p: Prediction) -> None:
         if as_json:
-            typer.echo(json.dumps(p.as_dict()))  # JSON escapes control characters itself
+            typer.echo(json_text(p.as_dict()))  # JSON escapes control characters itself
             return
         typer.echo(shown(p.image))
         for index, label, score in p.top:
@@ -252,7 +252,7 @@ def profile(
     check_outputs(markdown_out, plot_out, inputs=[artifact])
     report = profile_artifact(artifact, batch=batch, iterations=iterations)
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        typer.echo(json_text(report.as_dict(), indent=2))
     else:
         typer.echo("\n".join(shown(line) for line in markdown(report).splitlines()))
     write_outputs(report, markdown=markdown_out, png=plot_out, inputs=[artifact], err=as_json)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,7 +46,7 @@ def stream(
     import signal
 
     from ..data.images import split_glob
-    from ..fileio import MP4_FILE, PNG_FILE, atomic_path, check_outputs, require_suffix
+    from ..fileio import MP4_FILE, PNG_FILE, atomic_path, check_outputs, json_text, require_suffix
     from ..stream.run import IN_STREAM, run_stream
     from ..stream.writer import JsonLinesWriter
 
@@ -69,7 +68,7 @@ def stream(
 
         def on_frame(r: Any) -> None:
             if json_lines == "-":
-                typer.echo(json.dumps(r.as_dict()))
+                typer.echo(json_text(r.as_dict()))
             elif sink is not None:
                 sink.write(r.as_dict())
 
@@ -85,7 +84,7 @@ def stream(
         typer.echo(f"  per stage, {IN_STREAM}:", err=to_err)
     for stage, s in st.items():
         typer.echo(f"  {stage:<11} p50 {s.p50:8.2f} ms  p90 {s.p90:8.2f} ms", err=to_err)
-    typer.echo("summary: " + json.dumps(summary.as_dict()), err=to_err)
+    typer.echo("summary: " + json_text(summary.as_dict()), err=to_err)
     for written in (summary.saved, None if json_lines in (None, "-") else json_lines):
         if written:
             typer.echo(f"wrote {shown(written)}", err=to_err)

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -30,7 +29,17 @@ from pathlib import Path
 from ..engines.manifest import manifest_path, read_manifest
 from ..engines.registry import artifact_info, is_plain_onnx, resolve_artifact
 from ..errors import ManifestError, ServeError
-from ..fileio import MAX_HASHED_BYTES, MAX_TREE_ENTRIES, OUTPUT_INDEX, atomic_dir, printable_name, read_output_index, safe_relative, sha256_file
+from ..fileio import (
+    MAX_HASHED_BYTES,
+    MAX_TREE_ENTRIES,
+    OUTPUT_INDEX,
+    atomic_dir,
+    json_text,
+    printable_name,
+    read_output_index,
+    safe_relative,
+    sha256_file,
+)
 from ..limits import MAX_BATCH
 from ..names import is_number, printable
 from ..vocab import Backend
@@ -206,7 +215,7 @@ def _write_model(root: Path, spec: ModelSpec, labels: str | None) -> None:
         (folder / LABELS_FILE).write_text(labels, encoding="utf-8")
     if spec.runtime is tc.PYTHON:
         (folder / VERSION / "model.py").write_text(MODEL_PY, encoding="utf-8")
-        (folder / SYS_PATH_FILE).write_text(json.dumps(backend_sys_path(), indent=2) + "\n", encoding="utf-8")
+        (folder / SYS_PATH_FILE).write_text(json_text(backend_sys_path(), indent=2) + "\n", encoding="utf-8")
 
 
 def _place_artifact(art: ServedArtifact, folder: Path, kind: ServeKind) -> None:

@@ -11,7 +11,6 @@ outputs are published with what they hold. On any other error the partial file i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import struct
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StreamError, require_modules
-from ..fileio import atomic_path
+from ..fileio import atomic_path, json_text
 
 DEFAULT_FPS = 30.0
 FRAGMENT_US = 1_000_000  # a fragment about every second: what a failed write can lose at most
@@ -193,7 +192,7 @@ class JsonLinesWriter:
     def write(self, obj: Any) -> None:
         if self.failed is not None:
             return
-        data = (json.dumps(obj) + "\n").encode("utf-8")
+        data = (json_text(obj) + "\n").encode("utf-8")
         fd = self.f.fileno()
         try:
             view = memoryview(data)
