@@ -255,3 +255,15 @@ def test_train_refuses_a_learning_rate_out_of_range(tmp_path):
         assert result.exit_code == 2, (lr, result.output)
         assert "--lr" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "t.pth").exists()
+
+
+def test_build_prints_a_hostile_model_name_escaped(tmp_path):
+    """Found by a new user's walk: `build` printed the model's file name raw in its parity line, so an escape sequence
+    and a newline in the name reached the terminal and split the line."""
+    from .stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "esc\x1b[31mred\nnl.onnx")
+    r = runner.invoke(app, ["build", str(model), "--target", "cpu", "--backend", "ort", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\\x1b[31mred\\nnl" in r.output, r.output
+    assert not any(line.startswith("nl.") for line in r.output.splitlines()), r.output

@@ -192,7 +192,7 @@ def quantize(
     typer.echo(f"criterion: {result.criterion}")
     if result.calibration_method:
         tried = ", ".join(f"{m} {v['top1_agreement']:.1%}" for m, v in result.calibration_trials.items())
-        typer.echo(f"calibration: {result.calibration_method} (agreement per method: {tried})")
+        typer.echo(f"calibration: {result.calibration_method} (agreement per method: {shown(tried)})")
     rows = [["top-1 agreement", f"{a.top1_agreement:.2%}"], ["top-5 overlap", f"{a.top5_overlap:.2%}"],
             ["mean cosine", f"{a.mean_cosine:.5f}"], ["max abs logit error", f"{a.max_abs_error:.4f}"],
             ["verdict images", f"{a.holdout_images}: {result.holdout_source}"]]
@@ -208,12 +208,12 @@ def quantize(
     rows += [[f"latency {k}, host CPU (ms)", f"{v:.2f}"] for k, v in result.latency_ms.items()]
     echo_table(rows, ["metric", "vs fp32"])
     if result.photo_use:
-        typer.echo(f"photos: {result.photo_use}")
+        typer.echo(f"photos: {shown(result.photo_use)}")
     if result.bias_correction:
         typer.echo(result.bias_correction)
     for v in result.verdicts:
-        typer.echo(f"verdict: {v['explanation']}")
+        typer.echo(f"verdict: {shown(v['explanation'])}")
     if result.off_calibration:
-        typer.echo(f"off-calibration check: {result.off_calibration['explanation']}")
-    typer.echo(f"claim: {result.claim}")
+        typer.echo(f"off-calibration check: {shown(result.off_calibration['explanation'])}")
+    typer.echo(f"claim: {shown(result.claim)}")
     typer.echo(f"wrote {shown(result.path)} and {shown(result.report_path)}")

@@ -97,7 +97,7 @@ def build(
     if pick is not None:  # said once the build succeeded: a refused build stays one error line
         typer.echo(f"backend: {shown(pick.choice.line)}", err=True)
     m, p = result.manifest, result.parity
-    typer.echo(f"runtime: {result.note}")
-    typer.echo(f"{m.backend} / {m.target} / {m.precision} on {m.device}: max rel error {p.max_rel_error:.2e}, "
-               f"top-1 agreement {p.top1_agreement:.1%} vs {model.name}")
+    typer.echo(f"runtime: {shown(result.note)}")
+    typer.echo(f"{m.backend} / {shown(m.target)} / {m.precision} on {shown(m.device)}: max rel error {p.max_rel_error:.2e}, "
+               f"top-1 agreement {p.top1_agreement:.1%} vs {shown(model.name)}")
     typer.echo(f"wrote {shown(result.artifact)} and {shown(result.artifact.name)}.manifest.json")

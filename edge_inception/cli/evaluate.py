@@ -220,7 +220,7 @@ def _print_bench(report: BenchReport) -> None:
     from ..evaluate.bench import ORT_DEFAULT_ENGINE, TORCH_ENGINE, peak_line, peak_text
 
     m = report.machine
-    typer.echo(f"{m.cpu} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {peak_line(m.matmul_peak_macs_per_s, 'GMAC/s')}")
+    typer.echo(f"{shown(m.cpu)} ({m.cores} cores, {', '.join(m.simd)}); FP32 matmul peak {peak_line(m.matmul_peak_macs_per_s, 'GMAC/s')}")
     for text in report.notes:
         note(f"note: {text}")
     rows = []

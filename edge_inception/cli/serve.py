@@ -88,7 +88,7 @@ def run_cmd(
             typer.echo(f"warning: {exposure_warning(host)}", err=True)
         with server:
             assert server.endpoints is not None
-            typer.echo(f"tritonserver ready ({install.source}); Ctrl-C stops it")
+            typer.echo(f"tritonserver ready ({shown(install.source)}); Ctrl-C stops it")
             for line in server.endpoints.lines(server.models):
                 typer.echo(f"  {shown(line)}")
             raise ServeError(server.watch())
