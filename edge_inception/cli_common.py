@@ -71,6 +71,8 @@ def handle_errors(fn: F) -> F:
         except MemoryError:
             typer.echo("error: out of memory (try a smaller --batch or image)", err=True)
             raise typer.Exit(code=1) from None
+        except BrokenPipeError:  # stdout's reader left (`... | head -1`): nothing to say, as any Unix tool
+            raise typer.Exit(code=reader_left()) from None
         except OSError as exc:  # the environment: a full disk, a vanished folder, a permission changed mid-run
             where = f": {exc.filename}" if exc.filename else ""
             typer.echo(f"error: {shown(str(exc.strerror or exc) + where)}", err=True)
@@ -85,6 +87,24 @@ def finite(value: float | None) -> float | None:
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"{value} is not a finite number")
     return value
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by a closed pipe
+
+
+def reader_left() -> int:
+    """stdout's reader has gone (a closed pipe): point stdout at /dev/null so that Python's last flush at exit cannot
+    fail again and print 'Exception ignored ... BrokenPipeError', and return the exit code (:data:`SIGPIPE_EXIT`), with
+    no message: that is how `git log | head -1` or `yes | head -1` end."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stdout): nothing to redirect
+        pass
+    return SIGPIPE_EXIT
 
 
 def close_progress() -> None:

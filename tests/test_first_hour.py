@@ -267,3 +267,18 @@ def test_build_prints_a_hostile_model_name_escaped(tmp_path):
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.output and "\\x1b[31mred\\nnl" in r.output, r.output
     assert not any(line.startswith("nl.") for line in r.output.splitlines()), r.output
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """Found by a new user's walk: `info m.onnx | head -1` printed 'error: Broken pipe' and exited 1. A closed stdout
+    ends the command as any Unix tool ends: nothing on stderr, exit 141 (128 + SIGPIPE)."""
+    from .stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for args in (["info", str(model)], ["targets"]):
+        proc = subprocess.Popen([sys.executable, "-m", "edge_inception", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
+        proc.stdout.close()  # the reader gone before the command writes (`| head -0`; `| head -1` once a pipe's buffer fills)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 141 and err == b"", (args, proc.returncode, err)

@@ -4,6 +4,7 @@ evaluate, deploy, pipeline, model, stream, serve); what they share is ``edge_inc
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, TypeVar
@@ -11,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .. import __version__
-from ..cli_common import Output, handle_errors, log_to_stderr
+from ..cli_common import Output, handle_errors, log_to_stderr, reader_left
 from ..cli_format import PlainTyper
 from ..onnx_file import ort_spinning
 from . import convert, deploy, engines, evaluate, model, pipeline, stream
@@ -71,4 +72,12 @@ app.add_typer(fleet_app, name="fleet")
 def main() -> None:
     """Run the CLI (``edge_inception.__main__.main`` installs the signal handlers first, then calls this)."""
     log_to_stderr()
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # outside a command's handler: --help, a usage message, the last flush of a table
+        sys.exit(reader_left())
+    finally:
+        try:
+            sys.stdout.flush()  # here, where a closed pipe is heard, not in Python's flush at exit
+        except BrokenPipeError:
+            sys.exit(reader_left())
