@@ -79,6 +79,16 @@ def test_a_declared_huge_frame_is_refused_in_one_line(media, mode):
     assert "summary: " not in r.stdout
 
 
+def test_a_frame_more_elongated_than_an_image_may_be_is_refused(media):
+    """Found by an attack: a 1.2 MB Y4M of 400000 x 2 frames (0.8 MP, under the pixel bound) took 4.9 GB and 14 s through
+    the exact path's resize. Video frames share the images' 20:1 bound: one line, before a frame is decoded."""
+    clip = _y4m(media["dir"] / "wide.y4m", 400_000, 2)
+    r = _cli(str(media["model"]), str(clip), "--preprocess", "exact", "--threads", "1")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"error: {clip}: declares frames of 400000 x 2 pixels, more elongated than the 20:1 this "
+                                             "toolkit decodes"], r.stderr
+
+
 def test_video_and_image_files_share_one_limit(media, tmp_path):
     """At the limit's edge (8000 x 8000 is 64 MP): a video and an image file one column wider are both refused for
     their size, and at 8000 x 8000 neither is (each then fails only for its cut-short data)."""

@@ -20,7 +20,8 @@ no redirect (``max_redirects=0``): the error names where it pointed.
 
 How large a picture may be (issue 40): every source refuses frames of more than ``max_pixels`` (width x height,
 :data:`~edge_inception.limits.MAX_DECODED_PIXELS`, the bound an image file's header is checked against too) in one
-line naming the source and the size: a video's declared size when it opens (and reopens), each picture before it is
+line naming the source and the size, and frames more elongated than an image may be (20:1): a video's declared size
+when it opens (and reopens), each picture before it is
 converted, and FFmpeg's decoder is given the same bound (``max_pixels``), so a header claiming a huge frame, at the
 start or mid-way, never has the decoder allocate it.
 """
@@ -48,7 +49,7 @@ import numpy as np
 
 from ..data.images import decode_for, find_images, is_image_name, load_image
 from ..errors import ImageError, StreamError, require_modules
-from ..limits import MAX_DECODED_PIXELS
+from ..limits import MAX_ASPECT_RATIO, MAX_DECODED_PIXELS
 from ..names import is_number
 from .plan import DECODERS, DecoderSpec
 
@@ -144,10 +145,15 @@ class VideoSource(abc.ABC):
 
     def check_size(self, width: int, height: int, what: str = "has a frame of") -> None:
         """Raise :class:`StreamError` (one line: the source, the size, the limit) for a picture of more than
-        :attr:`max_pixels`; ``what`` says whether the size was declared or decoded."""
+        :attr:`max_pixels`, or more elongated than :data:`~edge_inception.limits.MAX_ASPECT_RATIO` (an image file's
+        bound too: a 400000 x 2 frame of 1.2 MB took 4.9 GB through the exact path's resize); ``what`` says whether the
+        size was declared or decoded."""
         if width * height > self.max_pixels:
             raise StreamError(f"{self.name}: {what} {width} x {height} pixels ({width * height / 1e6:.3g} MP), more than the "
                               f"{self.max_pixels / 1e6:.3g} MP this toolkit decodes")
+        if width > 0 and height > 0 and max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            raise StreamError(f"{self.name}: {what} {width} x {height} pixels, more elongated than the {MAX_ASPECT_RATIO:.0f}:1 this "
+                              "toolkit decodes")
 
     def use_decoder(self, spec: DecoderSpec | None, threads: int) -> None:
         """Read through ``spec`` (a row of :data:`~.plan.DECODERS` for this source's media; None: the source's own)
