@@ -234,14 +234,15 @@ def choices(text: str, enum: type[E], option: str) -> tuple[E, ...]:
 
 
 def int_list(text: str, what: str, hi: int = MAX_BATCH, *, allow_empty: bool = False) -> tuple[int, ...]:
-    """Comma-separated integers in [1, hi]; anything else is a usage error (exit 2) giving the range, the value escaped."""
+    """Comma-separated integers in [1, hi], each once in the order first given (``1,1`` measured batch 1 twice, two
+    rows); anything else is a usage error (exit 2) giving the range, the value escaped."""
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         values = (0,)  # refused below
     if (not values and not allow_empty) or any(not 1 <= v <= hi for v in values):
         raise typer.BadParameter(f"comma-separated integers in [1, {hi}], got '{shown(text)}'", param_hint=f"'{what}'")
-    return values
+    return tuple(dict.fromkeys(values))
 
 
 def progress(total: int, desc: str):  # -> tqdm

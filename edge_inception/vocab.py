@@ -102,7 +102,8 @@ BASELINE_ENGINES = {Baseline.torch: "torch-eager", Baseline.ort_default: "ort-de
 
 
 def parse_list(text: str, enum: type[E], option: str) -> tuple[E, ...]:
-    """``"fp32,int8"`` -> ``(Precision.fp32, Precision.int8)``; unknown words raise ``ValueError`` naming the choices."""
+    """``"fp32,int8"`` -> ``(Precision.fp32, Precision.int8)``, each once in the order first given; unknown words raise
+    ``ValueError`` naming the choices."""
     values: list[E] = []
     for word in (w.strip() for w in text.split(",")):
         if not word:
@@ -113,7 +114,7 @@ def parse_list(text: str, enum: type[E], option: str) -> tuple[E, ...]:
             raise ValueError(f"{option}: '{word}' is not one of {', '.join(str(m.value) for m in enum)}") from None
     if not values:
         raise ValueError(f"{option}: give at least one of {', '.join(str(m.value) for m in enum)}")
-    return tuple(values)
+    return tuple(dict.fromkeys(values))
 
 
 class PreprocessMode(Choice):

@@ -282,3 +282,12 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
         proc.stdout.close()  # the reader gone before the command writes (`| head -0`; `| head -1` once a pipe's buffer fills)
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 141 and err == b"", (args, proc.returncode, err)
+
+
+def test_a_list_option_gives_each_value_once():
+    """Found by a new user's walk: `bench --batch 1,1` measured batch 1 twice and printed two rows."""
+    from edge_inception.cli_common import int_list
+    from edge_inception.vocab import Precision, parse_list
+
+    assert int_list("8,1,8,1", "--batch") == (8, 1)
+    assert parse_list("int8,fp32,int8", Precision, "--precisions") == (Precision.int8, Precision.fp32)
