@@ -248,6 +248,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EDGE_INCEPTION_CACHE") or Path.home() / ".cache" / "edge-inception")
 
 
+@contextlib.contextmanager
+def library_prints_to_log(library: str) -> Iterator[None]:
+    """What a library prints on stdout within the block (ONNX Runtime's quantization tools' progress, NNCF's progress
+    bars) goes to the debug log under ``library``'s name instead, each distinct line once: library code does not print,
+    and a command's stdout holds only what the command says (``-q`` included)."""
+    import io
+
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        yield
+    lines = [line for line in dict.fromkeys(chatter.getvalue().splitlines()) if line.strip()]
+    if lines:
+        logging.getLogger(library).debug("%s: %s", library, " / ".join(lines))
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

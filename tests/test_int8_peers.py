@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_inception.data.images import bundled_photos
@@ -47,3 +48,19 @@ def test_peers_are_judged_on_the_same_unseen_photos(trained, tmp_path):
     md = int8_peers.markdown(doc)
     assert all(f"| {n} |" in md for n in names) and ", ".join(cpu_info().simd) in md
     assert ("not to be quoted" in md) == doc["disturbed"]
+
+
+def test_nncf_prints_nothing_on_stdout(tmp_path, capfd):
+    """Found by a new user's walk: `-q pipeline ... > out` put NNCF's progress bars ("Statistics collection ━━━ 100%")
+    into the file. What NNCF prints goes to the debug log; stdout holds only what a command says."""
+    pytest.importorskip("nncf")
+    from edge_inception.engines.openvino import nncf_quantize_ir
+
+    from .stream_media import tiny_classifier
+
+    model = tiny_classifier(tmp_path / "m.onnx")
+    batches = [np.random.default_rng(i).random((1, 3, 64, 64), dtype=np.float32) for i in range(4)]
+    capfd.readouterr()
+    nncf_quantize_ir(model, tmp_path / "m.nncf.xml", batches)
+    out, _ = capfd.readouterr()
+    assert out == "" and (tmp_path / "m.nncf.xml").is_file(), out

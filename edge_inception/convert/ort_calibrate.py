@@ -27,18 +27,17 @@ Runtime's calibrators are not as this expects (the attributes it reads), a metho
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, library_prints_to_log
 from .calibration import CalibrationReader
 
 log = logging.getLogger(__name__)
@@ -122,16 +121,10 @@ class _PerTensor:
         return getattr(self._collector, name)
 
 
-@contextlib.contextmanager
-def ort_output_to_log() -> Iterator[None]:
+def ort_output_to_log() -> contextlib.AbstractContextManager[None]:
     """ONNX Runtime's quantization tools print their progress (the histogram collectors, once a tensor here); within the
-    block it goes to the debug log instead, each distinct line once."""
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter):
-        yield
-    lines = [line for line in dict.fromkeys(chatter.getvalue().splitlines()) if line.strip()]
-    if lines:
-        log.debug("onnxruntime.quantization: %s", " / ".join(lines))
+    block it goes to the debug log instead (:func:`~edge_inception.fileio.library_prints_to_log`)."""
+    return library_prints_to_log("onnxruntime.quantization")
 
 
 def _nbytes(value: Any) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, OutputPathError
+from ..fileio import library_prints_to_log
 from ..limits import usable_cpus
 from ..vocab import Backend, Precision
 from .manifest import Manifest
@@ -61,7 +62,8 @@ def nncf_quantize_ir(source: Path, artifact: Path, batches: list[np.ndarray]) ->
         import nncf
     except ImportError as exc:
         raise BackendUnavailableError(NNCF_HINT) from exc
-    quantized = nncf.quantize(ov.convert_model(str(source)), nncf.Dataset(batches), subset_size=len(batches))
+    with library_prints_to_log("nncf"):  # its progress bars (rich) print on stdout, -q or not
+        quantized = nncf.quantize(ov.convert_model(str(source)), nncf.Dataset(batches), subset_size=len(batches))
     _save_ir(quantized, source, artifact)
     return str(nncf.__version__)
 
