@@ -9,6 +9,7 @@ tritonserver or triton_python_backend_stub of its repository runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -199,6 +200,28 @@ def test_native_repositories_for_each_backend(tiny, tmp_path):
     assert cfg.backend == "openvino" and cfg.default_model_filename == "model.xml" and result.runtime == "openvino"
     assert {p.name for p in (tmp_path / "ov" / "demo_ov" / "1").iterdir()} == {"model.xml", "model.bin"}
     assert validate_repository(tmp_path / "ov") == ["demo_ov"]
+
+
+def test_labels_rewritten_with_the_index_are_refused_by_the_manifest(tiny, tmp_path):
+    """Found by an attack: labels.txt edited and its sha256 rewritten in the index (which is not a signature) was served,
+    astronaut photos answered as 'cat'. Each labels.txt must name the classes the artifact's hashed manifest names."""
+    import json
+
+    from edge_inception.serve.repository import copy_verified
+
+    repo = tmp_path / "repo"
+    assert cli("serve", "export", str(tiny.artifact), "-o", str(repo), "--kind", "python")[0] == 0
+    for dest in ("ok", "forged"):
+        (tmp_path / dest).mkdir()
+    copy_verified(repo, tmp_path / "ok")  # the clean export passes
+    labels = repo / "demo_fp32" / "labels.txt"
+    names = labels.read_text().splitlines()
+    labels.write_text("\n".join(["cat", *names[1:]]) + "\n")
+    index = json.loads((repo / "edge-inception.json").read_text())
+    index["files"]["demo_fp32/labels.txt"] = hashlib.sha256(labels.read_bytes()).hexdigest()
+    (repo / "edge-inception.json").write_text(json.dumps(index))
+    with pytest.raises(ServeError, match="demo_fp32/labels.txt line 1 differs from the class names the artifact's manifest holds"):
+        copy_verified(repo, tmp_path / "forged")
 
 
 def test_tensorrt_and_fixed_batch_configs_from_manifest_facts():

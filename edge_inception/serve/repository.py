@@ -362,6 +362,32 @@ def copy_verified(repo: str | Path, dest: Path) -> None:
     missing = sorted(set(files) - seen)
     if missing:
         raise ServeError(f"{root}: {printable(missing[0], 120)} is missing; export the repository again")
+    _check_labels(root, dest)
+
+
+def _check_labels(root: Path, copy: Path) -> None:
+    """Every ``labels.txt`` of the verified ``copy`` of ``root`` names the classes its artifact's manifest names (the
+    manifest's own hashes checked): an index rewritten with an edited labels.txt (README: the index is not a signature)
+    is refused, since Triton would answer with the edited names. Raises ServeError naming the file and line."""
+    from ..engines.manifest import MANIFEST_SUFFIX, read_manifest
+    from ..errors import ManifestError
+
+    named: list[str] | None = None
+    for mpath in sorted(copy.glob(f"*/*/*{MANIFEST_SUFFIX}")):
+        try:
+            manifest = read_manifest(mpath.with_name(mpath.name[: -len(MANIFEST_SUFFIX)]))
+        except ManifestError as exc:
+            raise ServeError(f"{root}: {printable(str(mpath.relative_to(copy)), 120)}: {exc}; export again") from None
+        if manifest.class_names is not None:
+            named = named or list(manifest.class_names)
+    if named is None:
+        return
+    for labels in sorted(copy.glob(f"*/{LABELS_FILE}")):
+        lines = labels.read_text(encoding="utf-8").splitlines()
+        if lines != named:
+            line = next((i for i, (a, b) in enumerate(zip(lines, named)) if a != b), min(len(lines), len(named)))
+            raise ServeError(f"{root}: {printable(str(labels.relative_to(copy)), 120)} line {line + 1} differs from the class names "
+                             "the artifact's manifest holds: edited; refusing to serve answers under other names; export again")
 
 
 def _copy_file(dir_fd: int, name: str, dest: Path) -> str:
