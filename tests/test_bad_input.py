@@ -95,3 +95,22 @@ def test_demo_data_and_simplify_outputs(trained, tmp_path):
     fails_cleanly(runner.invoke(app, ["simplify", str(trained.onnx), "-o", str(blocker / "s.onnx")]), "a file of that name is in the way")
     fails_cleanly(runner.invoke(app, ["simplify", str(trained.onnx), "-o", str(tmp_path)]), "is a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_demo_data_reuses_only_a_whole_folder(tmp_path):
+    """Found by a new user's walk: demo-data trusted its VERSION marker alone, so a folder with photos deleted or files
+    added was reused as it stood ('wrote ...', exit 0). Now a folder is reused only when its index accounts for every
+    file with its sha256; one of ours that lost a file is made again; one with a file of yours is refused (the --force
+    rule's one line) and that file kept."""
+    out = tmp_path / "demo"
+    assert runner.invoke(app, ["demo-data", "-o", str(out)]).exit_code == 0
+    first = sorted((out / "train" / "cat").iterdir())[0]
+    first.unlink()
+    assert runner.invoke(app, ["demo-data", "-o", str(out)]).exit_code == 0 and first.is_file()
+    first.write_bytes(b"edited")
+    assert runner.invoke(app, ["demo-data", "-o", str(out)]).exit_code == 0 and first.read_bytes() != b"edited"
+    mine = out / "train" / "mine.txt"
+    mine.write_text("mine")
+    r = runner.invoke(app, ["demo-data", "-o", str(out)])
+    fails_cleanly(r, "train/mine.txt")
+    assert mine.read_text() == "mine"

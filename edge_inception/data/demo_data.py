@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import EdgeInceptionError
-from ..fileio import atomic_dir, builders_lock, read_text
+from ..fileio import atomic_dir, builders_lock, foreign_entries, read_output_index, read_text, sha256_file
 from .images import BUNDLED_PHOTOS, bundled_photos_dir, load_image
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,15 @@ def make_demo_dataset(
 
 
 def _complete(out: Path, stamp: str) -> bool:
-    with contextlib.suppress(EdgeInceptionError):  # missing, too large, not a regular file: made again
-        return read_text(out / "VERSION", 1024, "demo data marker").strip() == stamp
+    """``out`` is the demo set ``stamp`` describes, whole: its VERSION says so, and its index (``edge-inception.json``)
+    accounts for everything in it with the sha256 of each file (the marker alone was trusted: a folder with photos
+    deleted or files added was reused as it stood)."""
+    with contextlib.suppress(EdgeInceptionError, OSError):  # missing, too large, not a regular file, not ours: made again
+        if read_text(out / "VERSION", 1024, "demo data marker").strip() != stamp:
+            return False
+        index = read_output_index(out)
+        return index is not None and not foreign_entries(out, index) and all(
+            sha256_file(out / rel) == digest for rel, digest in index["files"].items())
     return False
 
 
