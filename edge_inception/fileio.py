@@ -327,7 +327,9 @@ def require_suffix(path: str | os.PathLike[str] | None, kind: FileKind) -> None:
     """Refuse an output (None: not asked for) whose name does not end as ``kind``'s files do: a PNG written to
     ``plot.svg``, an MP4 to ``out.avi``, a checkpoint to ``ck.json`` (its own sidecar's name: the checkpoint was lost) or an
     ONNX model to ``m.txt`` (its report, ``m.report.json``, replaced another model's). Raises OutputPathError."""
-    if path is not None and Path(path).suffix.lower() not in kind.suffixes and not Path(path).is_dir():  # a folder: check_outputs says so
+    if path is None or (os.path.lexists(path) and not Path(path).is_file()):  # a folder, a FIFO, a device: check_outputs says so
+        return
+    if Path(path).suffix.lower() not in kind.suffixes:
         raise OutputPathError(f"{path}: {kind.what} is written there, so its name must end in {' or '.join(kind.suffixes)}")
 
 

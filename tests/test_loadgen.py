@@ -185,6 +185,10 @@ def test_a_killed_command_leaves_no_loadgen_process(tiny, tmp_path):
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_a_setting_that_yields_no_query_is_one_error_line(tiny, tmp_path, args, said):
     code, _, err = cli("bench", str(tiny.artifact), "--scenario", "offline,server", *args, "--json", str(tmp_path / "r.json"))
+    if args[1] in ("nan", "inf", "-inf"):  # refused when the options are parsed (cli_common.finite): a usage error
+        assert code == 2 and f"Invalid value for '{args[0]}'" in err and "not a finite number" in err, err
+        assert not (tmp_path / "r.json").exists()
+        return
     assert code == 1 and one_error_line(err) == f"error: {said}"
     assert "LoadGen" not in err.replace(said, "") and not (tmp_path / "r.json").exists()  # refused before LoadGen started
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from edge_inception.cli import app
 from edge_inception.convert.graph_ops import float_outputs, fold_weight_only_dequantize, int8_weights, unify_concat_scales
 from edge_inception.convert.quantize import Int8Scheme, int8_scheme, quantize_model
+from edge_inception.data.demo_data import DEMO_CLASSES
 from edge_inception.data.images import load_batch
 from edge_inception.errors import EdgeInceptionError
 from edge_inception.evaluate.cpu import CpuInfo
@@ -151,7 +152,12 @@ def test_quantized_graphs_report_fp32_macs(int8, fp16, trained):
 def test_guard_keeps_sensitive_stages_in_float(trained, tmp_path):
     out = tmp_path / "strict.onnx"
     # quantize_model(trained.onnx, "int8", output=out, ...), kept between runs while nothing that determines it changes
-    result = cached_quantize("int8-avx2-strict", trained, tmp_path, out.name, "int8", cpu=AVX2, calib=trained.data / "train",
+    # the demo crops copied out of their set: a folder of the user's crops, each file a photo (in the demo set they count
+    # as their 10 photos, which leaves the guard crops of 2 selection photos, too few to find a sensitive stage)
+    import shutil
+
+    crops = Path(shutil.copytree(trained.data / "train", tmp_path / "crops"))
+    result = cached_quantize("int8-avx2-strict", trained, tmp_path, out.name, "int8", cpu=AVX2, calib=crops,
                              holdout=trained.data / "val", calib_size=20, min_agreement=1.0, calib_method="minmax", criterion="agreement")
     assert result.path == out
     assert result.kept_float, "a 100% guard should force at least one stage into float"
@@ -711,3 +717,19 @@ def test_fold_recipes_take_each_methods_own_guard():
     assert stages(CalibMethod.entropy) == ([], []) and not mixers  # its selection trial met: nothing kept, no guard
     assert stages(CalibMethod.minmax) == (["s2", "s5", "s7"], [])  # its own guard, on a mixer of its own method
     assert stages(CalibMethod.minmax) == (["s2", "s5", "s7"], []) and len(mixers) == 1  # once per method
+
+
+def test_crops_of_the_demo_set_count_as_the_photos_they_were_cut_from(demo_data, tmp_path):
+    """Found by a new user's walk: `quantize --calib demo/train` (the README's own example) claimed agreement "on 299
+    image(s) of 299 distinct photo(s)": the crops are separate files, cut from 10 photos. Calibration images of a
+    demo-data set are grouped by their photo (its class folder), as the pipeline counts them; a copy of the crops outside
+    the set (no index of ours) is files, as any folder of the user's."""
+    import shutil
+
+    from edge_inception.convert.calibration import select_images
+
+    sets = select_images(demo_data / "train", None, calib_size=20)
+    assert sets.final.images == len(DEMO_CLASSES) and "crops of 10 photo(s)" in sets.final.source
+    assert sets.calibration.images + sets.selection.images == len(DEMO_CLASSES)
+    copy = Path(shutil.copytree(demo_data / "train", tmp_path / "mine"))
+    assert select_images(copy, None, calib_size=20).final.images > len(DEMO_CLASSES)

@@ -187,6 +187,10 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
         if not scan.images:
             raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
         images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True
+        sources = demo_sources(calib)
+        if sources is not None:  # crops of a few photos: one source image per photo, as the pipeline counts them
+            images = _one_per_source(images, sources)
+            where = f"{calib} (crops of {len(images)} photo(s): the demo set, one photo per class folder)"
     kept_apart: Holdout | None = None
     overlap = 0
     if holdout is not None:
@@ -239,6 +243,39 @@ def _folds(images: list[Path], judged: list[Path], wanted: int, calib_size: int,
         rest = [p for p in images if p not in set(part)]
         out.append(Fold(_role(part, share, rng, where), _role(rest, calib_size, rng, where)))
     return out
+
+
+DEMO_DATA_INDEX_WHAT = "demo data set"  # what demo-data's folder index says it holds (data.demo_data)
+
+
+def demo_sources(folder: Path) -> dict[Path, str] | None:
+    """For ``folder`` inside a demo-data set (its folder, or train/ or val/ of it, as the index ``demo-data`` wrote
+    says): the source photo of each image under it, its class folder (demo-data makes one class per bundled photo, all
+    its crops cut from that photo). None elsewhere. The crops are separate files, so by content they looked like
+    hundreds of photos: `quantize --calib demo/train` claimed agreement on "299 distinct photo(s)" of 10."""
+    from ..fileio import read_output_index
+
+    for root in (folder, folder.parent):
+        try:
+            index = read_output_index(root)
+        except Exception:  # noqa: BLE001 - not an index of ours: not a demo set
+            index = None
+        if index is not None and index.get("what") == DEMO_DATA_INDEX_WHAT:
+            out: dict[Path, str] = {}
+            for rel in index["files"]:
+                parts = rel.split("/")
+                if len(parts) == 3 and parts[0] in ("train", "val"):
+                    out[(root / rel).resolve()] = parts[1]
+            return out
+    return None
+
+
+def _one_per_source(images: list[Path], sources: dict[Path, str]) -> list[Path]:
+    """One image per source photo (``sources``: image -> photo; an image it does not name is its own source)."""
+    seen: dict[str, Path] = {}
+    for p in sorted(images):
+        seen.setdefault(sources.get(p.resolve(), f"file:{p}"), p)
+    return list(seen.values())
 
 
 def _distinct(images: list[Path]) -> list[Path]:

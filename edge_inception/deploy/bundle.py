@@ -291,8 +291,10 @@ def _unlisted_wheels(root: Path, listed: set[str]) -> tuple[str, ...]:
             continue
         if stat.S_ISDIR(st.st_mode) and rel in {WHEELS, "reference"}:
             continue
+        if rel in listed and not stat.S_ISLNK(st.st_mode):  # a listed name that is not a regular file: its check below says so
+            continue
         if stat.S_ISREG(st.st_mode):
-            if rel in listed or rel in (BUNDLE_FILE, OUTPUT_INDEX):
+            if rel in (BUNDLE_FILE, OUTPUT_INDEX):
                 continue
             if len(parts) == 2 and parts[0] == WHEELS and rel.endswith(".whl") and not parts[1].lower().startswith("edge_inception"):
                 added.append(rel)
