@@ -152,6 +152,10 @@ def run_pipeline(cfg: PipelineConfig, on_stage: Callable[[str], None] | None = N
         from .convert.calibration import scan_holdout
 
         run.holdout = scan_holdout(cfg.holdout)
+    if cfg.calib is not None:  # so is --calib (an empty one was found after the export and the FP16 model, a .failed folder left)
+        from .convert.calibration import check_calibration_folder
+
+        check_calibration_folder(cfg.calib)
     out = cfg.output
     with atomic_dir(out, replace=cfg.force, index={"what": "pipeline report"}) as work:
         try:

@@ -114,3 +114,15 @@ def test_demo_data_reuses_only_a_whole_folder(tmp_path):
     r = runner.invoke(app, ["demo-data", "-o", str(out)])
     fails_cleanly(r, "train/mine.txt")
     assert mine.read_text() == "mine"
+
+
+def test_pipeline_checks_its_calibration_folder_before_any_stage(trained, tmp_path):
+    """Found by a new user's walk: `pipeline --calib <empty folder>` was refused only after the export and the FP16 model,
+    leaving a .failed folder. Now it is one line before anything is made."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a photo")
+    for calib, says in ((empty, "no readable images"), (tmp_path / "missing", "calibration folder not found")):
+        r = runner.invoke(app, ["pipeline", "--weights", str(trained.checkpoint), "--calib", str(calib), "-o", str(tmp_path / "run")])
+        fails_cleanly(r, says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datasets import ImageCache
-from ..data.images import find_images, preprocess, scan_photo_folder
+from ..data.images import IMAGE_KINDS, find_images, preprocess, scan_photo_folder
 from ..errors import ImageError
 from ..limits import MAX_HOLDOUT_IMAGES
 
@@ -165,6 +165,16 @@ class ImageSets:
                 f"selection photo(s) (calibrated on the other {self.calibration.images}); the verdict is --holdout's {self.verdict.images} photo(s)")
 
 
+def check_calibration_folder(calib: Path) -> None:
+    """A ``--calib`` folder as it can be checked before any work (names only, nothing decoded): present, with an image
+    file in it. Raises ImageError (what :func:`select_images` would say later, after an export and more)."""
+    if not calib.exists():
+        raise ImageError(f"calibration folder not found: {calib}")
+    scan = find_images([calib])
+    if not scan.images:
+        raise ImageError(f"{calib}: no readable images ({IMAGE_KINDS}); {len(scan.skipped)} other file(s) skipped")
+
+
 def select_images(calib: Path | None, holdout: Path | None, calib_size: int, holdout_size: int = HOLDOUT_SIZE, seed: int = 0,
                   off_calibration_below: int = 0) -> ImageSets:
     """The three roles, disjoint by source image. ``calib``: the user's folder (None: the bundled photos); ``holdout``: a
@@ -185,7 +195,7 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
             raise ImageError(f"calibration folder not found: {calib}")
         scan = find_images([calib], check=True, decode=decoded)  # the check's decode is the one the roles use (decoded's bound)
         if not scan.images:
-            raise ImageError(f"{calib}: no readable images (jpg/png/bmp/webp); {len(scan.skipped)} other file(s) skipped")
+            raise ImageError(f"{calib}: no readable images ({IMAGE_KINDS}); {len(scan.skipped)} other file(s) skipped")
         images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True
         sources = demo_sources(calib)
         if sources is not None:  # crops of a few photos: one source image per photo, as the pipeline counts them

@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", 
                               ".ppm", ".pgm", ".pbm", ".pnm"})
 
 
+IMAGE_KINDS = "jpg/png/bmp/webp/tiff/gif/ppm"  # IMAGE_EXTENSIONS in a few words, for messages
+
+
 def is_image_name(path: str | Path) -> bool:
     """True if the file name ends in one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
@@ -423,7 +426,7 @@ def scan_photo_folder(root: str | Path, what: str, max_images: int, decode: Call
     good, unreadable = _decodable(images, decode or load_image)
     skipped += unreadable
     if not good:
-        raise ImageError(f"{what} {base}: no readable images (jpg/png/bmp/webp/tiff); {len(skipped)} other file(s) skipped")
+        raise ImageError(f"{what} {base}: no readable images ({IMAGE_KINDS}); {len(skipped)} other file(s) skipped")
     return ImageScan(good, skipped)
 
 
