@@ -189,3 +189,16 @@ def test_the_tail_keeps_the_last_two_groups_that_fit_and_no_more():
     assert tail.bad == 0 and tail.bad_at == []
     tail = feed([SERIAL_TAIL_PACKETS + 1, 5])  # a group after one too long is kept again from its key frame
     assert [len(g) for _, g in tail.groups] == [5] and tail.whole
+
+
+def test_a_ts_cut_inside_a_packet_says_input_truncated(clip, tmp_path):
+    """Found by a new user's walk: a cut MPEG-TS streamed to its end as whole ('truncated': false), though the README
+    says a cut TS shows `input truncated` (a TS has no duration in a header: FFmpeg estimates it from the cut file's own
+    size). A size that is not a whole number of 188-byte packets is a cut; the whole clip is not."""
+    data = clip.read_bytes()
+    assert len(data) % 188 == 0 and _verdict(clip, 1, ends=True)[2] is False
+    cut = tmp_path / "cut.ts"
+    for at in (len(data) // 2 + 7, len(data) - 100):
+        cut.write_bytes(data[:at])
+        given, _, truncated = _verdict(cut, 1, ends=True)
+        assert truncated and given > 0, at

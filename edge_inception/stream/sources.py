@@ -363,9 +363,23 @@ class AvSource(VideoSource):
             return False
         if last_ts is None:  # not one frame, where the header promised some (or an external track, never opened)
             return bool(self.total)
+        if self._partial_ts_packet():
+            return True
         duration = self.container.duration if self.container is not None else None
         start = (self.container.start_time or 0) / 1e6 if duration else 0.0
         return bool(duration and last_ts - start < duration / 1e6 - 1.0)
+
+    def _partial_ts_packet(self) -> bool:
+        """An MPEG-TS file whose size is not a whole number of transport packets (188 bytes; 192 for M2TS, 204 with
+        Reed-Solomon bytes) ends inside its last packet: cut short. A TS has no duration in a header (FFmpeg estimates
+        it from the cut file's own size), so a cut TS read as whole before; one cut exactly between packets still does."""
+        if self.container is None or self.file is None or "mpegts" not in (self.container.format.name or "").split(","):
+            return False
+        try:
+            size = os.fstat(self.file.descriptor).st_size
+        except (OSError, ValueError):
+            return False
+        return size > 0 and all(size % n for n in (188, 192, 204))
 
     def close(self) -> None:
         if self.container is not None:
