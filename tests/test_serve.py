@@ -329,6 +329,23 @@ def test_served_outputs_and_labels_equal_the_local_artifact(server, tiny):
 
 
 @needs_server
+def test_an_unreadable_image_is_skipped_by_the_served_models_as_locally(server, tiny, tmp_path):
+    """Found by a new user's walk: `predict grpc://.../demo_images fake.png cat.png` failed the whole request on the
+    server's decode ("0 of 2 images classified"), where local predict skips the file and counts it. Both served forms
+    now skip it as local predict does, with its line, and classify the rest."""
+    photos = sorted((tiny.data / "val").rglob("*.png"))[:2]
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not a png")
+    for model in ("demo", "demo_images"):
+        code, out, err = cli("predict", f"grpc://{server.endpoints.grpc}/{model}", str(fake), *map(str, photos), "--top-k", "1", "--json")
+        assert code == 0, (model, err)
+        assert [json.loads(line)["image"] for line in out.splitlines()] == [str(p) for p in photos], (model, out)
+        assert "fake.png" in err and "Traceback" not in err, (model, err)
+    code, _, err = cli("predict", f"grpc://{server.endpoints.grpc}/demo_images", str(fake))
+    assert code == 1 and one_error_line(err).startswith("error: ") and "fake.png" in err
+
+
+@needs_server
 def test_concurrent_requests_are_batched(server, tiny):
     """16 single-image requests from 8 threads: Triton's statistics show fewer executions than inferences."""
     from edge_inception.data.images import load_batch

@@ -475,7 +475,8 @@ class TensorBatch:
     failed: list[tuple[Path, str]]
 
 
-def _load_chunk(chunk: Sequence[Path], image_size: int, mode: PreprocessMode) -> TensorBatch:
+def load_chunk(chunk: Sequence[Path], image_size: int, mode: PreprocessMode) -> TensorBatch:
+    """``chunk``'s files preprocessed, those that do not decode in ``failed`` (not raised)."""
     good: list[Path] = []
     arrays: list[np.ndarray] = []
     failed: list[tuple[Path, str]] = []
@@ -503,7 +504,7 @@ def prefetch_batches(paths: Sequence[Path], image_size: int, mode: PreprocessMod
         try:
             while pending or next_chunk < len(chunks):
                 while next_chunk < len(chunks) and len(pending) < ahead:
-                    pending.append(pool.submit(_load_chunk, chunks[next_chunk], image_size, mode))
+                    pending.append(pool.submit(load_chunk, chunks[next_chunk], image_size, mode))
                     next_chunk += 1
                 yield pending.popleft().result()
         finally:

@@ -528,11 +528,12 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
     ``on_prediction`` gets each Prediction as its batch completes, so a caller can show what was done before a fault.
     A fault (the server dies, stops answering, answers wrongly) is a ServeError saying how many of the images were
     classified before it."""
-    from ..data.images import find_images, load_batch
+    from ..data.images import find_images, load_chunk, load_image
     from ..evaluate.predict import Prediction, PredictRun
     from ..evaluate.verify import softmax, top_classes
 
     results: list[Prediction] = []
+    failed: list[tuple[str, str]] = []
     started = time.perf_counter()
     with TritonClient(target, timeout_s=timeout_s) as client:  # the server and model first: a wrong address is the first thing to say
         scan = find_images(images)
@@ -542,14 +543,31 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
         k = min(top_k, model.num_classes)
         chunk_size = min(batch_size, model.largest_batch)
 
-        def batch_of(paths: Sequence[Path]) -> np.ndarray:
-            return np.array([[_read_bytes(p)] for p in paths], dtype=object) if model.takes_images else load_batch(paths, model.image_size, mode)
+        def batch_of(paths: Sequence[Path]) -> tuple[list[Path], np.ndarray]:
+            """The files of ``paths`` that decode, and their batch; the others go to ``failed``, as local predict skips
+            them (one unreadable file in a request fails the whole request on the server)."""
+            if not model.takes_images:
+                loaded = load_chunk(paths, model.image_size, mode)
+                failed.extend((str(p), why) for p, why in loaded.failed)
+                return loaded.paths, loaded.tensors
+            good = []
+            for p in paths:
+                try:
+                    load_image(p)  # checked here, decoded again by the server's preprocessing model
+                    good.append(p)
+                except ImageError as exc:
+                    failed.append((str(p), str(exc)))
+            return good, np.array([[_read_bytes(p)] for p in good], dtype=object)
 
         try:
-            labels = client.class_names(batch_of(scan.images[:1]) if model.takes_images else None)
+            labels: list[str] | None = None if model.takes_images else client.class_names(None)
             for start in range(0, len(scan.images), chunk_size):
-                chunk = scan.images[start:start + chunk_size]
-                logits = client.logits(batch_of(chunk))
+                chunk, data = batch_of(scan.images[start:start + chunk_size])
+                if not chunk:
+                    continue
+                if labels is None:
+                    labels = client.class_names(data[:1])
+                logits = client.logits(data)
                 for path, p, order in zip(chunk, softmax(logits), top_classes(logits, k)):
                     results.append(Prediction(str(path), [(int(i), labels[i], float(p[i])) for i in order]))
                     if on_prediction is not None:
@@ -558,7 +576,11 @@ def predict_remote(target: str, images: Sequence[str | Path], top_k: int = 5, ba
             total = len(scan.images)
             raise ServeError(f"{exc} ({len(results)} of {total} image{'' if total == 1 else 's'} classified before it"
                              f"{', shown above' if results and on_prediction is not None else ''})") from None
-    return PredictRun(results, [], time.perf_counter() - started)
+    if not results and len(failed) == 1:
+        raise ImageError(failed[0][1])
+    if not results:
+        raise ImageError(f"none of the {len(failed)} images decoded, e.g. {failed[0][1]}")
+    return PredictRun(results, failed, time.perf_counter() - started)
 
 
 def _read_bytes(path: Path, limit: int = 64 << 20) -> bytes:
