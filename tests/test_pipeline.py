@@ -94,7 +94,7 @@ def test_pipeline_bad_precision(tmp_path):
 def test_failed_stage_is_named_and_earlier_outputs_kept(trained, tmp_path):
     calib = tmp_path / "calib"
     calib.mkdir()
-    (calib / "notes.txt").write_text("not an image")
+    (calib / "photo.png").write_text("not an image")  # named as one: past the check before any stage, refused when decoded
     out = tmp_path / "run"
     r = runner.invoke(app, ["pipeline", "--weights", str(trained.checkpoint), "--precisions", "fp32,int8", "--calib", str(calib), "-o", str(out)])
     assert r.exit_code == 1
