@@ -346,7 +346,7 @@ def check_outputs(*paths: str | os.PathLike[str] | None, inputs: Iterable[str | 
             seen[key] = p
     protected: dict[object, Path] = {}
     for entry in inputs:
-        src = Path(entry)
+        src = Path(os.path.abspath(entry))  # '.' has no name to put a manifest's beside
         files = [src, src.with_name(src.name + ".manifest.json")]
         if src.is_dir():
             files += [p for _, p in zip(range(MAX_INPUT_FILES), src.rglob("*"))]

@@ -211,3 +211,26 @@ def test_a_glob_never_walks_a_link_to_a_folder_and_its_folder_is_an_input(tmp_pa
     assert r.exit_code == 1 and "an input of this command" in r.output and (f / "one.png").read_bytes() == before, r.output
     r = CliRunner().invoke(app, ["stream", str(model), str(f / "**" / "*.png"), "--json-lines", str(tmp_path / "out.jsonl")])
     assert r.exit_code == 0 and len((tmp_path / "out.jsonl").read_text().splitlines()) == 2, r.output
+
+
+def test_a_glob_in_the_current_folder_hidden_folders_and_a_rerun(tmp_path, monkeypatch):
+    """Found by the attack on this change: `stream m.onnx '*.png'` in the current folder gave a traceback (the folder '.'
+    has no name); 'd/*/*.png' matched files in a hidden folder, which glob.glob never did; and a second run of
+    `stream 'f/*.png' --json-lines f/out.jsonl` was refused, its own output protected as an input (only the matches are)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from edge_inception.cli import app
+    from edge_inception.data.images import find_images
+
+    d = tmp_path / "d"
+    for sub in ("vis", ".hid"):
+        (d / sub).mkdir(parents=True)
+        Image.new("RGB", (48, 40), "red").save(d / sub / "a.png")
+    assert find_images([str(d / "*" / "*.png")]).images == [d / "vis" / "a.png"]
+    assert find_images([str(d / "**" / "*.png")]).images == [d / "vis" / "a.png"]
+    model = tiny_classifier(tmp_path / "m.onnx")
+    monkeypatch.chdir(d / "vis")
+    for _ in range(2):
+        r = CliRunner().invoke(app, ["stream", str(model), "*.png", "--json-lines", str(d / "vis" / "out.jsonl")])
+        assert r.exit_code == 0 and len((d / "vis" / "out.jsonl").read_text().splitlines()) == 1, r.output

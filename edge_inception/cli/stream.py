@@ -45,16 +45,16 @@ def stream(
     """Classify a video, camera, network stream or image folder frame by frame: JSON lines, an annotated MP4, a summary."""
     import signal
 
-    from ..data.images import split_glob
+    from ..data.images import glob_paths, split_glob
     from ..fileio import MP4_FILE, PNG_FILE, atomic_path, check_outputs, json_text, require_suffix
     from ..stream.run import IN_STREAM, run_stream
     from ..stream.writer import JsonLinesWriter
 
     require_suffix(save, MP4_FILE)
     require_suffix(summary_plot, PNG_FILE)
-    # a file or folder (a URL or camera is not overwritten); a glob: the folder its matches lie under
+    # a file or folder (a URL or camera is not overwritten); a glob: the files it matches
     split = None if Path(source).exists() or "://" in source else split_glob(source)
-    local = [source] if Path(source).exists() else [split[0]] if split is not None and split[0].is_dir() else []
+    local = [source] if Path(source).exists() else glob_paths(source) if split is not None else []
     check_outputs(save, None if json_lines in (None, "-") else Path(json_lines), summary_json, summary_markdown, summary_plot,
                   inputs=[artifact, *local])
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) is a failed write to report, not a signal that kills

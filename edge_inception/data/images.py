@@ -322,9 +322,13 @@ def glob_paths(pattern: str | Path) -> list[Path]:
     anchor, rel = split
     if not anchor.is_dir():
         return []
-    hidden = rel.rsplit("/", 1)[-1].startswith(".")  # as glob.glob: '*' does not match a name that starts with '.'
+    hidden = any(part.startswith(".") for part in rel.split("/"))  # as glob.glob: '*' matches no name that starts with '.'
+
+    def shown(m: Path) -> bool:
+        return hidden or not any(part.startswith(".") for part in m.relative_to(anchor).parts)
+
     try:
-        return _bounded((m for m in anchor.glob(rel) if hidden or not m.name.startswith(".")), pattern)
+        return _bounded((m for m in anchor.glob(rel) if shown(m)), pattern)
     except ValueError as exc:  # a pattern pathlib does not take ('**' inside a name, an empty part)
         raise ImageError(f"{pattern}: not a usable glob pattern ({exc})") from None
 
