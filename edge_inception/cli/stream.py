@@ -77,9 +77,9 @@ def stream(
     to_err = json_lines == "-"  # stdout carries the JSON lines
     st = summary.stages
     head, *rest = summary.headline()
-    typer.echo(head, err=to_err)
+    typer.echo(shown(head), err=to_err)  # the source's name, the split's remembered path: from outside
     for line in rest:
-        typer.echo(f"  {line}", err=to_err)
+        typer.echo(f"  {shown(line)}", err=to_err)
     if st:
         typer.echo(f"  per stage, {IN_STREAM}:", err=to_err)
     for stage, s in st.items():
