@@ -35,7 +35,7 @@ import numpy as np
 
 from ..data.datasets import ImageCache
 from ..data.images import IMAGE_KINDS, find_images, preprocess, scan_photo_folder
-from ..errors import ImageError
+from ..errors import EdgeInceptionError, ImageError
 from ..limits import MAX_HOLDOUT_IMAGES
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def select_images(calib: Path | None, holdout: Path | None, calib_size: int, hol
         images, skipped, where, users = list(scan.images), len(scan.skipped), str(calib), True
         sources = demo_sources(calib)
         if sources is not None:  # crops of a few photos: one source image per photo, as the pipeline counts them
-            images = _one_per_source(images, sources)
+            images = _distinct(images, key=lambda p: sources.get(p.resolve(), f"file:{p}"))  # a file it does not name: its own
             where = f"{calib} (crops of {len(images)} photo(s): the demo set, one photo per class folder)"
     kept_apart: Holdout | None = None
     overlap = 0
@@ -268,7 +268,7 @@ def demo_sources(folder: Path) -> dict[Path, str] | None:
     for root in (folder, folder.parent):
         try:
             index = read_output_index(root)
-        except Exception:  # noqa: BLE001 - not an index of ours: not a demo set
+        except (EdgeInceptionError, OSError):  # not an index of ours, or unreadable: not a demo set
             index = None
         if index is not None and index.get("what") == DEMO_DATA_INDEX_WHAT:
             out: dict[Path, str] = {}
@@ -280,19 +280,12 @@ def demo_sources(folder: Path) -> dict[Path, str] | None:
     return None
 
 
-def _one_per_source(images: list[Path], sources: dict[Path, str]) -> list[Path]:
-    """One image per source photo (``sources``: image -> photo; an image it does not name is its own source)."""
+def _distinct(images: list[Path], key: Callable[[Path], str] | None = None) -> list[Path]:
+    """One path per source image, the first in sorted order: by ``key`` (default: the file's content, so a photo
+    copied twice is one source image)."""
     seen: dict[str, Path] = {}
     for p in sorted(images):
-        seen.setdefault(sources.get(p.resolve(), f"file:{p}"), p)
-    return list(seen.values())
-
-
-def _distinct(images: list[Path]) -> list[Path]:
-    """One path per distinct file content (a photo copied twice is one source image)."""
-    seen: dict[str, Path] = {}
-    for p in sorted(images):
-        seen.setdefault(_content_key(p), p)
+        seen.setdefault((key or _content_key)(p), p)
     return list(seen.values())
 
 
